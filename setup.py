@@ -1,0 +1,50 @@
+"""Installs twostage_jax: a JAX/Flax two-stage behaviour-correction agent."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.4.30",
+    "flax>=0.10",
+    "optax>=0.2.3",
+    "chex>=0.1.87",
+    "numpy>=1.26",
+    "orbax-checkpoint>=0.6",
+    "absl-py>=2.1",
+    "ml-collections>=0.1.1",
+    "rliable>=1.2",
+    "matplotlib>=3.8",
+    "tensorboardX>=2.6",
+    "tqdm>=4.66",
+    "pillow>=10.0",
+]
+SIM = [
+    "metaworld==3.1.1",
+    "mujoco==3.3.0",
+    "gymnasium>=1.0",
+]
+DEV = [
+    "pytest>=8.0",
+]
+
+setup(
+    name="twostage_jax",
+    version="0.1.0",
+    description=(
+        "JAX/Flax reimplementation of the two-stage offline behaviour-correction agent "
+        "for vision-based robot manipulation."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["twostage_jax", "twostage_jax.*", "experiments", "experiments.*"]),
+    package_data={"experiments": ["configs/*.py"]},
+    install_requires=CORE,
+    extras_require={"sim": SIM, "dev": DEV, "all": SIM + DEV},
+    entry_points={"console_scripts": ["twostage=experiments.main:run"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

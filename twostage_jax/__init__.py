@@ -1,0 +1,36 @@
+"""twostage_jax: a JAX/Flax two-stage behaviour-correction agent for vision-based manipulation.
+
+The public API is re-exported here name by name; see README.md for an overview.
+"""
+
+from twostage_jax.actions import (
+    DEFAULT_CLIP,
+    DEFAULT_SIGMA,
+    action_to_pose,
+    atanh_clipped,
+    compose_correction,
+    compose_direct,
+    pose_to_action,
+    sample_tentative,
+)
+from twostage_jax.geometry import (
+    crop_by_projection,
+    euler_to_matrix,
+    euler_to_quat,
+    optical_axis_angle,
+    project_points,
+    quat_to_euler,
+)
+from twostage_jax.transform import crop_at_action, transform_state
+from twostage_jax.types import (
+    ACTION_DIM,
+    Batch,
+    Camera,
+    Dataset,
+    Stage1Obs,
+    Stage2Obs,
+    Workspace,
+    validate_dataset,
+)
+
+__version__ = "0.1.0"

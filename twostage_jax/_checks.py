@@ -1,0 +1,115 @@
+"""Argument validation that names the argument, what was expected and what was received.
+
+Shape, rank and dtype checks run at trace time, so they work under `jit`. Value checks (for
+example "every action component lies in [-1, 1]") need concrete values: they run on concrete
+arrays and are skipped silently on tracers, where the caller's pre-jit validation is the guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(np.shape(x))
+
+
+def _describe(x: Any) -> str:
+    dtype = getattr(x, "dtype", type(x).__name__)
+    return f"shape {_shape(x)} and dtype {dtype}"
+
+
+def is_concrete(x: Any) -> bool:
+    """True when `x` holds values (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_rank(name: str, x: Any, rank: int | Sequence[int]) -> None:
+    ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+    if np.ndim(x) not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(f"`{name}` must have rank {want}; got {_describe(x)}.")
+
+
+def check_shape(name: str, x: Any, shape: Sequence[int | None], what: str = "") -> None:
+    """Checks `x.shape` against `shape`, where None matches any size.
+
+    A leading `...` is not supported; pass the exact rank.
+    """
+    got = _shape(x)
+    ok = len(got) == len(shape) and all(w is None or w == g for w, g in zip(shape, got))
+    if not ok:
+        pattern = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        extra = f" ({what})" if what else ""
+        raise ValueError(f"`{name}` must have shape {pattern}{extra}; got {_describe(x)}.")
+
+
+def check_trailing(name: str, x: Any, trailing: Sequence[int], what: str = "") -> None:
+    """Checks that the last dimensions of `x` equal `trailing` (any leading dims)."""
+    got = _shape(x)
+    n = len(trailing)
+    if len(got) < n or tuple(got[len(got) - n :]) != tuple(trailing):
+        pattern = "[..., " + ", ".join(str(s) for s in trailing) + "]"
+        extra = f" ({what})" if what else ""
+        raise ValueError(f"`{name}` must have shape {pattern}{extra}; got {_describe(x)}.")
+
+
+def check_floating(name: str, x: Any) -> None:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array; got {_describe(x)}.")
+
+
+def check_numeric(name: str, x: Any) -> None:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(f"`{name}` must be a numeric (integer or float) array; got {_describe(x)}.")
+
+
+def check_range(name: str, x: Any, low: float, high: float, what: str = "") -> None:
+    """Checks low <= x <= high (and finiteness) when `x` is concrete."""
+    if not is_concrete(x):
+        return
+    arr = np.asarray(x)
+    if arr.size == 0:
+        return
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite; got NaN or inf in an array of shape {arr.shape}.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < low or hi > high:
+        extra = f" ({what})" if what else ""
+        raise ValueError(
+            f"`{name}` must lie in [{low}, {high}]{extra}; got values in [{lo:.4g}, {hi:.4g}]."
+        )
+
+
+def check_positive_int(name: str, x: Any) -> None:
+    if not isinstance(x, (int, np.integer)) or isinstance(x, bool) or x <= 0:
+        raise ValueError(f"`{name}` must be a positive int; got {x!r}.")
+
+
+def check_fields(name: str, obj: Any, fields: Sequence[str]) -> None:
+    """Checks that a NamedTuple/dataclass/mapping `obj` has every field in `fields`, not None."""
+    missing = []
+    for f in fields:
+        if isinstance(obj, Mapping):
+            present = f in obj and obj[f] is not None
+        else:
+            present = getattr(obj, f, None) is not None
+        if not present:
+            missing.append(f)
+    if missing:
+        have = sorted(obj.keys()) if isinstance(obj, Mapping) else [
+            f for f in getattr(obj, "_fields", dir(obj)) if not f.startswith("_")
+        ]
+        raise ValueError(
+            f"`{name}` is missing required field(s) {missing}; expected fields {list(fields)}, "
+            f"got {have}."
+        )

@@ -1,0 +1,161 @@
+"""Actions in tanh space: clipped atanh, the paper's composition g (Eq. 6), Algo. 1's
+tentative/correction pair, and the action <-> end-effector pose conversion.
+
+An action is a [7] vector in [-1, 1]: normalised position (3), Euler angles / pi (3), gripper
+(1; >= 0 open, < 0 closed). All functions broadcast over leading dimensions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twostage_jax import _checks
+from twostage_jax.types import ACTION_DIM, Workspace
+
+DEFAULT_CLIP = 0.99
+"""Values are clipped to [-0.99, 0.99] before atanh (paper, Sec. V)."""
+
+DEFAULT_SIGMA = (0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 1.0)
+"""Algo. 1 noise scale per action dimension: 0.1 for position and orientation, 1 for gripper."""
+
+
+def _check_action(name: str, x: Any) -> None:
+    _checks.check_trailing(name, x, (ACTION_DIM,), "7 = xyz, Euler xyz, gripper")
+    _checks.check_floating(name, x)
+    _checks.check_range(name, x, -1.0, 1.0, "actions are normalised")
+
+
+def atanh_clipped(x: jnp.ndarray, limit: float = DEFAULT_CLIP) -> jnp.ndarray:
+    """atanh(clip(x, -limit, limit)): finite for every input, including +-1.
+
+    Args:
+      x: [...] values, nominally in [-1, 1].
+      limit: clip bound in (0, 1).
+
+    Returns:
+      [...] unsquashed values, |result| <= atanh(limit).
+    """
+    if not 0.0 < limit < 1.0:
+        raise ValueError(f"`limit` must lie in (0, 1); got {limit!r}.")
+    return jnp.arctanh(jnp.clip(x, -limit, limit))
+
+
+def compose_correction(a1: jnp.ndarray, a2: jnp.ndarray, limit: float = DEFAULT_CLIP) -> jnp.ndarray:
+    """The correction function g of Eq. 6: a = tanh(atanh(a1) + atanh(a2)).
+
+    Both operands are clipped to [-limit, limit] before atanh, so the result is finite and in
+    (-1, 1) for any inputs.
+
+    Args:
+      a1: [..., 7] tentative action in [-1, 1].
+      a2: [..., 7] correction action in [-1, 1].
+      limit: atanh clip bound.
+
+    Returns:
+      [..., 7] final action.
+    """
+    _check_action("a1", a1)
+    _check_action("a2", a2)
+    return jnp.tanh(atanh_clipped(a1, limit) + atanh_clipped(a2, limit))
+
+
+def compose_direct(a1: jnp.ndarray, a2: jnp.ndarray) -> jnp.ndarray:
+    """The "direct" ablation of g: stage 2 predicts the final action, a = a2.
+
+    Args:
+      a1: [..., 7] tentative action (unused; kept for a signature shared with
+        `compose_correction`).
+      a2: [..., 7] stage-2 action.
+
+    Returns:
+      [..., 7] `a2`.
+    """
+    _check_action("a1", a1)
+    _check_action("a2", a2)
+    return a2
+
+
+def _sigma_vector(sigma: Any) -> jnp.ndarray:
+    sig = jnp.asarray(sigma, jnp.float32)
+    if sig.ndim == 0:
+        sig = jnp.full((ACTION_DIM,), sig)
+    _checks.check_shape("sigma", sig, (ACTION_DIM,), "a scalar or one std per action dimension")
+    _checks.check_range("sigma", sig, 0.0, float("inf"), "standard deviations")
+    return sig
+
+
+def sample_tentative(
+    key: jax.Array, a: jnp.ndarray, sigma: Any = DEFAULT_SIGMA, limit: float = DEFAULT_CLIP
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Algorithm 1: a synthetic tentative action and the correction that undoes it.
+
+    eps ~ N(0, sigma^2) per dimension; a1 = tanh(atanh(a) - eps) and a2 = tanh(eps), so that
+    compose_correction(a1, a2) recovers a (up to the atanh clipping).
+
+    Args:
+      key: PRNG key.
+      a: [..., 7] dataset actions in [-1, 1].
+      sigma: scalar or [7] noise std (default: 0.1 for pose, 1.0 for gripper).
+      limit: atanh clip bound.
+
+    Returns:
+      (a1, a2): each [..., 7], in (-1, 1).
+    """
+    _check_action("a", a)
+    sig = _sigma_vector(sigma)
+    eps = jax.random.normal(key, jnp.shape(a), jnp.float32) * sig
+    a1 = jnp.tanh(atanh_clipped(a, limit) - eps)
+    a2 = jnp.tanh(eps)
+    return a1, a2
+
+
+def pose_to_action(
+    position: jnp.ndarray, euler: jnp.ndarray, gripper: jnp.ndarray, workspace: Workspace,
+    clip: bool = True,
+) -> jnp.ndarray:
+    """End-effector pose to a normalised action / pose vector.
+
+    Args:
+      position: [..., 3] world position (metres).
+      euler: [..., 3] extrinsic x-y-z Euler angles in radians, in [-pi, pi].
+      gripper: [...] gripper command/state (>= 0 open, < 0 closed); passed through.
+      workspace: position bounds.
+      clip: clip the result to [-1, 1] (positions outside the workspace saturate).
+
+    Returns:
+      [..., 7] action in [-1, 1].
+    """
+    _checks.check_trailing("position", position, (3,))
+    _checks.check_trailing("euler", euler, (3,))
+    pos = jnp.asarray(position, jnp.float32)
+    lo, hi = workspace.low, workspace.high
+    x = 2.0 * (pos - lo) / (hi - lo) - 1.0
+    r = jnp.asarray(euler, jnp.float32) / jnp.pi
+    g = jnp.asarray(gripper, jnp.float32)[..., None]
+    out = jnp.concatenate([x, r, g], axis=-1)
+    return jnp.clip(out, -1.0, 1.0) if clip else out
+
+
+def action_to_pose(action: jnp.ndarray, workspace: Workspace) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Normalised action to (position, Euler angles, gripper).
+
+    Args:
+      action: [..., 7] in [-1, 1].
+      workspace: position bounds.
+
+    Returns:
+      position [..., 3] metres, euler [..., 3] radians, gripper [...] in [-1, 1].
+    """
+    _check_action("action", action)
+    lo, hi = workspace.low, workspace.high
+    pos = lo + (action[..., :3] + 1.0) * 0.5 * (hi - lo)
+    return pos, action[..., 3:6] * jnp.pi, action[..., 6]
+
+
+def default_sigma() -> np.ndarray:
+    """Algo. 1's default per-dimension noise std as a [7] numpy array."""
+    return np.asarray(DEFAULT_SIGMA, np.float32)

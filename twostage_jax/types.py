@@ -1,0 +1,305 @@
+"""Core data types: the camera, the workspace, observations, batches and the offline dataset.
+
+Every type is a pytree, so it passes through `jit`, `vmap` and `lax.scan`.
+
+Conventions used throughout the library:
+  * Camera frame: x right, y down, z forward (the usual computer-vision frame).
+  * Pixel coordinates are continuous (u = column, v = row); pixel (row i, column j) covers
+    [j, j+1) x [i, i+1), so its centre is at (j + 0.5, i + 0.5).
+  * An action (and the pose z) is 7 numbers in [-1, 1]: position (3, normalised by the
+    workspace bounds), Euler angles (3, extrinsic x-y-z, divided by pi) and gripper
+    (>= 0 open, < 0 closed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from twostage_jax import _checks
+
+ACTION_DIM = 7
+"""Length of an action / pose vector: xyz (3) + Euler xyz (3) + gripper (1)."""
+
+
+@struct.dataclass
+class Camera:
+    """A calibrated pinhole camera.
+
+    Attributes:
+      intrinsics: [3, 3] K with positive focal lengths fx = K[0, 0], fy = K[1, 1] and
+        principal point (K[0, 2], K[1, 2]) in continuous pixel coordinates.
+      cam_to_world: [4, 4] pose of the camera in the world; camera axes are x right, y down,
+        z forward (along the optical axis).
+      width: image width in pixels (static).
+      height: image height in pixels (static).
+
+    Leading batch dimensions on `intrinsics`/`cam_to_world` are allowed (e.g. one camera per
+    frame in a dataset); single-example functions expect none and are vmapped by callers.
+    """
+
+    intrinsics: jnp.ndarray
+    cam_to_world: jnp.ndarray
+    width: int = struct.field(pytree_node=False, default=128)
+    height: int = struct.field(pytree_node=False, default=128)
+
+    @classmethod
+    def create(cls, intrinsics: Any, cam_to_world: Any, width: int, height: int) -> "Camera":
+        """Validating constructor.
+
+        Args:
+          intrinsics: [3, 3] (or [..., 3, 3]) with positive focal lengths.
+          cam_to_world: [4, 4] (or [..., 4, 4]) camera-to-world pose, axes x right, y down,
+            z forward.
+          width: image width in pixels, > 0.
+          height: image height in pixels, > 0.
+
+        Returns:
+          A float32 `Camera`.
+        """
+        _checks.check_positive_int("width", width)
+        _checks.check_positive_int("height", height)
+        _checks.check_trailing("intrinsics", intrinsics, (3, 3))
+        _checks.check_trailing("cam_to_world", cam_to_world, (4, 4))
+        intrinsics = jnp.asarray(intrinsics, jnp.float32)
+        cam_to_world = jnp.asarray(cam_to_world, jnp.float32)
+        if _checks.is_concrete(intrinsics):
+            f = np.asarray(intrinsics)[..., [0, 1], [0, 1]]
+            if not np.all(f > 0):
+                raise ValueError(
+                    "`intrinsics` must have positive focal lengths K[0,0], K[1,1]; got "
+                    f"{f.reshape(-1, 2)[0].tolist()}. For RLBench's negative focal lengths use "
+                    "Camera.from_rlbench."
+                )
+        return cls(intrinsics=intrinsics, cam_to_world=cam_to_world, width=int(width),
+                   height=int(height))
+
+    @classmethod
+    def from_rlbench(cls, intrinsics: Any, extrinsics: Any, width: int, height: int) -> "Camera":
+        """Builds a camera from RLBench's `misc['front_camera_intrinsics'/'..._extrinsics']`.
+
+        RLBench stores K with negative focal lengths, with the extrinsics being the camera-to-
+        world pose of a frame whose x axis points left and y axis up in the image. Flipping
+        both axes gives our frame (x right, y down) with positive focal lengths; the projected
+        pixels are identical.
+
+        Args:
+          intrinsics: [3, 3] (or [..., 3, 3]) RLBench intrinsics, negative focal lengths.
+          extrinsics: [4, 4] (or [..., 4, 4]) RLBench camera-to-world pose.
+          width: image width in pixels.
+          height: image height in pixels.
+
+        Returns:
+          The equivalent `Camera`.
+        """
+        _checks.check_trailing("intrinsics", intrinsics, (3, 3))
+        _checks.check_trailing("extrinsics", extrinsics, (4, 4))
+        k = np.array(intrinsics, dtype=np.float64, copy=True)
+        f = k[..., [0, 1], [0, 1]]
+        if not np.all(f < 0):
+            raise ValueError(
+                "`intrinsics` for Camera.from_rlbench must have RLBench's negative focal lengths; "
+                f"got {f.reshape(-1, 2)[0].tolist()}. For a camera with positive focal lengths "
+                "use Camera.create."
+            )
+        k[..., 0, 0] *= -1
+        k[..., 1, 1] *= -1
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        pose = np.asarray(extrinsics, dtype=np.float64) @ flip
+        return cls.create(k, pose, width, height)
+
+    @classmethod
+    def from_mujoco(
+        cls, fovy_degrees: float, cam_xpos: Any, cam_xmat: Any, width: int, height: int
+    ) -> "Camera":
+        """Builds a camera from MuJoCo's `model.cam_fovy`, `data.cam_xpos`, `data.cam_xmat`.
+
+        MuJoCo cameras look along their -z axis with y up; we rotate the frame by pi about x to
+        get x right, y down, z forward. Focal length f = (H / 2) / tan(fovy / 2) for both axes
+        (square pixels), principal point at the image centre (W / 2, H / 2).
+
+        Args:
+          fovy_degrees: vertical field of view in degrees, in (0, 180).
+          cam_xpos: [3] camera position in the world.
+          cam_xmat: [9] or [3, 3] row-major rotation whose columns are the camera axes in the
+            world frame.
+          width: image width in pixels.
+          height: image height in pixels.
+
+        Returns:
+          The equivalent `Camera`.
+        """
+        fovy = float(fovy_degrees)
+        if not 0.0 < fovy < 180.0:
+            raise ValueError(f"`fovy_degrees` must lie in (0, 180); got {fovy_degrees!r}.")
+        _checks.check_shape("cam_xpos", cam_xpos, (3,))
+        xmat = np.asarray(cam_xmat, dtype=np.float64)
+        if xmat.shape == (9,):
+            xmat = xmat.reshape(3, 3)
+        _checks.check_shape("cam_xmat", xmat, (3, 3), "or [9]")
+        _checks.check_positive_int("height", height)
+        f = 0.5 * height / np.tan(np.deg2rad(fovy) / 2.0)
+        k = np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+        pose = np.eye(4)
+        pose[:3, :3] = xmat @ np.diag([1.0, -1.0, -1.0])
+        pose[:3, 3] = np.asarray(cam_xpos, dtype=np.float64)
+        return cls.create(k, pose, width, height)
+
+
+@struct.dataclass
+class Workspace:
+    """Axis-aligned bounds that map world positions to normalised action positions.
+
+    Attributes:
+      low: [3] lower corner (metres); action position -1 maps here.
+      high: [3] upper corner (metres); action position +1 maps here.
+    """
+
+    low: jnp.ndarray
+    high: jnp.ndarray
+
+    @classmethod
+    def create(cls, low: Any, high: Any) -> "Workspace":
+        """Validating constructor: `low` and `high` are [3] with low < high."""
+        _checks.check_shape("low", low, (3,))
+        _checks.check_shape("high", high, (3,))
+        lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        if not np.all(hi > lo):
+            raise ValueError(f"Workspace needs `low` < `high` on every axis; got low={lo.tolist()}, "
+                             f"high={hi.tolist()}.")
+        return cls(low=jnp.asarray(lo, jnp.float32), high=jnp.asarray(hi, jnp.float32))
+
+
+class Stage1Obs(NamedTuple):
+    """Observation of the tentative policy pi^1.
+
+    Attributes:
+      image: [..., H, W, 3] RGB, uint8 or float in [0, 1].
+      pose: [..., 7] current end-effector pose z in the action's form.
+    """
+
+    image: jnp.ndarray
+    pose: jnp.ndarray
+
+
+class Stage2Obs(NamedTuple):
+    """Observation of the correction policy pi^2: s^2 = (o^2, e^2, z, a^1), the paper's Eq. 5.
+
+    Attributes:
+      crop: [..., S, S, 3] float crop o^2 centred on the projection of the tentative position.
+      ee_crop: [..., E, E, 3] float crop e^2 centred on the projection of the current position.
+      pose: [..., 7] current pose z.
+      tentative: [..., 7] tentative action a^1.
+    """
+
+    crop: jnp.ndarray
+    ee_crop: jnp.ndarray
+    pose: jnp.ndarray
+    tentative: jnp.ndarray
+
+
+class Batch(NamedTuple):
+    """A batch of transitions for an update step.
+
+    `obs`/`next_obs` are `Stage1Obs` or `Stage2Obs` (or any pytree the networks accept).
+
+    Attributes:
+      obs: observation pytree with leading [B].
+      action: [B, 7] target action (a for stage 1; a^2 for stage 2).
+      reward: [B] reward r_t.
+      next_obs: observation pytree with leading [B] (used by TD targets and CQL's
+        next-state action samples).
+      mc_return: [B] discounted Monte Carlo return from t.
+      done: [B] 1.0 where s_{t+1} is terminal.
+    """
+
+    obs: Any
+    action: jnp.ndarray
+    reward: jnp.ndarray
+    next_obs: Any
+    mc_return: jnp.ndarray
+    done: jnp.ndarray
+
+
+BATCH_FIELDS = Batch._fields
+
+
+@struct.dataclass
+class Dataset:
+    """An offline dataset of keyframe transitions; every image is stored once, by index.
+
+    Attributes:
+      images: [N_img, H, W, 3] uint8 frames.
+      intrinsics: [N_img, 3, 3] camera intrinsics of each frame (positive focal lengths).
+      cam_to_world: [N_img, 4, 4] camera pose of each frame (x right, y down, z forward).
+      obs_index: [N] int32 index into `images` of s_t.
+      next_obs_index: [N] int32 index of s_{t+1}.
+      pose: [N, 7] z_t.
+      next_pose: [N, 7] z_{t+1}.
+      action: [N, 7] a_t.
+      next_action: [N, 7] a_{t+1} (used to build s^2_{t+1} for stage 2; equal to a_t at the
+        last transition of an episode).
+      reward: [N] r_t.
+      mc_return: [N] discounted return from t.
+      done: [N] 1.0 at the final transition of a successful episode.
+      episode: [N] int32 demo index of each transition (for held-out splits).
+      workspace: position bounds of the action space.
+    """
+
+    images: jnp.ndarray
+    intrinsics: jnp.ndarray
+    cam_to_world: jnp.ndarray
+    obs_index: jnp.ndarray
+    next_obs_index: jnp.ndarray
+    pose: jnp.ndarray
+    next_pose: jnp.ndarray
+    action: jnp.ndarray
+    next_action: jnp.ndarray
+    reward: jnp.ndarray
+    mc_return: jnp.ndarray
+    done: jnp.ndarray
+    episode: jnp.ndarray
+    workspace: Workspace
+
+    @property
+    def num_transitions(self) -> int:
+        return int(self.action.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def camera(self, index: Any) -> Camera:
+        """The `Camera` of frame `index` (works on tracers)."""
+        return Camera(
+            intrinsics=self.intrinsics[index],
+            cam_to_world=self.cam_to_world[index],
+            width=int(self.images.shape[2]),
+            height=int(self.images.shape[1]),
+        )
+
+
+def validate_dataset(dataset: Dataset) -> None:
+    """Checks shapes, dtypes and ranges of every field; raises ValueError naming the field."""
+    n_img = np.shape(dataset.images)[0] if np.ndim(dataset.images) == 4 else -1
+    _checks.check_rank("dataset.images", dataset.images, 4)
+    _checks.check_shape("dataset.images", dataset.images, (None, None, None, 3))
+    if np.asarray(dataset.images).dtype != np.uint8:
+        raise TypeError(f"`dataset.images` must be uint8; got {np.asarray(dataset.images).dtype}.")
+    _checks.check_shape("dataset.intrinsics", dataset.intrinsics, (n_img, 3, 3))
+    _checks.check_shape("dataset.cam_to_world", dataset.cam_to_world, (n_img, 4, 4))
+    n = np.shape(dataset.action)[0] if np.ndim(dataset.action) == 2 else -1
+    if n <= 0:
+        raise ValueError(f"`dataset.action` must have shape [N, 7] with N > 0; got "
+                         f"{np.shape(dataset.action)}.")
+    for name in ("pose", "next_pose", "action", "next_action"):
+        _checks.check_shape(f"dataset.{name}", getattr(dataset, name), (n, ACTION_DIM))
+        _checks.check_range(f"dataset.{name}", getattr(dataset, name), -1.0, 1.0)
+    for name in ("reward", "mc_return", "done", "obs_index", "next_obs_index", "episode"):
+        _checks.check_shape(f"dataset.{name}", getattr(dataset, name), (n,))
+    for name in ("obs_index", "next_obs_index"):
+        _checks.check_range(f"dataset.{name}", getattr(dataset, name), 0, n_img - 1,
+                            "indices into dataset.images")
