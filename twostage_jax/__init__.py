@@ -13,13 +13,51 @@ from twostage_jax.actions import (
     pose_to_action,
     sample_tentative,
 )
+from twostage_jax.bc import BCAux, BCMetrics, bc_loss, make_bc_update
+from twostage_jax.cql import (
+    ActorAux,
+    AlphaAux,
+    CQLConfig,
+    CQLMetrics,
+    CriticAux,
+    RegularizerAux,
+    actor_loss,
+    alpha_loss,
+    cql_critic_loss,
+    cql_regularizer,
+    init_cql_params,
+    make_cql_optimizer,
+    make_cql_update,
+)
 from twostage_jax.geometry import (
     crop_by_projection,
     euler_to_matrix,
     euler_to_quat,
+    look_at,
     optical_axis_angle,
     project_points,
     quat_to_euler,
+)
+from twostage_jax.networks import (
+    NetworkConfig,
+    Networks,
+    conv2d_patches,
+    deterministic_action,
+    make_networks,
+    tanh_gaussian_sample,
+)
+from twostage_jax.policy import PolicyOutput, make_policy
+from twostage_jax.state import AgentState
+from twostage_jax.training import (
+    Stage2Config,
+    TrainConfig,
+    TrainData,
+    Trainer,
+    make_train,
+    make_trainer,
+    prepare_data,
+    sample_batch,
+    train_seeds,
 )
 from twostage_jax.transform import crop_at_action, transform_state
 from twostage_jax.types import (

@@ -189,3 +189,29 @@ def crop_by_projection(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, s
     _checks.check_rank("angle", angle, 0)
     _checks.check_positive_int("size", size)
     return _crop(image, jnp.asarray(center_uv, jnp.float32), jnp.asarray(angle, jnp.float32), size)
+
+
+def look_at(eye: Any, target: Any, up: Any = (0.0, 0.0, 1.0)) -> jnp.ndarray:
+    """Camera-to-world pose [4, 4] of a camera at `eye` looking at `target`.
+
+    Axes follow the library convention (x right, y down, z forward); `up` is the world
+    direction that appears upwards in the image.
+
+    Args:
+      eye: [3] camera position.
+      target: [3] point on the optical axis.
+      up: [3] world up direction (not parallel to the viewing direction).
+
+    Returns:
+      [4, 4] float32 pose.
+    """
+    _checks.check_shape("eye", eye, (3,))
+    _checks.check_shape("target", target, (3,))
+    eye = jnp.asarray(eye, jnp.float32)
+    z = jnp.asarray(target, jnp.float32) - eye
+    z = z / jnp.linalg.norm(z)
+    x = jnp.cross(z, jnp.asarray(up, jnp.float32))
+    x = x / jnp.linalg.norm(x)
+    y = jnp.cross(z, x)
+    pose = jnp.eye(4, dtype=jnp.float32)
+    return pose.at[:3, 0].set(x).at[:3, 1].set(y).at[:3, 2].set(z).at[:3, 3].set(eye)

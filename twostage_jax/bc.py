@@ -1,0 +1,92 @@
+"""Behaviour cloning (Eq. 1): loss and update step."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from twostage_jax import _checks
+from twostage_jax.networks import Networks
+from twostage_jax.state import AgentState
+from twostage_jax.types import ACTION_DIM, Batch
+
+BC_FIELDS = ("obs", "action")
+
+
+class BCAux(NamedTuple):
+    """BC metrics (scalars).
+
+    Attributes:
+      bc_loss: E |pi(s) - a|^2 (sum over action dimensions, mean over the batch).
+      position_error: mean |pi(s) - a| over the 3 position dimensions.
+      gripper_error: mean |pi(s) - a| of the gripper dimension.
+    """
+
+    bc_loss: jnp.ndarray
+    position_error: jnp.ndarray
+    gripper_error: jnp.ndarray
+
+
+class BCMetrics(NamedTuple):
+    """Per-step metrics of `make_bc_update` (scalars)."""
+
+    bc_loss: jnp.ndarray
+    position_error: jnp.ndarray
+    gripper_error: jnp.ndarray
+    grad_norm: jnp.ndarray
+
+
+def validate_batch(batch: Any, fields: tuple[str, ...]) -> None:
+    """Checks that `batch` has `fields` and a [B, 7] action; raises ValueError naming the field."""
+    _checks.check_fields("batch", batch, fields)
+    action = batch["action"] if isinstance(batch, dict) else batch.action
+    _checks.check_rank("batch.action", action, 2)
+    _checks.check_shape("batch.action", action, (None, ACTION_DIM), "[B, 7]")
+    _checks.check_floating("batch.action", action)
+    _checks.check_range("batch.action", action, -1.0, 1.0, "actions are normalised")
+
+
+def bc_loss(params: dict, batch: Batch, networks: Networks) -> tuple[jnp.ndarray, BCAux]:
+    """Eq. 1: E_{(s,a)~D} |pi(s) - a|^2.
+
+    Args:
+      params: network parameters `{'encoder', 'actor'}`.
+      batch: `Batch` with obs (leading [B]) and action [B, 7].
+      networks: a deterministic ('bc') `Networks` bundle.
+
+    Returns:
+      (loss, BCAux).
+    """
+    validate_batch(batch, BC_FIELDS)
+    if networks.stochastic:
+        raise ValueError("bc_loss needs deterministic networks (make_networks(..., algo='bc')).")
+    pred = networks.actor(params, networks.encode(params, batch.obs))
+    err = pred - batch.action
+    loss = jnp.mean(jnp.sum(err**2, axis=-1))
+    aux = BCAux(bc_loss=loss, position_error=jnp.mean(jnp.abs(err[:, :3])),
+                gripper_error=jnp.mean(jnp.abs(err[:, 6])))
+    return loss, aux
+
+
+def make_bc_update(
+    networks: Networks, optimizer: optax.GradientTransformation
+) -> Callable[[AgentState, Batch, jax.Array], tuple[AgentState, BCMetrics]]:
+    """Returns a pure `update(state, batch, key) -> (state, BCMetrics)` (jit/vmap friendly).
+
+    Args:
+      networks: deterministic networks.
+      optimizer: optax transformation over the whole parameter dict.
+    """
+
+    def update(state: AgentState, batch: Batch, key: jax.Array) -> tuple[AgentState, BCMetrics]:
+        del key  # BC is deterministic given the batch.
+        (_, aux), grads = jax.value_and_grad(bc_loss, has_aux=True)(state.params, batch, networks)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = BCMetrics(*aux, grad_norm=optax.global_norm(grads))
+        return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+    return update

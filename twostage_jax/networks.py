@@ -1,0 +1,301 @@
+"""Flax linen networks for both stages, and the pure `Networks` bundle the losses use.
+
+Stage 1 (pi^1, Q^1): a 4-layer CNN over the image o and a 2-layer MLP over the pose z,
+concatenated and fed to 2-layer MLP heads. Stage 2 (pi^2, Q^2): 3-layer CNNs over o^2 and e^2,
+2-layer MLPs over z and a^1, concatenated and fed to 2-layer MLP heads (paper, Sec. V).
+
+Parameters are one dict `{'encoder', 'actor', ['critic', 'log_alpha']}`. For CQL the encoder
+is shared, as in pixel SAC (DrQ): the critic loss trains it and the actor head reads its
+features through `stop_gradient`. For BC the encoder is trained by the BC loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from twostage_jax.types import ACTION_DIM, Stage1Obs, Stage2Obs
+
+CONV_IMPLS = ("xla", "patches")
+LOG_STD_MIN = -5.0
+LOG_STD_MAX = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Network sizes.
+
+    Attributes:
+      conv_channels: output channels of each stage-1 conv layer (4 layers in the paper).
+      crop_conv_channels: output channels of each stage-2 conv layer (3 layers).
+      conv_strides: stride of every conv layer (3x3 kernels, 'SAME' padding); applied to the
+        first len(channels) layers.
+      mlp_hidden: width of the 2-layer MLPs over z and a^1.
+      head_hidden: widths of the 2-layer MLP heads.
+      conv_impl: 'xla' (lax.conv) or 'patches' (im2col + matmul; under vmap over seeds the
+        per-seed kernels become one batched matmul instead of a grouped convolution).
+    """
+
+    conv_channels: tuple[int, ...] = (32, 32, 32, 32)
+    crop_conv_channels: tuple[int, ...] = (32, 32, 32)
+    conv_strides: tuple[int, ...] = (2, 2, 2, 2)
+    mlp_hidden: int = 64
+    head_hidden: tuple[int, ...] = (256, 256)
+    conv_impl: str = "xla"
+
+    def __post_init__(self) -> None:
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"NetworkConfig.conv_impl must be one of {CONV_IMPLS}; got "
+                             f"{self.conv_impl!r}.")
+        for name in ("conv_channels", "crop_conv_channels", "head_hidden"):
+            val = getattr(self, name)
+            if not val or any(int(c) <= 0 for c in val):
+                raise ValueError(f"NetworkConfig.{name} must be non-empty positive ints; got {val!r}.")
+        if len(self.conv_strides) < max(len(self.conv_channels), len(self.crop_conv_channels)):
+            raise ValueError("NetworkConfig.conv_strides needs one stride per conv layer; got "
+                             f"{self.conv_strides!r} for {len(self.conv_channels)} layers.")
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def conv2d_patches(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
+    """'SAME' 2-D convolution as im2col + matrix multiply (numerically equal to lax.conv).
+
+    Args:
+      x: [B, H, W, Cin] input.
+      kernel: [k, k, Cin, Cout] HWIO kernel.
+      stride: spatial stride.
+
+    Returns:
+      [B, H', W', Cout] output, H' = ceil(H / stride).
+    """
+    k = kernel.shape[0]
+    oh, ph0, ph1 = _same_pads(x.shape[1], k, stride)
+    ow, pw0, pw1 = _same_pads(x.shape[2], k, stride)
+    xp = jnp.pad(x, ((0, 0), (ph0, ph1), (pw0, pw1), (0, 0)))
+    cols = [
+        xp[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride, :]
+        for i in range(k)
+        for j in range(k)
+    ]
+    patches = jnp.concatenate(cols, axis=-1)  # [B, oh, ow, k*k*Cin], (i, j, c) order = HWI
+    return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
+class Conv(nn.Module):
+    """3x3 'SAME' convolution with a selectable implementation; params match `nn.Conv`."""
+
+    features: int
+    stride: int
+    impl: str = "xla"
+    kernel_size: int = 3
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        cin = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (self.kernel_size, self.kernel_size, cin, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.impl == "patches":
+            y = conv2d_patches(x, kernel, self.stride)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (self.stride, self.stride), "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias
+
+
+class CNN(nn.Module):
+    """Conv stack with ReLU, flattened. Input: [B, H, W, 3] uint8 or float in [0, 1]."""
+
+    channels: Sequence[int]
+    strides: Sequence[int]
+    impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        if x.dtype == jnp.uint8:
+            x = x.astype(jnp.float32) / 255.0
+        x = x - 0.5
+        for c, s in zip(self.channels, self.strides):
+            x = nn.relu(Conv(c, s, self.impl)(x))
+        return x.reshape(x.shape[0], -1)
+
+
+class MLP(nn.Module):
+    """Dense layers with ReLU; the last layer is activated only if `activate_final`."""
+
+    hidden: Sequence[int]
+    activate_final: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for i, h in enumerate(self.hidden):
+            x = nn.Dense(h)(x)
+            if i < len(self.hidden) - 1 or self.activate_final:
+                x = nn.relu(x)
+        return x
+
+
+class Stage1Encoder(nn.Module):
+    """phi(o, z): 4-layer CNN over o, 2-layer MLP over z, concatenated."""
+
+    config: NetworkConfig
+
+    @nn.compact
+    def __call__(self, obs: Stage1Obs) -> jnp.ndarray:
+        c = self.config
+        img = CNN(c.conv_channels, c.conv_strides, c.conv_impl)(obs.image)
+        pose = MLP((c.mlp_hidden, c.mlp_hidden))(obs.pose)
+        return jnp.concatenate([img, pose], axis=-1)
+
+
+class Stage2Encoder(nn.Module):
+    """phi(o^2, e^2, z, a^1): 3-layer CNNs over both crops, 2-layer MLPs over z and a^1."""
+
+    config: NetworkConfig
+
+    @nn.compact
+    def __call__(self, obs: Stage2Obs) -> jnp.ndarray:
+        c = self.config
+        crop = CNN(c.crop_conv_channels, c.conv_strides, c.conv_impl, name="crop_cnn")(obs.crop)
+        ee = CNN(c.crop_conv_channels, c.conv_strides, c.conv_impl, name="ee_cnn")(obs.ee_crop)
+        pose = MLP((c.mlp_hidden, c.mlp_hidden), name="pose_mlp")(obs.pose)
+        tent = MLP((c.mlp_hidden, c.mlp_hidden), name="tentative_mlp")(obs.tentative)
+        return jnp.concatenate([crop, ee, pose, tent], axis=-1)
+
+
+class DeterministicActor(nn.Module):
+    """BC head: features -> tanh(MLP) action in (-1, 1)."""
+
+    hidden: Sequence[int]
+
+    @nn.compact
+    def __call__(self, feat: jnp.ndarray) -> jnp.ndarray:
+        return jnp.tanh(MLP(tuple(self.hidden) + (ACTION_DIM,), activate_final=False)(feat))
+
+
+class GaussianActor(nn.Module):
+    """CQL/SAC head: features -> (mean, log_std) of a Gaussian squashed by tanh."""
+
+    hidden: Sequence[int]
+
+    @nn.compact
+    def __call__(self, feat: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        out = MLP(tuple(self.hidden) + (2 * ACTION_DIM,), activate_final=False)(feat)
+        mean, log_std = jnp.split(out, 2, axis=-1)
+        log_std = jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+        return mean, log_std
+
+
+class TwinQ(nn.Module):
+    """Two independent Q heads on concat(features, action). Returns [2, ...]."""
+
+    hidden: Sequence[int]
+
+    @nn.compact
+    def __call__(self, feat: jnp.ndarray, action: jnp.ndarray) -> jnp.ndarray:
+        x = jnp.concatenate([feat, action], axis=-1)
+        qs = [MLP(tuple(self.hidden) + (1,), activate_final=False, name=f"q{i}")(x)[..., 0]
+              for i in range(2)]
+        return jnp.stack(qs, axis=0)
+
+
+class Networks(NamedTuple):
+    """Pure functions over the parameter dict `{'encoder', 'actor', ['critic']}`.
+
+    Attributes:
+      init: (key, example_obs) -> params.
+      encode: (params, obs [B, ...]) -> features [B, F].
+      actor: (params, features [B, F]) -> action [B, 7] (BC) or (mean, log_std) [B, 7] each.
+      critic: (params, features [..., F], action [..., 7]) -> q [2, ...] (None for BC).
+      stochastic: True for the tanh-Gaussian actor.
+    """
+
+    init: Callable[[jax.Array, Any], dict]
+    encode: Callable[[dict, Any], jnp.ndarray]
+    actor: Callable[[dict, jnp.ndarray], Any]
+    critic: Callable[[dict, jnp.ndarray, jnp.ndarray], jnp.ndarray] | None
+    stochastic: bool
+
+
+def make_networks(config: NetworkConfig, stage: int, algo: str) -> Networks:
+    """Builds the networks of one stage.
+
+    Args:
+      config: sizes.
+      stage: 1 (full image + pose) or 2 (crops + pose + tentative action).
+      algo: 'bc' (deterministic actor) or 'cql' (tanh-Gaussian actor + twin Q).
+
+    Returns:
+      A `Networks` bundle of pure functions.
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"`stage` must be 1 or 2; got {stage!r}.")
+    if algo not in ("bc", "cql"):
+        raise ValueError(f"`algo` must be 'bc' or 'cql'; got {algo!r}.")
+    encoder = Stage1Encoder(config) if stage == 1 else Stage2Encoder(config)
+    actor = DeterministicActor(config.head_hidden) if algo == "bc" else GaussianActor(config.head_hidden)
+    critic = TwinQ(config.head_hidden) if algo == "cql" else None
+
+    def init(key: jax.Array, obs: Any) -> dict:
+        k1, k2, k3 = jax.random.split(key, 3)
+        enc_params = encoder.init(k1, obs)
+        feat = encoder.apply(enc_params, obs)
+        params = {"encoder": enc_params, "actor": actor.init(k2, feat)}
+        if critic is not None:
+            act = jnp.zeros(feat.shape[:-1] + (ACTION_DIM,), feat.dtype)
+            params["critic"] = critic.init(k3, feat, act)
+        return params
+
+    def encode(params: dict, obs: Any) -> jnp.ndarray:
+        return encoder.apply(params["encoder"], obs)
+
+    def actor_fn(params: dict, feat: jnp.ndarray) -> Any:
+        return actor.apply(params["actor"], feat)
+
+    critic_fn = None
+    if critic is not None:
+        def critic_fn(params: dict, feat: jnp.ndarray, action: jnp.ndarray) -> jnp.ndarray:
+            return critic.apply(params["critic"], feat, action)
+
+    return Networks(init=init, encode=encode, actor=actor_fn, critic=critic_fn,
+                    stochastic=algo == "cql")
+
+
+def tanh_gaussian_sample(
+    key: jax.Array, mean: jnp.ndarray, log_std: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Reparameterised sample of tanh(N(mean, std)) and its log-probability.
+
+    The change-of-variables term uses log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)),
+    which is finite for every u (no log of a number rounded to zero).
+
+    Args:
+      key: PRNG key.
+      mean: [..., 7] pre-tanh mean.
+      log_std: [..., 7] pre-tanh log standard deviation.
+
+    Returns:
+      action [..., 7] in (-1, 1) and log_prob [...].
+    """
+    std = jnp.exp(log_std)
+    noise = jax.random.normal(key, mean.shape, mean.dtype)
+    u = mean + std * noise
+    log_normal = -0.5 * noise**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi)
+    log_det = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))
+    return jnp.tanh(u), jnp.sum(log_normal - log_det, axis=-1)
+
+
+def deterministic_action(networks: Networks, params: dict, obs: Any) -> jnp.ndarray:
+    """The policy's mode: the BC output, or tanh(mean) for the Gaussian actor. [B, 7]."""
+    out = networks.actor(params, networks.encode(params, obs))
+    return jnp.tanh(out[0]) if networks.stochastic else out

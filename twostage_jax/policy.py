@@ -1,0 +1,99 @@
+"""The two-stage act function: stage 1 -> transform f -> stage 2 -> composition g."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from twostage_jax import _checks
+from twostage_jax.actions import compose_correction, compose_direct
+from twostage_jax.networks import Networks, make_networks, tanh_gaussian_sample
+from twostage_jax.training import Stage2Config, TrainConfig, resize_images
+from twostage_jax.transform import transform_state
+from twostage_jax.types import ACTION_DIM, Camera, Stage1Obs, Workspace
+
+
+class PolicyOutput(NamedTuple):
+    """What `act` returns (each [B, 7]).
+
+    Attributes:
+      action: the executed action a = g(a^1, a^2) (or a^1 in stage-1-only mode).
+      tentative: a^1 from stage 1.
+      correction: a^2 from stage 2 (zeros in stage-1-only mode).
+    """
+
+    action: jnp.ndarray
+    tentative: jnp.ndarray
+    correction: jnp.ndarray
+
+
+def _act_one_stage(networks: Networks, params: dict, obs: Any, key: jax.Array, deterministic: bool) -> jnp.ndarray:
+    out = networks.actor(params, networks.encode(params, obs))
+    if not networks.stochastic:
+        return out
+    mean, log_std = out
+    if deterministic:
+        return jnp.tanh(mean)
+    return tanh_gaussian_sample(key, mean, log_std)[0]
+
+
+def make_policy(
+    stage1: TrainConfig,
+    stage2: TrainConfig | None,
+    workspace: Workspace,
+    deterministic: bool = True,
+) -> Callable[..., PolicyOutput]:
+    """Builds the jitted, batched two-stage policy.
+
+    With `stage2=None` the policy is stage 1 alone (the paper's BC(1)/CQL(1) baselines).
+
+    Args:
+      stage1: stage 1's training config (network sizes, algo, input image size).
+      stage2: stage 2's training config, or None for stage 1 alone.
+      workspace: position bounds used to normalise actions.
+      deterministic: act with the policy's mode (tanh of the mean for CQL actors).
+
+    Returns:
+      `act(params1, params2, image, pose, camera, key) -> PolicyOutput`, where image is
+      [B, H, W, 3] uint8 at the camera's full resolution, pose [B, 7], camera a single `Camera`
+      shared by the batch, key a PRNG key (used only when not deterministic), and params2 is
+      ignored (pass None) in stage-1-only mode.
+    """
+    nets1 = make_networks(stage1.network, 1, stage1.algo)
+    nets2 = make_networks(stage2.network, 2, stage2.algo) if stage2 is not None else None
+    s2: Stage2Config | None = stage2.stage2 if stage2 is not None else None
+
+    @jax.jit
+    def _act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
+             key: jax.Array) -> PolicyOutput:
+        k1, k2 = jax.random.split(key)
+        size = stage1.image_size or image.shape[1]
+        small = resize_images(image, size)
+        a1 = _act_one_stage(nets1, params1, Stage1Obs(small, pose), k1, deterministic)
+        if nets2 is None:
+            return PolicyOutput(action=a1, tentative=a1, correction=jnp.zeros_like(a1))
+        obs2 = jax.vmap(lambda im, z, t: transform_state(
+            im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, a1)
+        a2 = _act_one_stage(nets2, params2, obs2, k2, deterministic)
+        compose = compose_correction if s2.mode == "correction" else compose_direct
+        action = compose(a1, a2)
+        return PolicyOutput(action=action, tentative=a1, correction=a2)
+
+    def act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
+            key: jax.Array | None = None) -> PolicyOutput:
+        _checks.check_rank("image", image, 4)
+        _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
+                            "[B, H, W, 3] at the camera's resolution")
+        _checks.check_shape("pose", pose, (image.shape[0], ACTION_DIM), "[B, 7]")
+        _checks.check_floating("pose", pose)
+        _checks.check_range("pose", pose, -1.0, 1.0, "poses are normalised like actions")
+        if nets2 is not None and params2 is None:
+            raise ValueError("`params2` is None but the policy was built with a stage-2 config; "
+                             "pass stage 2's params or build with stage2=None.")
+        if key is None:
+            key = jax.random.PRNGKey(0)
+        return _act(params1, params2, jnp.asarray(image), jnp.asarray(pose, jnp.float32), camera, key)
+
+    return act

@@ -1,0 +1,310 @@
+"""Training: configs, on-device batch sampling (with Algo. 1 for stage 2), and pure trainers.
+
+`make_train(config, dataset, stage)` returns `train(key) -> (AgentState, metrics)`, a `lax.scan`
+over update steps that samples batches on device (purejaxrl style). `train_seeds` runs several
+seeds as one jitted program that vmaps over the seed axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from twostage_jax import _checks
+from twostage_jax.actions import DEFAULT_SIGMA, sample_tentative
+from twostage_jax.bc import make_bc_update
+from twostage_jax.cql import CQLConfig, init_cql_params, make_cql_optimizer, make_cql_update
+from twostage_jax.networks import NetworkConfig, Networks, make_networks
+from twostage_jax.state import AgentState
+from twostage_jax.transform import transform_state
+from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
+
+ALGOS = ("bc", "cql")
+STAGE2_MODES = ("correction", "direct")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config:
+    """How stage 2's states and actions are built (Algo. 1 and Eq. 5).
+
+    Attributes:
+      crop_size: side of o^2 (paper: 32 for CQL, 64 for BC).
+      ee_crop_size: side of e^2 (paper: 16).
+      sigma: Algo. 1 noise std per action dimension.
+      mode: 'correction' (a^2 = tanh(eps), composed by Eq. 6) or 'direct' (a^2 = a).
+      rotate: rotate crops by the orientation's angle about the optical axis.
+    """
+
+    crop_size: int = 32
+    ee_crop_size: int = 16
+    sigma: tuple[float, ...] = DEFAULT_SIGMA
+    mode: str = "correction"
+    rotate: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("crop_size", "ee_crop_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"Stage2Config.{name} must be a positive int; got {getattr(self, name)!r}.")
+        if self.mode not in STAGE2_MODES:
+            raise ValueError(f"Stage2Config.mode must be one of {STAGE2_MODES}; got {self.mode!r}.")
+        if len(self.sigma) != 7 or any(s < 0 for s in self.sigma):
+            raise ValueError(f"Stage2Config.sigma must be 7 non-negative stds; got {self.sigma!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One stage's training run.
+
+    Attributes:
+      algo: 'bc' or 'cql'.
+      num_steps: update steps.
+      batch_size: transitions per update.
+      learning_rate: Adam learning rate for BC (CQL uses `cql.*_lr`).
+      image_size: stage 1's input side; frames are downscaled once if smaller than stored.
+      network: network sizes.
+      cql: CQL hyper-parameters (ignored by BC).
+      stage2: stage-2 state/action construction (ignored by stage 1).
+    """
+
+    algo: str = "bc"
+    num_steps: int = 1000
+    batch_size: int = 128
+    learning_rate: float = 3e-4
+    image_size: int | None = None
+    network: NetworkConfig = NetworkConfig()
+    cql: CQLConfig = CQLConfig()
+    stage2: Stage2Config = Stage2Config()
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"TrainConfig.algo must be one of {ALGOS}; got {self.algo!r}.")
+        for name in ("num_steps", "batch_size"):
+            val = getattr(self, name)
+            if not isinstance(val, (int, np.integer)) or val <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive int; got {val!r}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate must be > 0; got {self.learning_rate!r}.")
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"TrainConfig.image_size must be a positive int or None; got {self.image_size!r}.")
+
+
+class TrainData(NamedTuple):
+    """Device arrays a trainer samples from (passed to jitted code as arguments).
+
+    Attributes:
+      images: [N_img, H, W, 3] uint8 frames at full resolution (stage 2 crops from these).
+      stage1_images: [N_img, h, w, 3] uint8 frames at stage 1's input size.
+      dataset: the `Dataset` (its transition arrays).
+    """
+
+    images: jnp.ndarray
+    stage1_images: jnp.ndarray
+    dataset: Dataset
+
+
+def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
+    """Area-style downscale of uint8 frames [..., H, W, 3] -> [..., size, size, 3] uint8."""
+    if images.shape[-3] == size and images.shape[-2] == size:
+        return images
+    shape = images.shape[:-3] + (size, size, images.shape[-1])
+    out = jax.image.resize(images.astype(jnp.float32), shape, method="linear", antialias=True)
+    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+
+
+def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
+    """Validates `dataset` and moves it to the device once."""
+    validate_dataset(dataset)
+    ds = jax.device_put(jax.tree_util.tree_map(jnp.asarray, dataset))
+    size = config.image_size or int(ds.images.shape[1])
+    if size > ds.images.shape[1]:
+        raise ValueError(f"TrainConfig.image_size ({size}) exceeds the dataset's frame size "
+                         f"{tuple(ds.images.shape[1:3])}.")
+    small = jax.jit(resize_images, static_argnums=1)(ds.images, size)
+    return TrainData(images=ds.images, stage1_images=small, dataset=ds)
+
+
+def _stage2_obs(data: TrainData, img_idx: jnp.ndarray, pose: jnp.ndarray, tentative: jnp.ndarray,
+                cfg: Stage2Config) -> Stage2Obs:
+    ds = data.dataset
+    cams = Camera(intrinsics=ds.intrinsics[img_idx], cam_to_world=ds.cam_to_world[img_idx],
+                  width=int(data.images.shape[2]), height=int(data.images.shape[1]))
+    fn = lambda im, z, a1, cam: transform_state(im, z, a1, cam, ds.workspace, cfg.crop_size,
+                                                cfg.ee_crop_size, cfg.rotate)
+    return jax.vmap(fn)(data.images[img_idx], pose, tentative, cams)
+
+
+def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
+                 stage2: Stage2Config = Stage2Config()) -> Batch:
+    """Samples a training batch on device; pure, usable inside `lax.scan`.
+
+    Stage 1 returns the stored transitions. Stage 2 applies Algorithm 1: eps ~ N(0, sigma^2),
+    a^1 = tanh(atanh(a) - eps), target a^2 = tanh(eps) ('correction') or a ('direct'), and the
+    states s^2 = f(s, a^1), s'^2 = f(s', a'^1) with a'^1 built the same way from a'.
+
+    Args:
+      data: `TrainData` from `prepare_data`.
+      key: PRNG key.
+      batch_size: B (static).
+      stage: 1 or 2 (static).
+      stage2: stage-2 settings (static).
+
+    Returns:
+      `Batch` with obs/next_obs `Stage1Obs` or `Stage2Obs` and [B, 7] actions.
+    """
+    ds = data.dataset
+    k_idx, k_eps, k_next = jax.random.split(key, 3)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, ds.action.shape[0])
+    oi, ni = ds.obs_index[idx], ds.next_obs_index[idx]
+    action = ds.action[idx]
+    common = dict(reward=ds.reward[idx], mc_return=ds.mc_return[idx], done=ds.done[idx])
+    if stage == 1:
+        return Batch(obs=Stage1Obs(data.stage1_images[oi], ds.pose[idx]), action=action,
+                     next_obs=Stage1Obs(data.stage1_images[ni], ds.next_pose[idx]), **common)
+    a1, a2 = sample_tentative(k_eps, action, stage2.sigma)
+    next_a1, _ = sample_tentative(k_next, ds.next_action[idx], stage2.sigma)
+    obs = _stage2_obs(data, oi, ds.pose[idx], a1, stage2)
+    next_obs = _stage2_obs(data, ni, ds.next_pose[idx], next_a1, stage2)
+    target = a2 if stage2.mode == "correction" else action
+    return Batch(obs=obs, action=target, next_obs=next_obs, **common)
+
+
+class Trainer(NamedTuple):
+    """A stage's pure training functions, bound to a dataset.
+
+    Attributes:
+      networks: the `Networks` bundle.
+      data: device-resident `TrainData`.
+      init: key -> AgentState.
+      step: (AgentState, TrainData) -> (AgentState, metrics): one update with a batch sampled
+        from the state's key.
+      run: (AgentState, TrainData, num_steps) -> (AgentState, metrics stacked [num_steps]);
+        a `lax.scan`. Pure; jit with `num_steps` static.
+      metrics_type: the NamedTuple type of the metrics.
+    """
+
+    networks: Networks
+    data: TrainData
+    init: Callable[[jax.Array], AgentState]
+    step: Callable[[AgentState, TrainData], tuple[AgentState, Any]]
+    run: Callable[[AgentState, TrainData, int], tuple[AgentState, Any]]
+    metrics_type: type
+
+
+def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    if config.algo == "bc":
+        return optax.adam(config.learning_rate)
+    return make_cql_optimizer(config.cql)
+
+
+def make_trainer(config: TrainConfig, dataset: Dataset | TrainData, stage: int) -> Trainer:
+    """Builds the pure init/step/run functions of one stage.
+
+    Args:
+      config: training configuration.
+      dataset: a `Dataset` (validated and moved to the device here) or prepared `TrainData`.
+      stage: 1 (tentative policy) or 2 (correction policy).
+
+    Returns:
+      A `Trainer`.
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"`stage` must be 1 or 2; got {stage!r}.")
+    data = dataset if isinstance(dataset, TrainData) else prepare_data(dataset, config)
+    networks = make_networks(config.network, stage, config.algo)
+    optimizer = _optimizer(config)
+    if config.algo == "bc":
+        update = make_bc_update(networks, optimizer)
+        from twostage_jax.bc import BCMetrics as metrics_type
+    else:
+        update = make_cql_update(networks, config.cql, optimizer)
+        from twostage_jax.cql import CQLMetrics as metrics_type
+    batch_size, s2 = config.batch_size, config.stage2
+    example_shapes = jax.eval_shape(
+        lambda d: sample_batch(d, jax.random.PRNGKey(0), 2, stage, s2).obs, data)
+
+    def init(key: jax.Array) -> AgentState:
+        k_init, k_state = jax.random.split(key)
+        example = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), example_shapes)
+        params = networks.init(k_init, example)
+        target_params: dict = {}
+        if config.algo == "cql":
+            params = init_cql_params(params, config.cql)
+            if config.cql.target == "td":
+                target_params = {"encoder": params["encoder"], "critic": params["critic"]}
+        return AgentState(params=params, target_params=target_params,
+                          opt_state=optimizer.init(params), key=k_state,
+                          step=jnp.zeros((), jnp.int32))
+
+    def step(state: AgentState, data_: TrainData) -> tuple[AgentState, Any]:
+        key, k_batch, k_update = jax.random.split(state.key, 3)
+        batch = sample_batch(data_, k_batch, batch_size, stage, s2)
+        new_state, metrics = update(state.replace(key=key), batch, k_update)
+        return new_state, metrics
+
+    def run(state: AgentState, data_: TrainData, num_steps: int) -> tuple[AgentState, Any]:
+        return jax.lax.scan(lambda s, _: step(s, data_), state, None, length=num_steps)
+
+    return Trainer(networks=networks, data=data, init=init, step=step, run=run,
+                   metrics_type=metrics_type)
+
+
+def make_train(config: TrainConfig, dataset: Dataset | TrainData, stage: int
+               ) -> Callable[[jax.Array], tuple[AgentState, Any]]:
+    """Returns `train(key) -> (AgentState, metrics)`: init + `config.num_steps` scanned updates.
+
+    `train` is jitted; metrics are the per-step NamedTuple stacked to [num_steps]. Batches are
+    sampled on device inside the scan; the dataset is moved to the device once, here.
+
+    Args:
+      config: training configuration.
+      dataset: the offline `Dataset` (or prepared `TrainData`).
+      stage: 1 or 2.
+    """
+    trainer = make_trainer(config, dataset, stage)
+    num_steps = config.num_steps
+
+    @jax.jit
+    def _train(key: jax.Array, data: TrainData) -> tuple[AgentState, Any]:
+        return trainer.run(trainer.init(key), data, num_steps)
+
+    def train(key: jax.Array) -> tuple[AgentState, Any]:
+        return _train(key, trainer.data)
+
+    return train
+
+
+def _check_keys(keys: Any) -> None:
+    keys = jnp.asarray(keys) if not jax.dtypes.issubdtype(getattr(keys, "dtype", None), jax.dtypes.prng_key) else keys
+    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        _checks.check_rank("keys", keys, 1)
+    else:
+        _checks.check_shape("keys", keys, (None, 2), "a stack of raw PRNG keys, e.g. jax.random.split(key, n)")
+
+
+def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Array, stage: int = 1
+                ) -> tuple[AgentState, Any]:
+    """Trains one run per key as a single jitted program vmapped over seeds.
+
+    Args:
+      config: training configuration (shared by all seeds).
+      dataset: the offline `Dataset` (or prepared `TrainData`), shared by all seeds.
+      keys: [S, 2] raw keys (or [S] typed keys), e.g. `jax.random.split(key, S)`.
+      stage: 1 or 2.
+
+    Returns:
+      (AgentState with a leading [S] axis on every leaf, metrics [S, num_steps]).
+    """
+    _check_keys(keys)
+    trainer = make_trainer(config, dataset, stage)
+    num_steps = config.num_steps
+
+    @jax.jit
+    def _train(keys_: jax.Array, data: TrainData) -> tuple[AgentState, Any]:
+        return jax.vmap(lambda k: trainer.run(trainer.init(k), data, num_steps))(keys_)
+
+    return _train(keys, trainer.data)
