@@ -71,10 +71,10 @@ def test_reader_without_rlbench(tmp_path):
     (traj,) = load_rlbench_demos(tmp_path, "reach_target")
     assert "rlbench" not in sys.modules
     assert traj.num_frames == 24
-    # ARM's rules: stops at 10 and 14 (after the 4-frame refractory period), gripper change at
-    # 16, last frame 23. The close rule drops 10 and 14 (same position as 16).
+    # ARM's rules: stop at 10 (11..14 refractory; 15 is next to a gripper change), gripper
+    # change at 16, last frame 23. The close rule drops 10 (same position as 16).
     from twostage_jax.data.keyframes import arm_keyframes
-    assert arm_keyframes(traj.gripper_open, traj.velocities, 0.1, 4) == [10, 14, 16, 23]
+    assert arm_keyframes(traj.gripper_open, traj.velocities, 0.1, 4) == [10, 16, 23]
     assert traj.keyframes.tolist() == [16, 23]
     np.testing.assert_allclose(traj.eulers, 0.0, atol=1e-9)  # pointing down = neutral
     assert traj.images.dtype == np.uint8
