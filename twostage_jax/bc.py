@@ -86,7 +86,7 @@ def make_bc_update(
         (_, aux), grads = jax.value_and_grad(bc_loss, has_aux=True)(state.params, batch, networks)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = BCMetrics(*aux, grad_norm=optax.global_norm(grads))
+        metrics = BCMetrics(*aux, grad_norm=optax.tree.norm(grads))
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return update

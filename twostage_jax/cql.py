@@ -361,7 +361,7 @@ def make_cql_update(
         if config.target == "td":
             online = {"encoder": params["encoder"], "critic": params["critic"]}
             target_params = optax.incremental_update(online, target_params, config.tau)
-        metrics = CQLMetrics(*c_aux, *a_aux, *al_aux, grad_norm=optax.global_norm(grads))
+        metrics = CQLMetrics(*c_aux, *a_aux, *al_aux, grad_norm=optax.tree.norm(grads))
         return state.replace(params=params, target_params=target_params, opt_state=opt_state,
                              step=state.step + 1), metrics
 

@@ -1,0 +1,85 @@
+"""Tanh-space composition, Algo. 1 and pose conversion."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twostage_jax as tj
+
+VARIANTS = [pytest.param(lambda f: f, id="eager"), pytest.param(jax.jit, id="jit")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compose_correction_matches_eq6(variant):
+    rng = np.random.default_rng(0)
+    a1 = jnp.asarray(rng.uniform(-0.95, 0.95, (16, 7)), jnp.float32)
+    a2 = jnp.asarray(rng.uniform(-0.95, 0.95, (16, 7)), jnp.float32)
+    out = variant(tj.compose_correction)(a1, a2)
+    np.testing.assert_allclose(out, np.tanh(np.arctanh(a1) + np.arctanh(a2)), atol=1e-5)
+
+
+def test_compose_hand_worked():
+    # tanh(atanh(0.5) + atanh(0.5)) = 2 * 0.5 / (1 + 0.25) = 0.8
+    out = tj.compose_correction(jnp.full((7,), 0.5), jnp.full((7,), 0.5))
+    np.testing.assert_allclose(out, 0.8, atol=1e-6)
+    np.testing.assert_allclose(tj.compose_correction(jnp.full(7, 0.3), jnp.zeros(7)), 0.3, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_algo1_pair_recomposes(variant):
+    a = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (256, 7)), jnp.float32)
+    a = a.at[:, 6].set(jnp.sign(a[:, 6]))  # gripper is +-1 in data
+    a1, a2 = variant(tj.sample_tentative)(jax.random.PRNGKey(0), a)
+    assert a1.shape == a2.shape == (256, 7)
+    rec = tj.compose_correction(a1, a2)
+    # Exact where neither operand hit the clip; within clipping everywhere.
+    ok = (jnp.abs(a1) < 0.99) & (jnp.abs(a2) < 0.99)
+    assert float(ok.mean()) > 0.7
+    np.testing.assert_allclose(jnp.where(ok, rec, 0), jnp.where(ok, jnp.clip(a, -0.99, 0.99), 0), atol=1e-4)
+    assert np.all(np.abs(rec) <= 0.99 + 1e-6)
+    # Position/orientation noise is small (sigma 0.1), gripper noise large (sigma 1).
+    eps = np.arctanh(np.clip(np.asarray(a2), -0.999999, 0.999999))
+    assert 0.05 < eps[:, :6].std() < 0.15 and 0.7 < eps[:, 6].std() < 1.3
+
+
+def test_compose_outputs_stay_in_range_for_extremes():
+    ext = jnp.array([-1.0, 1.0, 1.0, -1.0, 0.0, 1.0, -1.0])
+    for a1, a2 in [(ext, ext), (ext, -ext), (jnp.ones(7), jnp.ones(7))]:
+        out = tj.compose_correction(a1, a2)
+        assert np.all(np.isfinite(out)) and np.all(np.abs(out) <= 1.0)
+    np.testing.assert_array_equal(tj.compose_direct(ext, -ext), -ext)
+    assert np.all(np.isfinite(tj.atanh_clipped(jnp.array([-1.0, 1.0]))))
+
+
+def test_pose_action_roundtrip():
+    ws = tj.Workspace.create([-0.5, 0.4, 0.05], [0.5, 0.9, 0.3])
+    pos = jnp.array([[0.1, 0.6, 0.2], [-0.5, 0.9, 0.05]])
+    euler = jnp.array([[0.1, -0.2, 3.0], [0.0, 0.0, -np.pi]])
+    a = tj.pose_to_action(pos, euler, jnp.array([1.0, -1.0]), ws)
+    np.testing.assert_allclose(a[1, :3], [-1, 1, -1], atol=1e-6)
+    p2, e2, g2 = tj.action_to_pose(a, ws)
+    np.testing.assert_allclose(p2, pos, atol=1e-6)
+    np.testing.assert_allclose(e2, euler, atol=1e-6)
+    np.testing.assert_allclose(g2, [1.0, -1.0])
+    # Out-of-bounds positions saturate.
+    out = tj.pose_to_action(jnp.array([2.0, 0.6, 0.2]), jnp.zeros(3), jnp.array(1.0), ws)
+    assert float(out[0]) == 1.0
+
+
+def test_action_errors_name_the_argument():
+    good = jnp.zeros(7)
+    with pytest.raises(ValueError, match="`a1` must lie in \\[-1.0, 1.0\\].*got values in \\[0, 1.5\\]"):
+        tj.compose_correction(good.at[0].set(1.5), good)
+    with pytest.raises(ValueError, match="`a2` must have shape \\[..., 7\\].*got shape \\(6,\\)"):
+        tj.compose_correction(good, jnp.zeros(6))
+    with pytest.raises(TypeError, match="`a` must be a floating-point array.*int32"):
+        tj.sample_tentative(jax.random.PRNGKey(0), jnp.zeros(7, jnp.int32))
+    with pytest.raises(ValueError, match="`sigma` must have shape \\[7\\]"):
+        tj.sample_tentative(jax.random.PRNGKey(0), good, sigma=(0.1, 0.2))
+    with pytest.raises(ValueError, match="`a1` must be finite"):
+        tj.compose_correction(good.at[2].set(jnp.nan), good)
+    with pytest.raises(ValueError, match="Workspace needs `low` < `high`"):
+        tj.Workspace.create([0, 0, 0], [1, 0, 1])
+    with pytest.raises(ValueError, match="`limit` must lie in \\(0, 1\\)"):
+        tj.atanh_clipped(good, limit=1.0)

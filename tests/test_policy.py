@@ -1,0 +1,60 @@
+"""The two-stage act function."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twostage_jax as tj
+from tests._tiny import tiny_config, tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def trained():
+    ds = tiny_dataset()
+    c1, c2 = tiny_config("bc", 2), tiny_config("cql", 2)
+    s1, _ = tj.make_train(c1, ds, 1)(jax.random.PRNGKey(0))
+    s2, _ = tj.make_train(c2, ds, 2)(jax.random.PRNGKey(1))
+    return ds, c1, c2, s1.params, s2.params
+
+
+def _inputs(ds, b):
+    cam = ds.camera(0)
+    cam = tj.Camera(jnp.asarray(cam.intrinsics), jnp.asarray(cam.cam_to_world), cam.width, cam.height)
+    return jnp.asarray(ds.images[:b]), jnp.asarray(ds.pose[:b]), cam
+
+
+def test_two_stage_policy_composes(trained):
+    ds, c1, c2, p1, p2 = trained
+    act = tj.make_policy(c1, c2, ds.workspace)
+    image, pose, cam = _inputs(ds, 3)
+    out = act(p1, p2, image, pose, cam)
+    assert out.action.shape == (3, 7)
+    np.testing.assert_allclose(out.action, tj.compose_correction(out.tentative, out.correction), atol=1e-6)
+    stage1 = tj.make_policy(c1, None, ds.workspace)(p1, None, image, pose, cam)
+    np.testing.assert_allclose(stage1.action, out.tentative, atol=1e-6)
+    np.testing.assert_array_equal(stage1.correction, 0.0)
+    stochastic = tj.make_policy(c1, c2, ds.workspace, deterministic=False)
+    a = stochastic(p1, p2, image, pose, cam, jax.random.PRNGKey(3)).action
+    assert np.all(np.abs(a) <= 1.0)
+
+
+def test_direct_mode_returns_stage2_action(trained):
+    ds, c1, c2, p1, p2 = trained
+    c2d = tj.TrainConfig(**{**c2.__dict__, "stage2": tj.Stage2Config(crop_size=8, ee_crop_size=4, mode="direct")})
+    out = tj.make_policy(c1, c2d, ds.workspace)(p1, p2, *_inputs(ds, 2))
+    np.testing.assert_array_equal(out.action, out.correction)
+
+
+def test_policy_rejects_bad_input(trained):
+    ds, c1, c2, p1, p2 = trained
+    act = tj.make_policy(c1, c2, ds.workspace)
+    image, pose, cam = _inputs(ds, 2)
+    with pytest.raises(ValueError, match="`image` must have shape \\[\\*, 32, 32, 3\\]"):
+        act(p1, p2, image[:, :16], pose, cam)
+    with pytest.raises(ValueError, match="`pose` must have shape \\[2, 7\\]"):
+        act(p1, p2, image, pose[:1], cam)
+    with pytest.raises(ValueError, match="`pose` must lie in"):
+        act(p1, p2, image, pose * 5, cam)
+    with pytest.raises(ValueError, match="`params2` is None"):
+        act(p1, None, image, pose, cam)
