@@ -1,0 +1,90 @@
+"""MetaWorld env: projection of the tool centre point against the render, action mode, demos."""
+
+import numpy as np
+import pytest
+
+mw = pytest.importorskip("twostage_jax.envs.metaworld")
+
+from twostage_jax.geometry import project_points  # noqa: E402
+
+
+def _pad_centroid(env):
+    """Centroid (u, v) of the finger-pad geoms' pixels in MuJoCo's segmentation render."""
+    import mujoco
+
+    model = env.sim.model
+    bodies = {model.body(name).id for name in ("rightpad", "leftpad")}
+    pad_geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] in bodies]
+    seg = env.render_segmentation()
+    mask = np.isin(seg[..., 0], pad_geoms) & (seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM))
+    rows, cols = np.nonzero(mask)
+    assert rows.size > 0, "finger pads not visible"
+    return np.array([cols.mean() + 0.5, rows.mean() + 0.5])
+
+
+@pytest.mark.render
+def test_tcp_projection_lands_on_rendered_gripper():
+    """Projected tcp_center vs the centroid of the rendered finger pads (the tcp is defined as the
+    midpoint of the two pads' end-effector sites), over several frames of three tasks."""
+    errors = []
+    for task in ("reach-v3", "pick-place-v3", "drawer-open-v3"):
+        env = mw.MetaWorldEnv(task)
+        obs = env.reset(7)
+        rng = np.random.default_rng(0)
+        for k in range(3):
+            if k:
+                target = obs.pose.copy()
+                target[:3] = np.clip(target[:3] + rng.uniform(-0.25, 0.25, 3), -0.9, 0.9)
+                target[2] = max(target[2], -0.3)
+                obs, _, done, info = env.step(target)
+                assert not info["sim_error"]
+            uv, depth = project_points(env.camera, env.tcp_position())
+            assert float(depth) > 0
+            errors.append(np.linalg.norm(np.asarray(uv) - _pad_centroid(env)))
+        assert obs.image.shape == (128, 128, 3) and obs.image.dtype == np.uint8
+        env.close()
+    assert np.mean(errors) < 2.0, errors
+
+
+@pytest.mark.sim
+def test_action_mode_reaches_targets_and_clips():
+    env = mw.MetaWorldEnv("reach-v3", mw.MetaWorldConfig(max_keyframes=3))
+    obs = env.reset(0)
+    np.testing.assert_allclose(obs.pose[3:6], 0.0, atol=0.05)  # neutral orientation = 0
+    assert obs.pose[6] == 1.0
+    target = obs.pose.copy()
+    target[:3] += np.array([0.1, 0.1, 0.05])
+    target[5] = 0.2  # yaw of 0.2 pi
+    obs, _, done, info = env.step(target)
+    assert info["position_error"] < 0.006 and not info["clipped"]
+    np.testing.assert_allclose(obs.pose[5], 0.2, atol=0.03)
+    far = target.copy()
+    far[:3] = [1.0, 1.0, -1.0]  # below the table and beyond the mocap bounds
+    obs, _, done, info = env.step(far)
+    assert info["clipped"]
+    obs, _, done, info = env.step(far)
+    assert done  # max_keyframes
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(far)
+    with pytest.raises(ValueError, match="action"):
+        env.reset(0)
+        env.step(np.zeros(6))
+    with pytest.raises(ValueError, match="Valid names"):
+        mw.MetaWorldEnv("no-such-task-v3")
+    env.close()
+
+
+@pytest.mark.render
+@pytest.mark.sim
+def test_demos_replay_and_build():
+    from twostage_jax.data.dataset import build_dataset
+    from twostage_jax.data.demos import record_demos, replay_keyframes
+
+    trajs, stats = record_demos("pick-place-v3", 3, seed=200, progress=False)
+    assert stats.kept == 3 and stats.keep_rate >= 0.5
+    env = mw.MetaWorldEnv("pick-place-v3")
+    for t in trajs:
+        assert replay_keyframes(env, t.seed, t.keyframe_actions(env.workspace))
+    ds = build_dataset(trajs, env.workspace)
+    assert float(ds.done.sum()) >= 3 and ds.images.shape[1:] == (128, 128, 3)
+    env.close()
