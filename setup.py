@@ -12,6 +12,8 @@ CORE = [
     "absl-py>=2.1",
     "ml-collections>=0.1.1",
     "rliable>=1.2",
+    # rliable pins arch<8, whose 7.x releases fail to import under pandas 3.
+    "pandas>=2.0,<3",
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
