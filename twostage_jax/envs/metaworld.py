@@ -39,10 +39,14 @@ import atexit
 import ctypes.util
 import dataclasses
 import os
+import sys
 import weakref
 from typing import Any
 
 import numpy as np
+
+
+_MUJOCO_IMPORTED_EARLY = "mujoco" in sys.modules and not os.environ.get("MUJOCO_GL")
 
 
 def _select_gl_backend() -> None:
@@ -127,7 +131,7 @@ class MetaWorldConfig:
     max_keyframes: int = 20
     gain: float = 10.0
     tolerance: float = 0.005
-    max_move_steps: int = 60
+    max_move_steps: int = 100
     max_gripper_steps: int = 25
     max_tilt: float = np.pi / 4
     shadows: bool = False
@@ -188,6 +192,10 @@ def _make_renderer(model: Any, height: int, width: int) -> Any:
             "needs EGL (Debian/Ubuntu package `libegl1`, with Mesa `libegl-mesa0`) or OSMesa "
             "(`libosmesa6`); install one and set MUJOCO_GL=egl or MUJOCO_GL=osmesa before "
             "importing twostage_jax.envs.metaworld."
+            + (" Note: `mujoco` was imported before this module could set MUJOCO_GL (e.g. by "
+               "importing metaworld first), so MuJoCo used its default backend; import "
+               "twostage_jax.envs.metaworld first or set MUJOCO_GL yourself."
+               if _MUJOCO_IMPORTED_EARLY else "")
         ) from err
 
 
