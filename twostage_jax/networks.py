@@ -20,7 +20,12 @@ import jax.numpy as jnp
 
 from twostage_jax.types import ACTION_DIM, Stage1Obs, Stage2Obs
 
-CONV_IMPLS = ("xla", "patches")
+CONV_IMPLS = ("auto", "xla", "patches")
+# Fastest conv implementation per backend, from experiments/benchmark.py. On CPU, XLA's
+# convolution (and, under vmap over seeds, its grouped convolution) is several times slower
+# than im2col + matmul at these sizes, single seed and vmapped alike. No GPU/TPU measurement
+# exists yet, so those default to XLA's native convolution (cuDNN / TPU conv units).
+AUTO_CONV_IMPL = {"cpu": "patches"}
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 
@@ -36,8 +41,11 @@ class NetworkConfig:
         first len(channels) layers.
       mlp_hidden: width of the 2-layer MLPs over z and a^1.
       head_hidden: widths of the 2-layer MLP heads.
-      conv_impl: 'xla' (lax.conv) or 'patches' (im2col + matmul; under vmap over seeds the
-        per-seed kernels become one batched matmul instead of a grouped convolution).
+      conv_impl: 'auto' (default: the fastest measured implementation for the default
+        backend, see `resolve_conv_impl`), 'xla' (lax.conv) or 'patches' (im2col + matmul;
+        under vmap over seeds the per-seed kernels become one batched matmul instead of a
+        grouped convolution). All three have identical parameters and equal outputs up to
+        float rounding, so checkpoints move freely between them.
     """
 
     conv_channels: tuple[int, ...] = (32, 32, 32, 32)
@@ -45,7 +53,7 @@ class NetworkConfig:
     conv_strides: tuple[int, ...] = (2, 2, 2, 2)
     mlp_hidden: int = 64
     head_hidden: tuple[int, ...] = (256, 256)
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self) -> None:
         if self.conv_impl not in CONV_IMPLS:
@@ -58,6 +66,29 @@ class NetworkConfig:
         if len(self.conv_strides) < max(len(self.conv_channels), len(self.crop_conv_channels)):
             raise ValueError("NetworkConfig.conv_strides needs one stride per conv layer; got "
                              f"{self.conv_strides!r} for {len(self.conv_channels)} layers.")
+
+
+def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
+    """Maps 'auto' to a concrete conv implementation for `backend`; other names pass through.
+
+    'auto' picks 'patches' on CPU (measured by experiments/benchmark.py: im2col + matmul is
+    faster than XLA's convolution on CPU for one seed, and far faster than the grouped
+    convolution that vmapping over seeds produces) and 'xla' elsewhere (GPU/TPU: no
+    measurement yet, so XLA's native convolution is kept).
+
+    Args:
+      impl: 'auto', 'xla' or 'patches'.
+      backend: platform name ('cpu', 'gpu', 'tpu', ...); None means `jax.default_backend()`.
+
+    Returns:
+      'xla' or 'patches'.
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"`conv_impl` must be one of {CONV_IMPLS}; got {impl!r}.")
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend() if backend is None else backend
+    return AUTO_CONV_IMPL.get(backend, "xla")
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
@@ -91,7 +122,10 @@ def conv2d_patches(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndar
 
 
 class Conv(nn.Module):
-    """3x3 'SAME' convolution with a selectable implementation; params match `nn.Conv`."""
+    """3x3 'SAME' convolution with a selectable implementation; params match `nn.Conv`.
+
+    `impl` is 'auto', 'xla' or 'patches' (see `resolve_conv_impl`).
+    """
 
     features: int
     stride: int
@@ -104,7 +138,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (self.kernel_size, self.kernel_size, cin, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        if self.impl == "patches":
+        if resolve_conv_impl(self.impl) == "patches":
             y = conv2d_patches(x, kernel, self.stride)
         else:
             y = jax.lax.conv_general_dilated(
@@ -230,6 +264,8 @@ class Networks(NamedTuple):
 def make_networks(config: NetworkConfig, stage: int, algo: str) -> Networks:
     """Builds the networks of one stage.
 
+    `config.conv_impl='auto'` is resolved here, for the default backend at call time.
+
     Args:
       config: sizes.
       stage: 1 (full image + pose) or 2 (crops + pose + tentative action).
@@ -242,6 +278,7 @@ def make_networks(config: NetworkConfig, stage: int, algo: str) -> Networks:
         raise ValueError(f"`stage` must be 1 or 2; got {stage!r}.")
     if algo not in ("bc", "cql"):
         raise ValueError(f"`algo` must be 'bc' or 'cql'; got {algo!r}.")
+    config = dataclasses.replace(config, conv_impl=resolve_conv_impl(config.conv_impl))
     encoder = Stage1Encoder(config) if stage == 1 else Stage2Encoder(config)
     actor = DeterministicActor(config.head_hidden) if algo == "bc" else GaussianActor(config.head_hidden)
     critic = TwinQ(config.head_hidden) if algo == "cql" else None
