@@ -1,0 +1,73 @@
+"""Shared defaults for the launcher's ml_collections configs.
+
+A config file's `get_config(arg)` takes an optional comma-separated variant string, e.g.
+`--config=experiments/configs/paper.py:cql,direct,td`:
+  * `bc` | `cql`: the algorithm of both stages (BC uses 64x64 crops, CQL 32x32, as in the paper);
+  * `correction` | `direct`: stage 2 predicts a correction (Eq. 6) or the final action;
+  * `mc` | `td`: CQL's Q target (Monte Carlo return or TD backup with a target network).
+Any field can also be overridden with dotted flags, e.g. `--config.stage2.crop_size=16`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3",
+                 "drawer-open-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3")
+VARIANTS = {"bc", "cql", "correction", "direct", "mc", "td"}
+
+
+def network(conv_channels=(32, 32, 32, 32), crop_conv_channels=(32, 32, 32), mlp_hidden=64,
+            head_hidden=(256, 256), conv_impl="xla") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        conv_channels=tuple(conv_channels), crop_conv_channels=tuple(crop_conv_channels),
+        conv_strides=(2, 2, 2, 2), mlp_hidden=mlp_hidden, head_hidden=tuple(head_hidden),
+        conv_impl=conv_impl))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.env = "metaworld"  # or 'rlbench' (needs CoppeliaSim, PyRep and RLBench for rollouts)
+    c.rlbench_root = ""  # RLBench demos folder (TASK/variation0/episodes/...) when env='rlbench'
+    c.task = "reach-v3"
+    c.algo = "bc"
+    c.seed = 0
+    c.num_seeds = 1
+    c.seed_strategy = "vmap"  # 'vmap' (one program for all seeds) or 'sequential'
+
+    c.demos = ml_collections.ConfigDict(dict(
+        num_demos=100, seed=0, augment_every=10, gamma=0.99, image_size=128, max_keyframes=20))
+
+    c.stage1 = ml_collections.ConfigDict(dict(
+        num_steps=300_000, batch_size=128, learning_rate=3e-4, image_size=128,
+        network=network()))
+    c.stage2 = ml_collections.ConfigDict(dict(
+        num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
+        sigma=(0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 1.0), mode="correction", rotate=True,
+        network=network()))
+    c.cql = ml_collections.ConfigDict(dict(
+        cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
+        backup_entropy=False, init_alpha=0.1, actor_lr=1e-4, critic_lr=3e-4, alpha_lr=1e-4))
+
+    c.train = ml_collections.ConfigDict(dict(log_every=1000, checkpoint_every=10_000, keep_checkpoints=3))
+    c.eval = ml_collections.ConfigDict(dict(
+        num_episodes=100, seed=100_000, record_episodes=1, bootstrap_reps=2000))
+    return c
+
+
+def apply_variants(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies the comma-separated variant string described in this module's docstring."""
+    parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+    unknown = sorted(set(parts) - VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown config variant(s) {unknown}; expected a comma-separated subset "
+                         f"of {sorted(VARIANTS)}.")
+    for p in parts:
+        if p in ("bc", "cql"):
+            c.algo = p
+            c.stage2.crop_size = 64 if p == "bc" else 32
+        elif p in ("correction", "direct"):
+            c.stage2.mode = p
+        elif p in ("mc", "td"):
+            c.cql.target = p
+    return c

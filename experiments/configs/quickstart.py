@@ -1,0 +1,33 @@
+"""Quickstart: one MetaWorld task, CPU-sized, demos + both stages + evaluation in minutes.
+
+Reduced from the paper: 30 demos; stage 1 sees the 128x128 frames downscaled to 64x64; 16-channel
+convolutions; batch 32; 2 seeds; 20 evaluation episodes per seed. Stage 2 crops the full-resolution
+frames as in the paper (64x64 for BC, 32x32 for CQL, and 16x16 around the end-effector).
+
+Usage: --config=experiments/configs/quickstart.py[:bc|cql[,correction|direct][,mc|td]]
+"""
+
+from experiments.configs import base
+
+
+def get_config(arg: str | None = None):
+    c = base.base_config()
+    c.task = "button-press-topdown-v3"
+    c.num_seeds = 2
+    c.demos.num_demos = 30
+    c.stage1.image_size = 64
+    c.stage1.batch_size = 32
+    c.stage1.num_steps = 3000
+    c.stage1.learning_rate = 1e-3
+    c.stage2.batch_size = 32
+    c.stage2.num_steps = 3000
+    c.stage2.learning_rate = 1e-3
+    small = base.network(conv_channels=(16, 16, 16, 16), crop_conv_channels=(16, 16, 16),
+                         mlp_hidden=32, head_hidden=(128, 128))
+    c.stage1.network = small
+    c.stage2.network = base.network(conv_channels=(16, 16, 16, 16), crop_conv_channels=(16, 16, 16),
+                                    mlp_hidden=32, head_hidden=(128, 128))
+    c.train.log_every = 250
+    c.train.checkpoint_every = 1000
+    c.eval.num_episodes = 20
+    return base.apply_variants(c, arg)

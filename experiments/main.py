@@ -1,0 +1,129 @@
+"""The twostage_jax launcher: demos -> stage 1 -> stage 2 -> evaluation.
+
+Examples:
+  python -m experiments.main --mode=all --workdir=runs/quickstart
+  python -m experiments.main --mode=all --workdir=runs/paper_cql \
+      --config=experiments/configs/paper.py:cql --task=drawer-open-v3
+  python -m experiments.main --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
+
+Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its latest
+checkpoint. Every flag and config field is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import logging as pylogging
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+MODES = ("demos", "stage1", "stage2", "eval", "all")
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.py")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("mode", "all", MODES, "Which part of the pipeline to run.")
+flags.DEFINE_string("workdir", None, "Directory for the dataset, checkpoints, logs and results.")
+flags.DEFINE_string("task", None, "Task name (overrides config.task), e.g. drawer-open-v3.")
+flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_seeds).")
+flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).")
+flags.DEFINE_bool("resume", False, "Continue a stage from its latest checkpoint.")
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collections config file "
+                                "(path[:variants]); fields can be overridden with --config.a.b=v.",
+                                lock_config=True)
+
+
+class UsageError(app.UsageError):
+    pass
+
+
+def _resolve_config():
+    config = FLAGS.config
+    with config.unlocked():
+        if FLAGS.task is not None:
+            config.task = FLAGS.task
+        if FLAGS.num_seeds is not None:
+            config.num_seeds = FLAGS.num_seeds
+        if FLAGS.num_demos is not None:
+            config.demos.num_demos = FLAGS.num_demos
+    return config
+
+
+def _check_task(config) -> None:
+    if config.env != "metaworld":
+        return
+    from twostage_jax.envs.metaworld import task_names
+
+    names = task_names()
+    if config.task not in names:
+        raise UsageError(f"--task / config.task: unknown MetaWorld task {config.task!r}; expected one "
+                         f"of {len(names)} names such as {', '.join(sorted(names)[:4])}, ...")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise UsageError(f"unexpected positional arguments {argv[1:]}; every option is a --flag.")
+    if not FLAGS.workdir:
+        raise UsageError("--workdir is required: the directory for datasets, checkpoints and results.")
+    from experiments import pipeline
+
+    config = _resolve_config()
+    try:
+        pipeline.validate_config(config)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    _check_task(config)
+    workdir = Path(FLAGS.workdir).absolute()
+    if FLAGS.mode in ("stage1", "stage2", "eval") and not workdir.exists():
+        raise UsageError(f"--workdir {workdir} does not exist; --mode={FLAGS.mode} needs the dataset "
+                         "from --mode=demos (or run --mode=all).")
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    import jax
+
+    from twostage_jax.checkpoint import CheckpointError, write_json_atomic
+    from twostage_jax.data.dataset import DatasetFormatError
+
+    logging.info("JAX %s on %s: %s", jax.__version__, jax.default_backend(), jax.devices())
+    write_json_atomic(workdir / "config.json", {"mode": FLAGS.mode, "argv": sys.argv,
+                                                 "config": pipeline.config_to_dict(config)})
+    try:
+        if FLAGS.mode in ("demos", "all"):
+            if FLAGS.mode == "all" and pipeline.dataset_path(workdir).exists():
+                logging.info("reusing the dataset in %s", pipeline.dataset_path(workdir))
+            else:
+                pipeline.run_demos(config, workdir)
+        if FLAGS.mode in ("stage1", "all"):
+            pipeline.run_stage(config, workdir, 1, resume=FLAGS.resume)
+        if FLAGS.mode in ("stage2", "all"):
+            pipeline.run_stage(config, workdir, 2, resume=FLAGS.resume)
+        if FLAGS.mode in ("eval", "all"):
+            results = pipeline.run_eval(config, workdir)
+            print(pipeline.format_results_table(results))
+            print(f"results, plots and rollout frames: {workdir / 'eval'}")
+    except (pipeline.PipelineError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DatasetFormatError as e:
+        print(f"error: {e} Re-create it with --mode=demos.", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _DropLibraryInfo(pylogging.Filter):
+    """Hides orbax's per-save INFO lines so progress bars stay readable."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno > pylogging.INFO or "orbax" not in record.pathname
+
+
+def run() -> None:
+    """Console-script entry point (`twostage`)."""
+    logging.get_absl_handler().addFilter(_DropLibraryInfo())
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,103 @@
+"""Plots for the launcher: success bars (paper Fig. 3 style), learning curves, rollout frames."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from twostage_jax.actions import action_to_pose  # noqa: E402
+from twostage_jax.geometry import project_points  # noqa: E402
+
+LABELS = {"stage1": "stage 1 alone", "two_stage": "two-stage"}
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def success_bars(results: dict, path: Path) -> None:
+    """Bar plot of mean success with bootstrap-interval error bars, one bar per policy."""
+    modes = list(results["modes"])
+    means = [results["modes"][m]["mean"] for m in modes]
+    err = np.array([[results["modes"][m]["mean"] - results["modes"][m]["ci_low"] for m in modes],
+                    [results["modes"][m]["ci_high"] - results["modes"][m]["mean"] for m in modes]])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    algo = results["algo"].upper()
+    names = [f"{algo}(1)" if m == "stage1" else f"{algo} two-stage" for m in modes]
+    ax.bar(names, means, yerr=err, capsize=6, color=["#9aa9c4", "#2f5597"][: len(modes)])
+    for i, m in enumerate(modes):
+        ax.scatter([i] * len(results["modes"][m]["per_seed"]), results["modes"][m]["per_seed"],
+                   color="k", s=10, zorder=3)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success probability")
+    ax.set_title(f"{results['task']} ({results['num_seeds']} seeds x {results['episodes_per_seed']} ep.)",
+                 fontsize=9)
+    _save(fig, path)
+
+
+def learning_curves(workdir: Path, path: Path) -> None:
+    """Training loss per seed against step for both stages (from metrics.jsonl)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, stage in zip(axes, ("stage1", "stage2")):
+        f = Path(workdir) / stage / "metrics.jsonl"
+        if not f.exists():
+            ax.set_title(f"{stage}: no metrics")
+            continue
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        key = "bc_loss" if rows and "bc_loss" in rows[0] else "critic_loss"
+        for seed in sorted({r["seed"] for r in rows}):
+            pts = [(r["step"], r[key]) for r in rows if r["seed"] == seed]
+            ax.plot(*zip(*pts), label=f"seed {seed}", lw=1)
+        ax.set_xlabel("update step")
+        ax.set_ylabel(key)
+        ax.set_yscale("log" if key == "bc_loss" else "linear")
+        ax.set_title(stage)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def rollout_frames(episode: Any, camera: Any, workspace: Any, path: Path, scale: int = 3) -> None:
+    """A strip of rollout frames with the tentative (red) and executed (green) positions drawn.
+
+    Also writes an animated GIF beside the PNG.
+    """
+    frames = []
+    for t, img in enumerate(episode.frames):
+        im = Image.fromarray(np.asarray(img)).resize((img.shape[1] * scale, img.shape[0] * scale),
+                                                      Image.NEAREST)
+        draw = ImageDraw.Draw(im)
+        if t < len(episode.actions):
+            for action, color in ((episode.tentative[t], (230, 40, 40)), (episode.actions[t], (40, 220, 60))):
+                pos, _, _ = action_to_pose(np.asarray(action, np.float32), workspace)
+                uv, depth = project_points(camera, pos)
+                u, v = float(uv[0]) * scale, float(uv[1]) * scale
+                if float(depth) > 0:
+                    draw.ellipse([u - 5, v - 5, u + 5, v + 5], outline=color, width=2)
+        draw.text((4, 2), f"t={t}", fill=(255, 255, 255))
+        frames.append(im)
+    if not frames:
+        return
+    w, h = frames[0].size
+    strip = Image.new("RGB", (w * len(frames), h))
+    for i, f in enumerate(frames):
+        strip.paste(f, (i * w, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    strip.save(tmp)
+    tmp.replace(path)
+    gif = path.with_suffix(".gif")
+    tmp = path.with_name(f".{path.stem}.tmp.gif")
+    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=700, loop=0)
+    tmp.replace(gif)

@@ -1,0 +1,127 @@
+"""Orbax checkpoints of the training state, plus small atomic JSON helpers.
+
+A checkpoint directory holds one orbax step directory per saved step, each with two items:
+`state` (the `AgentState` pytree, with a leading seed axis when seeds are vmapped) and `meta`
+(JSON: step, config, and for stage 2 the stage-1 checkpoint it pairs with). Orbax writes each
+step to a temporary directory and renames it when complete, so a run killed mid-save leaves
+the previous checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not match the expected state."""
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes `obj` as indented JSON to `path` via a temporary file and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, (tuple, set)):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+class Checkpointer:
+    """Saves every `every` steps, keeps the last `keep`, and restores the latest.
+
+    Args:
+      directory: checkpoint directory (created if missing).
+      keep: number of most recent checkpoints to keep.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3):
+        if keep <= 0:
+            raise ValueError(f"`keep` must be a positive int; got {keep!r}.")
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=False),
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None if there is none."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Saves `state` and JSON `meta` at `step` (blocking; atomic per step)."""
+        meta = json.loads(json.dumps({**meta, "step": int(step)}, default=_json_default))
+        self._manager.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores (state, meta) at `step` (default: latest) into the structure of `like`.
+
+        Args:
+          like: a state pytree with the expected structure, shapes and dtypes (e.g. a freshly
+            initialised state); only its structure is used.
+          step: the step to restore, default the latest.
+
+        Raises:
+          CheckpointError: no checkpoint, or it cannot be read or does not match `like`.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint found in {self.directory}.")
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            out = self._manager.restore(int(step), args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for damaged or mismatched files
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} could not be restored "
+                f"({type(e).__name__}: {str(e)[:300]}). It is damaged or was written by a "
+                "different configuration; delete that step directory to fall back to an older "
+                "one, or start the stage again without --resume.") from e
+        return out["state"], dict(out["meta"])
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """Reads only the JSON metadata of `step` (default: latest)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint found in {self.directory}.")
+        path = self.directory / str(step) / "meta" / "metadata"
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint metadata {path} is unreadable ({e}).") from e
+
+    def close(self) -> None:
+        self._manager.close()
