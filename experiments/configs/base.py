@@ -18,7 +18,7 @@ VARIANTS = {"bc", "cql", "correction", "direct", "mc", "td"}
 
 
 def network(conv_channels=(32, 32, 32, 32), crop_conv_channels=(32, 32, 32), mlp_hidden=64,
-            head_hidden=(256, 256), conv_impl="xla") -> ml_collections.ConfigDict:
+            head_hidden=(256, 256), conv_impl="auto") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         conv_channels=tuple(conv_channels), crop_conv_channels=tuple(crop_conv_channels),
         conv_strides=(2, 2, 2, 2), mlp_hidden=mlp_hidden, head_hidden=tuple(head_hidden),
