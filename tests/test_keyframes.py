@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from twostage_jax.data.keyframes import (KeyframeConfig, arm_keyframes, discover_keyframes,
-                                         drop_close_keyframes)
+                                         drop_close_keyframes, refine_path_keyframes)
 
 
 def _segments(*pieces):
@@ -88,5 +88,53 @@ def test_discover_combines_rules_and_validates():
         arm_keyframes(np.ones(5), np.ones((4, 3)))
     with pytest.raises(ValueError, match="min_distance"):
         KeyframeConfig(min_distance=-1.0)
+    with pytest.raises(ValueError, match="path_tolerance"):
+        KeyframeConfig(path_tolerance=-0.01)
     with pytest.raises(ValueError, match="increasing"):
         drop_close_keyframes([5, 3], np.zeros((8, 3)), np.ones(8), 0.01)
+
+
+def _never_stopping_l_path():
+    """0 -> A -> B -> C at constant speed (1 cm per frame), never stopping: corners at 20, 40."""
+    a, b, c = [0.2, 0, 0], [0.2, 0.2, 0], [0.2, 0.2, 0.2]
+    pos = np.concatenate([_line([0.0, 0, 0], a, 21), _line(a, b, 21)[1:], _line(b, c, 21)[1:]])
+    return pos, np.ones(len(pos), np.float32)
+
+
+def test_path_refinement_marks_corners_of_a_never_stopping_path():
+    pos, g = _never_stopping_l_path()
+    vel = _velocities(pos)  # 1 m/s everywhere: the stop rule never fires
+    assert arm_keyframes(g, vel, 0.2, 4) == [60]
+    assert refine_path_keyframes([60], pos, 0.01) == [20, 40, 60]
+    assert refine_path_keyframes([60], pos, 0.0) == [60]  # disabled
+    # A straight path gains nothing.
+    straight = _line([0.0, 0, 0], [0.3, 0, 0], 31)
+    assert refine_path_keyframes([30], straight, 0.01) == [30]
+    # The first segment starts at frame 0; existing keyframes are anchors and are kept.
+    assert refine_path_keyframes([20, 60], pos, 0.01) == [20, 40, 60]
+
+
+def test_path_refinement_tolerance_and_close_rule_order():
+    # A 5 mm sideways bump at frame 10 of a straight 20-frame line.
+    pos = _line([0.0, 0, 0], [0.2, 0, 0], 21)
+    pos[10, 1] = 0.005
+    assert refine_path_keyframes([20], pos, 0.01) == [20]
+    assert refine_path_keyframes([20], pos, 0.006) == [20]
+    # Below 5 mm the bump is a corner; its neighbours 9 and 11 then lie ~4.5 mm from the new
+    # segments 0-10 and 10-20, so they are added at 2 mm but not at 4.6 mm.
+    assert refine_path_keyframes([20], pos, 0.0046) == [10, 20]
+    assert refine_path_keyframes([20], pos, 0.002) == [9, 10, 11, 20]
+    # discover: ARM -> refinement -> close rule last. A corner 5 mm before the end (frame 40 of
+    # a path whose last leg goes 5 mm up) is added by the refinement, then dropped by the close
+    # rule; the other corner stays.
+    a, b, c = [0.2, 0, 0], [0.2, 0.2, 0], [0.2, 0.2, 0.005]
+    pos2 = np.concatenate([_line([0.0, 0, 0], a, 21), _line(a, b, 21)[1:], _line(b, c, 3)[1:]])
+    g2 = np.ones(len(pos2))
+    cfg = KeyframeConfig(stop_threshold=0.2, refractory=4, min_distance=0.01, path_tolerance=0.002)
+    assert refine_path_keyframes(arm_keyframes(g2, _velocities(pos2), 0.2, 4), pos2, 0.002) == [20, 40, 42]
+    assert discover_keyframes(pos2, g2, _velocities(pos2), cfg) == [20, 42]
+    # A gripper change is an anchor: refinement works on each side of it.
+    pos3, g3 = _never_stopping_l_path()
+    g3[40:] = 0.0
+    cfg3 = KeyframeConfig(stop_threshold=0.2, refractory=4, min_distance=0.01, path_tolerance=0.01)
+    assert discover_keyframes(pos3, g3, _velocities(pos3), cfg3) == [20, 40, 60]

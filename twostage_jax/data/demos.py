@@ -29,7 +29,8 @@ from twostage_jax.types import Camera, Workspace
 _GRIPPER_SETTLE_MAX = 25
 _GAP_THRESHOLD = 0.07  # metres between the claws (fully open ~0.1)
 
-DEFAULT_KEYFRAMES = KeyframeConfig(stop_threshold=0.2, refractory=4, min_distance=0.01)
+DEFAULT_KEYFRAMES = KeyframeConfig(stop_threshold=0.2, refractory=4, min_distance=0.01,
+                                   path_tolerance=0.02)
 """MetaWorld keyframe thresholds. The scripted experts never stop between waypoints: a P-controlled
 hand moves at ~8 * error m/s and switches waypoint within ~2 cm, so "stopped" means every axis
 below 0.2 m/s (a slow-down near a waypoint); 4 frames refractory; the 1 cm close rule prunes the

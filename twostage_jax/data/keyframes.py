@@ -14,6 +14,19 @@ keyframe's position is dropped (short transitions teach the policy to barely mov
 the last keyframe is never dropped, and a keyframe whose gripper state differs from both its
 neighbours' is kept, since dropping it would lose a whole close-then-open (or open-then-close).
 
+Path refinement (optional, `KeyframeConfig.path_tolerance` > 0; off by default, so RLBench demos
+get ARM's rules unchanged): the arm-stopped rule assumes an expert that pauses at its waypoints
+(RLBench's motion planner does). An expert that never stops (MetaWorld's P-controlled scripts
+switch waypoint on the fly) leaves its waypoints unmarked, and replaying straight moves between
+the ARM keyframes can cut corners through obstacles (e.g. into the side of a button box). So,
+after ARM's rules and before the close rule, every segment between consecutive keyframes (the
+first starting at frame 0) is split Douglas-Peucker style: the frame of the dense path farthest
+from the straight segment joining the segment's end positions becomes a keyframe if it is more
+than `path_tolerance` away, and both halves are split again. This marks exactly the corners of
+the path, the frames where the arm "would have stopped" had the expert paused there.
+
+Order: ARM rules -> path refinement -> close-keyframe rule (applied last).
+
 Velocities: RLBench's joint velocities (rad/s) with ARM's threshold 0.1; for MetaWorld the demo
 recorder passes the tool-centre-point velocity (m/s) with its own threshold (see
 `twostage_jax.data.demos`).
@@ -38,11 +51,14 @@ class KeyframeConfig:
       refractory: frames after a stop keyframe during which no new stop is detected.
       min_distance: metres; a keyframe this close to the next keyframe's position is dropped
         (0 disables the paper's rule).
+      path_tolerance: metres; Douglas-Peucker refinement of the segments between keyframes
+        (see the module docstring; 0 disables it, ARM's rules alone).
     """
 
     stop_threshold: float = 0.1
     refractory: int = 4
     min_distance: float = 0.01
+    path_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.stop_threshold > 0:
@@ -51,6 +67,8 @@ class KeyframeConfig:
             raise ValueError(f"`refractory` must be a non-negative int; got {self.refractory!r}.")
         if not self.min_distance >= 0:
             raise ValueError(f"`min_distance` must be >= 0; got {self.min_distance!r}.")
+        if not self.path_tolerance >= 0:
+            raise ValueError(f"`path_tolerance` must be >= 0; got {self.path_tolerance!r}.")
 
 
 def arm_keyframes(gripper_open: Any, velocities: Any, stop_threshold: float = 0.1,
@@ -87,6 +105,52 @@ def arm_keyframes(gripper_open: Any, velocities: Any, stop_threshold: float = 0.
     if len(keyframes) > 1 and keyframes[-1] - 1 == keyframes[-2]:
         keyframes.pop(-2)
     return keyframes
+
+
+def _segment_distances(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N] distances of `points` [N, 3] to the segment from `a` to `b`."""
+    ab = b - a
+    denom = float(ab @ ab)
+    t = np.zeros(len(points)) if denom == 0.0 else np.clip((points - a) @ ab / denom, 0.0, 1.0)
+    return np.linalg.norm(points - (a + t[:, None] * ab), axis=-1)
+
+
+def refine_path_keyframes(keyframes: Any, positions: Any, tolerance: float) -> list[int]:
+    """Adds the corners of the dense path between keyframes (Douglas-Peucker).
+
+    For each pair of consecutive anchors (frame 0, then the keyframes), the frame strictly
+    between them farthest from the straight segment joining their positions becomes a keyframe
+    when its distance exceeds `tolerance`; both halves are then refined the same way.
+
+    Args:
+      keyframes: [K] increasing frame indices (> 0).
+      positions: [T, 3] end-effector positions per frame (metres).
+      tolerance: metres (<= 0 returns the keyframes unchanged).
+
+    Returns:
+      Increasing frame indices: the keyframes plus the added corners (never frame 0).
+    """
+    kf = [int(k) for k in keyframes]
+    pos = np.asarray(positions, dtype=np.float64)
+    _checks.check_shape("positions", pos, (None, 3))
+    if kf and (min(kf) < 0 or max(kf) >= pos.shape[0] or any(b <= a for a, b in zip(kf, kf[1:]))):
+        raise ValueError(f"`keyframes` must be increasing frame indices in [0, {pos.shape[0]}); "
+                         f"got {kf}.")
+    if tolerance <= 0 or not kf:
+        return kf
+    added: list[int] = []
+    stack = [(a, b) for a, b in zip([0] + kf[:-1], kf)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        d = _segment_distances(pos[a + 1:b], pos[a], pos[b])
+        j = int(np.argmax(d))
+        if d[j] > tolerance:
+            m = a + 1 + j
+            added.append(m)
+            stack += [(a, m), (m, b)]
+    return sorted(set(kf) | set(added))
 
 
 def drop_close_keyframes(keyframes: Any, positions: Any, gripper_open: Any,
@@ -127,7 +191,7 @@ def drop_close_keyframes(keyframes: Any, positions: Any, gripper_open: Any,
 
 def discover_keyframes(positions: Any, gripper_open: Any, velocities: Any,
                        config: KeyframeConfig | None = None) -> list[int]:
-    """ARM's rules followed by the paper's close-keyframe rule.
+    """ARM's rules, the optional path refinement, then the paper's close-keyframe rule.
 
     Args:
       positions: [T, 3] end-effector positions (metres).
@@ -140,4 +204,5 @@ def discover_keyframes(positions: Any, gripper_open: Any, velocities: Any,
     """
     cfg = config if config is not None else KeyframeConfig()
     kf = arm_keyframes(gripper_open, velocities, cfg.stop_threshold, cfg.refractory)
+    kf = refine_path_keyframes(kf, positions, cfg.path_tolerance)
     return drop_close_keyframes(kf, positions, gripper_open, cfg.min_distance)
