@@ -7,7 +7,7 @@ centre-point position, orientation, gripper command and velocity, plus the MuJoC
 then
   1. discovers keyframes (`twostage_jax.data.keyframes`), with the arm counted as stopped when
      every component of the tool-centre-point velocity is below `DEFAULT_KEYFRAMES.stop_threshold`
-     m/s;
+     m/s, plus the corners of the path (`DEFAULT_KEYFRAMES.path_tolerance`), then the close rule;
   2. replays the keyframe poses from the same seed through the env's own action mode
      (`MetaWorldEnv.step`) and keeps the demo only if the replay succeeds;
   3. renders only the frames the dataset needs (frame 0, the keyframes and every
@@ -33,8 +33,13 @@ DEFAULT_KEYFRAMES = KeyframeConfig(stop_threshold=0.2, refractory=4, min_distanc
                                    path_tolerance=0.02)
 """MetaWorld keyframe thresholds. The scripted experts never stop between waypoints: a P-controlled
 hand moves at ~8 * error m/s and switches waypoint within ~2 cm, so "stopped" means every axis
-below 0.2 m/s (a slow-down near a waypoint); 4 frames refractory; the 1 cm close rule prunes the
-extra keyframes of slow stretches. (0.05 and 0.1 m/s missed waypoints and lowered the keep rate.)"""
+below 0.2 m/s (a slow-down near a waypoint); 4 frames refractory. Because the stop rule still
+misses the waypoints the expert sweeps through (e.g. button-press-topdown's "above the button":
+replaying straight moves between ARM's keyframes pushed the hand into the side of the button box,
+0 of 70 demos kept), the Douglas-Peucker path refinement adds every corner of the dense path more
+than 2 cm off the straight segments between keyframes (1 cm kept as many demos with ~40% more
+keyframes; 0.5 cm kept fewer: peg-insert demos then need more keyframes than an episode allows).
+The paper's 1 cm close rule, applied last, prunes keyframes of slow stretches."""
 
 
 class Trajectory(NamedTuple):

@@ -29,6 +29,21 @@ A fresh random layout is drawn from the seed at every `reset(seed)`, using the r
 `_freeze_rand_vec = False` and `seeded_rand_vec = True` (MetaWorld's benchmark wrappers instead
 cycle through 50 pre-drawn layouts).
 
+Goal visibility (the agent sees only the image). MetaWorld sets the randomised goal as the
+position of a site called 'goal' (`model.site_pos`), but its `reset` leaves the rendered site
+position (`data.site_xpos`) at the previous episode's / the XML's value until the next
+kinematics pass, so the first image of an episode showed the goal in the wrong place;
+`reset` now runs `mj_forward`. In reach-v3, push-v3 and pick-place-v3 nothing else determines
+the goal, so there the goal site is the marker the agent must see: `GOAL_MARKER_TASKS` get it
+recoloured to `GOAL_MARKER_RGBA` (magenta: distinct from the red arm, red objects, cyan
+fingers and the table) with radius `GOAL_MARKER_RADIUS` (about 6 px wide at 128x128), and,
+because one view cannot tell the height of a floating sphere, a thin vertical stem of the same
+colour from the table top to the goal (a visual-only decoration added to the rendered scene, no
+physics; for push-v3 the goal lies on the table and the stem has no length). In the other
+default tasks the goal follows from visible objects: the button (button-press-topdown), the
+drawer (drawer-open; its goal site is also drawn, green, at the open position), the door
+(door-open; green goal dot), the box with the hole (peg-insert-side) and the hoop (basketball).
+
 Headless rendering: unless `MUJOCO_GL` is already set, this module picks `egl` when libEGL is
 present, else `osmesa`, before MuJoCo is imported.
 """
@@ -83,6 +98,13 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "basketball-v3",
 )
 """The default benchmark: eight MetaWorld v3 tasks of varying difficulty."""
+
+GOAL_MARKER_TASKS: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3")
+"""Tasks whose goal is only the invisible-in-spirit 'goal' site: drawn as a marker + stem."""
+GOAL_MARKER_RGBA = (1.0, 0.0, 1.0, 1.0)
+GOAL_MARKER_RADIUS = 0.025  # metres
+GOAL_STEM_RADIUS = 0.004  # metres
+TABLE_Z = 0.0  # the table top's height (metres) in MetaWorld's scenes
 
 WORKSPACE_LOW = (-0.5, 0.35, -0.05)
 WORKSPACE_HIGH = (0.5, 1.05, 0.5)
@@ -269,6 +291,15 @@ class MetaWorldEnv:
             self._config.width, self._config.height,
         )
         self._mocap_id = int(model.body_mocapid[env.data.body("mocap").id])
+        self._goal_site = -1
+        if task in GOAL_MARKER_TASKS:
+            self._goal_site = int(mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal"))
+            if self._goal_site < 0:
+                raise RuntimeError(f"MetaWorld model of {task!r} lacks the 'goal' site.")
+            model.site_rgba[self._goal_site] = GOAL_MARKER_RGBA
+            model.site_size[self._goal_site, 0] = GOAL_MARKER_RADIUS
+            model.site_type[self._goal_site] = mujoco.mjtGeom.mjGEOM_SPHERE
+            model.site_group[self._goal_site] = 0
         self._renderer: Any = None
         self._seg_renderer: Any = None
         self._gripper = OPEN
@@ -311,6 +342,9 @@ class MetaWorldEnv:
             raise ValueError(f"`seed` must be a non-negative int; got {seed!r}.")
         self.sim.seed(int(seed))
         self.sim.reset()
+        # MetaWorld moves the goal site in model.site_pos; recompute data.site_xpos so the first
+        # image shows the goal where it is (see the module docstring).
+        mujoco.mj_forward(self.sim.model, self.sim.data)
         self._gripper = OPEN
         self._num_steps = 0
         self._done = False
@@ -362,13 +396,32 @@ class MetaWorldEnv:
             np.float32,
         )
 
+    def goal_marker_position(self) -> np.ndarray | None:
+        """[3] world position of the drawn goal marker (`GOAL_MARKER_TASKS`), else None."""
+        if self._goal_site < 0:
+            return None
+        return self.sim.data.site_xpos[self._goal_site].copy()
+
     def render(self) -> np.ndarray:
         """[H, W, 3] uint8 image of the front camera in the current simulator state."""
         if self._renderer is None:
             self._renderer = self._setup(_make_renderer(self.sim.model, self._config.height,
                                                         self._config.width))
         self._renderer.update_scene(self.sim.data, camera=self._cam_id)
+        self._add_goal_stem(self._renderer.scene)
         return self._renderer.render().copy()
+
+    def _add_goal_stem(self, scene: Any) -> None:
+        """Draws the goal marker's vertical stem (table top to goal) into the scene."""
+        goal = self.goal_marker_position()
+        if goal is None or goal[2] - TABLE_Z <= GOAL_MARKER_RADIUS or scene.ngeom >= scene.maxgeom:
+            return
+        geom = scene.geoms[scene.ngeom]
+        mujoco.mjv_initGeom(geom, mujoco.mjtGeom.mjGEOM_CAPSULE, np.zeros(3), np.zeros(3),
+                            np.eye(3).reshape(-1), np.asarray(GOAL_MARKER_RGBA, np.float32))
+        mujoco.mjv_connector(geom, mujoco.mjtGeom.mjGEOM_CAPSULE, GOAL_STEM_RADIUS,
+                             np.array([goal[0], goal[1], TABLE_Z]), goal)
+        scene.ngeom += 1
 
     def render_segmentation(self) -> np.ndarray:
         """[H, W, 2] int32 segmentation (object id, object type) of the front camera view."""
