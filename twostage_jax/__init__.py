@@ -29,6 +29,8 @@ from twostage_jax.cql import (
     make_cql_optimizer,
     make_cql_update,
 )
+from twostage_jax.envs.base import Env, Observation
+from twostage_jax.evaluation import Episode, Interval, bootstrap_interval, difference_interval, rollout
 from twostage_jax.geometry import (
     crop_by_projection,
     euler_to_matrix,
