@@ -1,0 +1,494 @@
+"""Throughput benchmark: train steps, seed parallelism, crops, act latency, simulator.
+
+Prints a table and writes JSON (atomically) with the backend, device, versions and, for every
+row, the median over repeated timed runs after a warm-up call (always `block_until_ready`).
+Compile time is reported separately wherever it is measured; it is never inside a median.
+
+    python -m experiments.benchmark --quick [--out experiments/results/benchmark_cpu.json]
+
+Sizes (synthetic dataset from `twostage_jax.testing`, 128x128 frames, so no simulator needed):
+  paper:      stage 1 on 128x128 images, batch 128, 4 conv layers x 32 channels, MLP 64, heads
+              (256, 256); stage 2 on 64x64 (BC) / 32x32 (CQL) crops + a 16x16 end-effector
+              crop, 3 conv layers x 32 channels, batch 128.
+  quickstart: stage 1 on frames downscaled to 64x64, batch 32, 4 conv layers x 16 channels, MLP
+              32, heads (128, 128); stage 2 on the same crops as the paper, 3 x 16 channels,
+              batch 32; 3000 steps per stage (mirrors experiments/configs/quickstart.py).
+
+Rows:
+  train_step/*       samples/s of one update step (stage 1/2, BC/CQL, paper/quickstart), with
+                     the networks' default conv_impl ('auto').
+  seeds/*            S = 1, 2, 5, 10 seeds of the quickstart stage-1 BC step: 'sequential' (the
+                     single-seed program dispatched S times) vs 'vmap' (one program); `ratio` is
+                     total seed-steps/s over one seed's seed-steps/s. Also conv_impl='xla' at
+                     S = 5 (vmap gives grouped convolutions).
+  crop/*             crops/s of `vmap(crop_by_projection)` over 128 crops of a 128x128 image.
+  stage2_crop_cost/* stage-2 update step with on-the-fly crops (Algo. 1 + Eq. 5) vs the same
+                     update on precomputed crops of the same shapes; `overhead` = extra fraction.
+  host_sync          quickstart stage-1 BC: 300 steps as one scan vs 3 chunks of 100 with a
+                     `jax.device_get` of the metric means between chunks.
+  quickstart_train   wall time of `make_train(config)(key)` (prepare_data + compile + 3000
+                     steps) vs 3000 x the steady-state step time; compile reported separately.
+  act/*              two-stage policy latency (paper BC sizes), batch 1 and 64, incl. host checks.
+  sim/*              MetaWorld keyframe step, low-level physics step, render (128x128), and demo
+                     generation; 'unavailable' with the reason if the simulator cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from twostage_jax.bc import make_bc_update
+from twostage_jax.cql import make_cql_optimizer, make_cql_update
+from twostage_jax.geometry import crop_by_projection
+from twostage_jax.networks import NetworkConfig, resolve_conv_impl
+from twostage_jax.policy import make_policy
+from twostage_jax.testing import make_synthetic_dataset, synthetic_camera
+from twostage_jax.training import (
+    Stage2Config, TrainConfig, TrainData, make_train, make_trainer, prepare_data, sample_batch)
+
+PAPER_NET = NetworkConfig(conv_channels=(32,) * 4, crop_conv_channels=(32,) * 3, mlp_hidden=64,
+                          head_hidden=(256, 256))
+QUICK_NET = NetworkConfig(conv_channels=(16,) * 4, crop_conv_channels=(16,) * 3, mlp_hidden=32,
+                          head_hidden=(128, 128))
+QUICKSTART_STEPS = 3000
+SEED_COUNTS = (1, 2, 5, 10)
+DEFAULT_OUT = "experiments/results/benchmark_cpu.json"
+
+
+def size_config(size: str, stage: int, algo: str, **kw: Any) -> TrainConfig:
+    """The benchmark's TrainConfig for `size` in ('paper', 'quickstart').
+
+    Args:
+      size: 'paper' or 'quickstart' (see the module docstring).
+      stage: 1 or 2 (only stage 1 downsizes images in 'quickstart').
+      algo: 'bc' or 'cql'; stage 2 crops 64x64 for BC and 32x32 for CQL as in the paper.
+      **kw: TrainConfig overrides.
+    """
+    if size not in ("paper", "quickstart"):
+        raise ValueError(f"`size` must be 'paper' or 'quickstart'; got {size!r}.")
+    paper = size == "paper"
+    base = dict(algo=algo, num_steps=QUICKSTART_STEPS, batch_size=128 if paper else 32,
+                image_size=128 if paper or stage == 2 else 64,
+                network=PAPER_NET if paper else QUICK_NET,
+                stage2=Stage2Config(crop_size=64 if algo == "bc" else 32, ee_crop_size=16))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Runs `fn` `warmup` times (the first one timed as 'first_s'), then `repeats` timed runs.
+
+    Returns:
+      {'median_s', 'min_s', 'first_s', 'repeats'}; every call is `block_until_ready`-ed.
+    """
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "first_s": first,
+            "repeats": repeats}
+
+
+def timed_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each fn, timed alternately (A B A B ...) so load drift hits all alike.
+
+    Every fn is called once untimed first (warm-up); every call is `block_until_ready`-ed.
+    """
+    for f in fns.values():
+        jax.block_until_ready(f())
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+class Bench:
+    """Collects rows, prints them as they come and writes the JSON after each section."""
+
+    def __init__(self, out: str, meta: dict[str, Any]) -> None:
+        self.out, self.meta, self.rows = out, meta, []
+
+    def add(self, name: str, value: Any, unit: str, **extra: Any) -> None:
+        row = {"name": name, "value": value, "unit": unit, **extra}
+        self.rows.append(row)
+        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        notes = "  ".join(f"{k}={_fmt(v)}" for k, v in extra.items() if k not in ("reason",))
+        if "reason" in extra:
+            notes += f"  reason={extra['reason']}"
+        print(f"{name:44s} {shown:>14s} {unit:14s} {notes}", flush=True)
+
+    def write(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
+        payload = {**self.meta, "rows": self.rows}
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.out)), suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(payload, f, indent=1, default=_json_default)
+            os.replace(tmp, self.out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def metadata(quick: bool) -> dict[str, Any]:
+    """Backend, device, versions and machine facts."""
+    import flax
+
+    dev = jax.devices()[0]
+    return {
+        "backend": jax.default_backend(),
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '?')}",
+        "num_devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "conv_impl_auto": resolve_conv_impl("auto"),
+        "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                     "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+                     "flax": flax.__version__, "optax": optax.__version__,
+                     "numpy": np.__version__},
+        "quick": quick,
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv,
+    }
+
+
+def _jaxlib_version() -> str:
+    import jaxlib
+
+    return jaxlib.__version__
+
+
+def _dataset(size: int = 128):
+    return make_synthetic_dataset(num_episodes=16, steps_per_episode=4, image_size=size)
+
+
+def _steady_run(trainer, data: TrainData, key: jax.Array, steps: int, repeats: int
+                ) -> dict[str, float]:
+    """Median seconds per update step of `trainer.run` over `steps` scanned steps."""
+    state = jax.jit(trainer.init)(key)
+    run = jax.jit(trainer.run, static_argnums=2)
+    t0 = time.perf_counter()
+    run = run.lower(state, data, steps).compile()
+    compile_s = time.perf_counter() - t0
+    call = lambda: run(state, data)
+    t = timed(call, repeats)
+    return {"step_s": t["median_s"] / steps, "compile_s": compile_s, "call": call, **t}
+
+
+def bench_train_steps(b: Bench, ds, steps: int, repeats: int) -> dict[tuple, Callable[[], Any]]:
+    """train_step/* rows; returns {(size, stage, algo): a no-arg call running `steps` steps}."""
+    out = {}
+    for size in ("quickstart", "paper"):
+        for stage in (1, 2):
+            for algo in ("bc", "cql"):
+                cfg = size_config(size, stage, algo)
+                trainer = make_trainer(cfg, prepare_data(ds, cfg), stage)
+                r = _steady_run(trainer, trainer.data, jax.random.PRNGKey(0), steps, repeats)
+                out[(size, stage, algo)] = r["call"]
+                b.add(f"train_step/{size}/stage{stage}/{algo}", cfg.batch_size / r["step_s"],
+                      "samples/s", step_ms=1e3 * r["step_s"], batch=cfg.batch_size,
+                      compile_s=r["compile_s"], repeats=repeats, steps_per_run=steps)
+        b.write()
+    return out
+
+
+def bench_seeds(b: Bench, ds, steps: int, repeats: int) -> dict[str, float]:
+    """seeds/* rows (quickstart stage-1 BC); returns {'vmap_5_over_seq_5': ratio, ...}."""
+    out = {}
+    for impl in ("auto", "xla"):
+        cfg = size_config("quickstart", 1, "bc",
+                          network=dataclasses.replace(QUICK_NET, conv_impl=impl))
+        trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
+        data = trainer.data
+        counts = SEED_COUNTS if impl == "auto" else (5,)
+        keys = jax.random.split(jax.random.PRNGKey(1), max(counts))
+        states = jax.jit(jax.vmap(trainer.init))(keys)
+        run1 = jax.jit(trainer.run, static_argnums=2).lower(
+            jax.tree_util.tree_map(lambda x: x[0], states), data, steps).compile()
+        per_seed = [jax.tree_util.tree_map(lambda x, i=i: x[i], states) for i in range(max(counts))]
+        one = None
+        for s in counts:
+            sub = jax.tree_util.tree_map(lambda x: x[:s], states)
+            t0 = time.perf_counter()
+            runv = jax.jit(jax.vmap(trainer.run, in_axes=(0, None, None)), static_argnums=2).lower(
+                sub, data, steps).compile()
+            compile_s = time.perf_counter() - t0
+            t = timed_interleaved({"seq": lambda: [run1(per_seed[i], data) for i in range(s)],
+                                   "vmap": lambda: runv(sub, data)}, repeats)
+            rate_seq = s * steps / t["seq"]
+            rate_vmap = s * steps / t["vmap"]
+            if impl == "auto" and s == 1:
+                one = rate_seq
+            base = one if impl == "auto" else rate_seq  # sequential ~ one seed's rate
+            tag = resolve_conv_impl(impl)
+            b.add(f"seeds/{tag}/S={s}/sequential", rate_seq, "seed-steps/s", ratio=rate_seq / base)
+            b.add(f"seeds/{tag}/S={s}/vmap", rate_vmap, "seed-steps/s", ratio=rate_vmap / base,
+                  vmap_over_sequential=rate_vmap / rate_seq, compile_s=compile_s)
+            out[f"{tag}_vmap_{s}_over_seq_{s}"] = rate_vmap / rate_seq
+        b.write()
+    return out
+
+
+def bench_crops(b: Bench, repeats: int) -> None:
+    """crop/* rows: vmap(crop_by_projection) over 128 crops of a 128x128 uint8 image."""
+    ds = _dataset()
+    img = jnp.asarray(ds.images[0])
+    n = 128
+    rng = np.random.default_rng(0)
+    uv = jnp.asarray(rng.uniform(10, 118, (n, 2)), jnp.float32)
+    angle = jnp.asarray(rng.uniform(-np.pi, np.pi, (n,)), jnp.float32)
+    images = jnp.broadcast_to(img, (n,) + img.shape)
+    for size in (16, 32, 64):
+        f = jax.jit(jax.vmap(lambda im, c, a, s=size: crop_by_projection(im, c, a, s)))
+        t = timed(lambda: f(images, uv, angle), repeats * 5)
+        b.add(f"crop/{size}x{size}/batch{n}", n / t["median_s"], "crops/s",
+              batch_ms=1e3 * t["median_s"])
+    b.write()
+
+
+def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int,
+                           with_crops: dict[tuple, Callable[[], Any]]) -> dict[str, float]:
+    """stage2_crop_cost/* rows: the stage-2 step vs the same update on precomputed crops."""
+    out = {}
+    for algo in ("bc", "cql"):
+        cfg = size_config("paper", 2, algo)
+        trainer = make_trainer(cfg, prepare_data(ds, cfg), 2)
+        data = trainer.data
+        bank = jax.jit(lambda d: sample_batch(d, jax.random.PRNGKey(7), 512, 2, cfg.stage2))(data)
+        if algo == "bc":
+            update = make_bc_update(trainer.networks, optax.adam(cfg.learning_rate))
+        else:
+            update = make_cql_update(trainer.networks, cfg.cql, make_cql_optimizer(cfg.cql))
+
+        def run_pre(state, bank_, n: int):
+            def body(s, _):
+                key, k_idx, k_up = jax.random.split(s.key, 3)
+                idx = jax.random.randint(k_idx, (cfg.batch_size,), 0, 512)
+                batch = jax.tree_util.tree_map(lambda x: x[idx], bank_)
+                return update(s.replace(key=key), batch, k_up)
+            return jax.lax.scan(body, state, None, length=n)
+
+        state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+        f = jax.jit(run_pre, static_argnums=2).lower(state, bank, steps).compile()
+        t = timed_interleaved({"full": with_crops[("paper", 2, algo)],
+                               "pre": lambda: f(state, bank)}, repeats)
+        pre, full = t["pre"] / steps, t["full"] / steps
+        overhead = full / pre - 1.0
+        out[algo] = overhead
+        b.add(f"stage2_crop_cost/paper/{algo}", overhead, "fraction",
+              with_crops_ms=1e3 * full, precomputed_ms=1e3 * pre,
+              crop=cfg.stage2.crop_size, ee_crop=cfg.stage2.ee_crop_size)
+    b.write()
+    return out
+
+
+def bench_host_sync(b: Bench, ds, repeats: int) -> float:
+    """host_sync row: one 300-step scan vs 3 chunks of 100 with metric means fetched between."""
+    cfg = size_config("quickstart", 1, "bc")
+    trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
+    data = trainer.data
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    total, chunk = 300, 100
+    run_all = jax.jit(trainer.run, static_argnums=2).lower(state, data, total).compile()
+    run_chunk = jax.jit(lambda s, d: (lambda o: (o[0], jax.tree_util.tree_map(jnp.mean, o[1])))(
+        trainer.run(s, d, chunk))).lower(state, data).compile()
+
+    def chunked():
+        s, logs = state, []
+        for _ in range(total // chunk):
+            s, m = run_chunk(s, data)
+            logs.append(jax.device_get(m))
+        return s
+
+    one = timed(lambda: run_all(state, data), repeats)
+    ch = timed(chunked, repeats)
+    ratio = ch["median_s"] / one["median_s"]
+    b.add("host_sync/chunked_over_single_scan", ratio, "ratio",
+          single_scan_s=one["median_s"], chunked_s=ch["median_s"], steps=total, chunk=chunk)
+    b.write()
+    return ratio
+
+
+def bench_quickstart_train(b: Bench, ds, step_call: Callable[[], Any], steps: int, repeats: int,
+                           warm_call: bool) -> dict[str, float]:
+    """quickstart_train rows: make_train wall time vs num_steps x steady-state step time.
+
+    The steady-state step time is re-measured just before (`step_call` runs `steps` steps).
+    """
+    step_s = timed(step_call, repeats)["median_s"] / steps
+    cfg = size_config("quickstart", 1, "bc")
+    key = jax.random.PRNGKey(3)
+    t0 = time.perf_counter()
+    train = make_train(cfg, ds, 1)
+    jax.block_until_ready(train(key))
+    first = time.perf_counter() - t0
+    pure = cfg.num_steps * step_s
+    out = {"first_call_ratio": first / pure}
+    b.add("quickstart_train/first_call", first, "s", ratio_to_pure=first / pure,
+          pure_steps_s=pure, step_ms=1e3 * step_s, num_steps=cfg.num_steps,
+          note="make_train + prepare_data + compile + run")
+    if warm_call:
+        t0 = time.perf_counter()
+        jax.block_until_ready(train(key))
+        warm = time.perf_counter() - t0
+        out["warm_ratio"] = warm / pure
+        b.add("quickstart_train/warm_call", warm, "s", ratio_to_pure=warm / pure,
+              compile_and_setup_s=first - warm)
+    b.write()
+    return out
+
+
+def bench_act(b: Bench, ds, repeats: int) -> None:
+    """act/* rows: two-stage policy (paper BC sizes) latency at batch 1 and 64."""
+    c1, c2 = size_config("paper", 1, "bc"), size_config("paper", 2, "bc")
+    t1 = make_trainer(c1, ds, 1)
+    t2 = make_trainer(c2, t1.data, 2)
+    p1 = jax.jit(t1.init)(jax.random.PRNGKey(0)).params
+    p2 = jax.jit(t2.init)(jax.random.PRNGKey(1)).params
+    act = make_policy(c1, c2, ds.workspace)
+    cam = synthetic_camera(128)
+    for n in (1, 64):
+        img, pose = np.asarray(ds.images[:n]), np.asarray(ds.pose[:n])
+        t = timed(lambda: act(p1, p2, img, pose, cam), repeats * 5)
+        b.add(f"act/two_stage/batch{n}", 1e3 * t["median_s"], "ms", first_call_s=t["first_s"],
+              actions_per_s=n / t["median_s"])
+    b.write()
+
+
+def bench_sim(b: Bench, quick: bool) -> None:
+    """sim/* rows; 'unavailable' with the reason if the simulator or its API is missing."""
+    names = ["sim/keyframe_step", "sim/physics_step", "sim/render_128", "sim/demos_100"]
+    try:
+        from twostage_jax.envs.metaworld import MetaWorldEnv
+        import mujoco
+
+        env = MetaWorldEnv("button-press-topdown-v3")
+        env.reset(0)
+    except Exception as e:  # noqa: BLE001 - any failure here means 'unavailable', with why
+        for n in names:
+            b.add(n, "unavailable", "", reason=f"{type(e).__name__}: {e}"[:300])
+        b.write()
+        return
+    try:
+        rng = np.random.default_rng(0)
+        n = 10 if quick else 30
+        t0, k = time.perf_counter(), 0
+        for i in range(n):
+            _, _, done, _ = env.step(np.clip(rng.normal(0, 0.3, 7), -0.9, 0.9).astype(np.float32))
+            k += 1
+            if done:
+                env.reset(i + 1)
+        dt = time.perf_counter() - t0
+        b.add(names[0], k / dt, "steps/s", note="keyframe-level env.step (arm motion + gripper)")
+        m, d = env.sim.model, env.sim.data
+        t0 = time.perf_counter()
+        for _ in range(2000):
+            mujoco.mj_step(m, d)
+        b.add(names[1], 2000 / (time.perf_counter() - t0), "steps/s",
+              note="one mujoco.mj_step (MetaWorld's frame_skip makes a low-level env step several)")
+        env.render()
+        t0 = time.perf_counter()
+        for _ in range(100):
+            env.render()
+        b.add(names[2], 100 / (time.perf_counter() - t0), "frames/s")
+        env.close()
+    except Exception as e:  # noqa: BLE001
+        for n in names[:3]:
+            if not any(r["name"] == n for r in b.rows):
+                b.add(n, "unavailable", "", reason=f"{type(e).__name__}: {e}"[:300])
+    try:
+        from twostage_jax.data.demos import record_demos
+
+        num = 10 if quick else 100
+        _, stats = record_demos("button-press-topdown-v3", num, seed=0, progress=False,
+                                strict=False)
+        per = stats.seconds / max(stats.kept, 1)
+        b.add(names[3], 100 * per, "s", measured_demos=stats.kept, measured_s=stats.seconds,
+              extrapolated=num != 100, task="button-press-topdown-v3",
+              keep_rate=stats.keep_rate)
+    except Exception as e:  # noqa: BLE001
+        b.add(names[3], "unavailable", "", reason=f"{type(e).__name__}: {e}"[:300])
+    b.write()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark; returns the JSON payload."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats/steps: < 10 min on 2 CPU cores")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
+    p.add_argument("--skip-sim", action="store_true", help="skip the simulator rows")
+    args = p.parse_args(argv)
+    steps, repeats = (3, 3) if args.quick else (10, 5)
+    start = time.perf_counter()
+    b = Bench(args.out, metadata(args.quick))
+    print(json.dumps({k: b.meta[k] for k in ("backend", "device", "cpu_count", "conv_impl_auto",
+                                             "versions")}))
+    print(f"{'name':44s} {'value':>14s} {'unit':14s} notes")
+    ds = _dataset()
+    calls = bench_train_steps(b, ds, steps, repeats)
+    seeds = bench_seeds(b, ds, steps, repeats)
+    bench_crops(b, repeats)
+    crop_cost = bench_stage2_crop_cost(b, ds, steps, repeats, calls)
+    host = bench_host_sync(b, ds, repeats)
+    qs = bench_quickstart_train(b, ds, calls[("quickstart", 1, "bc")], steps, repeats,
+                                warm_call=not args.quick)
+    bench_act(b, ds, repeats)
+    if args.skip_sim:
+        b.add("sim/*", "unavailable", "", reason="--skip-sim")
+    else:
+        bench_sim(b, args.quick)
+    auto = resolve_conv_impl("auto")
+    b.meta["targets"] = {
+        "vmap5_over_sequential5 (>= 1.2)": seeds.get(f"{auto}_vmap_5_over_seq_5"),
+        "stage2_crop_overhead_bc (< 0.05)": crop_cost["bc"],
+        "stage2_crop_overhead_cql (< 0.05)": crop_cost["cql"],
+        "quickstart_train_first_call_over_pure_steps (<= 1.5)": qs["first_call_ratio"],
+        "quickstart_train_warm_over_pure_steps": qs.get("warm_ratio"),
+        "host_sync_chunked_over_single_scan": host,
+    }
+    b.meta["wall_s"] = time.perf_counter() - start
+    b.meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    b.write()
+    print("targets:", json.dumps(b.meta["targets"], indent=1))
+    print(f"total wall time {b.meta['wall_s']:.0f} s; wrote {args.out}")
+    return {**b.meta, "rows": b.rows}
+
+
+if __name__ == "__main__":
+    main()
