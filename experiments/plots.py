@@ -20,6 +20,7 @@ LABELS = {"stage1": "stage 1 alone", "two_stage": "two-stage"}
 
 
 def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")

@@ -74,7 +74,7 @@ def test_mode_all_end_to_end(tmp_path):
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    steps = ["--config.stage1.num_steps=400", "--config.train.log_every=2",
+    steps = ["--config.stage1.num_steps=120", "--config.train.log_every=2",
              "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=2"]
     ref = _synthetic_workdir(tmp_path / "ref")
     out = _launch("--mode=stage1", f"--workdir={ref}", *steps)
@@ -95,19 +95,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     killed_at, _ = _final_params(run)
-    assert killed_at < 400, "the run finished before it could be killed"
+    assert killed_at < 120, "the run finished before it could be killed"
 
     out = _launch("--mode=stage1", f"--workdir={run}", "--resume", *steps)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     s_ref, p_ref = _final_params(ref)
     s_run, p_run = _final_params(run)
-    assert s_ref == s_run == 400
+    assert s_ref == s_run == 120
     import jax
 
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p_ref, p_run)
     rows = [json.loads(x) for x in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
     steps_seen = [r["step"] for r in rows if r["seed"] == 0]
-    assert steps_seen == list(range(2, 401, 2)), "metrics lost or duplicated across the resume"
+    assert steps_seen == list(range(2, 121, 2)), "metrics lost or duplicated across the resume"
 
 
 def test_clear_errors_for_bad_usage(tmp_path):
