@@ -26,6 +26,7 @@ from absl import logging
 
 import twostage_jax as tj
 from twostage_jax import evaluation
+from twostage_jax._io import atomic_open
 from twostage_jax.checkpoint import CheckpointError, Checkpointer, write_json_atomic
 
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
@@ -194,10 +195,8 @@ class _MetricsLog:
                             lines.append(line if line.endswith("\n") else line + "\n")
                     except (json.JSONDecodeError, KeyError):
                         break  # a line cut by a kill: drop it and everything after
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
+        with atomic_open(self.path, "w") as f:
             f.writelines(lines)
-        os.replace(tmp, self.path)
         self._file = open(self.path, "a")
         try:
             from tensorboardX import SummaryWriter

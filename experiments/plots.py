@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from twostage_jax._io import atomic_open  # noqa: E402
 from twostage_jax.actions import action_to_pose  # noqa: E402
 from twostage_jax.geometry import project_points  # noqa: E402
 
@@ -22,10 +23,9 @@ LABELS = {"stage1": "stage 1 alone", "two_stage": "two-stage"}
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def success_bars(results: dict, path: Path) -> None:
@@ -95,10 +95,7 @@ def rollout_frames(episode: Any, camera: Any, workspace: Any, path: Path, scale:
     for i, f in enumerate(frames):
         strip.paste(f, (i * w, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    strip.save(tmp)
-    tmp.replace(path)
-    gif = path.with_suffix(".gif")
-    tmp = path.with_name(f".{path.stem}.tmp.gif")
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=700, loop=0)
-    tmp.replace(gif)
+    with atomic_open(path, "wb") as f:
+        strip.save(f, format="PNG")
+    with atomic_open(path.with_suffix(".gif"), "wb") as f:
+        frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=700, loop=0)

@@ -30,13 +30,9 @@ class BCAux(NamedTuple):
     gripper_error: jnp.ndarray
 
 
-class BCMetrics(NamedTuple):
-    """Per-step metrics of `make_bc_update` (scalars)."""
-
-    bc_loss: jnp.ndarray
-    position_error: jnp.ndarray
-    gripper_error: jnp.ndarray
-    grad_norm: jnp.ndarray
+BCMetrics = NamedTuple(  # type: ignore[misc]
+    "BCMetrics", [(f, jnp.ndarray) for f in BCAux._fields + ("grad_norm",)])
+BCMetrics.__doc__ = """Per-step metrics of `make_bc_update` (scalars): the fields of `BCAux`, then `grad_norm`."""
 
 
 def validate_batch(batch: Any, fields: tuple[str, ...]) -> None:

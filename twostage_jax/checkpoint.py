@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from twostage_jax._io import atomic_open
 
 
 class CheckpointError(RuntimeError):
@@ -28,17 +29,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Writes `obj` as indented JSON to `path` via a temporary file and `os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
 
 
 def _json_default(x: Any) -> Any:

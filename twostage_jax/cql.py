@@ -114,24 +114,12 @@ class AlphaAux(NamedTuple):
     alpha: jnp.ndarray
 
 
-class CQLMetrics(NamedTuple):
-    """Per-step metrics of `make_cql_update` (scalars)."""
-
-    critic_loss: jnp.ndarray
-    td_loss: jnp.ndarray
-    cql_regularizer: jnp.ndarray
-    q_data: jnp.ndarray
-    q_target: jnp.ndarray
-    q_random: jnp.ndarray
-    q_policy: jnp.ndarray
-    q_next_policy: jnp.ndarray
-    logsumexp_q: jnp.ndarray
-    actor_loss: jnp.ndarray
-    entropy: jnp.ndarray
-    q_pi: jnp.ndarray
-    alpha_loss: jnp.ndarray
-    alpha: jnp.ndarray
-    grad_norm: jnp.ndarray
+CQLMetrics = NamedTuple(  # type: ignore[misc]
+    "CQLMetrics",
+    [(f, jnp.ndarray) for f in CriticAux._fields + ActorAux._fields + AlphaAux._fields + ("grad_norm",)],
+)
+CQLMetrics.__doc__ = """Per-step metrics of `make_cql_update` (scalars): the fields of `CriticAux`, `ActorAux`
+and `AlphaAux`, in that order, then `grad_norm`."""
 
 
 def cql_regularizer(

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from twostage_jax import _checks
+from twostage_jax._io import atomic_open
 from twostage_jax.data.demos import Trajectory, check_trajectory
 from twostage_jax.types import Dataset, Workspace, validate_dataset
 
@@ -184,25 +184,8 @@ def save_dataset(path: str | os.PathLike[str], ds: Dataset) -> None:
     payload = dict(arrays)
     payload["format_version"] = np.asarray(FORMAT_VERSION, np.int64)
     payload["checksum"] = np.frombuffer(_checksum(arrays).encode(), np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **payload)
 
 
 def load_dataset(path: str | os.PathLike[str]) -> Dataset:
