@@ -294,12 +294,17 @@ def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Arr
     Strategies (results agree up to float rounding; pick by speed):
       'vmap' (default): one program, `jit(vmap(train))` over the seed axis. With
         `NetworkConfig.conv_impl='auto'` (the default) CPU uses im2col convolutions, so the
-        per-seed kernels become one batched matmul; measured by experiments/benchmark.py at
-        ~1.3x the seed-steps/s of sequential seeds for 5 seeds on 2 CPU cores. With
-        conv_impl='xla' on CPU, vmap produces grouped convolutions that are 2-3x *slower*
-        than sequential seeds: use 'sequential' there.
+        per-seed kernels become one batched matmul instead of a grouped convolution.
       'sequential': the single-seed jitted program (compiled once) dispatched once per key,
-        results stacked. Lower peak memory (one seed's activations at a time).
+        results stacked. Dispatch is asynchronous, so on CPU consecutive seeds may overlap
+        on idle cores. Lower peak memory (one seed's activations at a time).
+
+    Measured by experiments/benchmark.py (quickstart stage-1 BC, 2 shared CPU cores): the
+    conv implementation dominates: 'patches' trains ~15x faster than 'xla' under either
+    strategy (XLA's CPU convolution is slow inside the scanned loop). Between strategies,
+    vmap over 5 seeds ran 1.19x sequential in the recorded run but 0.6-1.3x across runs on a
+    loaded machine, i.e. within noise; 'vmap' stays the default (one program, one compile).
+    On GPU/TPU no measurement exists yet.
 
     Args:
       config: training configuration (shared by all seeds).
