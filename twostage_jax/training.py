@@ -136,11 +136,13 @@ def _stage2_obs(data: TrainData, img_idx: jnp.ndarray, pose: jnp.ndarray, tentat
                   width=int(data.images.shape[2]), height=int(data.images.shape[1]))
     fn = lambda im, z, a1, cam: transform_state(im, z, a1, cam, ds.workspace, cfg.crop_size,
                                                 cfg.ee_crop_size, cfg.rotate)
-    return jax.vmap(fn)(data.images[img_idx], pose, tentative, cams)
+    # The barrier materialises the crops once: without it XLA fuses the bilinear gathers into
+    # each of the encoder's im2col slices and recomputes them there.
+    return jax.lax.optimization_barrier(jax.vmap(fn)(data.images[img_idx], pose, tentative, cams))
 
 
 def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
-                 stage2: Stage2Config = Stage2Config()) -> Batch:
+                 stage2: Stage2Config = Stage2Config(), with_next: bool = True) -> Batch:
     """Samples a training batch on device; pure, usable inside `lax.scan`.
 
     Stage 1 returns the stored transitions. Stage 2 applies Algorithm 1: eps ~ N(0, sigma^2),
@@ -153,6 +155,8 @@ def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
       batch_size: B (static).
       stage: 1 or 2 (static).
       stage2: stage-2 settings (static).
+      with_next: build `next_obs` (static). BC never reads it; False skips the next-state
+        gather and, for stage 2, its two crops, and sets `next_obs` to None.
 
     Returns:
       `Batch` with obs/next_obs `Stage1Obs` or `Stage2Obs` and [B, 7] actions.
@@ -164,12 +168,13 @@ def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
     action = ds.action[idx]
     common = dict(reward=ds.reward[idx], mc_return=ds.mc_return[idx], done=ds.done[idx])
     if stage == 1:
+        next_obs = Stage1Obs(data.stage1_images[ni], ds.next_pose[idx]) if with_next else None
         return Batch(obs=Stage1Obs(data.stage1_images[oi], ds.pose[idx]), action=action,
-                     next_obs=Stage1Obs(data.stage1_images[ni], ds.next_pose[idx]), **common)
+                     next_obs=next_obs, **common)
     a1, a2 = sample_tentative(k_eps, action, stage2.sigma)
     next_a1, _ = sample_tentative(k_next, ds.next_action[idx], stage2.sigma)
     obs = _stage2_obs(data, oi, ds.pose[idx], a1, stage2)
-    next_obs = _stage2_obs(data, ni, ds.next_pose[idx], next_a1, stage2)
+    next_obs = _stage2_obs(data, ni, ds.next_pose[idx], next_a1, stage2) if with_next else None
     target = a2 if stage2.mode == "correction" else action
     return Batch(obs=obs, action=target, next_obs=next_obs, **common)
 
@@ -243,7 +248,7 @@ def make_trainer(config: TrainConfig, dataset: Dataset | TrainData, stage: int) 
 
     def step(state: AgentState, data_: TrainData) -> tuple[AgentState, Any]:
         key, k_batch, k_update = jax.random.split(state.key, 3)
-        batch = sample_batch(data_, k_batch, batch_size, stage, s2)
+        batch = sample_batch(data_, k_batch, batch_size, stage, s2, with_next=config.algo == "cql")
         new_state, metrics = update(state.replace(key=key), batch, k_update)
         return new_state, metrics
 
