@@ -68,8 +68,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         train_config(config, stage)  # the library's dataclasses validate their own fields
     if int(config.num_seeds) <= 0:
         raise ValueError(f"config.num_seeds must be a positive int; got {config.num_seeds!r}.")
-    if config.seed_strategy not in ("vmap", "sequential"):
-        raise ValueError("config.seed_strategy must be 'vmap' or 'sequential'; got "
+    if config.seed_strategy not in tj.SEED_STRATEGIES:
+        raise ValueError(f"config.seed_strategy must be one of {tj.SEED_STRATEGIES}; got "
                          f"{config.seed_strategy!r}.")
     t = config.train
     for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
@@ -159,26 +159,6 @@ def seed_keys(config: ml_collections.ConfigDict, stage: int) -> jax.Array:
     """[S, 2] keys; seed i of stage s always gets the same key, whatever num_seeds is."""
     base = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), stage)
     return jnp.stack([jax.random.fold_in(base, i) for i in range(int(config.num_seeds))])
-
-
-def _make_chunk_runner(trainer: tj.Trainer, strategy: str):
-    """(states [S, ...], n) -> (states, metrics [S, n]) for the chosen seed strategy."""
-    cache: dict[int, Any] = {}
-
-    def run(states: tj.AgentState, n: int) -> tuple[tj.AgentState, Any]:
-        if n not in cache:
-            if strategy == "vmap":
-                cache[n] = jax.jit(jax.vmap(lambda s, d: trainer.run(s, d, n), in_axes=(0, None)))
-            else:
-                cache[n] = jax.jit(lambda s, d: trainer.run(s, d, n))
-        fn = cache[n]
-        if strategy == "vmap":
-            return fn(states, trainer.data)
-        num = jax.tree_util.tree_leaves(states)[0].shape[0]
-        outs = [fn(jax.tree_util.tree_map(lambda x: x[i], states), trainer.data) for i in range(num)]
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
-
-    return run
 
 
 class _MetricsLog:
@@ -275,7 +255,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
     total = tcfg.num_steps
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
-    run_chunk = _make_chunk_runner(trainer, config.seed_strategy)
+    run_chunk = tj.make_seed_runner(trainer, config.seed_strategy)
     log = _MetricsLog(out_dir, start_step)
     bar = _progress(total, start_step, f"{STAGE_NAMES[stage]} {config.algo} x{config.num_seeds} seeds")
     step = start_step

@@ -46,16 +46,19 @@ from twostage_jax.networks import (
     conv2d_patches,
     deterministic_action,
     make_networks,
+    resolve_conv_impl,
     tanh_gaussian_sample,
 )
 from twostage_jax.policy import PolicyOutput, make_policy
 from twostage_jax.state import AgentState
 from twostage_jax.training import (
+    SEED_STRATEGIES,
     Stage2Config,
     TrainConfig,
     TrainData,
     Trainer,
     make_train,
+    make_seed_runner,
     make_trainer,
     prepare_data,
     sample_batch,

@@ -321,17 +321,40 @@ def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Arr
     Returns:
       (AgentState with a leading [S] axis on every leaf, metrics [S, num_steps]).
     """
-    if strategy not in SEED_STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {SEED_STRATEGIES}; got {strategy!r}.")
     _check_keys(keys)
     trainer = make_trainer(config, dataset, stage)
-    num_steps = config.num_steps
+    run = make_seed_runner(trainer, strategy)
+    return run(jax.jit(jax.vmap(trainer.init))(keys), config.num_steps)
 
-    def _one(key: jax.Array, data: TrainData) -> tuple[AgentState, Any]:
-        return trainer.run(trainer.init(key), data, num_steps)
 
-    if strategy == "sequential":
-        one = jax.jit(_one)
-        outs = [one(keys[i], trainer.data) for i in range(keys.shape[0])]
+def make_seed_runner(trainer: Trainer, strategy: str = "vmap"
+                     ) -> Callable[[AgentState, int], tuple[AgentState, Any]]:
+    """Returns `run(states, num_steps) -> (states, metrics)` for states with a leading seed axis.
+
+    Each distinct `num_steps` compiles once and is cached, so a caller can train in chunks
+    (log, checkpoint, resume) with the same results as one long run: every step consumes the
+    key in the state, whatever the chunking.
+
+    Args:
+      trainer: from `make_trainer`.
+      strategy: 'vmap' (all seeds in one program) or 'sequential' (see `train_seeds`).
+
+    Returns:
+      run: (AgentState [S, ...], num_steps) -> (AgentState [S, ...], metrics [S, num_steps]).
+    """
+    if strategy not in SEED_STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {SEED_STRATEGIES}; got {strategy!r}.")
+    cache: dict[int, Callable] = {}
+
+    def run(states: AgentState, num_steps: int) -> tuple[AgentState, Any]:
+        if num_steps not in cache:
+            one = lambda s, d: trainer.run(s, d, num_steps)
+            cache[num_steps] = jax.jit(jax.vmap(one, in_axes=(0, None)) if strategy == "vmap" else one)
+        fn = cache[num_steps]
+        if strategy == "vmap":
+            return fn(states, trainer.data)
+        num = jax.tree_util.tree_leaves(states)[0].shape[0]
+        outs = [fn(jax.tree_util.tree_map(lambda x: x[i], states), trainer.data) for i in range(num)]
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
-    return jax.jit(jax.vmap(_one, in_axes=(0, None)))(keys, trainer.data)
+
+    return run
