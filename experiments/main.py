@@ -113,10 +113,10 @@ def main(argv: list[str]) -> int:
 
 
 class _DropLibraryInfo(pylogging.Filter):
-    """Hides orbax's per-save INFO lines so progress bars stay readable."""
+    """Hides orbax and rliable INFO lines so progress bars and the results table stay readable."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno > pylogging.INFO or "orbax" not in record.pathname
+        return record.levelno > pylogging.INFO or not any(lib in record.pathname for lib in ("orbax", "rliable"))
 
 
 def run() -> None:
