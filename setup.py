@@ -46,7 +46,6 @@ setup(
     entry_points={"console_scripts": ["twostage=experiments.main:run"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )
