@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         if FLAGS.mode in ("eval", "all"):
             results = pipeline.run_eval(config, workdir)
             print(pipeline.format_results_table(results))
-            print(f"results, plots and rollout frames: {workdir / 'eval'}")
+            print(f"results, plots and rollout frames: {pipeline.eval_dir(workdir, config)}")
     except (pipeline.PipelineError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

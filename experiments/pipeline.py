@@ -8,12 +8,16 @@ Workdir layout:
   stage{1,2}/tb/                   TensorBoard event files
   stage2/pairing.json              the stage-1 checkpoint stage 2 pairs with
   eval/results.json, *.png, *.gif  success rates, intervals, plots and rollout frames
+
+With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
+ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage 1.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -89,6 +93,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.demos.num_demos must be > 0; got {config.demos.num_demos!r}.")
     if int(config.eval.num_episodes) <= 0:
         raise ValueError(f"config.eval.num_episodes must be > 0; got {config.eval.num_episodes!r}.")
+    name = str(config.stage2_name)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in ("stage1", "demos") or name.startswith("eval"):
+        raise ValueError(f"config.stage2_name must be a folder name of letters, digits, '_' or '-', "
+                         f"other than stage1, demos and eval*; got {name!r}.")
     if config.env not in ("metaworld", "rlbench"):
         raise ValueError(f"config.env must be 'metaworld' or 'rlbench'; got {config.env!r}.")
     if config.env == "rlbench" and not config.rlbench_root:
@@ -202,8 +210,15 @@ class _MetricsLog:
             self._tb.close()
 
 
-def stage_dir(workdir: Path, stage: int) -> Path:
-    return workdir / STAGE_NAMES[stage]
+def stage_dir(workdir: Path, stage: int, config: ml_collections.ConfigDict) -> Path:
+    """workdir/stage1, or workdir/<config.stage2_name> (several stage-2 runs can share a stage 1)."""
+    return workdir / (STAGE_NAMES[1] if stage == 1 else str(config.stage2_name))
+
+
+def eval_dir(workdir: Path, config: ml_collections.ConfigDict) -> Path:
+    """workdir/eval for the default stage 2, workdir/eval_<stage2_name> for a named one."""
+    name = str(config.stage2_name)
+    return workdir / ("eval" if name == STAGE_NAMES[2] else f"eval_{name}")
 
 
 def _checkpoint_meta(config: ml_collections.ConfigDict, stage: int, extra: dict | None = None) -> dict:
@@ -224,7 +239,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
     Returns:
       A summary dict (final step, wall time, final metric means per seed).
     """
-    out_dir = stage_dir(workdir, stage)
+    out_dir = stage_dir(workdir, stage, config)
     extra: dict = {}
     if stage == 2:
         extra["stage1_checkpoint"] = stage1_pairing(config, workdir)
@@ -290,7 +305,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
 
 def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """The stage-1 checkpoint a stage-2 run pairs with (the latest, which must be complete)."""
-    directory = stage_dir(workdir, 1) / "checkpoints"
+    directory = stage_dir(workdir, 1, config) / "checkpoints"
     if not directory.exists():
         raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} does not exist; run "
                             "--mode=stage1 first (or --mode=all).")
@@ -311,7 +326,7 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 
 def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int) -> tuple[Any, int]:
     """Final parameters (leading seed axis) of a stage and their step."""
-    directory = stage_dir(workdir, stage) / "checkpoints"
+    directory = stage_dir(workdir, stage, config) / "checkpoints"
     if not directory.exists():
         raise PipelineError(f"no {STAGE_NAMES[stage]} checkpoints in {directory}; run "
                             f"--mode={STAGE_NAMES[stage]} first.")
@@ -361,7 +376,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 
     params1, step1 = load_params(config, workdir, 1)
     params2, step2 = load_params(config, workdir, 2)
-    pairing_path = stage_dir(workdir, 2) / "pairing.json"
+    pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
     pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
     if pairing and pairing.get("step") != step1:
         logging.warning("stage 2 was trained against stage-1 step %s but stage 1 is now at step %s",
@@ -375,7 +390,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     seeds = eval_seeds(config, workdir)
     num_seeds = int(config.num_seeds)
     success = {m: np.zeros((num_seeds, len(seeds)), bool) for m in policies}
-    out_dir = workdir / "eval"
+    out_dir = eval_dir(workdir, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     recorded: dict[str, Any] = {}
     bar = _progress(num_seeds * len(seeds) * len(policies), 0, "eval", unit="episode")
@@ -414,7 +429,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     results["gain"] = {"mean": gain.mean, "ci_low": gain.low, "ci_high": gain.high}
     write_json_atomic(out_dir / "results.json", results)
     plots.success_bars(results, out_dir / "success.png")
-    plots.learning_curves(workdir, out_dir / "learning_curves.png")
+    plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],
+                          out_dir / "learning_curves.png")
     for mode, eps in recorded.items():
         plots.rollout_frames(eps[0], camera, workspace, out_dir / f"rollout_{mode}.png")
     return results

@@ -48,13 +48,14 @@ def success_bars(results: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def learning_curves(workdir: Path, path: Path) -> None:
-    """Training loss per seed against step for both stages (from metrics.jsonl)."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, stage in zip(axes, ("stage1", "stage2")):
-        f = Path(workdir) / stage / "metrics.jsonl"
+def learning_curves(stage_dirs: list[Path], path: Path) -> None:
+    """Training loss per seed against step, one panel per stage directory (its metrics.jsonl)."""
+    fig, axes = plt.subplots(1, len(stage_dirs), figsize=(4 * len(stage_dirs), 3.2), squeeze=False)
+    for ax, directory in zip(axes[0], stage_dirs):
+        name = Path(directory).name
+        f = Path(directory) / "metrics.jsonl"
         if not f.exists():
-            ax.set_title(f"{stage}: no metrics")
+            ax.set_title(f"{name}: no metrics")
             continue
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         key = "bc_loss" if rows and "bc_loss" in rows[0] else "critic_loss"
@@ -64,7 +65,7 @@ def learning_curves(workdir: Path, path: Path) -> None:
         ax.set_xlabel("update step")
         ax.set_ylabel(key)
         ax.set_yscale("log" if key == "bc_loss" else "linear")
-        ax.set_title(stage)
+        ax.set_title(name)
         ax.legend(fontsize=7)
     _save(fig, path)
 

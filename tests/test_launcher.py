@@ -72,6 +72,18 @@ def test_mode_all_end_to_end(tmp_path):
     assert [r["step"] for r in rows if r["seed"] == 0] == [2, 4, 6, 8]
     assert time.perf_counter() - start < 120
 
+    # A named stage-2 ablation shares the stage 1 and the dataset of the workdir.
+    named = ["--config.stage2_name=direct", "--config.stage2.mode=direct"]
+    out = _launch("--mode=stage2", f"--workdir={tmp_path}", *named)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _launch("--mode=eval", f"--workdir={tmp_path}", *named)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "eval_direct" / "results.json").read_text())
+    assert res["stage2_mode"] == "direct" and res["stage1_step"] == 8
+    assert json.loads((tmp_path / "direct" / "pairing.json").read_text())["step"] == 8
+    out = _launch("--mode=stage2", f"--workdir={tmp_path}", "--config.stage2_name=eval_x")
+    assert out.returncode != 0 and "config.stage2_name must be a folder name" in out.stderr
+
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     steps = ["--config.stage1.num_steps=120", "--config.train.log_every=2",

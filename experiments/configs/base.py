@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.num_seeds = 1
     c.seed_strategy = "vmap"  # 'vmap' (one program for all seeds) or 'sequential'
+    c.stage2_name = "stage2"  # folder of stage 2 in the workdir; name ablations to share stage 1
 
     c.demos = ml_collections.ConfigDict(dict(
         num_demos=100, seed=0, augment_every=10, gamma=0.99, image_size=128, max_keyframes=20))
