@@ -284,9 +284,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
             means = {k: np.asarray(v).mean(axis=1) for k, v in jax.device_get(metrics)._asdict().items()}
             bad = [k for k, v in means.items() if not np.all(np.isfinite(v))]
             if bad:
-                raise FloatingPointError(
-                    f"{STAGE_NAMES[stage]}: non-finite {bad} at step {step}; lower the learning "
-                    "rate or check the dataset. The last good checkpoint is kept.")
+                raise PipelineError(
+                    f"{out_dir.name}: non-finite {bad} at step {step}; lower the learning rate or "
+                    "check the dataset. The last good checkpoint is kept (continue with --resume).")
             log.write(step, means)
             key_metric = "bc_loss" if "bc_loss" in means else "critic_loss"
             bar.set_postfix({key_metric: " ".join(f"{v:.3g}" for v in means[key_metric])})
