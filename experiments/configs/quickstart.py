@@ -22,11 +22,10 @@ def get_config(arg: str | None = None):
     c.stage2.batch_size = 32
     c.stage2.num_steps = 3000
     c.stage2.learning_rate = 1e-3
-    small = base.network(conv_channels=(16, 16, 16, 16), crop_conv_channels=(16, 16, 16),
-                         mlp_hidden=32, head_hidden=(128, 128))
-    c.stage1.network = small
-    c.stage2.network = base.network(conv_channels=(16, 16, 16, 16), crop_conv_channels=(16, 16, 16),
-                                    mlp_hidden=32, head_hidden=(128, 128))
+    small = dict(conv_channels=(16, 16, 16, 16), crop_conv_channels=(16, 16, 16), mlp_hidden=32,
+                 head_hidden=(128, 128))
+    c.stage1.network = base.network(**small)  # separate dicts: overriding one leaves the other
+    c.stage2.network = base.network(**small)
     c.train.log_every = 250
     c.train.checkpoint_every = 1000
     c.eval.num_episodes = 20
