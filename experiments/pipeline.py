@@ -324,13 +324,17 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return {"path": str(directory / str(step)), "step": int(step), "algo": meta.get("algo")}
 
 
-def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int) -> tuple[Any, int]:
-    """Final parameters (leading seed axis) of a stage and their step."""
+def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
+                dataset: tj.Dataset | None = None) -> tuple[Any, int]:
+    """Final parameters (leading seed axis) of a stage and their step.
+
+    `dataset` (default: the workdir's) only gives the shapes of the state to restore into.
+    """
     directory = stage_dir(workdir, stage, config) / "checkpoints"
     if not directory.exists():
         raise PipelineError(f"no {STAGE_NAMES[stage]} checkpoints in {directory}; run "
                             f"--mode={STAGE_NAMES[stage]} first.")
-    dataset = load_demos(workdir)
+    dataset = load_demos(workdir) if dataset is None else dataset
     trainer = tj.make_trainer(train_config(config, stage), dataset, stage)
     like = jax.eval_shape(jax.vmap(trainer.init), seed_keys(config, stage))
     ckpt = Checkpointer(directory)
@@ -374,15 +378,16 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots."""
     from experiments import plots
 
-    params1, step1 = load_params(config, workdir, 1)
-    params2, step2 = load_params(config, workdir, 2)
+    dataset = load_demos(workdir)
+    params1, step1 = load_params(config, workdir, 1, dataset)
+    params2, step2 = load_params(config, workdir, 2, dataset)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
     pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
     if pairing and pairing.get("step") != step1:
         logging.warning("stage 2 was trained against stage-1 step %s but stage 1 is now at step %s",
                         pairing.get("step"), step1)
     c1, c2 = train_config(config, 1), train_config(config, 2)
-    workspace = load_demos(workdir).workspace
+    workspace = dataset.workspace
     policies = {"stage1": tj.make_policy(c1, None, workspace),
                 "two_stage": tj.make_policy(c1, c2, workspace)}
     env = _make_env(config)
