@@ -31,7 +31,7 @@ from absl import logging
 import twostage_jax as tj
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_open
-from twostage_jax.checkpoint import CheckpointError, Checkpointer, write_json_atomic
+from twostage_jax.checkpoint import Checkpointer, write_json_atomic
 
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
 
