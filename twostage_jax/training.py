@@ -285,8 +285,8 @@ def make_train(config: TrainConfig, dataset: Dataset | TrainData, stage: int
 
 
 def _check_keys(keys: Any) -> None:
-    keys = jnp.asarray(keys) if not jax.dtypes.issubdtype(getattr(keys, "dtype", None), jax.dtypes.prng_key) else keys
-    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    dtype = getattr(keys, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         _checks.check_rank("keys", keys, 1)
     else:
         _checks.check_shape("keys", keys, (None, 2), "a stack of raw PRNG keys, e.g. jax.random.split(key, n)")
