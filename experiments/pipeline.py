@@ -54,7 +54,10 @@ def _network(c: ml_collections.ConfigDict) -> tj.NetworkConfig:
 def train_config(config: ml_collections.ConfigDict, stage: int) -> tj.TrainConfig:
     """The library `TrainConfig` of one stage from the launcher config."""
     s = config.stage1 if stage == 1 else config.stage2
-    cql = tj.CQLConfig(**{k: v for k, v in config.cql.to_dict().items()})
+    cql_fields = config.cql.to_dict()
+    if stage == 2 and config.stage2.cql_target:  # a stage-2-only target (MC vs TD ablation)
+        cql_fields["target"] = str(config.stage2.cql_target)
+    cql = tj.CQLConfig(**cql_fields)
     s2 = tj.Stage2Config(crop_size=int(config.stage2.crop_size),
                          ee_crop_size=int(config.stage2.ee_crop_size),
                          sigma=tuple(float(x) for x in config.stage2.sigma),
@@ -97,6 +100,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in ("stage1", "demos") or name.startswith("eval"):
         raise ValueError(f"config.stage2_name must be a folder name of letters, digits, '_' or '-', "
                          f"other than stage1, demos and eval*; got {name!r}.")
+    if config.stage2.cql_target not in ("", "mc", "td"):
+        raise ValueError(f"config.stage2.cql_target must be '' (same as config.cql.target), 'mc' or "
+                         f"'td'; got {config.stage2.cql_target!r}.")
     if config.env not in ("metaworld", "rlbench"):
         raise ValueError(f"config.env must be 'metaworld' or 'rlbench'; got {config.env!r}.")
     if config.env == "rlbench" and not config.rlbench_root:
@@ -268,6 +274,10 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
         write_json_atomic(out_dir / "pairing.json", extra["stage1_checkpoint"])
 
     total = tcfg.num_steps
+    summary_path = out_dir / "summary.json"
+    if start_step >= total and summary_path.exists():
+        logging.info("%s is already trained to step %d; nothing to do", out_dir, start_step)
+        return json.loads(summary_path.read_text())
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
     run_chunk = tj.make_seed_runner(trainer, config.seed_strategy)
@@ -299,7 +309,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
         ckpt.close()
     summary = {"stage": stage, "final_step": step, "train_seconds": time.perf_counter() - wall,
                "final_metrics": {k: v.tolist() for k, v in means.items()}}
-    write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(summary_path, summary)
     return summary
 
 
@@ -395,16 +405,26 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     seeds = eval_seeds(config, workdir)
     num_seeds = int(config.num_seeds)
     success = {m: np.zeros((num_seeds, len(seeds)), bool) for m in policies}
+    # Stage 1 alone does not depend on stage 2: ablations sharing a stage 1 reuse its rollouts.
+    cache_path = stage_dir(workdir, 1, config) / "eval_cache.json"
+    cache_key = {"task": config.task, "env": config.env, "stage1_step": step1, "eval_seeds": seeds,
+                 "num_seeds": num_seeds, "max_keyframes": int(config.demos.max_keyframes)}
+    cached = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    to_run = dict(policies)
+    if cached.get("key") == cache_key:
+        success["stage1"] = np.asarray(cached["success"], bool)
+        del to_run["stage1"]
+        logging.info("reusing stage-1 rollouts from %s", cache_path)
     out_dir = eval_dir(workdir, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     recorded: dict[str, Any] = {}
-    bar = _progress(num_seeds * len(seeds) * len(policies), 0, "eval", unit="episode")
+    bar = _progress(num_seeds * len(seeds) * len(to_run), 0, "eval", unit="episode")
     start = time.perf_counter()
     try:
         for s in range(num_seeds):
             p1 = jax.tree_util.tree_map(lambda x: x[s], params1)
             p2 = jax.tree_util.tree_map(lambda x: x[s], params2)
-            for mode, policy in policies.items():
+            for mode, policy in to_run.items():
                 act = lambda img, pose, cam, policy=policy: policy(p1, p2 if mode == "two_stage" else None,
                                                                    img, pose, cam)
                 for e, layout in enumerate(seeds):
@@ -418,18 +438,23 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     finally:
         bar.close()
         env.close()
+    if "stage1" in to_run:
+        write_json_atomic(cache_path, {"key": cache_key, "success": success["stage1"].tolist()})
     rates = {m: success[m].mean(axis=1) for m in policies}
     reps = int(config.eval.bootstrap_reps)
     results: dict[str, Any] = {
         "task": config.task, "algo": config.algo, "env": config.env, "num_seeds": num_seeds,
         "episodes_per_seed": len(seeds), "eval_seeds": [seeds[0], seeds[-1]],
         "stage1_step": step1, "stage2_step": step2, "stage2_mode": config.stage2.mode,
-        "crop_size": int(config.stage2.crop_size), "eval_seconds": time.perf_counter() - start,
+        "crop_size": int(config.stage2.crop_size), "stage2_name": str(config.stage2_name),
+        "stage2_q_target": train_config(config, 2).cql.target if config.algo == "cql" else None,
+        "eval_seconds": time.perf_counter() - start,
         "modes": {}}
     for m in policies:
         ci = evaluation.bootstrap_interval(rates[m], reps=reps)
         results["modes"][m] = {"per_seed": rates[m].tolist(), "mean": ci.mean, "ci_low": ci.low,
-                               "ci_high": ci.high}
+                               "ci_high": ci.high,
+                               "episodes": success[m].astype(int).tolist()}
     gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
     results["gain"] = {"mean": gain.mean, "ci_low": gain.low, "ci_high": gain.high}
     write_json_atomic(out_dir / "results.json", results)

@@ -26,7 +26,7 @@ from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, val
 
 ALGOS = ("bc", "cql")
 STAGE2_MODES = ("correction", "direct")
-SEED_STRATEGIES = ("vmap", "sequential")
+SEED_STRATEGIES = ("auto", "vmap", "sequential")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,30 +293,31 @@ def _check_keys(keys: Any) -> None:
 
 
 def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Array, stage: int = 1,
-                strategy: str = "vmap") -> tuple[AgentState, Any]:
+                strategy: str = "auto") -> tuple[AgentState, Any]:
     """Trains one run per key, all seeds in one jitted program or one after another.
 
     Strategies (results agree up to float rounding; pick by speed):
-      'vmap' (default): one program, `jit(vmap(train))` over the seed axis. With
+      'auto' (default): 'sequential' on CPU, 'vmap' on GPU/TPU (`resolve_seed_strategy`).
+      'vmap': one program, `jit(vmap(train))` over the seed axis. With
         `NetworkConfig.conv_impl='auto'` (the default) CPU uses im2col convolutions, so the
         per-seed kernels become one batched matmul instead of a grouped convolution.
       'sequential': the single-seed jitted program (compiled once) dispatched once per key,
         results stacked. Dispatch is asynchronous, so on CPU consecutive seeds may overlap
         on idle cores. Lower peak memory (one seed's activations at a time).
 
-    Measured by experiments/benchmark.py (quickstart stage-1 BC, 2 shared CPU cores): the
-    conv implementation dominates: 'patches' trains ~15x faster than 'xla' under either
-    strategy (XLA's CPU convolution is slow inside the scanned loop). Between strategies,
-    vmap over 5 seeds ran 1.19x sequential in the recorded run but 0.6-1.3x across runs on a
-    loaded machine, i.e. within noise; 'vmap' stays the default (one program, one compile).
-    On GPU/TPU no measurement exists yet.
+    Measured on 2 CPU cores (experiments/benchmark.py, idle machine): the conv implementation
+    dominates ('patches' trains ~13x faster than 'xla'); between strategies, 5 vmapped seeds
+    ran at 0.77x the seed-steps/s of 5 sequential ones, and the launcher's 3-seed quickstart
+    chunks at 0.72-0.77x (one seed already keeps both cores busy, and XLA CPU runs a batched
+    matmul slower than separate GEMMs). Hence 'auto' picks 'sequential' on CPU. On GPU one
+    seed leaves the device mostly idle, so 'auto' picks 'vmap' there.
 
     Args:
       config: training configuration (shared by all seeds).
       dataset: the offline `Dataset` (or prepared `TrainData`), shared by all seeds.
       keys: [S, 2] raw keys (or [S] typed keys), e.g. `jax.random.split(key, S)`.
       stage: 1 or 2.
-      strategy: one of `SEED_STRATEGIES`: 'vmap' or 'sequential'.
+      strategy: one of `SEED_STRATEGIES`: 'auto', 'vmap' or 'sequential'.
 
     Returns:
       (AgentState with a leading [S] axis on every leaf, metrics [S, num_steps]).
@@ -327,7 +328,24 @@ def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Arr
     return run(jax.jit(jax.vmap(trainer.init))(keys), config.num_steps)
 
 
-def make_seed_runner(trainer: Trainer, strategy: str = "vmap"
+def resolve_seed_strategy(strategy: str = "auto", backend: str | None = None) -> str:
+    """Maps 'auto' to 'sequential' on CPU and 'vmap' elsewhere; checks the name.
+
+    Args:
+      strategy: one of `SEED_STRATEGIES`.
+      backend: JAX backend name (default: `jax.default_backend()`).
+
+    Returns:
+      'vmap' or 'sequential'.
+    """
+    if strategy not in SEED_STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {SEED_STRATEGIES}; got {strategy!r}.")
+    if strategy != "auto":
+        return strategy
+    return "sequential" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def make_seed_runner(trainer: Trainer, strategy: str = "auto"
                      ) -> Callable[[AgentState, int], tuple[AgentState, Any]]:
     """Returns `run(states, num_steps) -> (states, metrics)` for states with a leading seed axis.
 
@@ -337,13 +355,12 @@ def make_seed_runner(trainer: Trainer, strategy: str = "vmap"
 
     Args:
       trainer: from `make_trainer`.
-      strategy: 'vmap' (all seeds in one program) or 'sequential' (see `train_seeds`).
+      strategy: 'auto', 'vmap' (all seeds in one program) or 'sequential' (see `train_seeds`).
 
     Returns:
       run: (AgentState [S, ...], num_steps) -> (AgentState [S, ...], metrics [S, num_steps]).
     """
-    if strategy not in SEED_STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {SEED_STRATEGIES}; got {strategy!r}.")
+    strategy = resolve_seed_strategy(strategy)
     cache: dict[int, Callable] = {}
 
     def run(states: AgentState, num_steps: int) -> tuple[AgentState, Any]:

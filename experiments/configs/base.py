@@ -4,7 +4,8 @@ A config file's `get_config(arg)` takes an optional comma-separated variant stri
 `--config=experiments/configs/paper.py:cql,direct,td`:
   * `bc` | `cql`: the algorithm of both stages (BC uses 64x64 crops, CQL 32x32, as in the paper);
   * `correction` | `direct`: stage 2 predicts a correction (Eq. 6) or the final action;
-  * `mc` | `td`: CQL's Q target (Monte Carlo return or TD backup with a target network).
+  * `mc` | `td`: CQL's Q target (Monte Carlo return or TD backup with a target network), both
+    stages; `--config.stage2.cql_target=td` changes stage 2 only (the paper's MC-vs-TD study).
 Any field can also be overridden with dotted flags, e.g. `--config.stage2.crop_size=16`.
 """
 
@@ -33,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.algo = "bc"
     c.seed = 0
     c.num_seeds = 1
-    c.seed_strategy = "vmap"  # 'vmap' (one program for all seeds) or 'sequential'
+    c.seed_strategy = "auto"  # 'auto' (sequential on CPU, vmap on GPU), 'vmap' or 'sequential'
     c.stage2_name = "stage2"  # folder of stage 2 in the workdir; name ablations to share stage 1
 
     c.demos = ml_collections.ConfigDict(dict(
@@ -45,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
         sigma=(0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 1.0), mode="correction", rotate=True,
+        cql_target="",  # '' = config.cql.target; 'mc' or 'td' for stage 2 only
         network=network()))
     c.cql = ml_collections.ConfigDict(dict(
         cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
