@@ -1,0 +1,150 @@
+"""experiments/summarize.py on a fake raw folder: table means, figures, and input validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.summarize import SummaryError, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS, EPISODES = 5, 10
+TASKS = ("reach-v3", "push-v3", "drawer-open-v3")  # every arm and ablation
+CQL_ONLY = "door-open-v3"  # headline CQL only: BC cells show "—" and BC means leave it out
+
+
+def _rates(rng: np.random.Generator) -> list[float]:
+    return (rng.integers(0, EPISODES + 1, SEEDS) / EPISODES).tolist()
+
+
+def _mode(per_seed: list[float]) -> dict:
+    episodes = [[int(e < round(r * EPISODES)) for e in range(EPISODES)] for r in per_seed]
+    return {"per_seed": per_seed, "mean": float(np.mean(per_seed)), "ci_low": 0.0, "ci_high": 1.0,
+            "episodes": episodes}
+
+
+def _result(task: str, algo: str, name: str, stage1: list[float], two: list[float], **over) -> dict:
+    d = {"task": task, "algo": algo, "env": "metaworld", "num_seeds": SEEDS, "episodes_per_seed": EPISODES,
+         "eval_seeds": [100000, 100000 + EPISODES - 1], "stage1_step": 300, "stage2_step": 200,
+         "stage2_mode": "correction", "crop_size": 64 if algo == "bc" else 32, "stage2_name": name,
+         "stage2_q_target": "mc" if algo == "cql" else None, "eval_seconds": 1.0,
+         "gain": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+         "modes": {"stage1": _mode(stage1), "two_stage": _mode(two)}}
+    d.update(over)
+    return d
+
+
+def _write(raw: Path, d: dict, filename: str) -> Path:
+    path = raw / d["task"] / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(d))
+    return path
+
+
+@pytest.fixture
+def fake_raw(tmp_path):
+    """Writes the fake raw folder; returns (raw, {(task, algo, name): (stage1, two_stage)})."""
+    rng = np.random.default_rng(0)
+    raw, truth = tmp_path / "raw", {}
+    for task in TASKS + (CQL_ONLY,):
+        for algo in ("bc", "cql"):
+            if task == CQL_ONLY and algo == "bc":
+                continue
+            s1, s2 = _rates(rng), _rates(rng)
+            truth[task, algo, "stage2"] = (s1, s2)
+            _write(raw, _result(task, algo, "stage2", s1, s2), f"{algo}_stage2.json")
+            if algo == "cql" and task != CQL_ONLY:
+                for name, over in (("crop16", {"crop_size": 16}), ("direct", {"stage2_mode": "direct"})):
+                    truth[task, algo, name] = (s1, _rates(rng))
+                    _write(raw, _result(task, algo, name, s1, truth[task, algo, name][1], **over),
+                           f"cql_{name}.json")
+    return raw, truth
+
+
+def _mean_row(text: str, after: str = "") -> str:
+    start = text.index(after) if after else 0
+    return next(line for line in text[start:].splitlines() if line.startswith("| **mean**"))
+
+
+def _mean(truth: dict, tasks, algo: str, name: str, which: int) -> float:
+    return float(np.mean([truth[t, algo, name][which] for t in tasks]))
+
+
+def test_summary_means_and_figures(fake_raw, tmp_path):
+    raw, truth = fake_raw
+    runs = tmp_path / "runs"
+    for task in TASKS:  # learning-curve metrics for the BC and CQL stages
+        for algo, key in (("bc", "bc_loss"), ("cql", "critic_loss")):
+            for stage in ("stage1", "stage2"):
+                f = runs / task / algo / stage / "metrics.jsonl"
+                f.parent.mkdir(parents=True)
+                f.write_text("\n".join(json.dumps({"step": st, "seed": s, key: 1.0 / st + s})
+                                       for st in (10, 20, 30) for s in range(2)) + "\n{\"step\": 4")
+    out = tmp_path / "out"
+    text = summarize(raw, out, runs, reps=200).read_text()
+
+    bc_tasks, cql_tasks = list(TASKS), list(TASKS) + [CQL_ONLY]
+    cells = _mean_row(text).strip("|").split("|")[1:]
+    expected = [
+        _mean(truth, bc_tasks, "bc", "stage2", 0), _mean(truth, bc_tasks, "bc", "stage2", 1),
+        _mean(truth, bc_tasks, "bc", "stage2", 1) - _mean(truth, bc_tasks, "bc", "stage2", 0),
+        _mean(truth, cql_tasks, "cql", "stage2", 0), _mean(truth, cql_tasks, "cql", "stage2", 1),
+        _mean(truth, cql_tasks, "cql", "stage2", 1) - _mean(truth, cql_tasks, "cql", "stage2", 0)]
+    for i, (cell, want) in enumerate(zip(cells, expected)):
+        fmt = "{:+.2f} [" if i % 3 == 2 else "{:.2f} ["
+        assert cell.strip().startswith(fmt.format(want)), (i, cell, want)
+    task_row = next(line for line in text.splitlines() if line.startswith(f"| {CQL_ONLY} |"))
+    assert task_row.count("—") == 3
+    assert "BC over 3 task(s) (reach-v3, push-v3, drawer-open-v3)" in text
+    assert f"CQL over 4 task(s) (reach-v3, push-v3, drawer-open-v3, {CQL_ONLY})" in text
+    # ablations: labelled by the headline's actual values, paired difference over the 3 tasks
+    assert "CQL crop 16 | CQL crop 32 (headline) | difference" in text
+    assert "CQL direct | CQL correction (headline)" in text
+    for name in ("crop16", "direct"):
+        row = _mean_row(text, f"`{name}`").strip("|").split("|")
+        diff = _mean(truth, TASKS, "cql", name, 1) - _mean(truth, TASKS, "cql", "stage2", 1)
+        assert row[1].strip().startswith(f"{_mean(truth, TASKS, 'cql', name, 1):.2f} [")
+        assert row[3].strip().startswith(f"{diff:+.2f} [")
+    assert "5 seeds × 10 episodes per seed" in text and "python -m experiments.summarize" in text
+    assert "intermediate checkpoints were not evaluated" in text
+    figures = ("fig3_headline.png", "fig4_per_task.png", "fig4_learning_curves_bc.png",
+               "fig4_learning_curves_cql.png", "fig5_crop_size.png", "fig6_correction_vs_direct.png")
+    for name in figures:
+        assert (out / name).stat().st_size > 1000, name
+        assert f"]({name})" in text, name
+    assert not (out / "fig_mc_vs_td.png").exists()  # no TD ablation in the fake data
+
+
+def test_missing_modes_names_file_and_field(fake_raw, tmp_path):
+    raw, _ = fake_raw
+    path = raw / "push-v3" / "bc_stage2.json"
+    d = json.loads(path.read_text())
+    del d["modes"]
+    path.write_text(json.dumps(d))
+    with pytest.raises(SummaryError, match=r"push-v3/bc_stage2\.json: missing field\(s\) 'modes'"):
+        summarize(raw, tmp_path / "out")
+    assert not (tmp_path / "out" / "summary.md").exists()
+
+
+def test_ablation_inconsistent_with_headline(fake_raw, tmp_path):
+    raw, _ = fake_raw
+    path = raw / "reach-v3" / "cql_direct.json"
+    d = json.loads(path.read_text())
+    d["episodes_per_seed"] = 20
+    path.write_text(json.dumps(d))
+    with pytest.raises(SummaryError, match=r"reach-v3/cql_direct\.json: field 'episodes_per_seed'"):
+        summarize(raw, tmp_path / "out")
+
+
+def test_cli_empty_raw_exits_2(tmp_path):
+    (tmp_path / "raw").mkdir()
+    out = subprocess.run([sys.executable, "-m", "experiments.summarize", f"--raw={tmp_path / 'raw'}",
+                          f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "no TASK/ALGO_NAME.json results" in out.stderr
