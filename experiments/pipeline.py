@@ -448,7 +448,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         "stage1_step": step1, "stage2_step": step2, "stage2_mode": config.stage2.mode,
         "crop_size": int(config.stage2.crop_size), "stage2_name": str(config.stage2_name),
         "stage2_q_target": train_config(config, 2).cql.target if config.algo == "cql" else None,
-        "eval_seconds": time.perf_counter() - start,
+        "eval_seconds": time.perf_counter() - start, "config": config_to_dict(config),
         "modes": {}}
     for m in policies:
         ci = evaluation.bootstrap_interval(rates[m], reps=reps)

@@ -34,6 +34,13 @@ def test_two_stage_policy_composes(trained):
     stage1 = tj.make_policy(c1, None, ds.workspace)(p1, None, image, pose, cam)
     np.testing.assert_allclose(stage1.action, out.tentative, atol=1e-6)
     np.testing.assert_array_equal(stage1.correction, 0.0)
+    # a given tentative action replaces stage 1; passing stage 1's own output changes nothing
+    given = act(p1, p2, image, pose, cam, tentative=out.tentative)
+    np.testing.assert_allclose(given.action, out.action, atol=1e-6)
+    moved = act(p1, p2, image, pose, cam, tentative=jnp.zeros((3, 7)))
+    np.testing.assert_array_equal(moved.tentative, 0.0)
+    np.testing.assert_allclose(moved.action, tj.compose_correction(moved.tentative, moved.correction),
+                               atol=1e-6)
     stochastic = tj.make_policy(c1, c2, ds.workspace, deterministic=False)
     a = stochastic(p1, p2, image, pose, cam, jax.random.PRNGKey(3)).action
     assert np.all(np.abs(a) <= 1.0)
@@ -56,5 +63,7 @@ def test_policy_rejects_bad_input(trained):
         act(p1, p2, image, pose[:1], cam)
     with pytest.raises(ValueError, match="`pose` must lie in"):
         act(p1, p2, image, pose * 5, cam)
+    with pytest.raises(ValueError, match="`tentative` must have shape \\[2, 7\\]"):
+        act(p1, p2, image, pose, cam, tentative=pose[:1])
     with pytest.raises(ValueError, match="`params2` is None"):
         act(p1, None, image, pose, cam)

@@ -110,11 +110,18 @@ def _rliable_interval(arrays: list[np.ndarray], func: Callable[..., float], reps
     point = float(func(*arrays))
     if arrays[0].shape[0] == 1:  # one run: nothing to resample
         return Interval(point, point, point)
-    with warnings.catch_warnings():  # arch warns about RandomState, which rliable passes on
-        warnings.simplefilter("ignore", FutureWarning)
-        _, ci = rly.get_interval_estimates(
-            {"x": arrays}, lambda *xs: np.array([func(*xs)]), reps=reps,
-            confidence_interval_size=confidence, random_state=np.random.RandomState(seed))
+    # rliable 1.2 does not hand `random_state` on to arch's bootstrap, which then draws from
+    # numpy's global generator: seed that (and restore it) so intervals are reproducible.
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch warns about RandomState, which rliable passes on
+            warnings.simplefilter("ignore", FutureWarning)
+            _, ci = rly.get_interval_estimates(
+                {"x": arrays}, lambda *xs: np.array([func(*xs)]), reps=reps,
+                confidence_interval_size=confidence, random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
     return Interval(point, float(ci["x"][0, 0]), float(ci["x"][1, 0]))
 
 
@@ -139,8 +146,10 @@ def difference_interval(a: Any, b: Any, reps: int = 2000, confidence: float = 0.
                         ) -> Interval:
     """Mean and stratified bootstrap interval of mean(b) - mean(a) for paired runs (rliable).
 
-    Runs are paired (run i of `b` uses the stage 1 of run i of `a`), so rliable resamples the
-    same runs from both, stratified by task.
+    Runs are paired (run i of `b` uses the stage 1 of run i of `a`, on the same evaluation
+    layouts), so this bootstraps the per-run differences b - a, stratified by task. (Passing
+    `a` and `b` to rliable as two arrays would resample them independently and give an
+    interval that ignores the pairing.)
 
     Args:
       a: [num_runs] or [num_runs, num_tasks] scores of the baseline.
@@ -154,4 +163,4 @@ def difference_interval(a: Any, b: Any, reps: int = 2000, confidence: float = 0.
     b = _as_runs_by_tasks("b", b)
     if a.shape != b.shape:
         raise ValueError(f"`a` and `b` must have the same shape; got {a.shape} and {b.shape}.")
-    return _rliable_interval([a, b], lambda x, y: y.mean() - x.mean(), reps, confidence, seed)
+    return _rliable_interval([b - a], lambda d: d.mean(), reps, confidence, seed)

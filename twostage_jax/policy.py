@@ -56,10 +56,11 @@ def make_policy(
       deterministic: act with the policy's mode (tanh of the mean for CQL actors).
 
     Returns:
-      `act(params1, params2, image, pose, camera, key) -> PolicyOutput`, where image is
-      [B, H, W, 3] uint8 at the camera's full resolution, pose [B, 7], camera a single `Camera`
-      shared by the batch, key a PRNG key (used only when not deterministic), and params2 is
-      ignored (pass None) in stage-1-only mode.
+      `act(params1, params2, image, pose, camera, key, tentative) -> PolicyOutput`, where image
+      is [B, H, W, 3] uint8 at the camera's full resolution, pose [B, 7], camera a single
+      `Camera` shared by the batch, key a PRNG key (used only when not deterministic), and
+      params2 is ignored (pass None) in stage-1-only mode. `tentative` ([B, 7], optional)
+      replaces stage 1's output, e.g. to test stage 2 on Algo. 1's perturbed actions.
     """
     nets1 = make_networks(stage1.network, 1, stage1.algo)
     nets2 = make_networks(stage2.network, 2, stage2.algo) if stage2 is not None else None
@@ -67,11 +68,14 @@ def make_policy(
 
     @jax.jit
     def _act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
-             key: jax.Array) -> PolicyOutput:
+             key: jax.Array, tentative: jnp.ndarray | None) -> PolicyOutput:
         k1, k2 = jax.random.split(key)
-        size = stage1.image_size or image.shape[1]
-        small = resize_images(image, size)
-        a1 = _act_one_stage(nets1, params1, Stage1Obs(small, pose), k1, deterministic)
+        if tentative is None:
+            size = stage1.image_size or image.shape[1]
+            small = resize_images(image, size)
+            a1 = _act_one_stage(nets1, params1, Stage1Obs(small, pose), k1, deterministic)
+        else:
+            a1 = tentative
         if nets2 is None:
             return PolicyOutput(action=a1, tentative=a1, correction=jnp.zeros_like(a1))
         obs2 = jax.vmap(lambda im, z, t: transform_state(
@@ -82,7 +86,7 @@ def make_policy(
         return PolicyOutput(action=action, tentative=a1, correction=a2)
 
     def act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
-            key: jax.Array | None = None) -> PolicyOutput:
+            key: jax.Array | None = None, tentative: jnp.ndarray | None = None) -> PolicyOutput:
         _checks.check_rank("image", image, 4)
         _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
                             "[B, H, W, 3] at the camera's resolution")
@@ -92,8 +96,13 @@ def make_policy(
         if nets2 is not None and params2 is None:
             raise ValueError("`params2` is None but the policy was built with a stage-2 config; "
                              "pass stage 2's params or build with stage2=None.")
+        if tentative is not None:
+            _checks.check_shape("tentative", tentative, (image.shape[0], ACTION_DIM), "[B, 7]")
+            _checks.check_range("tentative", tentative, -1.0, 1.0, "a tanh-space action")
+            tentative = jnp.asarray(tentative, jnp.float32)
         if key is None:
             key = jax.random.PRNGKey(0)
-        return _act(params1, params2, jnp.asarray(image), jnp.asarray(pose, jnp.float32), camera, key)
+        return _act(params1, params2, jnp.asarray(image), jnp.asarray(pose, jnp.float32), camera, key,
+                    tentative)
 
     return act
