@@ -8,7 +8,7 @@ Layout under --root (default runs/repro):
   TASK/bc/    demos (recorded once per task), stage1, stage2, eval      -> BC(1), BC two-stage
   TASK/cql/   demos -> ../bc/demos, stage1, stage2, eval                -> CQL(1), CQL two-stage
   TASK/cql/NAME, eval_NAME: stage-2 ablations sharing CQL's stage 1 (crop16, crop64, direct, td)
-  TASK/bc/NAME, eval_NAME:  BC crop ablations (crop16, crop32), if asked for
+  TASK/bc/crop16, crop32 (+ eval_*): BC crop ablations (--ablations=bc_crop16,bc_crop32)
   logs/JOB.log
 
 Usage:
@@ -100,10 +100,11 @@ def build_jobs(root: Path) -> list[Job]:
         for name in FLAGS.ablations:
             algo, variants, extra = ABLATIONS[name]
             wd = root / task / algo
+            folder = name.removeprefix(f"{algo}_")  # stage-2 folder inside the algo's workdir
             jobs.append(Job(f"{task}.{name}",
-                            [_launcher(wd, task, variants, "all", [f"--config.stage2_name={name}", *extra])],
-                            wd / f"eval_{name}" / "results.json", [f"{task}.{algo}"],
-                            (wd / f"eval_{name}" / "results.json", raw / task / f"{algo}_{name}.json")))
+                            [_launcher(wd, task, variants, "all", [f"--config.stage2_name={folder}", *extra])],
+                            wd / f"eval_{folder}" / "results.json", [f"{task}.{algo}"],
+                            (wd / f"eval_{folder}" / "results.json", raw / task / f"{algo}_{folder}.json")))
     return jobs
 
 

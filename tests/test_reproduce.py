@@ -1,0 +1,71 @@
+"""The issue-5 sweep driver: job graph, scheduling, failure handling, collection."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+
+from experiments import reproduce
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def parsed_flags():
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["reproduce"])
+    yield
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["reproduce"])
+
+
+def _touch(path: Path, extra: str = "") -> list[str]:
+    code = f"import pathlib; p = pathlib.Path({str(path)!r}); p.parent.mkdir(parents=True, exist_ok=True); "
+    return [sys.executable, "-c", code + f"p.write_text('{{}}'){extra}"]
+
+
+def test_jobs_run_after_their_dependencies_and_failures_block_dependents(tmp_path):
+    order = tmp_path / "order.txt"
+    log = lambda name: [sys.executable, "-c", f"open({str(order)!r}, 'a').write('{name}\\n')"]
+    raw = tmp_path / "raw" / "t" / "a.json"
+    jobs = [
+        reproduce.Job("t.demos", [log("demos"), _touch(tmp_path / "demos.done")], tmp_path / "demos.done", []),
+        reproduce.Job("t.a", [log("a"), _touch(tmp_path / "a" / "results.json")],
+                      tmp_path / "a" / "results.json", ["t.demos"], (tmp_path / "a" / "results.json", raw)),
+        reproduce.Job("t.bad", [log("bad"), [sys.executable, "-c", "raise SystemExit(3)"]],
+                      tmp_path / "bad.done", ["t.demos"]),
+        reproduce.Job("t.after_bad", [log("after_bad")], tmp_path / "x.done", ["t.bad"]),
+    ]
+    failed = reproduce.run_jobs(jobs, tmp_path, workers=2)
+    ran = order.read_text().split()
+    assert ran[0] == "demos" and set(ran) == {"demos", "a", "bad"}  # after_bad never starts
+    assert sorted(failed) == ["t.after_bad", "t.bad"]
+    assert raw.read_text() == "{}"  # collected into the raw folder
+    assert (tmp_path / "logs" / "t.bad.log").exists()
+    # a re-run skips finished jobs and only retries the failed ones
+    order.unlink()
+    reproduce.run_jobs(jobs, tmp_path, workers=1)
+    assert order.read_text().split() == ["bad"]
+
+
+def test_job_graph_shares_stage1_and_demos(tmp_path):
+    flags.FLAGS(["reproduce", "--tasks=push-v3,reach-v3", "--ablation_tasks=push-v3",
+                 "--ablations=crop16,bc_crop32", f"--raw={tmp_path / 'raw'}"])
+    jobs = {j.name: j for j in reproduce.build_jobs(tmp_path)}
+    assert list(jobs)[:3] == ["push-v3.demos", "push-v3.bc", "push-v3.cql"]
+    assert jobs["push-v3.crop16"].needs == ["push-v3.cql"]
+    cmd = " ".join(jobs["push-v3.bc_crop32"].commands[0])
+    assert f"--workdir={tmp_path / 'push-v3' / 'bc'}" in cmd and "--config.stage2_name=crop32" in cmd
+    assert jobs["push-v3.bc_crop32"].collect[1] == tmp_path / "raw" / "push-v3" / "bc_crop32.json"
+    assert "reach-v3.crop16" not in jobs
+
+
+def test_bad_flags_are_named():
+    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--dry_run", "--ablations=crop8"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode != 0 and "--ablations: unknown ['crop8']" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--dry_run", "--tasks=push-v3",
+                          "--ablation_tasks=reach-v3"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode != 0 and "--ablation_tasks ['reach-v3'] are not in --tasks" in out.stderr
