@@ -191,9 +191,10 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
         raise FileNotFoundError(f"{results_path} is missing: finish the run first "
                                 "(python -m experiments.reproduce).")
     results = json.loads(results_path.read_text())
-    if "config" not in results:
-        raise ValueError(f"{results_path} has no 'config' field (written by an older launcher).")
-    config = ml_collections.ConfigDict(results["config"])
+    if "config" in results:
+        config = ml_collections.ConfigDict(results["config"])
+    else:  # results.json from an older launcher: the workdir's last config.json
+        config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())["config"])
     _check_disjoint(config, workdir, held_out_seed, held_out)
     train = pipeline.load_demos(workdir)
     test = held_out_dataset(config, root / task, held_out, held_out_seed)

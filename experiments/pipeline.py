@@ -55,8 +55,9 @@ def train_config(config: ml_collections.ConfigDict, stage: int) -> tj.TrainConfi
     """The library `TrainConfig` of one stage from the launcher config."""
     s = config.stage1 if stage == 1 else config.stage2
     cql_fields = config.cql.to_dict()
-    if stage == 2 and config.stage2.cql_target:  # a stage-2-only target (MC vs TD ablation)
-        cql_fields["target"] = str(config.stage2.cql_target)
+    stage2_target = config.stage2.get("cql_target", "")  # absent in configs saved before it existed
+    if stage == 2 and stage2_target:  # a stage-2-only target (MC vs TD ablation)
+        cql_fields["target"] = str(stage2_target)
     cql = tj.CQLConfig(**cql_fields)
     s2 = tj.Stage2Config(crop_size=int(config.stage2.crop_size),
                          ee_crop_size=int(config.stage2.ee_crop_size),
