@@ -1,0 +1,53 @@
+"""Held-out diagnostics of the correction stage: crop-membership geometry and measurements."""
+
+import jax
+import numpy as np
+
+import twostage_jax as tj
+from experiments import diagnose, pipeline
+from experiments.configs import smoke
+from twostage_jax.testing import make_synthetic_dataset
+
+
+def _camera(ds):
+    cam = ds.camera(0)
+    return tj.Camera(jax.numpy.asarray(cam.intrinsics), jax.numpy.asarray(cam.cam_to_world),
+                     cam.width, cam.height)
+
+
+def test_outside_uses_the_rotated_crop_frame():
+    ds = make_synthetic_dataset(num_episodes=2, steps_per_episode=2, image_size=32)
+    cam = _camera(ds)
+    a1 = np.zeros((3, 7), np.float32)
+    offsets = np.array([[20.0, 0.0], [10.0, 10.0], [15.9, -15.9]])
+    np.testing.assert_array_equal(diagnose._outside(cam, a1, offsets, 32, False, ds.workspace),
+                                  [True, False, False])
+    # with rotation the crop turns with the gripper: compare against the angle it reports
+    a1r = a1.copy()
+    a1r[:, 5] = 0.25  # yaw of pi/4
+    ang = float(tj.optical_axis_angle(cam, tj.action_to_pose(a1r[0], ds.workspace)[1]))
+    along = 15.0 * np.array([np.cos(ang), np.sin(ang)])  # 15 px along the crop's x axis: inside
+    diag = 15.0 * np.array([np.cos(ang + np.pi / 4), np.sin(ang + np.pi / 4)]) * np.sqrt(2)  # corner, beyond
+    out = diagnose._outside(cam, a1r[:2], np.stack([along, diag * 1.2]), 32, True, ds.workspace)
+    np.testing.assert_array_equal(out, [False, True])
+
+
+def test_measure_shapes_and_zero_noise_perturbation():
+    cfg = smoke.get_config()
+    with cfg.unlocked():
+        cfg.num_seeds = 1
+        cfg.stage2.sigma = (0.0,) * 7
+    ds = make_synthetic_dataset(num_episodes=3, steps_per_episode=3, image_size=32)
+    c1, c2 = pipeline.train_config(cfg, 1), pipeline.train_config(cfg, 2)
+    p1 = tj.make_trainer(c1, ds, 1).init(jax.random.PRNGKey(0)).params
+    p2 = tj.make_trainer(c2, ds, 2).init(jax.random.PRNGKey(1)).params
+    index = np.arange(ds.action.shape[0])
+    m = diagnose.measure(cfg, p1, p2, ds, index, jax.random.PRNGKey(2), perturbations=2)
+    n = len(index)
+    assert m["s1_cm"].shape == m["two_cm"].shape == m["out_of_crop"].shape == (n,)
+    assert m["pert_cm"].shape == (n, 2)
+    # sigma = 0: Algo. 1's tentative action is the demo action (up to the atanh clip at 0.99)
+    assert np.all(m["pert_cm"] < 1.0) and not m["pert_out_of_crop"].any()
+    s = diagnose.summarise(m, crop=16, sigma=cfg.stage2.sigma)
+    assert s["transitions"] == n and 0.0 <= s["target_out_of_crop"] <= 1.0
+    assert s["stage1_cm_median"] >= 0.0 and len(s["stage1_eps_std"]) == 7
