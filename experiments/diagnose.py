@@ -15,8 +15,9 @@ of the training transitions for comparison:
 
 Usage:
   python -m experiments.diagnose --root=runs/repro --tasks=push-v3,reach-v3
-Writes `OUT/diagnostics.json` and `OUT/diagnostics.md` (default
-experiments/results/repro/diagnostics). Nothing here reads evaluation episodes.
+Writes one `OUT/reports/TASK_ALGO_STAGE2NAME.json` per run (existing ones are kept unless
+--force) and `OUT/diagnostics.md` from all of them (default experiments/results/repro/diagnostics).
+Nothing here reads evaluation episodes.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out
 flags.DEFINE_integer("train_sample", 300, "Training transitions sampled for comparison.")
 flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per transition.")
 flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "repro" / "diagnostics"),
-                    "Output folder.")
+                    "Output folder: one reports/TASK_ALGO_STAGE2NAME.json per run, plus "
+                    "diagnostics.md built from all reports there.")
+flags.DEFINE_bool("force", False, "Recompute reports that already exist in --out.")
 
 
 def held_out_dataset(config: Any, task_root: Path, num: int, seed: int):
@@ -187,13 +190,13 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     workdir = root / task / algo
     name = "eval" if stage2_name == "stage2" else f"eval_{stage2_name}"
     results_path = workdir / name / "results.json"
-    if not results_path.exists():
-        raise FileNotFoundError(f"{results_path} is missing: finish the run first "
-                                "(python -m experiments.reproduce).")
-    results = json.loads(results_path.read_text())
-    if "config" in results:
+    if not (workdir / stage2_name / "summary.json").exists():
+        raise FileNotFoundError(f"{workdir / stage2_name} has no finished stage 2: finish the run "
+                                "first (python -m experiments.reproduce).")
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if "config" in results:  # the exact config the run was evaluated with
         config = ml_collections.ConfigDict(results["config"])
-    else:  # results.json from an older launcher: the workdir's last config.json
+    else:  # not evaluated, or an older launcher: the workdir's last config.json
         config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())["config"])
     _check_disjoint(config, workdir, held_out_seed, held_out)
     train = pipeline.load_demos(workdir)
@@ -246,31 +249,35 @@ def to_markdown(reports: list[dict[str, Any]]) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
-    from twostage_jax.checkpoint import write_json_atomic
     from twostage_jax._io import atomic_open
+    from twostage_jax.checkpoint import write_json_atomic
 
     root = Path(FLAGS.root).absolute()
     out = Path(FLAGS.out)
-    reports = []
+    (out / "reports").mkdir(parents=True, exist_ok=True)
     for task in FLAGS.tasks:
         for algo in FLAGS.algos:
+            path = out / "reports" / f"{task}_{algo}_{FLAGS.stage2_name}.json"
+            if path.exists() and not FLAGS.force:
+                continue
             try:
                 r = diagnose(root, task, algo, FLAGS.stage2_name, FLAGS.held_out, FLAGS.held_out_seed,
                              FLAGS.train_sample, FLAGS.perturbations)
             except FileNotFoundError as e:
                 print(f"skip {task}/{algo}: {e}", file=sys.stderr)
                 continue
-            reports.append(r)
+            write_json_atomic(path, r)
             h = r["held_out"]
             print(f"{task} {algo}: held-out stage-1 {h['stage1_cm_median']:.2f} cm / "
                   f"{h['stage1_px_median']:.2f} px, outside crop {h['target_out_of_crop']:.1%}, "
                   f"two-stage {h['two_stage_cm_median']:.2f} cm, closer {h['two_stage_better']:.0%}",
                   flush=True)
+    order = {t: i for i, t in enumerate(DEFAULT_TASKS)}
+    reports = sorted((json.loads(p.read_text()) for p in (out / "reports").glob("*.json")),
+                     key=lambda r: (order.get(r["task"], len(order)), r["task"], r["algo"], r["stage2_name"]))
     if not reports:
         print(f"error: no finished runs under {root} for tasks {FLAGS.tasks}.", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "diagnostics.json", reports)
     with atomic_open(out / "diagnostics.md", "w") as f:
         f.write(to_markdown(reports))
     print(f"wrote {out / 'diagnostics.md'}")
