@@ -62,7 +62,8 @@ def train_config(config: ml_collections.ConfigDict, stage: int) -> tj.TrainConfi
     s2 = tj.Stage2Config(crop_size=int(config.stage2.crop_size),
                          ee_crop_size=int(config.stage2.ee_crop_size),
                          sigma=tuple(float(x) for x in config.stage2.sigma),
-                         mode=str(config.stage2.mode), rotate=bool(config.stage2.rotate))
+                         mode=str(config.stage2.mode), rotate=bool(config.stage2.rotate),
+                         loss_weighting=str(config.stage2.get("loss_weighting", "none")))
     return tj.TrainConfig(
         algo=str(config.algo), num_steps=int(s.num_steps), batch_size=int(s.batch_size),
         learning_rate=float(s.learning_rate),

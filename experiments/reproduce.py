@@ -47,6 +47,7 @@ ABLATIONS = {
     "td": ("cql", "cql", ["--config.stage2.cql_target=td"]),
     "bc_crop16": ("bc", "bc", ["--config.stage2.crop_size=16"]),
     "bc_crop32": ("bc", "bc", ["--config.stage2.crop_size=32"]),
+    "bc_whiten": ("bc", "bc", ["--config.stage2.loss_weighting=whiten"]),
 }
 
 FLAGS = flags.FLAGS

@@ -10,6 +10,7 @@ from twostage_jax.actions import (
     atanh_clipped,
     compose_correction,
     compose_direct,
+    correction_target_variance,
     pose_to_action,
     sample_tentative,
 )
@@ -118,6 +119,7 @@ __all__ = [
     "bootstrap_interval",
     "compose_correction",
     "compose_direct",
+    "correction_target_variance",
     "conv2d_patches",
     "cql_critic_loss",
     "cql_regularizer",

@@ -156,6 +156,24 @@ def action_to_pose(action: jnp.ndarray, workspace: Workspace) -> tuple[jnp.ndarr
     return pos, action[..., 3:6] * jnp.pi, action[..., 6]
 
 
+def correction_target_variance(sigma: Any) -> np.ndarray:
+    """Var[tanh(eps)] for eps ~ N(0, sigma^2): the spread of Algo. 1's correction targets.
+
+    With the paper's sigma (0.1 for the pose, 1 for the gripper) the gripper target varies ~40x
+    more than a position target, so an unweighted squared error is dominated by the gripper.
+
+    Args:
+      sigma: scalar or [7] noise std.
+
+    Returns:
+      [7] float64 variances (Gauss-Hermite quadrature, exact to ~1e-12; 0 where sigma is 0).
+    """
+    sig = np.asarray(_sigma_vector(sigma), np.float64)
+    x, w = np.polynomial.hermite_e.hermegauss(64)  # nodes/weights for the N(0, 1) density
+    w = w / w.sum()
+    return (np.tanh(sig[:, None] * x[None, :]) ** 2 * w).sum(axis=1)
+
+
 def default_sigma() -> np.ndarray:
     """Algo. 1's default per-dimension noise std as a [7] numpy array."""
     return np.asarray(DEFAULT_SIGMA, np.float32)

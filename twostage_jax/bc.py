@@ -45,13 +45,15 @@ def validate_batch(batch: Any, fields: tuple[str, ...]) -> None:
     _checks.check_range("batch.action", action, -1.0, 1.0, "actions are normalised")
 
 
-def bc_loss(params: dict, batch: Batch, networks: Networks) -> tuple[jnp.ndarray, BCAux]:
-    """Eq. 1: E_{(s,a)~D} |pi(s) - a|^2.
+def bc_loss(params: dict, batch: Batch, networks: Networks, weights: Any = None
+            ) -> tuple[jnp.ndarray, BCAux]:
+    """Eq. 1: E_{(s,a)~D} |pi(s) - a|^2, optionally weighted per action dimension.
 
     Args:
       params: network parameters `{'encoder', 'actor'}`.
       batch: `Batch` with obs (leading [B]) and action [B, 7].
       networks: a deterministic ('bc') `Networks` bundle.
+      weights: None (Eq. 1) or [7] non-negative weights of each dimension's squared error.
 
     Returns:
       (loss, BCAux).
@@ -61,25 +63,28 @@ def bc_loss(params: dict, batch: Batch, networks: Networks) -> tuple[jnp.ndarray
         raise ValueError("bc_loss needs deterministic networks (make_networks(..., algo='bc')).")
     pred = networks.actor(params, networks.encode(params, batch.obs))
     err = pred - batch.action
-    loss = jnp.mean(jnp.sum(err**2, axis=-1))
+    sq = err**2 if weights is None else jnp.asarray(weights, jnp.float32) * err**2
+    loss = jnp.mean(jnp.sum(sq, axis=-1))
     aux = BCAux(bc_loss=loss, position_error=jnp.mean(jnp.abs(err[:, :3])),
                 gripper_error=jnp.mean(jnp.abs(err[:, 6])))
     return loss, aux
 
 
 def make_bc_update(
-    networks: Networks, optimizer: optax.GradientTransformation
+    networks: Networks, optimizer: optax.GradientTransformation, weights: Any = None
 ) -> Callable[[AgentState, Batch, jax.Array], tuple[AgentState, BCMetrics]]:
     """Returns a pure `update(state, batch, key) -> (state, BCMetrics)` (jit/vmap friendly).
 
     Args:
       networks: deterministic networks.
       optimizer: optax transformation over the whole parameter dict.
+      weights: None or [7] per-dimension weights of the squared error (see `bc_loss`).
     """
 
     def update(state: AgentState, batch: Batch, key: jax.Array) -> tuple[AgentState, BCMetrics]:
         del key  # BC is deterministic given the batch.
-        (_, aux), grads = jax.value_and_grad(bc_loss, has_aux=True)(state.params, batch, networks)
+        (_, aux), grads = jax.value_and_grad(bc_loss, has_aux=True)(state.params, batch, networks,
+                                                                     weights)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = BCMetrics(*aux, grad_norm=optax.tree.norm(grads))

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from twostage_jax import _checks
-from twostage_jax.actions import DEFAULT_SIGMA, sample_tentative
+from twostage_jax.actions import DEFAULT_SIGMA, correction_target_variance, sample_tentative
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import CQLConfig, init_cql_params, make_cql_optimizer, make_cql_update
 from twostage_jax.networks import NetworkConfig, Networks, make_networks
@@ -26,6 +26,7 @@ from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, val
 
 ALGOS = ("bc", "cql")
 STAGE2_MODES = ("correction", "direct")
+LOSS_WEIGHTINGS = ("none", "whiten")
 SEED_STRATEGIES = ("auto", "vmap", "sequential")
 
 
@@ -39,6 +40,10 @@ class Stage2Config:
       sigma: Algo. 1 noise std per action dimension.
       mode: 'correction' (a^2 = tanh(eps), composed by Eq. 6) or 'direct' (a^2 = a).
       rotate: rotate crops by the orientation's angle about the optical axis.
+      loss_weighting: 'none' (the paper's Eq. 1 for a BC stage 2) or 'whiten': weight each
+        action dimension's squared error by 1 / Var of its Algo. 1 target
+        (`correction_target_variance`, normalised to mean 1), so the gripper (sigma = 1) does
+        not drown the pose (sigma = 0.1). Correction mode with BC only.
     """
 
     crop_size: int = 32
@@ -46,6 +51,7 @@ class Stage2Config:
     sigma: tuple[float, ...] = DEFAULT_SIGMA
     mode: str = "correction"
     rotate: bool = True
+    loss_weighting: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("crop_size", "ee_crop_size"):
@@ -55,6 +61,19 @@ class Stage2Config:
             raise ValueError(f"Stage2Config.mode must be one of {STAGE2_MODES}; got {self.mode!r}.")
         if len(self.sigma) != 7 or any(s < 0 for s in self.sigma):
             raise ValueError(f"Stage2Config.sigma must be 7 non-negative stds; got {self.sigma!r}.")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"Stage2Config.loss_weighting must be one of {LOSS_WEIGHTINGS}; got "
+                             f"{self.loss_weighting!r}.")
+        if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
+            raise ValueError("Stage2Config.loss_weighting='whiten' needs mode='correction' and every "
+                             f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")
+
+    def bc_weights(self) -> np.ndarray | None:
+        """[7] per-dimension BC loss weights for stage 2 (None for 'none')."""
+        if self.loss_weighting == "none":
+            return None
+        w = 1.0 / correction_target_variance(self.sigma)
+        return (w / w.mean()).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +243,7 @@ def make_trainer(config: TrainConfig, dataset: Dataset | TrainData, stage: int) 
     networks = make_networks(config.network, stage, config.algo)
     optimizer = _optimizer(config)
     if config.algo == "bc":
-        update = make_bc_update(networks, optimizer)
+        update = make_bc_update(networks, optimizer, config.stage2.bc_weights() if stage == 2 else None)
         from twostage_jax.bc import BCMetrics as metrics_type
     else:
         update = make_cql_update(networks, config.cql, optimizer)

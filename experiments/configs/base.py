@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
         num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
         sigma=(0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 1.0), mode="correction", rotate=True,
         cql_target="",  # '' = config.cql.target; 'mc' or 'td' for stage 2 only
+        loss_weighting="none",  # BC stage 2: 'none' (Eq. 1) or 'whiten' (see Stage2Config)
         network=network()))
     c.cql = ml_collections.ConfigDict(dict(
         cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
