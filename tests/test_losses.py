@@ -34,6 +34,32 @@ def test_bc_updates_reduce_loss_on_a_fixed_batch(stage):
     assert int(state.step) == 40 and np.isfinite(float(metrics.grad_norm))
 
 
+def test_bc_loss_weights_per_dimension():
+    _, batch = _fixed_batch(2)
+    nets = tj.make_networks(TINY_NET, 2, "bc")
+    params = nets.init(jax.random.PRNGKey(0), batch.obs)
+    plain, _ = tj.bc_loss(params, batch, nets)
+    np.testing.assert_allclose(tj.bc_loss(params, batch, nets, jnp.ones(7))[0], plain, rtol=1e-6)
+    err = nets.actor(params, nets.encode(params, batch.obs)) - batch.action
+    only_gripper = jnp.zeros(7).at[6].set(2.0)
+    np.testing.assert_allclose(tj.bc_loss(params, batch, nets, only_gripper)[0],
+                               2.0 * jnp.mean(err[:, 6] ** 2), rtol=1e-5)
+
+
+def test_whitened_stage2_weights_and_validation():
+    var = tj.correction_target_variance((0.1,) * 6 + (1.0,))
+    draws = np.tanh(np.random.default_rng(0).normal(size=(400_000, 1)) * np.array([0.1, 1.0]))
+    np.testing.assert_allclose(var[[0, 6]], draws.var(axis=0), rtol=0.01)  # Monte Carlo check
+    w = tj.Stage2Config(loss_weighting="whiten").bc_weights()
+    np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(w[0] / w[6], var[6] / var[0], rtol=1e-5)  # gripper ~40x lighter
+    assert tj.Stage2Config().bc_weights() is None
+    with pytest.raises(ValueError, match="loss_weighting must be one of \\('none', 'whiten'\\); got 'l1'"):
+        tj.Stage2Config(loss_weighting="l1")
+    with pytest.raises(ValueError, match="'whiten' needs mode='correction'"):
+        tj.Stage2Config(loss_weighting="whiten", mode="direct")
+
+
 def test_cql_regularizer_hand_worked():
     # One head pair, N = 1, B = 1; every Q is 0 except the data action's.
     q_data = jnp.array([[1.0], [2.0]])
