@@ -60,6 +60,8 @@ flags.DEFINE_list("ablations", ["crop16", "crop64", "direct", "td"],
 flags.DEFINE_integer("workers", 2, "Launcher processes at a time (each pinned to one XLA thread "
                      "when > 1, so 2 workers use 2 cores without oversubscribing them).")
 flags.DEFINE_list("extra", [], "Extra launcher flags for every run, e.g. --extra=--num_seeds=1.")
+flags.DEFINE_bool("headline", True, "Include the headline runs. --noheadline runs only ablations "
+                  "(e.g. beside a sweep that is still running), whose headline runs must be finished.")
 flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
 
 
@@ -106,6 +108,13 @@ def build_jobs(root: Path) -> list[Job]:
                             [_launcher(wd, task, variants, "all", [f"--config.stage2_name={folder}", *extra])],
                             wd / f"eval_{folder}" / "results.json", [f"{task}.{algo}"],
                             (wd / f"eval_{folder}" / "results.json", raw / task / f"{algo}_{folder}.json")))
+    if not FLAGS.headline:
+        headline = {j.name: j for j in jobs if not any(j.name.endswith(f".{a}") for a in ABLATIONS)}
+        jobs = [j for j in jobs if j.name not in headline]
+        missing = sorted({n for j in jobs for n in j.needs if not headline[n].done.exists()})
+        if missing:
+            raise app.UsageError(f"--noheadline: headline runs {missing} are not finished; run them "
+                                 "first (or drop --noheadline).")
     return jobs
 
 

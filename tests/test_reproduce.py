@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from absl import flags
+from absl import app, flags
 
 from experiments import reproduce
 
@@ -69,3 +69,14 @@ def test_bad_flags_are_named():
     out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--dry_run", "--tasks=push-v3",
                           "--ablation_tasks=reach-v3"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0 and "--ablation_tasks ['reach-v3'] are not in --tasks" in out.stderr
+
+
+def test_noheadline_runs_only_ablations_of_finished_headlines(tmp_path):
+    flags.FLAGS(["reproduce", "--tasks=push-v3", "--ablation_tasks=push-v3", "--ablations=td",
+                 "--noheadline"])
+    with pytest.raises(app.UsageError, match=r"headline runs \['push-v3.cql'\] are not finished"):
+        reproduce.build_jobs(tmp_path)
+    done = tmp_path / "push-v3" / "cql" / "eval" / "results.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    assert [j.name for j in reproduce.build_jobs(tmp_path)] == ["push-v3.td"]
