@@ -40,6 +40,7 @@ PAIRED = ("num_seeds", "episodes_per_seed", "eval_seeds", "stage1_step")
 STUDIES = {"crop": ("Crop size", "crop_size", "fig5_crop_size.png"),
            "mode": ("Correction vs direct", "stage2_mode", "fig6_correction_vs_direct.png"),
            "target": ("MC vs TD critic targets", "stage2_q_target", "fig_mc_vs_td.png"),
+           "weighting": ("Stage-2 BC loss weighting", "stage2_loss_weighting", "fig_loss_weighting.png"),
            "other": ("Other ablations", "stage2_name", None)}
 COLORS = {"bc": ("#9aa9c4", "#2f5597"), "cql": ("#e0b48a", "#c55a11")}  # (stage 1, two-stage)
 
@@ -96,6 +97,9 @@ def load_raw(raw: Path) -> Runs:
         except json.JSONDecodeError as e:
             raise SummaryError(f"{path}: not valid JSON ({e}).") from e
         _validate(d, path)
+        # older results.json have the loss weighting only inside their config (default 'none')
+        d.setdefault("stage2_loss_weighting",
+                     (d.get("config") or {}).get("stage2", {}).get("loss_weighting", "none"))
         key = (d["task"], d["algo"], str(d["stage2_name"]))
         if key in runs:
             raise SummaryError(f"{path}: same task, algo and stage2_name as {runs[key]['_path']}.")
@@ -147,7 +151,8 @@ def _values(runs: Runs, field: str, algo: str | None = None) -> str:
 
 
 def _arm(study: str, value: Any) -> str:
-    return {"crop": f"crop {value}", "target": str(value).upper()}.get(study, str(value))
+    return {"crop": f"crop {value}", "target": str(value).upper(),
+            "weighting": f"loss {value}"}.get(study, str(value))
 
 
 def _bars(ax: Any, labels: list[str], ivs: list[Interval | None], colors: list[str]) -> None:
@@ -236,14 +241,18 @@ def _ablations(runs: Runs, out: Path, reps: int) -> list[str]:
         lines += [f"### {title}", ""]
         for g in sorted(groups[study], key=lambda g: (g["algo"], str(g["value"]))):
             algo, name, tasks = g["algo"], g["name"], g["tasks"]
-            lines += [(f"`{name}`: {g['label']} vs {g['head_label']}; two-stage success, difference "
-                       "paired by seed."), "",
-                      f"| task | {g['label']} | {g['head_label']} | difference |", "|---|---|---|---|"]
+            lines += [(f"`{name}`: {g['label']} vs {g['head_label']}; two-stage success, differences "
+                       f"paired by seed; the last column is the ablation's gain over {algo.upper()}(1)."),
+                      "", f"| task | {g['label']} | {g['head_label']} | difference | "
+                      f"{algo.upper()}(1) | gain over {algo.upper()}(1) |", "|---|---|---|---|---|---|"]
             for t in tasks + [None]:
                 ts = tasks if t is None else [t]
                 head, abl = (_matrix(runs, ts, algo, n, "two_stage") for n in (HEADLINE, name))
+                one = _matrix(runs, ts, algo, HEADLINE, "stage1")
                 ivs = [bootstrap_interval(abl, reps=reps), bootstrap_interval(head, reps=reps)]
-                row = [_fmt(ivs[0]), _fmt(ivs[1]), _fmt(difference_interval(head, abl, reps=reps), True)]
+                row = [_fmt(ivs[0]), _fmt(ivs[1]), _fmt(difference_interval(head, abl, reps=reps), True),
+                       _fmt(bootstrap_interval(one, reps=reps)),
+                       _fmt(difference_interval(one, abl, reps=reps), True)]
                 lines.append(f"| {t or f'**mean** ({len(tasks)} task(s))'} | " + " | ".join(row) + " |")
             g["abl_iv"], g["head_iv"] = ivs
             lines.append("")
