@@ -225,16 +225,16 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
 
 def to_markdown(reports: list[dict[str, Any]]) -> str:
     """The diagnostics table (held-out rows, with training rows for comparison)."""
-    head = ("| task | algo | split | stage-1 err cm (median / p90) | stage-1 err px (median / p90) "
+    head = ("| task | algo | stage 2 | split | stage-1 err cm (median / p90) | stage-1 err px (median / p90) "
             "| crop half-width px | target outside crop | two-stage err cm (median / p90) "
             "| two-stage closer | gripper agree s1 / two | Algo.1 err cm before -> after correction "
             "| stage-1 eps std (x, y, z) vs sigma |")
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 13]
     for r in reports:
         for split in ("held_out", "train"):
             d = r[split]
             rows.append(
-                f"| {r['task']} | {r['algo']} | {split} "
+                f"| {r['task']} | {r['algo']} | {r['stage2_name']} | {split} "
                 f"| {d['stage1_cm_median']:.2f} / {d['stage1_cm_p90']:.2f} "
                 f"| {d['stage1_px_median']:.2f} / {d['stage1_px_p90']:.2f} | {d['crop_size'] / 2:.0f} "
                 f"| {d['target_out_of_crop']:.1%} "
