@@ -34,18 +34,24 @@ from experiments.configs.base import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", "runs/repro", "The sweep's root folder (TASK/ALGO workdirs).")
-flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks to diagnose (those with finished runs).")
-flags.DEFINE_list("algos", ["bc", "cql"], "Algorithms to diagnose.")
-flags.DEFINE_string("stage2_name", "stage2", "Which stage-2 run of each workdir to diagnose.")
-flags.DEFINE_integer("held_out", 20, "Held-out demos per task.")
-flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out demos.")
-flags.DEFINE_integer("train_sample", 300, "Training transitions sampled for comparison.")
-flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per transition.")
-flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "repro" / "diagnostics"),
-                    "Output folder: one reports/TASK_ALGO_STAGE2NAME.json per run, plus "
-                    "diagnostics.md built from all reports there.")
-flags.DEFINE_bool("force", False, "Recompute reports that already exist in --out.")
+
+
+def define_flags() -> None:
+    """Defines this script's absl flags (only when run as a script, so importing this module
+    beside the other experiment scripts never defines a flag twice)."""
+    flags.DEFINE_string("root", "runs/repro", "The sweep's root folder (TASK/ALGO workdirs).")
+    flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks to diagnose (those with finished runs).")
+    flags.DEFINE_list("algos", ["bc", "cql"], "Algorithms to diagnose.")
+    flags.DEFINE_string("stage2_name", "stage2", "Which stage-2 run of each workdir to diagnose.")
+    flags.DEFINE_integer("held_out", 20, "Held-out demos per task.")
+    flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out demos.")
+    flags.DEFINE_integer("train_sample", 300, "Training transitions sampled for comparison.")
+    flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per transition.")
+    flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "repro" / "diagnostics"),
+                        "Output folder: one reports/TASK_ALGO_STAGE2NAME.json per run, plus "
+                        "diagnostics.md built from all reports there.")
+    flags.DEFINE_bool("force", False, "Recompute reports that already exist in --out.")
+
 
 
 def held_out_dataset(config: Any, task_root: Path, num: int, seed: int):
@@ -285,4 +291,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -47,11 +47,17 @@ COLORS = {"bc": ("#9aa9c4", "#2f5597"), "cql": ("#e0b48a", "#c55a11")}  # (stage
 Runs = dict[tuple[str, str, str], dict[str, Any]]  # (task, algo, stage2_name) -> results
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("raw", str(RESULTS / "raw"), "Folder of TASK/ALGO_NAME.json per-seed results.")
-flags.DEFINE_string("out", str(RESULTS), "Where summary.md and the figures are written.")
-flags.DEFINE_string("runs", "runs/repro", "Sweep root with TASK/{bc,cql}/stage*/metrics.jsonl "
-                    "for the learning curves (skipped if it does not exist).")
-flags.DEFINE_integer("reps", 2000, "Bootstrap resamples per interval.")
+
+
+def define_flags() -> None:
+    """Defines this script's absl flags (only when run as a script, so importing this module
+    beside the other experiment scripts never defines a flag twice)."""
+    flags.DEFINE_string("raw", str(RESULTS / "raw"), "Folder of TASK/ALGO_NAME.json per-seed results.")
+    flags.DEFINE_string("out", str(RESULTS), "Where summary.md and the figures are written.")
+    flags.DEFINE_string("runs", "runs/repro", "Sweep root with TASK/{bc,cql}/stage*/metrics.jsonl "
+                        "for the learning curves (skipped if it does not exist).")
+    flags.DEFINE_integer("reps", 2000, "Bootstrap resamples per interval.")
+
 
 
 class SummaryError(ValueError):
@@ -407,4 +413,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

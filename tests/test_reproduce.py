@@ -80,3 +80,11 @@ def test_noheadline_runs_only_ablations_of_finished_headlines(tmp_path):
     done.parent.mkdir(parents=True)
     done.write_text("{}")
     assert [j.name for j in reproduce.build_jobs(tmp_path)] == ["push-v3.td"]
+
+
+def test_experiment_scripts_import_together():
+    # absl flags are process-global: scripts that define them at import must not collide
+    code = ("import experiments.main, experiments.reproduce, experiments.summarize, "
+            "experiments.diagnose, experiments.benchmark, experiments.replay_check")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
