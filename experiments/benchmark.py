@@ -22,12 +22,16 @@ Rows:
                      total seed-steps/s over one seed's seed-steps/s. Also conv_impl='xla' at
                      S = 5 (vmap gives grouped convolutions).
   crop/*             crops/s of `vmap(crop_by_projection)` over 128 crops of a 128x128 image.
+  batch_scaling/*    one seed's quickstart stage-1 BC step at batch 32, 64, 160; `merge_bound`
+                     = S x t(32) / t(32 S), the most a one-program trainer of S seeds could gain
+                     over S sequential seeds from bigger kernels on this machine.
   stage2_crop_cost/* stage-2 update step with on-the-fly crops (Algo. 1 + Eq. 5) vs the same
-                     update on precomputed crops of the same shapes; `overhead` = extra fraction.
+                     update on precomputed crops of the same shapes; the value is the extra
+                     fraction (10 scanned steps per timing, timed alternately).
   host_sync          quickstart stage-1 BC: 300 steps as one scan vs 3 chunks of 100 with a
                      `jax.device_get` of the metric means between chunks.
-  quickstart_train   wall time of `make_train(config)(key)` (prepare_data + compile + 3000
-                     steps) vs 3000 x the steady-state step time; compile reported separately.
+  quickstart_train   wall time of `make_train(config)(key)`'s first call (prepare_data +
+                     compile + init + 3000 steps) over its warm call (the 3000 steps alone).
   act/*              two-stage policy latency (paper BC sizes), batch 1 and 64, incl. host checks.
   sim/*              MetaWorld keyframe step, low-level physics step, render (128x128), and demo
                      generation; 'unavailable' with the reason if the simulator cannot run.
@@ -211,27 +215,28 @@ def _steady_run(trainer, data: TrainData, key: jax.Array, steps: int, repeats: i
     return {"step_s": t["median_s"] / steps, "compile_s": compile_s, "call": call, **t}
 
 
-def bench_train_steps(b: Bench, ds, steps: int, repeats: int) -> dict[tuple, Callable[[], Any]]:
-    """train_step/* rows; returns {(size, stage, algo): a no-arg call running `steps` steps}."""
-    out = {}
+def bench_train_steps(b: Bench, ds, steps: int, repeats: int) -> None:
+    """train_step/* rows: samples/s of each (size, stage, algo) update step."""
     for size in ("quickstart", "paper"):
         for stage in (1, 2):
             for algo in ("bc", "cql"):
                 cfg = size_config(size, stage, algo)
                 trainer = make_trainer(cfg, prepare_data(ds, cfg), stage)
                 r = _steady_run(trainer, trainer.data, jax.random.PRNGKey(0), steps, repeats)
-                out[(size, stage, algo)] = r["call"]
                 b.add(f"train_step/{size}/stage{stage}/{algo}", cfg.batch_size / r["step_s"],
                       "samples/s", step_ms=1e3 * r["step_s"], batch=cfg.batch_size,
                       compile_s=r["compile_s"], repeats=repeats, steps_per_run=steps)
         b.write()
-    return out
 
 
-def bench_seeds(b: Bench, ds, steps: int, repeats: int) -> dict[str, float]:
-    """seeds/* rows (quickstart stage-1 BC); returns {'vmap_5_over_seq_5': ratio, ...}."""
+def bench_seeds(b: Bench, ds, steps: int, repeats: int, xla_steps: int) -> dict[str, float]:
+    """seeds/* rows (quickstart stage-1 BC); returns {'patches_vmap_5_over_seq_5': ratio, ...}.
+
+    Each timing runs `steps` scanned steps per seed (`xla_steps` for conv_impl='xla', which is
+    ~10x slower); sequential and vmapped runs are timed alternately.
+    """
     out = {}
-    for impl in ("auto", "xla"):
+    for impl, steps in (("auto", steps), ("xla", xla_steps)):
         cfg = size_config("quickstart", 1, "bc",
                           network=dataclasses.replace(QUICK_NET, conv_impl=impl))
         trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
@@ -282,9 +287,12 @@ def bench_crops(b: Bench, repeats: int) -> None:
     b.write()
 
 
-def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int,
-                           with_crops: dict[tuple, Callable[[], Any]]) -> dict[str, float]:
-    """stage2_crop_cost/* rows: the stage-2 step vs the same update on precomputed crops."""
+def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int) -> dict[str, float]:
+    """stage2_crop_cost/* rows: the stage-2 step vs the same update on precomputed crops.
+
+    Both programs run `steps` scanned steps and are timed alternately; the precomputed
+    variant gathers its batch from a bank of 512 examples made by the same `sample_batch`.
+    """
     out = {}
     for algo in ("bc", "cql"):
         cfg = size_config("paper", 2, algo)
@@ -305,15 +313,42 @@ def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int,
             return jax.lax.scan(body, state, None, length=n)
 
         state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
-        f = jax.jit(run_pre, static_argnums=2).lower(state, bank, steps).compile()
-        t = timed_interleaved({"full": with_crops[("paper", 2, algo)],
-                               "pre": lambda: f(state, bank)}, repeats)
+        pre_run = jax.jit(run_pre, static_argnums=2).lower(state, bank, steps).compile()
+        full_run = jax.jit(trainer.run, static_argnums=2).lower(state, data, steps).compile()
+        t = timed_interleaved({"full": lambda: full_run(state, data),
+                               "pre": lambda: pre_run(state, bank)}, repeats)
         pre, full = t["pre"] / steps, t["full"] / steps
         overhead = full / pre - 1.0
         out[algo] = overhead
         b.add(f"stage2_crop_cost/paper/{algo}", overhead, "fraction",
               with_crops_ms=1e3 * full, precomputed_ms=1e3 * pre,
-              crop=cfg.stage2.crop_size, ee_crop=cfg.stage2.ee_crop_size)
+              crop=cfg.stage2.crop_size, ee_crop=cfg.stage2.ee_crop_size, steps=steps,
+              repeats=repeats)
+    b.write()
+    return out
+
+
+def bench_batch_scaling(b: Bench, ds, steps: int, repeats: int) -> dict[str, float]:
+    """batch_scaling/* rows: one seed's quickstart stage-1 BC step at batch 32 x S, S = 1, 2, 5.
+
+    A program that trains S seeds at batch 32 does at least the work of one seed at batch
+    32 x S (vmapping adds per-seed weights on top). So `merge_bound` = S x t(32) / t(32 S) is
+    the most any one-program multi-seed trainer could gain over S sequential seeds from
+    bigger kernels on this machine; below 1 means bigger kernels are less efficient here.
+    """
+    out, fns = {}, {}
+    for s in (1, 2, 5):
+        cfg = size_config("quickstart", 1, "bc", batch_size=32 * s)
+        trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
+        state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+        run = jax.jit(trainer.run, static_argnums=2).lower(state, trainer.data, steps).compile()
+        fns[s] = lambda run=run, state=state, d=trainer.data: run(state, d)
+    t = timed_interleaved(fns, repeats)
+    for s, sec in t.items():
+        bound = s * t[1] / sec
+        b.add(f"batch_scaling/quickstart/stage1/bc/batch={32 * s}", 1e3 * sec / steps, "ms/step",
+              us_per_sample=1e6 * sec / steps / (32 * s), merge_bound=bound)
+        out[s] = bound
     b.write()
     return out
 
@@ -336,42 +371,40 @@ def bench_host_sync(b: Bench, ds, repeats: int) -> float:
             logs.append(jax.device_get(m))
         return s
 
-    one = timed(lambda: run_all(state, data), repeats)
-    ch = timed(chunked, repeats)
-    ratio = ch["median_s"] / one["median_s"]
+    t = timed_interleaved({"one": lambda: run_all(state, data), "chunked": chunked}, repeats)
+    ratio = t["chunked"] / t["one"]
     b.add("host_sync/chunked_over_single_scan", ratio, "ratio",
-          single_scan_s=one["median_s"], chunked_s=ch["median_s"], steps=total, chunk=chunk)
+          single_scan_s=t["one"], chunked_s=t["chunked"], steps=total, chunk=chunk)
     b.write()
     return ratio
 
 
-def bench_quickstart_train(b: Bench, ds, step_call: Callable[[], Any], steps: int, repeats: int,
-                           warm_call: bool) -> dict[str, float]:
-    """quickstart_train rows: make_train wall time vs num_steps x steady-state step time.
+def bench_quickstart_train(b: Bench, ds, pairs: int) -> float:
+    """quickstart_train row: make_train's whole first call vs the same program's warm call.
 
-    The steady-state step time is re-measured just before (`step_call` runs `steps` steps).
+    One pair = clear JAX's caches, `make_train(config)` and time `train(key)` (data to device,
+    compile, init, 3000 steps), then time `train(key)` again (the 3000 scanned steps alone,
+    the quickstart's pure update-step time). The value is the median over `pairs` of
+    first / warm; both calls of a pair run back to back, so load drift mostly cancels.
     """
-    step_s = timed(step_call, repeats)["median_s"] / steps
     cfg = size_config("quickstart", 1, "bc")
     key = jax.random.PRNGKey(3)
-    t0 = time.perf_counter()
-    train = make_train(cfg, ds, 1)
-    jax.block_until_ready(train(key))
-    first = time.perf_counter() - t0
-    pure = cfg.num_steps * step_s
-    out = {"first_call_ratio": first / pure}
-    b.add("quickstart_train/first_call", first, "s", ratio_to_pure=first / pure,
-          pure_steps_s=pure, step_ms=1e3 * step_s, num_steps=cfg.num_steps,
-          note="make_train + prepare_data + compile + run")
-    if warm_call:
+    firsts, warms = [], []
+    for _ in range(pairs):
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        train = make_train(cfg, ds, 1)
+        jax.block_until_ready(train(key))
+        firsts.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         jax.block_until_ready(train(key))
-        warm = time.perf_counter() - t0
-        out["warm_ratio"] = warm / pure
-        b.add("quickstart_train/warm_call", warm, "s", ratio_to_pure=warm / pure,
-              compile_and_setup_s=first - warm)
+        warms.append(time.perf_counter() - t0)
+    ratio = statistics.median(f / w for f, w in zip(firsts, warms))
+    b.add("quickstart_train/first_over_warm", ratio, "ratio", first_s=statistics.median(firsts),
+          warm_s=statistics.median(warms), num_steps=cfg.num_steps, pairs=pairs,
+          note="first = make_train + prepare_data + compile + init + run; warm = run")
     b.write()
-    return out
+    return ratio
 
 
 def bench_act(b: Bench, ds, repeats: int) -> None:
@@ -461,13 +494,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                              "versions")}))
     print(f"{'name':44s} {'value':>14s} {'unit':14s} notes")
     ds = _dataset()
-    calls = bench_train_steps(b, ds, steps, repeats)
-    seeds = bench_seeds(b, ds, steps, repeats)
+    bench_train_steps(b, ds, steps, repeats)
+    seeds = bench_seeds(b, ds, 20 if args.quick else 50, repeats + 2, steps)
+    merge = bench_batch_scaling(b, ds, 20 if args.quick else 50, repeats + 2)
     bench_crops(b, repeats)
-    crop_cost = bench_stage2_crop_cost(b, ds, steps, repeats, calls)
-    host = bench_host_sync(b, ds, repeats)
-    qs = bench_quickstart_train(b, ds, calls[("quickstart", 1, "bc")], steps, repeats,
-                                warm_call=not args.quick)
+    crop_cost = bench_stage2_crop_cost(b, ds, 10, 3 * repeats)
+    host = bench_host_sync(b, ds, repeats + 2)
+    qs = bench_quickstart_train(b, ds, 2 if args.quick else 3)
     bench_act(b, ds, repeats)
     if args.skip_sim:
         b.add("sim/*", "unavailable", "", reason="--skip-sim")
@@ -476,10 +509,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     auto = resolve_conv_impl("auto")
     b.meta["targets"] = {
         "vmap5_over_sequential5 (>= 1.2)": seeds.get(f"{auto}_vmap_5_over_seq_5"),
+        "merge_bound_5 (best any one program could do)": merge[5],
         "stage2_crop_overhead_bc (< 0.05)": crop_cost["bc"],
         "stage2_crop_overhead_cql (< 0.05)": crop_cost["cql"],
-        "quickstart_train_first_call_over_pure_steps (<= 1.5)": qs["first_call_ratio"],
-        "quickstart_train_warm_over_pure_steps": qs.get("warm_ratio"),
+        "quickstart_train_first_call_over_warm_call (<= 1.5)": qs,
         "host_sync_chunked_over_single_scan": host,
     }
     b.meta["wall_s"] = time.perf_counter() - start

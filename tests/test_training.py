@@ -36,6 +36,29 @@ def test_chunked_runs_equal_one_run():
     jax.tree_util.tree_map(np.testing.assert_allclose, whole.params, part.params)
 
 
+@pytest.mark.parametrize("algo,stage", [("bc", 2), ("cql", 2)])
+def test_pipelined_run_equals_step_loop(algo, stage):
+    # `run` samples batch t + 1 while it updates on batch t; it must see the same batches as
+    # `step` called in a loop, so the two give the same parameters, metrics and key.
+    cfg = tiny_config(algo, num_steps=3)
+    trainer = tj.make_trainer(cfg, tiny_dataset(), stage)
+    s0 = trainer.init(jax.random.PRNGKey(5))
+    ran, ran_metrics = jax.jit(trainer.run, static_argnums=2)(s0, trainer.data, 3)
+    step = jax.jit(trainer.step)
+    looped, looped_metrics = s0, []
+    for _ in range(3):
+        looped, m = step(looped, trainer.data)
+        looped_metrics.append(m)
+    np.testing.assert_array_equal(ran.key, looped.key)
+    assert int(ran.step) == int(looped.step) == 3
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           ran.params, looped.params)
+    for name in ran_metrics._fields:
+        np.testing.assert_allclose(getattr(ran_metrics, name),
+                                   np.stack([getattr(m, name) for m in looped_metrics]),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_sample_batch_stage2_applies_algo1():
     cfg = tiny_config()
     data = tj.prepare_data(tiny_dataset(), cfg)

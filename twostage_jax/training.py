@@ -155,9 +155,7 @@ def _stage2_obs(data: TrainData, img_idx: jnp.ndarray, pose: jnp.ndarray, tentat
                   width=int(data.images.shape[2]), height=int(data.images.shape[1]))
     fn = lambda im, z, a1, cam: transform_state(im, z, a1, cam, ds.workspace, cfg.crop_size,
                                                 cfg.ee_crop_size, cfg.rotate)
-    # The barrier materialises the crops once: without it XLA fuses the bilinear gathers into
-    # each of the encoder's im2col slices and recomputes them there.
-    return jax.lax.optimization_barrier(jax.vmap(fn)(data.images[img_idx], pose, tentative, cams))
+    return jax.vmap(fn)(data.images[img_idx], pose, tentative, cams)
 
 
 def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
@@ -208,7 +206,9 @@ class Trainer(NamedTuple):
       step: (AgentState, TrainData) -> (AgentState, metrics): one update with a batch sampled
         from the state's key.
       run: (AgentState, TrainData, num_steps) -> (AgentState, metrics stacked [num_steps]);
-        a `lax.scan`. Pure; jit with `num_steps` static.
+        `num_steps` of `step` as one `lax.scan`, software-pipelined (each iteration samples
+        the next batch while it updates on the current one; same batches and results as
+        calling `step` in a loop). Pure; jit with `num_steps` static.
       metrics_type: the NamedTuple type of the metrics.
     """
 
@@ -265,14 +265,32 @@ def make_trainer(config: TrainConfig, dataset: Dataset | TrainData, stage: int) 
                           opt_state=optimizer.init(params), key=k_state,
                           step=jnp.zeros((), jnp.int32))
 
+    with_next = config.algo == "cql"
+
+    def sample(data_: TrainData, key: jax.Array) -> Batch:
+        # The batch of the step whose state carries `key` (updates never change `state.key`).
+        _, k_batch, _ = jax.random.split(key, 3)
+        return sample_batch(data_, k_batch, batch_size, stage, s2, with_next=with_next)
+
     def step(state: AgentState, data_: TrainData) -> tuple[AgentState, Any]:
-        key, k_batch, k_update = jax.random.split(state.key, 3)
-        batch = sample_batch(data_, k_batch, batch_size, stage, s2, with_next=config.algo == "cql")
-        new_state, metrics = update(state.replace(key=key), batch, k_update)
-        return new_state, metrics
+        key, _, k_update = jax.random.split(state.key, 3)
+        return update(state.replace(key=key), sample(data_, state.key), k_update)
 
     def run(state: AgentState, data_: TrainData, num_steps: int) -> tuple[AgentState, Any]:
-        return jax.lax.scan(lambda s, _: step(s, data_), state, None, length=num_steps)
+        # Software-pipelined `step`: iteration t updates on batch t (carried in) and samples
+        # batch t + 1 (carried out). The loop boundary makes XLA materialise each batch once,
+        # instead of fusing the crops' gathers into every consumer and recomputing them there,
+        # and lets the sampling run beside the update. Same batches, same numbers as `step`.
+        def body(carry, _):
+            state_, batch = carry
+            key, _, k_update = jax.random.split(state_.key, 3)
+            next_batch = sample(data_, key)
+            new_state, metrics = update(state_.replace(key=key), batch, k_update)
+            return (new_state, next_batch), metrics
+
+        (state, _), metrics = jax.lax.scan(body, (state, sample(data_, state.key)), None,
+                                           length=num_steps)
+        return state, metrics
 
     return Trainer(networks=networks, data=data, init=init, step=step, run=run,
                    metrics_type=metrics_type)
