@@ -5,6 +5,7 @@ row, the median over repeated timed runs after a warm-up call (always `block_unt
 Compile time is reported separately wherever it is measured; it is never inside a median.
 
     python -m experiments.benchmark --quick [--out experiments/results/benchmark_cpu.json]
+    python -m experiments.benchmark --quick --sections=crop_cost --out /tmp/crop.json  # a subset
 
 Sizes (synthetic dataset from `twostage_jax.testing`, 128x128 frames, so no simulator needed):
   paper:      stage 1 on 128x128 images, batch 128, 4 conv layers x 32 channels, MLP 64, heads
@@ -27,7 +28,8 @@ Rows:
                      over S sequential seeds from bigger kernels on this machine.
   stage2_crop_cost/* stage-2 update step with on-the-fly crops (Algo. 1 + Eq. 5) vs the same
                      update on precomputed crops of the same shapes; the value is the extra
-                     fraction (10 scanned steps per timing, timed alternately).
+                     fraction (10 scanned steps per timing, timed alternately). Also the same
+                     step without `Trainer.run`'s pipelining (`trainer.step` in a plain scan).
   host_sync          quickstart stage-1 BC: 300 steps as one scan vs 3 chunks of 100 with a
                      `jax.device_get` of the metric means between chunks.
   quickstart_train   wall time of `make_train(config)(key)`'s first call (prepare_data +
@@ -312,16 +314,22 @@ def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int) -> dict[str, 
                 return update(s.replace(key=key), batch, k_up)
             return jax.lax.scan(body, state, None, length=n)
 
+        def run_unpipelined(state, data_, n: int):  # `trainer.step` in a plain scan
+            return jax.lax.scan(lambda s, _: trainer.step(s, data_), state, None, length=n)
+
         state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
         pre_run = jax.jit(run_pre, static_argnums=2).lower(state, bank, steps).compile()
         full_run = jax.jit(trainer.run, static_argnums=2).lower(state, data, steps).compile()
+        plain_run = jax.jit(run_unpipelined, static_argnums=2).lower(state, data, steps).compile()
         t = timed_interleaved({"full": lambda: full_run(state, data),
-                               "pre": lambda: pre_run(state, bank)}, repeats)
-        pre, full = t["pre"] / steps, t["full"] / steps
+                               "pre": lambda: pre_run(state, bank),
+                               "plain": lambda: plain_run(state, data)}, repeats)
+        pre, full, plain = t["pre"] / steps, t["full"] / steps, t["plain"] / steps
         overhead = full / pre - 1.0
         out[algo] = overhead
         b.add(f"stage2_crop_cost/paper/{algo}", overhead, "fraction",
               with_crops_ms=1e3 * full, precomputed_ms=1e3 * pre,
+              unpipelined_ms=1e3 * plain, unpipelined_overhead=plain / pre - 1.0,
               crop=cfg.stage2.crop_size, ee_crop=cfg.stage2.ee_crop_size, steps=steps,
               repeats=repeats)
     b.write()
@@ -480,41 +488,62 @@ def bench_sim(b: Bench, quick: bool) -> None:
     b.write()
 
 
+SECTIONS = ("train_steps", "seeds", "batch_scaling", "crops", "crop_cost", "host_sync",
+            "quickstart_train", "act", "sim")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark; returns the JSON payload."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats/steps: < 10 min on 2 CPU cores")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
     p.add_argument("--skip-sim", action="store_true", help="skip the simulator rows")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     args = p.parse_args(argv)
+    sections = [x for x in args.sections.split(",") if x]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        p.error(f"--sections: unknown or empty {unknown or sections}; expected names from "
+                f"{', '.join(SECTIONS)}")
+    if args.skip_sim and "sim" in sections:
+        sections.remove("sim")
     steps, repeats = (3, 3) if args.quick else (10, 5)
     start = time.perf_counter()
     b = Bench(args.out, metadata(args.quick))
+    b.meta["sections"] = sections
     print(json.dumps({k: b.meta[k] for k in ("backend", "device", "cpu_count", "conv_impl_auto",
                                              "versions")}))
     print(f"{'name':44s} {'value':>14s} {'unit':14s} notes")
     ds = _dataset()
-    bench_train_steps(b, ds, steps, repeats)
-    seeds = bench_seeds(b, ds, 20 if args.quick else 50, repeats + 2, steps)
-    merge = bench_batch_scaling(b, ds, 20 if args.quick else 50, repeats + 2)
-    bench_crops(b, repeats)
-    crop_cost = bench_stage2_crop_cost(b, ds, 10, 3 * repeats)
-    host = bench_host_sync(b, ds, repeats + 2)
-    qs = bench_quickstart_train(b, ds, 2 if args.quick else 3)
-    bench_act(b, ds, repeats)
-    if args.skip_sim:
-        b.add("sim/*", "unavailable", "", reason="--skip-sim")
-    else:
-        bench_sim(b, args.quick)
+    targets: dict[str, Any] = {}
     auto = resolve_conv_impl("auto")
-    b.meta["targets"] = {
-        "vmap5_over_sequential5 (>= 1.2)": seeds.get(f"{auto}_vmap_5_over_seq_5"),
-        "merge_bound_5 (best any one program could do)": merge[5],
-        "stage2_crop_overhead_bc (< 0.05)": crop_cost["bc"],
-        "stage2_crop_overhead_cql (< 0.05)": crop_cost["cql"],
-        "quickstart_train_first_call_over_warm_call (<= 1.5)": qs,
-        "host_sync_chunked_over_single_scan": host,
-    }
+    if "train_steps" in sections:
+        bench_train_steps(b, ds, steps, repeats)
+    if "seeds" in sections:
+        seeds = bench_seeds(b, ds, 20 if args.quick else 50, repeats + 2, steps)
+        targets["vmap5_over_sequential5 (>= 1.2)"] = seeds.get(f"{auto}_vmap_5_over_seq_5")
+    if "batch_scaling" in sections:
+        merge = bench_batch_scaling(b, ds, 20 if args.quick else 50, repeats + 2)
+        targets["merge_bound_5 (best any one program could do)"] = merge[5]
+    if "crops" in sections:
+        bench_crops(b, repeats)
+    if "crop_cost" in sections:
+        crop_cost = bench_stage2_crop_cost(b, ds, 10, 3 * repeats)
+        targets["stage2_crop_overhead_bc (< 0.05)"] = crop_cost["bc"]
+        targets["stage2_crop_overhead_cql (< 0.05)"] = crop_cost["cql"]
+    if "host_sync" in sections:
+        targets["host_sync_chunked_over_single_scan"] = bench_host_sync(b, ds, repeats + 2)
+    if "quickstart_train" in sections:
+        targets["quickstart_train_first_call_over_warm_call (<= 1.5)"] = bench_quickstart_train(
+            b, ds, 2 if args.quick else 3)
+    if "act" in sections:
+        bench_act(b, ds, repeats)
+    if "sim" in sections:
+        bench_sim(b, args.quick)
+    else:
+        b.add("sim/*", "unavailable", "", reason="not selected (--skip-sim or --sections)")
+    b.meta["targets"] = targets
     b.meta["wall_s"] = time.perf_counter() - start
     b.meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     b.write()
