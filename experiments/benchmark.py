@@ -48,7 +48,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -57,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from twostage_jax._io import atomic_open
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import make_cql_optimizer, make_cql_update
 from twostage_jax.geometry import crop_by_projection
@@ -148,16 +148,8 @@ class Bench:
 
     def write(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.out)), exist_ok=True)
-        payload = {**self.meta, "rows": self.rows}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(self.out)), suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f, indent=1, default=_json_default)
-            os.replace(tmp, self.out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(self.out, "w") as f:
+            json.dump({**self.meta, "rows": self.rows}, f, indent=1, default=_json_default)
 
 
 def _fmt(v: Any) -> str:
