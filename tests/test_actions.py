@@ -83,3 +83,52 @@ def test_action_errors_name_the_argument():
         tj.Workspace.create([0, 0, 0], [1, 0, 1])
     with pytest.raises(ValueError, match="`limit` must lie in \\(0, 1\\)"):
         tj.atanh_clipped(good, limit=1.0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_correction_flips_a_saturated_gripper_both_ways(variant):
+    # Stage 1's gripper saturates at |a1| = 0.9999. With the paper's bounds (0.99 on both
+    # operands) the strongest correction only reaches tanh(atanh(0.99) - atanh(0.99)) = 0,
+    # which reads as "open": a closing correction is impossible.
+    limit = np.array([0.99] * 6 + [0.9], np.float32)
+    compose = variant(lambda a1, a2, lim: tj.compose_correction(a1, a2, tentative_limit=lim))
+    for sign in (1.0, -1.0):
+        a1 = jnp.zeros(7).at[6].set(0.9999 * sign)
+        paper = tj.compose_correction(a1, jnp.zeros(7).at[6].set(-0.99 * sign))
+        np.testing.assert_allclose(paper[6], 0.0, atol=1e-6)
+        # With the tentative gripper clipped at 0.9: u1 = atanh(0.9) = 1.4722 and a correction
+        # of -0.95 (u2 = atanh(-0.95) = -1.8318) gives tanh(-0.3596) = -0.3449 (sign flipped).
+        out = compose(a1, jnp.zeros(7).at[6].set(-0.95 * sign), limit)
+        np.testing.assert_allclose(out[6], -0.3449 * sign, atol=1e-4)
+        # A correction weaker than atanh(0.9) leaves the sign alone: tanh(1.4722 - 1.0986) = 0.3571.
+        out = compose(a1, jnp.zeros(7).at[6].set(-0.8 * sign), limit)
+        np.testing.assert_allclose(out[6], 0.3571 * sign, atol=1e-4)
+        # The pose dimensions keep the paper's bound.
+        np.testing.assert_allclose(out[:6], 0.0, atol=1e-7)
+
+
+def test_algo1_with_a_tentative_gripper_bound_recovers_the_gripper_sign():
+    a = jnp.asarray(np.random.default_rng(3).uniform(-0.8, 0.8, (512, 7)), jnp.float32)
+    a = a.at[:, 6].set(jnp.where(a[:, 6] >= 0, 1.0, -1.0))
+    limit = np.array([0.99] * 6 + [0.9], np.float32)
+    a1, a2 = tj.sample_tentative(jax.random.PRNGKey(2), a, tentative_limit=limit)
+    # u = atanh(0.9) - eps crosses zero when eps > 1.47: ~7% of draws flip the tentative gripper,
+    # so stage 2 sees examples where it must flip it back.
+    flipped = np.sign(a1[:, 6]) != np.sign(a[:, 6])
+    assert 0.03 < flipped.mean() < 0.12
+    # The target is the exact inverse of the clipped composition: composing recovers
+    # tanh(atanh(0.9)) = 0.9 with the right sign wherever the target itself is not clipped.
+    rec = np.asarray(tj.compose_correction(a1, a2, tentative_limit=limit))
+    inside = np.abs(a2[:, 6]) < 0.99
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(rec[inside, 6], 0.9 * a[inside, 6], atol=1e-4)
+    np.testing.assert_allclose(rec[:, :6], a[:, :6], atol=1e-4)
+    # Where a1 saturates further in the right direction, no correction is asked for.
+    beyond = np.asarray(a1[:, 6]) * np.asarray(a[:, 6]) > 0.9
+    assert beyond.any()
+    np.testing.assert_allclose(a2[beyond, 6], 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="tentative_limit"):
+        tj.sample_tentative(jax.random.PRNGKey(0), a, tentative_limit=np.ones(7))
+    with pytest.raises(ValueError, match="gripper_clip"):
+        tj.Stage2Config(gripper_clip=1.0)
+    assert tj.Stage2Config().tentative_limit() is None  # the paper's Algo. 1 and composition

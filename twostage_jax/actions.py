@@ -29,38 +29,55 @@ def _check_action(name: str, x: Any) -> None:
     _checks.check_range(name, x, -1.0, 1.0, "actions are normalised")
 
 
-def atanh_clipped(x: jnp.ndarray, limit: float = DEFAULT_CLIP) -> jnp.ndarray:
+def _check_limit(name: str, limit: Any) -> Any:
+    """Clip bound(s) in (0, 1), a scalar or [7]; returned as numpy when concrete."""
+    if not _checks.is_concrete(limit):
+        return limit
+    lim = np.asarray(limit, np.float32)
+    if lim.ndim not in (0, 1) or (lim.ndim == 1 and lim.shape[0] != ACTION_DIM):
+        raise ValueError(f"`{name}` must be a scalar or [7] clip bounds; got shape {lim.shape}.")
+    if not np.all((lim > 0.0) & (lim < 1.0)):
+        raise ValueError(f"`{name}` must lie in (0, 1); got {limit!r}.")
+    return lim
+
+
+def atanh_clipped(x: jnp.ndarray, limit: Any = DEFAULT_CLIP) -> jnp.ndarray:
     """atanh(clip(x, -limit, limit)): finite for every input, including +-1.
 
     Args:
       x: [...] values, nominally in [-1, 1].
-      limit: clip bound in (0, 1).
+      limit: clip bound in (0, 1): a scalar, or one bound per entry of the last axis.
 
     Returns:
       [...] unsquashed values, |result| <= atanh(limit).
     """
-    if not 0.0 < limit < 1.0:
-        raise ValueError(f"`limit` must lie in (0, 1); got {limit!r}.")
-    return jnp.arctanh(jnp.clip(x, -limit, limit))
+    lim = _check_limit("limit", limit)
+    return jnp.arctanh(jnp.clip(x, -lim, lim))
 
 
-def compose_correction(a1: jnp.ndarray, a2: jnp.ndarray, limit: float = DEFAULT_CLIP) -> jnp.ndarray:
+def compose_correction(a1: jnp.ndarray, a2: jnp.ndarray, limit: float = DEFAULT_CLIP,
+                       tentative_limit: Any = None) -> jnp.ndarray:
     """The correction function g of Eq. 6: a = tanh(atanh(a1) + atanh(a2)).
 
-    Both operands are clipped to [-limit, limit] before atanh, so the result is finite and in
-    (-1, 1) for any inputs.
+    Both operands are clipped before atanh (a2 to `limit`, a1 to `tentative_limit`, which
+    defaults to `limit` as in the paper), so the result is finite and in (-1, 1) for any
+    inputs. With equal bounds a saturated a1 cannot change sign: atanh(0.99) + atanh(-0.99)
+    is 0, which reads as "open" for the gripper. A smaller tentative bound on a dimension
+    (e.g. 0.9 on the gripper) lets a correction beyond atanh(0.9) = 1.47 flip it.
 
     Args:
       a1: [..., 7] tentative action in [-1, 1].
       a2: [..., 7] correction action in [-1, 1].
-      limit: atanh clip bound.
+      limit: atanh clip bound of a2 (and of a1 unless `tentative_limit` is given).
+      tentative_limit: None, a scalar or [7] atanh clip bounds of a1.
 
     Returns:
       [..., 7] final action.
     """
     _check_action("a1", a1)
     _check_action("a2", a2)
-    return jnp.tanh(atanh_clipped(a1, limit) + atanh_clipped(a2, limit))
+    lim1 = limit if tentative_limit is None else tentative_limit
+    return jnp.tanh(atanh_clipped(a1, lim1) + atanh_clipped(a2, limit))
 
 
 def compose_direct(a1: jnp.ndarray, a2: jnp.ndarray) -> jnp.ndarray:
@@ -89,18 +106,26 @@ def _sigma_vector(sigma: Any) -> jnp.ndarray:
 
 
 def sample_tentative(
-    key: jax.Array, a: jnp.ndarray, sigma: Any = DEFAULT_SIGMA, limit: float = DEFAULT_CLIP
+    key: jax.Array, a: jnp.ndarray, sigma: Any = DEFAULT_SIGMA, limit: float = DEFAULT_CLIP,
+    tentative_limit: Any = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Algorithm 1: a synthetic tentative action and the correction that undoes it.
 
     eps ~ N(0, sigma^2) per dimension; a1 = tanh(atanh(a) - eps) and a2 = tanh(eps), so that
     compose_correction(a1, a2) recovers a (up to the atanh clipping).
 
+    With `tentative_limit` (the bound `compose_correction` applies to a1), a2 is instead the
+    exact inverse of that clipped composition: with u = atanh(a) clipped to the bound and
+    u1 = u - eps, a2 = tanh(u - clip(u1)). It equals tanh(eps) wherever a1 stays within the
+    bound; where a1 saturates further in the right direction the target is no correction
+    (where the paper's target would push a saturated gripper the wrong way).
+
     Args:
       key: PRNG key.
       a: [..., 7] dataset actions in [-1, 1].
       sigma: scalar or [7] noise std (default: 0.1 for pose, 1.0 for gripper).
-      limit: atanh clip bound.
+      limit: atanh clip bound of a (and of a2 in the composition).
+      tentative_limit: None (the paper's Algo. 1), or a scalar or [7] clip bound of a1.
 
     Returns:
       (a1, a2): each [..., 7], in (-1, 1).
@@ -108,9 +133,12 @@ def sample_tentative(
     _check_action("a", a)
     sig = _sigma_vector(sigma)
     eps = jax.random.normal(key, jnp.shape(a), jnp.float32) * sig
-    a1 = jnp.tanh(atanh_clipped(a, limit) - eps)
-    a2 = jnp.tanh(eps)
-    return a1, a2
+    if tentative_limit is None:
+        return jnp.tanh(atanh_clipped(a, limit) - eps), jnp.tanh(eps)
+    lim1 = _check_limit("tentative_limit", tentative_limit)
+    u = atanh_clipped(a, jnp.minimum(_check_limit("limit", limit), lim1))
+    u1 = u - eps
+    return jnp.tanh(u1), jnp.tanh(u - atanh_clipped(jnp.tanh(u1), lim1))
 
 
 def pose_to_action(
