@@ -84,7 +84,7 @@ def _check_disjoint(config: Any, workdir: Path, seed: int, num: int) -> None:
 
 
 def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray, key: Any,
-            perturbations: int) -> dict[str, np.ndarray]:
+            perturbations: int, workdir: Path | None = None) -> dict[str, np.ndarray]:
     """Per-transition measurements of one seed's stage 1 and two-stage policy.
 
     Returns:
@@ -96,7 +96,7 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
     import twostage_jax as tj
     from experiments.pipeline import train_config
 
-    c1, c2 = train_config(config, 1), train_config(config, 2)
+    c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     s2 = c2.stage2
     act = tj.make_policy(c1, c2, ds.workspace)
     cam = ds.camera(0)
@@ -109,9 +109,19 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
     def to_px(a):
         return np.asarray(tj.project_points(cam, jnp.asarray(to_world(a)))[0])
 
+    axis = np.asarray(cam.cam_to_world)[:3, 2]  # the optical axis (camera z) in the world
+
+    def split(a, true_w):
+        """cm of the position error along the optical axis and across it."""
+        r = to_world(a) - true_w
+        along = r @ axis
+        return 100 * np.abs(along), 100 * np.linalg.norm(r - along[:, None] * axis, axis=-1)
+
     out: dict[str, list] = {k: [] for k in ("s1_cm", "s1_px", "out_of_crop", "two_cm", "s1_grip_ok",
                                              "two_grip_ok", "s1_eps", "pert_cm", "pert_fixed_cm",
-                                             "pert_out_of_crop")}
+                                             "pert_out_of_crop", "s1_along_cm", "s1_across_cm",
+                                             "two_along_cm", "two_across_cm", "pert_fixed_along_cm",
+                                             "pert_fixed_across_cm")}
     for lo in range(0, len(index), 64):
         idx = index[lo:lo + 64]
         img = jnp.asarray(ds.images[ds.obs_index[idx]])
@@ -123,11 +133,15 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
         out["s1_cm"].append(100 * np.linalg.norm(to_world(a1) - true_w, axis=-1))
         out["two_cm"].append(100 * np.linalg.norm(to_world(af) - true_w, axis=-1))
         out["s1_px"].append(np.linalg.norm(to_px(a1) - true_px, axis=-1))
+        for name, arr in (("s1", a1), ("two", af)):
+            along, across = split(arr, true_w)
+            out[f"{name}_along_cm"].append(along)
+            out[f"{name}_across_cm"].append(across)
         out["out_of_crop"].append(_outside(cam, a1, true_px - to_px(a1), s2.crop_size, s2.rotate, ws))
         out["s1_grip_ok"].append((a1[:, 6] >= 0) == (a[:, 6] >= 0))
         out["two_grip_ok"].append((af[:, 6] >= 0) == (a[:, 6] >= 0))
         out["s1_eps"].append(np.asarray(tj.atanh_clipped(jnp.asarray(a)) - tj.atanh_clipped(jnp.asarray(a1))))
-        cm, fixed, outside = [], [], []
+        cm, fixed, outside, f_along, f_across = [], [], [], [], []
         for _ in range(perturbations):
             key, sub = jax.random.split(key)
             p1, _ = tj.sample_tentative(sub, jnp.asarray(a), s2.sigma)
@@ -135,10 +149,15 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
             op = act(params1, params2, img, pose, cam, tentative=p1)
             cm.append(100 * np.linalg.norm(to_world(p1) - true_w, axis=-1))
             fixed.append(100 * np.linalg.norm(to_world(np.asarray(op.action)) - true_w, axis=-1))
+            along, across = split(np.asarray(op.action), true_w)
+            f_along.append(along)
+            f_across.append(across)
             outside.append(_outside(cam, p1, true_px - to_px(p1), s2.crop_size, s2.rotate, ws))
         out["pert_cm"].append(np.stack(cm, 1))
         out["pert_fixed_cm"].append(np.stack(fixed, 1))
         out["pert_out_of_crop"].append(np.stack(outside, 1))
+        out["pert_fixed_along_cm"].append(np.stack(f_along, 1))
+        out["pert_fixed_across_cm"].append(np.stack(f_across, 1))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -182,6 +201,11 @@ def summarise(m: dict[str, np.ndarray], crop: int, sigma: Any) -> dict[str, Any]
         "algo1_perturbed_cm_median": float(np.median(m["pert_cm"])),
         "algo1_corrected_cm_median": float(np.median(m["pert_fixed_cm"])),
         "algo1_target_out_of_crop": float(m["pert_out_of_crop"].mean()),
+        # the residual split along / across the camera's optical axis (depth is what a crop
+        # cannot show), medians in cm
+        **{f"{k}_cm_median": float(np.median(m[f"{k}_cm"])) for k in (
+            "s1_along", "s1_across", "two_along", "two_across", "pert_fixed_along",
+            "pert_fixed_across") if f"{k}_cm" in m},
     }
 
 
@@ -216,13 +240,13 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     report: dict[str, Any] = {"task": task, "algo": algo, "stage2_name": stage2_name,
                               "num_seeds": int(config.num_seeds), "held_out_demos": held_out,
                               "held_out_seeds_from": held_out_seed}
-    c2 = pipeline.train_config(config, 2).stage2
+    c2 = pipeline.train_config(config, 2, workdir).stage2
     for split, (ds, index) in splits.items():
         pooled: dict[str, list] = {}
         for s in range(int(config.num_seeds)):
             pick = lambda x, s=s: x[s]
             m = measure(config, jax.tree_util.tree_map(pick, p1), jax.tree_util.tree_map(pick, p2),
-                        ds, index, jax.random.PRNGKey(1000 + s), perturbations)
+                        ds, index, jax.random.PRNGKey(1000 + s), perturbations, workdir)
             for k, v in m.items():
                 pooled.setdefault(k, []).append(v)
         report[split] = summarise({k: np.concatenate(v) for k, v in pooled.items()}, c2.crop_size, c2.sigma)

@@ -3,6 +3,8 @@
 Workdir layout:
   config.json                      the full config of the latest invocation
   demos/dataset.npz, stats.json    the offline dataset and how it was made
+  demos/validation.npz             held-out demos (config.demos.num_validation > 0): layouts used
+                                   neither for training nor for evaluation
   stage{1,2}/checkpoints/          orbax checkpoints (AgentState with a leading seed axis)
   stage{1,2}/metrics.jsonl         per-chunk mean metrics, one line per (step, seed)
   stage{1,2}/tb/                   TensorBoard event files
@@ -45,36 +47,86 @@ class PipelineError(RuntimeError):
 
 
 def _network(c: ml_collections.ConfigDict) -> tj.NetworkConfig:
+    # .get: configs saved before a field existed restore with the field's old behaviour.
+    crop_strides = c.get("crop_conv_strides", None)
     return tj.NetworkConfig(
         conv_channels=tuple(c.conv_channels), crop_conv_channels=tuple(c.crop_conv_channels),
         conv_strides=tuple(c.conv_strides), mlp_hidden=int(c.mlp_hidden),
-        head_hidden=tuple(c.head_hidden), conv_impl=str(c.conv_impl))
+        head_hidden=tuple(c.head_hidden), conv_impl=str(c.conv_impl),
+        crop_encoder=str(c.get("crop_encoder", "flatten")),
+        coord_channels=bool(c.get("coord_channels", False)), keypoints=int(c.get("keypoints", 32)),
+        crop_conv_strides=tuple(int(v) for v in crop_strides) if crop_strides else None,
+        stage2_pose_input=bool(c.get("stage2_pose_input", True)))
 
 
-def train_config(config: ml_collections.ConfigDict, stage: int) -> tj.TrainConfig:
-    """The library `TrainConfig` of one stage from the launcher config."""
+def needs_calibration(config: ml_collections.ConfigDict) -> bool:
+    """Whether stage 2 takes sigma or its crop size from stage 1's held-out residuals."""
+    return bool(config.stage2.get("calibrate_sigma", False)) or int(config.stage2.crop_size) == 0
+
+
+def calibration_path(workdir: Path, config: ml_collections.ConfigDict) -> Path:
+    return workdir / str(config.stage2_name) / "calibration.json"
+
+
+def train_config(config: ml_collections.ConfigDict, stage: int, workdir: Path | None = None,
+                 calibration: dict | None = None) -> tj.TrainConfig:
+    """The library `TrainConfig` of one stage from the launcher config.
+
+    A calibrated stage 2 (`config.stage2.calibrate_sigma`, or `crop_size=0` for 'auto') takes
+    sigma and the crop size from `calibration`, or else from the run's calibration.json in
+    `workdir`, which `run_stage` writes when stage 2 starts.
+    """
     s = config.stage1 if stage == 1 else config.stage2
+    sigma = tuple(float(x) for x in config.stage2.sigma)
+    crop_size = int(config.stage2.crop_size)
+    if stage == 2 and needs_calibration(config):
+        if calibration is None:
+            path = calibration_path(workdir, config) if workdir is not None else None
+            if path is None or not path.exists():
+                raise PipelineError(
+                    f"stage 2 '{config.stage2_name}' is calibrated from stage 1 when it trains, and "
+                    f"{path or 'its calibration.json'} does not exist yet; run --mode=stage2 first.")
+            calibration = json.loads(path.read_text())
+        sigma = tuple(float(x) for x in calibration["sigma"])
+        crop_size = int(calibration["crop_size"])
+    elif stage == 1 and crop_size == 0:
+        crop_size = int(config.stage2.ee_crop_size)  # stage 1 never reads stage 2's settings
     cql_fields = config.cql.to_dict()
     stage2_target = config.stage2.get("cql_target", "")  # absent in configs saved before it existed
     if stage == 2 and stage2_target:  # a stage-2-only target (MC vs TD ablation)
         cql_fields["target"] = str(stage2_target)
     cql = tj.CQLConfig(**cql_fields)
-    s2 = tj.Stage2Config(crop_size=int(config.stage2.crop_size),
+    s2 = tj.Stage2Config(crop_size=crop_size,
                          ee_crop_size=int(config.stage2.ee_crop_size),
-                         sigma=tuple(float(x) for x in config.stage2.sigma),
+                         sigma=sigma,
                          mode=str(config.stage2.mode), rotate=bool(config.stage2.rotate),
-                         loss_weighting=str(config.stage2.get("loss_weighting", "none")))
+                         loss_weighting=str(config.stage2.get("loss_weighting", "none")),
+                         gripper_clip=float(config.stage2.gripper_clip)
+                         if config.stage2.get("gripper_clip", 0.0) else None)
     return tj.TrainConfig(
         algo=str(config.algo), num_steps=int(s.num_steps), batch_size=int(s.batch_size),
-        learning_rate=float(s.learning_rate),
+        learning_rate=float(s.learning_rate), min_move=float(s.get("min_move", 0.0)),
         image_size=int(config.stage1.image_size) if stage == 1 else None,
         network=_network(s.network), cql=cql, stage2=s2)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before any work starts; raises ValueError naming the field."""
+    placeholder = {"sigma": list(config.stage2.sigma), "crop_size": 8}  # fields only
     for stage in (1, 2):
-        train_config(config, stage)  # the library's dataclasses validate their own fields
+        train_config(config, stage, calibration=placeholder)  # the dataclasses validate fields
+    s2 = config.stage2
+    if int(s2.crop_size) < 0:
+        raise ValueError(f"config.stage2.crop_size must be a positive int, or 0 for 'auto' "
+                         f"(calibrated); got {s2.crop_size!r}.")
+    if needs_calibration(config):
+        if int(config.demos.get("num_validation", 0)) <= 0 and config.env == "metaworld":
+            raise ValueError("config.stage2.calibrate_sigma / crop_size=0 calibrate stage 2 on held-out "
+                             "demos: set config.demos.num_validation > 0 (e.g. 10).")
+        if not float(s2.get("sigma_floor", 0.02)) > 0:
+            raise ValueError(f"config.stage2.sigma_floor must be > 0; got {s2.sigma_floor!r}.")
+        if not 0.0 < float(s2.get("crop_coverage", 0.95)) <= 1.0:
+            raise ValueError(f"config.stage2.crop_coverage must lie in (0, 1]; got {s2.crop_coverage!r}.")
     if int(config.num_seeds) <= 0:
         raise ValueError(f"config.num_seeds must be a positive int; got {config.num_seeds!r}.")
     if config.seed_strategy not in tj.SEED_STRATEGIES:
@@ -96,6 +148,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                              f"image size ({config.demos.image_size}).")
     if int(config.demos.num_demos) <= 0:
         raise ValueError(f"config.demos.num_demos must be > 0; got {config.demos.num_demos!r}.")
+    num_val = int(config.demos.get("num_validation", 0))
+    if num_val < 0:
+        raise ValueError(f"config.demos.num_validation must be >= 0; got {num_val!r}.")
+    if num_val:
+        lo, ev = int(config.demos.validation_seed), int(config.eval.seed)
+        # demos skip failed layouts, so leave room for retries (3x, as the demo recorder allows)
+        if lo < int(config.demos.seed) + 3 * int(config.demos.num_demos) + 10 or (
+                lo < ev + int(config.eval.num_episodes) and ev < lo + 3 * num_val + 10):
+            raise ValueError(f"config.demos.validation_seed ({lo}) must start beyond the training demo "
+                             "layouts and not overlap the evaluation layouts config.eval.seed.. ; "
+                             "e.g. 50000 with the defaults.")
     if int(config.eval.num_episodes) <= 0:
         raise ValueError(f"config.eval.num_episodes must be > 0; got {config.eval.num_episodes!r}.")
     name = str(config.stage2_name)
@@ -147,6 +210,19 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}
     ds = build_dataset(trajs, workspace, gamma=float(d.gamma), augment_every=int(d.augment_every))
     dataset_path(workdir).parent.mkdir(parents=True, exist_ok=True)
+    num_val = int(d.get("num_validation", 0))
+    if num_val > 0 and config.env == "metaworld":
+        # Keyframe-to-keyframe chains only (no augmentation): the states a policy meets when it
+        # acts keyframe by keyframe.
+        val, _ = record_demos(config.task, num_val, seed=int(d.validation_seed), augment_every=10**6,
+                              env_config=env_cfg)
+        clash = set(info["demo_seeds"]).intersection(int(t.seed) for t in val)
+        if clash:
+            raise PipelineError(f"validation demo seeds {sorted(clash)[:5]} were used for training "
+                                "demos; set config.demos.validation_seed beyond them.")
+        save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
+                                                             augment_every=10**6))
+        info["validation_seeds"] = [int(t.seed) for t in val]
     save_dataset(dataset_path(workdir), ds)
     info.update(task=config.task, env=config.env, transitions=int(ds.action.shape[0]),
                 images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
@@ -156,6 +232,18 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                  info.get("kept", len(trajs)), info["transitions"], info["images"],
                  info["dataset_mib"], info["total_seconds"])
     return info
+
+
+def validation_path(workdir: Path) -> Path:
+    return workdir / "demos" / "validation.npz"
+
+
+def load_validation(workdir: Path) -> tj.Dataset | None:
+    """The workdir's held-out validation demos, or None if it has none."""
+    from twostage_jax.data.dataset import load_dataset
+
+    path = validation_path(workdir)
+    return load_dataset(path) if path.exists() else None
 
 
 def load_demos(workdir: Path) -> tj.Dataset:
@@ -252,7 +340,9 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
     if stage == 2:
         extra["stage1_checkpoint"] = stage1_pairing(config, workdir)
     dataset = load_demos(workdir)
-    tcfg = train_config(config, stage)
+    if stage == 2 and needs_calibration(config) and not calibration_path(workdir, config).exists():
+        calibrate_stage2(config, workdir, dataset)
+    tcfg = train_config(config, stage, workdir)
     trainer = tj.make_trainer(tcfg, dataset, stage)
     states = jax.jit(jax.vmap(trainer.init))(seed_keys(config, stage))
     ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints))
@@ -283,6 +373,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
     run_chunk = tj.make_seed_runner(trainer, config.seed_strategy)
+    held_out = _held_out_evaluator(tcfg, stage, load_validation(workdir))
     log = _MetricsLog(out_dir, start_step)
     bar = _progress(total, start_step, f"{STAGE_NAMES[stage]} {config.algo} x{config.num_seeds} seeds")
     step = start_step
@@ -294,6 +385,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
             states, metrics = run_chunk(states, n)
             step += n
             means = {k: np.asarray(v).mean(axis=1) for k, v in jax.device_get(metrics)._asdict().items()}
+            if held_out is not None:
+                means.update(held_out(states.params))
             bad = [k for k, v in means.items() if not np.all(np.isfinite(v))]
             if bad:
                 raise PipelineError(
@@ -313,6 +406,85 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
                "final_metrics": {k: v.tolist() for k, v in means.items()}}
     write_json_atomic(summary_path, summary)
     return summary
+
+
+def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset | None):
+    """params [S, ...] -> {'val_position_cm': [S], 'val_gripper_agreement': [S]}, or None.
+
+    Every log chunk, the stage is measured on the workdir's validation demos (all of their
+    transitions, and for stage 2 one fixed Algo. 1 draw each), so the training budget can be
+    read off the held-out curve in metrics.jsonl instead of from evaluation episodes.
+    """
+    import dataclasses
+
+    if validation is None:
+        return None
+    data = tj.prepare_data(validation, dataclasses.replace(tcfg, min_move=0.0))
+    evaluate = jax.vmap(tj.make_held_out_eval(tcfg, stage), in_axes=(0, None, None))
+    key = jax.random.PRNGKey(0)
+
+    def run(params: Any) -> dict[str, np.ndarray]:
+        m = jax.device_get(evaluate(params, data, key))
+        return {"val_position_cm": np.asarray(m.position_cm),
+                "val_gripper_agreement": np.asarray(m.gripper_agreement)}
+
+    return run
+
+
+def stage1_actions(config: ml_collections.ConfigDict, params1: Any, ds: tj.Dataset) -> np.ndarray:
+    """[S, N, 7] stage 1's deterministic actions on every transition of `ds`, per seed."""
+    act = tj.make_policy(train_config(config, 1), None, ds.workspace)
+    cam = ds.camera(0)
+    out = []
+    for s in range(int(config.num_seeds)):
+        p1 = jax.tree_util.tree_map(lambda x, s=s: x[s], params1)
+        rows = []
+        for lo in range(0, ds.action.shape[0], 128):
+            idx = np.arange(lo, min(lo + 128, ds.action.shape[0]))
+            o = act(p1, None, jnp.asarray(ds.images[ds.obs_index[idx]]), jnp.asarray(ds.pose[idx]), cam)
+            rows.append(np.asarray(o.tentative))
+        out.append(np.concatenate(rows))
+    return np.stack(out)
+
+
+def calibrate_stage2(config: ml_collections.ConfigDict, workdir: Path, dataset: tj.Dataset) -> dict:
+    """Calibrates stage 2's sigma and/or crop size to stage 1's errors on the validation demos.
+
+    Stage 1 (its latest checkpoint, all seeds pooled) acts on every validation transition; sigma
+    comes from `calibrate_sigma` (the 6 pose dimensions; the gripper keeps its sigma) and the crop
+    size from `calibrate_crop_size` on the targets' offsets in the tentative crops
+    (`crop_offsets`). Writes and returns `<stage2_name>/calibration.json`.
+    """
+    from twostage_jax import calibration as cal
+
+    validation = load_validation(workdir)
+    if validation is None:
+        raise PipelineError(f"calibrating stage 2 needs held-out demos at {validation_path(workdir)}; "
+                            "re-run --mode=demos with config.demos.num_validation > 0.")
+    params1, step1 = load_params(config, workdir, 1, dataset)
+    a1 = stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
+    a = np.tile(np.asarray(validation.action), (int(config.num_seeds), 1))
+    s2 = config.stage2
+    sigma = [float(x) for x in s2.sigma]
+    if bool(s2.get("calibrate_sigma", False)):
+        sigma = cal.calibrate_sigma(a1, a, floor=float(s2.get("sigma_floor", 0.02))).tolist()
+    offsets = cal.crop_offsets(validation.camera(0), validation.workspace, a1, a, bool(s2.rotate))
+    coverage = float(s2.get("crop_coverage", 0.95))
+    crop = int(s2.crop_size)
+    if crop == 0:
+        crop = cal.calibrate_crop_size(offsets, coverage=coverage, max_size=int(validation.images.shape[1]))
+    dist = np.max(np.abs(offsets), axis=1)
+    result = {"sigma": sigma, "crop_size": crop, "stage1_step": step1,
+              "transitions": int(validation.action.shape[0]), "num_seeds": int(config.num_seeds),
+              "crop_coverage": coverage,
+              "offset_px_quantiles": {q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")},
+              "share_inside_crop": float(np.mean(dist < crop / 2))}
+    calibration_path(workdir, config).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(calibration_path(workdir, config), result)
+    logging.info("stage 2 calibrated on %d held-out transitions: sigma %s, crop %d px (%.0f%% of "
+                 "targets inside)", result["transitions"], np.round(sigma, 3).tolist(), crop,
+                 100 * result["share_inside_crop"])
+    return result
 
 
 def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
@@ -347,7 +519,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
         raise PipelineError(f"no {STAGE_NAMES[stage]} checkpoints in {directory}; run "
                             f"--mode={STAGE_NAMES[stage]} first.")
     dataset = load_demos(workdir) if dataset is None else dataset
-    trainer = tj.make_trainer(train_config(config, stage), dataset, stage)
+    trainer = tj.make_trainer(train_config(config, stage, workdir), dataset, stage)
     like = jax.eval_shape(jax.vmap(trainer.init), seed_keys(config, stage))
     ckpt = Checkpointer(directory)
     try:
@@ -398,7 +570,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     if pairing and pairing.get("step") != step1:
         logging.warning("stage 2 was trained against stage-1 step %s but stage 1 is now at step %s",
                         pairing.get("step"), step1)
-    c1, c2 = train_config(config, 1), train_config(config, 2)
+    c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     workspace = dataset.workspace
     policies = {"stage1": tj.make_policy(c1, None, workspace),
                 "two_stage": tj.make_policy(c1, c2, workspace)}
@@ -449,7 +621,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         "episodes_per_seed": len(seeds), "eval_seeds": [seeds[0], seeds[-1]],
         "stage1_step": step1, "stage2_step": step2, "stage2_mode": config.stage2.mode,
         "crop_size": int(config.stage2.crop_size), "stage2_name": str(config.stage2_name),
-        "stage2_q_target": train_config(config, 2).cql.target if config.algo == "cql" else None,
+        "stage2_q_target": c2.cql.target if config.algo == "cql" else None,
+        "stage2_sigma": list(c2.stage2.sigma), "stage2_crop_size": c2.stage2.crop_size,
         "eval_seconds": time.perf_counter() - start, "config": config_to_dict(config),
         "modes": {}}
     for m in policies:

@@ -49,9 +49,13 @@ def _final_params(workdir: Path, stage: int = 1):
 @pytest.mark.sim
 @pytest.mark.render
 def test_mode_all_end_to_end(tmp_path):
-    out = _launch("--mode=all", f"--workdir={tmp_path}")
+    # Held-out validation demos, and a stage 2 calibrated on them (sigma and crop size 'auto').
+    calibrated = ["--config.demos.num_validation=2", "--config.stage2.calibrate_sigma=True",
+                  "--config.stage2.crop_size=0"]
+    out = _launch("--mode=all", f"--workdir={tmp_path}", *calibrated)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for rel in ("config.json", "demos/dataset.npz", "demos/stats.json", "stage1/metrics.jsonl",
+    for rel in ("config.json", "demos/dataset.npz", "demos/validation.npz", "stage2/calibration.json",
+                "demos/stats.json", "stage1/metrics.jsonl",
                 "stage2/metrics.jsonl", "stage2/pairing.json", "eval/results.json", "eval/success.png",
                 "eval/learning_curves.png", "eval/rollout_two_stage.png", "eval/rollout_stage1.gif"):
         assert (tmp_path / rel).is_file(), rel
@@ -69,9 +73,16 @@ def test_mode_all_end_to_end(tmp_path):
     assert "two_stage" in out.stdout and "95% CI" in out.stdout
     rows = [json.loads(x) for x in (tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["seed"] == 0] == [2, 4, 6, 8]
+    assert all(np.isfinite(r["val_position_cm"]) and 0 <= r["val_gripper_agreement"] <= 1 for r in rows)
+    cal = json.loads((tmp_path / "stage2" / "calibration.json").read_text())
+    assert cal["crop_size"] % 4 == 0 and 8 <= cal["crop_size"] <= 128 and cal["stage1_step"] == 8
+    assert len(cal["sigma"]) == 7 and cal["sigma"][6] == 1.0 and min(cal["sigma"][:6]) >= 0.02
+    assert res["stage2_crop_size"] == cal["crop_size"] and res["stage2_sigma"] == cal["sigma"]
+    stats = json.loads((tmp_path / "demos" / "stats.json").read_text())
+    assert not set(stats["validation_seeds"]) & set(stats["demo_seeds"])
 
     # A named stage-2 ablation shares the stage 1 and the dataset of the workdir.
-    named = ["--config.stage2_name=direct", "--config.stage2.mode=direct"]
+    named = ["--config.stage2_name=direct", "--config.stage2.mode=direct", *calibrated]
     out = _launch("--mode=stage2", f"--workdir={tmp_path}", *named)
     assert out.returncode == 0, out.stderr[-3000:]
     out = _launch("--mode=eval", f"--workdir={tmp_path}", *named)
@@ -165,3 +176,45 @@ def test_stage2_without_stage1_and_corrupted_checkpoint(tmp_path):
     (wd / "demos" / "dataset.npz").write_bytes(b"PK\x03\x04 truncated")
     out = _launch("--mode=stage2", f"--workdir={wd}")
     assert out.returncode == 2 and "--mode=demos" in out.stderr
+
+
+def test_method_options_are_validated_before_work():
+    from experiments import pipeline
+    from experiments.configs import smoke
+
+    def check(match, **fields):
+        c = smoke.get_config()
+        for dotted, value in fields.items():
+            node = c
+            *path, last = dotted.split("__")
+            for p in path:
+                node = node[p]
+            node[last] = value
+        with pytest.raises(ValueError, match=match):
+            pipeline.validate_config(c)
+
+    check("num_validation", stage2__calibrate_sigma=True)
+    check("num_validation", stage2__crop_size=0)
+    check("crop_size", stage2__crop_size=-4)
+    check("validation_seed", demos__num_validation=5, demos__validation_seed=100_001)
+    check("validation_seed", demos__num_validation=5, demos__validation_seed=2)
+    check("sigma_floor", demos__num_validation=2, stage2__calibrate_sigma=True, stage2__sigma_floor=0.0)
+    check("crop_coverage", demos__num_validation=2, stage2__crop_size=0, stage2__crop_coverage=1.5)
+    check("min_move", stage2__min_move=-0.01)
+    check("gripper_clip", stage2__gripper_clip=1.5)
+    check("crop_encoder", stage2__network__crop_encoder="attention")
+
+
+def test_paper_variant_restores_the_papers_method():
+    from experiments import pipeline
+    from experiments.configs import quickstart
+
+    # Whatever the defaults are, :paper builds the paper's method (Sec. IV-V).
+    c = quickstart.get_config("paper")
+    t2 = pipeline.train_config(c, 2)
+    assert t2.stage2.sigma == (0.1,) * 6 + (1.0,) and t2.stage2.crop_size == 64
+    assert t2.stage2.loss_weighting == "none" and t2.stage2.gripper_clip is None
+    assert t2.min_move == 0.0 and pipeline.train_config(c, 1).min_move == 0.0
+    assert t2.network.crop_encoder == "flatten" and t2.network.stage2_pose_input
+    assert not t2.network.coord_channels and not pipeline.needs_calibration(c)
+    assert quickstart.get_config("cql,paper").stage2.crop_size == 32

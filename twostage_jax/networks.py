@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from twostage_jax.types import ACTION_DIM, Stage1Obs, Stage2Obs
 
 CONV_IMPLS = ("auto", "xla", "patches")
+CROP_ENCODERS = ("flatten", "spatial_softmax")
 # Fastest conv implementation per backend, from experiments/benchmark.py. On CPU, XLA's
 # convolution (and, under vmap over seeds, its grouped convolution) is several times slower
 # than im2col + matmul at these sizes, single seed and vmapped alike. No GPU/TPU measurement
@@ -46,6 +47,21 @@ class NetworkConfig:
         under vmap over seeds the per-seed kernels become one batched matmul instead of a
         grouped convolution). All three have identical parameters and equal outputs up to
         float rounding, so checkpoints move freely between them.
+      crop_encoder: how stage 2's crop CNNs end: 'flatten' (the paper: the feature map,
+        flattened) or 'spatial_softmax' (a 1x1 conv to `keypoints` maps, a softmax over each
+        map's pixels with a learned temperature, and the expected (x, y) of each: 2-D
+        keypoints, robomimic's default visual encoder, which regresses image positions far
+        better than flatten + MLP).
+      coord_channels: append two channels holding each pixel's (x, y) in [-1, 1] to stage 2's
+        crops before the first conv (CoordConv, Liu et al. 2018).
+      keypoints: keypoints per crop for 'spatial_softmax'.
+      crop_conv_strides: strides of stage 2's conv layers (None: `conv_strides`). A spatial
+        softmax wants a finer last feature map, e.g. (2, 1, 1).
+      stage2_pose_input: stage 2 reads the current pose z through its MLP (the paper, Eq. 5).
+        False drops z from stage 2's inputs (the crops and a^1 remain). With a weak visual
+        signal a regressor that sees z and a^1 shrinks its estimate of the target towards
+        where targets usually are given z, i.e. near z itself; in closed loop that pull can
+        make the current pose a fixed point (the arm stalls).
     """
 
     conv_channels: tuple[int, ...] = (32, 32, 32, 32)
@@ -54,8 +70,26 @@ class NetworkConfig:
     mlp_hidden: int = 64
     head_hidden: tuple[int, ...] = (256, 256)
     conv_impl: str = "auto"
+    crop_encoder: str = "flatten"
+    coord_channels: bool = False
+    keypoints: int = 32
+    crop_conv_strides: tuple[int, ...] | None = None
+    stage2_pose_input: bool = True
 
     def __post_init__(self) -> None:
+        if self.crop_encoder not in CROP_ENCODERS:
+            raise ValueError(f"NetworkConfig.crop_encoder must be one of {CROP_ENCODERS}; got "
+                             f"{self.crop_encoder!r}.")
+        if not isinstance(self.keypoints, int) or self.keypoints <= 0:
+            raise ValueError(f"NetworkConfig.keypoints must be a positive int; got {self.keypoints!r}.")
+        if self.crop_conv_strides is not None and (
+                len(self.crop_conv_strides) < len(self.crop_conv_channels)
+                or any(int(v) <= 0 for v in self.crop_conv_strides)):
+            raise ValueError("NetworkConfig.crop_conv_strides needs one positive stride per stage-2 "
+                             f"conv layer; got {self.crop_conv_strides!r} for "
+                             f"{len(self.crop_conv_channels)} layers.")
+        if int(self.mlp_hidden) <= 0:
+            raise ValueError(f"NetworkConfig.mlp_hidden must be a positive int; got {self.mlp_hidden!r}.")
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"NetworkConfig.conv_impl must be one of {CONV_IMPLS}; got "
                              f"{self.conv_impl!r}.")
@@ -147,20 +181,58 @@ class Conv(nn.Module):
         return y + bias
 
 
+def coordinate_grid(height: int, width: int) -> jnp.ndarray:
+    """[H, W, 2] pixel-centre coordinates (x, y), each spanning [-1, 1] across the image."""
+    xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width * 2.0 - 1.0
+    ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height * 2.0 - 1.0
+    return jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1)
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature maps -> 2-D keypoints: E[(x, y)] under a softmax over each map's pixels.
+
+    Input [B, H, W, C]; output [B, 2 * keypoints] (x then y of each keypoint, in [-1, 1]).
+    """
+
+    keypoints: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        b, h, w, _ = x.shape
+        logits = nn.Dense(self.keypoints, name="to_keypoints")(x)  # a 1x1 conv
+        log_temp = self.param("log_temperature", nn.initializers.zeros, ())
+        attn = jax.nn.softmax(logits.reshape(b, h * w, self.keypoints) / jnp.exp(log_temp), axis=1)
+        grid = coordinate_grid(h, w).reshape(h * w, 2)
+        kp = jnp.einsum("bpk,pd->bkd", attn, grid)
+        return kp.reshape(b, 2 * self.keypoints)
+
+
 class CNN(nn.Module):
-    """Conv stack with ReLU, flattened. Input: [B, H, W, 3] uint8 or float in [0, 1]."""
+    """Conv stack with ReLU. Input: [B, H, W, 3] uint8 or float in [0, 1].
+
+    Ends with the feature map flattened ('flatten') or a `SpatialSoftmax` ('spatial_softmax');
+    `coords` appends two coordinate channels to the input (CoordConv).
+    """
 
     channels: Sequence[int]
     strides: Sequence[int]
     impl: str = "xla"
+    head: str = "flatten"
+    coords: bool = False
+    keypoints: int = 32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         if x.dtype == jnp.uint8:
             x = x.astype(jnp.float32) / 255.0
         x = x - 0.5
+        if self.coords:
+            grid = jnp.broadcast_to(coordinate_grid(x.shape[1], x.shape[2]), x.shape[:3] + (2,))
+            x = jnp.concatenate([x, grid.astype(x.dtype)], axis=-1)
         for c, s in zip(self.channels, self.strides):
             x = nn.relu(Conv(c, s, self.impl)(x))
+        if self.head == "spatial_softmax":
+            return SpatialSoftmax(self.keypoints)(x)
         return x.reshape(x.shape[0], -1)
 
 
@@ -200,10 +272,15 @@ class Stage2Encoder(nn.Module):
     @nn.compact
     def __call__(self, obs: Stage2Obs) -> jnp.ndarray:
         c = self.config
-        crop = CNN(c.crop_conv_channels, c.conv_strides, c.conv_impl, name="crop_cnn")(obs.crop)
-        ee = CNN(c.crop_conv_channels, c.conv_strides, c.conv_impl, name="ee_cnn")(obs.ee_crop)
-        pose = MLP((c.mlp_hidden, c.mlp_hidden), name="pose_mlp")(obs.pose)
+        strides = c.crop_conv_strides if c.crop_conv_strides is not None else c.conv_strides
+        cnn = dict(channels=c.crop_conv_channels, strides=strides, impl=c.conv_impl,
+                   head=c.crop_encoder, coords=c.coord_channels, keypoints=c.keypoints)
+        crop = CNN(**cnn, name="crop_cnn")(obs.crop)
+        ee = CNN(**cnn, name="ee_cnn")(obs.ee_crop)
         tent = MLP((c.mlp_hidden, c.mlp_hidden), name="tentative_mlp")(obs.tentative)
+        if not c.stage2_pose_input:
+            return jnp.concatenate([crop, ee, tent], axis=-1)
+        pose = MLP((c.mlp_hidden, c.mlp_hidden), name="pose_mlp")(obs.pose)
         return jnp.concatenate([crop, ee, pose, tent], axis=-1)
 
 

@@ -81,8 +81,10 @@ def make_policy(
         obs2 = jax.vmap(lambda im, z, t: transform_state(
             im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, a1)
         a2 = _act_one_stage(nets2, params2, obs2, k2, deterministic)
-        compose = compose_correction if s2.mode == "correction" else compose_direct
-        action = compose(a1, a2)
+        if s2.mode == "correction":
+            action = compose_correction(a1, a2, tentative_limit=s2.tentative_limit())
+        else:
+            action = compose_direct(a1, a2)
         return PolicyOutput(action=action, tentative=a1, correction=a2)
 
     def act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,

@@ -16,13 +16,14 @@ import numpy as np
 import optax
 
 from twostage_jax import _checks
-from twostage_jax.actions import DEFAULT_SIGMA, correction_target_variance, sample_tentative
+from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose,
+                                  correction_target_variance, sample_tentative)
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import CQLConfig, init_cql_params, make_cql_optimizer, make_cql_update
 from twostage_jax.networks import NetworkConfig, Networks, make_networks
 from twostage_jax.state import AgentState
 from twostage_jax.transform import transform_state
-from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
+from twostage_jax.types import ACTION_DIM, Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
 
 ALGOS = ("bc", "cql")
 STAGE2_MODES = ("correction", "direct")
@@ -44,6 +45,12 @@ class Stage2Config:
         action dimension's squared error by 1 / Var of its Algo. 1 target
         (`correction_target_variance`, normalised to mean 1), so the gripper (sigma = 1) does
         not drown the pose (sigma = 0.1). Correction mode with BC only.
+      gripper_clip: None (the paper: the tentative gripper is clipped to 0.99 like every other
+        operand, and a saturated one cannot be flipped by any correction, since
+        atanh(0.99) + atanh(-0.99) = 0 reads as "open"), or a bound below 0.99 (e.g. 0.9,
+        atanh = 1.47) for the tentative gripper in the composition, so that a correction of
+        magnitude above atanh(gripper_clip) flips it either way (`compose_correction`); Algo. 1
+        then uses the exact inverse of that composition as its target (`sample_tentative`).
     """
 
     crop_size: int = 32
@@ -52,6 +59,7 @@ class Stage2Config:
     mode: str = "correction"
     rotate: bool = True
     loss_weighting: str = "none"
+    gripper_clip: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("crop_size", "ee_crop_size"):
@@ -64,9 +72,18 @@ class Stage2Config:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"Stage2Config.loss_weighting must be one of {LOSS_WEIGHTINGS}; got "
                              f"{self.loss_weighting!r}.")
+        if self.gripper_clip is not None and not 0.0 < float(self.gripper_clip) <= DEFAULT_CLIP:
+            raise ValueError(f"Stage2Config.gripper_clip must be None or lie in (0, {DEFAULT_CLIP}]; "
+                             f"got {self.gripper_clip!r}.")
         if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
             raise ValueError("Stage2Config.loss_weighting='whiten' needs mode='correction' and every "
                              f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")
+
+    def tentative_limit(self) -> np.ndarray | None:
+        """[7] atanh clip bounds of the tentative operand (0.99, `gripper_clip` last), or None."""
+        if self.gripper_clip is None:
+            return None
+        return np.asarray((DEFAULT_CLIP,) * (ACTION_DIM - 1) + (float(self.gripper_clip),), np.float32)
 
     def bc_weights(self) -> np.ndarray | None:
         """[7] per-dimension BC loss weights for stage 2 (None for 'none')."""
@@ -89,6 +106,13 @@ class TrainConfig:
       network: network sizes.
       cql: CQL hyper-parameters (ignored by BC).
       stage2: stage-2 state/action construction (ignored by stage 1).
+      min_move: metres. Train only on transitions whose target position is at least this far
+        from the source pose, or whose gripper command differs from the current gripper state
+        (0, the default, keeps every transition). Demo augmentation starts chains at frames
+        just before a keyframe, whose target is where the arm already is: at the keyframe
+        itself the data then says both "stay" and "go on", and a policy that averages them
+        learns to pull its action back towards the current pose. This extends the paper's
+        close-keyframe rule (Sec. V) to the augmented transitions.
     """
 
     algo: str = "bc"
@@ -99,8 +123,11 @@ class TrainConfig:
     network: NetworkConfig = NetworkConfig()
     cql: CQLConfig = CQLConfig()
     stage2: Stage2Config = Stage2Config()
+    min_move: float = 0.0
 
     def __post_init__(self) -> None:
+        if not float(self.min_move) >= 0.0:
+            raise ValueError(f"TrainConfig.min_move must be >= 0 metres; got {self.min_move!r}.")
         if self.algo not in ALGOS:
             raise ValueError(f"TrainConfig.algo must be one of {ALGOS}; got {self.algo!r}.")
         for name in ("num_steps", "batch_size"):
@@ -120,11 +147,14 @@ class TrainData(NamedTuple):
       images: [N_img, H, W, 3] uint8 frames at full resolution (stage 2 crops from these).
       stage1_images: [N_img, h, w, 3] uint8 frames at stage 1's input size.
       dataset: the `Dataset` (its transition arrays).
+      index: [M] int32 indices of the transitions batches are drawn from (all of them unless
+        `TrainConfig.min_move` > 0).
     """
 
     images: jnp.ndarray
     stage1_images: jnp.ndarray
     dataset: Dataset
+    index: jnp.ndarray
 
 
 def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -136,16 +166,41 @@ def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
     return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
 
 
+def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
+    """Indices of the transitions that move at least `min_move` metres or switch the gripper.
+
+    Args:
+      dataset: the offline dataset (host or device arrays).
+      min_move: metres (0 keeps every transition).
+
+    Returns:
+      [M] int32 increasing transition indices.
+    """
+    n = int(dataset.action.shape[0])
+    if min_move <= 0:
+        return np.arange(n, dtype=np.int32)
+    src = np.asarray(action_to_pose(np.asarray(dataset.pose), dataset.workspace)[0])
+    dst = np.asarray(action_to_pose(np.asarray(dataset.action), dataset.workspace)[0])
+    moves = np.linalg.norm(dst - src, axis=-1) >= min_move
+    switches = (np.asarray(dataset.action)[:, 6] >= 0) != (np.asarray(dataset.pose)[:, 6] >= 0)
+    keep = np.flatnonzero(moves | switches).astype(np.int32)
+    if keep.size == 0:
+        raise ValueError(f"TrainConfig.min_move={min_move} m removes every one of the {n} transitions; "
+                         "use a smaller distance.")
+    return keep
+
+
 def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
-    """Validates `dataset` and moves it to the device once."""
+    """Validates `dataset` and moves it to the device once (with the transitions to sample)."""
     validate_dataset(dataset)
+    index = moving_transitions(dataset, float(config.min_move))
     ds = jax.device_put(jax.tree_util.tree_map(jnp.asarray, dataset))
     size = config.image_size or int(ds.images.shape[1])
     if size > ds.images.shape[1]:
         raise ValueError(f"TrainConfig.image_size ({size}) exceeds the dataset's frame size "
                          f"{tuple(ds.images.shape[1:3])}.")
     small = jax.jit(resize_images, static_argnums=1)(ds.images, size)
-    return TrainData(images=ds.images, stage1_images=small, dataset=ds)
+    return TrainData(images=ds.images, stage1_images=small, dataset=ds, index=jnp.asarray(index))
 
 
 def _stage2_obs(data: TrainData, img_idx: jnp.ndarray, pose: jnp.ndarray, tentative: jnp.ndarray,
@@ -178,9 +233,19 @@ def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
     Returns:
       `Batch` with obs/next_obs `Stage1Obs` or `Stage2Obs` and [B, 7] actions.
     """
+    k_idx, k_rest = jax.random.split(key)
+    idx = data.index[jax.random.randint(k_idx, (batch_size,), 0, data.index.shape[0])]
+    return batch_at(data, idx, k_rest, stage, stage2, with_next)
+
+
+def batch_at(data: TrainData, idx: jnp.ndarray, key: jax.Array, stage: int,
+             stage2: Stage2Config = Stage2Config(), with_next: bool = True) -> Batch:
+    """The batch of the transitions `idx` ([B] int); for stage 2, Algo. 1 draws from `key`.
+
+    Args and return as `sample_batch`, with the transitions given instead of drawn.
+    """
     ds = data.dataset
-    k_idx, k_eps, k_next = jax.random.split(key, 3)
-    idx = jax.random.randint(k_idx, (batch_size,), 0, ds.action.shape[0])
+    k_eps, k_next = jax.random.split(key)
     oi, ni = ds.obs_index[idx], ds.next_obs_index[idx]
     action = ds.action[idx]
     common = dict(reward=ds.reward[idx], mc_return=ds.mc_return[idx], done=ds.done[idx])
@@ -188,12 +253,63 @@ def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
         next_obs = Stage1Obs(data.stage1_images[ni], ds.next_pose[idx]) if with_next else None
         return Batch(obs=Stage1Obs(data.stage1_images[oi], ds.pose[idx]), action=action,
                      next_obs=next_obs, **common)
-    a1, a2 = sample_tentative(k_eps, action, stage2.sigma)
-    next_a1, _ = sample_tentative(k_next, ds.next_action[idx], stage2.sigma)
+    limit = stage2.tentative_limit()
+    a1, a2 = sample_tentative(k_eps, action, stage2.sigma, tentative_limit=limit)
+    next_a1, _ = sample_tentative(k_next, ds.next_action[idx], stage2.sigma, tentative_limit=limit)
     obs = _stage2_obs(data, oi, ds.pose[idx], a1, stage2)
     next_obs = _stage2_obs(data, ni, ds.next_pose[idx], next_a1, stage2) if with_next else None
     target = a2 if stage2.mode == "correction" else action
     return Batch(obs=obs, action=target, next_obs=next_obs, **common)
+
+
+class HeldOutMetrics(NamedTuple):
+    """Open-loop accuracy of a stage on transitions it did not train on (scalars).
+
+    Attributes:
+      position_cm: median distance (cm) between the executed position and the demonstrated
+        one: stage 1's action, or for stage 2 the composition of Algo. 1's perturbed tentative
+        action with the predicted correction (the correction residual).
+      gripper_agreement: share of transitions whose executed gripper has the demo's sign.
+    """
+
+    position_cm: jnp.ndarray
+    gripper_agreement: jnp.ndarray
+
+
+def make_held_out_eval(config: TrainConfig, stage: int
+                       ) -> Callable[[dict, TrainData, jax.Array], HeldOutMetrics]:
+    """Returns a jitted `evaluate(params, data, key) -> HeldOutMetrics` over every transition.
+
+    For stage 2 each transition gets one Algo. 1 perturbation drawn from `key` (fix the key to
+    compare checkpoints on the same draws). Pure and cheap: meant for held-out demos every few
+    hundred steps, to choose a training budget from the curve rather than from evaluation.
+
+    Args:
+      config: the stage's training config.
+      stage: 1 or 2.
+    """
+    from twostage_jax.actions import compose_correction, compose_direct
+    from twostage_jax.networks import deterministic_action
+
+    networks = make_networks(config.network, stage, config.algo)
+    s2 = config.stage2
+
+    @jax.jit
+    def evaluate(params: dict, data: TrainData, key: jax.Array) -> HeldOutMetrics:
+        idx = jnp.arange(data.dataset.action.shape[0])
+        batch = batch_at(data, idx, key, stage, s2, with_next=False)
+        out = deterministic_action(networks, params, batch.obs)
+        truth = data.dataset.action[idx]
+        if stage == 2:
+            a1 = batch.obs.tentative
+            out = (compose_correction(a1, out, tentative_limit=s2.tentative_limit())
+                   if s2.mode == "correction" else compose_direct(a1, out))
+        ws = data.dataset.workspace
+        dist = jnp.linalg.norm(action_to_pose(out, ws)[0] - action_to_pose(truth, ws)[0], axis=-1)
+        agree = jnp.mean(((out[:, 6] >= 0) == (truth[:, 6] >= 0)).astype(jnp.float32))
+        return HeldOutMetrics(position_cm=100.0 * jnp.median(dist), gripper_agreement=agree)
+
+    return evaluate
 
 
 class Trainer(NamedTuple):

@@ -5,7 +5,9 @@ A config file's `get_config(arg)` takes an optional comma-separated variant stri
   * `bc` | `cql`: the algorithm of both stages (BC uses 64x64 crops, CQL 32x32, as in the paper);
   * `correction` | `direct`: stage 2 predicts a correction (Eq. 6) or the final action;
   * `mc` | `td`: CQL's Q target (Monte Carlo return or TD backup with a target network), both
-    stages; `--config.stage2.cql_target=td` changes stage 2 only (the paper's MC-vs-TD study).
+    stages; `--config.stage2.cql_target=td` changes stage 2 only (the paper's MC-vs-TD study);
+  * `paper`: the paper's method exactly: every option this library adds to the method (see
+    `paper_method`) is set back to the paper's choice, whatever the config's defaults are.
 Any field can also be overridden with dotted flags, e.g. `--config.stage2.crop_size=16`.
 """
 
@@ -15,15 +17,20 @@ import ml_collections
 
 DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3",
                  "drawer-open-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3")
-VARIANTS = {"bc", "cql", "correction", "direct", "mc", "td"}
+VARIANTS = {"bc", "cql", "correction", "direct", "mc", "td", "paper"}
 
 
 def network(conv_channels=(32, 32, 32, 32), crop_conv_channels=(32, 32, 32), mlp_hidden=64,
-            head_hidden=(256, 256), conv_impl="auto") -> ml_collections.ConfigDict:
+            head_hidden=(256, 256), conv_impl="auto", crop_encoder="flatten",
+            coord_channels=False, keypoints=32, crop_conv_strides=(),
+            stage2_pose_input=True) -> ml_collections.ConfigDict:
+    """Network sizes (see `twostage_jax.NetworkConfig`); crop_conv_strides () = conv_strides."""
     return ml_collections.ConfigDict(dict(
         conv_channels=tuple(conv_channels), crop_conv_channels=tuple(crop_conv_channels),
         conv_strides=(2, 2, 2, 2), mlp_hidden=mlp_hidden, head_hidden=tuple(head_hidden),
-        conv_impl=conv_impl))
+        conv_impl=conv_impl, crop_encoder=crop_encoder, coord_channels=coord_channels,
+        keypoints=keypoints, crop_conv_strides=tuple(crop_conv_strides),
+        stage2_pose_input=stage2_pose_input))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -38,16 +45,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2_name = "stage2"  # folder of stage 2 in the workdir; name ablations to share stage 1
 
     c.demos = ml_collections.ConfigDict(dict(
-        num_demos=100, seed=0, augment_every=10, gamma=0.99, image_size=128, max_keyframes=20))
+        num_demos=100, seed=0, augment_every=10, gamma=0.99, image_size=128, max_keyframes=20,
+        # held-out demos for the per-chunk validation curves (0: none); layouts from 50000 on
+        num_validation=0, validation_seed=50_000))
 
     c.stage1 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, image_size=128,
+        min_move=0.0,  # metres; see TrainConfig.min_move
         network=network()))
     c.stage2 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
         sigma=(0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 1.0), mode="correction", rotate=True,
         cql_target="",  # '' = config.cql.target; 'mc' or 'td' for stage 2 only
         loss_weighting="none",  # BC stage 2: 'none' (Eq. 1) or 'whiten' (see Stage2Config)
+        gripper_clip=0.0,  # 0 = the paper's 0.99 clip; else the tentative gripper's bound (Stage2Config)
+        # Calibration to stage 1's held-out residuals (needs demos.num_validation > 0), done
+        # when stage 2 starts and kept in <stage2_name>/calibration.json:
+        calibrate_sigma=False,  # sigma of the 6 pose dims from stage 1's errors (calibrate_sigma)
+        sigma_floor=0.02,
+        crop_coverage=0.95,  # crop_size=0 ('auto'): smallest crop holding this share of targets
+        min_move=0.0,  # metres; see TrainConfig.min_move
         network=network()))
     c.cql = ml_collections.ConfigDict(dict(
         cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
@@ -56,6 +73,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(log_every=1000, checkpoint_every=10_000, keep_checkpoints=3))
     c.eval = ml_collections.ConfigDict(dict(
         num_episodes=100, seed=100_000, record_episodes=1, bootstrap_reps=2000))
+    return c
+
+
+def paper_method(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Sets every method option the paper does not have back to the paper's choice (Sec. IV-V)."""
+    c.stage2.sigma = (0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 1.0)
+    c.stage2.crop_size = 64 if c.algo == "bc" else 32
+    c.stage2.ee_crop_size = 16
+    c.stage2.loss_weighting = "none"
+    c.stage2.gripper_clip = 0.0
+    c.stage2.calibrate_sigma = False
+    for s in (c.stage1, c.stage2):
+        s.min_move = 0.0
+    n = c.stage2.network
+    n.crop_encoder, n.coord_channels, n.crop_conv_strides = "flatten", False, ()
+    n.stage2_pose_input = True
     return c
 
 
@@ -74,4 +107,4 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str | None) -> ml_collecti
             c.stage2.mode = p
         elif p in ("mc", "td"):
             c.cql.target = p
-    return c
+    return paper_method(c) if "paper" in parts else c

@@ -1,0 +1,216 @@
+"""Held-out validation of stage-2 variants: open-loop diagnostics and closed-loop rollouts.
+
+Settings of the correction stage are chosen here, never on evaluation episodes. For one workdir
+(its dataset and stage 1) and any number of named stage-2 runs trained in it
+(`--config.stage2_name=NAME`), this measures
+  * open loop, on held-out demos (layout seeds from `--held_out_seed`, used neither for the
+    training demos nor for evaluation): the diagnostics of `experiments/diagnose.py` (stage-1
+    and two-stage position error, gripper agreement, the correction's residual on Algo. 1's
+    perturbations, each split along / across the camera's optical axis);
+  * closed loop, on validation layouts (`--seed`, default 200000+, disjoint from the demos, the
+    held-out demos and the evaluation seeds 100000+): success of stage 1 alone and of the
+    two-stage policy, and the stall measures of the correction:
+      - `at_budget`: failed episodes that ran to the keyframe budget;
+      - `small_moves`: executed actions whose position is within 1 cm of the current pose;
+      - `pull_cm`: mean of |x^1 - z| - |x - z| over steps, in cm: how far the composition pulls
+        the tentative position back towards the current pose (positive = towards it).
+Stage 1's validation rollouts are computed once per stage-1 checkpoint and shared by variants.
+
+Usage:
+  python -m experiments.validate --workdir=runs/dev_push --names=paper,mm2 --episodes=20
+Writes `OUT/TAG/NAME.json` (TAG: the workdir's folder name) and prints one row per variant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+SMALL_MOVE_M = 0.01
+
+
+def define_flags() -> None:
+    """Defines this script's absl flags (only when run as a script)."""
+    flags.DEFINE_string("workdir", None, "A launcher workdir with demos and a trained stage 1.")
+    flags.DEFINE_list("names", ["stage2"], "Stage-2 runs (config.stage2_name) to validate.")
+    flags.DEFINE_integer("episodes", 20, "Validation episodes per seed and policy.")
+    flags.DEFINE_integer("seed", 200_000, "First validation layout seed.")
+    flags.DEFINE_integer("held_out", 20, "Held-out demos for the open-loop diagnostics (0: skip).")
+    flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out demos.")
+    flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per held-out transition.")
+    flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "correction" / "validation"),
+                        "Output folder.")
+    flags.DEFINE_bool("force", False, "Recompute variants that already have a report.")
+
+
+def run_config(workdir: Path, name: str):
+    """The launcher config a stage-2 run was trained with (from its checkpoint's metadata)."""
+    import ml_collections
+
+    from twostage_jax.checkpoint import Checkpointer
+
+    directory = workdir / name / "checkpoints"
+    if not directory.exists():
+        raise FileNotFoundError(f"{directory} does not exist: train it with --mode=stage2 "
+                                f"--config.stage2_name={name} first.")
+    ckpt = Checkpointer(directory)
+    try:
+        meta = ckpt.read_meta()
+    finally:
+        ckpt.close()
+    return ml_collections.ConfigDict(meta["config"])
+
+
+def rollouts(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
+             two_stage: bool) -> dict:
+    """Validation rollouts of every trained seed; success and stall measures."""
+    import jax
+
+    import twostage_jax as tj
+    from experiments import pipeline
+    from twostage_jax import evaluation
+
+    c1 = pipeline.train_config(config, 1)
+    c2 = pipeline.train_config(config, 2, workdir) if two_stage else None
+    env = pipeline._make_env(config)
+    ws = env.workspace
+    policy = tj.make_policy(c1, c2, ws)
+    num = int(config.num_seeds)
+    success = np.zeros((num, len(seeds)), bool)
+    budget = np.zeros((num, len(seeds)), bool)
+    small, pull = [], []
+    try:
+        for s in range(num):
+            p1 = jax.tree_util.tree_map(lambda x: x[s], params1)
+            p2 = jax.tree_util.tree_map(lambda x: x[s], params2) if two_stage else None
+            steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+            def act(img, pose, cam, p1=p1, p2=p2, steps=steps):
+                out = policy(p1, p2, img, pose, cam)
+                steps.append((np.asarray(pose)[0], np.asarray(out.tentative)[0], np.asarray(out.action)[0]))
+                return out
+
+            for e, layout in enumerate(seeds):
+                ep = evaluation.rollout(env, act, layout)
+                success[s, e] = ep.success
+                budget[s, e] = (not ep.success) and ep.num_steps >= env.max_keyframes
+        # per-step stall measures, pooled over seeds and episodes
+            z, a1, a = (np.stack(x) for x in zip(*steps))
+            xz, x1, xa = (np.asarray(tj.action_to_pose(v, ws)[0]) for v in (z, a1, a))
+            d1, da = np.linalg.norm(x1 - xz, axis=-1), np.linalg.norm(xa - xz, axis=-1)
+            small.append(da < SMALL_MOVE_M)
+            pull.append(100 * (d1 - da))
+    finally:
+        env.close()
+    small_all, pull_all = np.concatenate(small), np.concatenate(pull)
+    return {"success_per_seed": success.mean(axis=1).tolist(), "success": float(success.mean()),
+            "episodes": success.astype(int).tolist(), "at_budget": float(budget.mean()),
+            "small_moves": float(small_all.mean()), "pull_cm": float(pull_all.mean()),
+            "steps": int(small_all.size)}
+
+
+def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, held_out_seed: int,
+             perturbations: int, out: Path) -> dict:
+    """Open-loop diagnostics and closed-loop validation of one stage-2 run; writes its report."""
+    import jax
+
+    from experiments import diagnose, pipeline
+    from twostage_jax.checkpoint import write_json_atomic
+
+    config = run_config(workdir, name)
+    seeds = list(range(seed, seed + episodes))
+    forbidden = set(pipeline.eval_seeds(config, workdir))  # also checks the demo seeds
+    stats = json.loads((workdir / "demos" / "stats.json").read_text())
+    forbidden |= set(stats.get("demo_seeds", []))
+    if forbidden.intersection(seeds):
+        raise ValueError(f"--seed={seed}: validation layouts overlap the demo or evaluation seeds.")
+    train = pipeline.load_demos(workdir)
+    p1, step1 = pipeline.load_params(config, workdir, 1, train)
+    p2, step2 = pipeline.load_params(config, workdir, 2, train)
+    start = time.perf_counter()
+    report: dict[str, Any] = {"workdir": str(workdir), "task": config.task, "algo": config.algo,
+                              "stage2_name": name, "stage1_step": step1, "stage2_step": step2,
+                              "num_seeds": int(config.num_seeds), "validation_seeds": [seeds[0], seeds[-1]],
+                              "config": json.loads(config.to_json_best_effort())}
+    if held_out > 0:
+        diagnose._check_disjoint(config, workdir, held_out_seed, held_out)
+        test = diagnose.held_out_dataset(config, workdir, held_out, held_out_seed)
+        pooled: dict[str, list] = {}
+        for s in range(int(config.num_seeds)):
+            pick = lambda x, s=s: x[s]
+            m = diagnose.measure(config, jax.tree_util.tree_map(pick, p1), jax.tree_util.tree_map(pick, p2),
+                                 test, np.arange(test.action.shape[0]), jax.random.PRNGKey(1000 + s),
+                                 perturbations, workdir)
+            for k, v in m.items():
+                pooled.setdefault(k, []).append(v)
+        c2 = pipeline.train_config(config, 2, workdir).stage2
+        report["held_out"] = diagnose.summarise({k: np.concatenate(v) for k, v in pooled.items()},
+                                                c2.crop_size, c2.sigma)
+    cache = out / f"stage1_{step1}_{seeds[0]}_{episodes}.json"
+    if cache.exists():
+        report["stage1"] = json.loads(cache.read_text())
+    else:
+        report["stage1"] = rollouts(config, workdir, p1, None, seeds, two_stage=False)
+        write_json_atomic(cache, report["stage1"])
+    report["two_stage"] = rollouts(config, workdir, p1, p2, seeds, two_stage=True)
+    report["seconds"] = time.perf_counter() - start
+    write_json_atomic(out / f"{name}.json", report)
+    return report
+
+
+def row(r: dict) -> str:
+    """One markdown table row of a report."""
+    h = r.get("held_out", {})
+    s1, two = r["stage1"], r["two_stage"]
+    opened = (f"{h['stage1_cm_median']:.2f} -> {h['two_stage_cm_median']:.2f} | "
+              f"{h['algo1_perturbed_cm_median']:.2f} -> {h['algo1_corrected_cm_median']:.2f} | "
+              f"{h.get('pert_fixed_along_cm_median', float('nan')):.2f} / "
+              f"{h.get('pert_fixed_across_cm_median', float('nan')):.2f} | "
+              f"{h['stage1_gripper_agree']:.2f} / {h['two_stage_gripper_agree']:.2f}") if h else "- | - | - | -"
+    return (f"| {r['task']} | {r['algo']} | {r['stage2_name']} | {opened} | {s1['success']:.2f} -> "
+            f"{two['success']:.2f} | {two['at_budget']:.2f} | {two['small_moves']:.2f} | "
+            f"{two['pull_cm']:+.2f} |")
+
+
+HEADER = ("| task | algo | stage 2 | held-out err cm s1 -> two | Algo.1 residual cm before -> after "
+          "| residual along / across axis cm | gripper agree s1 / two | validation success s1 -> two "
+          "| at budget | moves < 1 cm | pull to z cm |\n|" + "---|" * 11)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required.")
+    if FLAGS.episodes <= 0:
+        raise app.UsageError(f"--episodes must be > 0; got {FLAGS.episodes}.")
+    workdir = Path(FLAGS.workdir).absolute()
+    out = Path(FLAGS.out) / workdir.name
+    out.mkdir(parents=True, exist_ok=True)
+    print(HEADER)
+    for name in FLAGS.names:
+        path = out / f"{name}.json"
+        if path.exists() and not FLAGS.force:
+            r = json.loads(path.read_text())
+        else:
+            try:
+                r = validate(workdir, name, FLAGS.episodes, FLAGS.seed, FLAGS.held_out,
+                             FLAGS.held_out_seed, FLAGS.perturbations, out)
+            except FileNotFoundError as e:
+                print(f"skip {name}: {e}", file=sys.stderr)
+                continue
+        print(row(r), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,142 @@
+"""Calibrating stage 2 to stage 1: Algo. 1's noise scale and the crop size from stage 1's errors.
+
+The paper draws Algo. 1's synthetic tentative actions with a fixed sigma (0.1 for the pose,
+1 for the gripper) and leaves the crop size as future work ("a method for determining the crop
+size remains as future work", Sec. V). Both really depend on how far stage 1's tentative actions
+land from the demonstrated ones, which can be measured on demonstrations stage 1 did not train
+on. These functions turn such residuals into settings:
+
+  * `calibrate_sigma`: per action dimension, a robust scale of the residual in atanh space,
+    eps = atanh(a) - atanh(a^1) (the quantity Algo. 1 samples), with a floor;
+  * `calibrate_crop_size`: the smallest crop that keeps the demonstrated target inside the crop
+    centred on the tentative action for a given share of the residuals.
+
+Both are host-side numpy functions (they run once, between stage 1 and stage 2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twostage_jax import _checks
+from twostage_jax.actions import DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose
+from twostage_jax.geometry import optical_axis_angle, project_points
+from twostage_jax.types import ACTION_DIM, Camera, Workspace
+
+MAD_TO_STD = 1.4826
+"""Scale of the median absolute deviation that estimates a normal distribution's std."""
+
+
+def calibrate_sigma(tentative: Any, target: Any, floor: Any = 0.02, calibrate: Any = None,
+                    limit: float = DEFAULT_CLIP) -> np.ndarray:
+    """Algo. 1's per-dimension noise std from stage 1's residuals on held-out transitions.
+
+    sigma_d = max(floor_d, 1.4826 * median_i |eps_id|) with eps = atanh(a) - atanh(a^1) (both
+    clipped to `limit`): the normal std whose draws have the same median magnitude as stage 1's
+    errors. The scale is taken about zero, not about the median, because a bias of stage 1 is an
+    error stage 2 must learn to correct too. The median keeps a few wild errors (e.g. a wrong
+    phase of the task) from inflating it.
+
+    Args:
+      tentative: [N, 7] stage 1's actions a^1 on held-out states.
+      target: [N, 7] the demonstrated actions a there.
+      floor: scalar or [7] lower bound of each std (a near-perfect dimension still gets noise,
+        so stage 2 learns to leave it alone).
+      calibrate: [7] bools, which dimensions to calibrate; the others keep the paper's sigma
+        (default: the 6 pose dimensions; the gripper, a binary command, keeps sigma = 1).
+      limit: atanh clip bound.
+
+    Returns:
+      [7] float32 standard deviations.
+    """
+    a1 = np.asarray(tentative, np.float64)
+    a = np.asarray(target, np.float64)
+    _checks.check_shape("tentative", a1, (None, ACTION_DIM), "[N, 7] stage-1 actions")
+    _checks.check_shape("target", a, (a1.shape[0], ACTION_DIM), "[N, 7], one per tentative action")
+    if a1.shape[0] < 1:
+        raise ValueError("`tentative` is empty; calibrate on at least one held-out transition.")
+    for name, x in (("tentative", a1), ("target", a)):
+        _checks.check_range(name, x, -1.0, 1.0, "normalised actions")
+    fl = np.broadcast_to(np.asarray(floor, np.float64), (ACTION_DIM,))
+    if not np.all(fl > 0):
+        raise ValueError(f"`floor` must be > 0; got {floor!r}.")
+    mask = np.asarray([True] * 6 + [False] if calibrate is None else calibrate, bool)
+    _checks.check_shape("calibrate", mask, (ACTION_DIM,), "one bool per action dimension")
+    eps = np.arctanh(np.clip(a, -limit, limit)) - np.arctanh(np.clip(a1, -limit, limit))
+    scale = np.maximum(fl, MAD_TO_STD * np.median(np.abs(eps), axis=0))
+    return np.where(mask, scale, np.asarray(DEFAULT_SIGMA, np.float64)).astype(np.float32)
+
+
+def calibrate_crop_size(offsets: Any, coverage: float = 0.95, multiple: int = 4, min_size: int = 8,
+                        max_size: int | None = None, margin: float = 0.0) -> int:
+    """The smallest square crop that holds the target for a `coverage` share of the offsets.
+
+    Args:
+      offsets: [N, 2] pixel offsets (x, y) of the demonstrated target from the crop centre (the
+        projection of stage 1's tentative position), in the crop's own (rotated) frame.
+      coverage: share of the offsets that must fall inside, in (0, 1].
+      multiple: the size is rounded up to a multiple of this (conv strides like it).
+      min_size: smallest size returned.
+      max_size: largest size returned (e.g. the image size); None for no bound.
+      margin: pixels of context wanted around the target inside the crop.
+
+    Returns:
+      The crop side in pixels: the smallest multiple of `multiple` with
+      max(|x|, |y|) + margin < size / 2 for at least `coverage` of the offsets, clipped to
+      [min_size, max_size].
+    """
+    off = np.asarray(offsets, np.float64)
+    _checks.check_shape("offsets", off, (None, 2), "[N, 2] pixel offsets (x, y)")
+    if off.shape[0] < 1:
+        raise ValueError("`offsets` is empty; calibrate on at least one held-out transition.")
+    if not np.all(np.isfinite(off)):
+        raise ValueError("`offsets` holds NaN or inf; project only positions in front of the camera.")
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"`coverage` must lie in (0, 1]; got {coverage!r}.")
+    _checks.check_positive_int("multiple", multiple)
+    _checks.check_positive_int("min_size", min_size)
+    if max_size is not None and max_size < min_size:
+        raise ValueError(f"`max_size` ({max_size}) must be >= `min_size` ({min_size}).")
+    if not margin >= 0:
+        raise ValueError(f"`margin` must be >= 0 pixels; got {margin!r}.")
+    need = np.quantile(np.max(np.abs(off), axis=1), coverage, method="higher") + margin
+    # strictly inside: |offset| < size / 2
+    size = multiple * (math.floor(2.0 * need / multiple) + 1)
+    size = max(size, min_size)
+    return int(size if max_size is None else min(size, max_size))
+
+
+def crop_offsets(camera: Camera, workspace: Workspace, tentative: Any, target: Any,
+                 rotate: bool = True) -> np.ndarray:
+    """Pixel offsets of each target from the crop centred on its tentative action, in crop axes.
+
+    The crop of `transform_state` is centred where the tentative position projects and turned
+    by the tentative orientation's angle about the optical axis (`crop_by_projection`); this is
+    where the demonstrated target's projection falls in that crop's own (x, y) axes.
+
+    Args:
+      camera: a single `Camera`.
+      workspace: position bounds of the actions.
+      tentative: [N, 7] tentative actions a^1.
+      target: [N, 7] demonstrated actions a.
+      rotate: whether the crops are rotated (`Stage2Config.rotate`).
+
+    Returns:
+      [N, 2] float64 offsets (x, y) in pixels.
+    """
+    a1 = jnp.asarray(tentative, jnp.float32)
+    a = jnp.asarray(target, jnp.float32)
+    _checks.check_shape("tentative", a1, (None, ACTION_DIM), "[N, 7]")
+    _checks.check_shape("target", a, (a1.shape[0], ACTION_DIM), "[N, 7]")
+    pos1, euler1, _ = action_to_pose(a1, workspace)
+    d = project_points(camera, action_to_pose(a, workspace)[0])[0] - project_points(camera, pos1)[0]
+    if rotate:
+        ang = jax.vmap(lambda e: optical_axis_angle(camera, e))(euler1)
+        c, s = jnp.cos(ang), jnp.sin(ang)
+        d = jnp.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=-1)
+    return np.asarray(d, np.float64)
