@@ -36,6 +36,8 @@ class CQLConfig:
       init_alpha: initial entropy temperature.
       target_entropy: SAC's target entropy; None means -action_dim.
       actor_lr, critic_lr, alpha_lr: Adam learning rates.
+      actor_encoder_grad: the actor loss trains the shared encoder too (default: only the
+        critic's loss does, as in pixel SAC / DrQ).
     """
 
     cql_weight: float = 5.0
@@ -50,6 +52,7 @@ class CQLConfig:
     actor_lr: float = 1e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 1e-4
+    actor_encoder_grad: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -260,11 +263,12 @@ def actor_loss(
     alpha: jnp.ndarray,
     networks: Networks,
     features: jnp.ndarray | None = None,
+    encoder_grad: bool = False,
 ) -> tuple[jnp.ndarray, ActorAux]:
     """Eq. 2 as a loss: E_{s~D, a~pi(.|s)}[alpha log pi(a|s) - min_i Q_i(s, a)].
 
-    Gradients flow into the actor head only: encoder features, critic parameters and alpha
-    are held fixed.
+    Gradients flow into the actor head (and, with `encoder_grad`, into the shared encoder);
+    critic parameters and alpha are held fixed.
 
     Args:
       params: `{'encoder', 'actor', 'critic', ...}`.
@@ -273,12 +277,15 @@ def actor_loss(
       alpha: [] entropy temperature.
       networks: stochastic ('cql') networks.
       features: optional precomputed encode(params, batch.obs) [B, F].
+      encoder_grad: let this loss train the encoder too (DrQ and pixel SAC stop it; the
+        critic's Monte Carlo targets alone may not make the features encode positions).
 
     Returns:
       (loss, ActorAux).
     """
     feat = networks.encode(params, batch.obs) if features is None else features
-    feat = jax.lax.stop_gradient(feat)
+    if not encoder_grad:
+        feat = jax.lax.stop_gradient(feat)
     mean, log_std = networks.actor(params, feat)
     action, log_prob = tanh_gaussian_sample(key, mean, log_std)
     q = jnp.min(networks.critic(jax.lax.stop_gradient(params), feat, action), axis=0)
@@ -335,7 +342,8 @@ def make_cql_update(
         feat = networks.encode(params, batch.obs)
         c_loss, c_aux = cql_critic_loss(params, batch, k_critic, alpha, target_params, networks,
                                         config, features=feat)
-        a_loss, a_aux = actor_loss(params, batch, k_actor, alpha, networks, features=feat)
+        a_loss, a_aux = actor_loss(params, batch, k_actor, alpha, networks, features=feat,
+                                   encoder_grad=config.actor_encoder_grad)
         l_alpha, al_aux = alpha_loss(params["log_alpha"], -a_aux.entropy * jnp.ones(()),
                                      config.entropy_target)
         return c_loss + a_loss + l_alpha, (c_aux, a_aux, al_aux)

@@ -68,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
         network=network()))
     c.cql = ml_collections.ConfigDict(dict(
         cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
-        backup_entropy=False, init_alpha=0.1, actor_lr=1e-4, critic_lr=3e-4, alpha_lr=1e-4))
+        backup_entropy=False, init_alpha=0.1, actor_lr=1e-4, critic_lr=3e-4, alpha_lr=1e-4,
+        actor_encoder_grad=False))  # True: the actor loss trains the shared encoder too
 
     c.train = ml_collections.ConfigDict(dict(log_every=1000, checkpoint_every=10_000, keep_checkpoints=3))
     c.eval = ml_collections.ConfigDict(dict(
