@@ -1,11 +1,17 @@
-"""The absl launcher: end to end, SIGKILL + resume, and clear errors for bad usage."""
+"""The absl launcher: end to end, SIGKILL + resume, clear errors for bad usage, and what a
+workdir guarantees (results are never lost or silently replaced)."""
 
+import errno
 import json
+import logging
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
