@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,34 @@ def train_config(config: ml_collections.ConfigDict, stage: int) -> tj.TrainConfi
         network=_network(s.network), cql=cql, stage2=s2)
 
 
+def _int_at_least(config: ml_collections.ConfigDict, path: str, low: int) -> None:
+    value = config
+    for part in path.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        what = "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"config.{path} must be {what}; got {value!r}.")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before any work starts; raises ValueError naming the field."""
     for stage in (1, 2):
-        train_config(config, stage)  # the library's dataclasses validate their own fields
+        try:
+            train_config(config, stage)  # the library's dataclasses validate their own fields
+        except ValueError as e:  # name the launcher's field, not the library's
+            name = STAGE_NAMES[stage]
+            message = str(e).replace("TrainConfig.algo", "config.algo")
+            for library, launcher in (("NetworkConfig.", f"config.{name}.network."),
+                                      ("TrainConfig.", f"config.{name}."),
+                                      ("Stage2Config.", "config.stage2."), ("CQLConfig.", "config.cql.")):
+                message = message.replace(library, launcher)
+            raise ValueError(message) from e
+    for path, low in (("seed", 0), ("demos.seed", 0), ("demos.augment_every", 1),
+                      ("demos.image_size", 1), ("demos.max_keyframes", 1), ("eval.seed", 0),
+                      ("eval.record_episodes", 0), ("eval.bootstrap_reps", 1)):
+        _int_at_least(config, path, low)
+    if not 0.0 <= float(config.demos.gamma) < 1.0:  # NaN fails too
+        raise ValueError(f"config.demos.gamma must lie in [0, 1); got {config.demos.gamma!r}.")
     if int(config.num_seeds) <= 0:
         raise ValueError(f"config.num_seeds must be a positive int; got {config.num_seeds!r}.")
     if config.seed_strategy not in tj.SEED_STRATEGIES:
@@ -110,6 +135,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.env == "rlbench" and not config.rlbench_root:
         raise ValueError("config.env='rlbench' needs config.rlbench_root: the folder holding "
                          "TASK/variation0/episodes/ from RLBench's dataset generator.")
+
+
+def ensure_writable(folder: Path, why: str) -> None:
+    """Raises PipelineError unless a file can be created in `folder` (tried, not guessed)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+    except OSError as e:
+        raise PipelineError(f"{folder} is not writable ({e.strerror or e}); {why}") from e
+    os.close(fd)
+    os.unlink(probe)
 
 
 # --------------------------------------------------------------------------------------------

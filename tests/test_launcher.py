@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "configs" / "smoke.py")
 
 
-def _launch(*args, wait=True, timeout=300):
-    cmd = [sys.executable, "-m", "experiments.main", f"--config={SMOKE}", *args]
+def _launch(*args, wait=True, timeout=300, prefix=()):
+    cmd = [*prefix, sys.executable, "-m", "experiments.main", f"--config={SMOKE}", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -37,6 +37,34 @@ def _synthetic_workdir(path: Path) -> Path:
     save_dataset(path / "demos" / "dataset.npz",
                  make_synthetic_dataset(num_episodes=6, steps_per_episode=3, image_size=32))
     return path
+
+
+def _smoke(**overrides):
+    """The smoke config for the 32-pixel synthetic dataset, with dotted-name overrides."""
+    from experiments.configs import smoke
+
+    config = smoke.get_config()
+    for path, value in {"demos.image_size": 32, **overrides}.items():
+        *parents, leaf = path.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix under which file permissions apply (root ignores them otherwise)."""
+    if os.geteuid() != 0:
+        return []
+    cmd = [shutil.which("setpriv") or "setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    try:
+        works = subprocess.run([*cmd, "true"], capture_output=True).returncode == 0
+    except OSError:
+        works = False
+    if not works:
+        pytest.skip("running as root without setpriv's capability drop: permissions do not apply")
+    return cmd
 
 
 def _final_params(workdir: Path, stage: int = 1):
@@ -131,21 +159,49 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_clear_errors_for_bad_usage(tmp_path):
-    out = _launch("--mode=train", f"--workdir={tmp_path}")
-    assert out.returncode != 0 and "--mode=train: value should be one of" in out.stderr
-    out = _launch("--mode=all")
-    assert out.returncode != 0 and "--workdir is required" in out.stderr
-    out = _launch("--mode=eval", f"--workdir={tmp_path / 'missing'}")
-    assert out.returncode != 0 and "does not exist" in out.stderr and "--mode=demos" in out.stderr
-    out = _launch("--mode=all", f"--workdir={tmp_path}", "--config.train.checkpoint_every=3")
-    assert out.returncode != 0 and "checkpoint_every (3) must be a multiple" in out.stderr
-    out = _launch("--mode=all", f"--workdir={tmp_path}", "--config.algo=ppo")
-    assert out.returncode != 0 and "TrainConfig.algo must be one of ('bc', 'cql'); got 'ppo'" in out.stderr
-    out = _launch("--mode=all", f"--workdir={tmp_path}", "--config.stage2.crop_sise=3")
-    assert out.returncode != 0 and "crop_size" in out.stderr
-    out = _launch("--mode=all", f"--workdir={tmp_path}", "--task=reach-v9")
-    assert out.returncode != 0 and "unknown MetaWorld task 'reach-v9'" in out.stderr
+    def refused(*args, expect, prefix=()):
+        out = _launch(*args, prefix=prefix)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
+        assert lines[0].startswith("error: ") and all(e in lines[0] for e in expect), lines[0]
+
+    workdir = f"--workdir={tmp_path}"
+    refused("--mode=train", workdir, expect=["--mode=train: value should be one of"])
+    refused("--mode=all", expect=["--workdir is required"])
+    refused("--mode=eval", f"--workdir={tmp_path / 'missing'}", expect=["does not exist", "--mode=demos"])
+    refused("--mode=all", workdir, "--config.train.checkpoint_every=3",
+            expect=["checkpoint_every (3) must be a multiple"])
+    refused("--mode=all", workdir, "--config.algo=ppo", expect=["config.algo must be one of ('bc', 'cql'); got 'ppo'"])
+    refused("--mode=all", workdir, "--config.stage2.crop_sise=3",
+            expect=["--config.stage2.crop_sise: the config has no field 'crop_sise'; did you mean 'crop_size'?"])
+    refused("--mode=all", workdir, "--task=reach-v9", expect=["unknown MetaWorld task 'reach-v9'"])
+    (tmp_path / "a_file").write_text("")
+    refused("--mode=all", f"--workdir={tmp_path / 'a_file'}", expect=["a_file is a file; expected a folder"])
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        refused("--mode=all", f"--workdir={locked}", prefix=_unprivileged(),
+                expect=[f"--workdir {locked} is not writable (Permission denied)"])
+        refused("--mode=all", f"--workdir={locked / 'new'}", prefix=_unprivileged(),
+                expect=[f"--workdir {locked / 'new'} cannot be created (Permission denied)"])
+    finally:
+        locked.chmod(0o755)
     assert not (tmp_path / "demos").exists(), "work started despite a bad flag"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"stage1.network.mlp_hidden": 0}, "config.stage1.network.mlp_hidden must be a positive int; got 0."),
+    ({"stage2.learning_rate": float("nan")}, "config.stage2.learning_rate must be a finite number > 0; got nan."),
+    ({"algo": "cql", "cql.critic_lr": float("nan")}, "config.cql.critic_lr must be a finite number > 0; got nan."),
+    ({"eval.bootstrap_reps": 0}, "config.eval.bootstrap_reps must be a positive int; got 0."),
+    ({"eval.record_episodes": -1}, "config.eval.record_episodes must be an int >= 0; got -1."),
+])
+def test_config_validation_names_the_field(overrides, message):
+    from experiments import pipeline
+
+    with pytest.raises(ValueError) as e:
+        pipeline.validate_config(_smoke(**overrides))
+    assert str(e.value) == message
 
 
 def test_stage2_without_stage1_and_corrupted_checkpoint(tmp_path):
