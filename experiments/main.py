@@ -30,7 +30,7 @@ flags.DEFINE_string("workdir", None, "Directory for the dataset, checkpoints, lo
 flags.DEFINE_string("task", None, "Task name (overrides config.task), e.g. drawer-open-v3.")
 flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_seeds).")
 flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).")
-flags.DEFINE_bool("resume", False, "Continue a stage from its latest checkpoint.")
+flags.DEFINE_bool("resume", False, "Continue a stage from its newest intact checkpoint.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collections config file "
                                 "(path[:variants]); fields can be overridden with --config.a.b=v.",
                                 lock_config=True)
@@ -151,12 +151,10 @@ def _main(argv: list[str]) -> int:
 
     import jax
 
-    from twostage_jax.checkpoint import CheckpointError, write_json_atomic
+    from twostage_jax.checkpoint import CheckpointError
     from twostage_jax.data.dataset import DatasetFormatError
 
     logging.info("JAX %s on %s: %s", jax.__version__, jax.default_backend(), jax.devices())
-    write_json_atomic(workdir / "config.json", {"mode": FLAGS.mode, "argv": sys.argv,
-                                                 "config": pipeline.config_to_dict(config)})
     try:
         if FLAGS.mode in ("demos", "all"):
             if FLAGS.mode == "all" and pipeline.dataset_path(workdir).exists():

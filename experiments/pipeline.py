@@ -1,9 +1,11 @@
 """The launcher's stages: demos -> stage 1 -> stage 2 -> evaluation, on one workdir.
 
 Workdir layout:
-  config.json                      the full config of the latest invocation
   demos/dataset.npz, stats.json    the offline dataset and how it was made
+  demos/config.json                the config that recorded the dataset
+  stage{1,2}/config.json           the config a stage was started with (kept on --resume)
   stage{1,2}/checkpoints/          orbax checkpoints (AgentState with a leading seed axis)
+  stage{1,2}/damaged_checkpoints/  checkpoints --resume found damaged and moved aside
   stage{1,2}/metrics.jsonl         per-chunk mean metrics, one line per (step, seed)
   stage{1,2}/tb/                   TensorBoard event files
   stage2/pairing.json              the stage-1 checkpoint stage 2 pairs with
@@ -15,11 +17,14 @@ ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +36,8 @@ from absl import logging
 
 import twostage_jax as tj
 from twostage_jax import evaluation
-from twostage_jax._io import atomic_open
-from twostage_jax.checkpoint import Checkpointer, write_json_atomic
+from twostage_jax._io import atomic_folder, atomic_open
+from twostage_jax.checkpoint import CheckpointError, Checkpointer, write_json_atomic
 
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
 
@@ -137,6 +142,77 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          "TASK/variation0/episodes/ from RLBench's dataset generator.")
 
 
+def _plain(x: Any) -> Any:
+    return [_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def program_fields(config: ml_collections.ConfigDict, stage: int) -> dict[str, Any]:
+    """The config fields that change what `stage` trains, by dotted name, with their effective values.
+
+    Resuming a stage, pairing stage 2 with stage 1 and evaluating compare these with the config
+    the checkpoint was trained with. Left out: `num_steps` (a resume may extend a run), the
+    logging and checkpoint cadence, `seed_strategy` and `conv_impl` (the same parameters up to
+    float rounding), and fields the stage's algorithm ignores.
+    """
+    tc = train_config(config, stage)
+    name = STAGE_NAMES[stage]
+    fields: dict[str, Any] = {
+        "env": str(config.get("env", "metaworld")), "task": str(config.task), "algo": tc.algo,
+        "seed": int(config.seed), "num_seeds": int(config.num_seeds),
+        f"{name}.batch_size": tc.batch_size}
+    if tc.algo == "bc":
+        fields[f"{name}.learning_rate"] = tc.learning_rate
+    if stage == 1:
+        fields["stage1.image_size"] = tc.image_size
+    for f in dataclasses.fields(tc.network):
+        if f.name != "conv_impl":
+            fields[f"{name}.network.{f.name}"] = _plain(getattr(tc.network, f.name))
+    if stage == 2:
+        for f in dataclasses.fields(tc.stage2):
+            fields[f"stage2.{f.name}"] = _plain(getattr(tc.stage2, f.name))
+    if tc.algo == "cql":
+        for f in dataclasses.fields(tc.cql):
+            key = ("stage2.cql_target (else cql.target)" if stage == 2 and f.name == "target"
+                   else f"cql.{f.name}")
+            fields[key] = _plain(getattr(tc.cql, f.name))
+    return fields
+
+
+def config_differences(trained: Mapping[str, Any], config: ml_collections.ConfigDict,
+                       stage: int) -> list[str]:
+    """'config.FIELD: trained X, now Y' for each `program_fields` entry that differs."""
+    try:
+        old = program_fields(ml_collections.ConfigDict(dict(trained)), stage)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        return [f"the stored config cannot be read ({type(e).__name__}: {e})"]
+    new = program_fields(config, stage)
+    return [f"config.{k}: trained {old.get(k, '(absent)')!r}, now {v!r}"
+            for k, v in new.items() if old.get(k, "(absent)") != v]
+
+
+def check_trained_with(config: ml_collections.ConfigDict, meta: dict, stage: int, where: str,
+                       action: str, advice: str) -> None:
+    """Raises PipelineError naming every differing field unless `config` trains what `meta` did.
+
+    Args:
+      config: the config of this invocation.
+      meta: a checkpoint's metadata (its `config` is the one the stage was trained with).
+      stage: which stage's fields to compare.
+      where: the checkpoint, for the message.
+      action: what is refused, for the message ("cannot evaluate").
+      advice: what to do instead.
+    """
+    if "config" in meta:
+        diffs = config_differences(meta["config"], config, stage)
+    else:  # written before checkpoints stored their config: what the metadata has
+        now = {"num_seeds": int(config.num_seeds), "algo": str(config.algo)}
+        diffs = [f"config.{k}: trained {meta[k]!r}, now {v!r}" for k, v in now.items()
+                 if k in meta and meta[k] != v]
+    if diffs:
+        raise PipelineError(f"{action}: the config differs from the one {STAGE_NAMES[stage]} was "
+                            f"trained with ({where}): {'; '.join(diffs)}. {advice}")
+
+
 def ensure_writable(folder: Path, why: str) -> None:
     """Raises PipelineError unless a file can be created in `folder` (tried, not guessed)."""
     try:
@@ -153,6 +229,11 @@ def ensure_writable(folder: Path, why: str) -> None:
 
 def dataset_path(workdir: Path) -> Path:
     return workdir / "demos" / "dataset.npz"
+
+
+def _record(config: ml_collections.ConfigDict) -> dict:
+    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv),
+            "config": config_to_dict(config)}
 
 
 def run_demos(config: ml_collections.ConfigDict, workdir: Path) -> dict:
@@ -187,6 +268,7 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                 images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
                 total_seconds=time.perf_counter() - start)
     write_json_atomic(workdir / "demos" / "stats.json", info)
+    write_json_atomic(workdir / "demos" / "config.json", _record(config))
     logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
                  info.get("kept", len(trajs)), info["transitions"], info["images"],
                  info["dataset_mib"], info["total_seconds"])
@@ -276,37 +358,101 @@ def _progress(total: int, initial: int, desc: str, unit: str = "step"):
                 mininterval=2.0, smoothing=0.1)
 
 
+def _resume_advice(stage: int, config: ml_collections.ConfigDict) -> str:
+    record = stage_dir(Path("."), stage, config).name + "/config.json"
+    other = ("a fresh --workdir" if stage == 1 else
+             "a fresh --workdir, or a new stage 2 beside it with --config.stage2_name=NAME")
+    return (f"Resume with the config it was started with (recorded in {record}), or train the "
+            f"change in {other}.")
+
+
+def _restore_newest_intact(ckpt: Checkpointer, like: Any, config: ml_collections.ConfigDict,
+                           stage: int, out_dir: Path) -> tuple[Any, int]:
+    """Restores the newest intact checkpoint; damaged newer ones are moved aside, saying so.
+
+    Returns:
+      (state, step), or (None, 0) if no checkpoint is intact.
+
+    Raises:
+      PipelineError: the newest readable checkpoint was trained with another config.
+    """
+    damaged: list[tuple[int, CheckpointError]] = []
+    state, step = None, 0
+    for candidate in reversed(ckpt.all_steps()):
+        try:
+            meta = ckpt.read_meta(candidate)
+            check_trained_with(config, meta, stage, f"{ckpt.directory / str(candidate)}",
+                               f"cannot resume {out_dir.name}", _resume_advice(stage, config))
+            state, _ = ckpt.restore(like, candidate)
+            step = candidate
+            break
+        except CheckpointError as e:
+            try:  # damaged, or readable but shaped for another program?
+                ckpt.verify(candidate)
+            except CheckpointError:
+                damaged.append((candidate, e))
+                continue
+            raise PipelineError(f"cannot resume {out_dir.name}: {e} "
+                                f"{_resume_advice(stage, config)}") from e
+    for bad, error in damaged:
+        moved = ckpt.set_aside(bad, out_dir / "damaged_checkpoints")
+        logging.warning("%s: %s Moved it to %s.", out_dir.name, error, moved)
+    if damaged:
+        logging.warning("%s: falling back to %s", out_dir.name,
+                        f"step {step}, the newest intact checkpoint" if state is not None else
+                        "step 0: no intact checkpoint is left")
+    return state, step
+
+
 def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool = False) -> dict:
     """Trains one stage for all seeds, with chunked logging and periodic checkpoints.
+
+    A fresh stage refuses a folder that already holds checkpoints and writes its config to
+    STAGE/config.json. With `resume` it continues from the newest intact checkpoint (damaged
+    newer ones are moved to STAGE/damaged_checkpoints/) if that was trained with the same
+    `program_fields`, and keeps STAGE/config.json as it is.
 
     Returns:
       A summary dict (final step, wall time, final metric means per seed).
     """
     out_dir = stage_dir(workdir, stage, config)
+    ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints))
+    try:
+        return _train_stage(config, workdir, stage, resume, out_dir, ckpt)
+    finally:
+        ckpt.close()
+
+
+def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool,
+                 out_dir: Path, ckpt: Checkpointer) -> dict:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+        raise PipelineError(
+            f"{out_dir / 'checkpoints'} already holds checkpoints (latest step {latest}). Pass "
+            "--resume to continue that run, or use a fresh --workdir.")
+    if latest is not None:  # refuse another config before any work (damage is handled below)
+        try:
+            meta = ckpt.read_meta(latest)
+        except CheckpointError:
+            meta = {}
+        check_trained_with(config, meta, stage, str(ckpt.directory / str(latest)),
+                           f"cannot resume {out_dir.name}", _resume_advice(stage, config))
     extra: dict = {}
     if stage == 2:
         extra["stage1_checkpoint"] = stage1_pairing(config, workdir)
     dataset = load_demos(workdir)
     tcfg = train_config(config, stage)
     trainer = tj.make_trainer(tcfg, dataset, stage)
-    states = jax.jit(jax.vmap(trainer.init))(seed_keys(config, stage))
-    ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints))
-    start_step = 0
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-        raise PipelineError(
-            f"{out_dir / 'checkpoints'} already holds checkpoints (latest step {latest}). Pass "
-            "--resume to continue that run, or use a fresh --workdir.")
-    if resume and latest is not None:
-        meta = ckpt.read_meta(latest)
-        if meta.get("num_seeds") != int(config.num_seeds) or meta.get("algo") != config.algo:
-            raise PipelineError(
-                f"cannot resume: the checkpoint has num_seeds={meta.get('num_seeds')}, "
-                f"algo={meta.get('algo')!r} but the config asks for num_seeds={config.num_seeds}, "
-                f"algo={config.algo!r}.")
-        states, meta = ckpt.restore(states, latest)
-        start_step = int(latest)
-        logging.info("resumed %s from step %d", STAGE_NAMES[stage], start_step)
+    keys = seed_keys(config, stage)
+    states, start_step = None, 0
+    if latest is not None:
+        states, start_step = _restore_newest_intact(
+            ckpt, jax.eval_shape(jax.vmap(trainer.init), keys), config, stage, out_dir)
+    if states is None:
+        states = jax.jit(jax.vmap(trainer.init))(keys)
+        write_json_atomic(out_dir / "config.json", _record(config))
+    else:
+        logging.info("resumed %s from step %d", out_dir.name, start_step)
     if stage == 2:
         write_json_atomic(out_dir / "pairing.json", extra["stage1_checkpoint"])
 
@@ -343,7 +489,6 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
     finally:
         bar.close()
         log.close()
-        ckpt.close()
     summary = {"stage": stage, "final_step": step, "train_seconds": time.perf_counter() - wall,
                "final_metrics": {k: v.tolist() for k, v in means.items()}}
     write_json_atomic(summary_path, summary)
@@ -351,7 +496,8 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
 
 
 def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """The stage-1 checkpoint a stage-2 run pairs with (the latest, which must be complete)."""
+    """The stage-1 checkpoint a stage-2 run pairs with: the latest, checked to be intact and
+    trained with this config's stage-1 fields."""
     directory = stage_dir(workdir, 1, config) / "checkpoints"
     if not directory.exists():
         raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} does not exist; run "
@@ -362,12 +508,18 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         if step is None:
             raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} has no checkpoint; "
                                 "run --mode=stage1 first.")
-        meta = ckpt.read_meta(step)
+        try:
+            meta = ckpt.read_meta(step)
+            ckpt.verify(step)
+        except CheckpointError as e:
+            raise PipelineError(
+                f"stage 2 needs an intact stage 1, but {e} Run --mode=stage1 --resume: it falls back "
+                "to the newest intact checkpoint and trains stage 1 to the end.") from e
     finally:
         ckpt.close()
-    if meta.get("num_seeds") != int(config.num_seeds):
-        raise PipelineError(f"stage 1 in {directory} has {meta.get('num_seeds')} seeds but the config "
-                            f"asks for {config.num_seeds}; use the same --num_seeds for both stages.")
+    check_trained_with(config, meta, 1, str(directory / str(step)), "cannot pair stage 2 with stage 1",
+                       "Give stage 1's fields as it was trained (recorded in stage1/config.json), or "
+                       "train the change in a fresh --workdir.")
     return {"path": str(directory / str(step)), "step": int(step), "algo": meta.get("algo")}
 
 
@@ -375,18 +527,39 @@ def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
                 dataset: tj.Dataset | None = None) -> tuple[Any, int]:
     """Final parameters (leading seed axis) of a stage and their step.
 
+    The latest checkpoint must have been trained with this config's `program_fields`.
     `dataset` (default: the workdir's) only gives the shapes of the state to restore into.
     """
-    directory = stage_dir(workdir, stage, config) / "checkpoints"
+    out_dir = stage_dir(workdir, stage, config)
+    directory = out_dir / "checkpoints"
     if not directory.exists():
         raise PipelineError(f"no {STAGE_NAMES[stage]} checkpoints in {directory}; run "
                             f"--mode={STAGE_NAMES[stage]} first.")
-    dataset = load_demos(workdir) if dataset is None else dataset
-    trainer = tj.make_trainer(train_config(config, stage), dataset, stage)
-    like = jax.eval_shape(jax.vmap(trainer.init), seed_keys(config, stage))
+    mode = f"--mode={STAGE_NAMES[stage]}" + (f" --config.stage2_name={out_dir.name}"
+                                             if out_dir.name != STAGE_NAMES[stage] else "")
     ckpt = Checkpointer(directory)
     try:
-        state, meta = ckpt.restore(like)
+        step = ckpt.latest_step()
+        if step is None:
+            raise PipelineError(f"no checkpoint in {directory}; run {mode} first.")
+        try:
+            meta = ckpt.read_meta(step)
+        except CheckpointError as e:
+            raise PipelineError(f"{e} Run {mode} --resume: it falls back to the newest intact "
+                                "checkpoint and trains to the end.") from e
+        check_trained_with(
+            config, meta, stage, str(directory / str(step)), f"cannot load {out_dir.name}",
+            f"Use the config it was trained with (recorded in {out_dir.name}/config.json)" +
+            (", or train the change as a new stage 2 with --config.stage2_name=NAME." if stage == 2
+             else ", or train the change in a fresh --workdir."))
+        dataset = load_demos(workdir) if dataset is None else dataset
+        trainer = tj.make_trainer(train_config(config, stage), dataset, stage)
+        like = jax.eval_shape(jax.vmap(trainer.init), seed_keys(config, stage))
+        try:
+            state, meta = ckpt.restore(like, step)
+        except CheckpointError as e:
+            raise PipelineError(f"{e} Run {mode} --resume: it falls back to the newest intact "
+                                "checkpoint and trains to the end.") from e
     finally:
         ckpt.close()
     return state.params, int(meta["step"])

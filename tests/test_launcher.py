@@ -53,6 +53,29 @@ def _smoke(**overrides):
     return config
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A synthetic-dataset workdir with both stages trained by the smoke config (checkpoints
+    at steps 4 and 8). Shared: copy it with `_copy` before changing it."""
+    from experiments import pipeline
+
+    workdir = _synthetic_workdir(tmp_path_factory.mktemp("trained") / "wd")
+    for stage in (1, 2):
+        pipeline.run_stage(_smoke(), workdir, stage)
+    return workdir
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    return Path(shutil.copytree(src, dest))
+
+
+def _damage(step_dir: Path) -> None:
+    """Deletes the largest array file of a checkpoint step, as a bad copy or a full disk might."""
+    files = sorted((p for p in (step_dir / "state").rglob("d/*") if p.is_file()),
+                   key=lambda p: p.stat().st_size)
+    files[-1].unlink()
+
+
 def _unprivileged() -> list[str]:
     """A command prefix under which file permissions apply (root ignores them otherwise)."""
     if os.geteuid() != 0:
@@ -85,7 +108,8 @@ def _final_params(workdir: Path, stage: int = 1):
 def test_mode_all_end_to_end(tmp_path):
     out = _launch("--mode=all", f"--workdir={tmp_path}")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for rel in ("config.json", "demos/dataset.npz", "demos/stats.json", "stage1/metrics.jsonl",
+    for rel in ("demos/config.json", "stage1/config.json", "stage2/config.json",
+                "demos/dataset.npz", "demos/stats.json", "stage1/metrics.jsonl",
                 "stage2/metrics.jsonl", "stage2/pairing.json", "eval/results.json", "eval/success.png",
                 "eval/learning_curves.png", "eval/rollout_two_stage.png", "eval/rollout_stage1.gif"):
         assert (tmp_path / rel).is_file(), rel
@@ -117,6 +141,8 @@ def test_mode_all_end_to_end(tmp_path):
     assert res["modes"]["stage1"]["episodes"] == first["modes"]["stage1"]["episodes"]
     assert "reusing stage-1 rollouts" in out.stderr
     assert json.loads((tmp_path / "direct" / "pairing.json").read_text())["step"] == 8
+    assert json.loads((tmp_path / "direct" / "config.json").read_text())["config"]["stage2"]["mode"] == "direct"
+    assert json.loads((tmp_path / "stage2" / "config.json").read_text())["config"]["stage2"]["mode"] == "correction"
     out = _launch("--mode=stage2", f"--workdir={tmp_path}", "--config.stage2_name=eval_x")
     assert out.returncode != 0 and "config.stage2_name must be a folder name" in out.stderr
 
@@ -204,26 +230,78 @@ def test_config_validation_names_the_field(overrides, message):
     assert str(e.value) == message
 
 
-def test_stage2_without_stage1_and_corrupted_checkpoint(tmp_path):
+def test_stage2_without_stage1_and_a_second_fresh_stage1_are_refused(trained, tmp_path):
     wd = _synthetic_workdir(tmp_path / "wd")
     out = _launch("--mode=stage2", f"--workdir={wd}")
     assert out.returncode == 2 and "stage 2 needs a trained stage 1" in out.stderr and "--mode=stage1" in out.stderr
+    wd = _copy(trained, tmp_path / "trained")
     out = _launch("--mode=stage1", f"--workdir={wd}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    out = _launch("--mode=stage1", f"--workdir={wd}")
-    assert out.returncode == 2 and "--resume" in out.stderr
-    # Damage every array file of the latest checkpoint.
-    latest = wd / "stage1" / "checkpoints" / "8" / "state"
-    damaged = 0
-    for f in latest.rglob("*"):
-        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
-            f.write_bytes(b"\x00garbage" * 4)
-            damaged += 1
-    assert damaged
-    out = _launch("--mode=stage1", f"--workdir={wd}", "--resume", "--config.stage1.num_steps=12")
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "could not be restored" in out.stderr and "delete that step directory" in out.stderr
-    # A corrupted dataset is refused with a pointer to --mode=demos.
-    (wd / "demos" / "dataset.npz").write_bytes(b"PK\x03\x04 truncated")
-    out = _launch("--mode=stage2", f"--workdir={wd}")
-    assert out.returncode == 2 and "--mode=demos" in out.stderr
+    assert out.returncode == 2 and "already holds checkpoints" in out.stderr and "--resume" in out.stderr
+
+
+def test_eval_and_resume_refuse_a_config_other_than_the_trained_one(trained, tmp_path):
+    from experiments import pipeline
+
+    wd = _copy(trained, tmp_path / "wd")
+    good = wd / "eval" / "results.json"
+    good.parent.mkdir()
+    good.write_text('{"good": true}')
+    with pytest.raises(pipeline.PipelineError) as e:
+        pipeline.run_eval(_smoke(**{"stage2.mode": "direct", "stage2.rotate": False}), wd)
+    assert "config.stage2.mode: trained 'correction', now 'direct'" in str(e.value)
+    assert "config.stage2.rotate: trained True, now False" in str(e.value)
+    with pytest.raises(pipeline.PipelineError, match=r"config\.stage2\.crop_size: trained 16, now 8"):
+        pipeline.run_eval(_smoke(**{"stage2.crop_size": 8}), wd)
+    assert good.read_text() == '{"good": true}'
+    with pytest.raises(pipeline.PipelineError, match=r"cannot resume stage1: .*config\.stage1\.learning_rate: "
+                                                     r"trained 0\.0003, now 0\.01"):
+        pipeline.run_stage(_smoke(**{"stage1.learning_rate": 0.01}), wd, 1, resume=True)
+    with pytest.raises(pipeline.PipelineError, match=r"config\.stage1\.network\.mlp_hidden: trained 8, now 16"):
+        pipeline.run_stage(_smoke(stage2_name="wide", **{"stage1.network.mlp_hidden": 16}), wd, 2)
+    assert not (wd / "wide" / "pairing.json").exists()
+
+
+def test_each_stage_keeps_the_config_it_was_started_with(trained, tmp_path):
+    wd = _copy(trained, tmp_path / "wd")
+    records = [wd / "stage1" / "config.json", wd / "stage2" / "config.json"]
+    for path in records:
+        assert json.loads(path.read_text())["config"]["stage1"]["num_steps"] == 8, path
+    edited = json.loads(records[0].read_text())
+    edited["note"] = "a hand edit"
+    records[0].write_text(json.dumps(edited))
+    before = [path.read_bytes() for path in records]
+    out = _launch("--mode=stage2", f"--workdir={wd}", "--resume")  # both stages are trained: nothing to do
+    assert out.returncode == 0 and "nothing to do" in out.stderr, out.stderr[-3000:]
+    assert [path.read_bytes() for path in records] == before
+    assert not (wd / "config.json").exists(), "a later mode wrote a workdir-wide config"
+
+
+def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
+    from experiments import pipeline
+
+    wd = _copy(trained, tmp_path / "wd")
+    _damage(wd / "stage1" / "checkpoints" / "8")
+    with pytest.raises(pipeline.PipelineError, match=r"checkpoint step 8 .* is damaged .* --mode=stage1 --resume"):
+        pipeline.run_stage(_smoke(stage2_name="again"), wd, 2)
+    assert not (wd / "again" / "pairing.json").exists()
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, caplog):
+    from experiments import pipeline
+    from twostage_jax.checkpoint import Checkpointer
+
+    wd = _copy(trained, tmp_path / "wd")
+    _damage(wd / "stage1" / "checkpoints" / "8")
+    with caplog.at_level(logging.INFO):
+        summary = pipeline.run_stage(_smoke(), wd, 1, resume=True)
+    assert summary["final_step"] == 8
+    assert "falling back to step 4, the newest intact checkpoint" in caplog.text
+    assert (wd / "stage1" / "damaged_checkpoints" / "8" / "state").is_dir(), "the damaged step was not kept"
+    ckpt = Checkpointer(wd / "stage1" / "checkpoints")
+    try:
+        assert ckpt.all_steps() == [4, 8]
+        ckpt.verify(8)
+    finally:
+        ckpt.close()
+    rows = [json.loads(x) for x in (wd / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["seed"] == 0] == [2, 4, 6, 8]
