@@ -31,6 +31,7 @@ flags.DEFINE_string("task", None, "Task name (overrides config.task), e.g. drawe
 flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_seeds).")
 flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).")
 flags.DEFINE_bool("resume", False, "Continue a stage from its newest intact checkpoint.")
+flags.DEFINE_bool("force", False, "With --mode=demos: replace an existing dataset.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collections config file "
                                 "(path[:variants]); fields can be overridden with --config.a.b=v.",
                                 lock_config=True)
@@ -145,6 +146,9 @@ def _main(argv: list[str]) -> int:
         pipeline.validate_config(config)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    if FLAGS.force and FLAGS.mode != "demos":
+        raise UsageError(f"--force only applies to --mode=demos (it lets it replace an existing "
+                         f"dataset); got --mode={FLAGS.mode}.")
     _check_task(config)
     workdir = Path(FLAGS.workdir).absolute()
     _check_workdir(workdir)
@@ -160,7 +164,7 @@ def _main(argv: list[str]) -> int:
             if FLAGS.mode == "all" and pipeline.dataset_path(workdir).exists():
                 logging.info("reusing the dataset in %s", pipeline.dataset_path(workdir))
             else:
-                pipeline.run_demos(config, workdir)
+                pipeline.run_demos(config, workdir, force=FLAGS.force)
         if FLAGS.mode in ("stage1", "all"):
             pipeline.run_stage(config, workdir, 1, resume=FLAGS.resume)
         if FLAGS.mode in ("stage2", "all"):
@@ -173,7 +177,8 @@ def _main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DatasetFormatError as e:
-        print(f"error: {e} Re-create it with --mode=demos.", file=sys.stderr)
+        print(f"error: {e} Re-record it with --mode=demos --force and the settings it was made "
+              "with (demos/config.json), or start a fresh --workdir.", file=sys.stderr)
         return 2
     return 0
 

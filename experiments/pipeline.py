@@ -231,15 +231,42 @@ def dataset_path(workdir: Path) -> Path:
     return workdir / "demos" / "dataset.npz"
 
 
+def trained_stages(workdir: Path) -> list[str]:
+    """Folders of the workdir whose checkpoints hold at least one step (stage1, stage2, ...)."""
+    return sorted(p.parent.name for p in workdir.glob("*/checkpoints")
+                  if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()))
+
+
 def _record(config: ml_collections.ConfigDict) -> dict:
     return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv),
             "config": config_to_dict(config)}
 
 
-def run_demos(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """Records demonstrations, builds the keyframe dataset and writes it atomically."""
+def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = False) -> dict:
+    """Records demonstrations, builds the keyframe dataset and writes it atomically.
+
+    Args:
+      config: the launcher config.
+      workdir: the workdir; the dataset goes to demos/dataset.npz, with demos/stats.json and
+        demos/config.json (the config that made it).
+      force: replace an existing dataset. Without it an existing dataset is refused before
+        any work, since the stages trained on it would no longer match it.
+
+    Raises:
+      PipelineError: a dataset exists and `force` is False.
+    """
     from twostage_jax.data.dataset import build_dataset, dataset_nbytes, save_dataset
 
+    path = dataset_path(workdir)
+    if path.exists() or path.is_symlink():
+        stages = trained_stages(workdir)
+        trained = f"; {', '.join(stages)} {'was' if len(stages) == 1 else 'were'} trained on it" \
+            if stages else ""
+        if not force:
+            raise PipelineError(
+                f"{path} already exists{trained}. --mode=demos would replace it: use a fresh "
+                "--workdir, or pass --force to replace it anyway.")
+        logging.warning("--force: replacing %s%s", path, trained)
     d = config.demos
     start = time.perf_counter()
     if config.env == "metaworld":

@@ -201,6 +201,7 @@ def test_clear_errors_for_bad_usage(tmp_path):
     refused("--mode=all", workdir, "--config.stage2.crop_sise=3",
             expect=["--config.stage2.crop_sise: the config has no field 'crop_sise'; did you mean 'crop_size'?"])
     refused("--mode=all", workdir, "--task=reach-v9", expect=["unknown MetaWorld task 'reach-v9'"])
+    refused("--mode=all", workdir, "--force", expect=["--force only applies to --mode=demos"])
     (tmp_path / "a_file").write_text("")
     refused("--mode=all", f"--workdir={tmp_path / 'a_file'}", expect=["a_file is a file; expected a folder"])
     locked = tmp_path / "locked"
@@ -274,6 +275,36 @@ def test_each_stage_keeps_the_config_it_was_started_with(trained, tmp_path):
     assert out.returncode == 0 and "nothing to do" in out.stderr, out.stderr[-3000:]
     assert [path.read_bytes() for path in records] == before
     assert not (wd / "config.json").exists(), "a later mode wrote a workdir-wide config"
+
+
+def test_demos_refuses_to_replace_a_dataset_and_the_advice_is_safe(trained, tmp_path):
+    wd = _copy(trained, tmp_path / "wd")
+    dataset = wd / "demos" / "dataset.npz"
+    before = dataset.read_bytes()
+    out = _launch("--mode=demos", f"--workdir={wd}")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "stage1, stage2 were trained on it" in out.stderr and "pass --force" in out.stderr
+    assert dataset.read_bytes() == before
+    # An unreadable dataset: the advice is the command that may replace it, with its settings.
+    dataset.write_bytes(b"PK\x03\x04 truncated")
+    out = _launch("--mode=stage2", f"--workdir={wd}", "--config.stage2_name=again")
+    assert out.returncode == 2 and "--mode=demos --force" in out.stderr and "demos/config.json" in out.stderr
+
+
+@pytest.mark.sim
+def test_demos_force_replaces_the_dataset_and_records_its_config(tmp_path):
+    from experiments import pipeline
+
+    wd = _synthetic_workdir(tmp_path / "wd")
+    before = pipeline.dataset_path(wd).read_bytes()
+    config = _smoke(**{"demos.num_demos": 1})
+    with pytest.raises(pipeline.PipelineError, match="pass --force"):
+        pipeline.run_demos(config, wd)
+    assert pipeline.dataset_path(wd).read_bytes() == before
+    pipeline.run_demos(config, wd, force=True)
+    assert pipeline.dataset_path(wd).read_bytes() != before
+    assert pipeline.load_demos(wd).images.shape[1:3] == (32, 32)
+    assert json.loads((wd / "demos" / "config.json").read_text())["config"]["demos"]["num_demos"] == 1
 
 
 def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
