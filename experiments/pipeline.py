@@ -622,10 +622,25 @@ def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots."""
+    """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
+
+    Before any rollout it checks that both stages were trained with this config and that the
+    output folders are writable. The results, plots and frames are written to a temporary
+    folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
+    results whole.
+    """
     from experiments import plots
 
+    out_dir = eval_dir(workdir, config)
+    ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
+    if out_dir.exists():
+        ensure_writable(out_dir, "evaluation replaces the results in it; make it writable.")
+    ensure_writable(stage_dir(workdir, 1, config), "evaluation caches stage-1 rollouts there.")
     dataset = load_demos(workdir)
+    if dataset.images.shape[1] != int(config.demos.image_size):
+        raise PipelineError(f"config.demos.image_size ({config.demos.image_size}) differs from the "
+                            f"dataset's images ({dataset.images.shape[1]} px), and evaluation renders "
+                            "at config.demos.image_size; use the size the dataset was recorded at.")
     params1, step1 = load_params(config, workdir, 1, dataset)
     params2, step2 = load_params(config, workdir, 2, dataset)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
@@ -652,8 +667,6 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         success["stage1"] = np.asarray(cached["success"], bool)
         del to_run["stage1"]
         logging.info("reusing stage-1 rollouts from %s", cache_path)
-    out_dir = eval_dir(workdir, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
     recorded: dict[str, Any] = {}
     bar = _progress(num_seeds * len(seeds) * len(to_run), 0, "eval", unit="episode")
     start = time.perf_counter()
@@ -694,12 +707,13 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                                "episodes": success[m].astype(int).tolist()}
     gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
     results["gain"] = {"mean": gain.mean, "ci_low": gain.low, "ci_high": gain.high}
-    write_json_atomic(out_dir / "results.json", results)
-    plots.success_bars(results, out_dir / "success.png")
-    plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],
-                          out_dir / "learning_curves.png")
-    for mode, eps in recorded.items():
-        plots.rollout_frames(eps[0], camera, workspace, out_dir / f"rollout_{mode}.png")
+    with atomic_folder(out_dir) as tmp:
+        write_json_atomic(tmp / "results.json", results)
+        plots.success_bars(results, tmp / "success.png")
+        plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],
+                              tmp / "learning_curves.png")
+        for mode, eps in recorded.items():
+            plots.rollout_frames(eps[0], camera, workspace, tmp / f"rollout_{mode}.png")
     return results
 
 

@@ -307,6 +307,60 @@ def test_demos_force_replaces_the_dataset_and_records_its_config(tmp_path):
     assert json.loads((wd / "demos" / "config.json").read_text())["config"]["demos"]["num_demos"] == 1
 
 
+def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path):
+    wd = _copy(trained, tmp_path / "wd")
+    out_dir = wd / "eval"
+    out_dir.mkdir()
+    (out_dir / "results.json").write_text('{"good": true}')
+    out_dir.chmod(0o555)
+    try:
+        out = _launch("--mode=eval", f"--workdir={wd}", "--config.demos.image_size=32",
+                      prefix=_unprivileged())
+    finally:
+        out_dir.chmod(0o755)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"{out_dir} is not writable (Permission denied)" in out.stderr
+    assert "episode" not in out.stderr, "it rolled out before checking"
+    assert (out_dir / "results.json").read_text() == '{"good": true}'
+
+
+def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch):
+    from experiments import pipeline, plots
+
+    wd = _copy(trained, tmp_path / "wd")
+    old = {"results.json": '{"old": true}', "success.png": "old plot", "rollout_stage1.png": "old frames"}
+    (wd / "eval").mkdir()
+    for name, text in old.items():
+        (wd / "eval" / name).write_text(text)
+
+    class Env:  # the rollouts are not what this test is about
+        camera = None
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pipeline, "_make_env", lambda config: Env())
+    monkeypatch.setattr(pipeline.evaluation, "rollout",
+                        lambda env, act, layout, record=False: types.SimpleNamespace(success=layout % 2 == 0))
+    learning_curves = plots.learning_curves
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plots, "learning_curves", disk_full)
+    config = _smoke(**{"eval.record_episodes": 0, "eval.bootstrap_reps": 10})
+    with pytest.raises(OSError, match="No space left on device"):
+        pipeline.run_eval(config, wd)
+    assert {p.name: p.read_text() for p in (wd / "eval").iterdir()} == old
+    assert not [p.name for p in wd.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+
+    monkeypatch.setattr(plots, "learning_curves", learning_curves)
+    results = pipeline.run_eval(config, wd)
+    assert sorted(p.name for p in (wd / "eval").iterdir()) == ["learning_curves.png", "results.json", "success.png"]
+    assert json.loads((wd / "eval" / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert results["modes"]["two_stage"]["per_seed"] == [0.5, 0.5]
+
+
 def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
     from experiments import pipeline
 
