@@ -322,7 +322,11 @@ def seed_keys(config: ml_collections.ConfigDict, stage: int) -> jax.Array:
 
 
 class _MetricsLog:
-    """Per-chunk metrics to JSONL (atomic rewrite on resume) and TensorBoard."""
+    """Per-chunk metrics to JSONL (atomic rewrite on resume) and TensorBoard, both flushed per chunk.
+
+    TensorBoard events are written synchronously (tensorboardX's `SummaryWriter` queues them
+    to a thread that flushes every two minutes, so a killed run lost them).
+    """
 
     def __init__(self, directory: Path, resume_step: int):
         self.path = directory / "metrics.jsonl"
@@ -339,20 +343,35 @@ class _MetricsLog:
             f.writelines(lines)
         self._file = open(self.path, "a")
         try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(directory / "tb"), purge_step=resume_step + 1 if resume_step else None)
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+            from tensorboardX.proto.summary_pb2 import Summary
         except ImportError:  # pragma: no cover - tensorboardX is a core dependency
             self._tb = None
+            return
+        self._event, self._summary = Event, Summary
+        (directory / "tb").mkdir(parents=True, exist_ok=True)
+        self._tb = EventsWriter(str(directory / "tb" / "events"))
+        if resume_step:  # TensorBoard hides the events of steps > resume_step written before a kill
+            self._tb.write_event(Event(wall_time=time.time(), step=resume_step + 1,
+                                       session_log=SessionLog(status=SessionLog.START)))
+            self._tb.flush()
 
     def write(self, step: int, means: dict[str, np.ndarray]) -> None:
+        """Appends one chunk's per-seed means; TensorBoard first, so whatever a kill leaves in
+        metrics.jsonl is in the event file too."""
         num_seeds = len(next(iter(means.values())))
+        if self._tb is not None:
+            now = time.time()
+            for i in range(num_seeds):
+                values = [self._summary.Value(tag=f"seed{i}/{k}", simple_value=float(v[i]))
+                          for k, v in means.items()]
+                self._tb.write_event(self._event(wall_time=now, step=int(step),
+                                                 summary=self._summary(value=values)))
+            self._tb.flush()
         for i in range(num_seeds):
             row = {"step": int(step), "seed": i, **{k: float(v[i]) for k, v in means.items()}}
             self._file.write(json.dumps(row) + "\n")
-            if self._tb is not None:
-                for k, v in means.items():
-                    self._tb.add_scalar(f"seed{i}/{k}", float(v[i]), step)
         self._file.flush()
         os.fsync(self._file.fileno())
 

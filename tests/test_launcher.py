@@ -90,6 +90,23 @@ def _unprivileged() -> list[str]:
     return cmd
 
 
+def _tb_steps(folder: Path, tag: str = "seed0/bc_loss") -> list[int]:
+    """The steps of `tag` in the TensorBoard event files of `folder` (complete records only)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    steps = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            if pos + 16 + n > len(data):
+                break  # a record cut by a kill
+            event = Event.FromString(data[pos + 12:pos + 12 + n])
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+            pos += 16 + n
+    return steps
+
+
 def _final_params(workdir: Path, stage: int = 1):
     from twostage_jax.checkpoint import Checkpointer
 
@@ -170,6 +187,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     killed_at, _ = _final_params(run)
     assert killed_at < 120, "the run finished before it could be killed"
+    logged = set()
+    for line in (run / "stage1" / "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut by the kill
+        logged.update([row["step"]] if row["seed"] == 0 else [])
+    tb = _tb_steps(run / "stage1" / "tb")
+    assert logged and logged <= set(tb), f"TensorBoard lost steps the kill left in metrics.jsonl: {sorted(logged - set(tb))}"
 
     out = _launch("--mode=stage1", f"--workdir={run}", "--resume", *steps)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -182,6 +208,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     rows = [json.loads(x) for x in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
     steps_seen = [r["step"] for r in rows if r["seed"] == 0]
     assert steps_seen == list(range(2, 121, 2)), "metrics lost or duplicated across the resume"
+
+
+def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
+    from experiments import pipeline
+
+    log = pipeline._MetricsLog(tmp_path, resume_step=0)
+    try:
+        for step in (2, 4, 6):
+            log.write(step, {"bc_loss": np.array([1.0, 2.0])})
+            # What a SIGKILL now would leave (and what TensorBoard reads meanwhile):
+            assert _tb_steps(tmp_path / "tb") == list(range(2, step + 1, 2))
+    finally:
+        log.close()
 
 
 def test_clear_errors_for_bad_usage(tmp_path):
