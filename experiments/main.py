@@ -6,8 +6,10 @@ Examples:
       --config=experiments/configs/paper.py:cql --task=drawer-open-v3
   python -m experiments.main --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
 
-Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its latest
-checkpoint. Every flag and config field is checked before any work starts.
+Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its newest
+intact checkpoint. `--force` lets --mode=demos replace an existing dataset. Every flag and config
+field is checked before any work starts; a bad one gets a one-line error (exit status 1), a
+refusal to touch the workdir one too (exit status 2).
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ Workdir layout:
 
 With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
 ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage 1.
+
+What a workdir guarantees: the dataset is never replaced without `force`; a stage's
+checkpoints are only extended by a resume with the config they were trained with (compared
+field by field, see `program_fields`), and damaged ones are moved aside, never deleted; an
+evaluation only runs with the config its stages were trained with and replaces its folder as
+a unit, so a failure leaves the previous results whole.
 """
 
 from __future__ import annotations
