@@ -76,18 +76,16 @@ def _damage(step_dir: Path) -> None:
     files[-1].unlink()
 
 
-def _unprivileged() -> list[str]:
-    """A command prefix under which file permissions apply (root ignores them otherwise)."""
+def _unprivileged() -> list[str] | None:
+    """A command prefix under which file permissions apply (root ignores them otherwise), or
+    None where none can be made (root without setpriv's capability drop)."""
     if os.geteuid() != 0:
         return []
     cmd = [shutil.which("setpriv") or "setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
     try:
-        works = subprocess.run([*cmd, "true"], capture_output=True).returncode == 0
+        return cmd if subprocess.run([*cmd, "true"], capture_output=True).returncode == 0 else None
     except OSError:
-        works = False
-    if not works:
-        pytest.skip("running as root without setpriv's capability drop: permissions do not apply")
-    return cmd
+        return None
 
 
 def _tb_steps(folder: Path, tag: str = "seed0/bc_loss") -> list[int]:
@@ -243,16 +241,19 @@ def test_clear_errors_for_bad_usage(tmp_path):
     refused("--mode=all", workdir, "--force", expect=["--force only applies to --mode=demos"])
     (tmp_path / "a_file").write_text("")
     refused("--mode=all", f"--workdir={tmp_path / 'a_file'}", expect=["a_file is a file; expected a folder"])
+    assert not (tmp_path / "demos").exists(), "work started despite a bad flag"
+    unprivileged = _unprivileged()
+    if unprivileged is None:
+        pytest.skip("running as root without setpriv's capability drop: permissions do not apply")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     try:
-        refused("--mode=all", f"--workdir={locked}", prefix=_unprivileged(),
+        refused("--mode=all", f"--workdir={locked}", prefix=unprivileged,
                 expect=[f"--workdir {locked} is not writable (Permission denied)"])
-        refused("--mode=all", f"--workdir={locked / 'new'}", prefix=_unprivileged(),
+        refused("--mode=all", f"--workdir={locked / 'new'}", prefix=unprivileged,
                 expect=[f"--workdir {locked / 'new'} cannot be created (Permission denied)"])
     finally:
         locked.chmod(0o755)
-    assert not (tmp_path / "demos").exists(), "work started despite a bad flag"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -351,10 +352,13 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
     out_dir = wd / "eval"
     out_dir.mkdir()
     (out_dir / "results.json").write_text('{"good": true}')
+    unprivileged = _unprivileged()
+    if unprivileged is None:
+        pytest.skip("running as root without setpriv's capability drop: permissions do not apply")
     out_dir.chmod(0o555)
     try:
         out = _launch("--mode=eval", f"--workdir={wd}", "--config.demos.image_size=32",
-                      prefix=_unprivileged())
+                      prefix=unprivileged)
     finally:
         out_dir.chmod(0o755)
     assert out.returncode == 2, out.stderr[-3000:]
