@@ -224,9 +224,12 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
         raise FileNotFoundError(f"{workdir / stage2_name} has no finished stage 2: finish the run "
                                 "first (python -m experiments.reproduce).")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    record = workdir / stage2_name / "config.json"  # the config stage 2 was started with
     if "config" in results:  # the exact config the run was evaluated with
         config = ml_collections.ConfigDict(results["config"])
-    else:  # not evaluated, or an older launcher: the workdir's last config.json
+    elif record.exists():
+        config = ml_collections.ConfigDict(json.loads(record.read_text())["config"])
+    else:  # a workdir of an older launcher: its last invocation's config.json
         config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())["config"])
     _check_disjoint(config, workdir, held_out_seed, held_out)
     train = pipeline.load_demos(workdir)

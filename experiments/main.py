@@ -6,14 +6,17 @@ Examples:
       --config=experiments/configs/paper.py:cql --task=drawer-open-v3
   python -m experiments.main --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
 
-Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its latest
-checkpoint. Every flag and config field is checked before any work starts.
+Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its newest
+intact checkpoint. `--force` lets --mode=demos replace an existing dataset. Every flag and config
+field is checked before any work starts; a bad one gets a one-line error (exit status 1), a
+refusal to touch the workdir one too (exit status 2).
 """
 
 from __future__ import annotations
 
 import logging as pylogging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -29,14 +32,56 @@ flags.DEFINE_string("workdir", None, "Directory for the dataset, checkpoints, lo
 flags.DEFINE_string("task", None, "Task name (overrides config.task), e.g. drawer-open-v3.")
 flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_seeds).")
 flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).")
-flags.DEFINE_bool("resume", False, "Continue a stage from its latest checkpoint.")
+flags.DEFINE_bool("resume", False, "Continue a stage from its newest intact checkpoint.")
+flags.DEFINE_bool("force", False, "With --mode=demos: replace an existing dataset.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collections config file "
                                 "(path[:variants]); fields can be overridden with --config.a.b=v.",
                                 lock_config=True)
 
 
 class UsageError(app.UsageError):
-    pass
+    """Bad flags or config: reported in one line, before any work."""
+
+
+def _exit_usage(message: str) -> None:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) > 2:  # e.g. a config file's traceback: its first and last lines say it all
+        lines = [lines[0], lines[-1]]
+    print(f"error: {' '.join(lines)}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _unknown_field(error: BaseException, argv: list[str]) -> str | None:
+    """The message for a --config.a.b=v that names no config field (ml_collections raises
+    AttributeError or KeyError with a multi-line hint), or None if `error` is something else."""
+    text = error.args[0] if error.args else ""
+    if isinstance(text, BaseException):
+        text = text.args[0] if text.args else ""
+    match = re.match(r"'([^']+)'", str(text))
+    if not match:
+        return None
+    key = match.group(1)
+    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                 and key in a.split("=", 1)[0].split(".")[1:]), None)
+    if flag is None:
+        return None
+    hint = re.search(r'Did you mean "([^"]+)"', str(text))
+    return (f"{flag}: the config has no field {key!r}"
+            + (f"; did you mean {hint.group(1)!r}?" if hint else "."))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every error reported in one line (exit status 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _exit_usage(str(e))
+    except (AttributeError, KeyError) as e:
+        message = _unknown_field(e, argv)
+        if message is None:
+            raise
+        _exit_usage(message)
+    raise AssertionError("unreachable")
 
 
 def _resolve_config():
@@ -62,7 +107,36 @@ def _check_task(config) -> None:
                          f"of {len(names)} names such as {', '.join(sorted(names)[:4])}, ...")
 
 
+def _check_workdir(workdir: Path) -> None:
+    """Refuses a --workdir that is a file, is missing where it must exist, or is not writable."""
+    from experiments import pipeline
+
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir} is a file; expected a folder (existing, or one to "
+                         "create).")
+    if FLAGS.mode in ("stage1", "stage2", "eval") and not workdir.exists():
+        raise UsageError(f"--workdir {workdir} does not exist; --mode={FLAGS.mode} needs the dataset "
+                         "from --mode=demos (or run --mode=all).")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--workdir {workdir} cannot be created ({e.strerror or e}).") from e
+    try:
+        pipeline.ensure_writable(workdir, "--workdir must be a folder this user can write.")
+    except pipeline.PipelineError as e:
+        raise UsageError(f"--workdir {e}") from e
+
+
 def main(argv: list[str]) -> int:
+    """Runs the launcher; bad usage exits 1 with one line, before any work."""
+    try:
+        return _main(argv)
+    except UsageError as e:
+        _exit_usage(str(e))
+    return 1
+
+
+def _main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise UsageError(f"unexpected positional arguments {argv[1:]}; every option is a --flag.")
     if not FLAGS.workdir:
@@ -74,27 +148,25 @@ def main(argv: list[str]) -> int:
         pipeline.validate_config(config)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    if FLAGS.force and FLAGS.mode != "demos":
+        raise UsageError(f"--force only applies to --mode=demos (it lets it replace an existing "
+                         f"dataset); got --mode={FLAGS.mode}.")
     _check_task(config)
     workdir = Path(FLAGS.workdir).absolute()
-    if FLAGS.mode in ("stage1", "stage2", "eval") and not workdir.exists():
-        raise UsageError(f"--workdir {workdir} does not exist; --mode={FLAGS.mode} needs the dataset "
-                         "from --mode=demos (or run --mode=all).")
-    workdir.mkdir(parents=True, exist_ok=True)
+    _check_workdir(workdir)
 
     import jax
 
-    from twostage_jax.checkpoint import CheckpointError, write_json_atomic
+    from twostage_jax.checkpoint import CheckpointError
     from twostage_jax.data.dataset import DatasetFormatError
 
     logging.info("JAX %s on %s: %s", jax.__version__, jax.default_backend(), jax.devices())
-    write_json_atomic(workdir / "config.json", {"mode": FLAGS.mode, "argv": sys.argv,
-                                                 "config": pipeline.config_to_dict(config)})
     try:
         if FLAGS.mode in ("demos", "all"):
             if FLAGS.mode == "all" and pipeline.dataset_path(workdir).exists():
                 logging.info("reusing the dataset in %s", pipeline.dataset_path(workdir))
             else:
-                pipeline.run_demos(config, workdir)
+                pipeline.run_demos(config, workdir, force=FLAGS.force)
         if FLAGS.mode in ("stage1", "all"):
             pipeline.run_stage(config, workdir, 1, resume=FLAGS.resume)
         if FLAGS.mode in ("stage2", "all"):
@@ -107,22 +179,25 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DatasetFormatError as e:
-        print(f"error: {e} Re-create it with --mode=demos.", file=sys.stderr)
+        print(f"error: {e} Re-record it with --mode=demos --force and the settings it was made "
+              "with (demos/config.json), or start a fresh --workdir.", file=sys.stderr)
         return 2
     return 0
 
 
 class _DropLibraryInfo(pylogging.Filter):
-    """Hides orbax and rliable INFO lines so progress bars and the results table stay readable."""
+    """Hides orbax, rliable and PyOpenGL INFO lines so progress bars, errors and the results
+    table stay readable."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno > pylogging.INFO or not any(lib in record.pathname for lib in ("orbax", "rliable"))
+        return record.levelno > pylogging.INFO or not any(
+            lib in record.pathname for lib in ("orbax", "rliable", "OpenGL"))
 
 
 def run() -> None:
     """Console-script entry point (`twostage`)."""
     logging.get_absl_handler().addFilter(_DropLibraryInfo())
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The launcher's stages: demos -> stage 1 -> stage 2 -> evaluation, on one workdir.
 
 Workdir layout:
-  config.json                      the full config of the latest invocation
   demos/dataset.npz, stats.json    the offline dataset and how it was made
   demos/validation.npz             held-out demos (config.demos.num_validation > 0): layouts used
                                    neither for training nor for evaluation
+  demos/config.json                the config that recorded the dataset
+  stage{1,2}/config.json           the config a stage was started with (kept on --resume)
   stage{1,2}/checkpoints/          orbax checkpoints (AgentState with a leading seed axis)
+  stage{1,2}/damaged_checkpoints/  checkpoints --resume found damaged and moved aside
   stage{1,2}/metrics.jsonl         per-chunk mean metrics, one line per (step, seed)
   stage{1,2}/tb/                   TensorBoard event files
   stage2/pairing.json              the stage-1 checkpoint stage 2 pairs with
@@ -13,14 +15,24 @@ Workdir layout:
 
 With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
 ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage 1.
+
+What a workdir guarantees: the dataset is never replaced without `force`; a stage's
+checkpoints are only extended by a resume with the config they were trained with (compared
+field by field, see `program_fields`), and damaged ones are moved aside, never deleted; an
+evaluation only runs with the config its stages were trained with and replaces its folder as
+a unit, so a failure leaves the previous results whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +44,8 @@ from absl import logging
 
 import twostage_jax as tj
 from twostage_jax import evaluation
-from twostage_jax._io import atomic_open
-from twostage_jax.checkpoint import Checkpointer, write_json_atomic
+from twostage_jax._io import atomic_folder, atomic_open
+from twostage_jax.checkpoint import CheckpointError, Checkpointer, write_json_atomic
 
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
 
@@ -110,11 +122,36 @@ def train_config(config: ml_collections.ConfigDict, stage: int, workdir: Path | 
         network=_network(s.network), cql=cql, stage2=s2)
 
 
+def _int_at_least(config: ml_collections.ConfigDict, path: str, low: int) -> None:
+    value = config
+    for part in path.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        what = "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"config.{path} must be {what}; got {value!r}.")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before any work starts; raises ValueError naming the field."""
     placeholder = {"sigma": list(config.stage2.sigma), "crop_size": 8}  # fields only
     for stage in (1, 2):
-        train_config(config, stage, calibration=placeholder)  # the dataclasses validate fields
+        try:
+            # the library's dataclasses validate their own fields
+            train_config(config, stage, calibration=placeholder)
+        except ValueError as e:  # name the launcher's field, not the library's
+            name = STAGE_NAMES[stage]
+            message = str(e).replace("TrainConfig.algo", "config.algo")
+            for library, launcher in (("NetworkConfig.", f"config.{name}.network."),
+                                      ("TrainConfig.", f"config.{name}."),
+                                      ("Stage2Config.", "config.stage2."), ("CQLConfig.", "config.cql.")):
+                message = message.replace(library, launcher)
+            raise ValueError(message) from e
+    for path, low in (("seed", 0), ("demos.seed", 0), ("demos.augment_every", 1),
+                      ("demos.image_size", 1), ("demos.max_keyframes", 1), ("eval.seed", 0),
+                      ("eval.record_episodes", 0), ("eval.bootstrap_reps", 1)):
+        _int_at_least(config, path, low)
+    if not 0.0 <= float(config.demos.gamma) < 1.0:  # NaN fails too
+        raise ValueError(f"config.demos.gamma must lie in [0, 1); got {config.demos.gamma!r}.")
     s2 = config.stage2
     if int(s2.crop_size) < 0:
         raise ValueError(f"config.stage2.crop_size must be a positive int, or 0 for 'auto' "
@@ -175,6 +212,97 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          "TASK/variation0/episodes/ from RLBench's dataset generator.")
 
 
+def _plain(x: Any) -> Any:
+    return [_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def program_fields(config: ml_collections.ConfigDict, stage: int) -> dict[str, Any]:
+    """The config fields that change what `stage` trains, by dotted name, with their effective values.
+
+    Resuming a stage, pairing stage 2 with stage 1 and evaluating compare these with the config
+    the checkpoint was trained with. Left out: `num_steps` (a resume may extend a run), the
+    logging and checkpoint cadence, `seed_strategy` and `conv_impl` (the same parameters up to
+    float rounding), and fields the stage's algorithm ignores.
+    """
+    # A calibrated stage 2 is compared by its calibration settings (the values it derives are
+    # fixed in its calibration.json), so resolve it with placeholders here.
+    s2 = config.stage2
+    placeholder = {"sigma": list(s2.sigma), "crop_size": 8} if needs_calibration(config) else None
+    tc = train_config(config, stage, calibration=placeholder)
+    name = STAGE_NAMES[stage]
+    fields: dict[str, Any] = {
+        "env": str(config.get("env", "metaworld")), "task": str(config.task), "algo": tc.algo,
+        "seed": int(config.seed), "num_seeds": int(config.num_seeds),
+        f"{name}.batch_size": tc.batch_size, f"{name}.min_move": tc.min_move}
+    if stage == 2:
+        fields.update({"stage2.crop_size (0: auto)": int(s2.crop_size),
+                       "stage2.calibrate_sigma": bool(s2.get("calibrate_sigma", False))})
+        if needs_calibration(config):
+            fields.update({"stage2.sigma_floor": float(s2.get("sigma_floor", 0.02)),
+                           "stage2.crop_coverage": float(s2.get("crop_coverage", 0.95))})
+    if tc.algo == "bc":
+        fields[f"{name}.learning_rate"] = tc.learning_rate
+    if stage == 1:
+        fields["stage1.image_size"] = tc.image_size
+    for f in dataclasses.fields(tc.network):
+        if f.name != "conv_impl":
+            fields[f"{name}.network.{f.name}"] = _plain(getattr(tc.network, f.name))
+    if stage == 2:
+        for f in dataclasses.fields(tc.stage2):
+            fields[f"stage2.{f.name}"] = _plain(getattr(tc.stage2, f.name))
+    if tc.algo == "cql":
+        for f in dataclasses.fields(tc.cql):
+            key = ("stage2.cql_target (else cql.target)" if stage == 2 and f.name == "target"
+                   else f"cql.{f.name}")
+            fields[key] = _plain(getattr(tc.cql, f.name))
+    return fields
+
+
+def config_differences(trained: Mapping[str, Any], config: ml_collections.ConfigDict,
+                       stage: int) -> list[str]:
+    """'config.FIELD: trained X, now Y' for each `program_fields` entry that differs."""
+    try:
+        old = program_fields(ml_collections.ConfigDict(dict(trained)), stage)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        return [f"the stored config cannot be read ({type(e).__name__}: {e})"]
+    new = program_fields(config, stage)
+    return [f"config.{k}: trained {old.get(k, '(absent)')!r}, now {v!r}"
+            for k, v in new.items() if old.get(k, "(absent)") != v]
+
+
+def check_trained_with(config: ml_collections.ConfigDict, meta: dict, stage: int, where: str,
+                       action: str, advice: str) -> None:
+    """Raises PipelineError naming every differing field unless `config` trains what `meta` did.
+
+    Args:
+      config: the config of this invocation.
+      meta: a checkpoint's metadata (its `config` is the one the stage was trained with).
+      stage: which stage's fields to compare.
+      where: the checkpoint, for the message.
+      action: what is refused, for the message ("cannot evaluate").
+      advice: what to do instead.
+    """
+    if "config" in meta:
+        diffs = config_differences(meta["config"], config, stage)
+    else:  # written before checkpoints stored their config: what the metadata has
+        now = {"num_seeds": int(config.num_seeds), "algo": str(config.algo)}
+        diffs = [f"config.{k}: trained {meta[k]!r}, now {v!r}" for k, v in now.items()
+                 if k in meta and meta[k] != v]
+    if diffs:
+        raise PipelineError(f"{action}: the config differs from the one {STAGE_NAMES[stage]} was "
+                            f"trained with ({where}): {'; '.join(diffs)}. {advice}")
+
+
+def ensure_writable(folder: Path, why: str) -> None:
+    """Raises PipelineError unless a file can be created in `folder` (tried, not guessed)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+    except OSError as e:
+        raise PipelineError(f"{folder} is not writable ({e.strerror or e}); {why}") from e
+    os.close(fd)
+    os.unlink(probe)
+
+
 # --------------------------------------------------------------------------------------------
 # Demos
 
@@ -183,10 +311,42 @@ def dataset_path(workdir: Path) -> Path:
     return workdir / "demos" / "dataset.npz"
 
 
-def run_demos(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """Records demonstrations, builds the keyframe dataset and writes it atomically."""
+def trained_stages(workdir: Path) -> list[str]:
+    """Folders of the workdir whose checkpoints hold at least one step (stage1, stage2, ...)."""
+    return sorted(p.parent.name for p in workdir.glob("*/checkpoints")
+                  if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()))
+
+
+def _record(config: ml_collections.ConfigDict) -> dict:
+    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv),
+            "config": config_to_dict(config)}
+
+
+def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = False) -> dict:
+    """Records demonstrations, builds the keyframe dataset and writes it atomically.
+
+    Args:
+      config: the launcher config.
+      workdir: the workdir; the dataset goes to demos/dataset.npz, with demos/stats.json and
+        demos/config.json (the config that made it).
+      force: replace an existing dataset. Without it an existing dataset is refused before
+        any work, since the stages trained on it would no longer match it.
+
+    Raises:
+      PipelineError: a dataset exists and `force` is False.
+    """
     from twostage_jax.data.dataset import build_dataset, dataset_nbytes, save_dataset
 
+    path = dataset_path(workdir)
+    if path.exists() or path.is_symlink():
+        stages = trained_stages(workdir)
+        trained = f"; {', '.join(stages)} {'was' if len(stages) == 1 else 'were'} trained on it" \
+            if stages else ""
+        if not force:
+            raise PipelineError(
+                f"{path} already exists{trained}. --mode=demos would replace it: use a fresh "
+                "--workdir, or pass --force to replace it anyway.")
+        logging.warning("--force: replacing %s%s", path, trained)
     d = config.demos
     start = time.perf_counter()
     if config.env == "metaworld":
@@ -223,11 +383,14 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
                                                              augment_every=10**6))
         info["validation_seeds"] = [int(t.seed) for t in val]
+    elif validation_path(workdir).exists():  # --force without validation demos: drop the old ones
+        validation_path(workdir).unlink()
     save_dataset(dataset_path(workdir), ds)
     info.update(task=config.task, env=config.env, transitions=int(ds.action.shape[0]),
                 images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
                 total_seconds=time.perf_counter() - start)
     write_json_atomic(workdir / "demos" / "stats.json", info)
+    write_json_atomic(workdir / "demos" / "config.json", _record(config))
     logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
                  info.get("kept", len(trajs)), info["transitions"], info["images"],
                  info["dataset_mib"], info["total_seconds"])
@@ -266,7 +429,11 @@ def seed_keys(config: ml_collections.ConfigDict, stage: int) -> jax.Array:
 
 
 class _MetricsLog:
-    """Per-chunk metrics to JSONL (atomic rewrite on resume) and TensorBoard."""
+    """Per-chunk metrics to JSONL (atomic rewrite on resume) and TensorBoard, both flushed per chunk.
+
+    TensorBoard events are written synchronously (tensorboardX's `SummaryWriter` queues them
+    to a thread that flushes every two minutes, so a killed run lost them).
+    """
 
     def __init__(self, directory: Path, resume_step: int):
         self.path = directory / "metrics.jsonl"
@@ -283,20 +450,35 @@ class _MetricsLog:
             f.writelines(lines)
         self._file = open(self.path, "a")
         try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(directory / "tb"), purge_step=resume_step + 1 if resume_step else None)
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+            from tensorboardX.proto.summary_pb2 import Summary
         except ImportError:  # pragma: no cover - tensorboardX is a core dependency
             self._tb = None
+            return
+        self._event, self._summary = Event, Summary
+        (directory / "tb").mkdir(parents=True, exist_ok=True)
+        self._tb = EventsWriter(str(directory / "tb" / "events"))
+        if resume_step:  # TensorBoard hides the events of steps > resume_step written before a kill
+            self._tb.write_event(Event(wall_time=time.time(), step=resume_step + 1,
+                                       session_log=SessionLog(status=SessionLog.START)))
+            self._tb.flush()
 
     def write(self, step: int, means: dict[str, np.ndarray]) -> None:
+        """Appends one chunk's per-seed means; TensorBoard first, so whatever a kill leaves in
+        metrics.jsonl is in the event file too."""
         num_seeds = len(next(iter(means.values())))
+        if self._tb is not None:
+            now = time.time()
+            for i in range(num_seeds):
+                values = [self._summary.Value(tag=f"seed{i}/{k}", simple_value=float(v[i]))
+                          for k, v in means.items()]
+                self._tb.write_event(self._event(wall_time=now, step=int(step),
+                                                 summary=self._summary(value=values)))
+            self._tb.flush()
         for i in range(num_seeds):
             row = {"step": int(step), "seed": i, **{k: float(v[i]) for k, v in means.items()}}
             self._file.write(json.dumps(row) + "\n")
-            if self._tb is not None:
-                for k, v in means.items():
-                    self._tb.add_scalar(f"seed{i}/{k}", float(v[i]), step)
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -329,13 +511,85 @@ def _progress(total: int, initial: int, desc: str, unit: str = "step"):
                 mininterval=2.0, smoothing=0.1)
 
 
+def _resume_advice(stage: int, config: ml_collections.ConfigDict) -> str:
+    record = stage_dir(Path("."), stage, config).name + "/config.json"
+    other = ("a fresh --workdir" if stage == 1 else
+             "a fresh --workdir, or a new stage 2 beside it with --config.stage2_name=NAME")
+    return (f"Resume with the config it was started with (recorded in {record}), or train the "
+            f"change in {other}.")
+
+
+def _restore_newest_intact(ckpt: Checkpointer, like: Any, config: ml_collections.ConfigDict,
+                           stage: int, out_dir: Path) -> tuple[Any, int]:
+    """Restores the newest intact checkpoint; damaged newer ones are moved aside, saying so.
+
+    Returns:
+      (state, step), or (None, 0) if no checkpoint is intact.
+
+    Raises:
+      PipelineError: the newest readable checkpoint was trained with another config.
+    """
+    damaged: list[tuple[int, CheckpointError]] = []
+    state, step = None, 0
+    for candidate in reversed(ckpt.all_steps()):
+        try:
+            meta = ckpt.read_meta(candidate)
+            check_trained_with(config, meta, stage, f"{ckpt.directory / str(candidate)}",
+                               f"cannot resume {out_dir.name}", _resume_advice(stage, config))
+            state, _ = ckpt.restore(like, candidate)
+            step = candidate
+            break
+        except CheckpointError as e:
+            try:  # damaged, or readable but shaped for another program?
+                ckpt.verify(candidate)
+            except CheckpointError:
+                damaged.append((candidate, e))
+                continue
+            raise PipelineError(f"cannot resume {out_dir.name}: {e} "
+                                f"{_resume_advice(stage, config)}") from e
+    for bad, error in damaged:
+        moved = ckpt.set_aside(bad, out_dir / "damaged_checkpoints")
+        logging.warning("%s: %s Moved it to %s.", out_dir.name, error, moved)
+    if damaged:
+        logging.warning("%s: falling back to %s", out_dir.name,
+                        f"step {step}, the newest intact checkpoint" if state is not None else
+                        "step 0: no intact checkpoint is left")
+    return state, step
+
+
 def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool = False) -> dict:
     """Trains one stage for all seeds, with chunked logging and periodic checkpoints.
+
+    A fresh stage refuses a folder that already holds checkpoints and writes its config to
+    STAGE/config.json. With `resume` it continues from the newest intact checkpoint (damaged
+    newer ones are moved to STAGE/damaged_checkpoints/) if that was trained with the same
+    `program_fields`, and keeps STAGE/config.json as it is.
 
     Returns:
       A summary dict (final step, wall time, final metric means per seed).
     """
     out_dir = stage_dir(workdir, stage, config)
+    ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints))
+    try:
+        return _train_stage(config, workdir, stage, resume, out_dir, ckpt)
+    finally:
+        ckpt.close()
+
+
+def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool,
+                 out_dir: Path, ckpt: Checkpointer) -> dict:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+        raise PipelineError(
+            f"{out_dir / 'checkpoints'} already holds checkpoints (latest step {latest}). Pass "
+            "--resume to continue that run, or use a fresh --workdir.")
+    if latest is not None:  # refuse another config before any work (damage is handled below)
+        try:
+            meta = ckpt.read_meta(latest)
+        except CheckpointError:
+            meta = {}
+        check_trained_with(config, meta, stage, str(ckpt.directory / str(latest)),
+                           f"cannot resume {out_dir.name}", _resume_advice(stage, config))
     extra: dict = {}
     if stage == 2:
         extra["stage1_checkpoint"] = stage1_pairing(config, workdir)
@@ -344,24 +598,16 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
         calibrate_stage2(config, workdir, dataset)
     tcfg = train_config(config, stage, workdir)
     trainer = tj.make_trainer(tcfg, dataset, stage)
-    states = jax.jit(jax.vmap(trainer.init))(seed_keys(config, stage))
-    ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints))
-    start_step = 0
-    latest = ckpt.latest_step()
-    if latest is not None and not resume:
-        raise PipelineError(
-            f"{out_dir / 'checkpoints'} already holds checkpoints (latest step {latest}). Pass "
-            "--resume to continue that run, or use a fresh --workdir.")
-    if resume and latest is not None:
-        meta = ckpt.read_meta(latest)
-        if meta.get("num_seeds") != int(config.num_seeds) or meta.get("algo") != config.algo:
-            raise PipelineError(
-                f"cannot resume: the checkpoint has num_seeds={meta.get('num_seeds')}, "
-                f"algo={meta.get('algo')!r} but the config asks for num_seeds={config.num_seeds}, "
-                f"algo={config.algo!r}.")
-        states, meta = ckpt.restore(states, latest)
-        start_step = int(latest)
-        logging.info("resumed %s from step %d", STAGE_NAMES[stage], start_step)
+    keys = seed_keys(config, stage)
+    states, start_step = None, 0
+    if latest is not None:
+        states, start_step = _restore_newest_intact(
+            ckpt, jax.eval_shape(jax.vmap(trainer.init), keys), config, stage, out_dir)
+    if states is None:
+        states = jax.jit(jax.vmap(trainer.init))(keys)
+        write_json_atomic(out_dir / "config.json", _record(config))
+    else:
+        logging.info("resumed %s from step %d", out_dir.name, start_step)
     if stage == 2:
         write_json_atomic(out_dir / "pairing.json", extra["stage1_checkpoint"])
 
@@ -401,7 +647,6 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
     finally:
         bar.close()
         log.close()
-        ckpt.close()
     summary = {"stage": stage, "final_step": step, "train_seconds": time.perf_counter() - wall,
                "final_metrics": {k: v.tolist() for k, v in means.items()}}
     write_json_atomic(summary_path, summary)
@@ -467,7 +712,7 @@ def calibrate_stage2(config: ml_collections.ConfigDict, workdir: Path, dataset: 
     s2 = config.stage2
     sigma = [float(x) for x in s2.sigma]
     if bool(s2.get("calibrate_sigma", False)):
-        sigma = cal.calibrate_sigma(a1, a, floor=float(s2.get("sigma_floor", 0.02))).tolist()
+        sigma = cal.calibrate_sigma(a1, a, floor=float(s2.get("sigma_floor", 0.02)), sigma=sigma).tolist()
     offsets = cal.crop_offsets(validation.camera(0), validation.workspace, a1, a, bool(s2.rotate))
     coverage = float(s2.get("crop_coverage", 0.95))
     crop = int(s2.crop_size)
@@ -488,7 +733,8 @@ def calibrate_stage2(config: ml_collections.ConfigDict, workdir: Path, dataset: 
 
 
 def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """The stage-1 checkpoint a stage-2 run pairs with (the latest, which must be complete)."""
+    """The stage-1 checkpoint a stage-2 run pairs with: the latest, checked to be intact and
+    trained with this config's stage-1 fields."""
     directory = stage_dir(workdir, 1, config) / "checkpoints"
     if not directory.exists():
         raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} does not exist; run "
@@ -499,12 +745,18 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         if step is None:
             raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} has no checkpoint; "
                                 "run --mode=stage1 first.")
-        meta = ckpt.read_meta(step)
+        try:
+            meta = ckpt.read_meta(step)
+            ckpt.verify(step)
+        except CheckpointError as e:
+            raise PipelineError(
+                f"stage 2 needs an intact stage 1, but {e} Run --mode=stage1 --resume: it falls back "
+                "to the newest intact checkpoint and trains stage 1 to the end.") from e
     finally:
         ckpt.close()
-    if meta.get("num_seeds") != int(config.num_seeds):
-        raise PipelineError(f"stage 1 in {directory} has {meta.get('num_seeds')} seeds but the config "
-                            f"asks for {config.num_seeds}; use the same --num_seeds for both stages.")
+    check_trained_with(config, meta, 1, str(directory / str(step)), "cannot pair stage 2 with stage 1",
+                       "Give stage 1's fields as it was trained (recorded in stage1/config.json), or "
+                       "train the change in a fresh --workdir.")
     return {"path": str(directory / str(step)), "step": int(step), "algo": meta.get("algo")}
 
 
@@ -512,18 +764,39 @@ def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
                 dataset: tj.Dataset | None = None) -> tuple[Any, int]:
     """Final parameters (leading seed axis) of a stage and their step.
 
+    The latest checkpoint must have been trained with this config's `program_fields`.
     `dataset` (default: the workdir's) only gives the shapes of the state to restore into.
     """
-    directory = stage_dir(workdir, stage, config) / "checkpoints"
+    out_dir = stage_dir(workdir, stage, config)
+    directory = out_dir / "checkpoints"
     if not directory.exists():
         raise PipelineError(f"no {STAGE_NAMES[stage]} checkpoints in {directory}; run "
                             f"--mode={STAGE_NAMES[stage]} first.")
-    dataset = load_demos(workdir) if dataset is None else dataset
-    trainer = tj.make_trainer(train_config(config, stage, workdir), dataset, stage)
-    like = jax.eval_shape(jax.vmap(trainer.init), seed_keys(config, stage))
+    mode = f"--mode={STAGE_NAMES[stage]}" + (f" --config.stage2_name={out_dir.name}"
+                                             if out_dir.name != STAGE_NAMES[stage] else "")
     ckpt = Checkpointer(directory)
     try:
-        state, meta = ckpt.restore(like)
+        step = ckpt.latest_step()
+        if step is None:
+            raise PipelineError(f"no checkpoint in {directory}; run {mode} first.")
+        try:
+            meta = ckpt.read_meta(step)
+        except CheckpointError as e:
+            raise PipelineError(f"{e} Run {mode} --resume: it falls back to the newest intact "
+                                "checkpoint and trains to the end.") from e
+        check_trained_with(
+            config, meta, stage, str(directory / str(step)), f"cannot load {out_dir.name}",
+            f"Use the config it was trained with (recorded in {out_dir.name}/config.json)" +
+            (", or train the change as a new stage 2 with --config.stage2_name=NAME." if stage == 2
+             else ", or train the change in a fresh --workdir."))
+        dataset = load_demos(workdir) if dataset is None else dataset
+        trainer = tj.make_trainer(train_config(config, stage, workdir), dataset, stage)
+        like = jax.eval_shape(jax.vmap(trainer.init), seed_keys(config, stage))
+        try:
+            state, meta = ckpt.restore(like, step)
+        except CheckpointError as e:
+            raise PipelineError(f"{e} Run {mode} --resume: it falls back to the newest intact "
+                                "checkpoint and trains to the end.") from e
     finally:
         ckpt.close()
     return state.params, int(meta["step"])
@@ -559,10 +832,25 @@ def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots."""
+    """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
+
+    Before any rollout it checks that both stages were trained with this config and that the
+    output folders are writable. The results, plots and frames are written to a temporary
+    folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
+    results whole.
+    """
     from experiments import plots
 
+    out_dir = eval_dir(workdir, config)
+    ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
+    if out_dir.exists():
+        ensure_writable(out_dir, "evaluation replaces the results in it; make it writable.")
+    ensure_writable(stage_dir(workdir, 1, config), "evaluation caches stage-1 rollouts there.")
     dataset = load_demos(workdir)
+    if dataset.images.shape[1] != int(config.demos.image_size):
+        raise PipelineError(f"config.demos.image_size ({config.demos.image_size}) differs from the "
+                            f"dataset's images ({dataset.images.shape[1]} px), and evaluation renders "
+                            "at config.demos.image_size; use the size the dataset was recorded at.")
     params1, step1 = load_params(config, workdir, 1, dataset)
     params2, step2 = load_params(config, workdir, 2, dataset)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
@@ -589,8 +877,6 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         success["stage1"] = np.asarray(cached["success"], bool)
         del to_run["stage1"]
         logging.info("reusing stage-1 rollouts from %s", cache_path)
-    out_dir = eval_dir(workdir, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
     recorded: dict[str, Any] = {}
     bar = _progress(num_seeds * len(seeds) * len(to_run), 0, "eval", unit="episode")
     start = time.perf_counter()
@@ -632,12 +918,13 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                                "episodes": success[m].astype(int).tolist()}
     gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
     results["gain"] = {"mean": gain.mean, "ci_low": gain.low, "ci_high": gain.high}
-    write_json_atomic(out_dir / "results.json", results)
-    plots.success_bars(results, out_dir / "success.png")
-    plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],
-                          out_dir / "learning_curves.png")
-    for mode, eps in recorded.items():
-        plots.rollout_frames(eps[0], camera, workspace, out_dir / f"rollout_{mode}.png")
+    with atomic_folder(out_dir) as tmp:
+        write_json_atomic(tmp / "results.json", results)
+        plots.success_bars(results, tmp / "success.png")
+        plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],
+                              tmp / "learning_curves.png")
+        for mode, eps in recorded.items():
+            plots.rollout_frames(eps[0], camera, workspace, tmp / f"rollout_{mode}.png")
     return results
 
 

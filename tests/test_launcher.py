@@ -1,11 +1,17 @@
-"""The absl launcher: end to end, SIGKILL + resume, and clear errors for bad usage."""
+"""The absl launcher: end to end, SIGKILL + resume, clear errors for bad usage, and what a
+workdir guarantees (results are never lost or silently replaced)."""
 
+import errno
 import json
+import logging
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "configs" / "smoke.py")
 
 
-def _launch(*args, wait=True, timeout=300):
-    cmd = [sys.executable, "-m", "experiments.main", f"--config={SMOKE}", *args]
+def _launch(*args, wait=True, timeout=300, prefix=()):
+    cmd = [*prefix, sys.executable, "-m", "experiments.main", f"--config={SMOKE}", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -31,6 +37,72 @@ def _synthetic_workdir(path: Path) -> Path:
     save_dataset(path / "demos" / "dataset.npz",
                  make_synthetic_dataset(num_episodes=6, steps_per_episode=3, image_size=32))
     return path
+
+
+def _smoke(**overrides):
+    """The smoke config for the 32-pixel synthetic dataset, with dotted-name overrides."""
+    from experiments.configs import smoke
+
+    config = smoke.get_config()
+    for path, value in {"demos.image_size": 32, **overrides}.items():
+        *parents, leaf = path.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A synthetic-dataset workdir with both stages trained by the smoke config (checkpoints
+    at steps 4 and 8). Shared: copy it with `_copy` before changing it."""
+    from experiments import pipeline
+
+    workdir = _synthetic_workdir(tmp_path_factory.mktemp("trained") / "wd")
+    for stage in (1, 2):
+        pipeline.run_stage(_smoke(), workdir, stage)
+    return workdir
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    return Path(shutil.copytree(src, dest))
+
+
+def _damage(step_dir: Path) -> None:
+    """Deletes the largest array file of a checkpoint step, as a bad copy or a full disk might."""
+    files = sorted((p for p in (step_dir / "state").rglob("d/*") if p.is_file()),
+                   key=lambda p: p.stat().st_size)
+    files[-1].unlink()
+
+
+def _unprivileged() -> list[str] | None:
+    """A command prefix under which file permissions apply (root ignores them otherwise), or
+    None where none can be made (root without setpriv's capability drop)."""
+    if os.geteuid() != 0:
+        return []
+    cmd = [shutil.which("setpriv") or "setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    try:
+        return cmd if subprocess.run([*cmd, "true"], capture_output=True).returncode == 0 else None
+    except OSError:
+        return None
+
+
+def _tb_steps(folder: Path, tag: str = "seed0/bc_loss") -> list[int]:
+    """The steps of `tag` in the TensorBoard event files of `folder` (complete records only)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    steps = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            if pos + 16 + n > len(data):
+                break  # a record cut by a kill
+            event = Event.FromString(data[pos + 12:pos + 12 + n])
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+            pos += 16 + n
+    return steps
 
 
 def _final_params(workdir: Path, stage: int = 1):
@@ -54,7 +126,8 @@ def test_mode_all_end_to_end(tmp_path):
                   "--config.stage2.crop_size=0"]
     out = _launch("--mode=all", f"--workdir={tmp_path}", *calibrated)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for rel in ("config.json", "demos/dataset.npz", "demos/validation.npz", "stage2/calibration.json",
+    for rel in ("demos/config.json", "stage1/config.json", "stage2/config.json",
+                "demos/dataset.npz", "demos/validation.npz", "stage2/calibration.json",
                 "demos/stats.json", "stage1/metrics.jsonl",
                 "stage2/metrics.jsonl", "stage2/pairing.json", "eval/results.json", "eval/success.png",
                 "eval/learning_curves.png", "eval/rollout_two_stage.png", "eval/rollout_stage1.gif"):
@@ -94,6 +167,8 @@ def test_mode_all_end_to_end(tmp_path):
     assert res["modes"]["stage1"]["episodes"] == first["modes"]["stage1"]["episodes"]
     assert "reusing stage-1 rollouts" in out.stderr
     assert json.loads((tmp_path / "direct" / "pairing.json").read_text())["step"] == 8
+    assert json.loads((tmp_path / "direct" / "config.json").read_text())["config"]["stage2"]["mode"] == "direct"
+    assert json.loads((tmp_path / "stage2" / "config.json").read_text())["config"]["stage2"]["mode"] == "correction"
     out = _launch("--mode=stage2", f"--workdir={tmp_path}", "--config.stage2_name=eval_x")
     assert out.returncode != 0 and "config.stage2_name must be a folder name" in out.stderr
 
@@ -121,6 +196,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     killed_at, _ = _final_params(run)
     assert killed_at < 120, "the run finished before it could be killed"
+    logged = set()
+    for line in (run / "stage1" / "metrics.jsonl").read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut by the kill
+        logged.update([row["step"]] if row["seed"] == 0 else [])
+    tb = _tb_steps(run / "stage1" / "tb")
+    assert logged and logged <= set(tb), f"TensorBoard lost steps the kill left in metrics.jsonl: {sorted(logged - set(tb))}"
 
     out = _launch("--mode=stage1", f"--workdir={run}", "--resume", *steps)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -135,47 +219,231 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     assert steps_seen == list(range(2, 121, 2)), "metrics lost or duplicated across the resume"
 
 
+def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
+    from experiments import pipeline
+
+    log = pipeline._MetricsLog(tmp_path, resume_step=0)
+    try:
+        for step in (2, 4, 6):
+            log.write(step, {"bc_loss": np.array([1.0, 2.0])})
+            # What a SIGKILL now would leave (and what TensorBoard reads meanwhile):
+            assert _tb_steps(tmp_path / "tb") == list(range(2, step + 1, 2))
+    finally:
+        log.close()
+
+
 def test_clear_errors_for_bad_usage(tmp_path):
-    out = _launch("--mode=train", f"--workdir={tmp_path}")
-    assert out.returncode != 0 and "--mode=train: value should be one of" in out.stderr
-    out = _launch("--mode=all")
-    assert out.returncode != 0 and "--workdir is required" in out.stderr
-    out = _launch("--mode=eval", f"--workdir={tmp_path / 'missing'}")
-    assert out.returncode != 0 and "does not exist" in out.stderr and "--mode=demos" in out.stderr
-    out = _launch("--mode=all", f"--workdir={tmp_path}", "--config.train.checkpoint_every=3")
-    assert out.returncode != 0 and "checkpoint_every (3) must be a multiple" in out.stderr
-    out = _launch("--mode=all", f"--workdir={tmp_path}", "--config.algo=ppo")
-    assert out.returncode != 0 and "TrainConfig.algo must be one of ('bc', 'cql'); got 'ppo'" in out.stderr
-    out = _launch("--mode=all", f"--workdir={tmp_path}", "--config.stage2.crop_sise=3")
-    assert out.returncode != 0 and "crop_size" in out.stderr
-    out = _launch("--mode=all", f"--workdir={tmp_path}", "--task=reach-v9")
-    assert out.returncode != 0 and "unknown MetaWorld task 'reach-v9'" in out.stderr
+    def refused(*args, expect, prefix=()):
+        out = _launch(*args, prefix=prefix)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
+        assert lines[0].startswith("error: ") and all(e in lines[0] for e in expect), lines[0]
+
+    workdir = f"--workdir={tmp_path}"
+    refused("--mode=train", workdir, expect=["--mode=train: value should be one of"])
+    refused("--mode=all", expect=["--workdir is required"])
+    refused("--mode=eval", f"--workdir={tmp_path / 'missing'}", expect=["does not exist", "--mode=demos"])
+    refused("--mode=all", workdir, "--config.train.checkpoint_every=3",
+            expect=["checkpoint_every (3) must be a multiple"])
+    refused("--mode=all", workdir, "--config.algo=ppo", expect=["config.algo must be one of ('bc', 'cql'); got 'ppo'"])
+    refused("--mode=all", workdir, "--config.stage2.crop_sise=3",
+            expect=["--config.stage2.crop_sise: the config has no field 'crop_sise'; did you mean 'crop_size'?"])
+    refused("--mode=all", workdir, "--task=reach-v9", expect=["unknown MetaWorld task 'reach-v9'"])
+    refused("--mode=all", workdir, "--force", expect=["--force only applies to --mode=demos"])
+    (tmp_path / "a_file").write_text("")
+    refused("--mode=all", f"--workdir={tmp_path / 'a_file'}", expect=["a_file is a file; expected a folder"])
     assert not (tmp_path / "demos").exists(), "work started despite a bad flag"
+    unprivileged = _unprivileged()
+    if unprivileged is None:
+        pytest.skip("running as root without setpriv's capability drop: permissions do not apply")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    try:
+        refused("--mode=all", f"--workdir={locked}", prefix=unprivileged,
+                expect=[f"--workdir {locked} is not writable (Permission denied)"])
+        refused("--mode=all", f"--workdir={locked / 'new'}", prefix=unprivileged,
+                expect=[f"--workdir {locked / 'new'} cannot be created (Permission denied)"])
+    finally:
+        locked.chmod(0o755)
 
 
-def test_stage2_without_stage1_and_corrupted_checkpoint(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    ({"stage1.network.mlp_hidden": 0}, "config.stage1.network.mlp_hidden must be a positive int; got 0."),
+    ({"stage2.learning_rate": float("nan")}, "config.stage2.learning_rate must be a finite number > 0; got nan."),
+    ({"algo": "cql", "cql.critic_lr": float("nan")}, "config.cql.critic_lr must be a finite number > 0; got nan."),
+    ({"eval.bootstrap_reps": 0}, "config.eval.bootstrap_reps must be a positive int; got 0."),
+    ({"eval.record_episodes": -1}, "config.eval.record_episodes must be an int >= 0; got -1."),
+])
+def test_config_validation_names_the_field(overrides, message):
+    from experiments import pipeline
+
+    with pytest.raises(ValueError) as e:
+        pipeline.validate_config(_smoke(**overrides))
+    assert str(e.value) == message
+
+
+def test_stage2_without_stage1_and_a_second_fresh_stage1_are_refused(trained, tmp_path):
     wd = _synthetic_workdir(tmp_path / "wd")
     out = _launch("--mode=stage2", f"--workdir={wd}")
     assert out.returncode == 2 and "stage 2 needs a trained stage 1" in out.stderr and "--mode=stage1" in out.stderr
+    wd = _copy(trained, tmp_path / "trained")
     out = _launch("--mode=stage1", f"--workdir={wd}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    out = _launch("--mode=stage1", f"--workdir={wd}")
-    assert out.returncode == 2 and "--resume" in out.stderr
-    # Damage every array file of the latest checkpoint.
-    latest = wd / "stage1" / "checkpoints" / "8" / "state"
-    damaged = 0
-    for f in latest.rglob("*"):
-        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
-            f.write_bytes(b"\x00garbage" * 4)
-            damaged += 1
-    assert damaged
-    out = _launch("--mode=stage1", f"--workdir={wd}", "--resume", "--config.stage1.num_steps=12")
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "could not be restored" in out.stderr and "delete that step directory" in out.stderr
-    # A corrupted dataset is refused with a pointer to --mode=demos.
-    (wd / "demos" / "dataset.npz").write_bytes(b"PK\x03\x04 truncated")
-    out = _launch("--mode=stage2", f"--workdir={wd}")
-    assert out.returncode == 2 and "--mode=demos" in out.stderr
+    assert out.returncode == 2 and "already holds checkpoints" in out.stderr and "--resume" in out.stderr
+
+
+def test_eval_and_resume_refuse_a_config_other_than_the_trained_one(trained, tmp_path):
+    from experiments import pipeline
+
+    wd = _copy(trained, tmp_path / "wd")
+    good = wd / "eval" / "results.json"
+    good.parent.mkdir()
+    good.write_text('{"good": true}')
+    with pytest.raises(pipeline.PipelineError) as e:
+        pipeline.run_eval(_smoke(**{"stage2.mode": "direct", "stage2.rotate": False}), wd)
+    assert "config.stage2.mode: trained 'correction', now 'direct'" in str(e.value)
+    assert "config.stage2.rotate: trained True, now False" in str(e.value)
+    with pytest.raises(pipeline.PipelineError, match=r"config\.stage2\.crop_size: trained 16, now 8"):
+        pipeline.run_eval(_smoke(**{"stage2.crop_size": 8}), wd)
+    assert good.read_text() == '{"good": true}'
+    with pytest.raises(pipeline.PipelineError, match=r"cannot resume stage1: .*config\.stage1\.learning_rate: "
+                                                     r"trained 0\.0003, now 0\.01"):
+        pipeline.run_stage(_smoke(**{"stage1.learning_rate": 0.01}), wd, 1, resume=True)
+    with pytest.raises(pipeline.PipelineError, match=r"config\.stage1\.network\.mlp_hidden: trained 8, now 16"):
+        pipeline.run_stage(_smoke(stage2_name="wide", **{"stage1.network.mlp_hidden": 16}), wd, 2)
+    assert not (wd / "wide" / "pairing.json").exists()
+
+
+def test_each_stage_keeps_the_config_it_was_started_with(trained, tmp_path):
+    wd = _copy(trained, tmp_path / "wd")
+    records = [wd / "stage1" / "config.json", wd / "stage2" / "config.json"]
+    for path in records:
+        assert json.loads(path.read_text())["config"]["stage1"]["num_steps"] == 8, path
+    edited = json.loads(records[0].read_text())
+    edited["note"] = "a hand edit"
+    records[0].write_text(json.dumps(edited))
+    before = [path.read_bytes() for path in records]
+    out = _launch("--mode=stage2", f"--workdir={wd}", "--resume")  # both stages are trained: nothing to do
+    assert out.returncode == 0 and "nothing to do" in out.stderr, out.stderr[-3000:]
+    assert [path.read_bytes() for path in records] == before
+    assert not (wd / "config.json").exists(), "a later mode wrote a workdir-wide config"
+
+
+def test_demos_refuses_to_replace_a_dataset_and_the_advice_is_safe(trained, tmp_path):
+    wd = _copy(trained, tmp_path / "wd")
+    dataset = wd / "demos" / "dataset.npz"
+    before = dataset.read_bytes()
+    out = _launch("--mode=demos", f"--workdir={wd}")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "stage1, stage2 were trained on it" in out.stderr and "pass --force" in out.stderr
+    assert dataset.read_bytes() == before
+    # An unreadable dataset: the advice is the command that may replace it, with its settings.
+    dataset.write_bytes(b"PK\x03\x04 truncated")
+    out = _launch("--mode=stage2", f"--workdir={wd}", "--config.stage2_name=again")
+    assert out.returncode == 2 and "--mode=demos --force" in out.stderr and "demos/config.json" in out.stderr
+
+
+@pytest.mark.sim
+def test_demos_force_replaces_the_dataset_and_records_its_config(tmp_path):
+    from experiments import pipeline
+
+    wd = _synthetic_workdir(tmp_path / "wd")
+    before = pipeline.dataset_path(wd).read_bytes()
+    config = _smoke(**{"demos.num_demos": 1})
+    with pytest.raises(pipeline.PipelineError, match="pass --force"):
+        pipeline.run_demos(config, wd)
+    assert pipeline.dataset_path(wd).read_bytes() == before
+    pipeline.run_demos(config, wd, force=True)
+    assert pipeline.dataset_path(wd).read_bytes() != before
+    assert pipeline.load_demos(wd).images.shape[1:3] == (32, 32)
+    assert json.loads((wd / "demos" / "config.json").read_text())["config"]["demos"]["num_demos"] == 1
+
+
+def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path):
+    wd = _copy(trained, tmp_path / "wd")
+    out_dir = wd / "eval"
+    out_dir.mkdir()
+    (out_dir / "results.json").write_text('{"good": true}')
+    unprivileged = _unprivileged()
+    if unprivileged is None:
+        pytest.skip("running as root without setpriv's capability drop: permissions do not apply")
+    out_dir.chmod(0o555)
+    try:
+        out = _launch("--mode=eval", f"--workdir={wd}", "--config.demos.image_size=32",
+                      prefix=unprivileged)
+    finally:
+        out_dir.chmod(0o755)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"{out_dir} is not writable (Permission denied)" in out.stderr
+    assert "episode" not in out.stderr, "it rolled out before checking"
+    assert (out_dir / "results.json").read_text() == '{"good": true}'
+
+
+def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch):
+    from experiments import pipeline, plots
+
+    wd = _copy(trained, tmp_path / "wd")
+    old = {"results.json": '{"old": true}', "success.png": "old plot", "rollout_stage1.png": "old frames"}
+    (wd / "eval").mkdir()
+    for name, text in old.items():
+        (wd / "eval" / name).write_text(text)
+
+    class Env:  # the rollouts are not what this test is about
+        camera = None
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pipeline, "_make_env", lambda config: Env())
+    monkeypatch.setattr(pipeline.evaluation, "rollout",
+                        lambda env, act, layout, record=False: types.SimpleNamespace(success=layout % 2 == 0))
+    learning_curves = plots.learning_curves
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plots, "learning_curves", disk_full)
+    config = _smoke(**{"eval.record_episodes": 0, "eval.bootstrap_reps": 10})
+    with pytest.raises(OSError, match="No space left on device"):
+        pipeline.run_eval(config, wd)
+    assert {p.name: p.read_text() for p in (wd / "eval").iterdir()} == old
+    assert not [p.name for p in wd.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+
+    monkeypatch.setattr(plots, "learning_curves", learning_curves)
+    results = pipeline.run_eval(config, wd)
+    assert sorted(p.name for p in (wd / "eval").iterdir()) == ["learning_curves.png", "results.json", "success.png"]
+    assert json.loads((wd / "eval" / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert results["modes"]["two_stage"]["per_seed"] == [0.5, 0.5]
+
+
+def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
+    from experiments import pipeline
+
+    wd = _copy(trained, tmp_path / "wd")
+    _damage(wd / "stage1" / "checkpoints" / "8")
+    with pytest.raises(pipeline.PipelineError, match=r"checkpoint step 8 .* is damaged .* --mode=stage1 --resume"):
+        pipeline.run_stage(_smoke(stage2_name="again"), wd, 2)
+    assert not (wd / "again" / "pairing.json").exists()
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, caplog):
+    from experiments import pipeline
+    from twostage_jax.checkpoint import Checkpointer
+
+    wd = _copy(trained, tmp_path / "wd")
+    _damage(wd / "stage1" / "checkpoints" / "8")
+    with caplog.at_level(logging.INFO):
+        summary = pipeline.run_stage(_smoke(), wd, 1, resume=True)
+    assert summary["final_step"] == 8
+    assert "falling back to step 4, the newest intact checkpoint" in caplog.text
+    assert (wd / "stage1" / "damaged_checkpoints" / "8" / "state").is_dir(), "the damaged step was not kept"
+    ckpt = Checkpointer(wd / "stage1" / "checkpoints")
+    try:
+        assert ckpt.all_steps() == [4, 8]
+        ckpt.verify(8)
+    finally:
+        ckpt.close()
+    rows = [json.loads(x) for x in (wd / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["seed"] == 0] == [2, 4, 6, 8]
 
 
 def test_method_options_are_validated_before_work():

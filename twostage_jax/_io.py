@@ -1,19 +1,53 @@
-"""Atomic file writes: readers see the old file or the complete new one, never a partial one."""
+"""Atomic writes: readers see the old file (or folder) or the complete new one, never a partial one."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:  # Linux: no window in which another thread sees 0
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: str) -> int:
+    """The permission bits `open(path, 'w')` would leave: the old file's, else 0o666 & ~umask."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    return 0o666 & ~_umask()
+
+
+def _fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Makes renames inside `directory` durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Opens a temporary file beside `path`; on success fsyncs it and renames it over `path`.
 
-    On any exception the temporary file is removed and `path` is left untouched.
+    On any exception the temporary file is removed and `path` is left untouched. The file gets
+    the permissions an ordinary `open(path, 'w')` gives: those of the file it replaces, or
+    0o666 less the umask for a new one.
 
     Args:
       path: destination file; its directory must exist.
@@ -25,6 +59,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     stem, ext = os.path.splitext(base)
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=directory)
     try:
+        os.fchmod(fd, _new_file_mode(path))  # mkstemp creates 0o600
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -34,9 +69,40 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
+    _fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields an empty temporary folder beside `path`; on success it replaces `path` as a unit.
+
+    Write every file of the new folder into the yielded one. On success the old folder (if
+    any) is renamed aside, the new one renamed to `path`, and the old one deleted, so `path`
+    never mixes old and new files. On any exception the temporary folder is removed and `path`
+    is left untouched. A kill between the two renames leaves both folders whole, as hidden
+    `.NAME.old-*` and `.NAME.tmp-*` siblings of `path`.
+
+    Args:
+      path: destination folder; its parent must exist.
+    """
+    path = Path(path).absolute()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0o700
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old)  # a folder may replace an empty folder
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

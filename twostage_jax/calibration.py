@@ -33,7 +33,7 @@ MAD_TO_STD = 1.4826
 
 
 def calibrate_sigma(tentative: Any, target: Any, floor: Any = 0.02, calibrate: Any = None,
-                    limit: float = DEFAULT_CLIP) -> np.ndarray:
+                    limit: float = DEFAULT_CLIP, sigma: Any = DEFAULT_SIGMA) -> np.ndarray:
     """Algo. 1's per-dimension noise std from stage 1's residuals on held-out transitions.
 
     sigma_d = max(floor_d, 1.4826 * median_i |eps_id|) with eps = atanh(a) - atanh(a^1) (both
@@ -47,9 +47,10 @@ def calibrate_sigma(tentative: Any, target: Any, floor: Any = 0.02, calibrate: A
       target: [N, 7] the demonstrated actions a there.
       floor: scalar or [7] lower bound of each std (a near-perfect dimension still gets noise,
         so stage 2 learns to leave it alone).
-      calibrate: [7] bools, which dimensions to calibrate; the others keep the paper's sigma
-        (default: the 6 pose dimensions; the gripper, a binary command, keeps sigma = 1).
+      calibrate: [7] bools, which dimensions to calibrate; the others keep `sigma` (default: the
+        6 pose dimensions; the gripper, a binary command, keeps its sigma).
       limit: atanh clip bound.
+      sigma: [7] stds of the dimensions not calibrated (default: the paper's).
 
     Returns:
       [7] float32 standard deviations.
@@ -69,7 +70,8 @@ def calibrate_sigma(tentative: Any, target: Any, floor: Any = 0.02, calibrate: A
     _checks.check_shape("calibrate", mask, (ACTION_DIM,), "one bool per action dimension")
     eps = np.arctanh(np.clip(a, -limit, limit)) - np.arctanh(np.clip(a1, -limit, limit))
     scale = np.maximum(fl, MAD_TO_STD * np.median(np.abs(eps), axis=0))
-    return np.where(mask, scale, np.asarray(DEFAULT_SIGMA, np.float64)).astype(np.float32)
+    keep = np.broadcast_to(np.asarray(sigma, np.float64), (ACTION_DIM,))
+    return np.where(mask, scale, keep).astype(np.float32)
 
 
 def calibrate_crop_size(offsets: Any, coverage: float = 0.95, multiple: int = 4, min_size: int = 8,

@@ -33,6 +33,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
 
 
+def _brief(e: BaseException) -> str:
+    """One line naming an exception: its type and the start of its first line."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}"
+
+
 def _json_default(x: Any) -> Any:
     if isinstance(x, (np.integer,)):
         return int(x)
@@ -98,10 +104,37 @@ class Checkpointer:
         except Exception as e:  # orbax raises many types for damaged or mismatched files
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} could not be restored "
-                f"({type(e).__name__}: {str(e)[:300]}). It is damaged or was written by a "
-                "different configuration; delete that step directory to fall back to an older "
-                "one, or start the stage again without --resume.") from e
+                f"({_brief(e)}). It is damaged or was written by a different configuration.") from e
         return out["state"], dict(out["meta"])
+
+    def verify(self, step: int) -> None:
+        """Reads every array and the metadata of `step`, whatever the config that wrote them.
+
+        Raises:
+          CheckpointError: a file of the step is missing or unreadable.
+        """
+        try:
+            out = self._manager.restore(int(step), args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            jax.block_until_ready(out["state"])
+        except Exception as e:  # orbax raises many types for damaged files
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged "
+                                  f"({_brief(e)}).") from e
+
+    def set_aside(self, step: int, folder: str | os.PathLike) -> Path:
+        """Moves step `step` out of the checkpoint directory into `folder`, keeping its files.
+
+        Returns:
+          Where the step now lies (`folder/STEP`, or `folder/STEP-N` if that exists).
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        dest, n = folder / str(step), 1
+        while dest.exists():
+            dest, n = folder / f"{step}-{n}", n + 1
+        os.replace(self.directory / str(step), dest)
+        self._manager.reload()
+        return dest
 
     def read_meta(self, step: int | None = None) -> dict:
         """Reads only the JSON metadata of `step` (default: latest)."""

@@ -7,6 +7,7 @@ with a Polyak-averaged target network is an option (`CQLConfig.target='td'`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -59,16 +60,18 @@ class CQLConfig:
             raise ValueError(f"CQLConfig.target must be one of {TARGETS}; got {self.target!r}.")
         if self.num_samples <= 0:
             raise ValueError(f"CQLConfig.num_samples must be > 0; got {self.num_samples!r}.")
-        if self.cql_weight < 0:
-            raise ValueError(f"CQLConfig.cql_weight must be >= 0; got {self.cql_weight!r}.")
+        if not (math.isfinite(self.cql_weight) and self.cql_weight >= 0):
+            raise ValueError(f"CQLConfig.cql_weight must be a finite number >= 0; got {self.cql_weight!r}.")
         if not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"CQLConfig.gamma must lie in [0, 1); got {self.gamma!r}.")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"CQLConfig.tau must lie in (0, 1]; got {self.tau!r}.")
-        if self.init_alpha <= 0:
-            raise ValueError(f"CQLConfig.init_alpha must be > 0; got {self.init_alpha!r}.")
-        if self.temperature <= 0:
-            raise ValueError(f"CQLConfig.temperature must be > 0; got {self.temperature!r}.")
+        for name in ("init_alpha", "temperature", "actor_lr", "critic_lr", "alpha_lr"):
+            val = getattr(self, name)
+            if not (math.isfinite(val) and val > 0):  # NaN fails `val > 0`
+                raise ValueError(f"CQLConfig.{name} must be a finite number > 0; got {val!r}.")
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise ValueError(f"CQLConfig.target_entropy must be None or finite; got {self.target_entropy!r}.")
 
     @property
     def entropy_target(self) -> float:

@@ -107,6 +107,10 @@ def _rliable_interval(arrays: list[np.ndarray], func: Callable[..., float], reps
                       confidence: float, seed: int) -> Interval:
     from rliable import library as rly
 
+    if isinstance(reps, bool) or not isinstance(reps, (int, np.integer)) or reps <= 0:
+        raise ValueError(f"`reps` (bootstrap resamples) must be a positive int; got {reps!r}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must lie in (0, 1); got {confidence!r}.")
     point = float(func(*arrays))
     if arrays[0].shape[0] == 1:  # one run: nothing to resample
         return Interval(point, point, point)

@@ -97,6 +97,10 @@ class NetworkConfig:
             val = getattr(self, name)
             if not val or any(int(c) <= 0 for c in val):
                 raise ValueError(f"NetworkConfig.{name} must be non-empty positive ints; got {val!r}.")
+        if int(self.mlp_hidden) <= 0:
+            raise ValueError(f"NetworkConfig.mlp_hidden must be a positive int; got {self.mlp_hidden!r}.")
+        if any(int(s) <= 0 for s in self.conv_strides):
+            raise ValueError(f"NetworkConfig.conv_strides must be positive ints; got {self.conv_strides!r}.")
         if len(self.conv_strides) < max(len(self.conv_channels), len(self.crop_conv_channels)):
             raise ValueError("NetworkConfig.conv_strides needs one stride per conv layer; got "
                              f"{self.conv_strides!r} for {len(self.conv_channels)} layers.")

@@ -8,6 +8,7 @@ seeds as one jitted program that vmaps over the seed axis.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -67,8 +68,8 @@ class Stage2Config:
                 raise ValueError(f"Stage2Config.{name} must be a positive int; got {getattr(self, name)!r}.")
         if self.mode not in STAGE2_MODES:
             raise ValueError(f"Stage2Config.mode must be one of {STAGE2_MODES}; got {self.mode!r}.")
-        if len(self.sigma) != 7 or any(s < 0 for s in self.sigma):
-            raise ValueError(f"Stage2Config.sigma must be 7 non-negative stds; got {self.sigma!r}.")
+        if len(self.sigma) != 7 or not all(math.isfinite(s) and s >= 0 for s in self.sigma):
+            raise ValueError(f"Stage2Config.sigma must be 7 finite non-negative stds; got {self.sigma!r}.")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"Stage2Config.loss_weighting must be one of {LOSS_WEIGHTINGS}; got "
                              f"{self.loss_weighting!r}.")
@@ -134,8 +135,9 @@ class TrainConfig:
             val = getattr(self, name)
             if not isinstance(val, (int, np.integer)) or val <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int; got {val!r}.")
-        if self.learning_rate <= 0:
-            raise ValueError(f"TrainConfig.learning_rate must be > 0; got {self.learning_rate!r}.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"TrainConfig.learning_rate must be a finite number > 0; got "
+                             f"{self.learning_rate!r}.")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"TrainConfig.image_size must be a positive int or None; got {self.image_size!r}.")
 
