@@ -49,7 +49,8 @@ def _final_params(workdir: Path, stage: int = 1):
 @pytest.mark.sim
 @pytest.mark.render
 def test_mode_all_end_to_end(tmp_path):
-    out = _launch("--mode=all", f"--workdir={tmp_path}")
+    out = _launch("--mode=all", f"--workdir={tmp_path}", "--config.eval.curve_steps=(2,)",
+                  "--config.eval.workers=2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for rel in ("config.json", "demos/dataset.npz", "demos/stats.json", "stage1/metrics.jsonl",
                 "stage2/metrics.jsonl", "stage2/pairing.json", "eval/results.json", "eval/success.png",
@@ -64,6 +65,11 @@ def test_mode_all_end_to_end(tmp_path):
         assert all(0.0 <= x <= 1.0 for x in r["per_seed"])
         assert 0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0
     assert np.isfinite(res["gain"]["mean"])
+    for mode in ("stage1", "two_stage"):  # learning curve: the kept step-2 checkpoint, then the final
+        curve = res["curves"][mode]
+        assert curve["steps"] == [2, 8] and np.shape(curve["per_seed"]) == (2, 2)
+        assert curve["per_seed"][-1] == res["modes"][mode]["per_seed"]
+    assert (tmp_path / "stage2" / "checkpoints" / "2").is_dir()
     pairing = json.loads((tmp_path / "stage2" / "pairing.json").read_text())
     assert pairing["step"] == 8 and pairing["path"].endswith("stage1/checkpoints/8")
     assert "two_stage" in out.stdout and "95% CI" in out.stdout
