@@ -37,12 +37,18 @@ Rows:
   act/*              two-stage policy latency (paper BC sizes), batch 1 and 64, incl. host checks.
   sim/*              MetaWorld keyframe step, low-level physics step, render (128x128), and demo
                      generation; 'unavailable' with the reason if the simulator cannot run.
+  eval/*             episodes/s of evaluation rollouts (quickstart-size two-stage BC policy,
+                     untrained, button-press-topdown-v3, 20 keyframes per episode), timed
+                     alternately in one run: today's sequential loop (`rollout` with the plainly
+                     batched policy), `EnvPool` with 1 worker and with N = the usable cores
+                     (policy with row_by_row=True); worker start-up is reported separately.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -480,8 +486,78 @@ def bench_sim(b: Bench, quick: bool) -> None:
     b.write()
 
 
+def bench_eval(b: Bench, ds, quick: bool) -> float | None:
+    """eval/* rows; returns parallel over today's sequential episodes/s (None if unavailable)."""
+    names = ["eval/sequential_today", "eval/pool_workers=1", "eval/pool_workers=N"]
+    try:
+        from twostage_jax.envs import make_env
+        from twostage_jax.envs.metaworld import default_workspace
+        from twostage_jax.evaluation import EnvPool, Job, default_workers, rollout
+
+        env_fn = functools.partial(make_env, "button-press-topdown-v3")
+        env_fn().close()
+    except Exception as e:  # noqa: BLE001 - any failure here means 'unavailable', with why
+        for n in names:
+            b.add(n, "unavailable", "", reason=f"{type(e).__name__}: {e}"[:300])
+        b.write()
+        return None
+    c1, c2 = size_config("quickstart", 1, "bc"), size_config("quickstart", 2, "bc")
+    t1 = make_trainer(c1, ds, 1)
+    t2 = make_trainer(c2, t1.data, 2)
+    p1 = jax.jit(t1.init)(jax.random.PRNGKey(0)).params
+    p2 = jax.jit(t2.init)(jax.random.PRNGKey(1)).params
+    plain = make_policy(c1, c2, default_workspace())
+    rows = make_policy(c1, c2, default_workspace(), row_by_row=True)
+    act_plain = lambda im, z, cam: plain(p1, p2, im, z, cam)
+    act_rows = lambda im, z, cam: rows(p1, p2, im, z, cam)
+    workers = max(2, default_workers())
+    episodes = 3 * workers if quick else 8 * workers
+    layouts = list(range(1000, 1000 + episodes))
+    jobs = [Job(act_rows, s) for s in layouts]
+    t0 = time.perf_counter()
+    pool = EnvPool(env_fn, workers)
+    pool.camera  # the workers' envs are built
+    startup = time.perf_counter() - t0
+    pool1 = EnvPool(env_fn, 1)
+    try:
+        for w in range(1, workers + 1):  # compile every padded batch shape, warm the workers
+            act_rows(np.zeros((w, 128, 128, 3), np.uint8), np.zeros((w, 7), np.float32), pool.camera)
+        pool.run(jobs[:workers])
+        pool1.run(jobs[:1])
+        env = env_fn()
+        rollout(env, act_plain, layouts[0])  # compiles the batch-1 policy, builds the renderer
+
+        def today():
+            return [rollout(env, act_plain, s) for s in layouts]
+
+        t = {k: [] for k in names}
+        out = {}
+        for _ in range(1 if quick else 2):
+            for name, fn in zip(names, (today, lambda: pool1.run(jobs), lambda: pool.run(jobs))):
+                t0 = time.perf_counter()
+                out[name] = fn()
+                t[name].append(time.perf_counter() - t0)
+        env.close()
+    finally:
+        pool.close()
+        pool1.close()
+    same = all(np.array_equal(a.actions, c.actions) and a.success == c.success
+               for a, c in zip(out[names[1]], out[names[2]]))
+    steps = sum(e.num_steps for e in out[names[0]])
+    rate = {n: episodes / statistics.median(v) for n, v in t.items()}
+    base = rate[names[0]]
+    b.add(names[0], rate[names[0]], "episodes/s", episodes=episodes, keyframe_steps=steps,
+          note="in-process loop over rollout(), batch-1 policy calls")
+    b.add(names[1], rate[names[1]], "episodes/s", over_today=rate[names[1]] / base)
+    b.add(names[2].replace("N", str(workers)), rate[names[2]], "episodes/s",
+          over_today=rate[names[2]] / base, startup_s=startup, same_episodes_as_workers_1=same,
+          loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None)
+    b.write()
+    return rate[names[2]] / base
+
+
 SECTIONS = ("train_steps", "seeds", "batch_scaling", "crops", "crop_cost", "host_sync",
-            "quickstart_train", "act", "sim")
+            "quickstart_train", "act", "sim", "eval")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -531,6 +607,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             b, ds, 2 if args.quick else 3)
     if "act" in sections:
         bench_act(b, ds, repeats)
+    if "eval" in sections:
+        targets["eval_parallel_over_sequential (>= 1.7 on 2 cores)"] = bench_eval(b, ds, args.quick)
     if "sim" in sections:
         bench_sim(b, args.quick)
     else:
