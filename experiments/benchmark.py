@@ -42,6 +42,12 @@ Rows:
                      alternately in one run: today's sequential loop (`rollout` with the plainly
                      batched policy), `EnvPool` with 1 worker and with N = the usable cores
                      (policy with row_by_row=True); worker start-up is reported separately.
+  step_profile/*     one MetaWorld keyframe step (button-press-topdown-v3, 128x128, the same
+                     random actions and layouts) split into physics (`do_simulation`), the
+                     per-low-level-step observation and `evaluate_state` success checks,
+                     rendering, and the rest (P-controller, mj_forward, bookkeeping): 'before'
+                     with the full `_get_obs`, 'after' with `success_obs` (SUCCESS_OBS_TASKS),
+                     timed alternately.
 """
 
 from __future__ import annotations
@@ -556,8 +562,82 @@ def bench_eval(b: Bench, ds, quick: bool) -> float | None:
     return rate[names[2]] / base
 
 
+def bench_step_profile(b: Bench, quick: bool) -> float | None:
+    """step_profile/* rows; returns keyframe steps/s after over before (None if unavailable)."""
+    try:
+        from twostage_jax.envs.metaworld import MetaWorldEnv
+
+        env = MetaWorldEnv("button-press-topdown-v3")
+        env.reset(0)
+    except Exception as e:  # noqa: BLE001 - any failure here means 'unavailable', with why
+        b.add("step_profile/*", "unavailable", "", reason=f"{type(e).__name__}: {e}"[:300])
+        b.write()
+        return None
+    rng = np.random.default_rng(0)
+    actions = np.clip(rng.normal(0, 0.3, (10 if quick else 30, 7)), -0.9, 0.9).astype(np.float32)
+    sim = env.sim
+    parts = {"physics": (sim, "do_simulation"), "observation": (sim, "_get_obs"),
+             "observation_reduced": (env, "success_obs"), "evaluate_state": (sim, "evaluate_state"),
+             "render": (env, "render")}
+    acc: dict[str, float] = {}
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_fn(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+        return timed_fn
+
+    for name, (obj, attr) in parts.items():
+        setattr(obj, attr, wrap(name, getattr(obj, attr)))
+
+    def episode_run(full: bool) -> tuple[float, dict[str, float], int]:
+        env.full_success_obs = full
+        acc.clear()
+        env.reset(0)
+        low = 0
+        t0 = time.perf_counter()
+        for i, a in enumerate(actions):
+            _, _, done, info = env.step(a)
+            low += info["move_steps"] + info["gripper_steps"]
+            if done:
+                env.reset(i + 1)
+        return time.perf_counter() - t0, dict(acc), low
+
+    runs: dict[bool, list] = {True: [], False: []}
+    for _ in range(3 if quick else 5):
+        for full in (True, False):
+            runs[full].append(episode_run(full))
+    for obj, attr in parts.values():
+        delattr(obj, attr)  # the instance attributes shadowed the methods
+    env.close()
+    out = {}
+    lows = {runs[f][0][2] for f in runs}
+    for full, label in ((True, "before"), (False, "after")):
+        n = len(actions)
+        per_run = []
+        for total, parts_s, _ in runs[full]:
+            obs = parts_s.get("observation", 0.0) + parts_s.get("observation_reduced", 0.0)
+            r = {"physics": parts_s.get("physics", 0.0), "observation": obs,
+                 "evaluate_state": parts_s.get("evaluate_state", 0.0),
+                 "render": parts_s.get("render", 0.0)}
+            r["other"] = total - sum(r.values())
+            per_run.append((total, r))
+        total = statistics.median(t for t, _ in per_run)  # medians over runs, part by part
+        ms = {k: statistics.median(r[k] for _, r in per_run) for k in per_run[0][1]}
+        for k, v in ms.items():
+            b.add(f"step_profile/{label}/{k}", 1e3 * v / n, "ms/keyframe", share=v / total)
+        out[label] = n / total
+        b.add(f"step_profile/{label}/keyframe_step", n / total, "steps/s",
+              low_level_steps_per_keyframe=low / n, same_low_level_steps=len(lows) == 1)
+    b.write()
+    return out["after"] / out["before"]
+
+
 SECTIONS = ("train_steps", "seeds", "batch_scaling", "crops", "crop_cost", "host_sync",
-            "quickstart_train", "act", "sim", "eval")
+            "quickstart_train", "act", "sim", "eval", "step_profile")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -609,6 +689,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench_act(b, ds, repeats)
     if "eval" in sections:
         targets["eval_parallel_over_sequential (>= 1.7 on 2 cores)"] = bench_eval(b, ds, args.quick)
+    if "step_profile" in sections:
+        targets["step_profile_after_over_before"] = bench_step_profile(b, args.quick)
     if "sim" in sections:
         bench_sim(b, args.quick)
     else:

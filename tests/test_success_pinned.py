@@ -28,3 +28,28 @@ def test_recorded_episodes_replay_identically(task):
             assert got == want, (task, e["seed"], k)
             assert done == (want["success"] or k + 1 == e["max_keyframes"])
     env.close()
+
+
+@pytest.mark.sim
+def test_success_obs_gives_evaluate_state_the_same_answers():
+    """At sampled states of every SUCCESS_OBS_TASKS task (arm moving, gripper closing on and off),
+    evaluate_state returns the same reward and info from `success_obs()` as from `_get_obs()`."""
+    rng = np.random.default_rng(0)
+    for task in sorted(mw.SUCCESS_OBS_TASKS):
+        env = mw.MetaWorldEnv(task)
+        sim = env.sim
+        env.reset(3)
+        low, high = sim.sawyer_observation_space.low, sim.sawyer_observation_space.high
+        target = env.tcp_position() + np.array([0.0, 0.1, -0.15])
+        for k in range(40):
+            delta = np.clip(10 * (target - env.tcp_position()) + rng.normal(0, 0.3, 3), -1, 1)
+            effort = 1.0 if k >= 20 else -1.0
+            env._low_level_step(sim.data.mocap_pos[0] + delta * sim.action_scale,
+                                mw.NEUTRAL_MOCAP_QUAT, effort)
+            if k % 4:
+                continue
+            action = np.array([0.0, 0.0, 0.0, effort])
+            full = sim.evaluate_state(np.clip(sim._get_obs(), low, high), action)
+            reduced = sim.evaluate_state(np.clip(env.success_obs(), low, high), action)
+            assert reduced == full, (task, k)
+        env.close()
