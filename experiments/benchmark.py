@@ -492,6 +492,21 @@ def bench_sim(b: Bench, quick: bool) -> None:
     b.write()
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of this process and of `pids` so far (Linux /proc; else NaN
+    for the others)."""
+    t = os.times()
+    total = t.user + t.system
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+    return total
+
+
 def bench_eval(b: Bench, ds, quick: bool) -> float | None:
     """eval/* rows; returns parallel over today's sequential episodes/s (None if unavailable)."""
     names = ["eval/sequential_today", "eval/pool_workers=1", "eval/pool_workers=N"]
@@ -537,12 +552,14 @@ def bench_eval(b: Bench, ds, quick: bool) -> float | None:
             return [rollout(env, act_plain, s) for s in layouts]
 
         t = {k: [] for k in names}
+        cpu = {k: [] for k in names}
         out = {}
         for _ in range(1 if quick else 2):
             for name, fn in zip(names, (today, lambda: pool1.run(jobs), lambda: pool.run(jobs))):
-                t0 = time.perf_counter()
+                c0, t0 = _cpu_seconds(pool.pids), time.perf_counter()
                 out[name] = fn()
                 t[name].append(time.perf_counter() - t0)
+                cpu[name].append(_cpu_seconds(pool.pids) - c0)
         env.close()
     finally:
         pool.close()
@@ -551,13 +568,17 @@ def bench_eval(b: Bench, ds, quick: bool) -> float | None:
                for a, c in zip(out[names[1]], out[names[2]]))
     steps = sum(e.num_steps for e in out[names[0]])
     rate = {n: episodes / statistics.median(v) for n, v in t.items()}
+    # CPU seconds per episode (all processes) and CPU seconds per wall second ('cores busy'):
+    # on a shared machine the wall-clock ratio also measures the neighbours' load.
+    extra = {n: {"cpu_s_per_episode": statistics.median(cpu[n]) / episodes,
+                 "cores_busy": statistics.median(c / w for c, w in zip(cpu[n], t[n]))} for n in names}
     base = rate[names[0]]
     b.add(names[0], rate[names[0]], "episodes/s", episodes=episodes, keyframe_steps=steps,
-          note="in-process loop over rollout(), batch-1 policy calls")
-    b.add(names[1], rate[names[1]], "episodes/s", over_today=rate[names[1]] / base)
+          note="in-process loop over rollout(), batch-1 policy calls", **extra[names[0]])
+    b.add(names[1], rate[names[1]], "episodes/s", over_today=rate[names[1]] / base, **extra[names[1]])
     b.add(names[2].replace("N", str(workers)), rate[names[2]], "episodes/s",
           over_today=rate[names[2]] / base, startup_s=startup, same_episodes_as_workers_1=same,
-          loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None)
+          loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None, **extra[names[2]])
     b.write()
     return rate[names[2]] / base
 
@@ -631,7 +652,7 @@ def bench_step_profile(b: Bench, quick: bool) -> float | None:
             b.add(f"step_profile/{label}/{k}", 1e3 * v / n, "ms/keyframe", share=v / total)
         out[label] = n / total
         b.add(f"step_profile/{label}/keyframe_step", n / total, "steps/s",
-              low_level_steps_per_keyframe=low / n, same_low_level_steps=len(lows) == 1)
+              low_level_steps_per_keyframe=runs[full][0][2] / n, same_low_level_steps=len(lows) == 1)
     b.write()
     return out["after"] / out["before"]
 

@@ -121,6 +121,11 @@ def default_workers() -> int:
 def _worker_main(conn: Connection, env_fn: Callable[[], Any]) -> None:
     """A worker process: builds its env, then answers ('reset', seed) / ('step', action) with
     ('obs', image, pose, reward, done, clipped) until ('close', None) or a closed pipe."""
+    # The env's few eager jnp ops need no thread pool; XLA's would spin beside the simulators.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1").strip()
     try:
         env = env_fn()
         conn.send(("ready", jax.tree_util.tree_map(np.asarray, env.camera)))
@@ -230,6 +235,11 @@ class EnvPool:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers (empty with workers=1)."""
+        return [p.pid for p in self._procs]
 
     @property
     def camera(self) -> Any:
