@@ -121,7 +121,10 @@ def default_workers() -> int:
 def _worker_main(conn: Connection, env_fn: Callable[[], Any]) -> None:
     """A worker process: builds its env, then answers ('reset', seed) / ('step', action) with
     ('obs', image, pose, reward, done, clipped) until ('close', None) or a closed pipe."""
-    # The env's few eager jnp ops need no thread pool; XLA's would spin beside the simulators.
+    # The env's few eager jnp ops need neither an accelerator (a GPU backend would preallocate
+    # memory in every worker) nor a thread pool (XLA's would spin beside the simulators). Both
+    # settings act before the first jnp op initialises a backend in this process.
+    jax.config.update("jax_platforms", "cpu")
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_multi_thread_eigen" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
@@ -191,7 +194,9 @@ class EnvPool:
     seeds, same actions, same success; tested) when a row's action does not depend on the batch
     size, as with `make_policy(..., row_by_row=True)`. With a plainly batched policy, XLA's
     batched kernels round differently from batch 1 (~1e-7 in the actions), so an episode whose
-    outcome hinges on that rounding can differ.
+    outcome hinges on that rounding can differ. Workers run JAX on the CPU only (the env's few
+    eager ops); on a GPU machine the in-process path (workers=1) runs those ops on the GPU,
+    which may round differently.
 
     Args:
       env_fn: a picklable zero-argument callable returning an `Env`, e.g.
