@@ -37,12 +37,24 @@ Rows:
   act/*              two-stage policy latency (paper BC sizes), batch 1 and 64, incl. host checks.
   sim/*              MetaWorld keyframe step, low-level physics step, render (128x128), and demo
                      generation; 'unavailable' with the reason if the simulator cannot run.
+  eval/*             episodes/s of evaluation rollouts (quickstart-size two-stage BC policy,
+                     untrained, button-press-topdown-v3, 20 keyframes per episode), timed
+                     alternately in one run: today's sequential loop (`rollout` with the plainly
+                     batched policy), `EnvPool` with 1 worker and with N = the usable cores
+                     (policy with row_by_row=True); worker start-up is reported separately.
+  step_profile/*     one MetaWorld keyframe step (button-press-topdown-v3, 128x128, the same
+                     random actions and layouts) split into physics (`do_simulation`), the
+                     per-low-level-step observation and `evaluate_state` success checks,
+                     rendering, and the rest (P-controller, mj_forward, bookkeeping): 'before'
+                     with the full `_get_obs`, 'after' with `success_obs` (SUCCESS_OBS_TASKS),
+                     timed alternately.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -480,8 +492,173 @@ def bench_sim(b: Bench, quick: bool) -> None:
     b.write()
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of this process and of `pids` so far (Linux /proc; else NaN
+    for the others)."""
+    t = os.times()
+    total = t.user + t.system
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+    return total
+
+
+def bench_eval(b: Bench, ds, quick: bool) -> float | None:
+    """eval/* rows; returns parallel over today's sequential episodes/s (None if unavailable)."""
+    names = ["eval/sequential_today", "eval/pool_workers=1", "eval/pool_workers=N"]
+    try:
+        from twostage_jax.envs import make_env
+        from twostage_jax.envs.metaworld import default_workspace
+        from twostage_jax.evaluation import EnvPool, Job, default_workers, rollout
+
+        env_fn = functools.partial(make_env, "button-press-topdown-v3")
+        env_fn().close()
+    except Exception as e:  # noqa: BLE001 - any failure here means 'unavailable', with why
+        for n in names:
+            b.add(n, "unavailable", "", reason=f"{type(e).__name__}: {e}"[:300])
+        b.write()
+        return None
+    c1, c2 = size_config("quickstart", 1, "bc"), size_config("quickstart", 2, "bc")
+    t1 = make_trainer(c1, ds, 1)
+    t2 = make_trainer(c2, t1.data, 2)
+    p1 = jax.jit(t1.init)(jax.random.PRNGKey(0)).params
+    p2 = jax.jit(t2.init)(jax.random.PRNGKey(1)).params
+    plain = make_policy(c1, c2, default_workspace())
+    rows = make_policy(c1, c2, default_workspace(), row_by_row=True)
+    act_plain = lambda im, z, cam: plain(p1, p2, im, z, cam)
+    act_rows = lambda im, z, cam: rows(p1, p2, im, z, cam)
+    workers = max(2, default_workers())
+    episodes = 3 * workers if quick else 8 * workers
+    layouts = list(range(1000, 1000 + episodes))
+    jobs = [Job(act_rows, s) for s in layouts]
+    t0 = time.perf_counter()
+    pool = EnvPool(env_fn, workers)
+    pool.camera  # the workers' envs are built
+    startup = time.perf_counter() - t0
+    pool1 = EnvPool(env_fn, 1)
+    try:
+        for w in range(1, workers + 1):  # compile every padded batch shape, warm the workers
+            act_rows(np.zeros((w, 128, 128, 3), np.uint8), np.zeros((w, 7), np.float32), pool.camera)
+        pool.run(jobs[:workers])
+        pool1.run(jobs[:1])
+        env = env_fn()
+        rollout(env, act_plain, layouts[0])  # compiles the batch-1 policy, builds the renderer
+
+        def today():
+            return [rollout(env, act_plain, s) for s in layouts]
+
+        t = {k: [] for k in names}
+        cpu = {k: [] for k in names}
+        out = {}
+        for _ in range(1 if quick else 2):
+            for name, fn in zip(names, (today, lambda: pool1.run(jobs), lambda: pool.run(jobs))):
+                c0, t0 = _cpu_seconds(pool.pids), time.perf_counter()
+                out[name] = fn()
+                t[name].append(time.perf_counter() - t0)
+                cpu[name].append(_cpu_seconds(pool.pids) - c0)
+        env.close()
+    finally:
+        pool.close()
+        pool1.close()
+    same = all(np.array_equal(a.actions, c.actions) and a.success == c.success
+               for a, c in zip(out[names[1]], out[names[2]]))
+    steps = sum(e.num_steps for e in out[names[0]])
+    rate = {n: episodes / statistics.median(v) for n, v in t.items()}
+    # CPU seconds per episode (all processes) and CPU seconds per wall second ('cores busy'):
+    # on a shared machine the wall-clock ratio also measures the neighbours' load.
+    extra = {n: {"cpu_s_per_episode": statistics.median(cpu[n]) / episodes,
+                 "cores_busy": statistics.median(c / w for c, w in zip(cpu[n], t[n]))} for n in names}
+    base = rate[names[0]]
+    b.add(names[0], rate[names[0]], "episodes/s", episodes=episodes, keyframe_steps=steps,
+          note="in-process loop over rollout(), batch-1 policy calls", **extra[names[0]])
+    b.add(names[1], rate[names[1]], "episodes/s", over_today=rate[names[1]] / base, **extra[names[1]])
+    b.add(names[2].replace("N", str(workers)), rate[names[2]], "episodes/s",
+          over_today=rate[names[2]] / base, startup_s=startup, same_episodes_as_workers_1=same,
+          loadavg=os.getloadavg() if hasattr(os, "getloadavg") else None, **extra[names[2]])
+    b.write()
+    return rate[names[2]] / base
+
+
+def bench_step_profile(b: Bench, quick: bool) -> float | None:
+    """step_profile/* rows; returns keyframe steps/s after over before (None if unavailable)."""
+    try:
+        from twostage_jax.envs.metaworld import MetaWorldEnv
+
+        env = MetaWorldEnv("button-press-topdown-v3")
+        env.reset(0)
+    except Exception as e:  # noqa: BLE001 - any failure here means 'unavailable', with why
+        b.add("step_profile/*", "unavailable", "", reason=f"{type(e).__name__}: {e}"[:300])
+        b.write()
+        return None
+    rng = np.random.default_rng(0)
+    actions = np.clip(rng.normal(0, 0.3, (10 if quick else 30, 7)), -0.9, 0.9).astype(np.float32)
+    sim = env.sim
+    parts = {"physics": (sim, "do_simulation"), "observation": (sim, "_get_obs"),
+             "observation_reduced": (env, "success_obs"), "evaluate_state": (sim, "evaluate_state"),
+             "render": (env, "render")}
+    acc: dict[str, float] = {}
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_fn(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+        return timed_fn
+
+    for name, (obj, attr) in parts.items():
+        setattr(obj, attr, wrap(name, getattr(obj, attr)))
+
+    def episode_run(full: bool) -> tuple[float, dict[str, float], int]:
+        env.full_success_obs = full
+        acc.clear()
+        env.reset(0)
+        low = 0
+        t0 = time.perf_counter()
+        for i, a in enumerate(actions):
+            _, _, done, info = env.step(a)
+            low += info["move_steps"] + info["gripper_steps"]
+            if done:
+                env.reset(i + 1)
+        return time.perf_counter() - t0, dict(acc), low
+
+    runs: dict[bool, list] = {True: [], False: []}
+    for _ in range(3 if quick else 5):
+        for full in (True, False):
+            runs[full].append(episode_run(full))
+    for obj, attr in parts.values():
+        delattr(obj, attr)  # the instance attributes shadowed the methods
+    env.close()
+    out = {}
+    lows = {runs[f][0][2] for f in runs}
+    for full, label in ((True, "before"), (False, "after")):
+        n = len(actions)
+        per_run = []
+        for total, parts_s, _ in runs[full]:
+            obs = parts_s.get("observation", 0.0) + parts_s.get("observation_reduced", 0.0)
+            r = {"physics": parts_s.get("physics", 0.0), "observation": obs,
+                 "evaluate_state": parts_s.get("evaluate_state", 0.0),
+                 "render": parts_s.get("render", 0.0)}
+            r["other"] = total - sum(r.values())
+            per_run.append((total, r))
+        total = statistics.median(t for t, _ in per_run)  # medians over runs, part by part
+        ms = {k: statistics.median(r[k] for _, r in per_run) for k in per_run[0][1]}
+        for k, v in ms.items():
+            b.add(f"step_profile/{label}/{k}", 1e3 * v / n, "ms/keyframe", share=v / total)
+        out[label] = n / total
+        b.add(f"step_profile/{label}/keyframe_step", n / total, "steps/s",
+              low_level_steps_per_keyframe=runs[full][0][2] / n, same_low_level_steps=len(lows) == 1)
+    b.write()
+    return out["after"] / out["before"]
+
+
 SECTIONS = ("train_steps", "seeds", "batch_scaling", "crops", "crop_cost", "host_sync",
-            "quickstart_train", "act", "sim")
+            "quickstart_train", "act", "sim", "eval", "step_profile")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -531,6 +708,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             b, ds, 2 if args.quick else 3)
     if "act" in sections:
         bench_act(b, ds, repeats)
+    if "eval" in sections:
+        targets["eval_parallel_over_sequential (>= 1.7 on 2 cores)"] = bench_eval(b, ds, args.quick)
+    if "step_profile" in sections:
+        targets["step_profile_after_over_before"] = bench_step_profile(b, args.quick)
     if "sim" in sections:
         bench_sim(b, args.quick)
     else:

@@ -198,6 +198,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                              "e.g. 50000 with the defaults.")
     if int(config.eval.num_episodes) <= 0:
         raise ValueError(f"config.eval.num_episodes must be > 0; got {config.eval.num_episodes!r}.")
+    from experiments.rollouts import validate_eval_config
+
+    validate_eval_config(config)  # eval.workers, eval.curve_steps
     name = str(config.stage2_name)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in ("stage1", "demos") or name.startswith("eval"):
         raise ValueError(f"config.stage2_name must be a folder name of letters, digits, '_' or '-', "
@@ -569,7 +572,11 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
       A summary dict (final step, wall time, final metric means per seed).
     """
     out_dir = stage_dir(workdir, stage, config)
-    ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints))
+    from experiments.rollouts import curve_steps
+
+    # the learning curves' checkpoints (config.eval.curve_steps) are kept beside the latest ones
+    ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints),
+                        keep_steps=curve_steps(config))
     try:
         return _train_stage(config, workdir, stage, resume, out_dir, ckpt)
     finally:
@@ -642,7 +649,7 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
             key_metric = "bc_loss" if "bc_loss" in means else "critic_loss"
             bar.set_postfix({key_metric: " ".join(f"{v:.3g}" for v in means[key_metric])})
             bar.update(n)
-            if step % ckpt_every == 0 or step == total:
+            if step % ckpt_every == 0 or step == total or step in ckpt.keep_steps:
                 ckpt.save(step, states, _checkpoint_meta(config, stage, extra))
     finally:
         bar.close()
@@ -761,8 +768,8 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
-                dataset: tj.Dataset | None = None) -> tuple[Any, int]:
-    """Final parameters (leading seed axis) of a stage and their step.
+                dataset: tj.Dataset | None = None, step: int | None = None) -> tuple[Any, int]:
+    """Parameters (leading seed axis) of a stage at `step` (default: the latest) and their step.
 
     The latest checkpoint must have been trained with this config's `program_fields`.
     `dataset` (default: the workdir's) only gives the shapes of the state to restore into.
@@ -776,7 +783,12 @@ def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
                                              if out_dir.name != STAGE_NAMES[stage] else "")
     ckpt = Checkpointer(directory)
     try:
-        step = ckpt.latest_step()
+        if step is not None and step not in ckpt.all_steps():
+            raise PipelineError(
+                f"no {STAGE_NAMES[stage]} checkpoint at step {step} in {directory} (it has "
+                f"{ckpt.all_steps()}); learning-curve steps (config.eval.curve_steps) must be set "
+                "when the stage is trained, so that their checkpoints are kept.")
+        step = ckpt.latest_step() if step is None else step
         if step is None:
             raise PipelineError(f"no checkpoint in {directory}; run {mode} first.")
         try:
@@ -806,18 +818,6 @@ def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
 # Evaluation
 
 
-def _make_env(config: ml_collections.ConfigDict):
-    if config.env == "metaworld":
-        from twostage_jax.envs.metaworld import MetaWorldConfig, MetaWorldEnv
-
-        return MetaWorldEnv(config.task, MetaWorldConfig(
-            width=int(config.demos.image_size), height=int(config.demos.image_size),
-            max_keyframes=int(config.demos.max_keyframes)))
-    from twostage_jax.envs.rlbench import RLBenchEnv
-
-    return RLBenchEnv(config.task, image_size=int(config.demos.image_size))
-
-
 def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
     """Evaluation layout seeds; they must not overlap the demo seeds."""
     seeds = [int(config.eval.seed) + i for i in range(int(config.eval.num_episodes))]
@@ -839,7 +839,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
     results whole.
     """
-    from experiments import plots
+    from experiments import plots, rollouts
 
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
@@ -860,46 +860,29 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                         pairing.get("step"), step1)
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     workspace = dataset.workspace
-    policies = {"stage1": tj.make_policy(c1, None, workspace),
-                "two_stage": tj.make_policy(c1, c2, workspace)}
-    env = _make_env(config)
-    camera = env.camera
     seeds = eval_seeds(config, workdir)
     num_seeds = int(config.num_seeds)
-    success = {m: np.zeros((num_seeds, len(seeds)), bool) for m in policies}
+    policies = rollouts.MODES
     # Stage 1 alone does not depend on stage 2: ablations sharing a stage 1 reuse its rollouts.
-    cache_path = stage_dir(workdir, 1, config) / "eval_cache.json"
-    cache_key = {"task": config.task, "env": config.env, "stage1_step": step1, "eval_seeds": seeds,
-                 "num_seeds": num_seeds, "max_keyframes": int(config.demos.max_keyframes)}
-    cached = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    to_run = dict(policies)
-    if cached.get("key") == cache_key:
-        success["stage1"] = np.asarray(cached["success"], bool)
-        del to_run["stage1"]
-        logging.info("reusing stage-1 rollouts from %s", cache_path)
-    recorded: dict[str, Any] = {}
-    bar = _progress(num_seeds * len(seeds) * len(to_run), 0, "eval", unit="episode")
+    cache = rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
+                                 rollouts.cache_setting(config, seeds))
+    ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache)
+    ev.add("final", params1, params2, record=int(config.eval.record_episodes))
+    curve = [k for k in rollouts.curve_steps(config) if (k, k) != (step1, step2)]
+    for k in curve:
+        ev.add(k, load_params(config, workdir, 1, dataset, k)[0],
+               load_params(config, workdir, 2, dataset, k)[0])
+    bar = _progress(0, 0, "eval", unit="episode")
     start = time.perf_counter()
     try:
-        for s in range(num_seeds):
-            p1 = jax.tree_util.tree_map(lambda x: x[s], params1)
-            p2 = jax.tree_util.tree_map(lambda x: x[s], params2)
-            for mode, policy in to_run.items():
-                act = lambda img, pose, cam, policy=policy: policy(p1, p2 if mode == "two_stage" else None,
-                                                                   img, pose, cam)
-                for e, layout in enumerate(seeds):
-                    record = s == 0 and e < int(config.eval.record_episodes)
-                    ep = evaluation.rollout(env, act, layout, record=record)
-                    success[mode][s, e] = ep.success
-                    if record:
-                        recorded.setdefault(mode, []).append(ep)
-                    bar.update(1)
-                bar.set_postfix({m: f"{success[m][: s + 1].mean():.2f}" for m in policies})
+        with evaluation.EnvPool(rollouts.env_factory(config), int(config.eval.get("workers", 1))) as pool:
+            by_tag, recorded = ev.run(pool, bar)
+            camera = pool.camera
     finally:
         bar.close()
-        env.close()
-    if "stage1" in to_run:
-        write_json_atomic(cache_path, {"key": cache_key, "success": success["stage1"].tolist()})
+    if ev.reused:
+        logging.info("reusing stage-1 rollouts of %d seed checkpoint(s) from %s", ev.reused, cache.path)
+    success = by_tag["final"]
     rates = {m: success[m].mean(axis=1) for m in policies}
     reps = int(config.eval.bootstrap_reps)
     results: dict[str, Any] = {
@@ -918,6 +901,11 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
                                "episodes": success[m].astype(int).tolist()}
     gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
     results["gain"] = {"mean": gain.mean, "ci_low": gain.low, "ci_high": gain.high}
+    if rollouts.curve_steps(config):  # [steps][seeds] success rates, the final checkpoint last
+        tags = curve + ["final"]
+        results["curves"] = {m: {"steps": curve + [step1 if m == "stage1" else step2],
+                                 "per_seed": [by_tag[t][m].mean(axis=1).tolist() for t in tags]}
+                             for m in policies}
     with atomic_folder(out_dir) as tmp:
         write_json_atomic(tmp / "results.json", results)
         plots.success_bars(results, tmp / "success.png")

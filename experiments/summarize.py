@@ -27,7 +27,9 @@ from absl import app, flags
 from experiments.configs.base import DEFAULT_TASKS
 from experiments.plots import _save, plt
 from twostage_jax._io import atomic_open
-from twostage_jax.evaluation import Interval, bootstrap_interval, difference_interval
+from twostage_jax.evaluation import (
+    Interval, bootstrap_interval, difference_interval, improvement_probability, iqm_interval,
+    performance_profile)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "repro"
 HEADLINE = "stage2"
@@ -82,6 +84,13 @@ def _validate(d: Any, path: Path) -> None:
         if len(per) != d["num_seeds"]:
             raise SummaryError(f"{path}: field 'modes.{m}.per_seed' has {len(per)} entries but "
                                f"'num_seeds' is {d['num_seeds']}.")
+    for m in MODES if "curves" in d else ():  # learning curves: [steps][seeds] success rates
+        c = d["curves"].get(m) if isinstance(d["curves"], dict) else None
+        steps = c.get("steps") if isinstance(c, dict) else None
+        per = np.asarray(c.get("per_seed") if isinstance(c, dict) else None, dtype=object)
+        if not isinstance(steps, list) or per.shape != (len(steps), d["num_seeds"]):
+            raise SummaryError(f"{path}: field 'curves.{m}' must hold 'steps' (a list) and "
+                               f"'per_seed' ([len(steps)][num_seeds] success rates).")
 
 
 def load_raw(raw: Path) -> Runs:
@@ -224,6 +233,90 @@ def _headline(runs: Runs, out: Path, reps: int) -> list[str]:
     _save(fig, out / "fig4_per_task.png")
     return lines + ["", "![Fig. 3: mean success over tasks](fig3_headline.png)", "",
                     "![Fig. 4: success per task](fig4_per_task.png)"]
+
+
+def _aggregates(runs: Runs, out: Path, reps: int) -> list[str]:
+    """rliable's aggregates of the headline runs: IQM and mean with stratified bootstrap
+    intervals, the probability of improvement of two-stage over stage 1, and performance
+    profiles (fig_aggregates.png, fig_performance_profiles.png); returns the Markdown lines."""
+    scores: dict[str, np.ndarray] = {}
+    colors: dict[str, str] = {}
+    rows, poi = [], {}
+    for algo in ALGOS:
+        ts = _tasks(runs, algo)
+        if not ts:
+            continue
+        a, b = (_matrix(runs, ts, algo, HEADLINE, m) for m in MODES)
+        for label, x, color in ((f"{algo.upper()}(1)", a, COLORS[algo][0]),
+                                (f"{algo.upper()} two-stage", b, COLORS[algo][1])):
+            scores[label], colors[label] = x, color
+            rows.append((label, len(ts), iqm_interval(x, reps=reps), bootstrap_interval(x, reps=reps)))
+        poi[algo] = improvement_probability(b, a, reps=reps)
+    lines = ["| arm | tasks | IQM | mean |", "|---|---|---|---|"]
+    lines += [f"| {label} | {n} | {_fmt(iqm)} | {_fmt(mean)} |" for label, n, iqm, mean in rows]
+    lines += ["", "Probability of improvement P(two-stage > stage 1) (Mann-Whitney over seeds, "
+              "averaged over tasks; 0.5 = no difference): " + "; ".join(
+                  f"{a.upper()} {_fmt(iv)}" for a, iv in poi.items()) + ".", ""]
+    labels = [r[0] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.5 + 0.45 * len(labels)))
+    for ax, (title, ivs) in zip(axes, (("IQM", [r[2] for r in rows]), ("mean", [r[3] for r in rows]))):
+        for i, (iv, label) in enumerate(zip(ivs, labels)):
+            ax.barh(i, iv.high - iv.low, left=iv.low, height=0.6, color=colors[label], alpha=0.8)
+            ax.plot([iv.mean, iv.mean], [i - 0.3, i + 0.3], color="k", lw=1.5)
+        ax.set_yticks(range(len(labels)), labels if title == "IQM" else [""] * len(labels), fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{title} success", fontsize=9)
+    ax = axes[2]
+    for i, (algo, iv) in enumerate(poi.items()):
+        ax.barh(i, iv.high - iv.low, left=iv.low, height=0.6, color=COLORS[algo][1], alpha=0.8)
+        ax.plot([iv.mean, iv.mean], [i - 0.3, i + 0.3], color="k", lw=1.5)
+    ax.axvline(0.5, color="gray", ls="--", lw=1)
+    ax.set_yticks(range(len(poi)), [f"{a.upper()}: two-stage\n> stage 1" for a in poi], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_title("P(improvement)", fontsize=9)
+    _save(fig, out / "fig_aggregates.png")
+    from rliable import plot_utils
+
+    taus = np.linspace(0.0, 1.0, 21)
+    profiles, cis = performance_profile(scores, taus, reps=reps)
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    plot_utils.plot_performance_profiles(
+        profiles, taus, performance_profile_cis=cis, colors=colors, ax=ax,
+        xlabel=r"success rate $\tau$", ylabel=r"fraction of runs with success $> \tau$",
+        labelsize="small", ticklabelsize="small")
+    ax.legend(fontsize=7)
+    _save(fig, out / "fig_performance_profiles.png")
+    return lines + ["![Aggregates: IQM, mean, probability of improvement](fig_aggregates.png)", "",
+                    "![Performance profiles](fig_performance_profiles.png)"]
+
+
+def _success_curves(runs: Runs, out: Path) -> list[str]:
+    """Fig. 4: success of stage 1 and of the two-stage policy at the evaluated checkpoints,
+    mean ± std over seeds, one panel per task; returns the written file names."""
+    written = []
+    for algo in ALGOS:
+        tasks = [t for t in _tasks(runs, algo) if "curves" in runs[t, algo, HEADLINE]]
+        if not tasks:
+            continue
+        fig, axes = _grid(len(tasks))
+        for ax, t in zip(axes, tasks):
+            for mode, color in zip(MODES, COLORS[algo]):
+                c = runs[t, algo, HEADLINE]["curves"][mode]
+                per = np.asarray(c["per_seed"], float)  # [steps, seeds]
+                m, sd = per.mean(axis=1), per.std(axis=1)
+                label = f"{algo.upper()}(1)" if mode == "stage1" else f"{algo.upper()} two-stage"
+                ax.plot(c["steps"], m, marker="o", ms=3, color=color, lw=1, label=label)
+                ax.fill_between(c["steps"], np.clip(m - sd, 0, 1), np.clip(m + sd, 0, 1),
+                                color=color, alpha=0.25)
+            ax.set_ylim(0, 1)
+            ax.set_title(t, fontsize=9)
+            ax.set_xlabel("training steps (each stage)", fontsize=8)
+            ax.set_ylabel("success", fontsize=8)
+            ax.legend(fontsize=7)
+        name = f"fig4_success_curves_{algo}.png"
+        _save(fig, out / name)
+        written.append(name)
+    return written
 
 
 def _ablations(runs: Runs, out: Path, reps: int) -> list[str]:
@@ -381,11 +474,28 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
               f"Cells: mean success [95% stratified bootstrap interval over seeds, {reps} resamples]. "
               "Regenerate: `python -m experiments.summarize`."), "", "## Headline", ""]
     lines += _headline(results, out, reps)
+    lines += ["", "## Aggregate statistics (rliable)", "",
+              ("Over seeds × tasks of the headline runs: interquartile mean (IQM) and mean with "
+               f"stratified bootstrap intervals ({reps} resamples), the probability of "
+               "improvement, and performance profiles (fraction of runs above each success "
+               "rate), after Agarwal et al. (2021)."), ""]
+    lines += _aggregates(results, out, reps)
+    lines += ["", "## Success over training (Fig. 4)", ""]
+    success_curves = _success_curves(results, out)
+    if success_curves:
+        lines += [("Success of stage 1 alone and of the two-stage policy (stage 1 and stage 2 both "
+                   "at that step) at the checkpoints of `config.eval.curve_steps` and the final "
+                   "one; mean ± std over seeds."), ""]
+        lines += [f"![{name}]({name})" for name in success_curves]
+    else:
+        lines.append("Not drawn: no results file has learning curves (set config.eval.curve_steps "
+                     "before training).")
     lines += ["", "## Training curves", ""]
     curves = _learning_curves(Path(runs), _tasks(results), out) if runs and Path(runs).is_dir() else []
     if curves:
-        lines += [("The paper's Fig. 4 plots success over training; ours shows training losses "
-                   "(mean ± std over seeds) because intermediate checkpoints were not evaluated."), ""]
+        lines += [("Training losses (mean ± std over seeds)" + (
+            "." if success_curves else "; intermediate checkpoints were not evaluated, so these "
+            "stand in for the paper's Fig. 4.")), ""]
         lines += [f"![{name}]({name})" for name in curves]
     else:
         lines.append(f"Not drawn: no metrics.jsonl under {runs}.")

@@ -75,12 +75,12 @@ def rollouts(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list
     import jax
 
     import twostage_jax as tj
-    from experiments import pipeline
+    from experiments import pipeline, rollouts
     from twostage_jax import evaluation
 
     c1 = pipeline.train_config(config, 1)
     c2 = pipeline.train_config(config, 2, workdir) if two_stage else None
-    env = pipeline._make_env(config)
+    env = rollouts.env_factory(config)()
     ws = env.workspace
     policy = tj.make_policy(c1, c2, ws)
     num = int(config.num_seeds)

@@ -38,3 +38,25 @@ def test_interval_inputs_are_checked():
         bootstrap_interval([0.5, 1.5])
     with pytest.raises(ValueError, match="same shape"):
         difference_interval(np.zeros((3, 2)), np.zeros((3, 1)))
+
+
+def test_iqm_improvement_and_profiles():
+    from twostage_jax.evaluation import improvement_probability, iqm_interval, performance_profile
+
+    rng = np.random.default_rng(2)
+    x = rng.uniform(size=(8, 3))
+    iqm = iqm_interval(x, reps=300)
+    middle = np.sort(x.ravel())[6:18]  # 24 scores, the middle half
+    assert iqm.mean == pytest.approx(middle.mean()) and iqm.low <= iqm.mean <= iqm.high
+    assert iqm == iqm_interval(x, reps=300)
+    with pytest.raises(ValueError, match="`x` must lie in"):
+        improvement_probability(x + 2, x, reps=10)
+    with pytest.raises(ValueError, match="same number of tasks"):
+        improvement_probability(x, x[:, :2], reps=10)
+    better = improvement_probability(np.clip(x + 0.5, 0, 1), x * 0.5, reps=300)
+    assert better.mean == 1.0 and better.low == 1.0
+    even = improvement_probability(x, x, reps=300)
+    assert even.mean == 0.5 and even.low < 0.5 < even.high
+    profiles, cis = performance_profile({"a": x, "b": x * 0.5}, [0.0, 0.5, 1.0], reps=200)
+    np.testing.assert_allclose(profiles["a"], [np.mean(x > t) for t in (0.0, 0.5, 1.0)])
+    assert cis["b"].shape == (2, 3) and profiles["b"][1] == 0.0

@@ -121,10 +121,12 @@ def _final_params(workdir: Path, stage: int = 1):
 @pytest.mark.sim
 @pytest.mark.render
 def test_mode_all_end_to_end(tmp_path):
-    # Held-out validation demos, and a stage 2 calibrated on them (sigma and crop size 'auto').
+    # Held-out validation demos, and a stage 2 calibrated on them (sigma and crop size 'auto');
+    # evaluation on 2 worker processes, with a learning-curve checkpoint.
     calibrated = ["--config.demos.num_validation=2", "--config.stage2.calibrate_sigma=True",
                   "--config.stage2.crop_size=0"]
-    out = _launch("--mode=all", f"--workdir={tmp_path}", *calibrated)
+    out = _launch("--mode=all", f"--workdir={tmp_path}", *calibrated, "--config.eval.curve_steps=(2,)",
+                  "--config.eval.workers=2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for rel in ("demos/config.json", "stage1/config.json", "stage2/config.json",
                 "demos/dataset.npz", "demos/validation.npz", "stage2/calibration.json",
@@ -141,6 +143,11 @@ def test_mode_all_end_to_end(tmp_path):
         assert all(0.0 <= x <= 1.0 for x in r["per_seed"])
         assert 0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0
     assert np.isfinite(res["gain"]["mean"])
+    for mode in ("stage1", "two_stage"):  # learning curve: the kept step-2 checkpoint, then the final
+        curve = res["curves"][mode]
+        assert curve["steps"] == [2, 8] and np.shape(curve["per_seed"]) == (2, 2)
+        assert curve["per_seed"][-1] == res["modes"][mode]["per_seed"]
+    assert (tmp_path / "stage2" / "checkpoints" / "2").is_dir()
     pairing = json.loads((tmp_path / "stage2" / "pairing.json").read_text())
     assert pairing["step"] == 8 and pairing["path"].endswith("stage1/checkpoints/8")
     assert "two_stage" in out.stdout and "95% CI" in out.stdout
@@ -379,7 +386,7 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
 
 
 def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch):
-    from experiments import pipeline, plots
+    from experiments import pipeline, plots, rollouts
 
     wd = _copy(trained, tmp_path / "wd")
     old = {"results.json": '{"old": true}', "success.png": "old plot", "rollout_stage1.png": "old frames"}
@@ -393,7 +400,7 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
         def close(self):
             pass
 
-    monkeypatch.setattr(pipeline, "_make_env", lambda config: Env())
+    monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
     monkeypatch.setattr(pipeline.evaluation, "rollout",
                         lambda env, act, layout, record=False: types.SimpleNamespace(success=layout % 2 == 0))
     learning_curves = plots.learning_curves
@@ -402,7 +409,7 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(plots, "learning_curves", disk_full)
-    config = _smoke(**{"eval.record_episodes": 0, "eval.bootstrap_reps": 10})
+    config = _smoke(**{"eval.record_episodes": 0, "eval.bootstrap_reps": 10, "eval.workers": 1})
     with pytest.raises(OSError, match="No space left on device"):
         pipeline.run_eval(config, wd)
     assert {p.name: p.read_text() for p in (wd / "eval").iterdir()} == old

@@ -67,3 +67,16 @@ def test_policy_rejects_bad_input(trained):
         act(p1, p2, image, pose, cam, tentative=pose[:1])
     with pytest.raises(ValueError, match="`params2` is None"):
         act(p1, None, image, pose, cam)
+
+
+def test_row_by_row_rows_are_bitwise_batch_one_calls(trained):
+    """What parallel evaluation relies on: a row's action does not depend on the batch size."""
+    ds, c1, c2, p1, p2 = trained
+    plain = tj.make_policy(c1, c2, ds.workspace)
+    rows = tj.make_policy(c1, c2, ds.workspace, row_by_row=True)
+    image, pose, cam = _inputs(ds, 3)
+    out = rows(p1, p2, image, pose, cam)
+    for i in range(3):
+        one = plain(p1, p2, image[i:i + 1], pose[i:i + 1], cam)
+        for field in ("action", "tentative", "correction"):
+            np.testing.assert_array_equal(getattr(out, field)[i], getattr(one, field)[0], err_msg=field)

@@ -148,3 +148,36 @@ def test_cli_empty_raw_exits_2(tmp_path):
                          timeout=120, check=False)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "no TASK/ALGO_NAME.json results" in out.stderr
+
+
+def test_aggregates_and_success_curves(fake_raw, tmp_path):
+    from scipy.stats import trim_mean
+
+    raw, truth = fake_raw
+    rng = np.random.default_rng(3)
+    for task in TASKS:  # learning curves in the BC headline runs (and none in the CQL ones)
+        path = raw / task / "bc_stage2.json"
+        d = json.loads(path.read_text())
+        d["curves"] = {m: {"steps": [100, 200, 300], "per_seed": [_rates(rng), _rates(rng),
+                                                                  d["modes"][m]["per_seed"]]}
+                       for m in ("stage1", "two_stage")}
+        path.write_text(json.dumps(d))
+    out = tmp_path / "out"
+    text = summarize(raw, out, None, reps=200).read_text()
+    bc = np.array([truth[t, "bc", "stage2"][1] for t in TASKS])  # [tasks, seeds], two-stage
+    row = next(line for line in text.splitlines() if line.startswith("| BC two-stage | 3 |"))
+    iqm, mean = row.strip("|").split("|")[2:4]
+    assert iqm.strip().startswith(f"{trim_mean(bc.ravel(), 0.25):.2f} [")
+    assert mean.strip().startswith(f"{bc.mean():.2f} [")
+    assert "| CQL(1) | 4 |" in text and "P(two-stage > stage 1)" in text
+    for name in ("fig_aggregates.png", "fig_performance_profiles.png", "fig4_success_curves_bc.png"):
+        assert (out / name).stat().st_size > 1000, name
+        assert f"]({name})" in text, name
+    assert not (out / "fig4_success_curves_cql.png").exists()
+
+    path = raw / "push-v3" / "bc_stage2.json"
+    d = json.loads(path.read_text())
+    d["curves"]["two_stage"]["per_seed"].pop()
+    path.write_text(json.dumps(d))
+    with pytest.raises(SummaryError, match=r"push-v3/bc_stage2\.json: field 'curves.two_stage'"):
+        summarize(raw, tmp_path / "out2")

@@ -52,22 +52,32 @@ def _json_default(x: Any) -> Any:
 
 
 class Checkpointer:
-    """Saves every `every` steps, keeps the last `keep`, and restores the latest.
+    """Saves every `every` steps, keeps the last `keep` (and any of `keep_steps`), and restores
+    the latest.
 
     Args:
       directory: checkpoint directory (created if missing).
       keep: number of most recent checkpoints to keep.
+      keep_steps: steps whose checkpoints are never deleted (e.g. those evaluated for learning
+        curves), on top of the latest `keep`.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3):
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, keep_steps: tuple[int, ...] = ()):
         if keep <= 0:
             raise ValueError(f"`keep` must be a positive int; got {keep!r}.")
         self.directory = Path(directory).absolute()
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=False),
-        )
+        self.keep_steps = tuple(int(s) for s in keep_steps)
+        if keep_steps:
+            from orbax.checkpoint import checkpoint_managers as cm
+
+            policy = cm.AnyPreservationPolicy([cm.LatestN(n=keep),
+                                               cm.CustomSteps([int(s) for s in keep_steps])])
+            options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                                   enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                   enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The newest complete step, or None if there is none."""

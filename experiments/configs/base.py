@@ -13,11 +13,21 @@ Any field can also be overridden with dotted flags, e.g. `--config.stage2.crop_s
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3",
                  "drawer-open-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3")
 VARIANTS = {"bc", "cql", "correction", "direct", "mc", "td", "paper"}
+
+
+def _num_cores() -> int:
+    """CPU cores this process may run on: the default number of evaluation workers."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def network(conv_channels=(32, 32, 32, 32), crop_conv_channels=(32, 32, 32), mlp_hidden=64,
@@ -72,8 +82,13 @@ def base_config() -> ml_collections.ConfigDict:
         actor_encoder_grad=False))  # True: the actor loss trains the shared encoder too
 
     c.train = ml_collections.ConfigDict(dict(log_every=1000, checkpoint_every=10_000, keep_checkpoints=3))
+    # workers: simulator processes for rollouts (1 = in this process, one after another);
+    # curve_steps: training steps (multiples of train.log_every, at most both stages' num_steps)
+    # whose checkpoints are kept and evaluated for the learning curves (Fig. 4); set before
+    # training. Results do not depend on the number of workers.
     c.eval = ml_collections.ConfigDict(dict(
-        num_episodes=100, seed=100_000, record_episodes=1, bootstrap_reps=2000))
+        num_episodes=100, seed=100_000, record_episodes=1, bootstrap_reps=2000,
+        workers=_num_cores(), curve_steps=()))
     return c
 
 

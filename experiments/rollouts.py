@@ -1,0 +1,208 @@
+"""The launcher's evaluation jobs: stage 1 alone and the two-stage policy, per seed, at the final
+checkpoint and at the learning-curve steps, on one `EnvPool`, with the stage-1 results cached.
+
+Stage 1 alone does not depend on stage 2, so ablations sharing a stage 1 reuse its rollouts
+from `stage1/eval_cache.json`. Each entry is keyed by what determines the episodes: the
+evaluation layouts and env settings, stage 1's policy config and a fingerprint (SHA-256) of that
+seed's parameters, so a stage 1 retrained in the same workdir, even to the same step, is
+rolled out again.
+
+`config.eval.curve_steps` lists training steps whose checkpoints training keeps; the learning
+curves (the paper's Fig. 4) evaluate stage 1 alone at step k and the two-stage policy made of
+stage 1 and stage 2 both at step k.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+import twostage_jax as tj
+from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax.evaluation import Episode, EnvPool, Job
+
+MODES = ("stage1", "two_stage")
+EVAL_VERSION = 2
+"""Bumped when what a cached stage-1 rollout means changes (2: parameter fingerprints and
+row-by-row policy calls)."""
+
+
+def validate_eval_config(config: ml_collections.ConfigDict) -> None:
+    """Checks config.eval.workers and config.eval.curve_steps; raises ValueError naming them."""
+    workers = config.eval.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"config.eval.workers must be a positive int (1 = episodes one after "
+                         f"another in this process); got {workers!r}.")
+    steps = config.eval.get("curve_steps", ())
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, (tuple, list)):
+        raise ValueError(f"config.eval.curve_steps must be a tuple of training steps; got {steps!r}.")
+    last = min(int(config.stage1.num_steps), int(config.stage2.num_steps))
+    every = int(config.train.log_every)
+    for i, k in enumerate(steps):
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= last or k % every:
+            raise ValueError(f"config.eval.curve_steps[{i}] must be a positive multiple of "
+                             f"config.train.log_every ({every}) and at most both stages' num_steps "
+                             f"({last}); got {k!r}.")
+        if i and k <= steps[i - 1]:
+            raise ValueError(f"config.eval.curve_steps must be increasing; got {tuple(steps)}.")
+
+
+def curve_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The learning-curve steps of `config` (none in configs saved before they existed)."""
+    return tuple(int(k) for k in config.eval.get("curve_steps", ()))
+
+
+def env_factory(config: ml_collections.ConfigDict) -> Callable[[], Any]:
+    """A picklable zero-argument constructor of the evaluation env (one per worker)."""
+    size = int(config.demos.image_size)
+    if config.env == "metaworld":
+        return functools.partial(tj.envs.make_env, str(config.task), width=size, height=size,
+                                 max_keyframes=int(config.demos.max_keyframes))
+    from twostage_jax.envs.rlbench import RLBenchEnv
+
+    return functools.partial(RLBenchEnv, str(config.task), image_size=size)
+
+
+def params_fingerprint(params: Any) -> str:
+    """SHA-256 (hex) of a parameter pytree: its paths, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        arr = np.ascontiguousarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+class Stage1Cache:
+    """Stage-1 success lists in a JSON file, one entry per (evaluation setting, parameters).
+
+    Args:
+      path: the JSON file (created on `save`; unreadable or old-format files count as empty).
+      setting: everything besides the parameters that determines the episodes.
+    """
+
+    def __init__(self, path: Path, setting: dict) -> None:
+        self.path, self.setting = Path(path), setting
+        try:
+            entries = json.loads(self.path.read_text()).get("entries", {})
+        except (OSError, ValueError, AttributeError):
+            entries = {}
+        self._entries: dict[str, Any] = entries if isinstance(entries, dict) else {}
+
+    def _key(self, fingerprint: str) -> tuple[str, dict]:
+        text = json.dumps({**self.setting, "params_sha256": fingerprint}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24], json.loads(text)  # as read back
+
+    def get(self, fingerprint: str) -> list[bool] | None:
+        """The cached success list of parameters with this fingerprint, or None."""
+        name, key = self._key(fingerprint)
+        entry = self._entries.get(name)
+        if isinstance(entry, dict) and entry.get("key") == key:
+            return [bool(x) for x in entry["success"]]
+        return None
+
+    def put(self, fingerprint: str, success: list[bool]) -> None:
+        name, key = self._key(fingerprint)
+        self._entries[name] = {"key": key, "success": [bool(x) for x in success]}
+
+    def save(self) -> None:
+        write_json_atomic(self.path, {"version": EVAL_VERSION, "entries": self._entries})
+
+
+def cache_setting(config: ml_collections.ConfigDict, seeds: list[int]) -> dict:
+    """What besides stage 1's parameters determines its evaluation episodes."""
+    return {"version": EVAL_VERSION, "task": config.task, "env": config.env, "eval_seeds": seeds,
+            "max_keyframes": int(config.demos.max_keyframes),
+            "image_size": int(config.demos.image_size), "algo": config.algo,
+            "stage1_image_size": int(config.stage1.image_size),
+            "stage1_network": config.stage1.network.to_dict()}
+
+
+def _seed(params: Any, s: int) -> Any:
+    return jax.tree_util.tree_map(lambda x: x[s], params)
+
+
+class Evaluation:
+    """Collects (tag, params) to evaluate, then runs all their episodes on one `EnvPool`.
+
+    Args:
+      stage1, stage2: the stages' `TrainConfig`s.
+      workspace: the dataset's workspace.
+      seeds: evaluation layout seeds.
+      num_seeds: training seeds (leading axis of the parameters).
+      cache: the stage-1 cache, or None.
+    """
+
+    def __init__(self, stage1: tj.TrainConfig, stage2: tj.TrainConfig, workspace: tj.Workspace,
+                 seeds: list[int], num_seeds: int, cache: Stage1Cache | None) -> None:
+        self.policies = {"stage1": tj.make_policy(stage1, None, workspace, row_by_row=True),
+                         "two_stage": tj.make_policy(stage1, stage2, workspace, row_by_row=True)}
+        self.seeds, self.num_seeds, self.cache = seeds, num_seeds, cache
+        self._entries: list[tuple[Any, Any, Any, int]] = []  # (tag, params1, params2, record)
+        self.reused = 0
+
+    def add(self, tag: Any, params1: Any, params2: Any, record: int = 0) -> None:
+        """Evaluates both modes for every seed of `params1`/`params2` ([S, ...] leaves);
+        `record` first episodes of seed 0 keep their frames."""
+        self._entries.append((tag, params1, params2, record))
+
+    def run(self, pool: EnvPool, progress: Any = None
+            ) -> tuple[dict[Any, dict[str, np.ndarray]], dict[str, list[Episode]]]:
+        """Runs every episode not in the cache.
+
+        Returns:
+          ({tag: {mode: [num_seeds, num_layouts] bool success}}, {mode: recorded episodes}).
+        """
+        success = {tag: {m: np.zeros((self.num_seeds, len(self.seeds)), bool) for m in MODES}
+                   for tag, *_ in self._entries}
+        jobs: list[Job] = []
+        where: list[tuple[Any, str, int, int]] = []
+        fresh: dict[str, tuple[Any, int]] = {}  # fingerprint -> (tag, seed) evaluated now
+        for tag, params1, params2, record in self._entries:
+            for s in range(self.num_seeds):
+                p1, p2 = _seed(params1, s), _seed(params2, s)
+                for mode, policy in self.policies.items():
+                    if mode == "stage1" and self.cache is not None:
+                        fp = params_fingerprint(p1)
+                        hit = self.cache.get(fp)
+                        if hit is not None and len(hit) == len(self.seeds):
+                            success[tag][mode][s] = hit
+                            self.reused += 1
+                            continue
+                        fresh[fp] = (tag, s)
+                    act = functools.partial(_call, policy, p1, p2 if mode == "two_stage" else None)
+                    for e, layout in enumerate(self.seeds):
+                        jobs.append(Job(act, layout, record=s == 0 and e < record))
+                        where.append((tag, mode, s, e))
+        recorded: dict[str, list[tuple[int, Episode]]] = {}
+
+        def done(i: int, ep: Episode) -> None:
+            tag, mode, s, e = where[i]
+            success[tag][mode][s, e] = ep.success
+            if ep.frames.size:
+                recorded.setdefault(mode, []).append((e, ep))
+            if progress is not None:
+                progress.update(1)
+
+        if progress is not None:
+            progress.total = len(jobs)
+            progress.refresh()
+        pool.run(jobs, on_episode=done)
+        if self.cache is not None and fresh:
+            for fp, (tag, s) in fresh.items():
+                self.cache.put(fp, success[tag]["stage1"][s].tolist())
+            self.cache.save()
+        return success, {m: [ep for _, ep in sorted(eps, key=lambda x: x[0])]
+                         for m, eps in recorded.items()}
+
+
+def _call(policy: Callable[..., Any], p1: Any, p2: Any, image: np.ndarray, pose: np.ndarray,
+          camera: Any) -> Any:
+    return policy(p1, p2, image, pose, camera)
