@@ -69,7 +69,7 @@ def run_config(workdir: Path, name: str):
     return ml_collections.ConfigDict(meta["config"])
 
 
-def rollouts(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
+def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
              two_stage: bool) -> dict:
     """Validation rollouts of every trained seed; success and stall measures."""
     import jax
@@ -158,9 +158,9 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     if cache.exists():
         report["stage1"] = json.loads(cache.read_text())
     else:
-        report["stage1"] = rollouts(config, workdir, p1, None, seeds, two_stage=False)
+        report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False)
         write_json_atomic(cache, report["stage1"])
-    report["two_stage"] = rollouts(config, workdir, p1, p2, seeds, two_stage=True)
+    report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True)
     report["seconds"] = time.perf_counter() - start
     write_json_atomic(out / f"{name}.json", report)
     return report
