@@ -75,7 +75,8 @@ def held_out_dataset(config: Any, task_root: Path, num: int, seed: int):
 
 
 def _check_disjoint(config: Any, workdir: Path, seed: int, num: int) -> None:
-    used = set(json.loads((workdir / "demos" / "stats.json").read_text())["demo_seeds"])
+    stats = json.loads((workdir / "demos" / "stats.json").read_text())
+    used = set(stats["demo_seeds"]) | set(stats.get("validation_seeds", []))
     used |= set(range(int(config.eval.seed), int(config.eval.seed) + int(config.eval.num_episodes)))
     clash = used.intersection(range(seed, seed + 3 * num + 10))
     if clash:

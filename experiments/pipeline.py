@@ -195,7 +195,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 lo < ev + int(config.eval.num_episodes) and ev < lo + 3 * num_val + 10):
             raise ValueError(f"config.demos.validation_seed ({lo}) must start beyond the training demo "
                              "layouts and not overlap the evaluation layouts config.eval.seed.. ; "
-                             "e.g. 50000 with the defaults.")
+                             "e.g. 60000 with the defaults.")
     if int(config.eval.num_episodes) <= 0:
         raise ValueError(f"config.eval.num_episodes must be > 0; got {config.eval.num_episodes!r}.")
     from experiments.rollouts import validate_eval_config

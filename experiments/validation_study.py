@@ -60,6 +60,30 @@ def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[st
     return steps
 
 
+def summary(out: Path, tasks: list[str], arms: list[str]) -> str:
+    """The markdown table of every (task, arm) report under `out`, with the mean over tasks."""
+    import json
+
+    import numpy as np
+
+    from experiments.validate import HEADER, row
+
+    lines, gains = [HEADER], {a: [] for a in arms}
+    for task in tasks:
+        for arm in arms:
+            path = out / task / f"{arm}.json"
+            if path.exists():
+                r = json.loads(path.read_text())
+                lines.append(row(r))
+                gains[arm].append(r["two_stage"]["success"] - r["stage1"]["success"])
+    lines.append("")
+    for arm, g in gains.items():
+        if g:
+            lines.append(f"- `{arm}`: mean validation gain over stage 1 {np.mean(g):+.3f} over "
+                         f"{len(g)} task(s) ({', '.join(f'{x:+.2f}' for x in g)})")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
@@ -74,6 +98,15 @@ def main(argv: list[str]) -> int:
             print(" ".join(cmd), flush=True)
             if not FLAGS.dry_run:
                 subprocess.run(cmd, check=True)
+    if not FLAGS.dry_run:
+        from experiments.validate import REPO
+        from twostage_jax._io import atomic_open
+
+        out = REPO / "experiments" / "results" / "correction" / "validation"
+        text = summary(out, FLAGS.tasks, FLAGS.arms)
+        with atomic_open(out / "summary.md", "w") as f:
+            f.write(text)
+        print(text)
     return 0
 
 

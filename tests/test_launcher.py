@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -401,8 +400,10 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
             pass
 
     monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
-    monkeypatch.setattr(pipeline.evaluation, "rollout",
-                        lambda env, act, layout, record=False: types.SimpleNamespace(success=layout % 2 == 0))
+    empty = np.zeros((0, 7), np.float32)
+    monkeypatch.setattr(pipeline.evaluation, "rollout", lambda env, act, layout, record=False:
+                        pipeline.evaluation.Episode(layout % 2 == 0, 1, np.zeros((0,), np.uint8),
+                                                    empty, empty, 0))
     learning_curves = plots.learning_curves
 
     def disk_full(*args, **kwargs):

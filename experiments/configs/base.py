@@ -56,8 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.demos = ml_collections.ConfigDict(dict(
         num_demos=100, seed=0, augment_every=10, gamma=0.99, image_size=128, max_keyframes=20,
-        # held-out demos for the per-chunk validation curves (0: none); layouts from 50000 on
-        num_validation=0, validation_seed=50_000))
+        # held-out demos for calibration and per-chunk validation curves (0: none), layouts from
+        # 60000 on (diagnose/validate record theirs from 50000, evaluation uses 100000+)
+        num_validation=0, validation_seed=60_000))
 
     c.stage1 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, image_size=128,
