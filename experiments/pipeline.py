@@ -157,7 +157,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.stage2.crop_size must be a positive int, or 0 for 'auto' "
                          f"(calibrated); got {s2.crop_size!r}.")
     if needs_calibration(config):
-        if int(config.demos.get("num_validation", 0)) <= 0 and config.env == "metaworld":
+        if config.env == "rlbench":
+            raise ValueError("config.stage2.calibrate_sigma / crop_size=0 calibrate stage 2 on held-out "
+                             "demos, which the RLBench reader does not provide yet: pass "
+                             "--config.stage2.calibrate_sigma=False and a crop size (or use the :paper "
+                             "variant).")
+        if int(config.demos.get("num_validation", 0)) <= 0:
             raise ValueError("config.stage2.calibrate_sigma / crop_size=0 calibrate stage 2 on held-out "
                              "demos: set config.demos.num_validation > 0 (e.g. 10).")
         if not float(s2.get("sigma_floor", 0.02)) > 0:
@@ -238,8 +243,7 @@ def program_fields(config: ml_collections.ConfigDict, stage: int) -> dict[str, A
         "seed": int(config.seed), "num_seeds": int(config.num_seeds),
         f"{name}.batch_size": tc.batch_size, f"{name}.min_move": tc.min_move}
     if stage == 2:
-        fields.update({"stage2.crop_size (0: auto)": int(s2.crop_size),
-                       "stage2.calibrate_sigma": bool(s2.get("calibrate_sigma", False))})
+        fields["stage2.calibrate_sigma"] = bool(s2.get("calibrate_sigma", False))
         if needs_calibration(config):
             fields.update({"stage2.sigma_floor": float(s2.get("sigma_floor", 0.02)),
                            "stage2.crop_coverage": float(s2.get("crop_coverage", 0.95))})
@@ -253,6 +257,9 @@ def program_fields(config: ml_collections.ConfigDict, stage: int) -> dict[str, A
     if stage == 2:
         for f in dataclasses.fields(tc.stage2):
             fields[f"stage2.{f.name}"] = _plain(getattr(tc.stage2, f.name))
+        # as configured (0 = 'auto'; a calibrated sigma's values live in calibration.json)
+        fields["stage2.crop_size"] = int(s2.crop_size)
+        fields["stage2.sigma"] = [float(x) for x in s2.sigma]
     if tc.algo == "cql":
         for f in dataclasses.fields(tc.cql):
             key = ("stage2.cql_target (else cql.target)" if stage == 2 and f.name == "target"
@@ -892,6 +899,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         "crop_size": int(config.stage2.crop_size), "stage2_name": str(config.stage2_name),
         "stage2_q_target": c2.cql.target if config.algo == "cql" else None,
         "stage2_sigma": list(c2.stage2.sigma), "stage2_crop_size": c2.stage2.crop_size,
+        "stage2_loss_weighting": c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
         "eval_seconds": time.perf_counter() - start, "config": config_to_dict(config),
         "modes": {}}
     for m in policies:

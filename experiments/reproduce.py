@@ -7,6 +7,7 @@ results into `experiments/results/repro/raw/` for `experiments/summarize.py`.
 Layout under --root (default runs/repro):
   TASK/bc/    demos (recorded once per task), stage1, stage2, eval      -> BC(1), BC two-stage
   TASK/cql/   demos -> ../bc/demos, stage1, stage2, eval                -> CQL(1), CQL two-stage
+  TASK/ALGO/paper, eval_paper: the paper's exact stage-2 method (':paper') on the same stage 1
   TASK/cql/NAME, eval_NAME: stage-2 ablations sharing CQL's stage 1 (crop16, crop64, direct, td)
   TASK/bc/crop16, crop32 (+ eval_*): BC crop ablations (--ablations=bc_crop16,bc_crop32)
   logs/JOB.log
@@ -60,6 +61,9 @@ flags.DEFINE_list("ablations", ["crop16", "crop64", "direct", "td"],
 flags.DEFINE_integer("workers", 2, "Launcher processes at a time (each pinned to one XLA thread "
                      "when > 1, so 2 workers use 2 cores without oversubscribing them).")
 flags.DEFINE_list("extra", [], "Extra launcher flags for every run, e.g. --extra=--num_seeds=1.")
+flags.DEFINE_bool("paper_arm", True, "Beside each headline run, a stage 2 with the paper's exact "
+                  "method (the ':paper' variant) sharing its stage 1: NAME 'paper', collected as "
+                  "raw/TASK/ALGO_paper.json.")
 flags.DEFINE_bool("headline", True, "Include the headline runs. --noheadline runs only ablations "
                   "(e.g. beside a sweep that is still running), whose headline runs must be finished.")
 flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
@@ -99,6 +103,14 @@ def build_jobs(root: Path) -> list[Job]:
             jobs.append(Job(f"{task}.{algo}", [_launcher(wd, task, algo, "all", [])],
                             wd / "eval" / "results.json", [f"{task}.demos"],
                             (wd / "eval" / "results.json", raw / task / f"{algo}_stage2.json")))
+    if FLAGS.paper_arm:
+        for task in FLAGS.tasks:
+            for algo in ("bc", "cql"):
+                wd = root / task / algo
+                jobs.append(Job(f"{task}.{algo}_paper",
+                                [_launcher(wd, task, f"{algo},paper", "all", ["--config.stage2_name=paper"])],
+                                wd / "eval_paper" / "results.json", [f"{task}.{algo}"],
+                                (wd / "eval_paper" / "results.json", raw / task / f"{algo}_paper.json")))
     for task in FLAGS.ablation_tasks:
         for name in FLAGS.ablations:
             algo, variants, extra = ABLATIONS[name]
@@ -109,7 +121,8 @@ def build_jobs(root: Path) -> list[Job]:
                             wd / f"eval_{folder}" / "results.json", [f"{task}.{algo}"],
                             (wd / f"eval_{folder}" / "results.json", raw / task / f"{algo}_{folder}.json")))
     if not FLAGS.headline:
-        headline = {j.name: j for j in jobs if not any(j.name.endswith(f".{a}") for a in ABLATIONS)}
+        headline = {j.name: j for j in jobs
+                    if not any(j.name.endswith(f".{a}") for a in (*ABLATIONS, "bc_paper", "cql_paper"))}
         jobs = [j for j in jobs if j.name not in headline]
         missing = sorted({n for j in jobs for n in j.needs if not headline[n].done.exists()})
         if missing:

@@ -37,6 +37,7 @@ def test_measure_shapes_and_zero_noise_perturbation():
     with cfg.unlocked():
         cfg.num_seeds = 1
         cfg.stage2.sigma = (0.0,) * 7
+        cfg.stage2.calibrate_sigma = False  # a fixed (zero) sigma, not one calibrated to stage 1
     ds = make_synthetic_dataset(num_episodes=3, steps_per_episode=3, image_size=32)
     c1, c2 = pipeline.train_config(cfg, 1), pipeline.train_config(cfg, 2)
     p1 = tj.make_trainer(c1, ds, 1).init(jax.random.PRNGKey(0)).params

@@ -35,6 +35,9 @@ def _synthetic_workdir(path: Path) -> Path:
     (path / "demos").mkdir(parents=True)
     save_dataset(path / "demos" / "dataset.npz",
                  make_synthetic_dataset(num_episodes=6, steps_per_episode=3, image_size=32))
+    # held-out demos, which the default (calibrated) stage 2 needs
+    save_dataset(path / "demos" / "validation.npz",
+                 make_synthetic_dataset(num_episodes=2, steps_per_episode=3, image_size=32, seed=1))
     return path
 
 
@@ -469,8 +472,8 @@ def test_method_options_are_validated_before_work():
         with pytest.raises(ValueError, match=match):
             pipeline.validate_config(c)
 
-    check("num_validation", stage2__calibrate_sigma=True)
-    check("num_validation", stage2__crop_size=0)
+    check("num_validation", demos__num_validation=0)  # the default stage 2 is calibrated
+    check("num_validation", demos__num_validation=0, stage2__calibrate_sigma=False, stage2__crop_size=0)
     check("crop_size", stage2__crop_size=-4)
     check("validation_seed", demos__num_validation=5, demos__validation_seed=100_001)
     check("validation_seed", demos__num_validation=5, demos__validation_seed=2)
@@ -479,6 +482,7 @@ def test_method_options_are_validated_before_work():
     check("min_move", stage2__min_move=-0.01)
     check("gripper_clip", stage2__gripper_clip=1.5)
     check("crop_encoder", stage2__network__crop_encoder="attention")
+    check("RLBench", env="rlbench", rlbench_root="/demos")  # no held-out demos to calibrate on
 
 
 def test_paper_variant_restores_the_papers_method():

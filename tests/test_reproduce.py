@@ -60,6 +60,12 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     assert f"--workdir={tmp_path / 'push-v3' / 'bc'}" in cmd and "--config.stage2_name=crop32" in cmd
     assert jobs["push-v3.bc_crop32"].collect[1] == tmp_path / "raw" / "push-v3" / "bc_crop32.json"
     assert "reach-v3.crop16" not in jobs
+    # The paper's exact method runs beside every headline run, on its stage 1.
+    paper = jobs["reach-v3.cql_paper"]
+    assert paper.needs == ["reach-v3.cql"]
+    cmd = " ".join(paper.commands[0])
+    assert ":cql,paper" in cmd and "--config.stage2_name=paper" in cmd
+    assert paper.collect[1] == tmp_path / "raw" / "reach-v3" / "cql_paper.json"
 
 
 def test_bad_flags_are_named():
@@ -73,7 +79,7 @@ def test_bad_flags_are_named():
 
 def test_noheadline_runs_only_ablations_of_finished_headlines(tmp_path):
     flags.FLAGS(["reproduce", "--tasks=push-v3", "--ablation_tasks=push-v3", "--ablations=td",
-                 "--noheadline"])
+                 "--noheadline", "--nopaper_arm"])
     with pytest.raises(app.UsageError, match=r"headline runs \['push-v3.cql'\] are not finished"):
         reproduce.build_jobs(tmp_path)
     done = tmp_path / "push-v3" / "cql" / "eval" / "results.json"

@@ -28,7 +28,7 @@ from twostage_jax.types import ACTION_DIM, Batch, Camera, Dataset, Stage1Obs, St
 
 ALGOS = ("bc", "cql")
 STAGE2_MODES = ("correction", "direct")
-LOSS_WEIGHTINGS = ("none", "whiten")
+LOSS_WEIGHTINGS = ("none", "whiten", "auto")
 SEED_STRATEGIES = ("auto", "vmap", "sequential")
 
 
@@ -45,7 +45,8 @@ class Stage2Config:
       loss_weighting: 'none' (the paper's Eq. 1 for a BC stage 2) or 'whiten': weight each
         action dimension's squared error by 1 / Var of its Algo. 1 target
         (`correction_target_variance`, normalised to mean 1), so the gripper (sigma = 1) does
-        not drown the pose (sigma = 0.1). Correction mode with BC only.
+        not drown the pose (sigma = 0.1). Correction mode with BC only. 'auto': 'whiten' where
+        it applies (correction mode, every sigma > 0), else 'none'.
       gripper_clip: None (the paper: the tentative gripper is clipped to 0.99 like every other
         operand, and a saturated one cannot be flipped by any correction, since
         atanh(0.99) + atanh(-0.99) = 0 reads as "open"), or a bound below 0.99 (e.g. 0.9,
@@ -86,9 +87,15 @@ class Stage2Config:
             return None
         return np.asarray((DEFAULT_CLIP,) * (ACTION_DIM - 1) + (float(self.gripper_clip),), np.float32)
 
+    def resolved_loss_weighting(self) -> str:
+        """'none' or 'whiten' ('auto' resolved for this mode and sigma)."""
+        if self.loss_weighting != "auto":
+            return self.loss_weighting
+        return "whiten" if self.mode == "correction" and min(self.sigma) > 0 else "none"
+
     def bc_weights(self) -> np.ndarray | None:
         """[7] per-dimension BC loss weights for stage 2 (None for 'none')."""
-        if self.loss_weighting == "none":
+        if self.resolved_loss_weighting() == "none":
             return None
         w = 1.0 / correction_target_variance(self.sigma)
         return (w / w.mean()).astype(np.float32)

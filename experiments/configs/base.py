@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
         num_demos=100, seed=0, augment_every=10, gamma=0.99, image_size=128, max_keyframes=20,
         # held-out demos for calibration and per-chunk validation curves (0: none), layouts from
         # 60000 on (diagnose/validate record theirs from 50000, evaluation uses 100000+)
-        num_validation=0, validation_seed=60_000))
+        num_validation=10, validation_seed=60_000))
 
     c.stage1 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, image_size=128,
@@ -68,11 +68,14 @@ def base_config() -> ml_collections.ConfigDict:
         num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
         sigma=(0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 1.0), mode="correction", rotate=True,
         cql_target="",  # '' = config.cql.target; 'mc' or 'td' for stage 2 only
-        loss_weighting="none",  # BC stage 2: 'none' (Eq. 1) or 'whiten' (see Stage2Config)
+        # Defaults chosen on held-out validation (README, "Correction stage"); ':paper' restores
+        # the paper's method.
+        # BC stage 2: 'auto' (= 'whiten' in correction mode), 'whiten' or 'none' (the paper's Eq. 1)
+        loss_weighting="auto",
         gripper_clip=0.0,  # 0 = the paper's 0.99 clip; else the tentative gripper's bound (Stage2Config)
         # Calibration to stage 1's held-out residuals (needs demos.num_validation > 0), done
         # when stage 2 starts and kept in <stage2_name>/calibration.json:
-        calibrate_sigma=False,  # sigma of the 6 pose dims from stage 1's errors (calibrate_sigma)
+        calibrate_sigma=True,  # sigma of the 6 pose dims from stage 1's errors (calibrate_sigma)
         sigma_floor=0.02,
         crop_coverage=0.95,  # crop_size=0 ('auto'): smallest crop holding this share of targets
         min_move=0.0,  # metres; see TrainConfig.min_move

@@ -1,7 +1,9 @@
-"""The paper's settings (Sec. V): 128x128 images, crops 64 (BC) / 32 (CQL) and 16,
-300k BC / 200k CQL steps, batch 128, 5 seeds, 100 evaluation episodes per seed.
+"""The paper's scale (Sec. V): 128x128 images, crops 64 (BC) / 32 (CQL) and 16, 300k BC /
+200k CQL steps, batch 128, 5 seeds, 100 evaluation episodes per seed.
 
-Usage: --config=experiments/configs/paper.py[:bc|cql[,correction|direct][,mc|td]]
+With the library's default stage-2 method; add the `paper` variant for the paper's exact method.
+
+Usage: --config=experiments/configs/paper.py[:bc|cql[,correction|direct][,mc|td][,paper]]
 """
 
 from experiments.configs import base

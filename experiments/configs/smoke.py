@@ -12,6 +12,7 @@ def get_config(arg: str | None = None):
     c.num_seeds = 2
     c.demos.num_demos = 3
     c.demos.max_keyframes = 4
+    c.demos.num_validation = 2
     tiny = dict(conv_channels=(4, 4, 4, 4), crop_conv_channels=(4, 4, 4), mlp_hidden=8,
                 head_hidden=(16, 16))
     c.stage1.image_size = 32
