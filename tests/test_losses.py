@@ -54,10 +54,14 @@ def test_whitened_stage2_weights_and_validation():
     np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-6)
     np.testing.assert_allclose(w[0] / w[6], var[6] / var[0], rtol=1e-5)  # gripper ~40x lighter
     assert tj.Stage2Config().bc_weights() is None
-    with pytest.raises(ValueError, match="loss_weighting must be one of \\('none', 'whiten'\\); got 'l1'"):
+    with pytest.raises(ValueError, match="loss_weighting must be one of \\('none', 'whiten', 'auto'\\); got 'l1'"):
         tj.Stage2Config(loss_weighting="l1")
     with pytest.raises(ValueError, match="'whiten' needs mode='correction'"):
         tj.Stage2Config(loss_weighting="whiten", mode="direct")
+    # 'auto' whitens where whitening is defined (a correction target with sigma > 0), else none.
+    np.testing.assert_array_equal(tj.Stage2Config(loss_weighting="auto").bc_weights(), w)
+    assert tj.Stage2Config(loss_weighting="auto", mode="direct").bc_weights() is None
+    assert tj.Stage2Config(loss_weighting="auto", sigma=(0.0,) * 7).bc_weights() is None
 
 
 def test_cql_regularizer_hand_worked():
