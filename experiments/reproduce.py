@@ -79,8 +79,11 @@ class Job:
 
 
 def _launcher(workdir: Path, task: str, variants: str, mode: str, extra: list[str]) -> list[str]:
+    # Several launcher runs at a time already share the cores: each evaluates in its own
+    # process rather than starting one rollout worker per core.
+    workers = ["--config.eval.workers=1"] if FLAGS.workers > 1 else []
     return [sys.executable, "-m", "experiments.main", f"--mode={mode}", f"--workdir={workdir}",
-            f"--config={CONFIG}:{variants}", f"--task={task}", "--resume", *extra, *FLAGS.extra]
+            f"--config={CONFIG}:{variants}", f"--task={task}", "--resume", *workers, *extra, *FLAGS.extra]
 
 
 def build_jobs(root: Path) -> list[Job]:

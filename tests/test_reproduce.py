@@ -65,6 +65,7 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     assert paper.needs == ["reach-v3.cql"]
     cmd = " ".join(paper.commands[0])
     assert ":cql,paper" in cmd and "--config.stage2_name=paper" in cmd
+    assert "--config.eval.workers=1" in cmd  # 2 runs at a time: no rollout worker per core on top
     assert paper.collect[1] == tmp_path / "raw" / "reach-v3" / "cql_paper.json"
 
 
