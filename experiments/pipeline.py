@@ -11,6 +11,7 @@ Workdir layout:
   stage{1,2}/metrics.jsonl         per-chunk mean metrics, one line per (step, seed)
   stage{1,2}/tb/                   TensorBoard event files
   stage2/pairing.json              the stage-1 checkpoint stage 2 pairs with
+  stage2/calibration.json          a calibrated stage 2's sigma and crop size, fixed when it starts
   eval/results.json, *.png, *.gif  success rates, intervals, plots and rollout frames
 
 With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
