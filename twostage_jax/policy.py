@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from twostage_jax import _checks
-from twostage_jax.actions import compose_correction, compose_direct
 from twostage_jax.networks import Networks, make_networks, tanh_gaussian_sample
 from twostage_jax.training import Stage2Config, TrainConfig, resize_images
 from twostage_jax.transform import transform_state
@@ -87,10 +86,7 @@ def make_policy(
         obs2 = jax.vmap(lambda im, z, t: transform_state(
             im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, a1)
         a2 = _act_one_stage(nets2, params2, obs2, k2, deterministic)
-        if s2.mode == "correction":
-            action = compose_correction(a1, a2, tentative_limit=s2.tentative_limit())
-        else:
-            action = compose_direct(a1, a2)
+        action = s2.compose(a1, a2)
         return PolicyOutput(action=action, tentative=a1, correction=a2)
 
     @jax.jit

@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 from twostage_jax import _checks
-from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose,
-                                  correction_target_variance, sample_tentative)
+from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose, compose_correction,
+                                  compose_direct, correction_target_variance, sample_tentative)
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import CQLConfig, init_cql_params, make_cql_optimizer, make_cql_update
 from twostage_jax.networks import NetworkConfig, Networks, make_networks
@@ -86,6 +86,12 @@ class Stage2Config:
         if self.gripper_clip is None:
             return None
         return np.asarray((DEFAULT_CLIP,) * (ACTION_DIM - 1) + (float(self.gripper_clip),), np.float32)
+
+    def compose(self, a1: jnp.ndarray, a2: jnp.ndarray) -> jnp.ndarray:
+        """The final action g(a1, a2) [..., 7]: Eq. 6 (with `tentative_limit`) or a2 ('direct')."""
+        if self.mode == "correction":
+            return compose_correction(a1, a2, tentative_limit=self.tentative_limit())
+        return compose_direct(a1, a2)
 
     def resolved_loss_weighting(self) -> str:
         """'none' or 'whiten' ('auto' resolved for this mode and sigma)."""
@@ -297,7 +303,6 @@ def make_held_out_eval(config: TrainConfig, stage: int
       config: the stage's training config.
       stage: 1 or 2.
     """
-    from twostage_jax.actions import compose_correction, compose_direct
     from twostage_jax.networks import deterministic_action
 
     networks = make_networks(config.network, stage, config.algo)
@@ -311,8 +316,7 @@ def make_held_out_eval(config: TrainConfig, stage: int
         truth = data.dataset.action[idx]
         if stage == 2:
             a1 = batch.obs.tentative
-            out = (compose_correction(a1, out, tentative_limit=s2.tentative_limit())
-                   if s2.mode == "correction" else compose_direct(a1, out))
+            out = s2.compose(a1, out)
         ws = data.dataset.workspace
         dist = jnp.linalg.norm(action_to_pose(out, ws)[0] - action_to_pose(truth, ws)[0], axis=-1)
         agree = jnp.mean(((out[:, 6] >= 0) == (truth[:, 6] >= 0)).astype(jnp.float32))
