@@ -106,14 +106,13 @@ def build_jobs(root: Path) -> list[Job]:
             jobs.append(Job(f"{task}.{algo}", [_launcher(wd, task, algo, "all", [])],
                             wd / "eval" / "results.json", [f"{task}.demos"],
                             (wd / "eval" / "results.json", raw / task / f"{algo}_stage2.json")))
-    if FLAGS.paper_arm:
-        for task in FLAGS.tasks:
-            for algo in ("bc", "cql"):
+        if FLAGS.paper_arm:  # right after the task's headline runs, so a cut-short sweep
+            for algo in ("bc", "cql"):  # leaves whole tasks (both arms) rather than half of each
                 wd = root / task / algo
                 jobs.append(Job(f"{task}.{algo}_paper",
-                                [_launcher(wd, task, f"{algo},paper", "all", ["--config.stage2_name=paper"])],
-                                wd / "eval_paper" / "results.json", [f"{task}.{algo}"],
-                                (wd / "eval_paper" / "results.json", raw / task / f"{algo}_paper.json")))
+                            [_launcher(wd, task, f"{algo},paper", "all", ["--config.stage2_name=paper"])],
+                            wd / "eval_paper" / "results.json", [f"{task}.{algo}"],
+                            (wd / "eval_paper" / "results.json", raw / task / f"{algo}_paper.json")))
     for task in FLAGS.ablation_tasks:
         for name in FLAGS.ablations:
             algo, variants, extra = ABLATIONS[name]
