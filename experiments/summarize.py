@@ -33,6 +33,7 @@ from twostage_jax.evaluation import (
 
 RESULTS = Path(__file__).resolve().parent / "results" / "repro"
 HEADLINE = "stage2"
+PAPER = "paper"  # the paper's exact stage-2 method (':paper'), on the headline run's stage 1
 ALGOS = ("bc", "cql")
 MODES = ("stage1", "two_stage")
 REQUIRED = ("task", "algo", "num_seeds", "episodes_per_seed", "eval_seeds", "stage1_step",
@@ -45,6 +46,7 @@ STUDIES = {"crop": ("Crop size", "crop_size", "fig5_crop_size.png"),
            "weighting": ("Stage-2 BC loss weighting", "stage2_loss_weighting", "fig_loss_weighting.png"),
            "other": ("Other ablations", "stage2_name", None)}
 COLORS = {"bc": ("#9aa9c4", "#2f5597"), "cql": ("#e0b48a", "#c55a11")}  # (stage 1, two-stage)
+PAPER_COLORS = {"bc": "#6f8fbf", "cql": "#d98c4a"}  # two-stage with the paper's stage-2 method
 
 Runs = dict[tuple[str, str, str], dict[str, Any]]  # (task, algo, stage2_name) -> results
 
@@ -221,18 +223,53 @@ def _headline(runs: Runs, out: Path, reps: int) -> list[str]:
               "Means (stratified over seeds × tasks): " + "; ".join(cover) + "."]
     labels = ["BC(1)", "BC\ntwo-stage", "CQL(1)", "CQL\ntwo-stage"]
     colors = [c for a in ALGOS for c in COLORS[a]]
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    for algo in ALGOS:  # the paper's stage-2 method beside ours, where it was run
+        ts = _tasks(runs, algo, PAPER)
+        if ts:
+            labels.append(f"{algo.upper()}\npaper's\nstage 2")
+            colors.append(PAPER_COLORS[algo])
+            means.append(bootstrap_interval(_matrix(runs, ts, algo, PAPER, "two_stage"), reps=reps))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(labels), 3.2))
     _bars(ax, labels, means, colors)
     ax.set_ylabel("success probability")
     ax.set_title(f"mean over tasks ({runs[next(iter(runs))]['num_seeds']} seeds)", fontsize=9)
     _save(fig, out / "fig3_headline.png")
     fig, axes = _grid(len(tasks))
     for ax, t in zip(axes, tasks):
-        _bars(ax, labels, per_task[t], colors)
+        _bars(ax, labels[:4], per_task[t], colors[:4])
         ax.set_title(t, fontsize=9)
     _save(fig, out / "fig4_per_task.png")
     return lines + ["", "![Fig. 3: mean success over tasks](fig3_headline.png)", "",
                     "![Fig. 4: success per task](fig4_per_task.png)"]
+
+
+def _paper_arm(runs: Runs, reps: int) -> list[str]:
+    """Table of the paper's stage-2 method (':paper') against ours, both on the headline run's
+    stage 1 and evaluation layouts: per task and algorithm, stage 1, the paper-method
+    two-stage success and its gain, ours, and ours minus the paper's (paired by seed)."""
+    algos = [a for a in ALGOS if _tasks(runs, a, PAPER)]
+    head = " | ".join(f"{a.upper()}(1) | {a.upper()} paper's stage 2 | gain | {a.upper()} ours | "
+                      "ours − paper's" for a in algos)
+    lines = [f"| task | {head} |", "|---" * (1 + 5 * len(algos)) + "|"]
+    tasks = [t for t in _tasks(runs) if any((t, a, PAPER) in runs for a in algos)]
+    cover = []
+    for t in tasks + [None]:
+        cells = []
+        for algo in algos:
+            ts = _tasks(runs, algo, PAPER) if t is None else [t]
+            if not ts or (ts[0], algo, PAPER) not in runs:
+                cells += ["—"] * 5
+                continue
+            if t is None:
+                cover.append(f"{algo.upper()} over {len(ts)} task(s)")
+            one = _matrix(runs, ts, algo, HEADLINE, "stage1")
+            paper, ours = (_matrix(runs, ts, algo, n, "two_stage") for n in (PAPER, HEADLINE))
+            cells += [_fmt(bootstrap_interval(one, reps=reps)), _fmt(bootstrap_interval(paper, reps=reps)),
+                      _fmt(difference_interval(one, paper, reps=reps), True),
+                      _fmt(bootstrap_interval(ours, reps=reps)),
+                      _fmt(difference_interval(paper, ours, reps=reps), True)]
+        lines.append(f"| {t or '**mean**'} | " + " | ".join(cells) + " |")
+    return lines + ["", "Means (stratified over seeds × tasks): " + "; ".join(cover) + "."]
 
 
 def _aggregates(runs: Runs, out: Path, reps: int) -> list[str]:
@@ -247,8 +284,11 @@ def _aggregates(runs: Runs, out: Path, reps: int) -> list[str]:
         if not ts:
             continue
         a, b = (_matrix(runs, ts, algo, HEADLINE, m) for m in MODES)
-        for label, x, color in ((f"{algo.upper()}(1)", a, COLORS[algo][0]),
-                                (f"{algo.upper()} two-stage", b, COLORS[algo][1])):
+        arms = [(f"{algo.upper()}(1)", a, COLORS[algo][0]), (f"{algo.upper()} two-stage", b, COLORS[algo][1])]
+        if set(_tasks(runs, algo, PAPER)) == set(ts):
+            arms.append((f"{algo.upper()} two-stage, paper's stage 2",
+                         _matrix(runs, ts, algo, PAPER, "two_stage"), PAPER_COLORS[algo]))
+        for label, x, color in arms:
             scores[label], colors[label] = x, color
             rows.append((label, len(ts), iqm_interval(x, reps=reps), bootstrap_interval(x, reps=reps)))
         poi[algo] = improvement_probability(b, a, reps=reps)
@@ -322,7 +362,7 @@ def _success_curves(runs: Runs, out: Path) -> list[str]:
 def _ablations(runs: Runs, out: Path, reps: int) -> list[str]:
     """One table per ablation, grouped by study, and Figs. 5, 6 and MC-vs-TD; Markdown lines."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for algo, name in sorted({(a, n) for _, a, n in runs if n != HEADLINE}):
+    for algo, name in sorted({(a, n) for _, a, n in runs if n not in (HEADLINE, PAPER)}):
         tasks = _tasks(runs, algo, name)
         abl, head = runs[tasks[0], algo, name], runs[tasks[0], algo, HEADLINE]
         changed = [s for s, (_, f, _) in STUDIES.items() if s != "other" and abl[f] != head[f]]
@@ -474,6 +514,15 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
               f"Cells: mean success [95% stratified bootstrap interval over seeds, {reps} resamples]. "
               "Regenerate: `python -m experiments.summarize`."), "", "## Headline", ""]
     lines += _headline(results, out, reps)
+    if any(n == PAPER for _, _, n in results):
+        lines += ["", "## The paper's stage-2 method beside ours", "",
+                  ("`paper`: stage 2 trained with the paper's exact settings (the `:paper` config "
+                   "variant: σ = 0.1 on every pose dimension instead of σ calibrated to stage 1's "
+                   "held-out errors, and for BC the unweighted loss of Eq. 1 instead of the "
+                   "whitened one) on the same stage 1, seeds and evaluation layouts as the "
+                   "headline run; the last column of each algorithm is ours minus the paper's "
+                   "two-stage success, paired by seed."), ""]
+        lines += _paper_arm(results, reps)
     lines += ["", "## Aggregate statistics (rliable)", "",
               ("Over seeds × tasks of the headline runs: interquartile mean (IQM) and mean with "
                f"stratified bootstrap intervals ({reps} resamples), the probability of "
@@ -499,7 +548,7 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
         lines += [f"![{name}]({name})" for name in curves]
     else:
         lines.append(f"Not drawn: no metrics.jsonl under {runs}.")
-    if any(n != HEADLINE for _, _, n in results):
+    if any(n not in (HEADLINE, PAPER) for _, _, n in results):
         lines += ["", "## Ablations (stage 2; same stage 1 as the headline run)", ""]
         lines += _ablations(results, out, reps)
     path = out / "summary.md"

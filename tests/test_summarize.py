@@ -58,6 +58,10 @@ def fake_raw(tmp_path):
             s1, s2 = _rates(rng), _rates(rng)
             truth[task, algo, "stage2"] = (s1, s2)
             _write(raw, _result(task, algo, "stage2", s1, s2), f"{algo}_stage2.json")
+            if task == "push-v3":  # the paper's stage-2 method on one task
+                truth[task, algo, "paper"] = (s1, _rates(rng))
+                _write(raw, _result(task, algo, "paper", s1, truth[task, algo, "paper"][1]),
+                       f"{algo}_paper.json")
             if algo == "cql" and task != CQL_ONLY:
                 for name, over in (("crop16", {"crop_size": 16}), ("direct", {"stage2_mode": "direct"})):
                     truth[task, algo, name] = (s1, _rates(rng))
@@ -69,6 +73,13 @@ def fake_raw(tmp_path):
 def _mean_row(text: str, after: str = "") -> str:
     start = text.index(after) if after else 0
     return next(line for line in text[start:].splitlines() if line.startswith("| **mean**"))
+
+
+def _cell_mean(cell: str, signed: bool) -> float:
+    """The mean of a 'M [LO, HI]' cell (rounded to 2 decimals; signed cells start with + or -)."""
+    value = cell.strip().split(" [")[0]
+    assert (value[0] in "+-") == signed, cell
+    return float(value)
 
 
 def _mean(truth: dict, tasks, algo: str, name: str, which: int) -> float:
@@ -96,8 +107,7 @@ def test_summary_means_and_figures(fake_raw, tmp_path):
         _mean(truth, cql_tasks, "cql", "stage2", 0), _mean(truth, cql_tasks, "cql", "stage2", 1),
         _mean(truth, cql_tasks, "cql", "stage2", 1) - _mean(truth, cql_tasks, "cql", "stage2", 0)]
     for i, (cell, want) in enumerate(zip(cells, expected)):
-        fmt = "{:+.2f} [" if i % 3 == 2 else "{:.2f} ["
-        assert cell.strip().startswith(fmt.format(want)), (i, cell, want)
+        assert _cell_mean(cell, signed=i % 3 == 2) == pytest.approx(want, abs=0.0051), (i, cell, want)
     task_row = next(line for line in text.splitlines() if line.startswith(f"| {CQL_ONLY} |"))
     assert task_row.count("—") == 3
     assert "BC over 3 task(s) (reach-v3, push-v3, drawer-open-v3)" in text
@@ -110,6 +120,15 @@ def test_summary_means_and_figures(fake_raw, tmp_path):
         diff = _mean(truth, TASKS, "cql", name, 1) - _mean(truth, TASKS, "cql", "stage2", 1)
         assert row[1].strip().startswith(f"{_mean(truth, TASKS, 'cql', name, 1):.2f} [")
         assert row[3].strip().startswith(f"{diff:+.2f} [")
+    # the paper-settings arm: its own table (not an ablation), ours minus paper's paired by seed
+    assert "`paper`" not in text.split("## Ablations")[1]
+    row = _mean_row(text, "## The paper's stage-2 method").strip("|").split("|")[1:]
+    for i, algo in enumerate(("bc", "cql")):
+        (s1, paper), (_, ours) = truth["push-v3", algo, "paper"], truth["push-v3", algo, "stage2"]
+        want = [np.mean(s1), np.mean(paper), np.mean(paper) - np.mean(s1), np.mean(ours),
+                np.mean(ours) - np.mean(paper)]
+        for j, w in enumerate(want):
+            assert _cell_mean(row[5 * i + j], signed=j in (2, 4)) == pytest.approx(w, abs=0.0051), (algo, j)
     assert "5 seeds × 10 episodes per seed" in text and "python -m experiments.summarize" in text
     assert "intermediate checkpoints were not evaluated" in text
     figures = ("fig3_headline.png", "fig4_per_task.png", "fig4_learning_curves_bc.png",
