@@ -283,3 +283,86 @@ def test_env_camera_is_known_before_the_first_reset(monkeypatch):
     env = rb.RLBenchEnv("reach_target", image_size=32)
     obs = env.reset(5)
     assert env.camera is obs.camera and len(resets) == 2  # no extra reset once known
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher on RLBench's on-disk demos, with no RLBench installed
+
+
+def _launch(*args):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    smoke = str(root / "experiments" / "configs" / "smoke.py")
+    cmd = [sys.executable, "-m", "experiments.main", f"--config={smoke}", *args]
+    return subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=600)
+
+
+def _rlbench_installed() -> bool:
+    return rb.rlbench_missing() is None
+
+
+@pytest.mark.skipif(_rlbench_installed(), reason="checks the path without RLBench")
+def test_launcher_demos_stage1_stage2_on_rlbench_demos(tmp_path):
+    import json
+
+    _write_fixture(tmp_path / "data", n=24, episodes=4, size=32)
+    wd = tmp_path / "wd"
+    common = [f"--workdir={wd}", "--config.env=rlbench", f"--config.rlbench_root={tmp_path / 'data'}",
+              "--task=reach_target", "--config.demos.image_size=32", "--num_demos=3",
+              "--config.demos.num_validation=1", "--num_seeds=1", "--config.stage1.num_steps=4",
+              "--config.stage2.num_steps=4", "--config.train.checkpoint_every=4"]
+    for mode in ("demos", "stage1", "stage2"):  # the launcher's rlbench defaults: calibrated stage 2
+        out = _launch(f"--mode={mode}", *common)
+        assert out.returncode == 0, f"--mode={mode}: {out.stderr[-3000:]}"
+    stats = json.loads((wd / "demos" / "stats.json").read_text())
+    assert stats["env"] == "rlbench" and stats["demo_seeds"] == [0, 1, 2]
+    assert stats["validation_seeds"] == [3]  # the folder's last episode is held out
+    from twostage_jax.data.dataset import load_dataset
+
+    ds = load_dataset(wd / "demos" / "dataset.npz")
+    np.testing.assert_allclose(ds.workspace.low, rb.RLBENCH_WORKSPACE_LOW)
+    assert ds.images.shape[1:] == (32, 32, 3)
+    assert (wd / "stage2" / "calibration.json").exists()
+    assert json.loads((wd / "stage2" / "summary.json").read_text())["final_step"] == 4
+
+
+def test_rlbench_demos_errors_name_the_field(tmp_path):
+    from experiments import pipeline
+    from experiments.configs import smoke
+
+    _write_fixture(tmp_path / "data", n=24, episodes=2, size=32)
+
+    def demos(**fields):
+        c = smoke.get_config()
+        c.env, c.rlbench_root, c.task = "rlbench", str(tmp_path / "data"), "reach_target"
+        for name, value in {"image_size": 32, "num_validation": 1, **fields}.items():
+            c.demos[name] = value
+        pipeline.validate_config(c)
+        return pipeline.run_demos(c, tmp_path / "wd", force=True)
+
+    with pytest.raises(pipeline.PipelineError, match=r"config.demos.num_validation \(2\) .* has 2;"):
+        demos(num_validation=2)  # nothing left to train on
+    with pytest.raises(pipeline.PipelineError, match="--config.demos.image_size=32"):
+        demos(image_size=64)
+    with pytest.raises(pipeline.PipelineError, match="config.rlbench_root: No RLBench episodes"):
+        c_task = smoke.get_config()
+        c_task.env, c_task.rlbench_root, c_task.task = "rlbench", str(tmp_path / "data"), "no_task"
+        pipeline.run_demos(c_task, tmp_path / "wd2")
+    info = demos(num_demos=5)  # fewer episodes than asked for: what there is, and a warning
+    assert info["demo_seeds"] == [0] and info["validation_seeds"] == [1]
+
+
+@pytest.mark.skipif(_rlbench_installed(), reason="checks the error without RLBench")
+def test_launcher_eval_without_rlbench_fails_before_work(tmp_path):
+    wd = tmp_path / "wd"
+    out = _launch("--mode=eval", f"--workdir={wd}", "--config.env=rlbench",
+                  f"--config.rlbench_root={tmp_path}", "--task=reach_target")
+    assert out.returncode == 1
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --mode=eval")
+    assert "RLBench is not installed" in lines[0] and "CoppeliaSim" in lines[0]
+    assert not wd.exists()  # nothing was created
