@@ -97,7 +97,8 @@ def _resolve_config():
 
 
 def _check_task(config) -> None:
-    if config.env != "metaworld":
+    if config.env == "rlbench":
+        _check_rlbench_installed(config)
         return
     from twostage_jax.envs.metaworld import task_names
 
@@ -105,6 +106,19 @@ def _check_task(config) -> None:
     if config.task not in names:
         raise UsageError(f"--task / config.task: unknown MetaWorld task {config.task!r}; expected one "
                          f"of {len(names)} names such as {', '.join(sorted(names)[:4])}, ...")
+
+
+def _check_rlbench_installed(config) -> None:
+    """Evaluation rolls out in RLBench: without it --mode=eval / all stop here, before any work.
+    (demos, stage1 and stage2 read RLBench's on-disk demos and need no RLBench.)"""
+    if FLAGS.mode not in ("eval", "all"):
+        return
+    from twostage_jax.envs.rlbench import rlbench_missing
+
+    missing = rlbench_missing()
+    if missing:
+        raise UsageError(f"--mode={FLAGS.mode} with config.env='rlbench' rolls out in RLBench: "
+                         f"{missing} (--mode=demos, stage1 and stage2 work without it.)")
 
 
 def _check_workdir(workdir: Path) -> None:

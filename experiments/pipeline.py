@@ -158,11 +158,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.stage2.crop_size must be a positive int, or 0 for 'auto' "
                          f"(calibrated); got {s2.crop_size!r}.")
     if needs_calibration(config):
-        if config.env == "rlbench":
-            raise ValueError("config.stage2.calibrate_sigma / crop_size=0 calibrate stage 2 on held-out "
-                             "demos, which the RLBench reader does not provide yet: pass "
-                             "--config.stage2.calibrate_sigma=False and a crop size (or use the :paper "
-                             "variant).")
+        # (RLBench: the validation demos are the last num_validation episodes of its folder.)
         if int(config.demos.get("num_validation", 0)) <= 0:
             raise ValueError("config.stage2.calibrate_sigma / crop_size=0 calibrate stage 2 on held-out "
                              "demos: set config.demos.num_validation > 0 (e.g. 10).")
@@ -371,13 +367,10 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = Fa
         workspace = default_workspace()
         info = {"demo_seeds": [int(t.seed) for t in trajs], **stats._asdict()}
     else:
-        from twostage_jax.data.rlbench_io import load_rlbench_demos
-        from twostage_jax.envs.rlbench import DEFAULT_WORKSPACE
+        trajs, val_episodes = _read_rlbench(config)
+        from twostage_jax.rlbench_conventions import default_workspace
 
-        trajs = load_rlbench_demos(config.rlbench_root, config.task,
-                                   augment_every=int(d.augment_every))
-        trajs = trajs[: int(d.num_demos)]
-        workspace = DEFAULT_WORKSPACE
+        workspace = default_workspace()
         info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}
     ds = build_dataset(trajs, workspace, gamma=float(d.gamma), augment_every=int(d.augment_every))
     dataset_path(workdir).parent.mkdir(parents=True, exist_ok=True)
@@ -394,6 +387,14 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = Fa
         save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
                                                              augment_every=10**6))
         info["validation_seeds"] = [int(t.seed) for t in val]
+    elif num_val > 0:  # RLBench: the folder's last num_validation episodes, keyframe chains only
+        from twostage_jax.data.rlbench_io import load_rlbench_demos
+
+        val = load_rlbench_demos(config.rlbench_root, config.task, episodes=val_episodes,
+                                 augment_every=10**6)
+        save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
+                                                             augment_every=10**6))
+        info["validation_seeds"] = [int(t.seed) for t in val]
     elif validation_path(workdir).exists():  # --force without validation demos: drop the old ones
         validation_path(workdir).unlink()
     save_dataset(dataset_path(workdir), ds)
@@ -406,6 +407,44 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = Fa
                  info.get("kept", len(trajs)), info["transitions"], info["images"],
                  info["dataset_mib"], info["total_seconds"])
     return info
+
+
+def _read_rlbench(config: ml_collections.ConfigDict) -> tuple[list, list[int]]:
+    """RLBench's on-disk demos of config.task: (training trajectories, validation episode numbers).
+
+    The last `config.demos.num_validation` episodes of ROOT/TASK/variation0/episodes are held out
+    as validation demos (RLBench's dataset generator records no separate layouts for them); the
+    first `config.demos.num_demos` of the others are the training demos.
+    """
+    from twostage_jax.data.rlbench_io import list_rlbench_episodes, load_rlbench_demos
+
+    d = config.demos
+    root = str(config.rlbench_root)
+    try:
+        episodes = list_rlbench_episodes(root, config.task)
+    except FileNotFoundError as e:
+        raise PipelineError(f"config.rlbench_root: {e} Point it at the folder RLBench's dataset "
+                            "generator wrote (its --save_path) and --task at a task folder in it.") from e
+    num_val = int(d.get("num_validation", 0))
+    if len(episodes) <= num_val:
+        raise PipelineError(
+            f"config.demos.num_validation ({num_val}) holds out the last {num_val} RLBench episodes "
+            f"as validation demos, but {root}/{config.task}/variation0/episodes has {len(episodes)}; "
+            "record more episodes, or lower config.demos.num_validation (0 needs "
+            "--config.stage2.calibrate_sigma=False and a crop size > 0).")
+    train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
+    trajs = load_rlbench_demos(root, config.task, episodes=train_episodes,
+                               augment_every=int(d.augment_every))
+    size = int(trajs[0].images.shape[1])
+    if trajs[0].images.shape[1:3] != (int(d.image_size),) * 2:
+        raise PipelineError(f"config.demos.image_size ({d.image_size}) must match the RLBench images "
+                            f"({trajs[0].images.shape[2]}x{trajs[0].images.shape[1]} px); pass "
+                            f"--config.demos.image_size={size}.")
+    if len(train_episodes) < int(d.num_demos):
+        logging.warning("demos: the RLBench folder has %d training episodes (after %d held out), "
+                        "fewer than config.demos.num_demos=%d", len(train_episodes), num_val,
+                        int(d.num_demos))
+    return trajs, episodes[len(episodes) - num_val:]
 
 
 def validation_path(workdir: Path) -> Path:

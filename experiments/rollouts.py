@@ -67,7 +67,8 @@ def env_factory(config: ml_collections.ConfigDict) -> Callable[[], Any]:
                                  max_keyframes=int(config.demos.max_keyframes))
     from twostage_jax.envs.rlbench import RLBenchEnv
 
-    return functools.partial(RLBenchEnv, str(config.task), image_size=size)
+    return functools.partial(RLBenchEnv, str(config.task), image_size=size,
+                             max_keyframes=int(config.demos.max_keyframes))
 
 
 def params_fingerprint(params: Any) -> str:

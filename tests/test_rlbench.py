@@ -16,53 +16,74 @@ from twostage_jax.types import Workspace
 WS = Workspace.create(rb.RLBENCH_WORKSPACE_LOW, rb.RLBENCH_WORKSPACE_HIGH)
 K_RLBENCH = np.array([[-110.0, 0, 64], [0, -110.0, 64], [0, 0, 1]])
 EXTR = np.array([[0.0, 0, -1, 1.8], [1, 0, 0, 0], [0, -1, 0, 1.5], [0, 0, 0, 1]])
+DOWN = [0.0, 1.0, 0.0, 0.0]
 
 
-def _write_fixture(root, n=24):
-    """Writes one episode in RLBench's real layout, with fake rlbench modules only while pickling."""
-    names = ["rlbench", "rlbench.demo", "rlbench.backend", "rlbench.backend.observation"]
-    assert not any(m in sys.modules for m in names)
-    mods = {m: types.ModuleType(m) for m in names}
+def _rlbench_classes():
+    """Stand-ins for rlbench.backend.observation.Observation and rlbench.demo.Demo, with their
+    real module paths and fields (stepjam/RLBench rlbench/backend/observation.py, rlbench/demo.py)."""
 
     class Observation:
         def __init__(self, **kw):
             self.__dict__.update(kw)
 
     class Demo:
-        def __init__(self, observations, random_seed=None):
+        def __init__(self, observations, random_seed=None, num_reset_attempts=None):
             self._observations = observations
             self.random_seed = random_seed
+            self.num_reset_attempts = num_reset_attempts
 
     Observation.__module__, Observation.__qualname__ = "rlbench.backend.observation", "Observation"
     Demo.__module__, Demo.__qualname__ = "rlbench.demo", "Demo"
+    return Observation, Demo
+
+
+def _write_fixture(root, n=24, episodes=1, size=128, task="reach_target"):
+    """Writes episodes in RLBench's dataset-generator layout (rlbench/backend/const.py,
+    tools/dataset_generator.py): TASK/variation0/variation_descriptions.pkl and
+    TASK/variation0/episodes/episodeK/{low_dim_obs.pkl, front_rgb/i.png, ...}, with fake rlbench
+    modules in sys.modules only while pickling, so the pickles name RLBench's real classes."""
+    names = ["rlbench", "rlbench.demo", "rlbench.backend", "rlbench.backend.observation"]
+    assert not any(m in sys.modules for m in names)
+    mods = {m: types.ModuleType(m) for m in names}
+    Observation, Demo = _rlbench_classes()
     mods["rlbench.backend.observation"].Observation = Observation
     mods["rlbench.demo"].Demo = Demo
-    down = [0.0, 1.0, 0.0, 0.0]
-    obs = []
-    for i in range(n):
-        # Moves for 10 frames, stands still, closes the gripper at 16, moves again from 17.
-        x = 0.2 + 0.01 * min(i, 10) + 0.02 * max(i - 16, 0)
-        g = 1.0 if i < 16 else 0.0
-        jv = np.full(7, 0.5) if i < 10 or i > 16 else np.zeros(7)
-        obs.append(Observation(
-            left_shoulder_rgb=None, front_rgb=None, front_depth=None, front_mask=None,
-            gripper_pose=np.array([x, 0.0, 1.0, *down]), gripper_open=g, joint_velocities=jv,
-            joint_positions=np.zeros(7), gripper_joint_positions=np.zeros(2),
-            task_low_dim_state=np.zeros(3),
-            misc={"front_camera_intrinsics": K_RLBENCH, "front_camera_extrinsics": EXTR,
-                  "front_camera_near": 0.01, "front_camera_far": 4.5}))
-    ep = root / "reach_target" / "variation0" / "episodes" / "episode0"
-    (ep / "front_rgb").mkdir(parents=True)
-    sys.modules.update(mods)
-    try:
-        with open(ep / "low_dim_obs.pkl", "wb") as f:
-            pickle.dump(Demo(obs, random_seed=3), f)
-    finally:
-        for m in names:
-            del sys.modules[m]
-    for i in range(n):
-        Image.fromarray(np.full((128, 128, 3), i, np.uint8)).save(ep / "front_rgb" / f"{i}.png")
-    return ep
+    k = K_RLBENCH * np.array([[size / 128, 1, size / 128], [1, size / 128, size / 128], [1, 1, 1]])
+    var = root / task / "variation0"
+    var.mkdir(parents=True)
+    with open(var / "variation_descriptions.pkl", "wb") as f:
+        pickle.dump(["reach the red target"], f)
+    for e in range(episodes):
+        obs = []
+        for i in range(n):
+            # Moves for 10 frames, stands still, closes the gripper at 16, moves again from 17.
+            x = 0.2 + 0.01 * min(i, 10) + 0.02 * max(i - 16, 0)
+            g = 1.0 if i < 16 else 0.0
+            jv = np.full(7, 0.5) if i < 10 or i > 16 else np.zeros(7)
+            image_fields = {f"{c}_{m}": None for c in ("left_shoulder", "right_shoulder", "overhead",
+                                                        "wrist", "front")
+                            for m in ("rgb", "depth", "mask", "point_cloud")}
+            obs.append(Observation(
+                **image_fields, gripper_pose=np.array([x, 0.05 * e, 1.0, *DOWN]), gripper_open=g,
+                joint_velocities=jv, joint_positions=np.zeros(7), joint_forces=np.zeros(7),
+                gripper_matrix=np.eye(4), gripper_joint_positions=np.zeros(2),
+                gripper_touch_forces=np.zeros(6), task_low_dim_state=np.zeros(3),
+                misc={"front_camera_intrinsics": k, "front_camera_extrinsics": EXTR,
+                      "front_camera_near": 0.01, "front_camera_far": 4.5, "variation_index": 0}))
+        ep = var / "episodes" / f"episode{e}"
+        for folder in ("front_rgb", "front_depth", "front_mask"):
+            (ep / folder).mkdir(parents=True)
+        sys.modules.update(mods)
+        try:
+            with open(ep / "low_dim_obs.pkl", "wb") as f:
+                pickle.dump(Demo(obs, random_seed=3), f)
+        finally:
+            for m in names:
+                del sys.modules[m]
+        for i in range(n):
+            Image.fromarray(np.full((size, size, 3), i + 10 * e, np.uint8)).save(ep / "front_rgb" / f"{i}.png")
+    return var / "episodes" / "episode0"
 
 
 def test_reader_without_rlbench(tmp_path):
@@ -118,3 +139,230 @@ def test_camera_conversion_and_lazy_import():
     except ImportError:
         with pytest.raises(ImportError, match="CoppeliaSim"):
             rb.RLBenchEnv("reach_target")
+
+
+# ---------------------------------------------------------------------------------------------
+# Conventions (twostage_jax.rlbench_conventions), checked against RLBench / ARM / PerAct sources
+
+
+def test_workspace_is_arm_and_peracts_scene_bounds():
+    from twostage_jax import rlbench_conventions as rc
+
+    # stepjam/ARM arm/c2farm/launch_utils.py (depth_0bounds) and peract/peract conf/config.yaml
+    assert rc.SCENE_BOUNDS == (-0.3, -0.5, 0.6, 0.7, 0.5, 1.6)
+    ws = rc.default_workspace()
+    np.testing.assert_allclose(ws.low, [-0.3, -0.5, 0.6])
+    np.testing.assert_allclose(ws.high, [0.7, 0.5, 1.6])
+    assert rb.RLBENCH_WORKSPACE_LOW == rc.WORKSPACE_LOW and rb.RLBENCH_WORKSPACE_HIGH == rc.WORKSPACE_HIGH
+
+
+def test_neutral_points_the_approach_axis_down():
+    from scipy.spatial.transform import Rotation
+
+    from twostage_jax import rlbench_conventions as rc
+
+    # The tip's z column is the approach axis (NVlabs/M2T2 m2t2/rlbench_utils.py).
+    np.testing.assert_allclose(Rotation.from_quat(rc.NEUTRAL_QUAT).as_matrix()[:, 2], [0, 0, -1],
+                               atol=1e-12)
+
+
+def test_yaw_wrap_average_is_a_half_turn_of_the_gripper():
+    """BC averages keyframes just inside +pi and -pi to yaw 0; modulo the parallel-jaw gripper's
+    half-turn symmetry that is as close to both as the two demos are to each other."""
+    from scipy.spatial.transform import Rotation
+
+    from twostage_jax import rlbench_conventions as rc
+
+    d = 0.1
+    neutral = Rotation.from_quat(rc.NEUTRAL_QUAT)
+    poses = [np.concatenate([[0.2, 0.0, 1.0], (Rotation.from_euler("z", s * (np.pi - d)) * neutral).as_quat()])
+             for s in (1, -1)]
+    acts = rc.rlbench_pose_to_ours(np.stack(poses), np.ones(2), WS)
+    # a pure turn about the vertical is the yaw component alone, at +-(pi - d) / pi
+    np.testing.assert_allclose(acts[:, 3:5], 0.0, atol=1e-6)
+    np.testing.assert_allclose(acts[:, 5], [(np.pi - d) / np.pi, -(np.pi - d) / np.pi], atol=1e-6)
+    mean = acts.mean(axis=0)
+    assert abs(mean[5]) < 1e-6  # the averaged yaw
+    q = rc.action_to_rlbench(mean, WS)[3:7]
+    yaw = (Rotation.from_quat(q) * neutral.inv()).as_euler("xyz")[2]
+    np.testing.assert_allclose(rc.yaw_distance_mod_half_turn(yaw, [np.pi - d, -(np.pi - d)]), d, atol=1e-6)
+    # and the approach axis still points down
+    np.testing.assert_allclose(Rotation.from_quat(q).as_matrix()[:, 2], [0, 0, -1], atol=1e-6)
+
+
+def test_camera_from_misc_keys_are_rlbenchs():
+    from twostage_jax import rlbench_conventions as rc
+
+    # rlbench/backend/scene.py _get_misc: '%s_extrinsics' etc. with name 'front_camera'
+    assert [k.format(camera="front") for k in rc.CAMERA_MISC_KEYS] == [
+        "front_camera_intrinsics", "front_camera_extrinsics", "front_camera_near", "front_camera_far"]
+    cam = rc.camera_from_misc({"left_shoulder_camera_intrinsics": K_RLBENCH,
+                               "left_shoulder_camera_extrinsics": EXTR}, 128, 128, "left_shoulder")
+    assert float(cam.intrinsics[0, 0]) == 110.0
+
+
+def test_reader_does_not_import_the_simulator_adapter():
+    import ast
+    from pathlib import Path
+
+    import twostage_jax.data.rlbench_io as io
+
+    tree = ast.parse(Path(io.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "twostage_jax.envs.rlbench" not in imported
+    assert "twostage_jax.rlbench_conventions" in imported
+
+
+def test_light_imports_load_no_simulator_orbax_or_rliable():
+    import subprocess
+
+    code = ("import sys, twostage_jax, twostage_jax.rlbench_conventions, twostage_jax.data.rlbench_io, "
+            "twostage_jax.envs.rlbench; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'mujoco', 'metaworld', 'rlbench', 'pyrep', 'orbax', 'rliable'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _fake_rlbench(monkeypatch, misc):
+    """Just enough of RLBench's API for RLBenchEnv, in sys.modules; counts task resets."""
+    mods = {}
+    for name in ("rlbench", "rlbench.action_modes", "rlbench.action_modes.action_mode",
+                 "rlbench.action_modes.arm_action_modes", "rlbench.action_modes.gripper_action_modes",
+                 "rlbench.environment", "rlbench.observation_config", "rlbench.utils"):
+        mods[name] = types.ModuleType(name)
+        monkeypatch.setitem(sys.modules, name, mods[name])
+    resets = []
+
+    class Task:
+        def reset(self):
+            resets.append(1)
+            obs = types.SimpleNamespace(misc=misc, gripper_pose=np.array([0.2, 0.0, 1.0, *DOWN]),
+                                        gripper_open=1.0, front_rgb=np.zeros((32, 32, 3), np.uint8))
+            return ["reach"], obs
+
+    class Environment:
+        def __init__(self, **kw):
+            pass
+
+        def launch(self):
+            pass
+
+        def get_task(self, cls):
+            return Task()
+
+        def shutdown(self):
+            pass
+
+    class ObservationConfig:
+        def __init__(self):
+            self.front_camera = types.SimpleNamespace()
+
+        def set_all(self, value):
+            pass
+
+    mods["rlbench.action_modes.action_mode"].MoveArmThenGripper = lambda *a: None
+    mods["rlbench.action_modes.arm_action_modes"].EndEffectorPoseViaPlanning = lambda: None
+    mods["rlbench.action_modes.gripper_action_modes"].Discrete = lambda: None
+    mods["rlbench.environment"].Environment = Environment
+    mods["rlbench.observation_config"].ObservationConfig = ObservationConfig
+    mods["rlbench.utils"].name_to_task_class = lambda name: name
+    return resets
+
+
+def test_env_camera_is_known_before_the_first_reset(monkeypatch):
+    """Evaluation (EnvPool) reads env.camera right after building the env."""
+    from twostage_jax.evaluation import EnvPool
+
+    k = K_RLBENCH * np.array([[0.25, 1, 0.25], [1, 0.25, 0.25], [1, 1, 1]])
+    resets = _fake_rlbench(monkeypatch, {"front_camera_intrinsics": k, "front_camera_extrinsics": EXTR})
+    with EnvPool(lambda: rb.RLBenchEnv("reach_target", image_size=32), 1) as pool:
+        cam = pool.camera
+    np.testing.assert_allclose(np.asarray(cam.intrinsics)[0, 0], 27.5)
+    assert cam.width == 32 and len(resets) == 1
+    env = rb.RLBenchEnv("reach_target", image_size=32)
+    obs = env.reset(5)
+    assert env.camera is obs.camera and len(resets) == 2  # no extra reset once known
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher on RLBench's on-disk demos, with no RLBench installed
+
+
+def _launch(*args):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    smoke = str(root / "experiments" / "configs" / "smoke.py")
+    cmd = [sys.executable, "-m", "experiments.main", f"--config={smoke}", *args]
+    return subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=600)
+
+
+def _rlbench_installed() -> bool:
+    return rb.rlbench_missing() is None
+
+
+@pytest.mark.skipif(_rlbench_installed(), reason="checks the path without RLBench")
+def test_launcher_demos_stage1_stage2_on_rlbench_demos(tmp_path):
+    import json
+
+    _write_fixture(tmp_path / "data", n=24, episodes=4, size=32)
+    wd = tmp_path / "wd"
+    common = [f"--workdir={wd}", "--config.env=rlbench", f"--config.rlbench_root={tmp_path / 'data'}",
+              "--task=reach_target", "--config.demos.image_size=32", "--num_demos=3",
+              "--config.demos.num_validation=1", "--num_seeds=1", "--config.stage1.num_steps=4",
+              "--config.stage2.num_steps=4", "--config.train.checkpoint_every=4"]
+    for mode in ("demos", "stage1", "stage2"):  # the launcher's rlbench defaults: calibrated stage 2
+        out = _launch(f"--mode={mode}", *common)
+        assert out.returncode == 0, f"--mode={mode}: {out.stderr[-3000:]}"
+    stats = json.loads((wd / "demos" / "stats.json").read_text())
+    assert stats["env"] == "rlbench" and stats["demo_seeds"] == [0, 1, 2]
+    assert stats["validation_seeds"] == [3]  # the folder's last episode is held out
+    from twostage_jax.data.dataset import load_dataset
+
+    ds = load_dataset(wd / "demos" / "dataset.npz")
+    np.testing.assert_allclose(ds.workspace.low, rb.RLBENCH_WORKSPACE_LOW)
+    assert ds.images.shape[1:] == (32, 32, 3)
+    assert (wd / "stage2" / "calibration.json").exists()
+    assert json.loads((wd / "stage2" / "summary.json").read_text())["final_step"] == 4
+
+
+def test_rlbench_demos_errors_name_the_field(tmp_path):
+    from experiments import pipeline
+    from experiments.configs import smoke
+
+    _write_fixture(tmp_path / "data", n=24, episodes=2, size=32)
+
+    def demos(**fields):
+        c = smoke.get_config()
+        c.env, c.rlbench_root, c.task = "rlbench", str(tmp_path / "data"), "reach_target"
+        for name, value in {"image_size": 32, "num_validation": 1, **fields}.items():
+            c.demos[name] = value
+        pipeline.validate_config(c)
+        return pipeline.run_demos(c, tmp_path / "wd", force=True)
+
+    with pytest.raises(pipeline.PipelineError, match=r"config.demos.num_validation \(2\) .* has 2;"):
+        demos(num_validation=2)  # nothing left to train on
+    with pytest.raises(pipeline.PipelineError, match="--config.demos.image_size=32"):
+        demos(image_size=64)
+    with pytest.raises(pipeline.PipelineError, match="config.rlbench_root: No RLBench episodes"):
+        c_task = smoke.get_config()
+        c_task.env, c_task.rlbench_root, c_task.task = "rlbench", str(tmp_path / "data"), "no_task"
+        pipeline.run_demos(c_task, tmp_path / "wd2")
+    info = demos(num_demos=5)  # fewer episodes than asked for: what there is, and a warning
+    assert info["demo_seeds"] == [0] and info["validation_seeds"] == [1]
+
+
+@pytest.mark.skipif(_rlbench_installed(), reason="checks the error without RLBench")
+def test_launcher_eval_without_rlbench_fails_before_work(tmp_path):
+    wd = tmp_path / "wd"
+    out = _launch("--mode=eval", f"--workdir={wd}", "--config.env=rlbench",
+                  f"--config.rlbench_root={tmp_path}", "--task=reach_target")
+    assert out.returncode == 1
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --mode=eval")
+    assert "RLBench is not installed" in lines[0] and "CoppeliaSim" in lines[0]
+    assert not wd.exists()  # nothing was created

@@ -9,7 +9,8 @@ Layout written by RLBench's dataset generator:
 `rlbench.backend.observation.Observation` objects whose image fields are None. A custom
 Unpickler maps every `rlbench.*` class to a plain attribute holder, so no RLBench, PyRep or
 CoppeliaSim is needed. Per frame we use `gripper_pose` (xyz + quaternion xyzw), `gripper_open`,
-`joint_velocities` and `misc['front_camera_intrinsics' / 'front_camera_extrinsics']`.
+`joint_velocities` and `misc['front_camera_intrinsics' / 'front_camera_extrinsics']`. The pose,
+camera and Euler conventions come from the simulator-free `twostage_jax.rlbench_conventions`.
 
 Keyframes: ARM's rules with ARM's joint-velocity threshold 0.1 rad/s, plus the paper's 1 cm rule
 (`RLBENCH_KEYFRAMES`). Only the PNGs the dataset needs are decoded (frame 0, keyframes, every
@@ -27,7 +28,8 @@ import numpy as np
 
 from twostage_jax.data.demos import Trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
-from twostage_jax.envs.rlbench import DEFAULT_NEUTRAL_QUAT, camera_from_misc, gripper_pose_to_euler
+from twostage_jax.rlbench_conventions import NEUTRAL_QUAT as DEFAULT_NEUTRAL_QUAT
+from twostage_jax.rlbench_conventions import camera_from_misc, gripper_pose_to_euler
 from twostage_jax.types import Camera
 
 RLBENCH_KEYFRAMES = KeyframeConfig(stop_threshold=0.1, refractory=4, min_distance=0.01)
@@ -130,6 +132,27 @@ def load_rlbench_episode(episode_dir: str | os.PathLike[str], task: str, episode
                       task=task, seed=int(episode))
 
 
+def _episodes_dir(root: str | os.PathLike[str], task: str, variation: int) -> str:
+    base = os.path.join(os.fspath(root), task, f"variation{int(variation)}", "episodes")
+    if not os.path.isdir(base):
+        raise FileNotFoundError(f"No RLBench episodes at {base!r} (expected "
+                                "ROOT/TASK/variation{V}/episodes/episode{K}/).")
+    return base
+
+
+def list_rlbench_episodes(root: str | os.PathLike[str], task: str, variation: int = 0) -> list[int]:
+    """The episode numbers K of ROOT/TASK/variation{V}/episodes/episode{K}/, in numeric order.
+
+    Raises:
+      FileNotFoundError: the folder is missing or holds no episode folders.
+    """
+    base = _episodes_dir(root, task, variation)
+    found = [d for d in os.listdir(base) if d.startswith("episode") and d[7:].isdigit()]
+    if not found:
+        raise FileNotFoundError(f"No episode directories in {base!r}.")
+    return sorted(int(d[7:]) for d in found)
+
+
 def load_rlbench_demos(root: str | os.PathLike[str], task: str, variation: int = 0,
                        episodes: Sequence[int] | None = None, augment_every: int = 10,
                        keyframe_config: KeyframeConfig | None = None,
@@ -150,14 +173,8 @@ def load_rlbench_demos(root: str | os.PathLike[str], task: str, variation: int =
     Returns:
       One `Trajectory` per episode (seed = episode number).
     """
-    base = os.path.join(os.fspath(root), task, f"variation{int(variation)}", "episodes")
-    if not os.path.isdir(base):
-        raise FileNotFoundError(f"No RLBench episodes at {base!r} (expected "
-                                "ROOT/TASK/variation{V}/episodes/episode{K}/).")
+    base = _episodes_dir(root, task, variation)
     if episodes is None:
-        found = [d for d in os.listdir(base) if d.startswith("episode") and d[7:].isdigit()]
-        episodes = sorted(int(d[7:]) for d in found)
-        if not episodes:
-            raise FileNotFoundError(f"No episode directories in {base!r}.")
+        episodes = list_rlbench_episodes(root, task, variation)
     return [load_rlbench_episode(os.path.join(base, f"episode{k}"), task, k, augment_every,
                                  keyframe_config, neutral_quat, all_images) for k in episodes]

@@ -1,14 +1,12 @@
 """RLBench (CoppeliaSim) adapter behind the `Env` protocol; RLBench is imported lazily.
 
 Action mode: `MoveArmThenGripper(EndEffectorPoseViaPlanning(), Discrete())`, whose action is
-[x, y, z, qx, qy, qz, qw, gripper] with gripper > 0.5 meaning open. Observations use the 128x128
+[x, y, z, qx, qy, qz, qw, gripper] with gripper > 0.5 meaning open. Observations use the
 `front` camera and `misc['front_camera_intrinsics' / 'front_camera_extrinsics']`.
 
-Orientation: our Euler angles are relative to `neutral_quat`, the gripper pointing straight down
-(R_rel = R_actual @ R_neutral^T, see `twostage_jax.envs.base`). The default (0, 1, 0, 0) in
-RLBench's (x, y, z, w) order is a half turn about the world y axis: the Panda's tool z axis points
-to world -z (down), its x axis to world -x. RLBench's scripted demos approach objects with the
-gripper near this orientation plus a task-dependent yaw, which then shows up as (0, 0, yaw).
+The conventions (neutral gripper orientation, workspace bounds, camera, Euler conversion) live in
+the simulator-free `twostage_jax.rlbench_conventions`, shared with the on-disk demo reader; the
+names below are re-exported from there.
 
 Planning failures (`InvalidActionError`, `IKError`, `ConfigurationPathError`) end the episode as a
 failure (reward 0, done, info['planning_error']) instead of raising.
@@ -16,115 +14,55 @@ failure (reward 0, done, info['planning_error']) instead of raising.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from twostage_jax import _checks
-from twostage_jax.actions import action_to_pose, pose_to_action
-from twostage_jax.envs.base import Observation, check_action
-from twostage_jax.geometry import euler_to_quat
+from twostage_jax.envs.base import Observation
+from twostage_jax.rlbench_conventions import (
+    NEUTRAL_QUAT,
+    WORKSPACE_HIGH,
+    WORKSPACE_LOW,
+    action_to_rlbench,
+    camera_from_misc,
+    check_quat,
+    default_workspace,
+    gripper_pose_to_euler,
+    rlbench_pose_to_ours,
+)
 from twostage_jax.types import Camera, Workspace
 
-DEFAULT_NEUTRAL_QUAT = (0.0, 1.0, 0.0, 0.0)
-"""RLBench gripper pointing down, (x, y, z, w)."""
+DEFAULT_NEUTRAL_QUAT = NEUTRAL_QUAT
+"""RLBench gripper pointing down, (x, y, z, w) (see `rlbench_conventions.NEUTRAL_QUAT`)."""
 
-RLBENCH_WORKSPACE_LOW = (-0.3, -0.5, 0.75)
-RLBENCH_WORKSPACE_HIGH = (0.7, 0.5, 1.75)
-"""Position bounds in RLBench's world frame (metres; the table top is at z ~ 0.75), those of
-ARM / C2F-ARM's scene bounds."""
+RLBENCH_WORKSPACE_LOW = WORKSPACE_LOW
+RLBENCH_WORKSPACE_HIGH = WORKSPACE_HIGH
+"""ARM's and PerAct's scene bounds (see `rlbench_conventions.SCENE_BOUNDS`)."""
 
-_INSTALL_HELP = (
+INSTALL_HELP = (
     "RLBench is not installed. It needs CoppeliaSim (download from "
     "https://www.coppeliarobotics.com/, set COPPELIASIM_ROOT, LD_LIBRARY_PATH and "
     "QT_QPA_PLATFORM_PLUGIN_PATH), then PyRep from https://github.com/stepjam/PyRep and RLBench "
     "from https://github.com/stepjam/RLBench, both installed from source with `pip install .`. "
     "Note: the `pyrep` package on PyPI is an unrelated project."
 )
+_INSTALL_HELP = INSTALL_HELP
+
+__all__ = ["RLBenchEnv", "rlbench_missing", "INSTALL_HELP", "DEFAULT_NEUTRAL_QUAT",
+           "RLBENCH_WORKSPACE_LOW", "RLBENCH_WORKSPACE_HIGH", "action_to_rlbench",
+           "camera_from_misc", "default_workspace", "gripper_pose_to_euler",
+           "rlbench_pose_to_ours"]
 
 
-def _check_quat(name: str, quat: Any) -> np.ndarray:
-    q = np.asarray(quat, np.float64)
-    _checks.check_shape(name, q, (4,), "a quaternion (x, y, z, w)")
-    norm = np.linalg.norm(q)
-    if not np.isfinite(norm) or norm < 1e-6:
-        raise ValueError(f"`{name}` must be a non-zero quaternion (x, y, z, w); got {q.tolist()}.")
-    return q / norm
+def rlbench_missing() -> str | None:
+    """None if RLBench and PyRep can be imported, else a one-line message saying what to install.
 
-
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (x, y, z, w) quaternions: rotation a after b."""
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array([aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw,
-                     aw * bw - ax * bx - ay * by - az * bz])
-
-
-def action_to_rlbench(action: Any, workspace: Workspace,
-                      neutral_quat: Any = DEFAULT_NEUTRAL_QUAT) -> np.ndarray:
-    """Our [7] action to RLBench's MoveArmThenGripper(EndEffectorPoseViaPlanning(), Discrete()).
-
-    Args:
-      action: [7] normalised action (position, Euler / pi relative to neutral, gripper).
-      workspace: position bounds.
-      neutral_quat: [4] (x, y, z, w) neutral gripper orientation.
-
-    Returns:
-      [8] float64: x, y, z, qx, qy, qz, qw (w >= 0), gripper (1.0 open if action[6] >= 0 else 0.0).
+    Looks the packages up without importing them (importing PyRep loads CoppeliaSim).
     """
-    act = check_action(action).astype(np.float32)
-    neutral = _check_quat("neutral_quat", neutral_quat)
-    pos, euler, g = action_to_pose(act, workspace)
-    q_rel = np.asarray(euler_to_quat(np.asarray(euler, np.float32)), np.float64)
-    q = _quat_mul(q_rel, neutral)
-    q = q / np.linalg.norm(q)
-    if q[3] < 0:
-        q = -q
-    return np.concatenate([np.asarray(pos, np.float64), q, [1.0 if float(g) >= 0 else 0.0]])
-
-
-def rlbench_pose_to_ours(gripper_pose: Any, gripper_open: float, workspace: Workspace,
-                         neutral_quat: Any = DEFAULT_NEUTRAL_QUAT) -> np.ndarray:
-    """RLBench's `gripper_pose` ([7] xyz + quaternion xyzw) and `gripper_open` to our pose z.
-
-    Args:
-      gripper_pose: [7] or [T, 7] position and (x, y, z, w) quaternion.
-      gripper_open: scalar or [T] RLBench gripper state (1.0 open, 0.0 closed).
-      workspace: position bounds.
-      neutral_quat: [4] neutral orientation.
-
-    Returns:
-      [7] or [T, 7] float32 pose(s) in action form (gripper +1 open, -1 closed).
-    """
-    gp = np.asarray(gripper_pose, np.float64)
-    _checks.check_trailing("gripper_pose", gp, (7,), "xyz + quaternion (x, y, z, w)")
-    pos, eulers = gripper_pose_to_euler(gp, neutral_quat)
-    g = np.where(np.asarray(gripper_open, np.float64) > 0.5, 1.0, -1.0)
-    return np.asarray(pose_to_action(pos, eulers, g, workspace), np.float32)
-
-
-def gripper_pose_to_euler(gripper_pose: Any, neutral_quat: Any = DEFAULT_NEUTRAL_QUAT
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """[..., 7] RLBench gripper poses to (positions [..., 3], relative Euler angles [..., 3])."""
-    gp = np.asarray(gripper_pose, np.float64)
-    _checks.check_trailing("gripper_pose", gp, (7,), "xyz + quaternion (x, y, z, w)")
-    neutral = Rotation.from_quat(_check_quat("neutral_quat", neutral_quat))
-    rot = Rotation.from_quat(gp.reshape(-1, 7)[:, 3:])
-    eulers = (rot * neutral.inv()).as_euler("xyz").reshape(gp.shape[:-1] + (3,))
-    return gp[..., :3], eulers
-
-
-def camera_from_misc(misc: Any, width: int, height: int, camera: str = "front") -> Camera:
-    """The `Camera` of an RLBench observation's `misc` dict (intrinsics with negative focal lengths,
-    camera-to-world extrinsics)."""
-    keys = (f"{camera}_camera_intrinsics", f"{camera}_camera_extrinsics")
-    if not isinstance(misc, dict) or any(k not in misc for k in keys):
-        have = sorted(misc) if isinstance(misc, dict) else type(misc).__name__
-        raise ValueError(f"RLBench observation `misc` must hold {list(keys)}; got {have}.")
-    return Camera.from_rlbench(misc[keys[0]], misc[keys[1]], width, height)
+    missing = [m for m in ("rlbench", "pyrep") if importlib.util.find_spec(m) is None]
+    return INSTALL_HELP if missing else None
 
 
 class RLBenchEnv:
@@ -153,8 +91,8 @@ class RLBenchEnv:
             raise ImportError(_INSTALL_HELP) from err
         _checks.check_positive_int("image_size", image_size)
         _checks.check_positive_int("max_keyframes", max_keyframes)
-        self._neutral = _check_quat("neutral_quat", neutral_quat)
-        self._workspace = workspace or Workspace.create(RLBENCH_WORKSPACE_LOW, RLBENCH_WORKSPACE_HIGH)
+        self._neutral = check_quat("neutral_quat", neutral_quat)
+        self._workspace = workspace or default_workspace()
         self._task_name = task
         self._size = image_size
         self._max_keyframes = max_keyframes
@@ -183,8 +121,13 @@ class RLBenchEnv:
 
     @property
     def camera(self) -> Camera:
+        """The front camera. RLBench reports it with each observation (`misc`), so before the
+        first `reset` this resets the task once to read it; `cam_front` is fixed in RLBench's
+        scene, so that camera holds for every episode. `reset(seed)` reseeds numpy's global RNG,
+        so the extra reset does not change any episode's layout."""
         if self._camera is None:
-            raise RuntimeError("The RLBench camera is known after the first reset(seed).")
+            _, obs = self._task.reset()
+            self._camera = camera_from_misc(obs.misc, self._size, self._size)
         return self._camera
 
     @property
