@@ -167,3 +167,48 @@ def test_initialize_distributed_checks_its_flags_first():
                           (("localhost:1234", 2, 2), r"--process_id must lie in \[0, 2\)")):
         with pytest.raises(ValueError, match=message):
             sharding.initialize_distributed(*args)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_path):
+    """The launcher on 2 local CPU processes (1 device each, gloo collectives) trains the smoke
+    config's 2 seeds, one per process, and equals the same stage trained by one process."""
+    from experiments import pipeline
+    from tests.test_launcher import SMOKE, _smoke, _synthetic_workdir
+    workdir = _synthetic_workdir(tmp_path / "multi")
+    port = _free_port()
+    env = {**forced_devices_env(1), "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.main", f"--config={SMOKE}", "--mode=stage1",
+         f"--workdir={workdir}", "--config.demos.image_size=32",
+         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"process {i}:\n{out[-3000:]}"
+        assert f"process {i} of 2" in out and "2 seeds sharded over 2 devices" in out, out[-2000:]
+    stage = workdir / "stage1"
+    rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * 2 and {r["seed"] for r in rows} == {0, 1}  # process 0 wrote each once
+    assert json.loads((stage / "summary.json").read_text())["final_step"] == 8
+
+    single = _synthetic_workdir(tmp_path / "single")
+    pipeline.run_stage(_smoke(), single, 1)
+    (multi, step_m), (one, step_1) = (pipeline.load_params(_smoke(), wd, 1) for wd in (workdir, single))
+    assert step_m == step_1 == 8
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), multi, one)

@@ -230,7 +230,8 @@ def to_host(tree: Any) -> Any:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int,
+                           check_only: bool = False) -> None:
     """`jax.distributed.initialize` for one process of several, with CPU collectives (gloo)
     so that the CPU backend can run programs spanning processes.
 
@@ -240,6 +241,7 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
       coordinator_address: 'host:port' of process 0.
       num_processes: total processes (>= 1).
       process_id: this process, in [0, num_processes).
+      check_only: only check the values.
     """
     if not coordinator_address or ":" not in coordinator_address:
         raise ValueError(f"--coordinator_address must be 'host:port' of process 0; got "
@@ -248,6 +250,8 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
         raise ValueError(f"--num_processes must be a positive int; got {num_processes!r}.")
     if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
         raise ValueError(f"--process_id must lie in [0, {num_processes}); got {process_id!r}.")
+    if check_only:
+        return
     # The CPU client needs a collectives implementation for cross-process programs
     # (jax config `jax_cpu_collectives_implementation`: 'gloo' or 'mpi'); GPU/TPU ignore it.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
