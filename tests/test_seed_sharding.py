@@ -212,3 +212,29 @@ def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_p
     (multi, step_m), (one, step_1) = (pipeline.load_params(_smoke(), wd, 1) for wd in (workdir, single))
     assert step_m == step_1 == 8
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), multi, one)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.seed_devices=two"], "config.seed_devices must be 'all' or a positive int"),
+    (["--config.seed_devices=3"], "config.seed_devices=3 exceeds the 1 cpu device"),
+    (["--num_processes=2"], "missing --coordinator_address, --process_id"),
+    (["--coordinator_address=localhost:1", "--num_processes=2", "--process_id=0", "--mode=all"],
+     "--mode=all: several processes train a stage together"),
+    (["--coordinator_address=localhost", "--num_processes=2", "--process_id=0"],
+     "--coordinator_address must be 'host:port'"),
+    (["--coordinator_address=localhost:1", "--num_processes=2", "--process_id=5"],
+     r"--process_id must lie in [0, 2)"),
+])
+def test_launcher_rejects_bad_device_and_process_flags_in_one_line(tmp_path, args, message):
+    from tests.test_launcher import SMOKE, _synthetic_workdir
+
+    workdir = _synthetic_workdir(tmp_path / "wd")
+    mode = [] if any(a.startswith("--mode") for a in args) else ["--mode=stage1"]
+    proc = subprocess.run([sys.executable, "-m", "experiments.main", f"--config={SMOKE}",
+                           f"--workdir={workdir}", "--config.demos.image_size=32", *mode, *args],
+                          cwd=ROOT, env=forced_devices_env(1), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert not (workdir / "stage1").exists()  # refused before any work
