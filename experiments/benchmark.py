@@ -30,6 +30,11 @@ Rows:
                      update on precomputed crops of the same shapes; the value is the extra
                      fraction (10 scanned steps per timing, timed alternately). Also the same
                      step without `Trainer.run`'s pipelining (`trainer.step` in a plain scan).
+  seed_sharding/*    S = 4 seeds of the quickstart stage-1 BC step sharded over D = 1 and 2
+                     forced CPU devices (`--xla_force_host_platform_device_count`, each D in its
+                     own subprocess; D = 1 is the unsharded path), 'vmap' and 'sequential'
+                     within a device. The forced devices share this machine's cores, so on 2
+                     cores these rows measure the sharding machinery's overhead, not a speed-up.
   host_sync          quickstart stage-1 BC: 300 steps as one scan vs 3 chunks of 100 with a
                      `jax.device_get` of the metric means between chunks.
   quickstart_train   wall time of `make_train(config)(key)`'s first call (prepare_data +
@@ -274,6 +279,69 @@ def bench_seeds(b: Bench, ds, steps: int, repeats: int, xla_steps: int) -> dict[
             out[f"{tag}_vmap_{s}_over_seq_{s}"] = rate_vmap / rate_seq
         b.write()
     return out
+
+
+SHARDING_SEEDS = 4
+
+
+def seed_sharding_worker(devices: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Times `make_seed_runner` on this process's devices (run it with `devices` forced ones).
+
+    Returns:
+      {strategy: {'rate': seed-steps/s, 'compile_s', 'median_s'}} for 'vmap' and 'sequential'.
+    """
+    from twostage_jax import sharding
+    from twostage_jax.training import make_seed_runner
+
+    if jax.device_count() != devices:
+        raise RuntimeError(f"expected {devices} devices, found {jax.device_count()}.")
+    cfg = size_config("quickstart", 1, "bc")
+    trainer = make_trainer(cfg, prepare_data(_dataset(), cfg), 1)
+    keys = jax.random.split(jax.random.PRNGKey(1), SHARDING_SEEDS)
+    mesh = sharding.seed_mesh(devices)
+    states = (jax.jit(jax.vmap(trainer.init))(keys) if mesh is None
+              else sharding.init_seeds(trainer.init, keys, mesh))
+    out = {}
+    for strategy in ("vmap", "sequential"):
+        run = make_seed_runner(trainer, strategy, mesh)
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(states, steps))
+        compile_s = time.perf_counter() - t0
+        t = timed(lambda: run(states, steps), repeats, warmup=1)
+        out[strategy] = {"rate": SHARDING_SEEDS * steps / t["median_s"], "compile_s": compile_s,
+                         "median_s": t["median_s"]}
+    return out
+
+
+def bench_seed_sharding(b: Bench, steps: int, repeats: int) -> dict[str, float]:
+    """seed_sharding/* rows: each device count in a subprocess with forced CPU devices."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rates: dict[int, dict] = {}
+    for devices in (1, 2):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root + os.pathsep +
+               os.environ.get("PYTHONPATH", ""), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
+               f" --xla_force_host_platform_device_count={devices}"}
+        code = ("import json; from experiments.benchmark import seed_sharding_worker as w; "
+                f"print('RESULT', json.dumps(w({devices}, {steps}, {repeats})))")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                              text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            b.add(f"seed_sharding/devices={devices}/*", "unavailable", "",
+                  reason=(proc.stderr.strip().splitlines() or ["no output"])[-1][:300])
+            continue
+        rates[devices] = json.loads(line[len("RESULT "):])
+        for strategy, r in rates[devices].items():
+            b.add(f"seed_sharding/devices={devices}/S={SHARDING_SEEDS}/{strategy}", r["rate"],
+                  "seed-steps/s", compile_s=r["compile_s"], steps_per_call=steps, repeats=repeats,
+                  over_one_device=(r["rate"] / rates[1][strategy]["rate"] if 1 in rates else None),
+                  note="forced CPU devices share the cores: overhead, not speed-up")
+    b.write()
+    return {f"{s}_2dev_over_1dev": rates[2][s]["rate"] / rates[1][s]["rate"]
+            for s in ("vmap", "sequential") if 1 in rates and 2 in rates}
 
 
 def bench_crops(b: Bench, repeats: int) -> None:
@@ -657,7 +725,7 @@ def bench_step_profile(b: Bench, quick: bool) -> float | None:
     return out["after"] / out["before"]
 
 
-SECTIONS = ("train_steps", "seeds", "batch_scaling", "crops", "crop_cost", "host_sync",
+SECTIONS = ("train_steps", "seeds", "seed_sharding", "batch_scaling", "crops", "crop_cost", "host_sync",
             "quickstart_train", "act", "sim", "eval", "step_profile")
 
 
@@ -692,6 +760,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "seeds" in sections:
         seeds = bench_seeds(b, ds, 20 if args.quick else 50, repeats + 2, steps)
         targets["vmap5_over_sequential5 (>= 1.2)"] = seeds.get(f"{auto}_vmap_5_over_seq_5")
+    if "seed_sharding" in sections:
+        for k, v in bench_seed_sharding(b, 10 if args.quick else 30, repeats).items():
+            targets[f"seed_sharding_{k} (forced CPU devices: overhead, not speed-up)"] = v
     if "batch_scaling" in sections:
         merge = bench_batch_scaling(b, ds, 20 if args.quick else 50, repeats + 2)
         targets["merge_bound_5 (best any one program could do)"] = merge[5]

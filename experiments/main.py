@@ -6,6 +6,12 @@ Examples:
       --config=experiments/configs/paper.py:cql --task=drawer-open-v3
   python -m experiments.main --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
 
+Several hosts (or processes) train one run's seeds together, each its share, on the mesh of
+all their devices; process 0 writes the logs and results. Start the same command on each with
+  --coordinator_address=HOST0:PORT --num_processes=P --process_id=I   (I = 0 .. P-1)
+with --mode=stage1 or stage2, a --workdir every process can read (its dataset recorded
+beforehand), and evaluate afterwards from one process.
+
 Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its newest
 intact checkpoint. `--force` lets --mode=demos replace an existing dataset. Every flag and config
 field is checked before any work starts; a bad one gets a one-line error (exit status 1), a
@@ -34,6 +40,10 @@ flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_s
 flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).")
 flags.DEFINE_bool("resume", False, "Continue a stage from its newest intact checkpoint.")
 flags.DEFINE_bool("force", False, "With --mode=demos: replace an existing dataset.")
+flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0 "
+                    "(calls jax.distributed.initialize).")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many take part.")
+flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0 .. num_processes-1.")
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collections config file "
                                 "(path[:variants]); fields can be overridden with --config.a.b=v.",
                                 lock_config=True)
@@ -141,6 +151,29 @@ def _check_workdir(workdir: Path) -> None:
         raise UsageError(f"--workdir {e}") from e
 
 
+def _distributed_flags() -> tuple[str, int, int] | None:
+    """The checked (address, processes, id) of a multi-process run, or None for one process."""
+    given = {name: getattr(FLAGS, name) for name in ("coordinator_address", "num_processes",
+                                                      "process_id")}
+    if all(v is None for v in given.values()):
+        return None
+    missing = [f"--{k}" for k, v in given.items() if v is None]
+    if missing:
+        raise UsageError(f"several processes need --coordinator_address, --num_processes and "
+                         f"--process_id together; missing {', '.join(missing)}.")
+    if FLAGS.mode not in ("stage1", "stage2"):
+        raise UsageError(f"--mode={FLAGS.mode}: several processes train a stage together; use "
+                         "--mode=stage1 or --mode=stage2 (record demos and evaluate from one process).")
+    from twostage_jax.sharding import initialize_distributed
+
+    args = (given["coordinator_address"], given["num_processes"], given["process_id"])
+    try:
+        initialize_distributed(*args, check_only=True)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    return args  # type: ignore[return-value]
+
+
 def main(argv: list[str]) -> int:
     """Runs the launcher; bad usage exits 1 with one line, before any work."""
     try:
@@ -155,6 +188,7 @@ def _main(argv: list[str]) -> int:
         raise UsageError(f"unexpected positional arguments {argv[1:]}; every option is a --flag.")
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: the directory for datasets, checkpoints and results.")
+    distributed = _distributed_flags()
     from experiments import pipeline
 
     config = _resolve_config()
@@ -174,7 +208,16 @@ def _main(argv: list[str]) -> int:
     from twostage_jax.checkpoint import CheckpointError
     from twostage_jax.data.dataset import DatasetFormatError
 
+    if distributed is not None:  # before any other JAX work
+        from twostage_jax.sharding import initialize_distributed
+
+        initialize_distributed(*distributed)
+        logging.info("process %d of %d", jax.process_index(), jax.process_count())
     logging.info("JAX %s on %s: %s", jax.__version__, jax.default_backend(), jax.devices())
+    try:
+        pipeline.seed_mesh(config)  # config.seed_devices against the devices there are
+    except pipeline.PipelineError as e:
+        raise UsageError(str(e)) from e
     try:
         if FLAGS.mode in ("demos", "all"):
             if FLAGS.mode == "all" and pipeline.dataset_path(workdir).exists():

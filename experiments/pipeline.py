@@ -44,7 +44,7 @@ import numpy as np
 from absl import logging
 
 import twostage_jax as tj
-from twostage_jax import evaluation
+from twostage_jax import evaluation, sharding
 from twostage_jax._io import atomic_folder, atomic_open
 from twostage_jax.checkpoint import CheckpointError, Checkpointer, write_json_atomic
 
@@ -171,6 +171,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.seed_strategy not in tj.SEED_STRATEGIES:
         raise ValueError(f"config.seed_strategy must be one of {tj.SEED_STRATEGIES}; got "
                          f"{config.seed_strategy!r}.")
+    try:
+        sharding.parse_seed_devices(config.get("seed_devices", "all"))
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from e
     t = config.train
     for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
         if int(t[name]) <= 0:
@@ -226,8 +230,8 @@ def program_fields(config: ml_collections.ConfigDict, stage: int) -> dict[str, A
 
     Resuming a stage, pairing stage 2 with stage 1 and evaluating compare these with the config
     the checkpoint was trained with. Left out: `num_steps` (a resume may extend a run), the
-    logging and checkpoint cadence, `seed_strategy` and `conv_impl` (the same parameters up to
-    float rounding), and fields the stage's algorithm ignores.
+    logging and checkpoint cadence, `seed_strategy`, `seed_devices` and `conv_impl` (the same
+    parameters up to float rounding), and fields the stage's algorithm ignores.
     """
     # A calibrated stage 2 is compared by its calibration settings (the values it derives are
     # fixed in its calibration.json), so resolve it with placeholders here.
@@ -298,6 +302,33 @@ def check_trained_with(config: ml_collections.ConfigDict, meta: dict, stage: int
     if diffs:
         raise PipelineError(f"{action}: the config differs from the one {STAGE_NAMES[stage]} was "
                             f"trained with ({where}): {'; '.join(diffs)}. {advice}")
+
+
+def seed_mesh(config: ml_collections.ConfigDict) -> Any:
+    """The mesh the seeds shard over (`config.seed_devices`), or None for one device.
+
+    Raises:
+      PipelineError: more devices asked for than there are.
+    """
+    try:
+        return sharding.seed_mesh(config.get("seed_devices", "all"))
+    except ValueError as e:
+        raise PipelineError(f"config.{e}") from e
+
+
+def is_writer() -> bool:
+    """True on the process that writes logs and results (process 0; the only one usually)."""
+    return jax.process_index() == 0
+
+
+class _NoLog:
+    """Stands in for `_MetricsLog` on processes other than 0."""
+
+    def write(self, step: int, means: dict[str, np.ndarray]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def ensure_writable(folder: Path, why: str) -> None:
@@ -653,16 +684,23 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
     tcfg = train_config(config, stage, workdir)
     trainer = tj.make_trainer(tcfg, dataset, stage)
     keys = seed_keys(config, stage)
+    mesh = seed_mesh(config)  # seeds sharded over devices (and processes), or None
+    if mesh is not None:
+        logging.info("%s: %d seeds sharded over %d devices", out_dir.name, int(config.num_seeds),
+                     sharding.num_seed_shards(mesh))
     states, start_step = None, 0
     if latest is not None:
+        like = jax.eval_shape(jax.vmap(trainer.init), keys)
         states, start_step = _restore_newest_intact(
-            ckpt, jax.eval_shape(jax.vmap(trainer.init), keys), config, stage, out_dir)
+            ckpt, like if mesh is None else sharding.abstract_state(like, mesh), config, stage, out_dir)
     if states is None:
-        states = jax.jit(jax.vmap(trainer.init))(keys)
-        write_json_atomic(out_dir / "config.json", _record(config))
+        states = (jax.jit(jax.vmap(trainer.init))(keys) if mesh is None
+                  else sharding.init_seeds(trainer.init, keys, mesh))
+        if is_writer():
+            write_json_atomic(out_dir / "config.json", _record(config))
     else:
         logging.info("resumed %s from step %d", out_dir.name, start_step)
-    if stage == 2:
+    if stage == 2 and is_writer():
         write_json_atomic(out_dir / "pairing.json", extra["stage1_checkpoint"])
 
     total = tcfg.num_steps
@@ -672,9 +710,9 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
         return json.loads(summary_path.read_text())
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
-    run_chunk = tj.make_seed_runner(trainer, config.seed_strategy)
-    held_out = _held_out_evaluator(tcfg, stage, load_validation(workdir))
-    log = _MetricsLog(out_dir, start_step)
+    run_chunk = tj.make_seed_runner(trainer, config.seed_strategy, mesh)
+    held_out = _held_out_evaluator(tcfg, stage, load_validation(workdir), mesh)
+    log = _MetricsLog(out_dir, start_step) if is_writer() else _NoLog()
     bar = _progress(total, start_step, f"{STAGE_NAMES[stage]} {config.algo} x{config.num_seeds} seeds")
     step = start_step
     wall = time.perf_counter()
@@ -684,7 +722,7 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
             n = min(log_every - step % log_every, total - step)
             states, metrics = run_chunk(states, n)
             step += n
-            means = {k: np.asarray(v).mean(axis=1) for k, v in jax.device_get(metrics)._asdict().items()}
+            means = {k: np.asarray(v).mean(axis=1) for k, v in sharding.to_host(metrics)._asdict().items()}
             if held_out is not None:
                 means.update(held_out(states.params))
             bad = [k for k, v in means.items() if not np.all(np.isfinite(v))]
@@ -703,11 +741,13 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
         log.close()
     summary = {"stage": stage, "final_step": step, "train_seconds": time.perf_counter() - wall,
                "final_metrics": {k: v.tolist() for k, v in means.items()}}
-    write_json_atomic(summary_path, summary)
+    if is_writer():
+        write_json_atomic(summary_path, summary)
     return summary
 
 
-def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset | None):
+def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset | None,
+                        mesh: Any = None):
     """params [S, ...] -> {'val_position_cm': [S], 'val_gripper_agreement': [S]}, or None.
 
     Every log chunk, the stage is measured on the workdir's validation demos (all of their
@@ -721,9 +761,11 @@ def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset
     data = tj.prepare_data(validation, dataclasses.replace(tcfg, min_move=0.0))
     evaluate = jax.vmap(tj.make_held_out_eval(tcfg, stage), in_axes=(0, None, None))
     key = jax.random.PRNGKey(0)
+    if mesh is not None:  # params are seed-sharded: the data and key go on every device
+        data, key = sharding.put_replicated((data, key), mesh)
 
     def run(params: Any) -> dict[str, np.ndarray]:
-        m = jax.device_get(evaluate(params, data, key))
+        m = sharding.to_host(evaluate(params, data, key))
         return {"val_position_cm": np.asarray(m.position_cm),
                 "val_gripper_agreement": np.asarray(m.gripper_agreement)}
 

@@ -1,7 +1,8 @@
 """Orbax checkpoints of the training state, plus small atomic JSON helpers.
 
 A checkpoint directory holds one orbax step directory per saved step, each with two items:
-`state` (the `AgentState` pytree, with a leading seed axis when seeds are vmapped) and `meta`
+`state` (the `AgentState` pytree, with a leading seed axis when seeds are vmapped; sharded
+states are saved by every process holding a shard, see `Checkpointer.restore`) and `meta`
 (JSON: step, config, and for stage 2 the stage-1 checkpoint it pairs with). Orbax writes each
 step to a temporary directory and renames it when complete, so a run killed mid-save leaves
 the previous checkpoints intact.
@@ -96,9 +97,15 @@ class Checkpointer:
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores (state, meta) at `step` (default: latest) into the structure of `like`.
 
+        Arrays are placed as `like` says: a leaf with a sharding (e.g. from
+        `twostage_jax.sharding.abstract_state(like, mesh)`: seeds sharded over a mesh) is read
+        onto those devices, one without onto this process's first device. The layout the
+        checkpoint was saved with is never used, so a state saved on N devices restores onto
+        any other number (orbax reads each device's slice of the stored array).
+
         Args:
           like: a state pytree with the expected structure, shapes and dtypes (e.g. a freshly
-            initialised state); only its structure is used.
+            initialised state, or `jax.eval_shape` of one); its structure and shardings are used.
           step: the step to restore, default the latest.
 
         Raises:
@@ -107,7 +114,10 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint found in {self.directory}.")
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                           sharding=getattr(x, "sharding", None) or here), like)
         try:
             out = self._manager.restore(int(step), args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

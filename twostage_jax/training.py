@@ -459,7 +459,7 @@ def _check_keys(keys: Any) -> None:
 
 
 def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Array, stage: int = 1,
-                strategy: str = "auto") -> tuple[AgentState, Any]:
+                strategy: str = "auto", mesh: Any = None) -> tuple[AgentState, Any]:
     """Trains one run per key, all seeds in one jitted program or one after another.
 
     Strategies (results agree up to float rounding; pick by speed):
@@ -483,14 +483,31 @@ def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Arr
       dataset: the offline `Dataset` (or prepared `TrainData`), shared by all seeds.
       keys: [S, 2] raw keys (or [S] typed keys), e.g. `jax.random.split(key, S)`.
       stage: 1 or 2.
-      strategy: one of `SEED_STRATEGIES`: 'auto', 'vmap' or 'sequential'.
+      strategy: one of `SEED_STRATEGIES`: 'auto', 'vmap' or 'sequential' (with a mesh: how
+        each device runs its own block of seeds).
+      mesh: None (one device), or a `jax.sharding.Mesh` with an axis named 'seeds' (e.g.
+        `twostage_jax.sharding.seed_mesh('all')`): every state leaf's seed axis is sharded
+        over it and each device trains its own seeds (`twostage_jax.sharding.shard_seeds`).
+        A seed count that does not divide the devices is padded (the last key repeated) and
+        the padding dropped, so results equal the unsharded run's; only then is the returned
+        state replicated instead of seed-sharded.
 
     Returns:
       (AgentState with a leading [S] axis on every leaf, metrics [S, num_steps]).
     """
     _check_keys(keys)
+    if mesh is not None:  # seed sharding hook (issue 14): a bad mesh fails before any work
+        from twostage_jax.sharding import check_seed_mesh
+
+        check_seed_mesh(mesh)
     trainer = make_trainer(config, dataset, stage)
-    run = make_seed_runner(trainer, strategy)
+    run = make_seed_runner(trainer, strategy, mesh)
+    # --- seed sharding hook (issue 14): a mesh initialises the seeds onto its devices.
+    if mesh is not None:
+        from twostage_jax import sharding
+
+        return run(sharding.init_seeds(trainer.init, keys, mesh), config.num_steps)
+    # --- end of hook
     return run(jax.jit(jax.vmap(trainer.init))(keys), config.num_steps)
 
 
@@ -511,7 +528,7 @@ def resolve_seed_strategy(strategy: str = "auto", backend: str | None = None) ->
     return "sequential" if (backend or jax.default_backend()) == "cpu" else "vmap"
 
 
-def make_seed_runner(trainer: Trainer, strategy: str = "auto"
+def make_seed_runner(trainer: Trainer, strategy: str = "auto", mesh: Any = None
                      ) -> Callable[[AgentState, int], tuple[AgentState, Any]]:
     """Returns `run(states, num_steps) -> (states, metrics)` for states with a leading seed axis.
 
@@ -522,11 +539,28 @@ def make_seed_runner(trainer: Trainer, strategy: str = "auto"
     Args:
       trainer: from `make_trainer`.
       strategy: 'auto', 'vmap' (all seeds in one program) or 'sequential' (see `train_seeds`).
+      mesh: None, or a mesh with a 'seeds' axis to shard the seeds over (see `train_seeds`).
 
     Returns:
       run: (AgentState [S, ...], num_steps) -> (AgentState [S, ...], metrics [S, num_steps]).
     """
     strategy = resolve_seed_strategy(strategy)
+    # --- seed sharding hook (issue 14): one sharded program per chunk length.
+    if mesh is not None:
+        from twostage_jax import sharding
+
+        sharding.check_seed_mesh(mesh)
+        data = sharding.put_replicated(trainer.data, mesh)
+        sharded: dict[int, Callable] = {}
+
+        def run_sharded(states: AgentState, num_steps: int) -> tuple[AgentState, Any]:
+            if num_steps not in sharded:
+                sharded[num_steps] = sharding.shard_seeds(
+                    lambda s, d: trainer.run(s, d, num_steps), mesh, strategy)
+            return sharded[num_steps](states, data)
+
+        return run_sharded
+    # --- end of hook
     cache: dict[int, Callable] = {}
 
     def run(states: AgentState, num_steps: int) -> tuple[AgentState, Any]:

@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.num_seeds = 1
     c.seed_strategy = "auto"  # 'auto' (sequential on CPU, vmap on GPU), 'vmap' or 'sequential'
+    # 'all' (shard the seeds over every device when there are several; one device: unsharded)
+    # or N (the first N devices; 1 = unsharded)
+    c.seed_devices = "all"
     c.stage2_name = "stage2"  # folder of stage 2 in the workdir; name ablations to share stage 1
 
     c.demos = ml_collections.ConfigDict(dict(
