@@ -29,10 +29,10 @@ Rows:
   stage2_crop_cost/* stage-2 update step with on-the-fly crops (Algo. 1 + Eq. 5) vs the same
                      update on precomputed crops of the same shapes; the value is the extra
                      fraction (10 scanned steps per timing, timed alternately). Also the same
-                     step without `Trainer.run`'s pipelining (`trainer.step` in a plain scan).
+                     step without `Train.run`'s pipelining (`train.step` in a plain scan).
   host_sync          quickstart stage-1 BC: 300 steps as one scan vs 3 chunks of 100 with a
                      `jax.device_get` of the metric means between chunks.
-  quickstart_train   wall time of `make_train(config)(key)`'s first call (prepare_data +
+  quickstart_train   wall time of `jit(make_train(config, 1))(key, data)`'s first call (prepare_data +
                      compile + init + 3000 steps) over its warm call (the 3000 steps alone).
   act/*              two-stage policy latency (paper BC sizes), batch 1 and 64, incl. host checks.
   sim/*              MetaWorld keyframe step, low-level physics step, render (128x128), and demo
@@ -76,7 +76,7 @@ from twostage_jax.networks import NetworkConfig, resolve_conv_impl
 from twostage_jax.policy import make_policy
 from twostage_jax.testing import make_synthetic_dataset, synthetic_camera
 from twostage_jax.training import (
-    Stage2Config, TrainConfig, TrainData, make_train, make_trainer, prepare_data, sample_batch)
+    Stage2Config, TrainConfig, TrainData, init_seeds, make_train, prepare_data, sample_batch)
 
 PAPER_NET = NetworkConfig(conv_channels=(32,) * 4, crop_conv_channels=(32,) * 3, mlp_hidden=64,
                           head_hidden=(256, 256))
@@ -211,7 +211,7 @@ def _dataset(size: int = 128):
 def _steady_run(trainer, data: TrainData, key: jax.Array, steps: int, repeats: int
                 ) -> dict[str, float]:
     """Median seconds per update step of `trainer.run` over `steps` scanned steps."""
-    state = jax.jit(trainer.init)(key)
+    state = jax.jit(trainer.init)(key, data)
     run = jax.jit(trainer.run, static_argnums=2)
     t0 = time.perf_counter()
     run = run.lower(state, data, steps).compile()
@@ -227,8 +227,8 @@ def bench_train_steps(b: Bench, ds, steps: int, repeats: int) -> None:
         for stage in (1, 2):
             for algo in ("bc", "cql"):
                 cfg = size_config(size, stage, algo)
-                trainer = make_trainer(cfg, prepare_data(ds, cfg), stage)
-                r = _steady_run(trainer, trainer.data, jax.random.PRNGKey(0), steps, repeats)
+                trainer = make_train(cfg, stage)
+                r = _steady_run(trainer, prepare_data(ds, cfg), jax.random.PRNGKey(0), steps, repeats)
                 b.add(f"train_step/{size}/stage{stage}/{algo}", cfg.batch_size / r["step_s"],
                       "samples/s", step_ms=1e3 * r["step_s"], batch=cfg.batch_size,
                       compile_s=r["compile_s"], repeats=repeats, steps_per_run=steps)
@@ -245,11 +245,10 @@ def bench_seeds(b: Bench, ds, steps: int, repeats: int, xla_steps: int) -> dict[
     for impl, steps in (("auto", steps), ("xla", xla_steps)):
         cfg = size_config("quickstart", 1, "bc",
                           network=dataclasses.replace(QUICK_NET, conv_impl=impl))
-        trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
-        data = trainer.data
+        trainer, data = make_train(cfg, 1), prepare_data(ds, cfg)
         counts = SEED_COUNTS if impl == "auto" else (5,)
         keys = jax.random.split(jax.random.PRNGKey(1), max(counts))
-        states = jax.jit(jax.vmap(trainer.init))(keys)
+        states = init_seeds(trainer, keys, data)
         run1 = jax.jit(trainer.run, static_argnums=2).lower(
             jax.tree_util.tree_map(lambda x: x[0], states), data, steps).compile()
         per_seed = [jax.tree_util.tree_map(lambda x, i=i: x[i], states) for i in range(max(counts))]
@@ -302,8 +301,7 @@ def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int) -> dict[str, 
     out = {}
     for algo in ("bc", "cql"):
         cfg = size_config("paper", 2, algo)
-        trainer = make_trainer(cfg, prepare_data(ds, cfg), 2)
-        data = trainer.data
+        trainer, data = make_train(cfg, 2), prepare_data(ds, cfg)
         bank = jax.jit(lambda d: sample_batch(d, jax.random.PRNGKey(7), 512, 2, cfg.stage2))(data)
         if algo == "bc":
             update = make_bc_update(trainer.networks, optax.adam(cfg.learning_rate))
@@ -321,7 +319,7 @@ def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int) -> dict[str, 
         def run_unpipelined(state, data_, n: int):  # `trainer.step` in a plain scan
             return jax.lax.scan(lambda s, _: trainer.step(s, data_), state, None, length=n)
 
-        state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+        state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)
         pre_run = jax.jit(run_pre, static_argnums=2).lower(state, bank, steps).compile()
         full_run = jax.jit(trainer.run, static_argnums=2).lower(state, data, steps).compile()
         plain_run = jax.jit(run_unpipelined, static_argnums=2).lower(state, data, steps).compile()
@@ -351,10 +349,10 @@ def bench_batch_scaling(b: Bench, ds, steps: int, repeats: int) -> dict[str, flo
     out, fns = {}, {}
     for s in (1, 2, 5):
         cfg = size_config("quickstart", 1, "bc", batch_size=32 * s)
-        trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
-        state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
-        run = jax.jit(trainer.run, static_argnums=2).lower(state, trainer.data, steps).compile()
-        fns[s] = lambda run=run, state=state, d=trainer.data: run(state, d)
+        trainer, data = make_train(cfg, 1), prepare_data(ds, cfg)
+        state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)
+        run = jax.jit(trainer.run, static_argnums=2).lower(state, data, steps).compile()
+        fns[s] = lambda run=run, state=state, d=data: run(state, d)
     t = timed_interleaved(fns, repeats)
     for s, sec in t.items():
         bound = s * t[1] / sec
@@ -368,9 +366,8 @@ def bench_batch_scaling(b: Bench, ds, steps: int, repeats: int) -> dict[str, flo
 def bench_host_sync(b: Bench, ds, repeats: int) -> float:
     """host_sync row: one 300-step scan vs 3 chunks of 100 with metric means fetched between."""
     cfg = size_config("quickstart", 1, "bc")
-    trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
-    data = trainer.data
-    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    trainer, data = make_train(cfg, 1), prepare_data(ds, cfg)
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)
     total, chunk = 300, 100
     run_all = jax.jit(trainer.run, static_argnums=2).lower(state, data, total).compile()
     run_chunk = jax.jit(lambda s, d: (lambda o: (o[0], jax.tree_util.tree_map(jnp.mean, o[1])))(
@@ -394,8 +391,8 @@ def bench_host_sync(b: Bench, ds, repeats: int) -> float:
 def bench_quickstart_train(b: Bench, ds, pairs: int) -> float:
     """quickstart_train row: make_train's whole first call vs the same program's warm call.
 
-    One pair = clear JAX's caches, `make_train(config)` and time `train(key)` (data to device,
-    compile, init, 3000 steps), then time `train(key)` again (the 3000 scanned steps alone,
+    One pair = clear JAX's caches, `prepare_data` + `jit(make_train(config, 1))` and time
+    `train(key, data)` (data to device, compile, init, 3000 steps), then time it again (the 3000 scanned steps alone,
     the quickstart's pure update-step time). The value is the median over `pairs` of
     first / warm; both calls of a pair run back to back, so load drift mostly cancels.
     """
@@ -405,11 +402,12 @@ def bench_quickstart_train(b: Bench, ds, pairs: int) -> float:
     for _ in range(pairs):
         jax.clear_caches()
         t0 = time.perf_counter()
-        train = make_train(cfg, ds, 1)
-        jax.block_until_ready(train(key))
+        data = prepare_data(ds, cfg)
+        train = jax.jit(make_train(cfg, 1))
+        jax.block_until_ready(train(key, data))
         firsts.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        jax.block_until_ready(train(key))
+        jax.block_until_ready(train(key, data))
         warms.append(time.perf_counter() - t0)
     ratio = statistics.median(f / w for f, w in zip(firsts, warms))
     b.add("quickstart_train/first_over_warm", ratio, "ratio", first_s=statistics.median(firsts),
@@ -422,10 +420,9 @@ def bench_quickstart_train(b: Bench, ds, pairs: int) -> float:
 def bench_act(b: Bench, ds, repeats: int) -> None:
     """act/* rows: two-stage policy (paper BC sizes) latency at batch 1 and 64."""
     c1, c2 = size_config("paper", 1, "bc"), size_config("paper", 2, "bc")
-    t1 = make_trainer(c1, ds, 1)
-    t2 = make_trainer(c2, t1.data, 2)
-    p1 = jax.jit(t1.init)(jax.random.PRNGKey(0)).params
-    p2 = jax.jit(t2.init)(jax.random.PRNGKey(1)).params
+    d1, d2 = prepare_data(ds, c1), prepare_data(ds, c2)
+    p1 = jax.jit(make_train(c1, 1).init)(jax.random.PRNGKey(0), d1).params
+    p2 = jax.jit(make_train(c2, 2).init)(jax.random.PRNGKey(1), d2).params
     act = make_policy(c1, c2, ds.workspace)
     cam = synthetic_camera(128)
     for n in (1, 64):
@@ -523,10 +520,9 @@ def bench_eval(b: Bench, ds, quick: bool) -> float | None:
         b.write()
         return None
     c1, c2 = size_config("quickstart", 1, "bc"), size_config("quickstart", 2, "bc")
-    t1 = make_trainer(c1, ds, 1)
-    t2 = make_trainer(c2, t1.data, 2)
-    p1 = jax.jit(t1.init)(jax.random.PRNGKey(0)).params
-    p2 = jax.jit(t2.init)(jax.random.PRNGKey(1)).params
+    d1, d2 = prepare_data(ds, c1), prepare_data(ds, c2)
+    p1 = jax.jit(make_train(c1, 1).init)(jax.random.PRNGKey(0), d1).params
+    p2 = jax.jit(make_train(c2, 2).init)(jax.random.PRNGKey(1), d2).params
     plain = make_policy(c1, c2, default_workspace())
     rows = make_policy(c1, c2, default_workspace(), row_by_row=True)
     act_plain = lambda im, z, cam: plain(p1, p2, im, z, cam)

@@ -612,14 +612,15 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
     if stage == 2 and needs_calibration(config) and not calibration_path(workdir, config).exists():
         calibrate_stage2(config, workdir, dataset)
     tcfg = train_config(config, stage, workdir)
-    trainer = tj.make_trainer(tcfg, dataset, stage)
+    train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
     keys = seed_keys(config, stage)
     states, start_step = None, 0
     if latest is not None:
         states, start_step = _restore_newest_intact(
-            ckpt, jax.eval_shape(jax.vmap(trainer.init), keys), config, stage, out_dir)
+            ckpt, jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), keys, data), config, stage,
+            out_dir)
     if states is None:
-        states = jax.jit(jax.vmap(trainer.init))(keys)
+        states = tj.init_seeds(train, keys, data)
         write_json_atomic(out_dir / "config.json", _record(config))
     else:
         logging.info("resumed %s from step %d", out_dir.name, start_step)
@@ -633,7 +634,6 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
         return json.loads(summary_path.read_text())
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
-    run_chunk = tj.make_seed_runner(trainer, config.seed_strategy)
     held_out = _held_out_evaluator(tcfg, stage, load_validation(workdir))
     log = _MetricsLog(out_dir, start_step)
     bar = _progress(total, start_step, f"{STAGE_NAMES[stage]} {config.algo} x{config.num_seeds} seeds")
@@ -643,7 +643,7 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
     try:
         while step < total:
             n = min(log_every - step % log_every, total - step)
-            states, metrics = run_chunk(states, n)
+            states, metrics = tj.run_seeds(train, states, data, n, config.seed_strategy)
             step += n
             means = {k: np.asarray(v).mean(axis=1) for k, v in jax.device_get(metrics)._asdict().items()}
             if held_out is not None:
@@ -810,8 +810,9 @@ def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
             (", or train the change as a new stage 2 with --config.stage2_name=NAME." if stage == 2
              else ", or train the change in a fresh --workdir."))
         dataset = load_demos(workdir) if dataset is None else dataset
-        trainer = tj.make_trainer(train_config(config, stage, workdir), dataset, stage)
-        like = jax.eval_shape(jax.vmap(trainer.init), seed_keys(config, stage))
+        tcfg = train_config(config, stage, workdir)
+        like = jax.eval_shape(jax.vmap(tj.make_train(tcfg, stage).init, in_axes=(0, None)),
+                              seed_keys(config, stage), tj.prepare_data(dataset, tcfg))
         try:
             state, meta = ckpt.restore(like, step)
         except CheckpointError as e:

@@ -91,7 +91,7 @@ def test_tanh_gaussian_log_prob_is_exact_and_stable():
 
 def test_cql_training_pushes_random_q_below_data_q():
     cfg = tiny_config("cql", num_steps=150, cql_weight=5.0)
-    state, m = tj.make_train(cfg, tiny_dataset(), stage=1)(jax.random.PRNGKey(0))
+    state, m = tj.make_train(cfg, stage=1)(jax.random.PRNGKey(0), tj.prepare_data(tiny_dataset(), cfg))
     for name, values in m._asdict().items():
         assert np.all(np.isfinite(values)), name
     data, batch = _fixed_batch(1, key=3)
@@ -107,7 +107,7 @@ def test_cql_training_pushes_random_q_below_data_q():
 
 def test_cql_td_target_and_losses_are_finite():
     cfg = tiny_config("cql", num_steps=3, target="td")
-    state, m = tj.make_train(cfg, tiny_dataset(), stage=2)(jax.random.PRNGKey(0))
+    state, m = tj.make_train(cfg, stage=2)(jax.random.PRNGKey(0), tj.prepare_data(tiny_dataset(), cfg))
     assert set(state.target_params) == {"encoder", "critic"}
     assert all(np.all(np.isfinite(v)) for v in m)
     # The target network moved towards the online one (Polyak), but is not equal to it.

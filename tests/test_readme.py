@@ -19,6 +19,10 @@ def test_readme_library_example_runs():
     assert abs(float(scope["a"][0]) - 0.3333) < 1e-3  # tanh(atanh .5 + atanh -.2)
     assert int(scope["state"].step) == 3
     assert float(scope["metrics"].bc_loss) > 0
+    train_block = next(b for b in _blocks("python") if "make_train" in b)
+    exec(compile(train_block, "README.md", "exec"), scope)
+    assert scope["states"].step.tolist() == [10, 10, 10]
+    assert scope["metrics"].bc_loss.shape == (3, 10)
 
 
 def test_ci_runs_the_readme_test_command():

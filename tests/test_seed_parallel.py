@@ -13,7 +13,7 @@ import pytest
 from twostage_jax.networks import (
     CNN, NetworkConfig, conv2d_patches, make_networks, resolve_conv_impl)
 from twostage_jax.testing import make_synthetic_dataset
-from twostage_jax.training import (TrainConfig, prepare_data, resolve_seed_strategy, sample_batch,
+from twostage_jax.training import (TrainConfig, _resolve_seed_strategy, prepare_data, sample_batch,
                                    train_seeds)
 
 TINY = NetworkConfig(conv_channels=(4, 4), crop_conv_channels=(4,), conv_strides=(2, 2),
@@ -100,9 +100,9 @@ def test_resolve_conv_impl_and_bad_names() -> None:
     assert resolve_conv_impl("xla", "cpu") == "xla"
     with pytest.raises(ValueError, match="conv_impl.*'grouped'"):
         NetworkConfig(conv_impl="grouped")
-    assert resolve_seed_strategy("auto", "cpu") == "sequential"
-    assert resolve_seed_strategy("auto", "gpu") == "vmap"
-    assert resolve_seed_strategy("vmap", "cpu") == "vmap"
+    assert _resolve_seed_strategy("auto", "cpu") == "sequential"
+    assert _resolve_seed_strategy("auto", "gpu") == "vmap"
+    assert _resolve_seed_strategy("vmap", "cpu") == "vmap"
     with pytest.raises(ValueError, match="strategy.*'auto', 'vmap', 'sequential'.*'parallel'"):
         train_seeds(TrainConfig(num_steps=1, batch_size=2, network=TINY),
                     make_synthetic_dataset(1, 2, 16), jax.random.split(jax.random.PRNGKey(0), 2),

@@ -1,13 +1,18 @@
 """Training: configs, on-device batch sampling (with Algo. 1 for stage 2), and pure trainers.
 
-`make_train(config, dataset, stage)` returns `train(key) -> (AgentState, metrics)`, a `lax.scan`
-over update steps that samples batches on device (purejaxrl style). `train_seeds` runs several
-seeds as one jitted program that vmaps over the seed axis.
+One family of entry points:
+  * `make_train(config, stage)` returns `train(key, data) -> (AgentState, metrics)`, a
+    `lax.scan` over update steps that samples batches on device (purejaxrl style), with
+    `data = prepare_data(dataset, config)` an argument; `train.init`/`step`/`run` are its pieces.
+  * `train_seeds(config, data, keys, stage, strategy)` trains several seeds;
+  * `init_seeds` and `run_seeds` are `train_seeds` in two halves, for chunked training (log,
+    checkpoint, resume between chunks); `run_seeds` holds the seed-strategy dispatch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -325,129 +330,161 @@ def make_held_out_eval(config: TrainConfig, stage: int
     return evaluate
 
 
-class Trainer(NamedTuple):
-    """A stage's pure training functions, bound to a dataset.
-
-    Attributes:
-      networks: the `Networks` bundle.
-      data: device-resident `TrainData`.
-      init: key -> AgentState.
-      step: (AgentState, TrainData) -> (AgentState, metrics): one update with a batch sampled
-        from the state's key.
-      run: (AgentState, TrainData, num_steps) -> (AgentState, metrics stacked [num_steps]);
-        `num_steps` of `step` as one `lax.scan`, software-pipelined (each iteration samples
-        the next batch while it updates on the current one; same batches as calling `step`
-        in a loop, results equal up to float rounding). Pure; jit with `num_steps` static.
-      metrics_type: the NamedTuple type of the metrics.
-    """
-
-    networks: Networks
-    data: TrainData
-    init: Callable[[jax.Array], AgentState]
-    step: Callable[[AgentState, TrainData], tuple[AgentState, Any]]
-    run: Callable[[AgentState, TrainData, int], tuple[AgentState, Any]]
-    metrics_type: type
-
-
 def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
     if config.algo == "bc":
         return optax.adam(config.learning_rate)
     return make_cql_optimizer(config.cql)
 
 
-def make_trainer(config: TrainConfig, dataset: Dataset | TrainData, stage: int) -> Trainer:
-    """Builds the pure init/step/run functions of one stage.
+def _check_key(name: str, key: Any) -> None:
+    """A single PRNG key: raw [2] uint32 or a typed key of shape []."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        _checks.check_rank(name, key, 0)
+        return
+    _checks.check_shape(name, key, (2,), "one raw PRNG key, e.g. jax.random.PRNGKey(0)")
+    if dtype != jnp.uint32:
+        raise TypeError(f"`{name}` must be a PRNG key (uint32 [2] from jax.random.PRNGKey, or a typed "
+                        f"key from jax.random.key); got dtype {dtype}.")
 
-    Args:
-      config: training configuration.
-      dataset: a `Dataset` (validated and moved to the device here) or prepared `TrainData`.
-      stage: 1 (tentative policy) or 2 (correction policy).
 
-    Returns:
-      A `Trainer`.
+def _check_data(data: Any) -> None:
+    if not isinstance(data, TrainData):
+        raise TypeError(f"`data` must be the TrainData of prepare_data(dataset, config); got "
+                        f"{type(data).__name__}.")
+
+
+class Train:
+    """One stage's pure training functions, from `make_train(config, stage)`.
+
+    Calling it, `train(key, data) -> (AgentState, metrics)`, initialises a state and runs
+    `config.num_steps` updates; the dataset is an argument, never a closure, so
+    `jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, data)` compiles one program whose
+    dataset is an input, not a constant. The pieces, for chunked training (log, checkpoint,
+    resume) and custom loops:
+
+      * `init(key, data) -> AgentState`: fresh parameters, optimizer state and state key;
+        `data` only gives the observation shapes.
+      * `step(state, data) -> (AgentState, metrics)`: one update on a batch sampled with the
+        state's key.
+      * `run(state, data, num_steps) -> (AgentState, metrics [num_steps])`: `num_steps` of
+        `step` as one `lax.scan`, software-pipelined (each iteration samples the next batch
+        while it updates on the current one; the same batches as `step` in a loop). Chunks
+        compose: `run(run(s, d, 2)[0], d, 4)` equals `run(s, d, 6)`, since every step
+        consumes the key carried in the state. `num_steps` is static under jit.
+
+    All are pure and unjitted (jit them, or use `train_seeds` / `run_seeds`). Two `Train`s of
+    equal config and stage compare and hash equal, so they can be static jit arguments.
+
+    Attributes:
+      config: the `TrainConfig`.
+      stage: 1 or 2.
+      networks: the `Networks` bundle.
+      metrics_type: the metrics NamedTuple type (`BCMetrics` or `CQLMetrics`).
     """
-    if stage not in (1, 2):
-        raise ValueError(f"`stage` must be 1 or 2; got {stage!r}.")
-    data = dataset if isinstance(dataset, TrainData) else prepare_data(dataset, config)
-    networks = make_networks(config.network, stage, config.algo)
-    optimizer = _optimizer(config)
-    if config.algo == "bc":
-        update = make_bc_update(networks, optimizer, config.stage2.bc_weights() if stage == 2 else None)
-        from twostage_jax.bc import BCMetrics as metrics_type
-    else:
-        update = make_cql_update(networks, config.cql, optimizer)
-        from twostage_jax.cql import CQLMetrics as metrics_type
-    batch_size, s2 = config.batch_size, config.stage2
-    example_shapes = jax.eval_shape(
-        lambda d: sample_batch(d, jax.random.PRNGKey(0), 2, stage, s2).obs, data)
 
-    def init(key: jax.Array) -> AgentState:
+    def __init__(self, config: TrainConfig, stage: int):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"`config` must be a TrainConfig; got {type(config).__name__}.")
+        if stage not in (1, 2) or isinstance(stage, bool):
+            raise ValueError(f"`stage` must be 1 or 2; got {stage!r}.")
+        self.config = config
+        self.stage = int(stage)
+        self.networks = make_networks(config.network, stage, config.algo)
+        self._optimizer = _optimizer(config)
+        if config.algo == "bc":
+            self._update = make_bc_update(self.networks, self._optimizer,
+                                          config.stage2.bc_weights() if stage == 2 else None)
+            from twostage_jax.bc import BCMetrics as metrics_type
+        else:
+            self._update = make_cql_update(self.networks, config.cql, self._optimizer)
+            from twostage_jax.cql import CQLMetrics as metrics_type
+        self.metrics_type = metrics_type
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Train) and (self.config, self.stage) == (other.config, other.stage)
+
+    def __hash__(self) -> int:
+        return hash((Train, self.config, self.stage))
+
+    def __repr__(self) -> str:
+        return f"Train(stage={self.stage}, config={self.config!r})"
+
+    def __call__(self, key: jax.Array, data: TrainData) -> tuple[AgentState, Any]:
+        """Init + `config.num_steps` scanned updates: (AgentState, metrics [num_steps])."""
+        return self.run(self.init(key, data), data, self.config.num_steps)
+
+    def _sample(self, data: TrainData, key: jax.Array) -> Batch:
+        # The batch of the step whose state carries `key` (updates never change `state.key`).
+        _, k_batch, _ = jax.random.split(key, 3)
+        return sample_batch(data, k_batch, self.config.batch_size, self.stage, self.config.stage2,
+                            with_next=self.config.algo == "cql")
+
+    def init(self, key: jax.Array, data: TrainData) -> AgentState:
+        """A fresh `AgentState` from `key` ([2] raw or typed PRNG key)."""
+        _check_key("key", key)
+        _check_data(data)
+        config = self.config
         k_init, k_state = jax.random.split(key)
-        example = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), example_shapes)
-        params = networks.init(k_init, example)
+        shapes = jax.eval_shape(lambda d: sample_batch(d, jax.random.PRNGKey(0), 2, self.stage,
+                                                       config.stage2, with_next=False).obs, data)
+        example = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        params = self.networks.init(k_init, example)
         target_params: dict = {}
         if config.algo == "cql":
             params = init_cql_params(params, config.cql)
             if config.cql.target == "td":
                 target_params = {"encoder": params["encoder"], "critic": params["critic"]}
         return AgentState(params=params, target_params=target_params,
-                          opt_state=optimizer.init(params), key=k_state,
+                          opt_state=self._optimizer.init(params), key=k_state,
                           step=jnp.zeros((), jnp.int32))
 
-    with_next = config.algo == "cql"
-
-    def sample(data_: TrainData, key: jax.Array) -> Batch:
-        # The batch of the step whose state carries `key` (updates never change `state.key`).
-        _, k_batch, _ = jax.random.split(key, 3)
-        return sample_batch(data_, k_batch, batch_size, stage, s2, with_next=with_next)
-
-    def step(state: AgentState, data_: TrainData) -> tuple[AgentState, Any]:
+    def step(self, state: AgentState, data: TrainData) -> tuple[AgentState, Any]:
+        """One update on the batch drawn from `state.key`."""
         key, _, k_update = jax.random.split(state.key, 3)
-        return update(state.replace(key=key), sample(data_, state.key), k_update)
+        return self._update(state.replace(key=key), self._sample(data, state.key), k_update)
 
-    def run(state: AgentState, data_: TrainData, num_steps: int) -> tuple[AgentState, Any]:
-        # Software-pipelined `step`: iteration t updates on batch t (carried in) and samples
-        # batch t + 1 (carried out). The loop boundary makes XLA materialise each batch once,
-        # instead of fusing the crops' gathers into every consumer and recomputing them there.
-        # Same batches as `step` in a loop; results equal up to float rounding (tested).
+    def run(self, state: AgentState, data: TrainData, num_steps: int) -> tuple[AgentState, Any]:
+        """`num_steps` (static) of `step` as one software-pipelined `lax.scan`."""
+        _check_data(data)
+        _checks.check_positive_int("num_steps", num_steps)
+
+        # Iteration t updates on batch t (carried in) and samples batch t + 1 (carried out).
+        # The loop boundary makes XLA materialise each batch once, instead of fusing the crops'
+        # gathers into every consumer and recomputing them there. Same batches as `step` in a
+        # loop; results equal up to float rounding (tested).
         def body(carry, _):
             state_, batch = carry
             key, _, k_update = jax.random.split(state_.key, 3)
-            next_batch = sample(data_, key)
-            new_state, metrics = update(state_.replace(key=key), batch, k_update)
+            next_batch = self._sample(data, key)
+            new_state, metrics = self._update(state_.replace(key=key), batch, k_update)
             return (new_state, next_batch), metrics
 
-        (state, _), metrics = jax.lax.scan(body, (state, sample(data_, state.key)), None,
+        (state, _), metrics = jax.lax.scan(body, (state, self._sample(data, state.key)), None,
                                            length=num_steps)
         return state, metrics
 
-    return Trainer(networks=networks, data=data, init=init, step=step, run=run,
-                   metrics_type=metrics_type)
 
+def make_train(config: TrainConfig, stage: int) -> Train:
+    """Returns the pure `train(key, data) -> (AgentState, metrics)` of one stage.
 
-def make_train(config: TrainConfig, dataset: Dataset | TrainData, stage: int
-               ) -> Callable[[jax.Array], tuple[AgentState, Any]]:
-    """Returns `train(key) -> (AgentState, metrics)`: init + `config.num_steps` scanned updates.
+    Example (several seeds in one program; the dataset is an argument, not a constant)::
 
-    `train` is jitted; metrics are the per-step NamedTuple stacked to [num_steps]. Batches are
-    sampled on device inside the scan; the dataset is moved to the device once, here.
+        data = prepare_data(dataset, config)
+        train = make_train(config, stage=1)
+        states, metrics = jax.jit(jax.vmap(train, in_axes=(0, None)))(
+            jax.random.split(key, 4), data)
 
     Args:
       config: training configuration.
-      dataset: the offline `Dataset` (or prepared `TrainData`).
-      stage: 1 or 2.
+      stage: 1 (tentative policy) or 2 (correction policy).
+
+    Returns:
+      A `Train`: call it as `train(key, data)` with key a PRNG key and data the `TrainData`
+      of `prepare_data`; it returns (AgentState, metrics NamedTuple stacked to
+      [config.num_steps]). Its `init`, `step` and `run` are the pieces for chunked training.
     """
-    trainer = make_trainer(config, dataset, stage)
-    num_steps = config.num_steps
-
-    @jax.jit
-    def _train(key: jax.Array, data: TrainData) -> tuple[AgentState, Any]:
-        return trainer.run(trainer.init(key), data, num_steps)
-
-    def train(key: jax.Array) -> tuple[AgentState, Any]:
-        return _train(key, trainer.data)
-
-    return train
+    return Train(config, stage)
 
 
 def _check_keys(keys: Any) -> None:
@@ -456,18 +493,78 @@ def _check_keys(keys: Any) -> None:
         _checks.check_rank("keys", keys, 1)
     else:
         _checks.check_shape("keys", keys, (None, 2), "a stack of raw PRNG keys, e.g. jax.random.split(key, n)")
+        if dtype != jnp.uint32:
+            raise TypeError(f"`keys` must be PRNG keys (uint32 [S, 2] from jax.random.split); got dtype "
+                            f"{dtype}.")
 
 
-def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Array, stage: int = 1,
+def train_seeds(config: TrainConfig, data: TrainData | Dataset, keys: jax.Array, stage: int = 1,
                 strategy: str = "auto") -> tuple[AgentState, Any]:
     """Trains one run per key, all seeds in one jitted program or one after another.
 
+    Equivalent to `run_seeds(make_train(config, stage), init_seeds(...), data,
+    config.num_steps, strategy)`; see `run_seeds` for the strategies.
+
+    Args:
+      config: training configuration (shared by all seeds).
+      data: `TrainData` from `prepare_data(dataset, config)` (a `Dataset` is prepared here),
+        shared by all seeds.
+      keys: [S, 2] raw keys (or [S] typed keys), e.g. `jax.random.split(key, S)`.
+      stage: 1 or 2.
+      strategy: one of `SEED_STRATEGIES`: 'auto', 'vmap' or 'sequential'.
+
+    Returns:
+      (AgentState with a leading [S] axis on every leaf, metrics [S, num_steps]).
+    """
+    _check_keys(keys)
+    if isinstance(data, Dataset):
+        data = prepare_data(data, config)
+    train = make_train(config, stage)
+    return run_seeds(train, init_seeds(train, keys, data), data, config.num_steps, strategy)
+
+
+def init_seeds(train: Train, keys: jax.Array, data: TrainData) -> AgentState:
+    """`train.init` for every key: an `AgentState` with a leading [S] seed axis (jitted).
+
+    Args:
+      train: from `make_train`.
+      keys: [S, 2] raw keys (or [S] typed keys).
+      data: `TrainData` (only its shapes are read).
+    """
+    _check_keys(keys)
+    _check_data(data)
+    return _init_vmapped(keys, data, train)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _init_vmapped(keys: jax.Array, data: TrainData, train: Train) -> AgentState:
+    return jax.vmap(train.init, in_axes=(0, None))(keys, data)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _run_vmapped(states: AgentState, data: TrainData, train: Train, num_steps: int) -> tuple[AgentState, Any]:
+    return jax.vmap(train.run, in_axes=(0, None, None))(states, data, num_steps)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _run_one(state: AgentState, data: TrainData, train: Train, num_steps: int) -> tuple[AgentState, Any]:
+    return train.run(state, data, num_steps)
+
+
+def run_seeds(train: Train, states: AgentState, data: TrainData, num_steps: int,
+              strategy: str = "auto") -> tuple[AgentState, Any]:
+    """Runs `num_steps` updates of every seed of `states`: the seed-strategy dispatch.
+
+    Each (train, num_steps, strategy) compiles once (jit's cache; `Train`s of equal config and
+    stage are equal), so a caller can train in chunks (log, checkpoint, resume) with the same
+    results as one long run.
+
     Strategies (results agree up to float rounding; pick by speed):
-      'auto' (default): 'sequential' on CPU, 'vmap' on GPU/TPU (`resolve_seed_strategy`).
-      'vmap': one program, `jit(vmap(train))` over the seed axis. With
+      'auto' (default): 'sequential' on CPU, 'vmap' on GPU/TPU.
+      'vmap': one program, `jit(vmap(train.run))` over the seed axis. With
         `NetworkConfig.conv_impl='auto'` (the default) CPU uses im2col convolutions, so the
         per-seed kernels become one batched matmul instead of a grouped convolution.
-      'sequential': the single-seed jitted program (compiled once) dispatched once per key,
+      'sequential': the single-seed jitted program (compiled once) dispatched once per seed,
         results stacked. Dispatch is asynchronous, so on CPU consecutive seeds may overlap
         on idle cores. Lower peak memory (one seed's activations at a time).
 
@@ -479,65 +576,29 @@ def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Arr
     seed leaves the device mostly idle, so 'auto' picks 'vmap' there.
 
     Args:
-      config: training configuration (shared by all seeds).
-      dataset: the offline `Dataset` (or prepared `TrainData`), shared by all seeds.
-      keys: [S, 2] raw keys (or [S] typed keys), e.g. `jax.random.split(key, S)`.
-      stage: 1 or 2.
-      strategy: one of `SEED_STRATEGIES`: 'auto', 'vmap' or 'sequential'.
-
-    Returns:
-      (AgentState with a leading [S] axis on every leaf, metrics [S, num_steps]).
-    """
-    _check_keys(keys)
-    trainer = make_trainer(config, dataset, stage)
-    run = make_seed_runner(trainer, strategy)
-    return run(jax.jit(jax.vmap(trainer.init))(keys), config.num_steps)
-
-
-def resolve_seed_strategy(strategy: str = "auto", backend: str | None = None) -> str:
-    """Maps 'auto' to 'sequential' on CPU and 'vmap' elsewhere; checks the name.
-
-    Args:
+      train: from `make_train`.
+      states: `AgentState` with a leading [S] axis (from `init_seeds` or a previous chunk).
+      data: `TrainData`, shared by all seeds.
+      num_steps: updates per seed in this call.
       strategy: one of `SEED_STRATEGIES`.
-      backend: JAX backend name (default: `jax.default_backend()`).
 
     Returns:
-      'vmap' or 'sequential'.
+      (AgentState [S, ...], metrics [S, num_steps]).
     """
+    _check_data(data)
+    _checks.check_positive_int("num_steps", num_steps)
+    if _resolve_seed_strategy(strategy) == "vmap":
+        return _run_vmapped(states, data, train, int(num_steps))
+    num = jax.tree_util.tree_leaves(states)[0].shape[0]
+    outs = [_run_one(jax.tree_util.tree_map(lambda x, i=i: x[i], states), data, train, int(num_steps))
+            for i in range(num)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def _resolve_seed_strategy(strategy: str = "auto", backend: str | None = None) -> str:
+    """Maps 'auto' to 'sequential' on CPU and 'vmap' elsewhere; checks the name."""
     if strategy not in SEED_STRATEGIES:
         raise ValueError(f"`strategy` must be one of {SEED_STRATEGIES}; got {strategy!r}.")
     if strategy != "auto":
         return strategy
     return "sequential" if (backend or jax.default_backend()) == "cpu" else "vmap"
-
-
-def make_seed_runner(trainer: Trainer, strategy: str = "auto"
-                     ) -> Callable[[AgentState, int], tuple[AgentState, Any]]:
-    """Returns `run(states, num_steps) -> (states, metrics)` for states with a leading seed axis.
-
-    Each distinct `num_steps` compiles once and is cached, so a caller can train in chunks
-    (log, checkpoint, resume) with the same results as one long run: every step consumes the
-    key in the state, whatever the chunking.
-
-    Args:
-      trainer: from `make_trainer`.
-      strategy: 'auto', 'vmap' (all seeds in one program) or 'sequential' (see `train_seeds`).
-
-    Returns:
-      run: (AgentState [S, ...], num_steps) -> (AgentState [S, ...], metrics [S, num_steps]).
-    """
-    strategy = resolve_seed_strategy(strategy)
-    cache: dict[int, Callable] = {}
-
-    def run(states: AgentState, num_steps: int) -> tuple[AgentState, Any]:
-        if num_steps not in cache:
-            one = lambda s, d: trainer.run(s, d, num_steps)
-            cache[num_steps] = jax.jit(jax.vmap(one, in_axes=(0, None)) if strategy == "vmap" else one)
-        fn = cache[num_steps]
-        if strategy == "vmap":
-            return fn(states, trainer.data)
-        num = jax.tree_util.tree_leaves(states)[0].shape[0]
-        outs = [fn(jax.tree_util.tree_map(lambda x: x[i], states), trainer.data) for i in range(num)]
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
-
-    return run
