@@ -22,7 +22,7 @@ Rows:
                      single-seed program dispatched S times) vs 'vmap' (one program); `ratio` is
                      total seed-steps/s over one seed's seed-steps/s. Also conv_impl='xla' at
                      S = 5 (vmap gives grouped convolutions).
-  crop/*             crops/s of `vmap(crop_by_projection)` over 128 crops of a 128x128 image.
+  crop/*             crops/s of `vmap(crop_at_pixel)` over 128 crops of a 128x128 image.
   batch_scaling/*    one seed's quickstart stage-1 BC step at batch 32, 64, 160; `merge_bound`
                      = S x t(32) / t(32 S), the most a one-program trainer of S seeds could gain
                      over S sequential seeds from bigger kernels on this machine.
@@ -71,7 +71,7 @@ import optax
 from twostage_jax._io import atomic_open
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import make_cql_optimizer, make_cql_update
-from twostage_jax.geometry import crop_by_projection
+from twostage_jax.geometry import crop_at_pixel
 from twostage_jax.networks import NetworkConfig, resolve_conv_impl
 from twostage_jax.policy import make_policy
 from twostage_jax.testing import make_synthetic_dataset, synthetic_camera
@@ -276,7 +276,7 @@ def bench_seeds(b: Bench, ds, steps: int, repeats: int, xla_steps: int) -> dict[
 
 
 def bench_crops(b: Bench, repeats: int) -> None:
-    """crop/* rows: vmap(crop_by_projection) over 128 crops of a 128x128 uint8 image."""
+    """crop/* rows: vmap(crop_at_pixel) over 128 crops of a 128x128 uint8 image."""
     ds = _dataset()
     img = jnp.asarray(ds.images[0])
     n = 128
@@ -285,7 +285,7 @@ def bench_crops(b: Bench, repeats: int) -> None:
     angle = jnp.asarray(rng.uniform(-np.pi, np.pi, (n,)), jnp.float32)
     images = jnp.broadcast_to(img, (n,) + img.shape)
     for size in (16, 32, 64):
-        f = jax.jit(jax.vmap(lambda im, c, a, s=size: crop_by_projection(im, c, a, s)))
+        f = jax.jit(jax.vmap(lambda im, c, a, s=size: crop_at_pixel(im, c, a, s)))
         t = timed(lambda: f(images, uv, angle), repeats * 5)
         b.add(f"crop/{size}x{size}/batch{n}", n / t["median_s"], "crops/s",
               batch_ms=1e3 * t["median_s"])
