@@ -645,7 +645,9 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
             n = min(log_every - step % log_every, total - step)
             states, metrics = tj.run_seeds(train, states, data, n, config.seed_strategy)
             step += n
-            means = {k: np.asarray(v).mean(axis=1) for k, v in jax.device_get(metrics)._asdict().items()}
+            # nested metrics, logged under flat names (tj.flatten_metrics: each leaf's field name)
+            means = {k: np.asarray(v).mean(axis=1)
+                     for k, v in tj.flatten_metrics(jax.device_get(metrics)).items()}
             if held_out is not None:
                 means.update(held_out(states.params))
             bad = [k for k, v in means.items() if not np.all(np.isfinite(v))]

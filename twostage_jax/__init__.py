@@ -33,6 +33,7 @@ from twostage_jax.cql import (
 from twostage_jax.envs.base import Env, Observation
 from twostage_jax.evaluation import Episode, Interval, bootstrap_interval, difference_interval, rollout
 from twostage_jax.geometry import (
+    crop_at_pixel,
     crop_by_projection,
     euler_to_matrix,
     euler_to_quat,
@@ -78,6 +79,7 @@ from twostage_jax.types import (
     Stage1Obs,
     Stage2Obs,
     Workspace,
+    flatten_metrics,
     validate_dataset,
 )
 
@@ -127,11 +129,13 @@ __all__ = [
     "cql_critic_loss",
     "cql_regularizer",
     "crop_at_action",
+    "crop_at_pixel",
     "crop_by_projection",
     "deterministic_action",
     "difference_interval",
     "euler_to_matrix",
     "euler_to_quat",
+    "flatten_metrics",
     "init_cql_params",
     "look_at",
     "make_bc_update",
