@@ -65,9 +65,9 @@ def test_pipelined_run_equals_step_loop(algo, stage):
     assert int(ran.step) == int(looped.step) == 3
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            ran.params, looped.params)
-    for name in ran_metrics._fields:
-        np.testing.assert_allclose(getattr(ran_metrics, name),
-                                   np.stack([getattr(m, name) for m in looped_metrics]),
+    looped_flat = [tj.flatten_metrics(m) for m in looped_metrics]
+    for name, value in tj.flatten_metrics(ran_metrics).items():
+        np.testing.assert_allclose(value, np.stack([m[name] for m in looped_flat]),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
 
@@ -168,7 +168,7 @@ def test_crop_encoder_options_train_with_finite_decreasing_loss(net, algo):
         loss = lambda p: float(tj.bc_loss(p, batch, train.networks)[0])
         assert loss(trained.params) < loss(s0.params)
     else:
-        loss = np.asarray(metrics.critic_loss)
+        loss = np.asarray(metrics.critic.critic_loss)
         assert loss[-10:].mean() < loss[:10].mean()
 
 
@@ -209,7 +209,7 @@ def test_actor_encoder_grad_reaches_the_encoder():
     for flag in (False, True):
         cfg = dataclasses.replace(base, cql=dataclasses.replace(base.cql, actor_encoder_grad=flag))
         states, metrics = tj.train_seeds(cfg, tiny_dataset(), keys, stage=2)
-        assert np.all(np.isfinite(np.asarray(metrics.critic_loss)))
+        assert np.all(np.isfinite(np.asarray(metrics.critic.critic_loss)))
         runs[flag] = states.params
     enc = [flax.traverse_util.flatten_dict(runs[f]["encoder"]) for f in (False, True)]
     assert any(not np.allclose(enc[0][k], enc[1][k]) for k in enc[0])
@@ -244,7 +244,7 @@ def test_vmapped_train_takes_the_dataset_as_an_argument_not_a_constant():
         single, m = jax.jit(train)(keys[i], data)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-4, atol=2e-5),
                                states.params, single.params)
-        np.testing.assert_allclose(metrics.bc_loss[i], m.bc_loss, rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(metrics.bc.bc_loss[i], m.bc.bc_loss, rtol=2e-4, atol=2e-5)
 
 
 def test_train_rejects_bad_keys_and_data():

@@ -28,88 +28,12 @@ from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import CQLConfig, init_cql_params, make_cql_optimizer, make_cql_update
 from twostage_jax.networks import NetworkConfig, Networks, make_networks
 from twostage_jax.state import AgentState
-from twostage_jax.transform import transform_state
+from twostage_jax.transform import (LOSS_WEIGHTINGS, PAPER_CROP_SIZE, STAGE2_MODES, Stage2Config,
+                                    resize_images, transform_state)
 from twostage_jax.types import ACTION_DIM, Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
 
 ALGOS = ("bc", "cql")
-STAGE2_MODES = ("correction", "direct")
-LOSS_WEIGHTINGS = ("none", "whiten", "auto")
 SEED_STRATEGIES = ("auto", "vmap", "sequential")
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage2Config:
-    """How stage 2's states and actions are built (Algo. 1 and Eq. 5).
-
-    Attributes:
-      crop_size: side of o^2 (paper: 32 for CQL, 64 for BC).
-      ee_crop_size: side of e^2 (paper: 16).
-      sigma: Algo. 1 noise std per action dimension.
-      mode: 'correction' (a^2 = tanh(eps), composed by Eq. 6) or 'direct' (a^2 = a).
-      rotate: rotate crops by the orientation's angle about the optical axis.
-      loss_weighting: 'none' (the paper's Eq. 1 for a BC stage 2) or 'whiten': weight each
-        action dimension's squared error by 1 / Var of its Algo. 1 target
-        (`correction_target_variance`, normalised to mean 1), so the gripper (sigma = 1) does
-        not drown the pose (sigma = 0.1). Correction mode with BC only. 'auto': 'whiten' where
-        it applies (correction mode, every sigma > 0), else 'none'.
-      gripper_clip: None (the paper: the tentative gripper is clipped to 0.99 like every other
-        operand, and a saturated one cannot be flipped by any correction, since
-        atanh(0.99) + atanh(-0.99) = 0 reads as "open"), or a bound below 0.99 (e.g. 0.9,
-        atanh = 1.47) for the tentative gripper in the composition, so that a correction of
-        magnitude above atanh(gripper_clip) flips it either way (`compose_correction`); Algo. 1
-        then uses the exact inverse of that composition as its target (`sample_tentative`).
-    """
-
-    crop_size: int = 32
-    ee_crop_size: int = 16
-    sigma: tuple[float, ...] = DEFAULT_SIGMA
-    mode: str = "correction"
-    rotate: bool = True
-    loss_weighting: str = "none"
-    gripper_clip: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("crop_size", "ee_crop_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"Stage2Config.{name} must be a positive int; got {getattr(self, name)!r}.")
-        if self.mode not in STAGE2_MODES:
-            raise ValueError(f"Stage2Config.mode must be one of {STAGE2_MODES}; got {self.mode!r}.")
-        if len(self.sigma) != 7 or not all(math.isfinite(s) and s >= 0 for s in self.sigma):
-            raise ValueError(f"Stage2Config.sigma must be 7 finite non-negative stds; got {self.sigma!r}.")
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"Stage2Config.loss_weighting must be one of {LOSS_WEIGHTINGS}; got "
-                             f"{self.loss_weighting!r}.")
-        if self.gripper_clip is not None and not 0.0 < float(self.gripper_clip) <= DEFAULT_CLIP:
-            raise ValueError(f"Stage2Config.gripper_clip must be None or lie in (0, {DEFAULT_CLIP}]; "
-                             f"got {self.gripper_clip!r}.")
-        if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
-            raise ValueError("Stage2Config.loss_weighting='whiten' needs mode='correction' and every "
-                             f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")
-
-    def tentative_limit(self) -> np.ndarray | None:
-        """[7] atanh clip bounds of the tentative operand (0.99, `gripper_clip` last), or None."""
-        if self.gripper_clip is None:
-            return None
-        return np.asarray((DEFAULT_CLIP,) * (ACTION_DIM - 1) + (float(self.gripper_clip),), np.float32)
-
-    def compose(self, a1: jnp.ndarray, a2: jnp.ndarray) -> jnp.ndarray:
-        """The final action g(a1, a2) [..., 7]: Eq. 6 (with `tentative_limit`) or a2 ('direct')."""
-        if self.mode == "correction":
-            return compose_correction(a1, a2, tentative_limit=self.tentative_limit())
-        return compose_direct(a1, a2)
-
-    def resolved_loss_weighting(self) -> str:
-        """'none' or 'whiten' ('auto' resolved for this mode and sigma)."""
-        if self.loss_weighting != "auto":
-            return self.loss_weighting
-        return "whiten" if self.mode == "correction" and min(self.sigma) > 0 else "none"
-
-    def bc_weights(self) -> np.ndarray | None:
-        """[7] per-dimension BC loss weights for stage 2 (None for 'none')."""
-        if self.resolved_loss_weighting() == "none":
-            return None
-        w = 1.0 / correction_target_variance(self.sigma)
-        return (w / w.mean()).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +48,9 @@ class TrainConfig:
       image_size: stage 1's input side; frames are downscaled once if smaller than stored.
       network: network sizes.
       cql: CQL hyper-parameters (ignored by BC).
-      stage2: stage-2 state/action construction (ignored by stage 1).
+      stage2: stage-2 state/action construction (ignored by stage 1). Its `crop_size=None`
+        (the default) is resolved here for `algo` (64 for BC, 32 for CQL, as in the paper),
+        so `config.stage2.crop_size` is always an int.
       min_move: metres. Train only on transitions whose target position is at least this far
         from the source pose, or whose gripper command differs from the current gripper state
         (0, the default, keeps every transition). Demo augmentation starts chains at frames
@@ -158,6 +84,10 @@ class TrainConfig:
                              f"{self.learning_rate!r}.")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"TrainConfig.image_size must be a positive int or None; got {self.image_size!r}.")
+        if not isinstance(self.stage2, Stage2Config):
+            raise TypeError(f"TrainConfig.stage2 must be a Stage2Config; got {type(self.stage2).__name__}.")
+        if self.stage2.crop_size is None:  # follow the algorithm: the paper's 64 (BC) / 32 (CQL)
+            object.__setattr__(self, "stage2", self.stage2.with_crop_size_for(self.algo))
 
 
 class TrainData(NamedTuple):
@@ -175,15 +105,6 @@ class TrainData(NamedTuple):
     stage1_images: jnp.ndarray
     dataset: Dataset
     index: jnp.ndarray
-
-
-def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
-    """Area-style downscale of uint8 frames [..., H, W, 3] -> [..., size, size, 3] uint8."""
-    if images.shape[-3] == size and images.shape[-2] == size:
-        return images
-    shape = images.shape[:-3] + (size, size, images.shape[-1])
-    out = jax.image.resize(images.astype(jnp.float32), shape, method="linear", antialias=True)
-    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
 
 
 def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
@@ -253,6 +174,10 @@ def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
     Returns:
       `Batch` with obs/next_obs `Stage1Obs` or `Stage2Obs` and [B, 7] actions.
     """
+    _checks.check_positive_int("batch_size", batch_size)
+    _check_stage(stage)
+    _check_data(data)
+    _checks.check_key("key", key)
     k_idx, k_rest = jax.random.split(key)
     idx = data.index[jax.random.randint(k_idx, (batch_size,), 0, data.index.shape[0])]
     return batch_at(data, idx, k_rest, stage, stage2, with_next)
@@ -264,6 +189,14 @@ def batch_at(data: TrainData, idx: jnp.ndarray, key: jax.Array, stage: int,
 
     Args and return as `sample_batch`, with the transitions given instead of drawn.
     """
+    _check_data(data)
+    _check_stage(stage)
+    _checks.check_key("key", key)
+    _checks.check_rank("idx", idx, 1)
+    if stage == 2 and stage2.crop_size is None:
+        raise ValueError("`stage2.crop_size` is None (follow the algorithm); stage-2 batches need a "
+                         "size: pass TrainConfig(...).stage2 (resolved for its algo) or "
+                         "stage2.with_crop_size_for(algo).")
     ds = data.dataset
     k_eps, k_next = jax.random.split(key)
     oi, ni = ds.obs_index[idx], ds.next_obs_index[idx]
@@ -336,16 +269,9 @@ def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return make_cql_optimizer(config.cql)
 
 
-def _check_key(name: str, key: Any) -> None:
-    """A single PRNG key: raw [2] uint32 or a typed key of shape []."""
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        _checks.check_rank(name, key, 0)
-        return
-    _checks.check_shape(name, key, (2,), "one raw PRNG key, e.g. jax.random.PRNGKey(0)")
-    if dtype != jnp.uint32:
-        raise TypeError(f"`{name}` must be a PRNG key (uint32 [2] from jax.random.PRNGKey, or a typed "
-                        f"key from jax.random.key); got dtype {dtype}.")
+def _check_stage(stage: Any) -> None:
+    if isinstance(stage, bool) or stage not in (1, 2):
+        raise ValueError(f"`stage` must be 1 or 2; got {stage!r}.")
 
 
 def _check_data(data: Any) -> None:
@@ -386,8 +312,7 @@ class Train:
     def __init__(self, config: TrainConfig, stage: int):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"`config` must be a TrainConfig; got {type(config).__name__}.")
-        if stage not in (1, 2) or isinstance(stage, bool):
-            raise ValueError(f"`stage` must be 1 or 2; got {stage!r}.")
+        _check_stage(stage)
         self.config = config
         self.stage = int(stage)
         self.networks = make_networks(config.network, stage, config.algo)
@@ -422,7 +347,7 @@ class Train:
 
     def init(self, key: jax.Array, data: TrainData) -> AgentState:
         """A fresh `AgentState` from `key` ([2] raw or typed PRNG key)."""
-        _check_key("key", key)
+        _checks.check_key("key", key)
         _check_data(data)
         config = self.config
         k_init, k_state = jax.random.split(key)
