@@ -22,15 +22,14 @@ import numpy as np
 import optax
 
 from twostage_jax import _checks
-from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose, compose_correction,
-                                  compose_direct, correction_target_variance, sample_tentative)
+from twostage_jax.actions import action_to_pose, sample_tentative
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import CQLConfig, init_cql_params, make_cql_optimizer, make_cql_update
-from twostage_jax.networks import NetworkConfig, Networks, make_networks
+from twostage_jax.networks import NetworkConfig, make_networks
 from twostage_jax.state import AgentState
-from twostage_jax.transform import (LOSS_WEIGHTINGS, PAPER_CROP_SIZE, STAGE2_MODES, Stage2Config,
-                                    resize_images, transform_state)
-from twostage_jax.types import ACTION_DIM, Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
+from twostage_jax.transform import (  # noqa: F401 -- Stage2Config and its constants re-exported here
+    LOSS_WEIGHTINGS, PAPER_CROP_SIZE, STAGE2_MODES, Stage2Config, resize_images, transform_state)
+from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
 
 ALGOS = ("bc", "cql")
 SEED_STRATEGIES = ("auto", "vmap", "sequential")
