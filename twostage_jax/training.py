@@ -131,7 +131,22 @@ def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
 
 
 def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
-    """Validates `dataset` and moves it to the device once (with the transitions to sample)."""
+    """Validates `dataset` and moves it to the device once: the `data` of `train(key, data)`.
+
+    This is the value boundary of training: `validate_dataset` checks every field's shape,
+    dtype (uint8 frames) and values (finite actions and poses in [-1, 1], indices in range),
+    on the host, so the jitted trainer needs only trace-time checks.
+
+    Args:
+      dataset: the offline `Dataset` (numpy or device arrays).
+      config: the stage's config (reads `image_size` and `min_move`).
+
+    Returns:
+      `TrainData`: images [N_img, H, W, 3] uint8, stage1_images [N_img, h, w, 3] uint8, the
+      dataset on device and the [M] int32 transition index batches are drawn from.
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"`dataset` must be a twostage_jax Dataset; got {type(dataset).__name__}.")
     validate_dataset(dataset)
     index = moving_transitions(dataset, float(config.min_move))
     ds = jax.device_put(jax.tree_util.tree_map(jnp.asarray, dataset))
