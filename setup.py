@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 CORE = [
     "jax>=0.4.30",
     "flax>=0.10",
-    "optax>=0.2.3",
+    "optax>=0.2.5",  # optax.tree.norm (the updates' grad_norm) first ships in 0.2.5
     "chex>=0.1.87",
     "numpy>=1.26",
     "orbax-checkpoint>=0.6",

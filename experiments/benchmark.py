@@ -22,14 +22,14 @@ Rows:
                      single-seed program dispatched S times) vs 'vmap' (one program); `ratio` is
                      total seed-steps/s over one seed's seed-steps/s. Also conv_impl='xla' at
                      S = 5 (vmap gives grouped convolutions).
-  crop/*             crops/s of `vmap(crop_by_projection)` over 128 crops of a 128x128 image.
+  crop/*             crops/s of `vmap(crop_at_pixel)` over 128 crops of a 128x128 image.
   batch_scaling/*    one seed's quickstart stage-1 BC step at batch 32, 64, 160; `merge_bound`
                      = S x t(32) / t(32 S), the most a one-program trainer of S seeds could gain
                      over S sequential seeds from bigger kernels on this machine.
   stage2_crop_cost/* stage-2 update step with on-the-fly crops (Algo. 1 + Eq. 5) vs the same
                      update on precomputed crops of the same shapes; the value is the extra
                      fraction (10 scanned steps per timing, timed alternately). Also the same
-                     step without `Trainer.run`'s pipelining (`trainer.step` in a plain scan).
+                     step without `Train.run`'s pipelining (`train.step` in a plain scan).
   seed_sharding/*    S = 4 seeds of the quickstart stage-1 BC step sharded over D = 1 and 2
                      forced CPU devices (`--xla_force_host_platform_device_count`, each D in its
                      own subprocess; D = 1 is the unsharded path), 'vmap' and 'sequential'
@@ -37,7 +37,7 @@ Rows:
                      cores these rows measure the sharding machinery's overhead, not a speed-up.
   host_sync          quickstart stage-1 BC: 300 steps as one scan vs 3 chunks of 100 with a
                      `jax.device_get` of the metric means between chunks.
-  quickstart_train   wall time of `make_train(config)(key)`'s first call (prepare_data +
+  quickstart_train   wall time of `jit(make_train(config, 1))(key, data)`'s first call (prepare_data +
                      compile + init + 3000 steps) over its warm call (the 3000 steps alone).
   act/*              two-stage policy latency (paper BC sizes), batch 1 and 64, incl. host checks.
   sim/*              MetaWorld keyframe step, low-level physics step, render (128x128), and demo
@@ -76,12 +76,12 @@ import optax
 from twostage_jax._io import atomic_open
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import make_cql_optimizer, make_cql_update
-from twostage_jax.geometry import crop_by_projection
+from twostage_jax.geometry import crop_at_pixel
 from twostage_jax.networks import NetworkConfig, resolve_conv_impl
 from twostage_jax.policy import make_policy
 from twostage_jax.testing import make_synthetic_dataset, synthetic_camera
 from twostage_jax.training import (
-    Stage2Config, TrainConfig, TrainData, make_train, make_trainer, prepare_data, sample_batch)
+    Stage2Config, TrainConfig, TrainData, init_seeds, make_train, prepare_data, sample_batch)
 
 PAPER_NET = NetworkConfig(conv_channels=(32,) * 4, crop_conv_channels=(32,) * 3, mlp_hidden=64,
                           head_hidden=(256, 256))
@@ -216,7 +216,7 @@ def _dataset(size: int = 128):
 def _steady_run(trainer, data: TrainData, key: jax.Array, steps: int, repeats: int
                 ) -> dict[str, float]:
     """Median seconds per update step of `trainer.run` over `steps` scanned steps."""
-    state = jax.jit(trainer.init)(key)
+    state = jax.jit(trainer.init)(key, data)
     run = jax.jit(trainer.run, static_argnums=2)
     t0 = time.perf_counter()
     run = run.lower(state, data, steps).compile()
@@ -232,8 +232,8 @@ def bench_train_steps(b: Bench, ds, steps: int, repeats: int) -> None:
         for stage in (1, 2):
             for algo in ("bc", "cql"):
                 cfg = size_config(size, stage, algo)
-                trainer = make_trainer(cfg, prepare_data(ds, cfg), stage)
-                r = _steady_run(trainer, trainer.data, jax.random.PRNGKey(0), steps, repeats)
+                trainer = make_train(cfg, stage)
+                r = _steady_run(trainer, prepare_data(ds, cfg), jax.random.PRNGKey(0), steps, repeats)
                 b.add(f"train_step/{size}/stage{stage}/{algo}", cfg.batch_size / r["step_s"],
                       "samples/s", step_ms=1e3 * r["step_s"], batch=cfg.batch_size,
                       compile_s=r["compile_s"], repeats=repeats, steps_per_run=steps)
@@ -250,11 +250,10 @@ def bench_seeds(b: Bench, ds, steps: int, repeats: int, xla_steps: int) -> dict[
     for impl, steps in (("auto", steps), ("xla", xla_steps)):
         cfg = size_config("quickstart", 1, "bc",
                           network=dataclasses.replace(QUICK_NET, conv_impl=impl))
-        trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
-        data = trainer.data
+        trainer, data = make_train(cfg, 1), prepare_data(ds, cfg)
         counts = SEED_COUNTS if impl == "auto" else (5,)
         keys = jax.random.split(jax.random.PRNGKey(1), max(counts))
-        states = jax.jit(jax.vmap(trainer.init))(keys)
+        states = init_seeds(trainer, keys, data)
         run1 = jax.jit(trainer.run, static_argnums=2).lower(
             jax.tree_util.tree_map(lambda x: x[0], states), data, steps).compile()
         per_seed = [jax.tree_util.tree_map(lambda x, i=i: x[i], states) for i in range(max(counts))]
@@ -285,29 +284,28 @@ SHARDING_SEEDS = 4
 
 
 def seed_sharding_worker(devices: int, steps: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Times `make_seed_runner` on this process's devices (run it with `devices` forced ones).
+    """Times `run_seeds` on this process's devices (run it with `devices` forced ones).
 
     Returns:
       {strategy: {'rate': seed-steps/s, 'compile_s', 'median_s'}} for 'vmap' and 'sequential'.
     """
     from twostage_jax import sharding
-    from twostage_jax.training import make_seed_runner
+    from twostage_jax.training import run_seeds
 
     if jax.device_count() != devices:
         raise RuntimeError(f"expected {devices} devices, found {jax.device_count()}.")
     cfg = size_config("quickstart", 1, "bc")
-    trainer = make_trainer(cfg, prepare_data(_dataset(), cfg), 1)
+    train, data = make_train(cfg, 1), prepare_data(_dataset(), cfg)
     keys = jax.random.split(jax.random.PRNGKey(1), SHARDING_SEEDS)
     mesh = sharding.seed_mesh(devices)
-    states = (jax.jit(jax.vmap(trainer.init))(keys) if mesh is None
-              else sharding.init_seeds(trainer.init, keys, mesh))
+    states = init_seeds(train, keys, data, mesh)
     out = {}
     for strategy in ("vmap", "sequential"):
-        run = make_seed_runner(trainer, strategy, mesh)
+        run = functools.partial(run_seeds, train, data=data, num_steps=steps, strategy=strategy, mesh=mesh)
         t0 = time.perf_counter()
-        jax.block_until_ready(run(states, steps))
+        jax.block_until_ready(run(states))
         compile_s = time.perf_counter() - t0
-        t = timed(lambda: run(states, steps), repeats, warmup=1)
+        t = timed(lambda: run(states), repeats, warmup=1)
         out[strategy] = {"rate": SHARDING_SEEDS * steps / t["median_s"], "compile_s": compile_s,
                          "median_s": t["median_s"]}
     return out
@@ -345,7 +343,7 @@ def bench_seed_sharding(b: Bench, steps: int, repeats: int) -> dict[str, float]:
 
 
 def bench_crops(b: Bench, repeats: int) -> None:
-    """crop/* rows: vmap(crop_by_projection) over 128 crops of a 128x128 uint8 image."""
+    """crop/* rows: vmap(crop_at_pixel) over 128 crops of a 128x128 uint8 image."""
     ds = _dataset()
     img = jnp.asarray(ds.images[0])
     n = 128
@@ -354,7 +352,7 @@ def bench_crops(b: Bench, repeats: int) -> None:
     angle = jnp.asarray(rng.uniform(-np.pi, np.pi, (n,)), jnp.float32)
     images = jnp.broadcast_to(img, (n,) + img.shape)
     for size in (16, 32, 64):
-        f = jax.jit(jax.vmap(lambda im, c, a, s=size: crop_by_projection(im, c, a, s)))
+        f = jax.jit(jax.vmap(lambda im, c, a, s=size: crop_at_pixel(im, c, a, s)))
         t = timed(lambda: f(images, uv, angle), repeats * 5)
         b.add(f"crop/{size}x{size}/batch{n}", n / t["median_s"], "crops/s",
               batch_ms=1e3 * t["median_s"])
@@ -370,8 +368,7 @@ def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int) -> dict[str, 
     out = {}
     for algo in ("bc", "cql"):
         cfg = size_config("paper", 2, algo)
-        trainer = make_trainer(cfg, prepare_data(ds, cfg), 2)
-        data = trainer.data
+        trainer, data = make_train(cfg, 2), prepare_data(ds, cfg)
         bank = jax.jit(lambda d: sample_batch(d, jax.random.PRNGKey(7), 512, 2, cfg.stage2))(data)
         if algo == "bc":
             update = make_bc_update(trainer.networks, optax.adam(cfg.learning_rate))
@@ -389,7 +386,7 @@ def bench_stage2_crop_cost(b: Bench, ds, steps: int, repeats: int) -> dict[str, 
         def run_unpipelined(state, data_, n: int):  # `trainer.step` in a plain scan
             return jax.lax.scan(lambda s, _: trainer.step(s, data_), state, None, length=n)
 
-        state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+        state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)
         pre_run = jax.jit(run_pre, static_argnums=2).lower(state, bank, steps).compile()
         full_run = jax.jit(trainer.run, static_argnums=2).lower(state, data, steps).compile()
         plain_run = jax.jit(run_unpipelined, static_argnums=2).lower(state, data, steps).compile()
@@ -419,10 +416,10 @@ def bench_batch_scaling(b: Bench, ds, steps: int, repeats: int) -> dict[str, flo
     out, fns = {}, {}
     for s in (1, 2, 5):
         cfg = size_config("quickstart", 1, "bc", batch_size=32 * s)
-        trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
-        state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
-        run = jax.jit(trainer.run, static_argnums=2).lower(state, trainer.data, steps).compile()
-        fns[s] = lambda run=run, state=state, d=trainer.data: run(state, d)
+        trainer, data = make_train(cfg, 1), prepare_data(ds, cfg)
+        state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)
+        run = jax.jit(trainer.run, static_argnums=2).lower(state, data, steps).compile()
+        fns[s] = lambda run=run, state=state, d=data: run(state, d)
     t = timed_interleaved(fns, repeats)
     for s, sec in t.items():
         bound = s * t[1] / sec
@@ -436,9 +433,8 @@ def bench_batch_scaling(b: Bench, ds, steps: int, repeats: int) -> dict[str, flo
 def bench_host_sync(b: Bench, ds, repeats: int) -> float:
     """host_sync row: one 300-step scan vs 3 chunks of 100 with metric means fetched between."""
     cfg = size_config("quickstart", 1, "bc")
-    trainer = make_trainer(cfg, prepare_data(ds, cfg), 1)
-    data = trainer.data
-    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    trainer, data = make_train(cfg, 1), prepare_data(ds, cfg)
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)
     total, chunk = 300, 100
     run_all = jax.jit(trainer.run, static_argnums=2).lower(state, data, total).compile()
     run_chunk = jax.jit(lambda s, d: (lambda o: (o[0], jax.tree_util.tree_map(jnp.mean, o[1])))(
@@ -462,8 +458,8 @@ def bench_host_sync(b: Bench, ds, repeats: int) -> float:
 def bench_quickstart_train(b: Bench, ds, pairs: int) -> float:
     """quickstart_train row: make_train's whole first call vs the same program's warm call.
 
-    One pair = clear JAX's caches, `make_train(config)` and time `train(key)` (data to device,
-    compile, init, 3000 steps), then time `train(key)` again (the 3000 scanned steps alone,
+    One pair = clear JAX's caches, `prepare_data` + `jit(make_train(config, 1))` and time
+    `train(key, data)` (data to device, compile, init, 3000 steps), then time it again (the 3000 scanned steps alone,
     the quickstart's pure update-step time). The value is the median over `pairs` of
     first / warm; both calls of a pair run back to back, so load drift mostly cancels.
     """
@@ -473,11 +469,12 @@ def bench_quickstart_train(b: Bench, ds, pairs: int) -> float:
     for _ in range(pairs):
         jax.clear_caches()
         t0 = time.perf_counter()
-        train = make_train(cfg, ds, 1)
-        jax.block_until_ready(train(key))
+        data = prepare_data(ds, cfg)
+        train = jax.jit(make_train(cfg, 1))
+        jax.block_until_ready(train(key, data))
         firsts.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        jax.block_until_ready(train(key))
+        jax.block_until_ready(train(key, data))
         warms.append(time.perf_counter() - t0)
     ratio = statistics.median(f / w for f, w in zip(firsts, warms))
     b.add("quickstart_train/first_over_warm", ratio, "ratio", first_s=statistics.median(firsts),
@@ -490,10 +487,9 @@ def bench_quickstart_train(b: Bench, ds, pairs: int) -> float:
 def bench_act(b: Bench, ds, repeats: int) -> None:
     """act/* rows: two-stage policy (paper BC sizes) latency at batch 1 and 64."""
     c1, c2 = size_config("paper", 1, "bc"), size_config("paper", 2, "bc")
-    t1 = make_trainer(c1, ds, 1)
-    t2 = make_trainer(c2, t1.data, 2)
-    p1 = jax.jit(t1.init)(jax.random.PRNGKey(0)).params
-    p2 = jax.jit(t2.init)(jax.random.PRNGKey(1)).params
+    d1, d2 = prepare_data(ds, c1), prepare_data(ds, c2)
+    p1 = jax.jit(make_train(c1, 1).init)(jax.random.PRNGKey(0), d1).params
+    p2 = jax.jit(make_train(c2, 2).init)(jax.random.PRNGKey(1), d2).params
     act = make_policy(c1, c2, ds.workspace)
     cam = synthetic_camera(128)
     for n in (1, 64):
@@ -591,10 +587,9 @@ def bench_eval(b: Bench, ds, quick: bool) -> float | None:
         b.write()
         return None
     c1, c2 = size_config("quickstart", 1, "bc"), size_config("quickstart", 2, "bc")
-    t1 = make_trainer(c1, ds, 1)
-    t2 = make_trainer(c2, t1.data, 2)
-    p1 = jax.jit(t1.init)(jax.random.PRNGKey(0)).params
-    p2 = jax.jit(t2.init)(jax.random.PRNGKey(1)).params
+    d1, d2 = prepare_data(ds, c1), prepare_data(ds, c2)
+    p1 = jax.jit(make_train(c1, 1).init)(jax.random.PRNGKey(0), d1).params
+    p2 = jax.jit(make_train(c2, 2).init)(jax.random.PRNGKey(1), d2).params
     plain = make_policy(c1, c2, default_workspace())
     rows = make_policy(c1, c2, default_workspace(), row_by_row=True)
     act_plain = lambda im, z, cam: plain(p1, p2, im, z, cam)

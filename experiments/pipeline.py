@@ -682,7 +682,7 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
     if stage == 2 and needs_calibration(config) and not calibration_path(workdir, config).exists():
         calibrate_stage2(config, workdir, dataset)
     tcfg = train_config(config, stage, workdir)
-    trainer = tj.make_trainer(tcfg, dataset, stage)
+    train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
     keys = seed_keys(config, stage)
     mesh = seed_mesh(config)  # seeds sharded over devices (and processes), or None
     if mesh is not None:
@@ -690,12 +690,11 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
                      sharding.num_seed_shards(mesh))
     states, start_step = None, 0
     if latest is not None:
-        like = jax.eval_shape(jax.vmap(trainer.init), keys)
+        like = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), keys, data)
         states, start_step = _restore_newest_intact(
             ckpt, like if mesh is None else sharding.abstract_state(like, mesh), config, stage, out_dir)
     if states is None:
-        states = (jax.jit(jax.vmap(trainer.init))(keys) if mesh is None
-                  else sharding.init_seeds(trainer.init, keys, mesh))
+        states = tj.init_seeds(train, keys, data, mesh)
         if is_writer():
             write_json_atomic(out_dir / "config.json", _record(config))
     else:
@@ -710,7 +709,6 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
         return json.loads(summary_path.read_text())
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
-    run_chunk = tj.make_seed_runner(trainer, config.seed_strategy, mesh)
     held_out = _held_out_evaluator(tcfg, stage, load_validation(workdir), mesh)
     log = _MetricsLog(out_dir, start_step) if is_writer() else _NoLog()
     bar = _progress(total, start_step, f"{STAGE_NAMES[stage]} {config.algo} x{config.num_seeds} seeds")
@@ -720,9 +718,11 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
     try:
         while step < total:
             n = min(log_every - step % log_every, total - step)
-            states, metrics = run_chunk(states, n)
+            states, metrics = tj.run_seeds(train, states, data, n, config.seed_strategy, mesh)
             step += n
-            means = {k: np.asarray(v).mean(axis=1) for k, v in sharding.to_host(metrics)._asdict().items()}
+            # nested metrics, logged under flat names (tj.flatten_metrics: each leaf's field name)
+            means = {k: np.asarray(v).mean(axis=1)
+                     for k, v in tj.flatten_metrics(sharding.to_host(metrics)).items()}
             if held_out is not None:
                 means.update(held_out(states.params))
             bad = [k for k, v in means.items() if not np.all(np.isfinite(v))]
@@ -891,8 +891,9 @@ def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
             (", or train the change as a new stage 2 with --config.stage2_name=NAME." if stage == 2
              else ", or train the change in a fresh --workdir."))
         dataset = load_demos(workdir) if dataset is None else dataset
-        trainer = tj.make_trainer(train_config(config, stage, workdir), dataset, stage)
-        like = jax.eval_shape(jax.vmap(trainer.init), seed_keys(config, stage))
+        tcfg = train_config(config, stage, workdir)
+        like = jax.eval_shape(jax.vmap(tj.make_train(tcfg, stage).init, in_axes=(0, None)),
+                              seed_keys(config, stage), tj.prepare_data(dataset, tcfg))
         try:
             state, meta = ckpt.restore(like, step)
         except CheckpointError as e:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.benchmark import _dataset, size_config
-from twostage_jax.training import make_trainer, prepare_data
+from twostage_jax.training import make_train, prepare_data
 
 
 def max_rel_diff(a, b) -> float:
@@ -38,9 +38,8 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     if not counts or min(counts) < 2:
         p.error(f"--steps needs step counts >= 2; got {args.steps!r}")
     cfg = size_config("quickstart", 2, "bc")
-    trainer = make_trainer(cfg, prepare_data(_dataset(), cfg), 2)
-    data = trainer.data
-    state = jax.jit(trainer.init)(jax.random.PRNGKey(0))
+    trainer, data = make_train(cfg, 2), prepare_data(_dataset(), cfg)
+    state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)
     nudged = state.replace(params=jax.tree_util.tree_map(lambda x: x * (1 + 1e-7), state.params))
     run = jax.jit(trainer.run, static_argnums=2)
     run_vmapped = jax.jit(jax.vmap(trainer.run, in_axes=(0, None, None)), static_argnums=2)

@@ -69,16 +69,17 @@ def test_pose_action_roundtrip():
 
 def test_action_errors_name_the_argument():
     good = jnp.zeros(7)
-    with pytest.raises(ValueError, match="`a1` must lie in \\[-1.0, 1.0\\].*got values in \\[0, 1.5\\]"):
-        tj.compose_correction(good.at[0].set(1.5), good)
     with pytest.raises(ValueError, match="`a2` must have shape \\[..., 7\\].*got shape \\(6,\\)"):
         tj.compose_correction(good, jnp.zeros(6))
     with pytest.raises(TypeError, match="`a` must be a floating-point array.*int32"):
         tj.sample_tentative(jax.random.PRNGKey(0), jnp.zeros(7, jnp.int32))
     with pytest.raises(ValueError, match="`sigma` must have shape \\[7\\]"):
         tj.sample_tentative(jax.random.PRNGKey(0), good, sigma=(0.1, 0.2))
-    with pytest.raises(ValueError, match="`a1` must be finite"):
-        tj.compose_correction(good.at[2].set(jnp.nan), good)
+    # Values are checked at the boundaries (prepare_data, act), not in the core ops, so an
+    # eager call behaves as a jitted one: no host copy, no error that jit would skip.
+    bad = good.at[0].set(1.5).at[2].set(jnp.nan)
+    np.testing.assert_array_equal(tj.compose_correction(bad, good),
+                                  jax.jit(tj.compose_correction)(bad, good))
     with pytest.raises(ValueError, match="Workspace needs `low` < `high`"):
         tj.Workspace.create([0, 0, 0], [1, 0, 1])
     with pytest.raises(ValueError, match="`limit` must lie in \\(0, 1\\)"):

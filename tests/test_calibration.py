@@ -86,7 +86,7 @@ def test_crop_offsets_match_the_crop_geometry():
     a1 = (a + rng.normal(scale=0.05, size=a.shape)).astype(np.float32)
     off = crop_offsets(cam, ws, a1, a, rotate=True)
     # A crop centred on a1 and turned by its angle samples the target's projection at
-    # centre + R(angle) @ offset (crop_by_projection's convention).
+    # centre + R(angle) @ offset (crop_at_pixel's convention).
     uv1 = np.asarray(tj.project_points(cam, tj.action_to_pose(jnp.asarray(a1), ws)[0])[0])
     uv = np.asarray(tj.project_points(cam, tj.action_to_pose(jnp.asarray(a), ws)[0])[0])
     ang = np.array([float(tj.optical_axis_angle(cam, e)) for e in np.asarray(tj.action_to_pose(jnp.asarray(a1), ws)[1])])

@@ -40,8 +40,8 @@ def test_measure_shapes_and_zero_noise_perturbation():
         cfg.stage2.calibrate_sigma = False  # a fixed (zero) sigma, not one calibrated to stage 1
     ds = make_synthetic_dataset(num_episodes=3, steps_per_episode=3, image_size=32)
     c1, c2 = pipeline.train_config(cfg, 1), pipeline.train_config(cfg, 2)
-    p1 = tj.make_trainer(c1, ds, 1).init(jax.random.PRNGKey(0)).params
-    p2 = tj.make_trainer(c2, ds, 2).init(jax.random.PRNGKey(1)).params
+    p1 = tj.make_train(c1, 1).init(jax.random.PRNGKey(0), tj.prepare_data(ds, c1)).params
+    p2 = tj.make_train(c2, 2).init(jax.random.PRNGKey(1), tj.prepare_data(ds, c2)).params
     index = np.arange(ds.action.shape[0])
     m = diagnose.measure(cfg, p1, p2, ds, index, jax.random.PRNGKey(2), perturbations=2)
     n = len(index)

@@ -79,7 +79,7 @@ def test_optical_axis_angle(variant):
 
 
 def _crop(variant):
-    return variant(tj.crop_by_projection, static_argnames="size")
+    return variant(tj.crop_at_pixel, static_argnames="size")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -116,14 +116,14 @@ def test_crop_zero_fill_past_border(variant):
 
 def test_crop_bilinear_half_pixel():
     img = jnp.zeros((4, 4, 1)).at[1, 1].set(1.0)
-    crop = tj.crop_by_projection(img, jnp.array([2.0, 1.5]), jnp.array(0.0), 1)
+    crop = tj.crop_at_pixel(img, jnp.array([2.0, 1.5]), jnp.array(0.0), 1)
     np.testing.assert_allclose(crop[0, 0, 0], 0.5, atol=1e-6)
 
 
 def test_crop_vmaps_over_a_batch():
     imgs = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1)
     centres = jnp.array([[3.0, 3.0], [2.5, 2.5]])
-    fn = jax.jit(jax.vmap(functools.partial(tj.crop_by_projection, size=2)))
+    fn = jax.jit(jax.vmap(functools.partial(tj.crop_at_pixel, size=2)))
     out = fn(imgs, centres, jnp.zeros(2))
     assert out.shape == (2, 2, 2, 1)
     np.testing.assert_allclose(out[1, 1, 1, 0], imgs[1, 2, 2, 0])
@@ -132,15 +132,15 @@ def test_crop_vmaps_over_a_batch():
 def test_crop_errors_name_the_argument():
     img = jnp.zeros((8, 8, 3))
     with pytest.raises(ValueError, match="`image` must have rank 3; got shape \\(8, 8\\)"):
-        tj.crop_by_projection(jnp.zeros((8, 8)), jnp.zeros(2), 0.0, 4)
+        tj.crop_at_pixel(jnp.zeros((8, 8)), jnp.zeros(2), 0.0, 4)
     with pytest.raises(ValueError, match="`center_uv` must have shape \\[2\\].*got shape \\(3,\\)"):
-        tj.crop_by_projection(img, jnp.zeros(3), 0.0, 4)
+        tj.crop_at_pixel(img, jnp.zeros(3), 0.0, 4)
     with pytest.raises(ValueError, match="`size` must be a positive int; got 0"):
-        tj.crop_by_projection(img, jnp.zeros(2), 0.0, 0)
+        tj.crop_at_pixel(img, jnp.zeros(2), 0.0, 0)
     with pytest.raises(TypeError, match="`image` must be a numeric"):
-        tj.crop_by_projection(jnp.zeros((8, 8, 3), bool), jnp.zeros(2), 0.0, 4)
+        tj.crop_at_pixel(jnp.zeros((8, 8, 3), bool), jnp.zeros(2), 0.0, 4)
     with pytest.raises(ValueError, match="`angle` must have rank 0"):
-        tj.crop_by_projection(img, jnp.zeros(2), jnp.zeros(2), 4)
+        tj.crop_at_pixel(img, jnp.zeros(2), jnp.zeros(2), 4)
 
 
 def test_transform_state_centres_crops_on_projections():
@@ -157,7 +157,15 @@ def test_transform_state_centres_crops_on_projections():
     # Move the action so its projection lands on the pixel centre exactly is awkward; instead
     # check that the crop equals a direct crop at the projected point.
     s2 = tj.transform_state(img, a1, a1, cam, ws, 8, 4)
-    direct = tj.crop_by_projection(img, uv, tj.optical_axis_angle(cam, jnp.zeros(3)), 8) / 255.0
+    direct = tj.crop_at_pixel(img, uv, tj.optical_axis_angle(cam, jnp.zeros(3)), 8) / 255.0
     np.testing.assert_allclose(s2.crop, direct, atol=1e-6)
     assert s2.ee_crop.shape == (4, 4, 3) and float(s2.crop.max()) > 0.0
     del centre
+
+
+def test_crop_by_projection_is_a_deprecated_alias_of_crop_at_pixel():
+    img = jnp.arange(8 * 8 * 3, dtype=jnp.float32).reshape(8, 8, 3)
+    uv, angle = jnp.array([3.0, 4.5]), jnp.array(0.2)
+    with pytest.warns(DeprecationWarning, match="use crop_at_pixel"):
+        old = tj.crop_by_projection(img, uv, angle, 4)
+    np.testing.assert_array_equal(old, tj.crop_at_pixel(img, uv, angle, 4))

@@ -455,6 +455,8 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, ca
         ckpt.close()
     rows = [json.loads(x) for x in (wd / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["seed"] == 0] == [2, 4, 6, 8]
+    # Nested metrics are logged under the flat names summarize.py and committed results read.
+    assert {"bc_loss", "position_error", "gripper_error", "grad_norm"} <= set(rows[0])
 
 
 def test_method_options_are_validated_before_work():

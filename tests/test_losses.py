@@ -91,8 +91,8 @@ def test_tanh_gaussian_log_prob_is_exact_and_stable():
 
 def test_cql_training_pushes_random_q_below_data_q():
     cfg = tiny_config("cql", num_steps=150, cql_weight=5.0)
-    state, m = tj.make_train(cfg, tiny_dataset(), stage=1)(jax.random.PRNGKey(0))
-    for name, values in m._asdict().items():
+    state, m = tj.make_train(cfg, stage=1)(jax.random.PRNGKey(0), tj.prepare_data(tiny_dataset(), cfg))
+    for name, values in tj.flatten_metrics(m).items():
         assert np.all(np.isfinite(values)), name
     data, batch = _fixed_batch(1, key=3)
     nets = tj.make_networks(TINY_NET, 1, "cql")
@@ -101,15 +101,15 @@ def test_cql_training_pushes_random_q_below_data_q():
     rand = jax.random.uniform(jax.random.PRNGKey(9), (32,) + batch.action.shape, minval=-1, maxval=1)
     q_rand = jax.vmap(lambda a: nets.critic(state.params, feat, a))(rand).mean()
     assert float(q_rand) < float(q_data) - 0.1
-    assert float(m.q_random[-10:].mean()) < float(m.q_data[-10:].mean())
-    assert float(m.cql_regularizer[-10:].mean()) < float(m.cql_regularizer[:10].mean())
+    assert float(m.critic.regularizer.q_random[-10:].mean()) < float(m.critic.q_data[-10:].mean())
+    assert float(m.critic.cql_regularizer[-10:].mean()) < float(m.critic.cql_regularizer[:10].mean())
 
 
 def test_cql_td_target_and_losses_are_finite():
     cfg = tiny_config("cql", num_steps=3, target="td")
-    state, m = tj.make_train(cfg, tiny_dataset(), stage=2)(jax.random.PRNGKey(0))
+    state, m = tj.make_train(cfg, stage=2)(jax.random.PRNGKey(0), tj.prepare_data(tiny_dataset(), cfg))
     assert set(state.target_params) == {"encoder", "critic"}
-    assert all(np.all(np.isfinite(v)) for v in m)
+    assert all(np.all(np.isfinite(v)) for v in jax.tree_util.tree_leaves(m))
     # The target network moved towards the online one (Polyak), but is not equal to it.
     t = jax.tree_util.tree_leaves(state.target_params["critic"])[0]
     o = jax.tree_util.tree_leaves(state.params["critic"])[0]
@@ -139,8 +139,15 @@ def test_losses_reject_bad_batches():
         tj.bc_loss(params, batch._replace(action=None), nets)
     with pytest.raises(ValueError, match="`batch.action` must have shape \\[\\*, 7\\]"):
         tj.bc_loss(params, batch._replace(action=batch.action[:, :6]), nets)
-    with pytest.raises(ValueError, match="`batch.action` must lie in \\[-1.0, 1.0\\]"):
-        tj.bc_loss(params, batch._replace(action=batch.action * 3), nets)
+    # Shapes and dtypes of every field, at trace time (the same eager and under jit).
+    for fn in (tj.bc_loss, jax.jit(tj.bc_loss, static_argnums=2)):
+        with pytest.raises(ValueError, match=r"`batch.obs` is missing required field\(s\) \['pose'\]"):
+            fn(params, batch._replace(obs=tj.Stage1Obs(batch.obs.image, None)), nets)
+        with pytest.raises(ValueError, match=r"`batch.obs.pose` must have shape \[8, 7\]"):
+            fn(params, batch._replace(obs=batch.obs._replace(pose=batch.obs.pose[:5])), nets)
+        with pytest.raises(TypeError, match=r"`batch.obs.image` must be uint8 \(0..255\) or floating"):
+            fn(params, batch._replace(obs=batch.obs._replace(image=batch.obs.image.astype(jnp.int32))),
+               nets)
     cnets = tj.make_networks(TINY_NET, 1, "cql")
     cparams = tj.init_cql_params(cnets.init(jax.random.PRNGKey(0), batch.obs), tj.CQLConfig())
     with pytest.raises(ValueError, match="missing required field\\(s\\) \\['mc_return'\\]"):
@@ -148,3 +155,32 @@ def test_losses_reject_bad_batches():
                            cnets, tj.CQLConfig())
     with pytest.raises(ValueError, match="CQLConfig.target must be one of"):
         tj.CQLConfig(target="sarsa")
+
+
+def test_metrics_are_nested_and_flatten_to_the_logged_names():
+    # Nested NamedTuples, not positional flattening; flatten_metrics keeps the flat names that
+    # metrics.jsonl (and experiments/summarize.py, committed results) read.
+    assert tj.CQLMetrics._fields == ("critic", "actor", "alpha", "grad_norm")
+    assert "regularizer" in tj.CriticAux._fields
+    z = jnp.zeros(())
+    cql = tj.CQLMetrics(
+        critic=tj.CriticAux(z, z, z, z, z, regularizer=tj.RegularizerAux(z, z, z, z)),
+        actor=tj.ActorAux(z, z, z), alpha=tj.AlphaAux(z, z), grad_norm=z)
+    assert list(tj.flatten_metrics(cql)) == [
+        "critic_loss", "td_loss", "cql_regularizer", "q_data", "q_target", "logsumexp_q",
+        "q_random", "q_policy", "q_next_policy", "actor_loss", "entropy", "q_pi", "alpha_loss",
+        "alpha", "grad_norm"]
+    bc = tj.BCMetrics(bc=tj.BCAux(z, z, z), grad_norm=z)
+    assert list(tj.flatten_metrics(bc)) == ["bc_loss", "position_error", "gripper_error", "grad_norm"]
+    with pytest.raises(ValueError, match="metric name 'alpha_loss' of `alpha.alpha_loss` appears twice"):
+        tj.flatten_metrics(tj.CQLMetrics(critic=tj.AlphaAux(z, z), actor=z, alpha=tj.AlphaAux(z, z),
+                                         grad_norm=z))
+
+
+def test_cql_optimizer_rejects_unknown_parameter_keys():
+    opt = tj.make_cql_optimizer(tj.CQLConfig())
+    params = {"encoder": jnp.zeros(2), "actor": jnp.zeros(2), "critic": jnp.zeros(2),
+              "log_alpha": jnp.zeros(())}
+    opt.init(params)  # the known keys are fine
+    with pytest.raises(ValueError, match=r"unknown top-level parameter key\(s\) \['temperature'\]"):
+        opt.init({**params, "temperature": jnp.zeros(())})

@@ -13,8 +13,8 @@ from tests._tiny import tiny_config, tiny_dataset
 def trained():
     ds = tiny_dataset()
     c1, c2 = tiny_config("bc", 2), tiny_config("cql", 2)
-    s1, _ = tj.make_train(c1, ds, 1)(jax.random.PRNGKey(0))
-    s2, _ = tj.make_train(c2, ds, 2)(jax.random.PRNGKey(1))
+    s1, _ = jax.jit(tj.make_train(c1, 1))(jax.random.PRNGKey(0), tj.prepare_data(ds, c1))
+    s2, _ = jax.jit(tj.make_train(c2, 2))(jax.random.PRNGKey(1), tj.prepare_data(ds, c2))
     return ds, c1, c2, s1.params, s2.params
 
 

@@ -13,8 +13,8 @@ import pytest
 from twostage_jax.networks import (
     CNN, NetworkConfig, conv2d_patches, make_networks, resolve_conv_impl)
 from twostage_jax.testing import make_synthetic_dataset
-from twostage_jax.training import (TrainConfig, prepare_data, resolve_seed_strategy, sample_batch,
-                                   train_seeds)
+from twostage_jax.training import (Stage2Config, TrainConfig, _resolve_seed_strategy, prepare_data,
+                                   sample_batch, train_seeds)
 
 TINY = NetworkConfig(conv_channels=(4, 4), crop_conv_channels=(4,), conv_strides=(2, 2),
                      mlp_hidden=8, head_hidden=(16,))
@@ -62,7 +62,8 @@ def test_cnn_outputs_and_grads_match_single_and_vmapped() -> None:
 @pytest.mark.parametrize("stage", [1, 2])
 def test_encoder_outputs_and_grads_match(stage: int) -> None:
     data = prepare_data(make_synthetic_dataset(2, 2, 16), TrainConfig())
-    obs = jax.jit(lambda d: sample_batch(d, jax.random.PRNGKey(0), 4, stage).obs)(data)
+    s2 = Stage2Config(crop_size=32)  # the size this test always used (the old default)
+    obs = jax.jit(lambda d: sample_batch(d, jax.random.PRNGKey(0), 4, stage, s2).obs)(data)
     nets = {impl: make_networks(dataclasses.replace(TINY, conv_impl=impl), stage, "bc")
             for impl in ("xla", "patches")}
     params = _random_params(nets["xla"].init, jax.random.PRNGKey(3), obs, seeds=2)
@@ -100,9 +101,9 @@ def test_resolve_conv_impl_and_bad_names() -> None:
     assert resolve_conv_impl("xla", "cpu") == "xla"
     with pytest.raises(ValueError, match="conv_impl.*'grouped'"):
         NetworkConfig(conv_impl="grouped")
-    assert resolve_seed_strategy("auto", "cpu") == "sequential"
-    assert resolve_seed_strategy("auto", "gpu") == "vmap"
-    assert resolve_seed_strategy("vmap", "cpu") == "vmap"
+    assert _resolve_seed_strategy("auto", "cpu") == "sequential"
+    assert _resolve_seed_strategy("auto", "gpu") == "vmap"
+    assert _resolve_seed_strategy("vmap", "cpu") == "vmap"
     with pytest.raises(ValueError, match="strategy.*'auto', 'vmap', 'sequential'.*'parallel'"):
         train_seeds(TrainConfig(num_steps=1, batch_size=2, network=TINY),
                     make_synthetic_dataset(1, 2, 16), jax.random.split(jax.random.PRNGKey(0), 2),

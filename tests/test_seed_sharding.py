@@ -35,8 +35,8 @@ from tests.test_seed_sharding import small_config
 report = {"devices": jax.device_count()}
 cfg = small_config()
 keys = jax.random.split(jax.random.PRNGKey(7), 4)
-train = tj.make_train(cfg, tiny_dataset(), 1)
-singles = [jax.device_get(train(k)) for k in keys]
+train, data = tj.make_train(cfg, 1), tj.prepare_data(tiny_dataset(), cfg)
+singles = [jax.device_get(train(k, data)) for k in keys]
 ref = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *singles)
 
 def close(a, b):
@@ -126,8 +126,9 @@ def test_sharded_checkpoint_restores_onto_other_device_counts(four_devices):
     import twostage_jax as tj
     from twostage_jax.checkpoint import Checkpointer
 
-    trainer = tj.make_trainer(small_config(), tiny_dataset(), 1)
-    like = jax.eval_shape(jax.vmap(trainer.init), jax.random.split(jax.random.PRNGKey(7), 4))
+    train, data = tj.make_train(small_config(), 1), tj.prepare_data(tiny_dataset(), small_config())
+    like = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), jax.random.split(jax.random.PRNGKey(7), 4),
+                          data)
     ckpt = Checkpointer(directory)
     try:
         state, meta = ckpt.restore(like)

@@ -15,11 +15,12 @@ from tests._tiny import tiny_config, tiny_dataset
 def test_train_seeds_equals_single_seed_runs(algo, stage):
     cfg = tiny_config(algo, num_steps=4)
     keys = jax.random.split(jax.random.PRNGKey(42), 2)
-    states, metrics = tj.train_seeds(cfg, tiny_dataset(), keys, stage=stage)
+    data = tj.prepare_data(tiny_dataset(), cfg)
+    states, metrics = tj.train_seeds(cfg, data, keys, stage=stage)
     assert states.step.shape == (2,)
-    train = tj.make_train(cfg, tiny_dataset(), stage)
+    train = jax.jit(tj.make_train(cfg, stage))
     for i in range(2):
-        single, m = train(keys[i])
+        single, m = train(keys[i], data)
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-4, atol=2e-5),
             states.params, single.params)
@@ -29,13 +30,22 @@ def test_train_seeds_equals_single_seed_runs(algo, stage):
 
 def test_chunked_runs_equal_one_run():
     cfg = tiny_config("bc", num_steps=6)
-    trainer = tj.make_trainer(cfg, tiny_dataset(), 1)
-    run = jax.jit(trainer.run, static_argnums=2)
-    s0 = trainer.init(jax.random.PRNGKey(0))
-    whole, _ = run(s0, trainer.data, 6)
-    part, _ = run(s0, trainer.data, 2)
-    part, _ = run(part, trainer.data, 4)
+    train, data = tj.make_train(cfg, 1), tj.prepare_data(tiny_dataset(), cfg)
+    run = jax.jit(train.run, static_argnums=2)
+    s0 = train.init(jax.random.PRNGKey(0), data)
+    whole, _ = run(s0, data, 6)
+    part, _ = run(s0, data, 2)
+    part, _ = run(part, data, 4)
     jax.tree_util.tree_map(np.testing.assert_allclose, whole.params, part.params)
+    # The same through run_seeds, the launcher's chunked path (both strategies).
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    for strategy in ("vmap", "sequential"):
+        states = tj.init_seeds(train, keys, data)
+        whole, _ = tj.run_seeds(train, states, data, 6, strategy)
+        part, _ = tj.run_seeds(train, states, data, 2, strategy)
+        part, _ = tj.run_seeds(train, part, data, 4, strategy)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                               whole.params, part.params)
 
 
 @pytest.mark.parametrize("algo,stage", [("bc", 2), ("cql", 2)])
@@ -43,21 +53,21 @@ def test_pipelined_run_equals_step_loop(algo, stage):
     # `run` samples batch t + 1 while it updates on batch t; it must see the same batches as
     # `step` called in a loop, so the two give the same parameters, metrics and key.
     cfg = tiny_config(algo, num_steps=3)
-    trainer = tj.make_trainer(cfg, tiny_dataset(), stage)
-    s0 = trainer.init(jax.random.PRNGKey(5))
-    ran, ran_metrics = jax.jit(trainer.run, static_argnums=2)(s0, trainer.data, 3)
-    step = jax.jit(trainer.step)
+    train, data = tj.make_train(cfg, stage), tj.prepare_data(tiny_dataset(), cfg)
+    s0 = train.init(jax.random.PRNGKey(5), data)
+    ran, ran_metrics = jax.jit(train.run, static_argnums=2)(s0, data, 3)
+    step = jax.jit(train.step)
     looped, looped_metrics = s0, []
     for _ in range(3):
-        looped, m = step(looped, trainer.data)
+        looped, m = step(looped, data)
         looped_metrics.append(m)
     np.testing.assert_array_equal(ran.key, looped.key)
     assert int(ran.step) == int(looped.step) == 3
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            ran.params, looped.params)
-    for name in ran_metrics._fields:
-        np.testing.assert_allclose(getattr(ran_metrics, name),
-                                   np.stack([getattr(m, name) for m in looped_metrics]),
+    looped_flat = [tj.flatten_metrics(m) for m in looped_metrics]
+    for name, value in tj.flatten_metrics(ran_metrics).items():
+        np.testing.assert_allclose(value, np.stack([m[name] for m in looped_flat]),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
 
@@ -95,7 +105,7 @@ def test_config_and_dataset_errors():
     with pytest.raises(ValueError, match="Stage2Config.mode"):
         tj.Stage2Config(mode="residual")
     with pytest.raises(ValueError, match="`stage` must be 1 or 2; got 3"):
-        tj.make_trainer(tiny_config(), tiny_dataset(), 3)
+        tj.make_train(tiny_config(), 3)
     ds = tiny_dataset()
     bad = ds.replace(action=np.asarray(ds.action) * 2)
     with pytest.raises(ValueError, match="`dataset.action` must lie in \\[-1.0, 1.0\\]"):
@@ -149,16 +159,16 @@ def test_min_move_drops_transitions_that_stay_put():
 def test_crop_encoder_options_train_with_finite_decreasing_loss(net, algo):
     base = tiny_config(algo, num_steps=60)
     cfg = dataclasses.replace(base, network=dataclasses.replace(base.network, **net))
-    trainer = tj.make_trainer(cfg, tiny_dataset(), 2)
-    s0 = trainer.init(jax.random.PRNGKey(0))
-    trained, metrics = jax.jit(trainer.run, static_argnums=2)(s0, trainer.data, cfg.num_steps)
-    assert all(np.all(np.isfinite(np.asarray(m))) for m in metrics)
+    train, data = tj.make_train(cfg, 2), tj.prepare_data(tiny_dataset(), cfg)
+    s0 = train.init(jax.random.PRNGKey(0), data)
+    trained, metrics = jax.jit(train.run, static_argnums=2)(s0, data, cfg.num_steps)
+    assert all(np.all(np.isfinite(np.asarray(m))) for m in jax.tree_util.tree_leaves(metrics))
     if algo == "bc":  # the loss on one fixed batch of 64, before and after (no minibatch noise)
-        batch = tj.sample_batch(trainer.data, jax.random.PRNGKey(7), 64, 2, cfg.stage2, with_next=False)
-        loss = lambda p: float(tj.bc_loss(p, batch, trainer.networks)[0])
+        batch = tj.sample_batch(data, jax.random.PRNGKey(7), 64, 2, cfg.stage2, with_next=False)
+        loss = lambda p: float(tj.bc_loss(p, batch, train.networks)[0])
         assert loss(trained.params) < loss(s0.params)
     else:
-        loss = np.asarray(metrics.critic_loss)
+        loss = np.asarray(metrics.critic.critic_loss)
         assert loss[-10:].mean() < loss[:10].mean()
 
 
@@ -178,15 +188,15 @@ def test_held_out_eval_measures_what_training_improves(stage):
     cfg = tiny_config("bc", num_steps=150)
     ds = tiny_dataset()
     evaluate = tj.make_held_out_eval(cfg, stage)
-    trainer = tj.make_trainer(cfg, ds, stage)
-    s0 = trainer.init(jax.random.PRNGKey(0))
-    before = evaluate(s0.params, trainer.data, jax.random.PRNGKey(1))
-    trained, _ = jax.jit(trainer.run, static_argnums=2)(s0, trainer.data, cfg.num_steps)
-    after = evaluate(trained.params, trainer.data, jax.random.PRNGKey(1))
+    train, data = tj.make_train(cfg, stage), tj.prepare_data(ds, cfg)
+    s0 = train.init(jax.random.PRNGKey(0), data)
+    before = evaluate(s0.params, data, jax.random.PRNGKey(1))
+    trained, _ = jax.jit(train.run, static_argnums=2)(s0, data, cfg.num_steps)
+    after = evaluate(trained.params, data, jax.random.PRNGKey(1))
     assert np.isfinite(float(before.position_cm)) and 0.0 <= float(after.gripper_agreement) <= 1.0
     assert float(after.position_cm) < float(before.position_cm)
     # Same key, same Algo. 1 draws: the measurement is repeatable.
-    again = evaluate(trained.params, trainer.data, jax.random.PRNGKey(1))
+    again = evaluate(trained.params, data, jax.random.PRNGKey(1))
     assert float(again.position_cm) == float(after.position_cm)
 
 
@@ -199,9 +209,53 @@ def test_actor_encoder_grad_reaches_the_encoder():
     for flag in (False, True):
         cfg = dataclasses.replace(base, cql=dataclasses.replace(base.cql, actor_encoder_grad=flag))
         states, metrics = tj.train_seeds(cfg, tiny_dataset(), keys, stage=2)
-        assert np.all(np.isfinite(np.asarray(metrics.critic_loss)))
+        assert np.all(np.isfinite(np.asarray(metrics.critic.critic_loss)))
         runs[flag] = states.params
     enc = [flax.traverse_util.flatten_dict(runs[f]["encoder"]) for f in (False, True)]
     assert any(not np.allclose(enc[0][k], enc[1][k]) for k in enc[0])
     # The critic head is trained by the critic loss alone in both runs, so only its inputs differ.
     assert set(enc[0]) == set(enc[1])
+
+
+def _largest_constant_bytes(hlo_text: str) -> int:
+    # Large array literals print as hex blobs: dense<"0x0011...">, two hex digits per byte.
+    import re
+
+    return max((len(m) // 2 for m in re.findall(r'dense<"0x([0-9A-Fa-f]+)">', hlo_text)), default=0)
+
+
+def test_vmapped_train_takes_the_dataset_as_an_argument_not_a_constant():
+    # The fixed API: make_train(config, stage) -> train(key, data). A closure over the device
+    # dataset (the old make_train(config, dataset, stage) -> train(key)) is baked into the
+    # compiled program as a literal as large as the images; an argument is not.
+    cfg = tiny_config("bc", num_steps=2)
+    data = tj.prepare_data(tiny_dataset(), cfg)
+    train = tj.make_train(cfg, 1)
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    image_bytes = int(data.images.nbytes)
+    assert image_bytes > 10_000
+    text = jax.jit(jax.vmap(train, in_axes=(0, None))).lower(keys, data).as_text()
+    assert _largest_constant_bytes(text) < 1_000
+    closure = jax.jit(jax.vmap(lambda k: train(k, data))).lower(keys).as_text()
+    assert _largest_constant_bytes(closure) >= image_bytes  # the detector sees the old design
+    # ... and the vmapped program equals single-seed runs.
+    states, metrics = jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, data)
+    for i in range(2):
+        single, m = jax.jit(train)(keys[i], data)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-4, atol=2e-5),
+                               states.params, single.params)
+        np.testing.assert_allclose(metrics.bc.bc_loss[i], m.bc.bc_loss, rtol=2e-4, atol=2e-5)
+
+
+def test_train_rejects_bad_keys_and_data():
+    cfg = tiny_config("bc", num_steps=1)
+    data = tj.prepare_data(tiny_dataset(), cfg)
+    train = tj.make_train(cfg, 1)
+    with pytest.raises(ValueError, match="`key` must have shape \\[2\\]"):
+        train(jnp.zeros((3,), jnp.uint32), data)
+    with pytest.raises(TypeError, match="`key` must be a PRNG key"):
+        train(jnp.zeros((2,), jnp.float32), data)
+    with pytest.raises(TypeError, match="`data` must be the TrainData of prepare_data"):
+        train(jax.random.PRNGKey(0), tiny_dataset())
+    with pytest.raises(TypeError, match="`keys` must be PRNG keys"):
+        tj.train_seeds(cfg, data, jnp.zeros((2, 2), jnp.float32))

@@ -1,8 +1,10 @@
 """Argument validation that names the argument, what was expected and what was received.
 
-Shape, rank and dtype checks run at trace time, so they work under `jit`. Value checks (for
-example "every action component lies in [-1, 1]") need concrete values: they run on concrete
-arrays and are skipped silently on tracers, where the caller's pre-jit validation is the guard.
+Shape, rank and dtype checks run at trace time, so they work under `jit`; the core ops (crop,
+composition, transform, losses, updates) use only these, so eager and jitted calls raise the
+same errors. Value checks (for example "every action component lies in [-1, 1]") need concrete
+values and a device-to-host copy: only the boundaries call them (`validate_dataset` via
+`prepare_data`, `make_policy`'s act, the launcher), on data that arrives from the host.
 """
 
 from __future__ import annotations
@@ -90,6 +92,15 @@ def check_range(name: str, x: Any, low: float, high: float, what: str = "") -> N
         )
 
 
+def check_image(name: str, x: Any, what: str = "") -> None:
+    """An image array must be uint8 (0..255) or floating point (0..1); other dtypes are ambiguous."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not (dtype == jnp.uint8 or jnp.issubdtype(dtype, jnp.floating)):
+        extra = f" {what}" if what else ""
+        raise TypeError(f"`{name}` must be uint8 (0..255) or floating point (0..1){extra}; got "
+                        f"{_describe(x)}. Convert integer frames with .astype(np.uint8).")
+
+
 def check_positive_int(name: str, x: Any) -> None:
     if not isinstance(x, (int, np.integer)) or isinstance(x, bool) or x <= 0:
         raise ValueError(f"`{name}` must be a positive int; got {x!r}.")
@@ -110,6 +121,18 @@ def check_fields(name: str, obj: Any, fields: Sequence[str]) -> None:
             f for f in getattr(obj, "_fields", dir(obj)) if not f.startswith("_")
         ]
         raise ValueError(
-            f"`{name}` is missing required field(s) {missing}; expected fields {list(fields)}, "
-            f"got {have}."
+            f"`{name}` is missing required field(s) {missing} (absent or None); expected fields "
+            f"{list(fields)} set, got fields {have}."
         )
+
+
+def check_key(name: str, key: Any) -> None:
+    """One PRNG key: a raw uint32 [2] (jax.random.PRNGKey) or a typed key of shape [] (jax.random.key)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        check_rank(name, key, 0)
+        return
+    check_shape(name, key, (2,), "one raw PRNG key, e.g. jax.random.PRNGKey(0)")
+    if dtype != jnp.uint32:
+        raise TypeError(f"`{name}` must be a PRNG key (uint32 [2] from jax.random.PRNGKey, or a typed "
+                        f"key from jax.random.key); got dtype {dtype}.")

@@ -11,7 +11,7 @@ import optax
 from twostage_jax import _checks
 from twostage_jax.networks import Networks
 from twostage_jax.state import AgentState
-from twostage_jax.types import ACTION_DIM, Batch
+from twostage_jax.types import ACTION_DIM, Batch, Stage1Obs, Stage2Obs
 
 BC_FIELDS = ("obs", "action")
 
@@ -30,19 +30,58 @@ class BCAux(NamedTuple):
     gripper_error: jnp.ndarray
 
 
-BCMetrics = NamedTuple(  # type: ignore[misc]
-    "BCMetrics", [(f, jnp.ndarray) for f in BCAux._fields + ("grad_norm",)])
-BCMetrics.__doc__ = """Per-step metrics of `make_bc_update` (scalars): the fields of `BCAux`, then `grad_norm`."""
+class BCMetrics(NamedTuple):
+    """Per-step metrics of `make_bc_update` (scalars; stacked [T] by a scanned trainer).
+
+    Attributes:
+      bc: the loss's `BCAux`.
+      grad_norm: global norm of the loss gradient.
+    """
+
+    bc: BCAux
+    grad_norm: jnp.ndarray
+
+
+def _check_obs(name: str, obs: Any, batch_size: int) -> None:
+    """Shapes and dtypes of a `Stage1Obs` / `Stage2Obs` with leading [B] (other pytrees pass)."""
+    if isinstance(obs, Stage1Obs):
+        _checks.check_fields(name, obs, Stage1Obs._fields)
+        _checks.check_shape(f"{name}.image", obs.image, (batch_size, None, None, 3), "[B, H, W, 3]")
+        _checks.check_image(f"{name}.image", obs.image)
+    elif isinstance(obs, Stage2Obs):
+        _checks.check_fields(name, obs, Stage2Obs._fields)
+        for crop in ("crop", "ee_crop"):
+            _checks.check_shape(f"{name}.{crop}", getattr(obs, crop), (batch_size, None, None, 3),
+                                "[B, S, S, 3]")
+            _checks.check_floating(f"{name}.{crop}", getattr(obs, crop))
+        _checks.check_shape(f"{name}.tentative", obs.tentative, (batch_size, ACTION_DIM), "[B, 7]")
+        _checks.check_floating(f"{name}.tentative", obs.tentative)
+    else:
+        return
+    _checks.check_shape(f"{name}.pose", obs.pose, (batch_size, ACTION_DIM), "[B, 7]")
+    _checks.check_floating(f"{name}.pose", obs.pose)
 
 
 def validate_batch(batch: Any, fields: tuple[str, ...]) -> None:
-    """Checks that `batch` has `fields` and a [B, 7] action; raises ValueError naming the field."""
+    """Checks `batch`'s fields, shapes and dtypes (trace-time only); raises naming the field.
+
+    Every field in `fields` must be present, the action [B, 7] float, each other array field
+    [B], and `Stage1Obs` / `Stage2Obs` observations [B, ...] with their documented shapes.
+    Values (e.g. actions in [-1, 1], images of floats in [0, 1]) are not checked here: that
+    needs concrete values, so it happens where data enters (`prepare_data`, act).
+    """
     _checks.check_fields("batch", batch, fields)
-    action = batch["action"] if isinstance(batch, dict) else batch.action
+    get = (lambda f: batch[f]) if isinstance(batch, dict) else (lambda f: getattr(batch, f))
+    action = get("action")
     _checks.check_rank("batch.action", action, 2)
     _checks.check_shape("batch.action", action, (None, ACTION_DIM), "[B, 7]")
     _checks.check_floating("batch.action", action)
-    _checks.check_range("batch.action", action, -1.0, 1.0, "actions are normalised")
+    b = int(action.shape[0])
+    for f in fields:
+        if f in ("obs", "next_obs"):
+            _check_obs(f"batch.{f}", get(f), b)
+        elif f != "action":
+            _checks.check_shape(f"batch.{f}", get(f), (b,), "[B], B as in batch.action")
 
 
 def bc_loss(params: dict, batch: Batch, networks: Networks, weights: Any = None
@@ -87,7 +126,7 @@ def make_bc_update(
                                                                      weights)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = BCMetrics(*aux, grad_norm=optax.tree.norm(grads))
+        metrics = BCMetrics(bc=aux, grad_norm=optax.tree.norm(grads))
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return update

@@ -118,7 +118,7 @@ def crop_offsets(camera: Camera, workspace: Workspace, tentative: Any, target: A
     """Pixel offsets of each target from the crop centred on its tentative action, in crop axes.
 
     The crop of `transform_state` is centred where the tentative position projects and turned
-    by the tentative orientation's angle about the optical axis (`crop_by_projection`); this is
+    by the tentative orientation's angle about the optical axis (`crop_at_pixel`); this is
     where the demonstrated target's projection falls in that crop's own (x, y) axes.
 
     Args:

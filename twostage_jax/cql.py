@@ -92,17 +92,23 @@ class RegularizerAux(NamedTuple):
 
 
 class CriticAux(NamedTuple):
-    """Metrics of `cql_critic_loss` (scalars)."""
+    """Metrics of `cql_critic_loss` (scalars).
+
+    Attributes:
+      critic_loss: the loss of Eq. 3.
+      td_loss: its squared-error term.
+      cql_regularizer: R(theta) of Eq. 4 (summed over both heads).
+      q_data: mean Q(s, a) of the dataset actions.
+      q_target: mean regression target (MC return or TD backup).
+      regularizer: the regulariser's own metrics.
+    """
 
     critic_loss: jnp.ndarray
     td_loss: jnp.ndarray
     cql_regularizer: jnp.ndarray
     q_data: jnp.ndarray
     q_target: jnp.ndarray
-    q_random: jnp.ndarray
-    q_policy: jnp.ndarray
-    q_next_policy: jnp.ndarray
-    logsumexp_q: jnp.ndarray
+    regularizer: RegularizerAux
 
 
 class ActorAux(NamedTuple):
@@ -120,12 +126,23 @@ class AlphaAux(NamedTuple):
     alpha: jnp.ndarray
 
 
-CQLMetrics = NamedTuple(  # type: ignore[misc]
-    "CQLMetrics",
-    [(f, jnp.ndarray) for f in CriticAux._fields + ActorAux._fields + AlphaAux._fields + ("grad_norm",)],
-)
-CQLMetrics.__doc__ = """Per-step metrics of `make_cql_update` (scalars): the fields of `CriticAux`, `ActorAux`
-and `AlphaAux`, in that order, then `grad_norm`."""
+class CQLMetrics(NamedTuple):
+    """Per-step metrics of `make_cql_update` (scalars; stacked [T] by a scanned trainer).
+
+    `twostage_jax.flatten_metrics` gives them flat names (each leaf's own field name, e.g.
+    `critic.regularizer.q_random` -> `q_random`).
+
+    Attributes:
+      critic: the critic loss's `CriticAux` (holding the regulariser's `RegularizerAux`).
+      actor: the actor loss's `ActorAux`.
+      alpha: the temperature loss's `AlphaAux`.
+      grad_norm: global norm of the gradient of the summed losses.
+    """
+
+    critic: CriticAux
+    actor: ActorAux
+    alpha: AlphaAux
+    grad_norm: jnp.ndarray
 
 
 def cql_regularizer(
@@ -254,8 +271,7 @@ def cql_critic_loss(
     )
     loss = td_loss + config.cql_weight * reg
     aux = CriticAux(critic_loss=loss, td_loss=td_loss, cql_regularizer=reg, q_data=jnp.mean(q_data),
-                    q_target=jnp.mean(target), q_random=reg_aux.q_random, q_policy=reg_aux.q_policy,
-                    q_next_policy=reg_aux.q_next_policy, logsumexp_q=reg_aux.logsumexp_q)
+                    q_target=jnp.mean(target), regularizer=reg_aux)
     return loss, aux
 
 
@@ -312,10 +328,27 @@ def alpha_loss(log_alpha: jnp.ndarray, log_prob: jnp.ndarray, target_entropy: fl
     return loss, AlphaAux(alpha_loss=loss, alpha=jnp.exp(log_alpha))
 
 
+_OPTIMIZER_GROUPS = {"encoder": "critic", "critic": "critic", "actor": "actor", "log_alpha": "alpha"}
+
+
 def make_cql_optimizer(config: CQLConfig) -> optax.GradientTransformation:
-    """Adam with per-part learning rates: encoder and critic, actor, log_alpha."""
-    labels = lambda params: {k: ("actor" if k == "actor" else "alpha" if k == "log_alpha" else "critic")
-                             for k in params}
+    """Adam with per-part learning rates: encoder and critic, actor, log_alpha.
+
+    The parameters must be a dict with exactly the top-level keys of `init_cql_params`
+    ('encoder', 'actor', 'critic', 'log_alpha'); another key raises ValueError when the
+    optimizer is initialised or applied, instead of being trained at some group's rate.
+    """
+
+    def labels(params: Any) -> dict:
+        if not hasattr(params, "keys"):
+            raise TypeError(f"make_cql_optimizer: the parameters must be a dict with keys "
+                            f"{sorted(_OPTIMIZER_GROUPS)}; got {type(params).__name__}.")
+        unknown = sorted(set(params) - set(_OPTIMIZER_GROUPS))
+        if unknown:
+            raise ValueError(f"make_cql_optimizer: unknown top-level parameter key(s) {unknown}; "
+                             f"expected only {sorted(_OPTIMIZER_GROUPS)} (from init_cql_params).")
+        return {k: _OPTIMIZER_GROUPS[k] for k in params}
+
     return optax.multi_transform(
         {"critic": optax.adam(config.critic_lr), "actor": optax.adam(config.actor_lr),
          "alpha": optax.adam(config.alpha_lr)},
@@ -360,7 +393,7 @@ def make_cql_update(
         if config.target == "td":
             online = {"encoder": params["encoder"], "critic": params["critic"]}
             target_params = optax.incremental_update(online, target_params, config.tau)
-        metrics = CQLMetrics(*c_aux, *a_aux, *al_aux, grad_norm=optax.tree.norm(grads))
+        metrics = CQLMetrics(critic=c_aux, actor=a_aux, alpha=al_aux, grad_norm=optax.tree.norm(grads))
         return state.replace(params=params, target_params=target_params, opt_state=opt_state,
                              step=state.step + 1), metrics
 

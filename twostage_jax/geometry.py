@@ -6,6 +6,7 @@ vmapped by callers. See `twostage_jax.types` for the pixel and frame conventions
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import Any
 
@@ -160,8 +161,11 @@ def _crop(image: jnp.ndarray, center_uv: jnp.ndarray, angle: jnp.ndarray, size: 
     return top * (1 - wy) + bottom * wy
 
 
-def crop_by_projection(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: int) -> jnp.ndarray:
-    """Rotated, bilinearly sampled square crop of one image.
+def crop_at_pixel(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: int) -> jnp.ndarray:
+    """Rotated, bilinearly sampled square crop of one image, centred at a pixel coordinate.
+
+    It does not project: `crop_at_action` (twostage_jax.transform) projects an action's
+    position with the camera and crops there.
 
     Crop pixel (row a, column b) samples the continuous image point
 
@@ -170,7 +174,8 @@ def crop_by_projection(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, s
     so the crop's centre pixel (size // 2, size // 2) samples exactly `center_uv`, and the crop's
     x axis points along `angle` (from +u towards +v). A feature that lies in the image along
     direction `angle` from the centre therefore lies along the crop's +x axis. Samples outside
-    the image read zeros.
+    the image read zeros. Values are not checked (so eager and jitted calls agree): a NaN
+    centre or angle gives a NaN crop; `act` and `prepare_data` reject non-finite inputs.
 
     Single example: vmap over a batch. `size` must be static under jit.
 
@@ -189,6 +194,14 @@ def crop_by_projection(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, s
     _checks.check_rank("angle", angle, 0)
     _checks.check_positive_int("size", size)
     return _crop(image, jnp.asarray(center_uv, jnp.float32), jnp.asarray(angle, jnp.float32), size)
+
+
+def crop_by_projection(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: int) -> jnp.ndarray:
+    """Deprecated alias of `crop_at_pixel` (the old name; it takes a pixel and does not project)."""
+    warnings.warn("crop_by_projection is deprecated: it takes a pixel centre and does not project; "
+                  "use crop_at_pixel (same arguments), or crop_at_action to project an action.",
+                  DeprecationWarning, stacklevel=2)
+    return crop_at_pixel(image, center_uv, angle, size)
 
 
 def look_at(eye: Any, target: Any, up: Any = (0.0, 0.0, 1.0)) -> jnp.ndarray:

@@ -1,17 +1,23 @@
-"""The two-stage act function: stage 1 -> transform f -> stage 2 -> composition g."""
+"""The two-stage act function: stage 1 -> transform f -> stage 2 -> composition g.
+
+Depends on networks, transform and actions only (not on training): the stage configs it takes
+are read for their network, algo, image size and `Stage2Config` fields.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from twostage_jax import _checks
 from twostage_jax.networks import Networks, make_networks, tanh_gaussian_sample
-from twostage_jax.training import Stage2Config, TrainConfig, resize_images
-from twostage_jax.transform import transform_state
+from twostage_jax.transform import Stage2Config, resize_images, transform_state
 from twostage_jax.types import ACTION_DIM, Camera, Stage1Obs, Workspace
+
+if TYPE_CHECKING:  # annotations only: the policy does not import the training code
+    from twostage_jax.training import TrainConfig
 
 
 class PolicyOutput(NamedTuple):
@@ -64,12 +70,15 @@ def make_policy(
     Returns:
       `act(params1, params2, image, pose, camera, key, tentative) -> PolicyOutput`, where image
       is [B, H, W, 3] uint8 at the camera's full resolution, pose [B, 7], camera a single
-      `Camera` shared by the batch, key a PRNG key (used only when not deterministic), and
-      params2 is ignored (pass None) in stage-1-only mode. `tentative` ([B, 7], optional)
+      `Camera` shared by the batch, key a PRNG key (required when the policy samples, i.e.
+      deterministic=False with a CQL stage: pass a fresh one per call; may be None
+      otherwise), and params2 is ignored (pass None) in stage-1-only mode. Values are
+      checked here, at the boundary: pose and tentative must be finite and in [-1, 1]. `tentative` ([B, 7], optional)
       replaces stage 1's output, e.g. to test stage 2 on Algo. 1's perturbed actions.
     """
     nets1 = make_networks(stage1.network, 1, stage1.algo)
     nets2 = make_networks(stage2.network, 2, stage2.algo) if stage2 is not None else None
+    stochastic = not deterministic and (nets1.stochastic or (nets2 is not None and nets2.stochastic))
     s2: Stage2Config | None = stage2.stage2 if stage2 is not None else None
 
     def _batch(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
@@ -108,6 +117,10 @@ def make_policy(
         _checks.check_rank("image", image, 4)
         _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
                             "[B, H, W, 3] at the camera's resolution")
+        if getattr(image, "dtype", None) != jnp.uint8:
+            raise TypeError(f"`image` must be uint8 camera frames (0..255), as the dataset stores them; "
+                            f"got dtype {getattr(image, 'dtype', type(image).__name__)}. Convert float "
+                            "frames in [0, 1] with (image * 255).round().astype(np.uint8).")
         _checks.check_shape("pose", pose, (image.shape[0], ACTION_DIM), "[B, 7]")
         _checks.check_floating("pose", pose)
         _checks.check_range("pose", pose, -1.0, 1.0, "poses are normalised like actions")
@@ -119,7 +132,13 @@ def make_policy(
             _checks.check_range("tentative", tentative, -1.0, 1.0, "a tanh-space action")
             tentative = jnp.asarray(tentative, jnp.float32)
         if key is None:
-            key = jax.random.PRNGKey(0)
+            if stochastic:
+                raise ValueError("`key` is None, but this policy samples (deterministic=False with a "
+                                 "CQL stage): pass a fresh PRNG key per call, or build it with "
+                                 "deterministic=True.")
+            key = jax.random.PRNGKey(0)  # a deterministic policy draws no noise from it
+        else:
+            _checks.check_key("key", key)
         return _act(params1, params2, jnp.asarray(image), jnp.asarray(pose, jnp.float32), camera, key,
                     tentative)
 

@@ -1,13 +1,18 @@
 """Training: configs, on-device batch sampling (with Algo. 1 for stage 2), and pure trainers.
 
-`make_train(config, dataset, stage)` returns `train(key) -> (AgentState, metrics)`, a `lax.scan`
-over update steps that samples batches on device (purejaxrl style). `train_seeds` runs several
-seeds as one jitted program that vmaps over the seed axis.
+One family of entry points:
+  * `make_train(config, stage)` returns `train(key, data) -> (AgentState, metrics)`, a
+    `lax.scan` over update steps that samples batches on device (purejaxrl style), with
+    `data = prepare_data(dataset, config)` an argument; `train.init`/`step`/`run` are its pieces.
+  * `train_seeds(config, data, keys, stage, strategy)` trains several seeds;
+  * `init_seeds` and `run_seeds` are `train_seeds` in two halves, for chunked training (log,
+    checkpoint, resume between chunks); `run_seeds` holds the seed-strategy dispatch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -17,94 +22,17 @@ import numpy as np
 import optax
 
 from twostage_jax import _checks
-from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose, compose_correction,
-                                  compose_direct, correction_target_variance, sample_tentative)
+from twostage_jax.actions import action_to_pose, sample_tentative
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import CQLConfig, init_cql_params, make_cql_optimizer, make_cql_update
-from twostage_jax.networks import NetworkConfig, Networks, make_networks
+from twostage_jax.networks import NetworkConfig, make_networks
 from twostage_jax.state import AgentState
-from twostage_jax.transform import transform_state
-from twostage_jax.types import ACTION_DIM, Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
+from twostage_jax.transform import (  # noqa: F401 -- Stage2Config and its constants re-exported here
+    LOSS_WEIGHTINGS, PAPER_CROP_SIZE, STAGE2_MODES, Stage2Config, resize_images, transform_state)
+from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
 
 ALGOS = ("bc", "cql")
-STAGE2_MODES = ("correction", "direct")
-LOSS_WEIGHTINGS = ("none", "whiten", "auto")
 SEED_STRATEGIES = ("auto", "vmap", "sequential")
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage2Config:
-    """How stage 2's states and actions are built (Algo. 1 and Eq. 5).
-
-    Attributes:
-      crop_size: side of o^2 (paper: 32 for CQL, 64 for BC).
-      ee_crop_size: side of e^2 (paper: 16).
-      sigma: Algo. 1 noise std per action dimension.
-      mode: 'correction' (a^2 = tanh(eps), composed by Eq. 6) or 'direct' (a^2 = a).
-      rotate: rotate crops by the orientation's angle about the optical axis.
-      loss_weighting: 'none' (the paper's Eq. 1 for a BC stage 2) or 'whiten': weight each
-        action dimension's squared error by 1 / Var of its Algo. 1 target
-        (`correction_target_variance`, normalised to mean 1), so the gripper (sigma = 1) does
-        not drown the pose (sigma = 0.1). Correction mode with BC only. 'auto': 'whiten' where
-        it applies (correction mode, every sigma > 0), else 'none'.
-      gripper_clip: None (the paper: the tentative gripper is clipped to 0.99 like every other
-        operand, and a saturated one cannot be flipped by any correction, since
-        atanh(0.99) + atanh(-0.99) = 0 reads as "open"), or a bound below 0.99 (e.g. 0.9,
-        atanh = 1.47) for the tentative gripper in the composition, so that a correction of
-        magnitude above atanh(gripper_clip) flips it either way (`compose_correction`); Algo. 1
-        then uses the exact inverse of that composition as its target (`sample_tentative`).
-    """
-
-    crop_size: int = 32
-    ee_crop_size: int = 16
-    sigma: tuple[float, ...] = DEFAULT_SIGMA
-    mode: str = "correction"
-    rotate: bool = True
-    loss_weighting: str = "none"
-    gripper_clip: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("crop_size", "ee_crop_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"Stage2Config.{name} must be a positive int; got {getattr(self, name)!r}.")
-        if self.mode not in STAGE2_MODES:
-            raise ValueError(f"Stage2Config.mode must be one of {STAGE2_MODES}; got {self.mode!r}.")
-        if len(self.sigma) != 7 or not all(math.isfinite(s) and s >= 0 for s in self.sigma):
-            raise ValueError(f"Stage2Config.sigma must be 7 finite non-negative stds; got {self.sigma!r}.")
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"Stage2Config.loss_weighting must be one of {LOSS_WEIGHTINGS}; got "
-                             f"{self.loss_weighting!r}.")
-        if self.gripper_clip is not None and not 0.0 < float(self.gripper_clip) <= DEFAULT_CLIP:
-            raise ValueError(f"Stage2Config.gripper_clip must be None or lie in (0, {DEFAULT_CLIP}]; "
-                             f"got {self.gripper_clip!r}.")
-        if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
-            raise ValueError("Stage2Config.loss_weighting='whiten' needs mode='correction' and every "
-                             f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")
-
-    def tentative_limit(self) -> np.ndarray | None:
-        """[7] atanh clip bounds of the tentative operand (0.99, `gripper_clip` last), or None."""
-        if self.gripper_clip is None:
-            return None
-        return np.asarray((DEFAULT_CLIP,) * (ACTION_DIM - 1) + (float(self.gripper_clip),), np.float32)
-
-    def compose(self, a1: jnp.ndarray, a2: jnp.ndarray) -> jnp.ndarray:
-        """The final action g(a1, a2) [..., 7]: Eq. 6 (with `tentative_limit`) or a2 ('direct')."""
-        if self.mode == "correction":
-            return compose_correction(a1, a2, tentative_limit=self.tentative_limit())
-        return compose_direct(a1, a2)
-
-    def resolved_loss_weighting(self) -> str:
-        """'none' or 'whiten' ('auto' resolved for this mode and sigma)."""
-        if self.loss_weighting != "auto":
-            return self.loss_weighting
-        return "whiten" if self.mode == "correction" and min(self.sigma) > 0 else "none"
-
-    def bc_weights(self) -> np.ndarray | None:
-        """[7] per-dimension BC loss weights for stage 2 (None for 'none')."""
-        if self.resolved_loss_weighting() == "none":
-            return None
-        w = 1.0 / correction_target_variance(self.sigma)
-        return (w / w.mean()).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +47,9 @@ class TrainConfig:
       image_size: stage 1's input side; frames are downscaled once if smaller than stored.
       network: network sizes.
       cql: CQL hyper-parameters (ignored by BC).
-      stage2: stage-2 state/action construction (ignored by stage 1).
+      stage2: stage-2 state/action construction (ignored by stage 1). Its `crop_size=None`
+        (the default) is resolved here for `algo` (64 for BC, 32 for CQL, as in the paper),
+        so `config.stage2.crop_size` is always an int.
       min_move: metres. Train only on transitions whose target position is at least this far
         from the source pose, or whose gripper command differs from the current gripper state
         (0, the default, keeps every transition). Demo augmentation starts chains at frames
@@ -153,6 +83,10 @@ class TrainConfig:
                              f"{self.learning_rate!r}.")
         if self.image_size is not None and self.image_size <= 0:
             raise ValueError(f"TrainConfig.image_size must be a positive int or None; got {self.image_size!r}.")
+        if not isinstance(self.stage2, Stage2Config):
+            raise TypeError(f"TrainConfig.stage2 must be a Stage2Config; got {type(self.stage2).__name__}.")
+        if self.stage2.crop_size is None:  # follow the algorithm: the paper's 64 (BC) / 32 (CQL)
+            object.__setattr__(self, "stage2", self.stage2.with_crop_size_for(self.algo))
 
 
 class TrainData(NamedTuple):
@@ -170,15 +104,6 @@ class TrainData(NamedTuple):
     stage1_images: jnp.ndarray
     dataset: Dataset
     index: jnp.ndarray
-
-
-def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
-    """Area-style downscale of uint8 frames [..., H, W, 3] -> [..., size, size, 3] uint8."""
-    if images.shape[-3] == size and images.shape[-2] == size:
-        return images
-    shape = images.shape[:-3] + (size, size, images.shape[-1])
-    out = jax.image.resize(images.astype(jnp.float32), shape, method="linear", antialias=True)
-    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
 
 
 def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
@@ -206,7 +131,22 @@ def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
 
 
 def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
-    """Validates `dataset` and moves it to the device once (with the transitions to sample)."""
+    """Validates `dataset` and moves it to the device once: the `data` of `train(key, data)`.
+
+    This is the value boundary of training: `validate_dataset` checks every field's shape,
+    dtype (uint8 frames) and values (finite actions and poses in [-1, 1], indices in range),
+    on the host, so the jitted trainer needs only trace-time checks.
+
+    Args:
+      dataset: the offline `Dataset` (numpy or device arrays).
+      config: the stage's config (reads `image_size` and `min_move`).
+
+    Returns:
+      `TrainData`: images [N_img, H, W, 3] uint8, stage1_images [N_img, h, w, 3] uint8, the
+      dataset on device and the [M] int32 transition index batches are drawn from.
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"`dataset` must be a twostage_jax Dataset; got {type(dataset).__name__}.")
     validate_dataset(dataset)
     index = moving_transitions(dataset, float(config.min_move))
     ds = jax.device_put(jax.tree_util.tree_map(jnp.asarray, dataset))
@@ -248,6 +188,10 @@ def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
     Returns:
       `Batch` with obs/next_obs `Stage1Obs` or `Stage2Obs` and [B, 7] actions.
     """
+    _checks.check_positive_int("batch_size", batch_size)
+    _check_stage(stage)
+    _check_data(data)
+    _checks.check_key("key", key)
     k_idx, k_rest = jax.random.split(key)
     idx = data.index[jax.random.randint(k_idx, (batch_size,), 0, data.index.shape[0])]
     return batch_at(data, idx, k_rest, stage, stage2, with_next)
@@ -259,6 +203,14 @@ def batch_at(data: TrainData, idx: jnp.ndarray, key: jax.Array, stage: int,
 
     Args and return as `sample_batch`, with the transitions given instead of drawn.
     """
+    _check_data(data)
+    _check_stage(stage)
+    _checks.check_key("key", key)
+    _checks.check_rank("idx", idx, 1)
+    if stage == 2 and stage2.crop_size is None:
+        raise ValueError("`stage2.crop_size` is None (follow the algorithm); stage-2 batches need a "
+                         "size: pass TrainConfig(...).stage2 (resolved for its algo) or "
+                         "stage2.with_crop_size_for(algo).")
     ds = data.dataset
     k_eps, k_next = jax.random.split(key)
     oi, ni = ds.obs_index[idx], ds.next_obs_index[idx]
@@ -325,129 +277,153 @@ def make_held_out_eval(config: TrainConfig, stage: int
     return evaluate
 
 
-class Trainer(NamedTuple):
-    """A stage's pure training functions, bound to a dataset.
-
-    Attributes:
-      networks: the `Networks` bundle.
-      data: device-resident `TrainData`.
-      init: key -> AgentState.
-      step: (AgentState, TrainData) -> (AgentState, metrics): one update with a batch sampled
-        from the state's key.
-      run: (AgentState, TrainData, num_steps) -> (AgentState, metrics stacked [num_steps]);
-        `num_steps` of `step` as one `lax.scan`, software-pipelined (each iteration samples
-        the next batch while it updates on the current one; same batches as calling `step`
-        in a loop, results equal up to float rounding). Pure; jit with `num_steps` static.
-      metrics_type: the NamedTuple type of the metrics.
-    """
-
-    networks: Networks
-    data: TrainData
-    init: Callable[[jax.Array], AgentState]
-    step: Callable[[AgentState, TrainData], tuple[AgentState, Any]]
-    run: Callable[[AgentState, TrainData, int], tuple[AgentState, Any]]
-    metrics_type: type
-
-
 def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
     if config.algo == "bc":
         return optax.adam(config.learning_rate)
     return make_cql_optimizer(config.cql)
 
 
-def make_trainer(config: TrainConfig, dataset: Dataset | TrainData, stage: int) -> Trainer:
-    """Builds the pure init/step/run functions of one stage.
-
-    Args:
-      config: training configuration.
-      dataset: a `Dataset` (validated and moved to the device here) or prepared `TrainData`.
-      stage: 1 (tentative policy) or 2 (correction policy).
-
-    Returns:
-      A `Trainer`.
-    """
-    if stage not in (1, 2):
+def _check_stage(stage: Any) -> None:
+    if isinstance(stage, bool) or stage not in (1, 2):
         raise ValueError(f"`stage` must be 1 or 2; got {stage!r}.")
-    data = dataset if isinstance(dataset, TrainData) else prepare_data(dataset, config)
-    networks = make_networks(config.network, stage, config.algo)
-    optimizer = _optimizer(config)
-    if config.algo == "bc":
-        update = make_bc_update(networks, optimizer, config.stage2.bc_weights() if stage == 2 else None)
-        from twostage_jax.bc import BCMetrics as metrics_type
-    else:
-        update = make_cql_update(networks, config.cql, optimizer)
-        from twostage_jax.cql import CQLMetrics as metrics_type
-    batch_size, s2 = config.batch_size, config.stage2
-    example_shapes = jax.eval_shape(
-        lambda d: sample_batch(d, jax.random.PRNGKey(0), 2, stage, s2).obs, data)
 
-    def init(key: jax.Array) -> AgentState:
+
+def _check_data(data: Any) -> None:
+    if not isinstance(data, TrainData):
+        raise TypeError(f"`data` must be the TrainData of prepare_data(dataset, config); got "
+                        f"{type(data).__name__}.")
+
+
+class Train:
+    """One stage's pure training functions, from `make_train(config, stage)`.
+
+    Calling it, `train(key, data) -> (AgentState, metrics)`, initialises a state and runs
+    `config.num_steps` updates; the dataset is an argument, never a closure, so
+    `jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, data)` compiles one program whose
+    dataset is an input, not a constant. The pieces, for chunked training (log, checkpoint,
+    resume) and custom loops:
+
+      * `init(key, data) -> AgentState`: fresh parameters, optimizer state and state key;
+        `data` only gives the observation shapes.
+      * `step(state, data) -> (AgentState, metrics)`: one update on a batch sampled with the
+        state's key.
+      * `run(state, data, num_steps) -> (AgentState, metrics [num_steps])`: `num_steps` of
+        `step` as one `lax.scan`, software-pipelined (each iteration samples the next batch
+        while it updates on the current one; the same batches as `step` in a loop). Chunks
+        compose: `run(run(s, d, 2)[0], d, 4)` equals `run(s, d, 6)`, since every step
+        consumes the key carried in the state. `num_steps` is static under jit.
+
+    All are pure and unjitted (jit them, or use `train_seeds` / `run_seeds`). Two `Train`s of
+    equal config and stage compare and hash equal, so they can be static jit arguments.
+
+    Attributes:
+      config: the `TrainConfig`.
+      stage: 1 or 2.
+      networks: the `Networks` bundle.
+      metrics_type: the metrics NamedTuple type (`BCMetrics` or `CQLMetrics`).
+    """
+
+    def __init__(self, config: TrainConfig, stage: int):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"`config` must be a TrainConfig; got {type(config).__name__}.")
+        _check_stage(stage)
+        self.config = config
+        self.stage = int(stage)
+        self.networks = make_networks(config.network, stage, config.algo)
+        self._optimizer = _optimizer(config)
+        if config.algo == "bc":
+            self._update = make_bc_update(self.networks, self._optimizer,
+                                          config.stage2.bc_weights() if stage == 2 else None)
+            from twostage_jax.bc import BCMetrics as metrics_type
+        else:
+            self._update = make_cql_update(self.networks, config.cql, self._optimizer)
+            from twostage_jax.cql import CQLMetrics as metrics_type
+        self.metrics_type = metrics_type
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Train) and (self.config, self.stage) == (other.config, other.stage)
+
+    def __hash__(self) -> int:
+        return hash((Train, self.config, self.stage))
+
+    def __repr__(self) -> str:
+        return f"Train(stage={self.stage}, config={self.config!r})"
+
+    def __call__(self, key: jax.Array, data: TrainData) -> tuple[AgentState, Any]:
+        """Init + `config.num_steps` scanned updates: (AgentState, metrics [num_steps])."""
+        return self.run(self.init(key, data), data, self.config.num_steps)
+
+    def _sample(self, data: TrainData, key: jax.Array) -> Batch:
+        # The batch of the step whose state carries `key` (updates never change `state.key`).
+        _, k_batch, _ = jax.random.split(key, 3)
+        return sample_batch(data, k_batch, self.config.batch_size, self.stage, self.config.stage2,
+                            with_next=self.config.algo == "cql")
+
+    def init(self, key: jax.Array, data: TrainData) -> AgentState:
+        """A fresh `AgentState` from `key` ([2] raw or typed PRNG key)."""
+        _checks.check_key("key", key)
+        _check_data(data)
+        config = self.config
         k_init, k_state = jax.random.split(key)
-        example = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), example_shapes)
-        params = networks.init(k_init, example)
+        shapes = jax.eval_shape(lambda d: sample_batch(d, jax.random.PRNGKey(0), 2, self.stage,
+                                                       config.stage2, with_next=False).obs, data)
+        example = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        params = self.networks.init(k_init, example)
         target_params: dict = {}
         if config.algo == "cql":
             params = init_cql_params(params, config.cql)
             if config.cql.target == "td":
                 target_params = {"encoder": params["encoder"], "critic": params["critic"]}
         return AgentState(params=params, target_params=target_params,
-                          opt_state=optimizer.init(params), key=k_state,
+                          opt_state=self._optimizer.init(params), key=k_state,
                           step=jnp.zeros((), jnp.int32))
 
-    with_next = config.algo == "cql"
-
-    def sample(data_: TrainData, key: jax.Array) -> Batch:
-        # The batch of the step whose state carries `key` (updates never change `state.key`).
-        _, k_batch, _ = jax.random.split(key, 3)
-        return sample_batch(data_, k_batch, batch_size, stage, s2, with_next=with_next)
-
-    def step(state: AgentState, data_: TrainData) -> tuple[AgentState, Any]:
+    def step(self, state: AgentState, data: TrainData) -> tuple[AgentState, Any]:
+        """One update on the batch drawn from `state.key`."""
         key, _, k_update = jax.random.split(state.key, 3)
-        return update(state.replace(key=key), sample(data_, state.key), k_update)
+        return self._update(state.replace(key=key), self._sample(data, state.key), k_update)
 
-    def run(state: AgentState, data_: TrainData, num_steps: int) -> tuple[AgentState, Any]:
-        # Software-pipelined `step`: iteration t updates on batch t (carried in) and samples
-        # batch t + 1 (carried out). The loop boundary makes XLA materialise each batch once,
-        # instead of fusing the crops' gathers into every consumer and recomputing them there.
-        # Same batches as `step` in a loop; results equal up to float rounding (tested).
+    def run(self, state: AgentState, data: TrainData, num_steps: int) -> tuple[AgentState, Any]:
+        """`num_steps` (static) of `step` as one software-pipelined `lax.scan`."""
+        _check_data(data)
+        _checks.check_positive_int("num_steps", num_steps)
+
+        # Iteration t updates on batch t (carried in) and samples batch t + 1 (carried out).
+        # The loop boundary makes XLA materialise each batch once, instead of fusing the crops'
+        # gathers into every consumer and recomputing them there. Same batches as `step` in a
+        # loop; results equal up to float rounding (tested).
         def body(carry, _):
             state_, batch = carry
             key, _, k_update = jax.random.split(state_.key, 3)
-            next_batch = sample(data_, key)
-            new_state, metrics = update(state_.replace(key=key), batch, k_update)
+            next_batch = self._sample(data, key)
+            new_state, metrics = self._update(state_.replace(key=key), batch, k_update)
             return (new_state, next_batch), metrics
 
-        (state, _), metrics = jax.lax.scan(body, (state, sample(data_, state.key)), None,
+        (state, _), metrics = jax.lax.scan(body, (state, self._sample(data, state.key)), None,
                                            length=num_steps)
         return state, metrics
 
-    return Trainer(networks=networks, data=data, init=init, step=step, run=run,
-                   metrics_type=metrics_type)
 
+def make_train(config: TrainConfig, stage: int) -> Train:
+    """Returns the pure `train(key, data) -> (AgentState, metrics)` of one stage.
 
-def make_train(config: TrainConfig, dataset: Dataset | TrainData, stage: int
-               ) -> Callable[[jax.Array], tuple[AgentState, Any]]:
-    """Returns `train(key) -> (AgentState, metrics)`: init + `config.num_steps` scanned updates.
+    Example (several seeds in one program; the dataset is an argument, not a constant)::
 
-    `train` is jitted; metrics are the per-step NamedTuple stacked to [num_steps]. Batches are
-    sampled on device inside the scan; the dataset is moved to the device once, here.
+        data = prepare_data(dataset, config)
+        train = make_train(config, stage=1)
+        states, metrics = jax.jit(jax.vmap(train, in_axes=(0, None)))(
+            jax.random.split(key, 4), data)
 
     Args:
       config: training configuration.
-      dataset: the offline `Dataset` (or prepared `TrainData`).
-      stage: 1 or 2.
+      stage: 1 (tentative policy) or 2 (correction policy).
+
+    Returns:
+      A `Train`: call it as `train(key, data)` with key a PRNG key and data the `TrainData`
+      of `prepare_data`; it returns (AgentState, metrics NamedTuple stacked to
+      [config.num_steps]). Its `init`, `step` and `run` are the pieces for chunked training.
     """
-    trainer = make_trainer(config, dataset, stage)
-    num_steps = config.num_steps
-
-    @jax.jit
-    def _train(key: jax.Array, data: TrainData) -> tuple[AgentState, Any]:
-        return trainer.run(trainer.init(key), data, num_steps)
-
-    def train(key: jax.Array) -> tuple[AgentState, Any]:
-        return _train(key, trainer.data)
-
-    return train
+    return Train(config, stage)
 
 
 def _check_keys(keys: Any) -> None:
@@ -456,31 +432,22 @@ def _check_keys(keys: Any) -> None:
         _checks.check_rank("keys", keys, 1)
     else:
         _checks.check_shape("keys", keys, (None, 2), "a stack of raw PRNG keys, e.g. jax.random.split(key, n)")
+        if dtype != jnp.uint32:
+            raise TypeError(f"`keys` must be PRNG keys (uint32 [S, 2] from jax.random.split); got dtype "
+                            f"{dtype}.")
 
 
-def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Array, stage: int = 1,
+def train_seeds(config: TrainConfig, data: TrainData | Dataset, keys: jax.Array, stage: int = 1,
                 strategy: str = "auto", mesh: Any = None) -> tuple[AgentState, Any]:
     """Trains one run per key, all seeds in one jitted program or one after another.
 
-    Strategies (results agree up to float rounding; pick by speed):
-      'auto' (default): 'sequential' on CPU, 'vmap' on GPU/TPU (`resolve_seed_strategy`).
-      'vmap': one program, `jit(vmap(train))` over the seed axis. With
-        `NetworkConfig.conv_impl='auto'` (the default) CPU uses im2col convolutions, so the
-        per-seed kernels become one batched matmul instead of a grouped convolution.
-      'sequential': the single-seed jitted program (compiled once) dispatched once per key,
-        results stacked. Dispatch is asynchronous, so on CPU consecutive seeds may overlap
-        on idle cores. Lower peak memory (one seed's activations at a time).
-
-    Measured on 2 CPU cores (experiments/benchmark.py, idle machine): the conv implementation
-    dominates ('patches' trains ~13x faster than 'xla'); between strategies, 5 vmapped seeds
-    ran at 0.77x the seed-steps/s of 5 sequential ones, and the launcher's 3-seed quickstart
-    chunks at 0.72-0.77x (one seed already keeps both cores busy, and XLA CPU runs a batched
-    matmul slower than separate GEMMs). Hence 'auto' picks 'sequential' on CPU. On GPU one
-    seed leaves the device mostly idle, so 'auto' picks 'vmap' there.
+    Equivalent to `run_seeds(make_train(config, stage), init_seeds(...), data,
+    config.num_steps, strategy, mesh)`; see `run_seeds` for the strategies.
 
     Args:
       config: training configuration (shared by all seeds).
-      dataset: the offline `Dataset` (or prepared `TrainData`), shared by all seeds.
+      data: `TrainData` from `prepare_data(dataset, config)` (a `Dataset` is prepared here),
+        shared by all seeds.
       keys: [S, 2] raw keys (or [S] typed keys), e.g. `jax.random.split(key, S)`.
       stage: 1 or 2.
       strategy: one of `SEED_STRATEGIES`: 'auto', 'vmap' or 'sequential' (with a mesh: how
@@ -496,82 +463,113 @@ def train_seeds(config: TrainConfig, dataset: Dataset | TrainData, keys: jax.Arr
       (AgentState with a leading [S] axis on every leaf, metrics [S, num_steps]).
     """
     _check_keys(keys)
-    if mesh is not None:  # seed sharding hook (issue 14): a bad mesh fails before any work
+    if mesh is not None:  # a bad mesh fails before any work
         from twostage_jax.sharding import check_seed_mesh
 
         check_seed_mesh(mesh)
-    trainer = make_trainer(config, dataset, stage)
-    run = make_seed_runner(trainer, strategy, mesh)
-    # --- seed sharding hook (issue 14): a mesh initialises the seeds onto its devices.
+    if isinstance(data, Dataset):
+        data = prepare_data(data, config)
+    train = make_train(config, stage)
+    return run_seeds(train, init_seeds(train, keys, data, mesh), data, config.num_steps, strategy, mesh)
+
+
+def init_seeds(train: Train, keys: jax.Array, data: TrainData, mesh: Any = None) -> AgentState:
+    """`train.init` for every key: an `AgentState` with a leading [S] seed axis (jitted).
+
+    Args:
+      train: from `make_train`.
+      keys: [S, 2] raw keys (or [S] typed keys).
+      data: `TrainData` (only its shapes are read).
+      mesh: None, or a mesh with a 'seeds' axis: the states are laid out seed-sharded on it
+        (`twostage_jax.sharding.init_seeds`).
+    """
+    _check_keys(keys)
+    _check_data(data)
     if mesh is not None:
         from twostage_jax import sharding
 
-        return run(sharding.init_seeds(trainer.init, keys, mesh), config.num_steps)
-    # --- end of hook
-    return run(jax.jit(jax.vmap(trainer.init))(keys), config.num_steps)
+        return sharding.init_seeds(lambda k: train.init(k, data), keys, mesh)
+    return _init_vmapped(keys, data, train)
 
 
-def resolve_seed_strategy(strategy: str = "auto", backend: str | None = None) -> str:
-    """Maps 'auto' to 'sequential' on CPU and 'vmap' elsewhere; checks the name.
+@functools.partial(jax.jit, static_argnums=2)
+def _init_vmapped(keys: jax.Array, data: TrainData, train: Train) -> AgentState:
+    return jax.vmap(train.init, in_axes=(0, None))(keys, data)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _run_vmapped(states: AgentState, data: TrainData, train: Train, num_steps: int) -> tuple[AgentState, Any]:
+    return jax.vmap(train.run, in_axes=(0, None, None))(states, data, num_steps)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _run_one(state: AgentState, data: TrainData, train: Train, num_steps: int) -> tuple[AgentState, Any]:
+    return train.run(state, data, num_steps)
+
+
+def run_seeds(train: Train, states: AgentState, data: TrainData, num_steps: int,
+              strategy: str = "auto", mesh: Any = None) -> tuple[AgentState, Any]:
+    """Runs `num_steps` updates of every seed of `states`: the seed-strategy dispatch.
+
+    Each (train, num_steps, strategy) compiles once (jit's cache; `Train`s of equal config and
+    stage are equal), so a caller can train in chunks (log, checkpoint, resume) with the same
+    results as one long run.
+
+    Strategies (results agree up to float rounding; pick by speed):
+      'auto' (default): 'sequential' on CPU, 'vmap' on GPU/TPU.
+      'vmap': one program, `jit(vmap(train.run))` over the seed axis. With
+        `NetworkConfig.conv_impl='auto'` (the default) CPU uses im2col convolutions, so the
+        per-seed kernels become one batched matmul instead of a grouped convolution.
+      'sequential': the single-seed jitted program (compiled once) dispatched once per seed,
+        results stacked. Dispatch is asynchronous, so on CPU consecutive seeds may overlap
+        on idle cores. Lower peak memory (one seed's activations at a time).
+
+    Measured on 2 CPU cores (experiments/benchmark.py, idle machine): the conv implementation
+    dominates ('patches' trains ~13x faster than 'xla'); between strategies, 5 vmapped seeds
+    ran at 0.77x the seed-steps/s of 5 sequential ones, and the launcher's 3-seed quickstart
+    chunks at 0.72-0.77x (one seed already keeps both cores busy, and XLA CPU runs a batched
+    matmul slower than separate GEMMs). Hence 'auto' picks 'sequential' on CPU. On GPU one
+    seed leaves the device mostly idle, so 'auto' picks 'vmap' there.
 
     Args:
-      strategy: one of `SEED_STRATEGIES`.
-      backend: JAX backend name (default: `jax.default_backend()`).
+      train: from `make_train`.
+      states: `AgentState` with a leading [S] axis (from `init_seeds` or a previous chunk).
+      data: `TrainData`, shared by all seeds.
+      num_steps: updates per seed in this call.
+      strategy: one of `SEED_STRATEGIES` (with a mesh: how each device runs its seeds).
+      mesh: None, or a mesh with a 'seeds' axis: one program shards the seeds over its
+        devices (see `train_seeds`); compiled once per (train, num_steps, strategy, mesh).
 
     Returns:
-      'vmap' or 'sequential'.
+      (AgentState [S, ...], metrics [S, num_steps]).
     """
+    _check_data(data)
+    _checks.check_positive_int("num_steps", num_steps)
+    if mesh is not None:
+        from twostage_jax import sharding
+
+        sharding.check_seed_mesh(mesh)
+        program = _sharded_program(train, int(num_steps), _resolve_seed_strategy(strategy), mesh)
+        return program(states, sharding.put_replicated(data, mesh))
+    if _resolve_seed_strategy(strategy) == "vmap":
+        return _run_vmapped(states, data, train, int(num_steps))
+    num = jax.tree_util.tree_leaves(states)[0].shape[0]
+    outs = [_run_one(jax.tree_util.tree_map(lambda x, i=i: x[i], states), data, train, int(num_steps))
+            for i in range(num)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_program(train: Train, num_steps: int, strategy: str, mesh: Any) -> Callable:
+    from twostage_jax import sharding
+
+    return sharding.shard_seeds(lambda s, d: train.run(s, d, num_steps), mesh, strategy)
+
+
+def _resolve_seed_strategy(strategy: str = "auto", backend: str | None = None) -> str:
+    """Maps 'auto' to 'sequential' on CPU and 'vmap' elsewhere; checks the name."""
     if strategy not in SEED_STRATEGIES:
         raise ValueError(f"`strategy` must be one of {SEED_STRATEGIES}; got {strategy!r}.")
     if strategy != "auto":
         return strategy
     return "sequential" if (backend or jax.default_backend()) == "cpu" else "vmap"
-
-
-def make_seed_runner(trainer: Trainer, strategy: str = "auto", mesh: Any = None
-                     ) -> Callable[[AgentState, int], tuple[AgentState, Any]]:
-    """Returns `run(states, num_steps) -> (states, metrics)` for states with a leading seed axis.
-
-    Each distinct `num_steps` compiles once and is cached, so a caller can train in chunks
-    (log, checkpoint, resume) with the same results as one long run: every step consumes the
-    key in the state, whatever the chunking.
-
-    Args:
-      trainer: from `make_trainer`.
-      strategy: 'auto', 'vmap' (all seeds in one program) or 'sequential' (see `train_seeds`).
-      mesh: None, or a mesh with a 'seeds' axis to shard the seeds over (see `train_seeds`).
-
-    Returns:
-      run: (AgentState [S, ...], num_steps) -> (AgentState [S, ...], metrics [S, num_steps]).
-    """
-    strategy = resolve_seed_strategy(strategy)
-    # --- seed sharding hook (issue 14): one sharded program per chunk length.
-    if mesh is not None:
-        from twostage_jax import sharding
-
-        sharding.check_seed_mesh(mesh)
-        data = sharding.put_replicated(trainer.data, mesh)
-        sharded: dict[int, Callable] = {}
-
-        def run_sharded(states: AgentState, num_steps: int) -> tuple[AgentState, Any]:
-            if num_steps not in sharded:
-                sharded[num_steps] = sharding.shard_seeds(
-                    lambda s, d: trainer.run(s, d, num_steps), mesh, strategy)
-            return sharded[num_steps](states, data)
-
-        return run_sharded
-    # --- end of hook
-    cache: dict[int, Callable] = {}
-
-    def run(states: AgentState, num_steps: int) -> tuple[AgentState, Any]:
-        if num_steps not in cache:
-            one = lambda s, d: trainer.run(s, d, num_steps)
-            cache[num_steps] = jax.jit(jax.vmap(one, in_axes=(0, None)) if strategy == "vmap" else one)
-        fn = cache[num_steps]
-        if strategy == "vmap":
-            return fn(states, trainer.data)
-        num = jax.tree_util.tree_leaves(states)[0].shape[0]
-        outs = [fn(jax.tree_util.tree_map(lambda x: x[i], states), trainer.data) for i in range(num)]
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
-
-    return run

@@ -1,13 +1,130 @@
-"""The paper's transformation f (Eq. 5): s^2 = (o^2, e^2, z, a^1) from (o, z, a^1)."""
+"""The paper's transformation f (Eq. 5), s^2 = (o^2, e^2, z, a^1) from (o, z, a^1), its settings
+(`Stage2Config`, with the composition g of Eq. 6), and stage 1's image downscale."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from twostage_jax import _checks
-from twostage_jax.actions import _check_action, action_to_pose
-from twostage_jax.geometry import crop_by_projection, optical_axis_angle, project_points
+from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, _check_action, action_to_pose,
+                                  compose_correction, compose_direct, correction_target_variance)
+from twostage_jax.geometry import crop_at_pixel, optical_axis_angle, project_points
 from twostage_jax.types import ACTION_DIM, Camera, Stage2Obs, Workspace
+
+STAGE2_MODES = ("correction", "direct")
+LOSS_WEIGHTINGS = ("none", "whiten", "auto")
+PAPER_CROP_SIZE = {"bc": 64, "cql": 32}
+"""Side of o^2 per algorithm in the paper (Sec. V): 64 px for BC, 32 px for CQL."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config:
+    """How stage 2's states and actions are built (Algo. 1 and Eq. 5).
+
+    Attributes:
+      crop_size: side of o^2, or None (the default) to follow the algorithm: `TrainConfig`
+        resolves None to the paper's size, 64 for BC and 32 for CQL (`PAPER_CROP_SIZE`).
+        A bare Stage2Config with None can build stage-1 batches only; set it (or
+        `with_crop_size_for(algo)`) to crop. The launcher's `config.stage2.crop_size=0`
+        ('auto', calibrated from stage 1) is resolved by the launcher before a
+        Stage2Config is built; 0 is not a valid value here.
+      ee_crop_size: side of e^2 (paper: 16).
+      sigma: Algo. 1 noise std per action dimension.
+      mode: 'correction' (a^2 = tanh(eps), composed by Eq. 6) or 'direct' (a^2 = a).
+      rotate: rotate crops by the orientation's angle about the optical axis.
+      loss_weighting: 'none' (the paper's Eq. 1 for a BC stage 2) or 'whiten': weight each
+        action dimension's squared error by 1 / Var of its Algo. 1 target
+        (`correction_target_variance`, normalised to mean 1), so the gripper (sigma = 1) does
+        not drown the pose (sigma = 0.1). Correction mode with BC only. 'auto': 'whiten' where
+        it applies (correction mode, every sigma > 0), else 'none'.
+      gripper_clip: None (the paper: the tentative gripper is clipped to 0.99 like every other
+        operand, and a saturated one cannot be flipped by any correction, since
+        atanh(0.99) + atanh(-0.99) = 0 reads as "open"), or a bound below 0.99 (e.g. 0.9,
+        atanh = 1.47) for the tentative gripper in the composition, so that a correction of
+        magnitude above atanh(gripper_clip) flips it either way (`compose_correction`); Algo. 1
+        then uses the exact inverse of that composition as its target (`sample_tentative`).
+    """
+
+    crop_size: int | None = None
+    ee_crop_size: int = 16
+    sigma: tuple[float, ...] = DEFAULT_SIGMA
+    mode: str = "correction"
+    rotate: bool = True
+    loss_weighting: str = "none"
+    gripper_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop_size is not None and (isinstance(self.crop_size, bool) or
+                                           not isinstance(self.crop_size, (int, np.integer)) or
+                                           self.crop_size <= 0):
+            raise ValueError(f"Stage2Config.crop_size must be a positive int, or None to follow the "
+                             f"algorithm (64 BC, 32 CQL); got {self.crop_size!r}.")
+        if isinstance(self.ee_crop_size, bool) or not isinstance(self.ee_crop_size, (int, np.integer)) \
+                or self.ee_crop_size <= 0:
+            raise ValueError(f"Stage2Config.ee_crop_size must be a positive int; got {self.ee_crop_size!r}.")
+        object.__setattr__(self, "sigma", tuple(float(s) for s in self.sigma))  # hashable
+        if self.mode not in STAGE2_MODES:
+            raise ValueError(f"Stage2Config.mode must be one of {STAGE2_MODES}; got {self.mode!r}.")
+        if len(self.sigma) != 7 or not all(math.isfinite(s) and s >= 0 for s in self.sigma):
+            raise ValueError(f"Stage2Config.sigma must be 7 finite non-negative stds; got {self.sigma!r}.")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"Stage2Config.loss_weighting must be one of {LOSS_WEIGHTINGS}; got "
+                             f"{self.loss_weighting!r}.")
+        if self.gripper_clip is not None and not 0.0 < float(self.gripper_clip) <= DEFAULT_CLIP:
+            raise ValueError(f"Stage2Config.gripper_clip must be None or lie in (0, {DEFAULT_CLIP}]; "
+                             f"got {self.gripper_clip!r}.")
+        if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
+            raise ValueError("Stage2Config.loss_weighting='whiten' needs mode='correction' and every "
+                             f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")
+
+    def with_crop_size_for(self, algo: str) -> "Stage2Config":
+        """This config with `crop_size` None resolved for `algo` ('bc' 64, 'cql' 32)."""
+        if self.crop_size is not None:
+            return self
+        if algo not in PAPER_CROP_SIZE:
+            raise ValueError(f"`algo` must be one of {tuple(PAPER_CROP_SIZE)}; got {algo!r}.")
+        return dataclasses.replace(self, crop_size=PAPER_CROP_SIZE[algo])
+
+    def tentative_limit(self) -> np.ndarray | None:
+        """[7] atanh clip bounds of the tentative operand (0.99, `gripper_clip` last), or None."""
+        if self.gripper_clip is None:
+            return None
+        return np.asarray((DEFAULT_CLIP,) * (ACTION_DIM - 1) + (float(self.gripper_clip),), np.float32)
+
+    def compose(self, a1: jnp.ndarray, a2: jnp.ndarray) -> jnp.ndarray:
+        """The final action g(a1, a2) [..., 7]: Eq. 6 (with `tentative_limit`) or a2 ('direct')."""
+        if self.mode == "correction":
+            return compose_correction(a1, a2, tentative_limit=self.tentative_limit())
+        return compose_direct(a1, a2)
+
+    def resolved_loss_weighting(self) -> str:
+        """'none' or 'whiten' ('auto' resolved for this mode and sigma)."""
+        if self.loss_weighting != "auto":
+            return self.loss_weighting
+        return "whiten" if self.mode == "correction" and min(self.sigma) > 0 else "none"
+
+    def bc_weights(self) -> np.ndarray | None:
+        """[7] per-dimension BC loss weights for stage 2 (None for 'none')."""
+        if self.resolved_loss_weighting() == "none":
+            return None
+        w = 1.0 / correction_target_variance(self.sigma)
+        return (w / w.mean()).astype(np.float32)
+
+
+def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
+    """Area-style downscale of uint8 frames [..., H, W, 3] -> [..., size, size, 3] uint8."""
+    if images.dtype != jnp.uint8:
+        raise TypeError(f"`images` must be uint8 frames (0..255); got dtype {images.dtype}.")
+    if images.shape[-3] == size and images.shape[-2] == size:
+        return images
+    shape = images.shape[:-3] + (size, size, images.shape[-1])
+    out = jax.image.resize(images.astype(jnp.float32), shape, method="linear", antialias=True)
+    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
 
 
 def crop_at_action(
@@ -27,10 +144,12 @@ def crop_at_action(
     Returns:
       [size, size, 3] float32 crop scaled to [0, 1].
     """
+    _checks.check_rank("image", image, 3)
+    _checks.check_image("image", image)
     position, euler, _ = action_to_pose(action, workspace)
     uv, _ = project_points(camera, position)
     angle = optical_axis_angle(camera, euler) if rotate else jnp.zeros((), jnp.float32)
-    crop = crop_by_projection(image, uv, angle, size)
+    crop = crop_at_pixel(image, uv, angle, size)
     scale = 1.0 / 255.0 if image.dtype == jnp.uint8 else 1.0
     return crop * scale
 
@@ -67,7 +186,11 @@ def transform_state(
       ee_crop_size, 3] in [0, 1], pose [7] and tentative [7].
     """
     _checks.check_rank("image", image, 3)
+    _checks.check_shape("image", image, (camera.height, camera.width, 3),
+                        "[H, W, 3] at the camera's resolution")
+    _checks.check_image("image", image)
     _checks.check_shape("pose", pose, (ACTION_DIM,), "one pose; vmap for a batch")
+    _check_action("pose", pose)
     _checks.check_shape("tentative", tentative, (ACTION_DIM,), "one action; vmap for a batch")
     _check_action("tentative", tentative)
     _checks.check_positive_int("crop_size", crop_size)

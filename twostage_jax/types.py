@@ -227,6 +227,37 @@ class Batch(NamedTuple):
 BATCH_FIELDS = Batch._fields
 
 
+def flatten_metrics(metrics: Any) -> dict[str, Any]:
+    """Flat names for nested metric NamedTuples: each leaf under its own field name.
+
+    The rule: a leaf's name is the last field on its path, so `CQLMetrics.critic.regularizer.
+    q_random` is `q_random` and `BCMetrics.bc.bc_loss` is `bc_loss` (the names a flat tuple
+    had, which logs such as metrics.jsonl keep). Field names are unique across one metrics
+    type; a clash raises rather than silently dropping a value.
+
+    Args:
+      metrics: a NamedTuple whose fields are arrays or NamedTuples (any leading dims).
+
+    Returns:
+      {name: array} in field order, depth first.
+    """
+    out: dict[str, Any] = {}
+
+    def visit(node: Any, path: str) -> None:
+        for name, value in zip(node._fields, node):
+            if hasattr(value, "_fields"):
+                visit(value, f"{path}{name}.")
+            elif name in out:
+                raise ValueError(f"metric name {name!r} of `{path}{name}` appears twice; rename a field.")
+            else:
+                out[name] = value
+
+    if not hasattr(metrics, "_fields"):
+        raise TypeError(f"`metrics` must be a NamedTuple of metrics; got {type(metrics).__name__}.")
+    visit(metrics, "")
+    return out
+
+
 @struct.dataclass
 class Dataset:
     """An offline dataset of keyframe transitions; every image is stored once, by index.

@@ -1,0 +1,130 @@
+"""Issue 12's bad-input probe: each case fails with an error naming the argument and what was
+expected, at the boundary for values (prepare_data, act) and in the core ops for shapes/dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twostage_jax as tj
+from tests._tiny import tiny_config, tiny_dataset
+from twostage_jax.testing import synthetic_camera
+
+
+def _transform_args(size=32, camera_size=32):
+    ds = tiny_dataset()
+    cam = synthetic_camera(camera_size)
+    image = jnp.asarray(ds.images[0])
+    if size != image.shape[0]:
+        image = jnp.zeros((size, size, 3), jnp.uint8)
+    return image, jnp.asarray(ds.pose[0]), jnp.asarray(ds.action[0]), cam, ds.workspace
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_transform_state_checks_image_dtype_size_and_names_pose(jit):
+    image, pose, tentative, cam, ws = _transform_args()
+    fn = lambda im, z, a: tj.transform_state(im, z, a, cam, ws, 8, 4)
+    fn = jax.jit(fn) if jit else fn
+    fn(image, pose, tentative)  # good input passes
+    with pytest.raises(TypeError, match=r"`image` must be uint8 \(0..255\) or floating point \(0..1\).*int32"):
+        fn(image.astype(jnp.int32), pose, tentative)
+    with pytest.raises(ValueError, match=r"`image` must have shape \[64, 64, 3\] \(\[H, W, 3\] at the "
+                                         r"camera's resolution\); got shape \(32, 32, 3\)"):
+        big = synthetic_camera(64)
+        tj.transform_state(image, pose, tentative, big, ws, 8, 4)
+    with pytest.raises(TypeError, match="`pose` must be a floating-point array"):
+        fn(image, pose.astype(jnp.int32), tentative)
+
+
+def test_act_checks_images_keys_and_values():
+    ds = tiny_dataset()
+    c1, c2 = tiny_config("bc", 1), tiny_config("cql", 1)
+    d1, d2 = tj.prepare_data(ds, c1), tj.prepare_data(ds, c2)
+    p1 = tj.make_train(c1, 1).init(jax.random.PRNGKey(0), d1).params
+    p2 = tj.make_train(c2, 2).init(jax.random.PRNGKey(1), d2).params
+    cam = synthetic_camera(32)
+    image, pose = np.asarray(ds.images[:2]), np.asarray(ds.pose[:2])
+    act = tj.make_policy(c1, c2, ds.workspace)
+    act(p1, p2, image, pose, cam)  # deterministic: no key needed
+    for bad in (image.astype(np.float32), image.astype(np.float32) / 255.0, image.astype(np.int32)):
+        with pytest.raises(TypeError, match=r"`image` must be uint8 camera frames \(0..255\)"):
+            act(p1, p2, bad, pose, cam)
+    with pytest.raises(ValueError, match="`pose` must be finite"):
+        act(p1, p2, image, pose.copy() * np.nan, cam)
+    with pytest.raises(ValueError, match="`tentative` must be finite"):
+        act(p1, p2, image, pose, cam, tentative=np.full((2, 7), np.nan, np.float32))
+    # A stochastic policy without a key would draw the same noise every step.
+    sample = tj.make_policy(c1, c2, ds.workspace, deterministic=False)
+    with pytest.raises(ValueError, match="`key` is None, but this policy samples"):
+        sample(p1, p2, image, pose, cam)
+    out = sample(p1, p2, image, pose, cam, jax.random.PRNGKey(3))
+    assert out.action.shape == (2, 7)
+    with pytest.raises(ValueError, match=r"`key` must have shape \[2\]"):
+        sample(p1, p2, image, pose, cam, jnp.zeros(3, jnp.uint32))
+    with pytest.raises(TypeError, match="`key` must be a PRNG key"):
+        sample(p1, p2, image, pose, cam, jnp.zeros(2, jnp.float32))
+
+
+def test_sample_batch_checks_stage_batch_size_and_key():
+    cfg = tiny_config()
+    data = tj.prepare_data(tiny_dataset(), cfg)
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="`stage` must be 1 or 2; got 3"):
+        tj.sample_batch(data, key, 4, 3, cfg.stage2)
+    with pytest.raises(ValueError, match="`batch_size` must be a positive int; got 0"):
+        tj.sample_batch(data, key, 0, 1)
+    with pytest.raises(ValueError, match=r"`key` must have shape \[2\]"):
+        tj.sample_batch(data, jnp.zeros(4, jnp.uint32), 4, 1)
+    with pytest.raises(TypeError, match="`data` must be the TrainData of prepare_data"):
+        tj.sample_batch(tiny_dataset(), key, 4, 1)
+    with pytest.raises(ValueError, match="`stage2.crop_size` is None"):
+        tj.sample_batch(data, key, 4, 2, tj.Stage2Config())
+
+
+def test_cql_batch_fields_must_share_the_batch_size():
+    cfg = tiny_config("cql")
+    data = tj.prepare_data(tiny_dataset(), cfg)
+    batch = tj.sample_batch(data, jax.random.PRNGKey(0), 8, 1)
+    nets = tj.make_networks(cfg.network, 1, "cql")
+    params = tj.init_cql_params(nets.init(jax.random.PRNGKey(0), batch.obs), cfg.cql)
+    with pytest.raises(ValueError, match=r"`batch.mc_return` must have shape \[8\]"):
+        tj.cql_critic_loss(params, batch._replace(mc_return=batch.mc_return[:3]), jax.random.PRNGKey(1),
+                           0.1, None, nets, cfg.cql)
+    with pytest.raises(ValueError, match=r"`batch.next_obs` is missing required field\(s\) \['pose'\]"):
+        tj.cql_critic_loss(params, batch._replace(next_obs=tj.Stage1Obs(batch.next_obs.image, None)),
+                           jax.random.PRNGKey(1), 0.1, None, nets, cfg.cql)
+
+
+def test_crop_size_follows_the_algorithm():
+    assert tj.TrainConfig(algo="bc").stage2.crop_size == 64  # the paper's BC crop
+    assert tj.TrainConfig(algo="cql").stage2.crop_size == 32  # the paper's CQL crop
+    assert tj.TrainConfig(algo="bc", stage2=tj.Stage2Config(crop_size=16)).stage2.crop_size == 16
+    assert tj.Stage2Config().crop_size is None
+    assert tj.Stage2Config().with_crop_size_for("bc").crop_size == 64
+    with pytest.raises(ValueError, match="Stage2Config.crop_size must be a positive int, or None"):
+        tj.Stage2Config(crop_size=0)
+
+
+def _runtime_imports(module: str) -> set[str]:
+    """twostage_jax modules `module` imports at run time (top level, outside TYPE_CHECKING)."""
+    import ast
+    from pathlib import Path
+
+    path = Path(tj.__file__).parent / (module.split(".", 1)[1].replace(".", "/") + ".py")
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("twostage_jax"):
+            out.add(node.module)
+    return out
+
+
+def test_policy_does_not_import_training():
+    # The policy depends on networks, transform and actions, not on the training code.
+    seen, todo = set(), ["twostage_jax.policy"]
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo.extend(m for m in _runtime_imports(mod) if m != "twostage_jax")
+    assert "twostage_jax.training" not in seen, sorted(seen)
+    assert {"twostage_jax.networks", "twostage_jax.transform", "twostage_jax.actions"} <= seen
