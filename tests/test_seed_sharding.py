@@ -181,7 +181,8 @@ def _free_port() -> int:
 def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_path):
     """The launcher on 2 local CPU processes (1 device each, gloo collectives) trains the smoke
     config's 2 seeds, one per process, and equals the same stage trained by one process."""
-    from experiments import pipeline
+    from experiments.train_stage import run_stage
+    from experiments.workdir import load_params
     from tests.test_launcher import SMOKE, _smoke, _synthetic_workdir
     workdir = _synthetic_workdir(tmp_path / "multi")
     port = _free_port()
@@ -209,8 +210,8 @@ def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_p
     assert json.loads((stage / "summary.json").read_text())["final_step"] == 8
 
     single = _synthetic_workdir(tmp_path / "single")
-    pipeline.run_stage(_smoke(), single, 1)
-    (multi, step_m), (one, step_1) = (pipeline.load_params(_smoke(), wd, 1) for wd in (workdir, single))
+    run_stage(_smoke(), single, 1)
+    (multi, step_m), (one, step_1) = (load_params(_smoke(), wd, 1) for wd in (workdir, single))
     assert step_m == step_1 == 8
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), multi, one)
 
