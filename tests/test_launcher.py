@@ -9,62 +9,16 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "configs" / "smoke.py")
-
-
-def _launch(*args, wait=True, timeout=300, prefix=()):
-    cmd = [*prefix, sys.executable, "-m", "experiments.main", f"--config={SMOKE}", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _synthetic_workdir(path: Path) -> Path:
-    from twostage_jax.data.dataset import save_dataset
-    from twostage_jax.testing import make_synthetic_dataset
-
-    (path / "demos").mkdir(parents=True)
-    save_dataset(path / "demos" / "dataset.npz",
-                 make_synthetic_dataset(num_episodes=6, steps_per_episode=3, image_size=32))
-    # held-out demos, which the default (calibrated) stage 2 needs
-    save_dataset(path / "demos" / "validation.npz",
-                 make_synthetic_dataset(num_episodes=2, steps_per_episode=3, image_size=32, seed=1))
-    return path
-
-
-def _smoke(**overrides):
-    """The smoke config for the 32-pixel synthetic dataset, with dotted-name overrides."""
-    from experiments.configs import smoke
-
-    config = smoke.get_config()
-    for path, value in {"demos.image_size": 32, **overrides}.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """A synthetic-dataset workdir with both stages trained by the smoke config (checkpoints
-    at steps 4 and 8). Shared: copy it with `_copy` before changing it."""
-    from experiments.train_stage import run_stage
-
-    workdir = _synthetic_workdir(tmp_path_factory.mktemp("trained") / "wd")
-    for stage in (1, 2):
-        run_stage(_smoke(), workdir, stage)
-    return workdir
+from tests._launcher import launch as _launch
+from tests._launcher import launch_in_process
+from tests._launcher import smoke as _smoke
+from tests._launcher import synthetic_workdir as _synthetic_workdir
 
 
 def _copy(src: Path, dest: Path) -> Path:
@@ -163,11 +117,12 @@ def test_mode_all_end_to_end(tmp_path):
     stats = json.loads((tmp_path / "demos" / "stats.json").read_text())
     assert not set(stats["validation_seeds"]) & set(stats["demo_seeds"])
 
-    # A named stage-2 ablation shares the stage 1 and the dataset of the workdir.
+    # A named stage-2 ablation shares the stage 1 and the dataset of the workdir (the launcher
+    # in this process from here: the console path was just shown).
     named = ["--config.stage2_name=direct", "--config.stage2.mode=direct", *calibrated]
-    out = _launch("--mode=stage2", f"--workdir={tmp_path}", *named)
+    out = launch_in_process("--mode=stage2", f"--workdir={tmp_path}", *named)
     assert out.returncode == 0, out.stderr[-3000:]
-    out = _launch("--mode=eval", f"--workdir={tmp_path}", *named)
+    out = launch_in_process("--mode=eval", f"--workdir={tmp_path}", *named)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "eval_direct" / "results.json").read_text())
     assert res["stage2_mode"] == "direct" and res["stage1_step"] == 8
@@ -178,7 +133,7 @@ def test_mode_all_end_to_end(tmp_path):
     assert json.loads((tmp_path / "direct" / "pairing.json").read_text())["step"] == 8
     assert json.loads((tmp_path / "direct" / "config.json").read_text())["config"]["stage2"]["mode"] == "direct"
     assert json.loads((tmp_path / "stage2" / "config.json").read_text())["config"]["stage2"]["mode"] == "correction"
-    out = _launch("--mode=stage2", f"--workdir={tmp_path}", "--config.stage2_name=eval_x")
+    out = launch_in_process("--mode=stage2", f"--workdir={tmp_path}", "--config.stage2_name=eval_x")
     assert out.returncode != 0 and "config.stage2_name must be a folder name" in out.stderr
 
 
@@ -186,7 +141,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     steps = ["--config.stage1.num_steps=120", "--config.train.log_every=2",
              "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=2"]
     ref = _synthetic_workdir(tmp_path / "ref")
-    out = _launch("--mode=stage1", f"--workdir={ref}", *steps)
+    out = launch_in_process("--mode=stage1", f"--workdir={ref}", *steps)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
     run = _synthetic_workdir(tmp_path / "run")
@@ -215,7 +170,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     tb = _tb_steps(run / "stage1" / "tb")
     assert logged and logged <= set(tb), f"TensorBoard lost steps the kill left in metrics.jsonl: {sorted(logged - set(tb))}"
 
-    out = _launch("--mode=stage1", f"--workdir={run}", "--resume", *steps)
+    out = launch_in_process("--mode=stage1", f"--workdir={run}", "--resume", *steps)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     s_ref, p_ref = _final_params(ref)
     s_run, p_run = _final_params(run)
@@ -242,19 +197,22 @@ def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
 
 
 def test_clear_errors_for_bad_usage(tmp_path):
-    def refused(*args, expect, prefix=()):
-        out = _launch(*args, prefix=prefix)
+    def refused(*args, expect, prefix=None):
+        # A subprocess where the console or permissions matter, else the launcher in this process.
+        out = launch_in_process(*args) if prefix is None else _launch(*args, prefix=prefix)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
         assert lines[0].startswith("error: ") and all(e in lines[0] for e in expect), lines[0]
 
     workdir = f"--workdir={tmp_path}"
-    refused("--mode=train", workdir, expect=["--mode=train: value should be one of"])
+    # the console: exit status 1 and one line on stderr, the whole of what the user sees
+    refused("--mode=train", workdir, prefix=(), expect=["--mode=train: value should be one of"])
+    refused("--mode=all", workdir, "--config.algo=ppo", prefix=(),
+            expect=["config.algo must be one of ('bc', 'cql'); got 'ppo'"])
     refused("--mode=all", expect=["--workdir is required"])
     refused("--mode=eval", f"--workdir={tmp_path / 'missing'}", expect=["does not exist", "--mode=demos"])
     refused("--mode=all", workdir, "--config.train.checkpoint_every=3",
             expect=["checkpoint_every (3) must be a multiple"])
-    refused("--mode=all", workdir, "--config.algo=ppo", expect=["config.algo must be one of ('bc', 'cql'); got 'ppo'"])
     refused("--mode=all", workdir, "--config.stage2.crop_sise=3",
             expect=["--config.stage2.crop_sise: the config has no field 'crop_sise'; did you mean 'crop_size'?"])
     refused("--mode=all", workdir, "--task=reach-v9", expect=["unknown MetaWorld task 'reach-v9'"])
@@ -293,10 +251,10 @@ def test_config_validation_names_the_field(overrides, message):
 
 def test_stage2_without_stage1_and_a_second_fresh_stage1_are_refused(trained, tmp_path):
     wd = _synthetic_workdir(tmp_path / "wd")
-    out = _launch("--mode=stage2", f"--workdir={wd}")
+    out = launch_in_process("--mode=stage2", f"--workdir={wd}")
     assert out.returncode == 2 and "stage 2 needs a trained stage 1" in out.stderr and "--mode=stage1" in out.stderr
     wd = _copy(trained, tmp_path / "trained")
-    out = _launch("--mode=stage1", f"--workdir={wd}")
+    out = launch_in_process("--mode=stage1", f"--workdir={wd}")
     assert out.returncode == 2 and "already holds checkpoints" in out.stderr and "--resume" in out.stderr
 
 
@@ -333,7 +291,7 @@ def test_each_stage_keeps_the_config_it_was_started_with(trained, tmp_path):
     edited["note"] = "a hand edit"
     records[0].write_text(json.dumps(edited))
     before = [path.read_bytes() for path in records]
-    out = _launch("--mode=stage2", f"--workdir={wd}", "--resume")  # both stages are trained: nothing to do
+    out = launch_in_process("--mode=stage2", f"--workdir={wd}", "--resume")  # both stages are trained: nothing to do
     assert out.returncode == 0 and "nothing to do" in out.stderr, out.stderr[-3000:]
     assert [path.read_bytes() for path in records] == before
     assert not (wd / "config.json").exists(), "a later mode wrote a workdir-wide config"
@@ -343,13 +301,13 @@ def test_demos_refuses_to_replace_a_dataset_and_the_advice_is_safe(trained, tmp_
     wd = _copy(trained, tmp_path / "wd")
     dataset = wd / "demos" / "dataset.npz"
     before = dataset.read_bytes()
-    out = _launch("--mode=demos", f"--workdir={wd}")
+    out = launch_in_process("--mode=demos", f"--workdir={wd}")
     assert out.returncode == 2, out.stderr[-3000:]
     assert "stage1, stage2 were trained on it" in out.stderr and "pass --force" in out.stderr
     assert dataset.read_bytes() == before
     # An unreadable dataset: the advice is the command that may replace it, with its settings.
     dataset.write_bytes(b"PK\x03\x04 truncated")
-    out = _launch("--mode=stage2", f"--workdir={wd}", "--config.stage2_name=again")
+    out = launch_in_process("--mode=stage2", f"--workdir={wd}", "--config.stage2_name=again")
     assert out.returncode == 2 and "--mode=demos --force" in out.stderr and "demos/config.json" in out.stderr
 
 

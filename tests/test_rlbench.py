@@ -290,15 +290,10 @@ def test_env_camera_is_known_before_the_first_reset(monkeypatch):
 
 
 def _launch(*args):
-    import os
-    import subprocess
-    from pathlib import Path
+    """The launcher (flags, checks, modes) in this process, with the smoke config."""
+    from tests._launcher import launch_in_process
 
-    root = Path(__file__).resolve().parents[1]
-    smoke = str(root / "experiments" / "configs" / "smoke.py")
-    cmd = [sys.executable, "-m", "experiments.main", f"--config={smoke}", *args]
-    return subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                          capture_output=True, text=True, timeout=600)
+    return launch_in_process(*args)
 
 
 def _rlbench_installed() -> bool:
