@@ -95,7 +95,7 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
     import jax.numpy as jnp
 
     import twostage_jax as tj
-    from experiments.pipeline import train_config
+    from experiments.launcher_config import train_config
 
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     s2 = c2.stage2
@@ -216,7 +216,8 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     import jax
     import ml_collections
 
-    from experiments import pipeline
+    from experiments.launcher_config import train_config
+    from experiments.workdir import load_demos, load_params
 
     workdir = root / task / algo
     name = "eval" if stage2_name == "stage2" else f"eval_{stage2_name}"
@@ -233,10 +234,10 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     else:  # a workdir of an older launcher: its last invocation's config.json
         config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())["config"])
     _check_disjoint(config, workdir, held_out_seed, held_out)
-    train = pipeline.load_demos(workdir)
+    train = load_demos(workdir)
     test = held_out_dataset(config, root / task, held_out, held_out_seed)
-    p1, _ = pipeline.load_params(config, workdir, 1, train)
-    p2, _ = pipeline.load_params(config, workdir, 2, train)
+    p1, _ = load_params(config, workdir, 1, train)
+    p2, _ = load_params(config, workdir, 2, train)
     rng = np.random.default_rng(0)
     splits = {"held_out": (test, np.arange(test.action.shape[0])),
               "train": (train, rng.choice(train.action.shape[0], min(train_sample, train.action.shape[0]),
@@ -244,7 +245,7 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     report: dict[str, Any] = {"task": task, "algo": algo, "stage2_name": stage2_name,
                               "num_seeds": int(config.num_seeds), "held_out_demos": held_out,
                               "held_out_seeds_from": held_out_seed}
-    c2 = pipeline.train_config(config, 2, workdir).stage2
+    c2 = train_config(config, 2, workdir).stage2
     for split, (ds, index) in splits.items():
         pooled: dict[str, list] = {}
         for s in range(int(config.num_seeds)):

@@ -133,7 +133,8 @@ def _check_rlbench_installed(config) -> None:
 
 def _check_workdir(workdir: Path) -> None:
     """Refuses a --workdir that is a file, is missing where it must exist, or is not writable."""
-    from experiments import pipeline
+    from experiments.launcher_config import PipelineError
+    from experiments.workdir import ensure_writable
 
     if workdir.exists() and not workdir.is_dir():
         raise UsageError(f"--workdir {workdir} is a file; expected a folder (existing, or one to "
@@ -146,8 +147,8 @@ def _check_workdir(workdir: Path) -> None:
     except OSError as e:
         raise UsageError(f"--workdir {workdir} cannot be created ({e.strerror or e}).") from e
     try:
-        pipeline.ensure_writable(workdir, "--workdir must be a folder this user can write.")
-    except pipeline.PipelineError as e:
+        ensure_writable(workdir, "--workdir must be a folder this user can write.")
+    except PipelineError as e:
         raise UsageError(f"--workdir {e}") from e
 
 
@@ -189,11 +190,15 @@ def _main(argv: list[str]) -> int:
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: the directory for datasets, checkpoints and results.")
     distributed = _distributed_flags()
-    from experiments import pipeline
+    from experiments.demos import run_demos
+    from experiments.evaluate import format_results_table, run_eval
+    from experiments.launcher_config import PipelineError, seed_mesh, validate_config
+    from experiments.train_stage import run_stage
+    from experiments.workdir import dataset_path, eval_dir
 
     config = _resolve_config()
     try:
-        pipeline.validate_config(config)
+        validate_config(config)
     except ValueError as e:
         raise UsageError(str(e)) from e
     if FLAGS.force and FLAGS.mode != "demos":
@@ -215,24 +220,24 @@ def _main(argv: list[str]) -> int:
         logging.info("process %d of %d", jax.process_index(), jax.process_count())
     logging.info("JAX %s on %s: %s", jax.__version__, jax.default_backend(), jax.devices())
     try:
-        pipeline.seed_mesh(config)  # config.seed_devices against the devices there are
-    except pipeline.PipelineError as e:
+        seed_mesh(config)  # config.seed_devices against the devices there are
+    except PipelineError as e:
         raise UsageError(str(e)) from e
     try:
         if FLAGS.mode in ("demos", "all"):
-            if FLAGS.mode == "all" and pipeline.dataset_path(workdir).exists():
-                logging.info("reusing the dataset in %s", pipeline.dataset_path(workdir))
+            if FLAGS.mode == "all" and dataset_path(workdir).exists():
+                logging.info("reusing the dataset in %s", dataset_path(workdir))
             else:
-                pipeline.run_demos(config, workdir, force=FLAGS.force)
+                run_demos(config, workdir, force=FLAGS.force)
         if FLAGS.mode in ("stage1", "all"):
-            pipeline.run_stage(config, workdir, 1, resume=FLAGS.resume)
+            run_stage(config, workdir, 1, resume=FLAGS.resume)
         if FLAGS.mode in ("stage2", "all"):
-            pipeline.run_stage(config, workdir, 2, resume=FLAGS.resume)
+            run_stage(config, workdir, 2, resume=FLAGS.resume)
         if FLAGS.mode in ("eval", "all"):
-            results = pipeline.run_eval(config, workdir)
-            print(pipeline.format_results_table(results))
-            print(f"results, plots and rollout frames: {pipeline.eval_dir(workdir, config)}")
-    except (pipeline.PipelineError, CheckpointError) as e:
+            results = run_eval(config, workdir)
+            print(format_results_table(results))
+            print(f"results, plots and rollout frames: {eval_dir(workdir, config)}")
+    except (PipelineError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DatasetFormatError as e:

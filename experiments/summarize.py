@@ -1,6 +1,6 @@
 """Regenerates the issue-5 summary table and plots from the raw per-seed results.
 
-Reads RAW/TASK/ALGO_NAME.json (one `pipeline.run_eval` results file per finished run, collected
+Reads RAW/TASK/ALGO_NAME.json (one `evaluate.run_eval` results file per finished run, collected
 by `experiments/reproduce.py`) and writes OUT/summary.md with the figures beside it. Every
 interval is rliable's stratified bootstrap over seeds (the runs), stratified by task. An
 ablation is paired seed by seed with the headline run of its algorithm (same stage 1, same

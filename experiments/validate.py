@@ -75,11 +75,12 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     import jax
 
     import twostage_jax as tj
-    from experiments import pipeline, rollouts
+    from experiments import rollouts
+    from experiments.launcher_config import train_config
     from twostage_jax import evaluation
 
-    c1 = pipeline.train_config(config, 1)
-    c2 = pipeline.train_config(config, 2, workdir) if two_stage else None
+    c1 = train_config(config, 1)
+    c2 = train_config(config, 2, workdir) if two_stage else None
     env = rollouts.env_factory(config)()
     ws = env.workspace
     policy = tj.make_policy(c1, c2, ws)
@@ -122,19 +123,22 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     """Open-loop diagnostics and closed-loop validation of one stage-2 run; writes its report."""
     import jax
 
-    from experiments import diagnose, pipeline
+    from experiments import diagnose
+    from experiments.evaluate import eval_seeds
+    from experiments.launcher_config import train_config
+    from experiments.workdir import load_demos, load_params
     from twostage_jax.checkpoint import write_json_atomic
 
     config = run_config(workdir, name)
     seeds = list(range(seed, seed + episodes))
-    forbidden = set(pipeline.eval_seeds(config, workdir))  # also checks the demo seeds
+    forbidden = set(eval_seeds(config, workdir))  # also checks the demo seeds
     stats = json.loads((workdir / "demos" / "stats.json").read_text())
     forbidden |= set(stats.get("demo_seeds", []))
     if forbidden.intersection(seeds):
         raise ValueError(f"--seed={seed}: validation layouts overlap the demo or evaluation seeds.")
-    train = pipeline.load_demos(workdir)
-    p1, step1 = pipeline.load_params(config, workdir, 1, train)
-    p2, step2 = pipeline.load_params(config, workdir, 2, train)
+    train = load_demos(workdir)
+    p1, step1 = load_params(config, workdir, 1, train)
+    p2, step2 = load_params(config, workdir, 2, train)
     start = time.perf_counter()
     report: dict[str, Any] = {"workdir": str(workdir), "task": config.task, "algo": config.algo,
                               "stage2_name": name, "stage1_step": step1, "stage2_step": step2,
@@ -151,7 +155,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
                                  perturbations, workdir)
             for k, v in m.items():
                 pooled.setdefault(k, []).append(v)
-        c2 = pipeline.train_config(config, 2, workdir).stage2
+        c2 = train_config(config, 2, workdir).stage2
         report["held_out"] = diagnose.summarise({k: np.concatenate(v) for k, v in pooled.items()},
                                                 c2.crop_size, c2.sigma)
     cache = out / f"stage1_{step1}_{seeds[0]}_{episodes}.json"

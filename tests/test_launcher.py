@@ -9,62 +9,16 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "configs" / "smoke.py")
-
-
-def _launch(*args, wait=True, timeout=300, prefix=()):
-    cmd = [*prefix, sys.executable, "-m", "experiments.main", f"--config={SMOKE}", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _synthetic_workdir(path: Path) -> Path:
-    from twostage_jax.data.dataset import save_dataset
-    from twostage_jax.testing import make_synthetic_dataset
-
-    (path / "demos").mkdir(parents=True)
-    save_dataset(path / "demos" / "dataset.npz",
-                 make_synthetic_dataset(num_episodes=6, steps_per_episode=3, image_size=32))
-    # held-out demos, which the default (calibrated) stage 2 needs
-    save_dataset(path / "demos" / "validation.npz",
-                 make_synthetic_dataset(num_episodes=2, steps_per_episode=3, image_size=32, seed=1))
-    return path
-
-
-def _smoke(**overrides):
-    """The smoke config for the 32-pixel synthetic dataset, with dotted-name overrides."""
-    from experiments.configs import smoke
-
-    config = smoke.get_config()
-    for path, value in {"demos.image_size": 32, **overrides}.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """A synthetic-dataset workdir with both stages trained by the smoke config (checkpoints
-    at steps 4 and 8). Shared: copy it with `_copy` before changing it."""
-    from experiments import pipeline
-
-    workdir = _synthetic_workdir(tmp_path_factory.mktemp("trained") / "wd")
-    for stage in (1, 2):
-        pipeline.run_stage(_smoke(), workdir, stage)
-    return workdir
+from tests._launcher import launch as _launch
+from tests._launcher import launch_in_process
+from tests._launcher import smoke as _smoke
+from tests._launcher import synthetic_workdir as _synthetic_workdir
 
 
 def _copy(src: Path, dest: Path) -> Path:
@@ -163,11 +117,13 @@ def test_mode_all_end_to_end(tmp_path):
     stats = json.loads((tmp_path / "demos" / "stats.json").read_text())
     assert not set(stats["validation_seeds"]) & set(stats["demo_seeds"])
 
-    # A named stage-2 ablation shares the stage 1 and the dataset of the workdir.
+    # A named stage-2 ablation shares the stage 1 and the dataset of the workdir (the launcher
+    # in this process from here: the console path was just shown).
     named = ["--config.stage2_name=direct", "--config.stage2.mode=direct", *calibrated]
-    out = _launch("--mode=stage2", f"--workdir={tmp_path}", *named)
+    out = launch_in_process("--mode=stage2", f"--workdir={tmp_path}", *named)
     assert out.returncode == 0, out.stderr[-3000:]
-    out = _launch("--mode=eval", f"--workdir={tmp_path}", *named)
+    # (one worker: the 2 worker processes were shown above, and episodes do not depend on them)
+    out = launch_in_process("--mode=eval", f"--workdir={tmp_path}", *named, "--config.eval.workers=1")
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "eval_direct" / "results.json").read_text())
     assert res["stage2_mode"] == "direct" and res["stage1_step"] == 8
@@ -178,7 +134,7 @@ def test_mode_all_end_to_end(tmp_path):
     assert json.loads((tmp_path / "direct" / "pairing.json").read_text())["step"] == 8
     assert json.loads((tmp_path / "direct" / "config.json").read_text())["config"]["stage2"]["mode"] == "direct"
     assert json.loads((tmp_path / "stage2" / "config.json").read_text())["config"]["stage2"]["mode"] == "correction"
-    out = _launch("--mode=stage2", f"--workdir={tmp_path}", "--config.stage2_name=eval_x")
+    out = launch_in_process("--mode=stage2", f"--workdir={tmp_path}", "--config.stage2_name=eval_x")
     assert out.returncode != 0 and "config.stage2_name must be a folder name" in out.stderr
 
 
@@ -186,7 +142,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     steps = ["--config.stage1.num_steps=120", "--config.train.log_every=2",
              "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=2"]
     ref = _synthetic_workdir(tmp_path / "ref")
-    out = _launch("--mode=stage1", f"--workdir={ref}", *steps)
+    # The reference saves only its final checkpoint: saving does not change the state (the
+    # cadence is not among the fields a resume compares), and each save costs a fraction of
+    # a second.
+    ref_steps = [*steps[:2], "--config.train.checkpoint_every=120"]
+    out = launch_in_process("--mode=stage1", f"--workdir={ref}", *ref_steps)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
     run = _synthetic_workdir(tmp_path / "run")
@@ -215,7 +175,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     tb = _tb_steps(run / "stage1" / "tb")
     assert logged and logged <= set(tb), f"TensorBoard lost steps the kill left in metrics.jsonl: {sorted(logged - set(tb))}"
 
-    out = _launch("--mode=stage1", f"--workdir={run}", "--resume", *steps)
+    out = launch_in_process("--mode=stage1", f"--workdir={run}", "--resume", *steps)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     s_ref, p_ref = _final_params(ref)
     s_run, p_run = _final_params(run)
@@ -229,9 +189,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
-    from experiments import pipeline
+    from experiments.train_stage import _MetricsLog
 
-    log = pipeline._MetricsLog(tmp_path, resume_step=0)
+    log = _MetricsLog(tmp_path, resume_step=0)
     try:
         for step in (2, 4, 6):
             log.write(step, {"bc_loss": np.array([1.0, 2.0])})
@@ -242,19 +202,22 @@ def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
 
 
 def test_clear_errors_for_bad_usage(tmp_path):
-    def refused(*args, expect, prefix=()):
-        out = _launch(*args, prefix=prefix)
+    def refused(*args, expect, prefix=None):
+        # A subprocess where the console or permissions matter, else the launcher in this process.
+        out = launch_in_process(*args) if prefix is None else _launch(*args, prefix=prefix)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
         assert lines[0].startswith("error: ") and all(e in lines[0] for e in expect), lines[0]
 
     workdir = f"--workdir={tmp_path}"
-    refused("--mode=train", workdir, expect=["--mode=train: value should be one of"])
+    # the console: exit status 1 and one line on stderr, the whole of what the user sees
+    refused("--mode=train", workdir, prefix=(), expect=["--mode=train: value should be one of"])
+    refused("--mode=all", workdir, "--config.algo=ppo", prefix=(),
+            expect=["config.algo must be one of ('bc', 'cql'); got 'ppo'"])
     refused("--mode=all", expect=["--workdir is required"])
     refused("--mode=eval", f"--workdir={tmp_path / 'missing'}", expect=["does not exist", "--mode=demos"])
     refused("--mode=all", workdir, "--config.train.checkpoint_every=3",
             expect=["checkpoint_every (3) must be a multiple"])
-    refused("--mode=all", workdir, "--config.algo=ppo", expect=["config.algo must be one of ('bc', 'cql'); got 'ppo'"])
     refused("--mode=all", workdir, "--config.stage2.crop_sise=3",
             expect=["--config.stage2.crop_sise: the config has no field 'crop_sise'; did you mean 'crop_size'?"])
     refused("--mode=all", workdir, "--task=reach-v9", expect=["unknown MetaWorld task 'reach-v9'"])
@@ -284,41 +247,43 @@ def test_clear_errors_for_bad_usage(tmp_path):
     ({"eval.record_episodes": -1}, "config.eval.record_episodes must be an int >= 0; got -1."),
 ])
 def test_config_validation_names_the_field(overrides, message):
-    from experiments import pipeline
+    from experiments.launcher_config import validate_config
 
     with pytest.raises(ValueError) as e:
-        pipeline.validate_config(_smoke(**overrides))
+        validate_config(_smoke(**overrides))
     assert str(e.value) == message
 
 
 def test_stage2_without_stage1_and_a_second_fresh_stage1_are_refused(trained, tmp_path):
     wd = _synthetic_workdir(tmp_path / "wd")
-    out = _launch("--mode=stage2", f"--workdir={wd}")
+    out = launch_in_process("--mode=stage2", f"--workdir={wd}")
     assert out.returncode == 2 and "stage 2 needs a trained stage 1" in out.stderr and "--mode=stage1" in out.stderr
     wd = _copy(trained, tmp_path / "trained")
-    out = _launch("--mode=stage1", f"--workdir={wd}")
+    out = launch_in_process("--mode=stage1", f"--workdir={wd}")
     assert out.returncode == 2 and "already holds checkpoints" in out.stderr and "--resume" in out.stderr
 
 
 def test_eval_and_resume_refuse_a_config_other_than_the_trained_one(trained, tmp_path):
-    from experiments import pipeline
+    from experiments.evaluate import run_eval
+    from experiments.launcher_config import PipelineError
+    from experiments.train_stage import run_stage
 
     wd = _copy(trained, tmp_path / "wd")
     good = wd / "eval" / "results.json"
     good.parent.mkdir()
     good.write_text('{"good": true}')
-    with pytest.raises(pipeline.PipelineError) as e:
-        pipeline.run_eval(_smoke(**{"stage2.mode": "direct", "stage2.rotate": False}), wd)
+    with pytest.raises(PipelineError) as e:
+        run_eval(_smoke(**{"stage2.mode": "direct", "stage2.rotate": False}), wd)
     assert "config.stage2.mode: trained 'correction', now 'direct'" in str(e.value)
     assert "config.stage2.rotate: trained True, now False" in str(e.value)
-    with pytest.raises(pipeline.PipelineError, match=r"config\.stage2\.crop_size: trained 16, now 8"):
-        pipeline.run_eval(_smoke(**{"stage2.crop_size": 8}), wd)
+    with pytest.raises(PipelineError, match=r"config\.stage2\.crop_size: trained 16, now 8"):
+        run_eval(_smoke(**{"stage2.crop_size": 8}), wd)
     assert good.read_text() == '{"good": true}'
-    with pytest.raises(pipeline.PipelineError, match=r"cannot resume stage1: .*config\.stage1\.learning_rate: "
+    with pytest.raises(PipelineError, match=r"cannot resume stage1: .*config\.stage1\.learning_rate: "
                                                      r"trained 0\.0003, now 0\.01"):
-        pipeline.run_stage(_smoke(**{"stage1.learning_rate": 0.01}), wd, 1, resume=True)
-    with pytest.raises(pipeline.PipelineError, match=r"config\.stage1\.network\.mlp_hidden: trained 8, now 16"):
-        pipeline.run_stage(_smoke(stage2_name="wide", **{"stage1.network.mlp_hidden": 16}), wd, 2)
+        run_stage(_smoke(**{"stage1.learning_rate": 0.01}), wd, 1, resume=True)
+    with pytest.raises(PipelineError, match=r"config\.stage1\.network\.mlp_hidden: trained 8, now 16"):
+        run_stage(_smoke(stage2_name="wide", **{"stage1.network.mlp_hidden": 16}), wd, 2)
     assert not (wd / "wide" / "pairing.json").exists()
 
 
@@ -331,7 +296,7 @@ def test_each_stage_keeps_the_config_it_was_started_with(trained, tmp_path):
     edited["note"] = "a hand edit"
     records[0].write_text(json.dumps(edited))
     before = [path.read_bytes() for path in records]
-    out = _launch("--mode=stage2", f"--workdir={wd}", "--resume")  # both stages are trained: nothing to do
+    out = launch_in_process("--mode=stage2", f"--workdir={wd}", "--resume")  # both stages are trained: nothing to do
     assert out.returncode == 0 and "nothing to do" in out.stderr, out.stderr[-3000:]
     assert [path.read_bytes() for path in records] == before
     assert not (wd / "config.json").exists(), "a later mode wrote a workdir-wide config"
@@ -341,29 +306,31 @@ def test_demos_refuses_to_replace_a_dataset_and_the_advice_is_safe(trained, tmp_
     wd = _copy(trained, tmp_path / "wd")
     dataset = wd / "demos" / "dataset.npz"
     before = dataset.read_bytes()
-    out = _launch("--mode=demos", f"--workdir={wd}")
+    out = launch_in_process("--mode=demos", f"--workdir={wd}")
     assert out.returncode == 2, out.stderr[-3000:]
     assert "stage1, stage2 were trained on it" in out.stderr and "pass --force" in out.stderr
     assert dataset.read_bytes() == before
     # An unreadable dataset: the advice is the command that may replace it, with its settings.
     dataset.write_bytes(b"PK\x03\x04 truncated")
-    out = _launch("--mode=stage2", f"--workdir={wd}", "--config.stage2_name=again")
+    out = launch_in_process("--mode=stage2", f"--workdir={wd}", "--config.stage2_name=again")
     assert out.returncode == 2 and "--mode=demos --force" in out.stderr and "demos/config.json" in out.stderr
 
 
 @pytest.mark.sim
 def test_demos_force_replaces_the_dataset_and_records_its_config(tmp_path):
-    from experiments import pipeline
+    from experiments.demos import run_demos
+    from experiments.launcher_config import PipelineError
+    from experiments.workdir import dataset_path, load_demos
 
     wd = _synthetic_workdir(tmp_path / "wd")
-    before = pipeline.dataset_path(wd).read_bytes()
+    before = dataset_path(wd).read_bytes()
     config = _smoke(**{"demos.num_demos": 1})
-    with pytest.raises(pipeline.PipelineError, match="pass --force"):
-        pipeline.run_demos(config, wd)
-    assert pipeline.dataset_path(wd).read_bytes() == before
-    pipeline.run_demos(config, wd, force=True)
-    assert pipeline.dataset_path(wd).read_bytes() != before
-    assert pipeline.load_demos(wd).images.shape[1:3] == (32, 32)
+    with pytest.raises(PipelineError, match="pass --force"):
+        run_demos(config, wd)
+    assert dataset_path(wd).read_bytes() == before
+    run_demos(config, wd, force=True)
+    assert dataset_path(wd).read_bytes() != before
+    assert load_demos(wd).images.shape[1:3] == (32, 32)
     assert json.loads((wd / "demos" / "config.json").read_text())["config"]["demos"]["num_demos"] == 1
 
 
@@ -388,7 +355,9 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
 
 
 def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch):
-    from experiments import pipeline, plots, rollouts
+    from experiments import plots, rollouts
+    from experiments.evaluate import run_eval
+    from twostage_jax import evaluation
 
     wd = _copy(trained, tmp_path / "wd")
     old = {"results.json": '{"old": true}', "success.png": "old plot", "rollout_stage1.png": "old frames"}
@@ -404,8 +373,8 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
 
     monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
     empty = np.zeros((0, 7), np.float32)
-    monkeypatch.setattr(pipeline.evaluation, "rollout", lambda env, act, layout, record=False:
-                        pipeline.evaluation.Episode(layout % 2 == 0, 1, np.zeros((0,), np.uint8),
+    monkeypatch.setattr(evaluation, "rollout", lambda env, act, layout, record=False:
+                        evaluation.Episode(layout % 2 == 0, 1, np.zeros((0,), np.uint8),
                                                     empty, empty, 0))
     learning_curves = plots.learning_curves
 
@@ -415,35 +384,36 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
     monkeypatch.setattr(plots, "learning_curves", disk_full)
     config = _smoke(**{"eval.record_episodes": 0, "eval.bootstrap_reps": 10, "eval.workers": 1})
     with pytest.raises(OSError, match="No space left on device"):
-        pipeline.run_eval(config, wd)
+        run_eval(config, wd)
     assert {p.name: p.read_text() for p in (wd / "eval").iterdir()} == old
     assert not [p.name for p in wd.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
     monkeypatch.setattr(plots, "learning_curves", learning_curves)
-    results = pipeline.run_eval(config, wd)
+    results = run_eval(config, wd)
     assert sorted(p.name for p in (wd / "eval").iterdir()) == ["learning_curves.png", "results.json", "success.png"]
     assert json.loads((wd / "eval" / "results.json").read_text()) == json.loads(json.dumps(results))
     assert results["modes"]["two_stage"]["per_seed"] == [0.5, 0.5]
 
 
 def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
-    from experiments import pipeline
+    from experiments.launcher_config import PipelineError
+    from experiments.train_stage import run_stage
 
     wd = _copy(trained, tmp_path / "wd")
     _damage(wd / "stage1" / "checkpoints" / "8")
-    with pytest.raises(pipeline.PipelineError, match=r"checkpoint step 8 .* is damaged .* --mode=stage1 --resume"):
-        pipeline.run_stage(_smoke(stage2_name="again"), wd, 2)
+    with pytest.raises(PipelineError, match=r"checkpoint step 8 .* is damaged .* --mode=stage1 --resume"):
+        run_stage(_smoke(stage2_name="again"), wd, 2)
     assert not (wd / "again" / "pairing.json").exists()
 
 
 def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, caplog):
-    from experiments import pipeline
+    from experiments.train_stage import run_stage
     from twostage_jax.checkpoint import Checkpointer
 
     wd = _copy(trained, tmp_path / "wd")
     _damage(wd / "stage1" / "checkpoints" / "8")
     with caplog.at_level(logging.INFO):
-        summary = pipeline.run_stage(_smoke(), wd, 1, resume=True)
+        summary = run_stage(_smoke(), wd, 1, resume=True)
     assert summary["final_step"] == 8
     assert "falling back to step 4, the newest intact checkpoint" in caplog.text
     assert (wd / "stage1" / "damaged_checkpoints" / "8" / "state").is_dir(), "the damaged step was not kept"
@@ -460,7 +430,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, ca
 
 
 def test_method_options_are_validated_before_work():
-    from experiments import pipeline
+    from experiments.launcher_config import validate_config
     from experiments.configs import smoke
 
     def check(match, **fields):
@@ -472,7 +442,7 @@ def test_method_options_are_validated_before_work():
                 node = node[p]
             node[last] = value
         with pytest.raises(ValueError, match=match):
-            pipeline.validate_config(c)
+            validate_config(c)
 
     check("num_validation", demos__num_validation=0)  # the default stage 2 is calibrated
     check("num_validation", demos__num_validation=0, stage2__calibrate_sigma=False, stage2__crop_size=0)
@@ -487,19 +457,19 @@ def test_method_options_are_validated_before_work():
     # RLBench holds out its folder's last episodes as validation demos: the defaults validate
     c = smoke.get_config()
     c.env, c.rlbench_root = "rlbench", "/demos"
-    pipeline.validate_config(c)
+    validate_config(c)
 
 
 def test_paper_variant_restores_the_papers_method():
-    from experiments import pipeline
+    from experiments.launcher_config import needs_calibration, train_config
     from experiments.configs import quickstart
 
     # Whatever the defaults are, :paper builds the paper's method (Sec. IV-V).
     c = quickstart.get_config("paper")
-    t2 = pipeline.train_config(c, 2)
+    t2 = train_config(c, 2)
     assert t2.stage2.sigma == (0.1,) * 6 + (1.0,) and t2.stage2.crop_size == 64
     assert t2.stage2.loss_weighting == "none" and t2.stage2.gripper_clip is None
-    assert t2.min_move == 0.0 and pipeline.train_config(c, 1).min_move == 0.0
+    assert t2.min_move == 0.0 and train_config(c, 1).min_move == 0.0
     assert t2.network.crop_encoder == "flatten" and t2.network.stage2_pose_input
-    assert not t2.network.coord_channels and not pipeline.needs_calibration(c)
+    assert not t2.network.coord_channels and not needs_calibration(c)
     assert quickstart.get_config("cql,paper").stage2.crop_size == 32

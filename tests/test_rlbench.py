@@ -290,15 +290,10 @@ def test_env_camera_is_known_before_the_first_reset(monkeypatch):
 
 
 def _launch(*args):
-    import os
-    import subprocess
-    from pathlib import Path
+    """The launcher (flags, checks, modes) in this process, with the smoke config."""
+    from tests._launcher import launch_in_process
 
-    root = Path(__file__).resolve().parents[1]
-    smoke = str(root / "experiments" / "configs" / "smoke.py")
-    cmd = [sys.executable, "-m", "experiments.main", f"--config={smoke}", *args]
-    return subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                          capture_output=True, text=True, timeout=600)
+    return launch_in_process(*args)
 
 
 def _rlbench_installed() -> bool:
@@ -331,8 +326,9 @@ def test_launcher_demos_stage1_stage2_on_rlbench_demos(tmp_path):
 
 
 def test_rlbench_demos_errors_name_the_field(tmp_path):
-    from experiments import pipeline
     from experiments.configs import smoke
+    from experiments.demos import run_demos
+    from experiments.launcher_config import PipelineError, validate_config
 
     _write_fixture(tmp_path / "data", n=24, episodes=2, size=32)
 
@@ -341,17 +337,17 @@ def test_rlbench_demos_errors_name_the_field(tmp_path):
         c.env, c.rlbench_root, c.task = "rlbench", str(tmp_path / "data"), "reach_target"
         for name, value in {"image_size": 32, "num_validation": 1, **fields}.items():
             c.demos[name] = value
-        pipeline.validate_config(c)
-        return pipeline.run_demos(c, tmp_path / "wd", force=True)
+        validate_config(c)
+        return run_demos(c, tmp_path / "wd", force=True)
 
-    with pytest.raises(pipeline.PipelineError, match=r"config.demos.num_validation \(2\) .* has 2;"):
+    with pytest.raises(PipelineError, match=r"config.demos.num_validation \(2\) .* has 2;"):
         demos(num_validation=2)  # nothing left to train on
-    with pytest.raises(pipeline.PipelineError, match="--config.demos.image_size=32"):
+    with pytest.raises(PipelineError, match="--config.demos.image_size=32"):
         demos(image_size=64)
-    with pytest.raises(pipeline.PipelineError, match="config.rlbench_root: No RLBench episodes"):
+    with pytest.raises(PipelineError, match="config.rlbench_root: No RLBench episodes"):
         c_task = smoke.get_config()
         c_task.env, c_task.rlbench_root, c_task.task = "rlbench", str(tmp_path / "data"), "no_task"
-        pipeline.run_demos(c_task, tmp_path / "wd2")
+        run_demos(c_task, tmp_path / "wd2")
     info = demos(num_demos=5)  # fewer episodes than asked for: what there is, and a warning
     assert info["demo_seeds"] == [0] and info["validation_seeds"] == [1]
 

@@ -36,7 +36,8 @@ report = {"devices": jax.device_count()}
 cfg = small_config()
 keys = jax.random.split(jax.random.PRNGKey(7), 4)
 train, data = tj.make_train(cfg, 1), tj.prepare_data(tiny_dataset(), cfg)
-singles = [jax.device_get(train(k, data)) for k in keys]
+single = jax.jit(train)  # one compiled single-seed program, run once per key
+singles = [jax.device_get(single(k, data)) for k in keys]
 ref = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *singles)
 
 def close(a, b):
@@ -178,12 +179,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_path):
+def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_path, trained):
     """The launcher on 2 local CPU processes (1 device each, gloo collectives) trains the smoke
-    config's 2 seeds, one per process, and equals the same stage trained by one process."""
-    from experiments import pipeline
-    from tests.test_launcher import SMOKE, _smoke, _synthetic_workdir
-    workdir = _synthetic_workdir(tmp_path / "multi")
+    config's 2 seeds, one per process, and equals the same stage trained by one process (the
+    session's `trained` run: the same config on the same synthetic dataset)."""
+    from experiments.workdir import load_params
+    from tests._launcher import SMOKE, smoke, synthetic_workdir
+
+    workdir = synthetic_workdir(tmp_path / "multi")
     port = _free_port()
     env = {**forced_devices_env(1), "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(
@@ -208,9 +211,7 @@ def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_p
     assert len(rows) == 4 * 2 and {r["seed"] for r in rows} == {0, 1}  # process 0 wrote each once
     assert json.loads((stage / "summary.json").read_text())["final_step"] == 8
 
-    single = _synthetic_workdir(tmp_path / "single")
-    pipeline.run_stage(_smoke(), single, 1)
-    (multi, step_m), (one, step_1) = (pipeline.load_params(_smoke(), wd, 1) for wd in (workdir, single))
+    (multi, step_m), (one, step_1) = (load_params(smoke(), wd, 1) for wd in (workdir, trained))
     assert step_m == step_1 == 8
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), multi, one)
 
@@ -227,14 +228,14 @@ def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_p
      r"--process_id must lie in [0, 2)"),
 ])
 def test_launcher_rejects_bad_device_and_process_flags_in_one_line(tmp_path, args, message):
-    from tests.test_launcher import SMOKE, _synthetic_workdir
+    # The launcher in this process (one CPU device, as in a 1-device subprocess); the console's
+    # one-line error is shown by a subprocess in test_launcher.test_clear_errors_for_bad_usage.
+    from tests._launcher import launch_in_process, synthetic_workdir
 
-    workdir = _synthetic_workdir(tmp_path / "wd")
+    assert jax.device_count() == 1
+    workdir = synthetic_workdir(tmp_path / "wd")
     mode = [] if any(a.startswith("--mode") for a in args) else ["--mode=stage1"]
-    proc = subprocess.run([sys.executable, "-m", "experiments.main", f"--config={SMOKE}",
-                           f"--workdir={workdir}", "--config.demos.image_size=32", *mode, *args],
-                          cwd=ROOT, env=forced_devices_env(1), capture_output=True, text=True,
-                          timeout=120)
+    proc = launch_in_process(f"--workdir={workdir}", "--config.demos.image_size=32", *mode, *args)
     assert proc.returncode == 1, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]

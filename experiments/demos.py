@@ -1,0 +1,132 @@
+"""The launcher's first stage: record demonstrations (MetaWorld) or read them (RLBench's
+on-disk demos), and write the keyframe dataset and the held-out validation demos to the workdir."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import ml_collections
+from absl import logging
+
+from experiments.launcher_config import PipelineError
+from experiments.workdir import config_record, dataset_path, trained_stages, validation_path
+from twostage_jax.checkpoint import write_json_atomic
+
+
+def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = False) -> dict:
+    """Records demonstrations, builds the keyframe dataset and writes it atomically.
+
+    Args:
+      config: the launcher config.
+      workdir: the workdir; the dataset goes to demos/dataset.npz, with demos/stats.json and
+        demos/config.json (the config that made it).
+      force: replace an existing dataset. Without it an existing dataset is refused before
+        any work, since the stages trained on it would no longer match it.
+
+    Raises:
+      PipelineError: a dataset exists and `force` is False.
+    """
+    from twostage_jax.data.dataset import build_dataset, dataset_nbytes, save_dataset
+
+    path = dataset_path(workdir)
+    if path.exists() or path.is_symlink():
+        stages = trained_stages(workdir)
+        trained = f"; {', '.join(stages)} {'was' if len(stages) == 1 else 'were'} trained on it" \
+            if stages else ""
+        if not force:
+            raise PipelineError(
+                f"{path} already exists{trained}. --mode=demos would replace it: use a fresh "
+                "--workdir, or pass --force to replace it anyway.")
+        logging.warning("--force: replacing %s%s", path, trained)
+    d = config.demos
+    start = time.perf_counter()
+    if config.env == "metaworld":
+        from twostage_jax.data.demos import record_demos
+        from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace
+
+        env_cfg = MetaWorldConfig(width=int(d.image_size), height=int(d.image_size),
+                                  max_keyframes=int(d.max_keyframes))
+        trajs, stats = record_demos(config.task, int(d.num_demos), seed=int(d.seed),
+                                    augment_every=int(d.augment_every), env_config=env_cfg)
+        workspace = default_workspace()
+        info = {"demo_seeds": [int(t.seed) for t in trajs], **stats._asdict()}
+    else:
+        trajs, val_episodes = _read_rlbench(config)
+        from twostage_jax.rlbench_conventions import default_workspace
+
+        workspace = default_workspace()
+        info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}
+    ds = build_dataset(trajs, workspace, gamma=float(d.gamma), augment_every=int(d.augment_every))
+    dataset_path(workdir).parent.mkdir(parents=True, exist_ok=True)
+    num_val = int(d.get("num_validation", 0))
+    if num_val > 0 and config.env == "metaworld":
+        # Keyframe-to-keyframe chains only (no augmentation): the states a policy meets when it
+        # acts keyframe by keyframe.
+        val, _ = record_demos(config.task, num_val, seed=int(d.validation_seed), augment_every=10**6,
+                              env_config=env_cfg)
+        clash = set(info["demo_seeds"]).intersection(int(t.seed) for t in val)
+        if clash:
+            raise PipelineError(f"validation demo seeds {sorted(clash)[:5]} were used for training "
+                                "demos; set config.demos.validation_seed beyond them.")
+        save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
+                                                             augment_every=10**6))
+        info["validation_seeds"] = [int(t.seed) for t in val]
+    elif num_val > 0:  # RLBench: the folder's last num_validation episodes, keyframe chains only
+        from twostage_jax.data.rlbench_io import load_rlbench_demos
+
+        val = load_rlbench_demos(config.rlbench_root, config.task, episodes=val_episodes,
+                                 augment_every=10**6)
+        save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
+                                                             augment_every=10**6))
+        info["validation_seeds"] = [int(t.seed) for t in val]
+    elif validation_path(workdir).exists():  # --force without validation demos: drop the old ones
+        validation_path(workdir).unlink()
+    save_dataset(dataset_path(workdir), ds)
+    info.update(task=config.task, env=config.env, transitions=int(ds.action.shape[0]),
+                images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
+                total_seconds=time.perf_counter() - start)
+    write_json_atomic(workdir / "demos" / "stats.json", info)
+    write_json_atomic(workdir / "demos" / "config.json", config_record(config))
+    logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
+                 info.get("kept", len(trajs)), info["transitions"], info["images"],
+                 info["dataset_mib"], info["total_seconds"])
+    return info
+
+
+def _read_rlbench(config: ml_collections.ConfigDict) -> tuple[list, list[int]]:
+    """RLBench's on-disk demos of config.task: (training trajectories, validation episode numbers).
+
+    The last `config.demos.num_validation` episodes of ROOT/TASK/variation0/episodes are held out
+    as validation demos (RLBench's dataset generator records no separate layouts for them); the
+    first `config.demos.num_demos` of the others are the training demos.
+    """
+    from twostage_jax.data.rlbench_io import list_rlbench_episodes, load_rlbench_demos
+
+    d = config.demos
+    root = str(config.rlbench_root)
+    try:
+        episodes = list_rlbench_episodes(root, config.task)
+    except FileNotFoundError as e:
+        raise PipelineError(f"config.rlbench_root: {e} Point it at the folder RLBench's dataset "
+                            "generator wrote (its --save_path) and --task at a task folder in it.") from e
+    num_val = int(d.get("num_validation", 0))
+    if len(episodes) <= num_val:
+        raise PipelineError(
+            f"config.demos.num_validation ({num_val}) holds out the last {num_val} RLBench episodes "
+            f"as validation demos, but {root}/{config.task}/variation0/episodes has {len(episodes)}; "
+            "record more episodes, or lower config.demos.num_validation (0 needs "
+            "--config.stage2.calibrate_sigma=False and a crop size > 0).")
+    train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
+    trajs = load_rlbench_demos(root, config.task, episodes=train_episodes,
+                               augment_every=int(d.augment_every))
+    size = int(trajs[0].images.shape[1])
+    if trajs[0].images.shape[1:3] != (int(d.image_size),) * 2:
+        raise PipelineError(f"config.demos.image_size ({d.image_size}) must match the RLBench images "
+                            f"({trajs[0].images.shape[2]}x{trajs[0].images.shape[1]} px); pass "
+                            f"--config.demos.image_size={size}.")
+    if len(train_episodes) < int(d.num_demos):
+        logging.warning("demos: the RLBench folder has %d training episodes (after %d held out), "
+                        "fewer than config.demos.num_demos=%d", len(train_episodes), num_val,
+                        int(d.num_demos))
+    return trajs, episodes[len(episodes) - num_val:]

@@ -1,0 +1,132 @@
+"""The launcher's evaluation: roll out stage 1 alone and the two-stage policy of a trained
+workdir, and write success rates with intervals, plots and rollout frames."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from experiments.launcher_config import PipelineError, config_to_dict, train_config
+from experiments.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
+                                 stage_dir)
+from twostage_jax import evaluation
+from twostage_jax._io import atomic_folder
+from twostage_jax.checkpoint import write_json_atomic
+
+
+def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
+    """Evaluation layout seeds; they must not overlap the demo seeds."""
+    seeds = [int(config.eval.seed) + i for i in range(int(config.eval.num_episodes))]
+    stats_path = workdir / "demos" / "stats.json"
+    if stats_path.exists():
+        used = set(json.loads(stats_path.read_text()).get("demo_seeds", []))
+        overlap = sorted(used.intersection(seeds))
+        if overlap:
+            raise PipelineError(f"evaluation seeds {overlap[:5]}... were used for demos; set "
+                                "config.eval.seed beyond the demo seeds.")
+    return seeds
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+    """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
+
+    Before any rollout it checks that both stages were trained with this config and that the
+    output folders are writable. The results, plots and frames are written to a temporary
+    folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
+    results whole.
+    """
+    from experiments import plots, rollouts
+
+    out_dir = eval_dir(workdir, config)
+    ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
+    if out_dir.exists():
+        ensure_writable(out_dir, "evaluation replaces the results in it; make it writable.")
+    ensure_writable(stage_dir(workdir, 1, config), "evaluation caches stage-1 rollouts there.")
+    dataset = load_demos(workdir)
+    if dataset.images.shape[1] != int(config.demos.image_size):
+        raise PipelineError(f"config.demos.image_size ({config.demos.image_size}) differs from the "
+                            f"dataset's images ({dataset.images.shape[1]} px), and evaluation renders "
+                            "at config.demos.image_size; use the size the dataset was recorded at.")
+    params1, step1 = load_params(config, workdir, 1, dataset)
+    params2, step2 = load_params(config, workdir, 2, dataset)
+    pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
+    pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
+    if pairing and pairing.get("step") != step1:
+        logging.warning("stage 2 was trained against stage-1 step %s but stage 1 is now at step %s",
+                        pairing.get("step"), step1)
+    c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
+    workspace = dataset.workspace
+    seeds = eval_seeds(config, workdir)
+    num_seeds = int(config.num_seeds)
+    policies = rollouts.MODES
+    # Stage 1 alone does not depend on stage 2: ablations sharing a stage 1 reuse its rollouts.
+    cache = rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
+                                 rollouts.cache_setting(config, seeds))
+    ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache)
+    ev.add("final", params1, params2, record=int(config.eval.record_episodes))
+    curve = [k for k in rollouts.curve_steps(config) if (k, k) != (step1, step2)]
+    for k in curve:
+        ev.add(k, load_params(config, workdir, 1, dataset, k)[0],
+               load_params(config, workdir, 2, dataset, k)[0])
+    bar = progress(0, 0, "eval", unit="episode")
+    start = time.perf_counter()
+    try:
+        with evaluation.EnvPool(rollouts.env_factory(config), int(config.eval.get("workers", 1))) as pool:
+            by_tag, recorded = ev.run(pool, bar)
+            camera = pool.camera
+    finally:
+        bar.close()
+    if ev.reused:
+        logging.info("reusing stage-1 rollouts of %d seed checkpoint(s) from %s", ev.reused, cache.path)
+    success = by_tag["final"]
+    rates = {m: success[m].mean(axis=1) for m in policies}
+    reps = int(config.eval.bootstrap_reps)
+    results: dict[str, Any] = {
+        "task": config.task, "algo": config.algo, "env": config.env, "num_seeds": num_seeds,
+        "episodes_per_seed": len(seeds), "eval_seeds": [seeds[0], seeds[-1]],
+        "stage1_step": step1, "stage2_step": step2, "stage2_mode": config.stage2.mode,
+        "crop_size": int(config.stage2.crop_size), "stage2_name": str(config.stage2_name),
+        "stage2_q_target": c2.cql.target if config.algo == "cql" else None,
+        "stage2_sigma": list(c2.stage2.sigma), "stage2_crop_size": c2.stage2.crop_size,
+        "stage2_loss_weighting": c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
+        "eval_seconds": time.perf_counter() - start, "config": config_to_dict(config),
+        "modes": {}}
+    for m in policies:
+        ci = evaluation.bootstrap_interval(rates[m], reps=reps)
+        results["modes"][m] = {"per_seed": rates[m].tolist(), "mean": ci.mean, "ci_low": ci.low,
+                               "ci_high": ci.high,
+                               "episodes": success[m].astype(int).tolist()}
+    gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
+    results["gain"] = {"mean": gain.mean, "ci_low": gain.low, "ci_high": gain.high}
+    if rollouts.curve_steps(config):  # [steps][seeds] success rates, the final checkpoint last
+        tags = curve + ["final"]
+        results["curves"] = {m: {"steps": curve + [step1 if m == "stage1" else step2],
+                                 "per_seed": [by_tag[t][m].mean(axis=1).tolist() for t in tags]}
+                             for m in policies}
+    with atomic_folder(out_dir) as tmp:
+        write_json_atomic(tmp / "results.json", results)
+        plots.success_bars(results, tmp / "success.png")
+        plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],
+                              tmp / "learning_curves.png")
+        for mode, eps in recorded.items():
+            plots.rollout_frames(eps[0], camera, workspace, tmp / f"rollout_{mode}.png")
+    return results
+
+
+def format_results_table(results: dict) -> str:
+    """A plain-text table of stage-1 vs two-stage success with intervals."""
+    rows = [f"{'policy':<12} {'success':>8}  {'95% CI':>15}  per-seed",
+            "-" * 60]
+    for mode, r in results["modes"].items():
+        per = " ".join(f"{x:.2f}" for x in r["per_seed"])
+        rows.append(f"{mode:<12} {r['mean']:>8.3f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  {per}")
+    g = results["gain"]
+    rows.append(f"{'gain':<12} {g['mean']:>+8.3f}  [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]")
+    head = (f"task={results['task']} algo={results['algo']} seeds={results['num_seeds']} "
+            f"episodes/seed={results['episodes_per_seed']}")
+    return head + "\n" + "\n".join(rows)

@@ -1,0 +1,339 @@
+"""Training one stage of the launcher for all seeds: the chunked loop with its metrics log,
+held-out validation and checkpoints, resuming from the newest intact checkpoint, and the
+calibration of stage 2 on stage 1's held-out errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+import twostage_jax as tj
+from experiments.launcher_config import (STAGE_NAMES, PipelineError, calibration_path,
+                                         check_trained_with, needs_calibration, seed_keys,
+                                         seed_mesh, train_config)
+from experiments.workdir import (config_record, is_writer, load_demos, load_params,
+                                 load_validation, progress, stage1_pairing, stage_dir,
+                                 validation_path)
+from twostage_jax import sharding
+from twostage_jax._io import atomic_open
+from twostage_jax.checkpoint import CheckpointError, Checkpointer, write_json_atomic
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool = False) -> dict:
+    """Trains one stage for all seeds, with chunked logging and periodic checkpoints.
+
+    A fresh stage refuses a folder that already holds checkpoints and writes its config to
+    STAGE/config.json. With `resume` it continues from the newest intact checkpoint (damaged
+    newer ones are moved to STAGE/damaged_checkpoints/) if that was trained with the same
+    `program_fields`, and keeps STAGE/config.json as it is.
+
+    Returns:
+      A summary dict (final step, wall time, final metric means per seed).
+    """
+    out_dir = stage_dir(workdir, stage, config)
+    from experiments.rollouts import curve_steps
+
+    # the learning curves' checkpoints (config.eval.curve_steps) are kept beside the latest ones
+    ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints),
+                        keep_steps=curve_steps(config))
+    try:
+        return _train_stage(config, workdir, stage, resume, out_dir, ckpt)
+    finally:
+        ckpt.close()
+
+
+def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool,
+                 out_dir: Path, ckpt: Checkpointer) -> dict:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+        raise PipelineError(
+            f"{out_dir / 'checkpoints'} already holds checkpoints (latest step {latest}). Pass "
+            "--resume to continue that run, or use a fresh --workdir.")
+    if latest is not None:  # refuse another config before any work (damage is handled below)
+        try:
+            meta = ckpt.read_meta(latest)
+        except CheckpointError:
+            meta = {}
+        check_trained_with(config, meta, stage, str(ckpt.directory / str(latest)),
+                           f"cannot resume {out_dir.name}", _resume_advice(stage, config))
+    extra: dict = {}
+    if stage == 2:
+        extra["stage1_checkpoint"] = stage1_pairing(config, workdir)
+    dataset = load_demos(workdir)
+    if stage == 2 and needs_calibration(config) and not calibration_path(workdir, config).exists():
+        calibrate_stage2(config, workdir, dataset)
+    tcfg = train_config(config, stage, workdir)
+    train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
+    keys = seed_keys(config, stage)
+    mesh = seed_mesh(config)  # seeds sharded over devices (and processes), or None
+    if mesh is not None:
+        logging.info("%s: %d seeds sharded over %d devices", out_dir.name, int(config.num_seeds),
+                     sharding.num_seed_shards(mesh))
+    states, start_step = None, 0
+    if latest is not None:
+        like = jax.eval_shape(jax.vmap(train.init, in_axes=(0, None)), keys, data)
+        states, start_step = _restore_newest_intact(
+            ckpt, like if mesh is None else sharding.abstract_state(like, mesh), config, stage, out_dir)
+    if states is None:
+        states = tj.init_seeds(train, keys, data, mesh)
+        if is_writer():
+            write_json_atomic(out_dir / "config.json", config_record(config))
+    else:
+        logging.info("resumed %s from step %d", out_dir.name, start_step)
+    if stage == 2 and is_writer():
+        write_json_atomic(out_dir / "pairing.json", extra["stage1_checkpoint"])
+
+    total = tcfg.num_steps
+    summary_path = out_dir / "summary.json"
+    if start_step >= total and summary_path.exists():
+        logging.info("%s is already trained to step %d; nothing to do", out_dir, start_step)
+        return json.loads(summary_path.read_text())
+    log_every = int(config.train.log_every)
+    ckpt_every = int(config.train.checkpoint_every)
+    held_out = _held_out_evaluator(tcfg, stage, load_validation(workdir), mesh)
+    log = _MetricsLog(out_dir, start_step) if is_writer() else _NoLog()
+    bar = progress(total, start_step, f"{STAGE_NAMES[stage]} {config.algo} x{config.num_seeds} seeds")
+    step = start_step
+    wall = time.perf_counter()
+    means: dict[str, np.ndarray] = {}
+    try:
+        while step < total:
+            n = min(log_every - step % log_every, total - step)
+            states, metrics = tj.run_seeds(train, states, data, n, config.seed_strategy, mesh)
+            step += n
+            # nested metrics, logged under flat names (tj.flatten_metrics: each leaf's field name)
+            means = {k: np.asarray(v).mean(axis=1)
+                     for k, v in tj.flatten_metrics(sharding.to_host(metrics)).items()}
+            if held_out is not None:
+                means.update(held_out(states.params))
+            bad = [k for k, v in means.items() if not np.all(np.isfinite(v))]
+            if bad:
+                raise PipelineError(
+                    f"{out_dir.name}: non-finite {bad} at step {step}; lower the learning rate or "
+                    "check the dataset. The last good checkpoint is kept (continue with --resume).")
+            log.write(step, means)
+            key_metric = "bc_loss" if "bc_loss" in means else "critic_loss"
+            bar.set_postfix({key_metric: " ".join(f"{v:.3g}" for v in means[key_metric])})
+            bar.update(n)
+            if step % ckpt_every == 0 or step == total or step in ckpt.keep_steps:
+                ckpt.save(step, states, _checkpoint_meta(config, stage, extra))
+    finally:
+        bar.close()
+        log.close()
+    summary = {"stage": stage, "final_step": step, "train_seconds": time.perf_counter() - wall,
+               "final_metrics": {k: v.tolist() for k, v in means.items()}}
+    if is_writer():
+        write_json_atomic(summary_path, summary)
+    return summary
+
+
+class _NoLog:
+    """Stands in for `_MetricsLog` on processes other than 0."""
+
+    def write(self, step: int, means: dict[str, np.ndarray]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _MetricsLog:
+    """Per-chunk metrics to JSONL (atomic rewrite on resume) and TensorBoard, both flushed per chunk.
+
+    TensorBoard events are written synchronously (tensorboardX's `SummaryWriter` queues them
+    to a thread that flushes every two minutes, so a killed run lost them).
+    """
+
+    def __init__(self, directory: Path, resume_step: int):
+        self.path = directory / "metrics.jsonl"
+        lines = []
+        if self.path.exists() and resume_step > 0:
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["step"] <= resume_step:
+                            lines.append(line if line.endswith("\n") else line + "\n")
+                    except (json.JSONDecodeError, KeyError):
+                        break  # a line cut by a kill: drop it and everything after
+        with atomic_open(self.path, "w") as f:
+            f.writelines(lines)
+        self._file = open(self.path, "a")
+        try:
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+            from tensorboardX.proto.summary_pb2 import Summary
+        except ImportError:  # pragma: no cover - tensorboardX is a core dependency
+            self._tb = None
+            return
+        self._event, self._summary = Event, Summary
+        (directory / "tb").mkdir(parents=True, exist_ok=True)
+        self._tb = EventsWriter(str(directory / "tb" / "events"))
+        if resume_step:  # TensorBoard hides the events of steps > resume_step written before a kill
+            self._tb.write_event(Event(wall_time=time.time(), step=resume_step + 1,
+                                       session_log=SessionLog(status=SessionLog.START)))
+            self._tb.flush()
+
+    def write(self, step: int, means: dict[str, np.ndarray]) -> None:
+        """Appends one chunk's per-seed means; TensorBoard first, so whatever a kill leaves in
+        metrics.jsonl is in the event file too."""
+        num_seeds = len(next(iter(means.values())))
+        if self._tb is not None:
+            now = time.time()
+            for i in range(num_seeds):
+                values = [self._summary.Value(tag=f"seed{i}/{k}", simple_value=float(v[i]))
+                          for k, v in means.items()]
+                self._tb.write_event(self._event(wall_time=now, step=int(step),
+                                                 summary=self._summary(value=values)))
+            self._tb.flush()
+        for i in range(num_seeds):
+            row = {"step": int(step), "seed": i, **{k: float(v[i]) for k, v in means.items()}}
+            self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _checkpoint_meta(config: ml_collections.ConfigDict, stage: int, extra: dict | None = None) -> dict:
+    return {"stage": stage, "num_seeds": int(config.num_seeds), "algo": config.algo,
+            "task": config.task, "config": json.loads(config.to_json_best_effort()), **(extra or {})}
+
+
+def _resume_advice(stage: int, config: ml_collections.ConfigDict) -> str:
+    record = stage_dir(Path("."), stage, config).name + "/config.json"
+    other = ("a fresh --workdir" if stage == 1 else
+             "a fresh --workdir, or a new stage 2 beside it with --config.stage2_name=NAME")
+    return (f"Resume with the config it was started with (recorded in {record}), or train the "
+            f"change in {other}.")
+
+
+def _restore_newest_intact(ckpt: Checkpointer, like: Any, config: ml_collections.ConfigDict,
+                           stage: int, out_dir: Path) -> tuple[Any, int]:
+    """Restores the newest intact checkpoint; damaged newer ones are moved aside, saying so.
+
+    Returns:
+      (state, step), or (None, 0) if no checkpoint is intact.
+
+    Raises:
+      PipelineError: the newest readable checkpoint was trained with another config.
+    """
+    damaged: list[tuple[int, CheckpointError]] = []
+    state, step = None, 0
+    for candidate in reversed(ckpt.all_steps()):
+        try:
+            meta = ckpt.read_meta(candidate)
+            check_trained_with(config, meta, stage, f"{ckpt.directory / str(candidate)}",
+                               f"cannot resume {out_dir.name}", _resume_advice(stage, config))
+            state, _ = ckpt.restore(like, candidate)
+            step = candidate
+            break
+        except CheckpointError as e:
+            try:  # damaged, or readable but shaped for another program?
+                ckpt.verify(candidate)
+            except CheckpointError:
+                damaged.append((candidate, e))
+                continue
+            raise PipelineError(f"cannot resume {out_dir.name}: {e} "
+                                f"{_resume_advice(stage, config)}") from e
+    for bad, error in damaged:
+        moved = ckpt.set_aside(bad, out_dir / "damaged_checkpoints")
+        logging.warning("%s: %s Moved it to %s.", out_dir.name, error, moved)
+    if damaged:
+        logging.warning("%s: falling back to %s", out_dir.name,
+                        f"step {step}, the newest intact checkpoint" if state is not None else
+                        "step 0: no intact checkpoint is left")
+    return state, step
+
+
+def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset | None,
+                        mesh: Any = None):
+    """params [S, ...] -> {'val_position_cm': [S], 'val_gripper_agreement': [S]}, or None.
+
+    Every log chunk, the stage is measured on the workdir's validation demos (all of their
+    transitions, and for stage 2 one fixed Algo. 1 draw each), so the training budget can be
+    read off the held-out curve in metrics.jsonl instead of from evaluation episodes.
+    """
+    import dataclasses
+
+    if validation is None:
+        return None
+    data = tj.prepare_data(validation, dataclasses.replace(tcfg, min_move=0.0))
+    evaluate = jax.vmap(tj.make_held_out_eval(tcfg, stage), in_axes=(0, None, None))
+    key = jax.random.PRNGKey(0)
+    if mesh is not None:  # params are seed-sharded: the data and key go on every device
+        data, key = sharding.put_replicated((data, key), mesh)
+
+    def run(params: Any) -> dict[str, np.ndarray]:
+        m = sharding.to_host(evaluate(params, data, key))
+        return {"val_position_cm": np.asarray(m.position_cm),
+                "val_gripper_agreement": np.asarray(m.gripper_agreement)}
+
+    return run
+
+
+def stage1_actions(config: ml_collections.ConfigDict, params1: Any, ds: tj.Dataset) -> np.ndarray:
+    """[S, N, 7] stage 1's deterministic actions on every transition of `ds`, per seed."""
+    act = tj.make_policy(train_config(config, 1), None, ds.workspace)
+    cam = ds.camera(0)
+    out = []
+    for s in range(int(config.num_seeds)):
+        p1 = jax.tree_util.tree_map(lambda x, s=s: x[s], params1)
+        rows = []
+        for lo in range(0, ds.action.shape[0], 128):
+            idx = np.arange(lo, min(lo + 128, ds.action.shape[0]))
+            o = act(p1, None, jnp.asarray(ds.images[ds.obs_index[idx]]), jnp.asarray(ds.pose[idx]), cam)
+            rows.append(np.asarray(o.tentative))
+        out.append(np.concatenate(rows))
+    return np.stack(out)
+
+
+def calibrate_stage2(config: ml_collections.ConfigDict, workdir: Path, dataset: tj.Dataset) -> dict:
+    """Calibrates stage 2's sigma and/or crop size to stage 1's errors on the validation demos.
+
+    Stage 1 (its latest checkpoint, all seeds pooled) acts on every validation transition; sigma
+    comes from `calibrate_sigma` (the 6 pose dimensions; the gripper keeps its sigma) and the crop
+    size from `calibrate_crop_size` on the targets' offsets in the tentative crops
+    (`crop_offsets`). Writes and returns `<stage2_name>/calibration.json`.
+    """
+    from twostage_jax import calibration as cal
+
+    validation = load_validation(workdir)
+    if validation is None:
+        raise PipelineError(f"calibrating stage 2 needs held-out demos at {validation_path(workdir)}; "
+                            "re-run --mode=demos with config.demos.num_validation > 0.")
+    params1, step1 = load_params(config, workdir, 1, dataset)
+    a1 = stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
+    a = np.tile(np.asarray(validation.action), (int(config.num_seeds), 1))
+    s2 = config.stage2
+    sigma = [float(x) for x in s2.sigma]
+    if bool(s2.get("calibrate_sigma", False)):
+        sigma = cal.calibrate_sigma(a1, a, floor=float(s2.get("sigma_floor", 0.02)), sigma=sigma).tolist()
+    offsets = cal.crop_offsets(validation.camera(0), validation.workspace, a1, a, bool(s2.rotate))
+    coverage = float(s2.get("crop_coverage", 0.95))
+    crop = int(s2.crop_size)
+    if crop == 0:
+        crop = cal.calibrate_crop_size(offsets, coverage=coverage, max_size=int(validation.images.shape[1]))
+    dist = np.max(np.abs(offsets), axis=1)
+    result = {"sigma": sigma, "crop_size": crop, "stage1_step": step1,
+              "transitions": int(validation.action.shape[0]), "num_seeds": int(config.num_seeds),
+              "crop_coverage": coverage,
+              "offset_px_quantiles": {q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")},
+              "share_inside_crop": float(np.mean(dist < crop / 2))}
+    calibration_path(workdir, config).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(calibration_path(workdir, config), result)
+    logging.info("stage 2 calibrated on %d held-out transitions: sigma %s, crop %d px (%.0f%% of "
+                 "targets inside)", result["transitions"], np.round(sigma, 3).tolist(), crop,
+                 100 * result["share_inside_crop"])
+    return result

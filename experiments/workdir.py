@@ -1,0 +1,193 @@
+"""A launcher workdir: where each stage reads and writes, and loading what it holds.
+
+Workdir layout:
+  demos/dataset.npz, stats.json    the offline dataset and how it was made
+  demos/validation.npz             held-out demos (config.demos.num_validation > 0): layouts used
+                                   neither for training nor for evaluation
+  demos/config.json                the config that recorded the dataset
+  stage{1,2}/config.json           the config a stage was started with (kept on --resume)
+  stage{1,2}/checkpoints/          orbax checkpoints (AgentState with a leading seed axis)
+  stage{1,2}/damaged_checkpoints/  checkpoints --resume found damaged and moved aside
+  stage{1,2}/metrics.jsonl         per-chunk mean metrics, one line per (step, seed)
+  stage{1,2}/tb/                   TensorBoard event files
+  stage2/pairing.json              the stage-1 checkpoint stage 2 pairs with
+  stage2/calibration.json          a calibrated stage 2's sigma and crop size, fixed when it starts
+                                   (`launcher_config.calibration_path`)
+  eval/results.json, *.png, *.gif  success rates, intervals, plots and rollout frames
+
+With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
+ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage 1.
+
+What a workdir guarantees: the dataset is never replaced without `force`; a stage's
+checkpoints are only extended by a resume with the config they were trained with (compared
+field by field, see `launcher_config.program_fields`), and damaged ones are moved aside, never
+deleted; an evaluation only runs with the config its stages were trained with and replaces its
+folder as a unit, so a failure leaves the previous results whole.
+
+The launcher's stages live beside this module: `demos.run_demos`, `train_stage.run_stage` and
+`evaluate.run_eval`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+import twostage_jax as tj
+from experiments.launcher_config import (STAGE_NAMES, PipelineError, check_trained_with,
+                                         config_to_dict, seed_keys, train_config)
+from twostage_jax.checkpoint import CheckpointError, Checkpointer
+
+
+def dataset_path(workdir: Path) -> Path:
+    return workdir / "demos" / "dataset.npz"
+
+
+def validation_path(workdir: Path) -> Path:
+    return workdir / "demos" / "validation.npz"
+
+
+def stage_dir(workdir: Path, stage: int, config: ml_collections.ConfigDict) -> Path:
+    """workdir/stage1, or workdir/<config.stage2_name> (several stage-2 runs can share a stage 1)."""
+    return workdir / (STAGE_NAMES[1] if stage == 1 else str(config.stage2_name))
+
+
+def eval_dir(workdir: Path, config: ml_collections.ConfigDict) -> Path:
+    """workdir/eval for the default stage 2, workdir/eval_<stage2_name> for a named one."""
+    name = str(config.stage2_name)
+    return workdir / ("eval" if name == STAGE_NAMES[2] else f"eval_{name}")
+
+
+def trained_stages(workdir: Path) -> list[str]:
+    """Folders of the workdir whose checkpoints hold at least one step (stage1, stage2, ...)."""
+    return sorted(p.parent.name for p in workdir.glob("*/checkpoints")
+                  if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()))
+
+
+def ensure_writable(folder: Path, why: str) -> None:
+    """Raises PipelineError unless a file can be created in `folder` (tried, not guessed)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+    except OSError as e:
+        raise PipelineError(f"{folder} is not writable ({e.strerror or e}); {why}") from e
+    os.close(fd)
+    os.unlink(probe)
+
+
+def is_writer() -> bool:
+    """True on the process that writes logs and results (process 0; the only one usually)."""
+    return jax.process_index() == 0
+
+
+def config_record(config: ml_collections.ConfigDict) -> dict:
+    """What STAGE/config.json and demos/config.json hold: when, the command line, the config."""
+    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv),
+            "config": config_to_dict(config)}
+
+
+def progress(total: int, initial: int, desc: str, unit: str = "step"):
+    """The launcher's tqdm progress bar (training steps, evaluation episodes)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
+                mininterval=2.0, smoothing=0.1)
+
+
+def load_demos(workdir: Path) -> tj.Dataset:
+    from twostage_jax.data.dataset import load_dataset
+
+    path = dataset_path(workdir)
+    if not path.exists():
+        raise PipelineError(f"no dataset at {path}; run --mode=demos (or --mode=all) first.")
+    return load_dataset(path)
+
+
+def load_validation(workdir: Path) -> tj.Dataset | None:
+    """The workdir's held-out validation demos, or None if it has none."""
+    from twostage_jax.data.dataset import load_dataset
+
+    path = validation_path(workdir)
+    return load_dataset(path) if path.exists() else None
+
+
+def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+    """The stage-1 checkpoint a stage-2 run pairs with: the latest, checked to be intact and
+    trained with this config's stage-1 fields."""
+    directory = stage_dir(workdir, 1, config) / "checkpoints"
+    if not directory.exists():
+        raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} does not exist; run "
+                            "--mode=stage1 first (or --mode=all).")
+    ckpt = Checkpointer(directory)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} has no checkpoint; "
+                                "run --mode=stage1 first.")
+        try:
+            meta = ckpt.read_meta(step)
+            ckpt.verify(step)
+        except CheckpointError as e:
+            raise PipelineError(
+                f"stage 2 needs an intact stage 1, but {e} Run --mode=stage1 --resume: it falls back "
+                "to the newest intact checkpoint and trains stage 1 to the end.") from e
+    finally:
+        ckpt.close()
+    check_trained_with(config, meta, 1, str(directory / str(step)), "cannot pair stage 2 with stage 1",
+                       "Give stage 1's fields as it was trained (recorded in stage1/config.json), or "
+                       "train the change in a fresh --workdir.")
+    return {"path": str(directory / str(step)), "step": int(step), "algo": meta.get("algo")}
+
+
+def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
+                dataset: tj.Dataset | None = None, step: int | None = None) -> tuple[Any, int]:
+    """Parameters (leading seed axis) of a stage at `step` (default: the latest) and their step.
+
+    The latest checkpoint must have been trained with this config's `program_fields`.
+    `dataset` (default: the workdir's) only gives the shapes of the state to restore into.
+    """
+    out_dir = stage_dir(workdir, stage, config)
+    directory = out_dir / "checkpoints"
+    if not directory.exists():
+        raise PipelineError(f"no {STAGE_NAMES[stage]} checkpoints in {directory}; run "
+                            f"--mode={STAGE_NAMES[stage]} first.")
+    mode = f"--mode={STAGE_NAMES[stage]}" + (f" --config.stage2_name={out_dir.name}"
+                                             if out_dir.name != STAGE_NAMES[stage] else "")
+    ckpt = Checkpointer(directory)
+    try:
+        if step is not None and step not in ckpt.all_steps():
+            raise PipelineError(
+                f"no {STAGE_NAMES[stage]} checkpoint at step {step} in {directory} (it has "
+                f"{ckpt.all_steps()}); learning-curve steps (config.eval.curve_steps) must be set "
+                "when the stage is trained, so that their checkpoints are kept.")
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise PipelineError(f"no checkpoint in {directory}; run {mode} first.")
+        try:
+            meta = ckpt.read_meta(step)
+        except CheckpointError as e:
+            raise PipelineError(f"{e} Run {mode} --resume: it falls back to the newest intact "
+                                "checkpoint and trains to the end.") from e
+        check_trained_with(
+            config, meta, stage, str(directory / str(step)), f"cannot load {out_dir.name}",
+            f"Use the config it was trained with (recorded in {out_dir.name}/config.json)" +
+            (", or train the change as a new stage 2 with --config.stage2_name=NAME." if stage == 2
+             else ", or train the change in a fresh --workdir."))
+        dataset = load_demos(workdir) if dataset is None else dataset
+        tcfg = train_config(config, stage, workdir)
+        like = jax.eval_shape(jax.vmap(tj.make_train(tcfg, stage).init, in_axes=(0, None)),
+                              seed_keys(config, stage), tj.prepare_data(dataset, tcfg))
+        try:
+            state, meta = ckpt.restore(like, step)
+        except CheckpointError as e:
+            raise PipelineError(f"{e} Run {mode} --resume: it falls back to the newest intact "
+                                "checkpoint and trains to the end.") from e
+    finally:
+        ckpt.close()
+    return state.params, int(meta["step"])
