@@ -75,6 +75,8 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, r
     train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
     keys = seed_keys(config, stage)
     mesh = seed_mesh(config)  # seeds sharded over devices (and processes), or None
+    if mesh is not None:  # replicate once, not in every chunk's run_seeds (a host copy per chunk
+        data = sharding.put_replicated(data, mesh)  # with several processes)
     if mesh is not None:
         logging.info("%s: %d seeds sharded over %d devices", out_dir.name, int(config.num_seeds),
                      sharding.num_seed_shards(mesh))
