@@ -15,6 +15,7 @@ Layout under --root (default runs/repro):
 Usage:
   python -m experiments.reproduce                       # everything (about 2 h on 2 CPU cores)
   python -m experiments.reproduce --tasks=push-v3 --ablation_tasks= --workers=1
+  python -m experiments.reproduce --algos=cql --ablations=   # CQL's headline and paper arms only
   python -m experiments.reproduce --dry_run             # print the launcher commands only
 
 A finished job (its results.json exists) is skipped, so an interrupted sweep continues where it
@@ -55,6 +56,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/repro", "Folder for all workdirs and logs.")
 flags.DEFINE_string("raw", str(RAW), "Where each finished run's results.json is copied.")
 flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks for the headline arms.")
+flags.DEFINE_list("algos", ["bc", "cql"], "Algorithms to run (a subset of bc,cql); the demos are "
+                  "recorded in TASK/bc/ whichever run.")
 flags.DEFINE_list("ablation_tasks", list(ABLATION_TASKS), "Tasks for the ablations (subset of --tasks).")
 flags.DEFINE_list("ablations", ["crop16", "crop64", "direct", "td"],
                   f"Ablations to run, from {sorted(ABLATIONS)}.")
@@ -94,6 +97,10 @@ def build_jobs(root: Path) -> list[Job]:
     if missing:
         raise app.UsageError(f"--ablation_tasks {missing} are not in --tasks; ablations share the "
                              "headline runs' stage 1.")
+    bad_algos = sorted(set(FLAGS.algos) - {"bc", "cql"})
+    if bad_algos or not FLAGS.algos:
+        raise app.UsageError(f"--algos: expected a non-empty subset of ['bc', 'cql']; got {FLAGS.algos}.")
+    algos = [a for a in ("bc", "cql") if a in FLAGS.algos]
     raw = Path(FLAGS.raw).absolute()
     jobs: list[Job] = []
     # ablation tasks first, so their ablations can start while later headline runs train
@@ -101,13 +108,13 @@ def build_jobs(root: Path) -> list[Job]:
         bc = root / task / "bc"
         jobs.append(Job(f"{task}.demos", [_launcher(bc, task, "bc", "demos", [])],
                         bc / "demos" / "dataset.npz", []))
-        for algo in ("bc", "cql"):
+        for algo in algos:
             wd = root / task / algo
             jobs.append(Job(f"{task}.{algo}", [_launcher(wd, task, algo, "all", [])],
                             wd / "eval" / "results.json", [f"{task}.demos"],
                             (wd / "eval" / "results.json", raw / task / f"{algo}_stage2.json")))
         if FLAGS.paper_arm:  # right after the task's headline runs, so a cut-short sweep
-            for algo in ("bc", "cql"):  # leaves whole tasks (both arms) rather than half of each
+            for algo in algos:  # leaves whole tasks (both arms) rather than half of each
                 wd = root / task / algo
                 jobs.append(Job(f"{task}.{algo}_paper",
                             [_launcher(wd, task, f"{algo},paper", "all", ["--config.stage2_name=paper"])],
@@ -116,6 +123,8 @@ def build_jobs(root: Path) -> list[Job]:
     for task in FLAGS.ablation_tasks:
         for name in FLAGS.ablations:
             algo, variants, extra = ABLATIONS[name]
+            if algo not in algos:
+                continue
             wd = root / task / algo
             folder = name.removeprefix(f"{algo}_")  # stage-2 folder inside the algo's workdir
             jobs.append(Job(f"{task}.{name}",

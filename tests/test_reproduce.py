@@ -69,6 +69,19 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     assert paper.collect[1] == tmp_path / "raw" / "reach-v3" / "cql_paper.json"
 
 
+def test_algos_selects_the_arms_and_keeps_the_shared_demos(tmp_path):
+    flags.FLAGS(["reproduce", "--tasks=push-v3", "--ablation_tasks=push-v3",
+                 "--ablations=crop16,bc_crop32", "--algos=cql"])
+    jobs = {j.name: j for j in reproduce.build_jobs(tmp_path)}
+    assert list(jobs) == ["push-v3.demos", "push-v3.cql", "push-v3.cql_paper", "push-v3.crop16"]
+    # the demos still live in TASK/bc/, where the CQL workdir links them from
+    assert jobs["push-v3.demos"].done == tmp_path / "push-v3" / "bc" / "demos" / "dataset.npz"
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["reproduce", "--algos=ppo"])
+    with pytest.raises(app.UsageError, match=r"--algos: expected a non-empty subset"):
+        reproduce.build_jobs(tmp_path)
+
+
 def test_bad_flags_are_named():
     out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--dry_run", "--ablations=crop8"],
                          cwd=REPO, capture_output=True, text=True)
