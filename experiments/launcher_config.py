@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -80,6 +81,13 @@ def train_config(config: ml_collections.ConfigDict, stage: int, workdir: Path | 
     stage2_target = config.stage2.get("cql_target", "")  # absent in configs saved before it existed
     if stage == 2 and stage2_target:  # a stage-2-only target (MC vs TD ablation)
         cql_fields["target"] = str(stage2_target)
+    for name in ("actor_lr", "critic_lr"):  # this stage's own CQL learning rates, if set
+        value = float(s.get(f"cql_{name}", 0.0))  # absent in configs saved before they existed
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"config.{STAGE_NAMES[stage]}.cql_{name} must be a finite number > 0, "
+                             f"or 0 for config.cql.{name}; got {value!r}.")
+        if value > 0.0:
+            cql_fields[name] = value
     cql = tj.CQLConfig(**cql_fields)
     s2 = tj.Stage2Config(crop_size=crop_size,
                          ee_crop_size=int(config.stage2.ee_crop_size),

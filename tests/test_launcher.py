@@ -473,3 +473,32 @@ def test_paper_variant_restores_the_papers_method():
     assert t2.network.crop_encoder == "flatten" and t2.network.stage2_pose_input
     assert not t2.network.coord_channels and not needs_calibration(c)
     assert quickstart.get_config("cql,paper").stage2.crop_size == 32
+
+
+def test_per_stage_cql_learning_rates_override_config_cql():
+    from experiments.configs import repro, smoke
+    from experiments.launcher_config import config_differences, program_fields, train_config, validate_config
+
+    c = smoke.get_config("cql")
+    c.cql.actor_lr, c.cql.critic_lr = 1e-4, 3e-4
+    c.stage1.cql_actor_lr = 1e-3  # stage 1 only; its critic and stage 2 keep config.cql's
+    t1, t2 = train_config(c, 1, calibration={"sigma": [0.1] * 7, "crop_size": 8}), \
+        train_config(c, 2, calibration={"sigma": [0.1] * 7, "crop_size": 8})
+    assert (t1.cql.actor_lr, t1.cql.critic_lr) == (1e-3, 3e-4)
+    assert (t2.cql.actor_lr, t2.cql.critic_lr) == (1e-4, 3e-4)
+    # the effective rate is what a resume compares (a checkpoint trained at 1e-4 is refused)
+    assert program_fields(c, 1)["cql.actor_lr"] == 1e-3
+    old = smoke.get_config("cql")
+    old.cql.actor_lr, old.cql.critic_lr = 1e-4, 3e-4
+    assert config_differences(old.to_dict(), c, 1) == ["config.cql.actor_lr: trained 0.0001, now 0.001"]
+    assert config_differences(old.to_dict(), c, 2) == []
+    # configs saved before the fields existed still resolve
+    del old.stage1["cql_actor_lr"]
+    assert train_config(old, 1).cql.actor_lr == 1e-4
+    for bad in (-1e-3, float("nan")):
+        c.stage2.cql_critic_lr = bad
+        with pytest.raises(ValueError, match=r"config\.stage2\.cql_critic_lr must be a finite number"):
+            validate_config(c)
+    # the reduced study config sets its own stage-1 rates; ':paper' changes only stage 2's method
+    r = repro.get_config("cql,paper")
+    assert train_config(r, 1).cql.actor_lr == float(r.stage1.cql_actor_lr or r.cql.actor_lr)

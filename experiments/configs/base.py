@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage1 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, image_size=128,
         min_move=0.0,  # metres; see TrainConfig.min_move
+        # CQL's learning rates for this stage only (0: config.cql.actor_lr / critic_lr)
+        cql_actor_lr=0.0, cql_critic_lr=0.0,
         network=network()))
     c.stage2 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
@@ -82,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
         sigma_floor=0.02,
         crop_coverage=0.95,  # crop_size=0 ('auto'): smallest crop holding this share of targets
         min_move=0.0,  # metres; see TrainConfig.min_move
+        cql_actor_lr=0.0, cql_critic_lr=0.0,  # as in stage1 (0: config.cql's)
         network=network()))
     c.cql = ml_collections.ConfigDict(dict(
         cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
