@@ -1,6 +1,8 @@
 """Issue 12's bad-input probe: each case fails with an error naming the argument and what was
 expected, at the boundary for values (prepare_data, act) and in the core ops for shapes/dtypes."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,3 +130,13 @@ def test_policy_does_not_import_training():
             todo.extend(m for m in _runtime_imports(mod) if m != "twostage_jax")
     assert "twostage_jax.training" not in seen, sorted(seen)
     assert {"twostage_jax.networks", "twostage_jax.transform", "twostage_jax.actions"} <= seen
+
+
+@pytest.mark.parametrize("field", ["reward", "mc_return", "done"])
+def test_prepare_data_refuses_non_finite_returns(field):
+    # CQL regresses Q on these: one NaN would make every loss NaN without a word
+    ds = tiny_dataset()
+    bad = np.array(getattr(ds, field), np.float32)
+    bad[1] = np.nan
+    with pytest.raises(ValueError, match=rf"`dataset\.{field}` must be finite"):
+        tj.prepare_data(dataclasses.replace(ds, **{field: bad}), tiny_config("cql"))

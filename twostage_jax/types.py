@@ -334,3 +334,5 @@ def validate_dataset(dataset: Dataset) -> None:
     for name in ("obs_index", "next_obs_index"):
         _checks.check_range(f"dataset.{name}", getattr(dataset, name), 0, n_img - 1,
                             "indices into dataset.images")
+    for name in ("reward", "mc_return", "done"):  # CQL's Q targets: a NaN here is a NaN loss
+        _checks.check_range(f"dataset.{name}", getattr(dataset, name), -np.inf, np.inf)
