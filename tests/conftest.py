@@ -3,7 +3,10 @@ are trained once per session."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,19 @@ import pytest
 _FAST_COMPILE = "--xla_backend_optimization_level=1"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+
+# Many tests compile programs another test (or process) already compiled: the same trainer
+# under a `Train` that differs only in `num_steps` (which the scanned program does not read),
+# and the launcher's subprocesses, which cannot see this process's jit caches. JAX's
+# persistent compilation cache, keyed on the program text, XLA flags and devices, finds those:
+# one fresh folder per session (a run never reads an earlier run's entries), inherited by the
+# subprocesses through the environment, removed at exit. Programs that compile in under
+# 0.2 s are not worth a file.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE_DIR = tempfile.mkdtemp(prefix="twostage-jax-compile-cache-")
+    atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 from tests._launcher import smoke, synthetic_workdir  # noqa: E402
 
@@ -30,3 +46,4 @@ def trained(tmp_path_factory) -> Path:
     for stage in (1, 2):
         run_stage(smoke(), workdir, stage)
     return workdir
+
