@@ -47,3 +47,19 @@ def trained(tmp_path_factory) -> Path:
         run_stage(smoke(), workdir, stage)
     return workdir
 
+
+@pytest.fixture(scope="session")
+def tiny_trained():
+    """Stage 1 (BC) and stage 2 (CQL) of `tests._tiny.tiny_config` trained for its 4 steps on
+    the tiny dataset, one seed each: (dataset, config1, config2, params1, params2). Shared by
+    the policy tests; the same single-seed programs as test_training's train_seeds check."""
+    import jax
+
+    import twostage_jax as tj
+    from tests._tiny import tiny_config, tiny_dataset
+
+    ds = tiny_dataset()
+    c1, c2 = tiny_config("bc"), tiny_config("cql")
+    s1, _ = jax.jit(tj.make_train(c1, 1))(jax.random.PRNGKey(0), tj.prepare_data(ds, c1))
+    s2, _ = jax.jit(tj.make_train(c2, 2))(jax.random.PRNGKey(1), tj.prepare_data(ds, c2))
+    return ds, c1, c2, s1.params, s2.params
