@@ -26,6 +26,7 @@ SIM = [
 ]
 DEV = [
     "pytest>=8.0",
+    "pytest-xdist>=3.5",  # pytest.ini: 2 workers, --dist loadscope (largest modules first since 3.5)
 ]
 
 setup(

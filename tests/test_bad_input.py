@@ -38,12 +38,8 @@ def test_transform_state_checks_image_dtype_size_and_names_pose(jit):
         fn(image, pose.astype(jnp.int32), tentative)
 
 
-def test_act_checks_images_keys_and_values():
-    ds = tiny_dataset()
-    c1, c2 = tiny_config("bc", 1), tiny_config("cql", 1)
-    d1, d2 = tj.prepare_data(ds, c1), tj.prepare_data(ds, c2)
-    p1 = tj.make_train(c1, 1).init(jax.random.PRNGKey(0), d1).params
-    p2 = tj.make_train(c2, 2).init(jax.random.PRNGKey(1), d2).params
+def test_act_checks_images_keys_and_values(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
     cam = synthetic_camera(32)
     image, pose = np.asarray(ds.images[:2]), np.asarray(ds.pose[:2])
     act = tj.make_policy(c1, c2, ds.workspace)

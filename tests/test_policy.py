@@ -6,16 +6,6 @@ import numpy as np
 import pytest
 
 import twostage_jax as tj
-from tests._tiny import tiny_config, tiny_dataset
-
-
-@pytest.fixture(scope="module")
-def trained():
-    ds = tiny_dataset()
-    c1, c2 = tiny_config("bc", 2), tiny_config("cql", 2)
-    s1, _ = jax.jit(tj.make_train(c1, 1))(jax.random.PRNGKey(0), tj.prepare_data(ds, c1))
-    s2, _ = jax.jit(tj.make_train(c2, 2))(jax.random.PRNGKey(1), tj.prepare_data(ds, c2))
-    return ds, c1, c2, s1.params, s2.params
 
 
 def _inputs(ds, b):
@@ -24,8 +14,8 @@ def _inputs(ds, b):
     return jnp.asarray(ds.images[:b]), jnp.asarray(ds.pose[:b]), cam
 
 
-def test_two_stage_policy_composes(trained):
-    ds, c1, c2, p1, p2 = trained
+def test_two_stage_policy_composes(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
     act = tj.make_policy(c1, c2, ds.workspace)
     image, pose, cam = _inputs(ds, 3)
     out = act(p1, p2, image, pose, cam)
@@ -46,15 +36,15 @@ def test_two_stage_policy_composes(trained):
     assert np.all(np.abs(a) <= 1.0)
 
 
-def test_direct_mode_returns_stage2_action(trained):
-    ds, c1, c2, p1, p2 = trained
+def test_direct_mode_returns_stage2_action(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
     c2d = tj.TrainConfig(**{**c2.__dict__, "stage2": tj.Stage2Config(crop_size=8, ee_crop_size=4, mode="direct")})
     out = tj.make_policy(c1, c2d, ds.workspace)(p1, p2, *_inputs(ds, 2))
     np.testing.assert_array_equal(out.action, out.correction)
 
 
-def test_policy_rejects_bad_input(trained):
-    ds, c1, c2, p1, p2 = trained
+def test_policy_rejects_bad_input(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
     act = tj.make_policy(c1, c2, ds.workspace)
     image, pose, cam = _inputs(ds, 2)
     with pytest.raises(ValueError, match="`image` must have shape \\[\\*, 32, 32, 3\\]"):
@@ -69,9 +59,9 @@ def test_policy_rejects_bad_input(trained):
         act(p1, None, image, pose, cam)
 
 
-def test_row_by_row_rows_are_bitwise_batch_one_calls(trained):
+def test_row_by_row_rows_are_bitwise_batch_one_calls(tiny_trained):
     """What parallel evaluation relies on: a row's action does not depend on the batch size."""
-    ds, c1, c2, p1, p2 = trained
+    ds, c1, c2, p1, p2 = tiny_trained
     plain = tj.make_policy(c1, c2, ds.workspace)
     rows = tj.make_policy(c1, c2, ds.workspace, row_by_row=True)
     image, pose, cam = _inputs(ds, 3)

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 import twostage_jax as tj
+from tests import _tiny
 from tests._tiny import tiny_config, tiny_dataset
 
 
 @pytest.mark.parametrize("algo,stage", [("bc", 1), ("cql", 2)])
 def test_train_seeds_equals_single_seed_runs(algo, stage):
-    cfg = tiny_config(algo, num_steps=4)
+    cfg = tiny_config(algo)
     keys = jax.random.split(jax.random.PRNGKey(42), 2)
     data = tj.prepare_data(tiny_dataset(), cfg)
     states, metrics = tj.train_seeds(cfg, data, keys, stage=stage)
@@ -29,21 +30,22 @@ def test_train_seeds_equals_single_seed_runs(algo, stage):
 
 
 def test_chunked_runs_equal_one_run():
-    cfg = tiny_config("bc", num_steps=6)
+    # Two chunks of 2 steps against one of 4: the 4-step programs are the other tests'.
+    cfg = tiny_config("bc")
     train, data = tj.make_train(cfg, 1), tj.prepare_data(tiny_dataset(), cfg)
-    run = jax.jit(train.run, static_argnums=2)
-    s0 = train.init(jax.random.PRNGKey(0), data)
-    whole, _ = run(s0, data, 6)
-    part, _ = run(s0, data, 2)
-    part, _ = run(part, data, 4)
+    s0 = _tiny.init(train, jax.random.PRNGKey(0), data)
+    whole, _ = _tiny.run(train, s0, data, 4)
+    part, _ = _tiny.run(train, s0, data, 2)
+    part, _ = _tiny.run(train, part, data, 2)
+    assert int(whole.step) == int(part.step) == 4
     jax.tree_util.tree_map(np.testing.assert_allclose, whole.params, part.params)
     # The same through run_seeds, the launcher's chunked path (both strategies).
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     for strategy in ("vmap", "sequential"):
         states = tj.init_seeds(train, keys, data)
-        whole, _ = tj.run_seeds(train, states, data, 6, strategy)
+        whole, _ = tj.run_seeds(train, states, data, 4, strategy)
         part, _ = tj.run_seeds(train, states, data, 2, strategy)
-        part, _ = tj.run_seeds(train, part, data, 4, strategy)
+        part, _ = tj.run_seeds(train, part, data, 2, strategy)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                                whole.params, part.params)
 
@@ -52,17 +54,17 @@ def test_chunked_runs_equal_one_run():
 def test_pipelined_run_equals_step_loop(algo, stage):
     # `run` samples batch t + 1 while it updates on batch t; it must see the same batches as
     # `step` called in a loop, so the two give the same parameters, metrics and key.
-    cfg = tiny_config(algo, num_steps=3)
+    cfg = tiny_config(algo)
     train, data = tj.make_train(cfg, stage), tj.prepare_data(tiny_dataset(), cfg)
-    s0 = train.init(jax.random.PRNGKey(5), data)
-    ran, ran_metrics = jax.jit(train.run, static_argnums=2)(s0, data, 3)
+    s0 = _tiny.init(train, jax.random.PRNGKey(5), data)
+    ran, ran_metrics = _tiny.run(train, s0, data, 4)
     step = jax.jit(train.step)
     looped, looped_metrics = s0, []
-    for _ in range(3):
+    for _ in range(4):
         looped, m = step(looped, data)
         looped_metrics.append(m)
     np.testing.assert_array_equal(ran.key, looped.key)
-    assert int(ran.step) == int(looped.step) == 3
+    assert int(ran.step) == int(looped.step) == 4
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            ran.params, looped.params)
     looped_flat = [tj.flatten_metrics(m) for m in looped_metrics]
@@ -165,8 +167,8 @@ def test_crop_encoder_options_train_with_finite_decreasing_loss(net, algo):
     assert all(np.all(np.isfinite(np.asarray(m))) for m in jax.tree_util.tree_leaves(metrics))
     if algo == "bc":  # the loss on one fixed batch of 64, before and after (no minibatch noise)
         batch = tj.sample_batch(data, jax.random.PRNGKey(7), 64, 2, cfg.stage2, with_next=False)
-        loss = lambda p: float(tj.bc_loss(p, batch, train.networks)[0])
-        assert loss(trained.params) < loss(s0.params)
+        loss = jax.jit(lambda p: tj.bc_loss(p, batch, train.networks)[0])
+        assert float(loss(trained.params)) < float(loss(s0.params))
     else:
         loss = np.asarray(metrics.critic.critic_loss)
         assert loss[-10:].mean() < loss[:10].mean()
@@ -185,13 +187,13 @@ def test_crop_encoder_options_are_validated():
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_held_out_eval_measures_what_training_improves(stage):
-    cfg = tiny_config("bc", num_steps=150)
+    cfg = tiny_config("bc")
     ds = tiny_dataset()
     evaluate = tj.make_held_out_eval(cfg, stage)
     train, data = tj.make_train(cfg, stage), tj.prepare_data(ds, cfg)
-    s0 = train.init(jax.random.PRNGKey(0), data)
+    s0 = _tiny.init(train, jax.random.PRNGKey(0), data)
     before = evaluate(s0.params, data, jax.random.PRNGKey(1))
-    trained, _ = jax.jit(train.run, static_argnums=2)(s0, data, cfg.num_steps)
+    trained, _ = _tiny.run_for(train, s0, data, 152)  # 38 chunks of the 4-step program
     after = evaluate(trained.params, data, jax.random.PRNGKey(1))
     assert np.isfinite(float(before.position_cm)) and 0.0 <= float(after.gripper_agreement) <= 1.0
     assert float(after.position_cm) < float(before.position_cm)
@@ -203,8 +205,8 @@ def test_held_out_eval_measures_what_training_improves(stage):
 def test_actor_encoder_grad_reaches_the_encoder():
     import flax
 
-    base = tiny_config("cql", num_steps=3)
-    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    base = tiny_config("cql")  # the actor_encoder_grad=False run is the other tests' program
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
     runs = {}
     for flag in (False, True):
         cfg = dataclasses.replace(base, cql=dataclasses.replace(base.cql, actor_encoder_grad=flag))
@@ -228,18 +230,18 @@ def test_vmapped_train_takes_the_dataset_as_an_argument_not_a_constant():
     # The fixed API: make_train(config, stage) -> train(key, data). A closure over the device
     # dataset (the old make_train(config, dataset, stage) -> train(key)) is baked into the
     # compiled program as a literal as large as the images; an argument is not.
-    cfg = tiny_config("bc", num_steps=2)
+    cfg = tiny_config("bc")
     data = tj.prepare_data(tiny_dataset(), cfg)
     train = tj.make_train(cfg, 1)
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
     image_bytes = int(data.images.nbytes)
     assert image_bytes > 10_000
-    text = jax.jit(jax.vmap(train, in_axes=(0, None))).lower(keys, data).as_text()
-    assert _largest_constant_bytes(text) < 1_000
+    lowered = jax.jit(jax.vmap(train, in_axes=(0, None))).lower(keys, data)
+    assert _largest_constant_bytes(lowered.as_text()) < 1_000
     closure = jax.jit(jax.vmap(lambda k: train(k, data))).lower(keys).as_text()
     assert _largest_constant_bytes(closure) >= image_bytes  # the detector sees the old design
-    # ... and the vmapped program equals single-seed runs.
-    states, metrics = jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, data)
+    # ... and the vmapped program (the one lowered above) equals single-seed runs.
+    states, metrics = lowered.compile()(keys, data)
     for i in range(2):
         single, m = jax.jit(train)(keys[i], data)
         jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-4, atol=2e-5),
