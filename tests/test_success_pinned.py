@@ -22,10 +22,14 @@ def test_recorded_episodes_replay_identically(task):
         env.reset(e["seed"])
         for k, (action, want) in enumerate(zip(e["actions"], e["steps"])):
             _, reward, done, info = env.step(np.asarray(action, np.float32))
-            got = {key: info[key] for key in ("success", "clipped", "move_steps", "gripper_steps",
-                                              "position_error")}
-            got.update(reward=reward, tcp=env.tcp_position().tolist())
-            assert got == want, (task, e["seed"], k)
+            got = {key: info[key] for key in ("success", "clipped", "move_steps", "gripper_steps")}
+            assert got == {key: want[key] for key in got}, (task, e["seed"], k)
+            # Floats to 1e-9: MuJoCo's last bit differs between host CPUs (the recording's host
+            # and an AMD EPYC disagree by one ulp in position_error), not between code paths.
+            floats = [info["position_error"], reward, *env.tcp_position().tolist()]
+            pinned = [want["position_error"], want["reward"], *want["tcp"]]
+            np.testing.assert_allclose(floats, pinned, rtol=1e-9, atol=1e-12,
+                                       err_msg=str((task, e["seed"], k)))
             assert done == (want["success"] or k + 1 == e["max_keyframes"])
     env.close()
 
