@@ -334,5 +334,7 @@ def validate_dataset(dataset: Dataset) -> None:
     for name in ("obs_index", "next_obs_index"):
         _checks.check_range(f"dataset.{name}", getattr(dataset, name), 0, n_img - 1,
                             "indices into dataset.images")
-    for name in ("reward", "mc_return", "done"):  # CQL's Q targets: a NaN here is a NaN loss
-        _checks.check_range(f"dataset.{name}", getattr(dataset, name), -np.inf, np.inf)
+    # CQL's Q targets: a NaN here would be a NaN loss
+    for name, (low, high, what) in {"reward": (-np.inf, np.inf, ""), "mc_return": (-np.inf, np.inf, ""),
+                                    "done": (0.0, 1.0, "a 0/1 episode-end flag")}.items():
+        _checks.check_range(f"dataset.{name}", getattr(dataset, name), low, high, what)
