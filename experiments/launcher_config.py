@@ -88,6 +88,12 @@ def train_config(config: ml_collections.ConfigDict, stage: int, workdir: Path | 
                              f"or 0 for config.cql.{name}; got {value!r}.")
         if value > 0.0:
             cql_fields[name] = value
+    grad = s.get("cql_actor_encoder_grad", None)  # None (or absent in older configs): config.cql's
+    if grad is not None:
+        if not isinstance(grad, bool):
+            raise ValueError(f"config.{STAGE_NAMES[stage]}.cql_actor_encoder_grad must be True, False "
+                             f"or None (config.cql.actor_encoder_grad); got {grad!r}.")
+        cql_fields["actor_encoder_grad"] = grad
     cql = tj.CQLConfig(**cql_fields)
     s2 = tj.Stage2Config(crop_size=crop_size,
                          ee_crop_size=int(config.stage2.ee_crop_size),

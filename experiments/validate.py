@@ -18,7 +18,8 @@ Stage 1's validation rollouts are computed once per stage-1 checkpoint and share
 
 Usage:
   python -m experiments.validate --workdir=runs/dev_push --names=paper,mm2 --episodes=20
-Writes `OUT/TAG/NAME.json` (TAG: the workdir's folder name) and prints one row per variant.
+Writes `OUT/TAG/NAME.json` (TAG: the workdir's folder name; workdirs that share a name, such as
+the study's `runs/repro/TASK/cql`, need an `--out` each, e.g. `--out=OUT/TASK`) and prints one row per variant.
 """
 
 from __future__ import annotations
@@ -159,11 +160,12 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
         report["held_out"] = diagnose.summarise({k: np.concatenate(v) for k, v in pooled.items()},
                                                 c2.crop_size, c2.sigma)
     cache = out / f"stage1_{step1}_{seeds[0]}_{episodes}.json"
-    if cache.exists():
-        report["stage1"] = json.loads(cache.read_text())
+    cached = read_own(cache, workdir)
+    if cached is not None:
+        report["stage1"] = cached
     else:
         report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False)
-        write_json_atomic(cache, report["stage1"])
+        write_json_atomic(cache, {**report["stage1"], "workdir": str(workdir)})
     report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True)
     report["seconds"] = time.perf_counter() - start
     write_json_atomic(out / f"{name}.json", report)
@@ -189,6 +191,21 @@ HEADER = ("| task | algo | stage 2 | held-out err cm s1 -> two | Algo.1 residual
           "| at budget | moves < 1 cm | pull to z cm |\n|" + "---|" * 11)
 
 
+def read_own(path: Path, workdir: Path) -> dict | None:
+    """A report or stage-1 cache written for `workdir`, or None if there is none.
+
+    Raises:
+      ValueError: `path` was written for another workdir (two workdirs sharing one TAG).
+    """
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    if r.get("workdir", str(workdir)) != str(workdir):
+        raise ValueError(f"{path} was written for --workdir={r['workdir']}, not {workdir} (both "
+                         f"folders are called {workdir.name!r}); pass another --out for this one.")
+    return r
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
@@ -199,12 +216,16 @@ def main(argv: list[str]) -> int:
     workdir = Path(FLAGS.workdir).absolute()
     out = Path(FLAGS.out) / workdir.name
     out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(out.glob("*.json")):  # before any work: is this folder another workdir's?
+        try:
+            read_own(path, workdir)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
     print(HEADER)
     for name in FLAGS.names:
         path = out / f"{name}.json"
-        if path.exists() and not FLAGS.force:
-            r = json.loads(path.read_text())
-        else:
+        r = read_own(path, workdir)
+        if r is None or FLAGS.force:
             try:
                 r = validate(workdir, name, FLAGS.episodes, FLAGS.seed, FLAGS.held_out,
                              FLAGS.held_out_seed, FLAGS.perturbations, out)

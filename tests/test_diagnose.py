@@ -52,3 +52,23 @@ def test_measure_shapes_and_zero_noise_perturbation():
     s = diagnose.summarise(m, crop=16, sigma=cfg.stage2.sigma)
     assert s["transitions"] == n and 0.0 <= s["target_out_of_crop"] <= 1.0
     assert s["stage1_cm_median"] >= 0.0 and len(s["stage1_eps_std"]) == 7
+
+
+def test_validate_refuses_a_report_folder_of_another_workdir(tmp_path):
+    """The study's workdirs are all called `cql`/`bc`: one --out must not mix two of them."""
+    import json
+
+    import pytest
+
+    from experiments import validate
+
+    out = tmp_path / "out"
+    out.mkdir()
+    mine, other = tmp_path / "push-v3" / "cql", tmp_path / "reach-v3" / "cql"
+    assert validate.read_own(out / "stage2.json", mine) is None  # nothing written yet
+    (out / "stage2.json").write_text(json.dumps({"workdir": str(other), "task": "reach-v3"}))
+    with pytest.raises(ValueError, match=r"written for --workdir=.*reach-v3/cql.*another --out"):
+        validate.read_own(out / "stage2.json", mine)
+    assert validate.read_own(out / "stage2.json", other)["task"] == "reach-v3"
+    (out / "stage1_1500_200000_20.json").write_text(json.dumps({"success": 0.5}))  # older cache
+    assert validate.read_own(out / "stage1_1500_200000_20.json", mine) == {"success": 0.5}

@@ -499,6 +499,16 @@ def test_per_stage_cql_learning_rates_override_config_cql():
         c.stage2.cql_critic_lr = bad
         with pytest.raises(ValueError, match=r"config\.stage2\.cql_critic_lr must be a finite number"):
             validate_config(c)
+    # the actor's encoder gradient, per stage in the same way (None: config.cql's)
+    c.stage2.cql_critic_lr = 0.0
+    c.stage2.cql_actor_encoder_grad = True
+    cal = {"sigma": [0.1] * 7, "crop_size": 8}
+    assert (train_config(c, 1, calibration=cal).cql.actor_encoder_grad,
+            train_config(c, 2, calibration=cal).cql.actor_encoder_grad) == (False, True)
+    assert config_differences(c.to_dict(), c, 1) == []
+    before = c.to_dict()
+    before["stage2"]["cql_actor_encoder_grad"] = None
+    assert config_differences(before, c, 2) == ["config.cql.actor_encoder_grad: trained False, now True"]
     # the reduced study config sets its own stage-1 rates; ':paper' changes only stage 2's method
     r = repro.get_config("cql,paper")
     assert train_config(r, 1).cql.actor_lr == float(r.stage1.cql_actor_lr or r.cql.actor_lr)

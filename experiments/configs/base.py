@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
         min_move=0.0,  # metres; see TrainConfig.min_move
         # CQL's learning rates for this stage only (0: config.cql.actor_lr / critic_lr)
         cql_actor_lr=0.0, cql_critic_lr=0.0,
+        # CQL: whether the actor's loss trains this stage's encoder (None: config.cql's)
+        cql_actor_encoder_grad=ml_collections.config_dict.placeholder(bool),
         network=network()))
     c.stage2 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
@@ -85,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
         crop_coverage=0.95,  # crop_size=0 ('auto'): smallest crop holding this share of targets
         min_move=0.0,  # metres; see TrainConfig.min_move
         cql_actor_lr=0.0, cql_critic_lr=0.0,  # as in stage1 (0: config.cql's)
+        cql_actor_encoder_grad=ml_collections.config_dict.placeholder(bool),  # as in stage1
         network=network()))
     c.cql = ml_collections.ConfigDict(dict(
         cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
