@@ -94,6 +94,12 @@ def train_config(config: ml_collections.ConfigDict, stage: int, workdir: Path | 
             raise ValueError(f"config.{STAGE_NAMES[stage]}.cql_actor_encoder_grad must be True, False "
                              f"or None (config.cql.actor_encoder_grad); got {grad!r}.")
         cql_fields["actor_encoder_grad"] = grad
+    bc = s.get("cql_bc_weight", None)  # None (or absent): config.cql.bc_weight
+    if bc is not None:
+        if isinstance(bc, bool) or not isinstance(bc, (int, float)) or not (math.isfinite(bc) and bc >= 0):
+            raise ValueError(f"config.{STAGE_NAMES[stage]}.cql_bc_weight must be a finite number >= 0 "
+                             f"or None (config.cql.bc_weight); got {bc!r}.")
+        cql_fields["bc_weight"] = float(bc)
     cql = tj.CQLConfig(**cql_fields)
     s2 = tj.Stage2Config(crop_size=crop_size,
                          ee_crop_size=int(config.stage2.ee_crop_size),

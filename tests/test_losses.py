@@ -131,6 +131,37 @@ def test_actor_and_alpha_losses():
     assert float(g) < 0
 
 
+def test_actor_bc_term_adds_the_weighted_error_and_pulls_the_mean_to_the_data():
+    _, batch = _fixed_batch(1)
+    nets = tj.make_networks(TINY_NET, 1, "cql")
+    params = tj.init_cql_params(nets.init(jax.random.PRNGKey(0), batch.obs), tj.CQLConfig())
+    key = jax.random.PRNGKey(1)
+    plain, aux0 = tj.actor_loss(params, batch, key, jnp.float32(0.1), nets)
+    w = np.array([1, 1, 1, 0, 0, 0, 2], np.float32)
+    loss, aux = tj.actor_loss(params, batch, key, jnp.float32(0.1), nets, bc_weight=0.5, bc_dim_weights=w)
+    # By hand: the actor's deterministic mean tanh(mu) against the dataset action.
+    feat = nets.encode(params, batch.obs)
+    mean, log_std = nets.actor(params, feat)
+    err = float(np.mean(np.sum(w * (np.tanh(np.asarray(mean)) - np.asarray(batch.action)) ** 2, -1)))
+    np.testing.assert_allclose(float(aux.bc_error), err, rtol=1e-5)
+    a, _ = tj.tanh_gaussian_sample(key, mean, log_std)  # the sample the loss's Q is taken at
+    abs_q = float(np.mean(np.abs(np.min(np.asarray(nets.critic(params, feat, a)), axis=0))))
+    np.testing.assert_allclose(float(loss), float(plain) + 0.5 * abs_q * err, rtol=1e-4)
+    assert float(aux0.bc_error) != float(aux.bc_error)  # the unweighted error is logged too
+    # Gradient steps on the BC term alone move tanh(mu) towards the data; the critic is untouched.
+    def bc_only(p):
+        return tj.actor_loss(p, batch, key, 0.0, nets, bc_weight=1.0)[1].bc_error
+    p = params
+    for _ in range(20):
+        g = jax.grad(bc_only)(p)
+        assert all(np.all(x == 0) for x in jax.tree_util.tree_leaves(g["critic"]))
+        p = jax.tree_util.tree_map(lambda a, b: a - 0.05 * b, p, g)
+    assert float(bc_only(p)) < 0.5 * float(bc_only(params))
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="CQLConfig.bc_weight must be a finite number >= 0"):
+            tj.CQLConfig(bc_weight=bad)
+
+
 def test_losses_reject_bad_batches():
     _, batch = _fixed_batch(1)
     nets = tj.make_networks(TINY_NET, 1, "bc")
@@ -165,11 +196,11 @@ def test_metrics_are_nested_and_flatten_to_the_logged_names():
     z = jnp.zeros(())
     cql = tj.CQLMetrics(
         critic=tj.CriticAux(z, z, z, z, z, regularizer=tj.RegularizerAux(z, z, z, z)),
-        actor=tj.ActorAux(z, z, z), alpha=tj.AlphaAux(z, z), grad_norm=z)
+        actor=tj.ActorAux(z, z, z, z), alpha=tj.AlphaAux(z, z), grad_norm=z)
     assert list(tj.flatten_metrics(cql)) == [
         "critic_loss", "td_loss", "cql_regularizer", "q_data", "q_target", "logsumexp_q",
-        "q_random", "q_policy", "q_next_policy", "actor_loss", "entropy", "q_pi", "alpha_loss",
-        "alpha", "grad_norm"]
+        "q_random", "q_policy", "q_next_policy", "actor_loss", "entropy", "q_pi", "bc_error",
+        "alpha_loss", "alpha", "grad_norm"]
     bc = tj.BCMetrics(bc=tj.BCAux(z, z, z), grad_norm=z)
     assert list(tj.flatten_metrics(bc)) == ["bc_loss", "position_error", "gripper_error", "grad_norm"]
     with pytest.raises(ValueError, match="metric name 'alpha_loss' of `alpha.alpha_loss` appears twice"):

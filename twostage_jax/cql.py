@@ -39,6 +39,11 @@ class CQLConfig:
       actor_lr, critic_lr, alpha_lr: Adam learning rates.
       actor_encoder_grad: the actor loss trains the shared encoder too (default: only the
         critic's loss does, as in pixel SAC / DrQ).
+      bc_weight: weight of a behaviour-cloning term in the actor loss, after TD3+BC (Fujimoto &
+        Gu, 2021): `bc_weight * mean|Q| * E[sum_d w_d (tanh(mu_d) - a_d)^2]`, with mean|Q| held
+        fixed so the weight does not depend on the scale of the returns, and w_d the stage's
+        per-dimension loss weights (stage 2's whitening; 1 for stage 1). 0 (the default) is
+        the paper's CQL, whose actor learns the action only through the critic's gradient.
     """
 
     cql_weight: float = 5.0
@@ -54,14 +59,17 @@ class CQLConfig:
     critic_lr: float = 3e-4
     alpha_lr: float = 1e-4
     actor_encoder_grad: bool = False
+    bc_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"CQLConfig.target must be one of {TARGETS}; got {self.target!r}.")
         if self.num_samples <= 0:
             raise ValueError(f"CQLConfig.num_samples must be > 0; got {self.num_samples!r}.")
-        if not (math.isfinite(self.cql_weight) and self.cql_weight >= 0):
-            raise ValueError(f"CQLConfig.cql_weight must be a finite number >= 0; got {self.cql_weight!r}.")
+        for name in ("cql_weight", "bc_weight"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not (math.isfinite(val) and val >= 0):
+                raise ValueError(f"CQLConfig.{name} must be a finite number >= 0; got {val!r}.")
         if not 0.0 <= self.gamma < 1.0:
             raise ValueError(f"CQLConfig.gamma must lie in [0, 1); got {self.gamma!r}.")
         if not 0.0 < self.tau <= 1.0:
@@ -117,6 +125,7 @@ class ActorAux(NamedTuple):
     actor_loss: jnp.ndarray
     entropy: jnp.ndarray
     q_pi: jnp.ndarray
+    bc_error: jnp.ndarray  # E[sum_d w_d (tanh(mu_d) - a_d)^2] (logged whether or not it is weighted)
 
 
 class AlphaAux(NamedTuple):
@@ -283,8 +292,11 @@ def actor_loss(
     networks: Networks,
     features: jnp.ndarray | None = None,
     encoder_grad: bool = False,
+    bc_weight: float = 0.0,
+    bc_dim_weights: Any = None,
 ) -> tuple[jnp.ndarray, ActorAux]:
-    """Eq. 2 as a loss: E_{s~D, a~pi(.|s)}[alpha log pi(a|s) - min_i Q_i(s, a)].
+    """Eq. 2 as a loss: E_{s~D, a~pi(.|s)}[alpha log pi(a|s) - min_i Q_i(s, a)], plus an
+    optional behaviour-cloning term (`CQLConfig.bc_weight`).
 
     Gradients flow into the actor head (and, with `encoder_grad`, into the shared encoder);
     critic parameters and alpha are held fixed.
@@ -298,6 +310,8 @@ def actor_loss(
       features: optional precomputed encode(params, batch.obs) [B, F].
       encoder_grad: let this loss train the encoder too (DrQ and pixel SAC stop it; the
         critic's Monte Carlo targets alone may not make the features encode positions).
+      bc_weight: `CQLConfig.bc_weight` (0: the paper's loss).
+      bc_dim_weights: None or [7] per-dimension weights of the BC term's squared error.
 
     Returns:
       (loss, ActorAux).
@@ -310,7 +324,14 @@ def actor_loss(
     q = jnp.min(networks.critic(jax.lax.stop_gradient(params), feat, action), axis=0)
     alpha = jax.lax.stop_gradient(alpha)
     loss = jnp.mean(alpha * log_prob - q)
-    return loss, ActorAux(actor_loss=loss, entropy=-jnp.mean(log_prob), q_pi=jnp.mean(q))
+    sq = jnp.square(jnp.tanh(mean) - batch.action)
+    if bc_dim_weights is not None:
+        sq = sq * jnp.asarray(bc_dim_weights, sq.dtype)
+    bc_error = jnp.mean(jnp.sum(sq, axis=-1))
+    if bc_weight:
+        loss = loss + bc_weight * jax.lax.stop_gradient(jnp.mean(jnp.abs(q))) * bc_error
+    return loss, ActorAux(actor_loss=loss, entropy=-jnp.mean(log_prob), q_pi=jnp.mean(q),
+                          bc_error=bc_error)
 
 
 def alpha_loss(log_alpha: jnp.ndarray, log_prob: jnp.ndarray, target_entropy: float) -> tuple[jnp.ndarray, AlphaAux]:
@@ -362,9 +383,13 @@ def init_cql_params(params: dict, config: CQLConfig) -> dict:
 
 
 def make_cql_update(
-    networks: Networks, config: CQLConfig, optimizer: optax.GradientTransformation
+    networks: Networks, config: CQLConfig, optimizer: optax.GradientTransformation,
+    bc_dim_weights: Any = None,
 ) -> Callable[[AgentState, Batch, jax.Array], tuple[AgentState, CQLMetrics]]:
     """Returns a pure `update(state, batch, key) -> (state, CQLMetrics)`.
+
+    `bc_dim_weights` (None or [7]) weights the squared error of the actor's optional BC term
+    (`config.bc_weight`) per action dimension.
 
     One gradient step on critic_loss + actor_loss + alpha_loss; the three losses touch
     disjoint parameters (encoder+critic, actor, log_alpha), so one optimizer step equals three
@@ -379,7 +404,8 @@ def make_cql_update(
         c_loss, c_aux = cql_critic_loss(params, batch, k_critic, alpha, target_params, networks,
                                         config, features=feat)
         a_loss, a_aux = actor_loss(params, batch, k_actor, alpha, networks, features=feat,
-                                   encoder_grad=config.actor_encoder_grad)
+                                   encoder_grad=config.actor_encoder_grad,
+                                   bc_weight=config.bc_weight, bc_dim_weights=bc_dim_weights)
         l_alpha, al_aux = alpha_loss(params["log_alpha"], -a_aux.entropy * jnp.ones(()),
                                      config.entropy_target)
         return c_loss + a_loss + l_alpha, (c_aux, a_aux, al_aux)

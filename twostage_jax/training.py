@@ -336,7 +336,8 @@ class Train:
                                           config.stage2.bc_weights() if stage == 2 else None)
             from twostage_jax.bc import BCMetrics as metrics_type
         else:
-            self._update = make_cql_update(self.networks, config.cql, self._optimizer)
+            self._update = make_cql_update(self.networks, config.cql, self._optimizer,
+                                           config.stage2.bc_weights() if stage == 2 else None)
             from twostage_jax.cql import CQLMetrics as metrics_type
         self.metrics_type = metrics_type
 

@@ -40,7 +40,8 @@ class Stage2Config:
       loss_weighting: 'none' (the paper's Eq. 1 for a BC stage 2) or 'whiten': weight each
         action dimension's squared error by 1 / Var of its Algo. 1 target
         (`correction_target_variance`, normalised to mean 1), so the gripper (sigma = 1) does
-        not drown the pose (sigma = 0.1). Correction mode with BC only. 'auto': 'whiten' where
+        not drown the pose (sigma = 0.1). Correction mode only: BC's loss, and the squared error of
+        CQL's optional BC term (`CQLConfig.bc_weight`). 'auto': 'whiten' where
         it applies (correction mode, every sigma > 0), else 'none'.
       gripper_clip: None (the paper: the tentative gripper is clipped to 0.99 like every other
         operand, and a saturated one cannot be flipped by any correction, since

@@ -68,8 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
         min_move=0.0,  # metres; see TrainConfig.min_move
         # CQL's learning rates for this stage only (0: config.cql.actor_lr / critic_lr)
         cql_actor_lr=0.0, cql_critic_lr=0.0,
-        # CQL: whether the actor's loss trains this stage's encoder (None: config.cql's)
+        # CQL: whether the actor's loss trains this stage's encoder, and the weight of the
+        # actor's BC term, for this stage only (None: config.cql's)
         cql_actor_encoder_grad=ml_collections.config_dict.placeholder(bool),
+        cql_bc_weight=ml_collections.config_dict.placeholder(float),
         network=network()))
     c.stage2 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
@@ -88,11 +90,13 @@ def base_config() -> ml_collections.ConfigDict:
         min_move=0.0,  # metres; see TrainConfig.min_move
         cql_actor_lr=0.0, cql_critic_lr=0.0,  # as in stage1 (0: config.cql's)
         cql_actor_encoder_grad=ml_collections.config_dict.placeholder(bool),  # as in stage1
+        cql_bc_weight=ml_collections.config_dict.placeholder(float),
         network=network()))
     c.cql = ml_collections.ConfigDict(dict(
         cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
         backup_entropy=False, init_alpha=0.1, actor_lr=1e-4, critic_lr=3e-4, alpha_lr=1e-4,
-        actor_encoder_grad=False))  # True: the actor loss trains the shared encoder too
+        actor_encoder_grad=False,  # True: the actor loss trains the shared encoder too
+        bc_weight=0.0))  # > 0: a TD3+BC-style term in the actor loss (CQLConfig.bc_weight)
 
     c.train = ml_collections.ConfigDict(dict(log_every=1000, checkpoint_every=10_000, keep_checkpoints=3))
     # workers: simulator processes for rollouts (1 = in this process, one after another);
@@ -113,6 +117,7 @@ def paper_method(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.stage2.loss_weighting = "none"
     c.stage2.gripper_clip = 0.0
     c.stage2.calibrate_sigma = False
+    c.stage2.cql_bc_weight, c.stage2.cql_actor_encoder_grad = 0.0, False  # CQL's actor as in Eq. 2
     for s in (c.stage1, c.stage2):
         s.min_move = 0.0
     n = c.stage2.network
