@@ -143,6 +143,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       ("demos.image_size", 1), ("demos.max_keyframes", 1), ("eval.seed", 0),
                       ("eval.record_episodes", 0), ("eval.bootstrap_reps", 1)):
         _int_at_least(config, path, low)
+    if "correction_passes" in config.eval:  # absent in configs saved before it existed
+        _int_at_least(config, "eval.correction_passes", 1)
     if not 0.0 <= float(config.demos.gamma) < 1.0:  # NaN fails too
         raise ValueError(f"config.demos.gamma must lie in [0, 1); got {config.demos.gamma!r}.")
     s2 = config.stage2

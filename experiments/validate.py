@@ -50,6 +50,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "correction" / "validation"),
                         "Output folder.")
     flags.DEFINE_bool("force", False, "Recompute variants that already have a report.")
+    flags.DEFINE_integer("correction_passes", 1, "Times stage 2 corrects (make_policy's "
+                         "correction_passes); N > 1 writes NAME_pN.json.")
 
 
 def run_config(workdir: Path, name: str):
@@ -71,7 +73,7 @@ def run_config(workdir: Path, name: str):
 
 
 def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
-             two_stage: bool) -> dict:
+             two_stage: bool, correction_passes: int = 1) -> dict:
     """Validation rollouts of every trained seed; success and stall measures."""
     import jax
 
@@ -84,7 +86,7 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     c2 = train_config(config, 2, workdir) if two_stage else None
     env = rollouts.env_factory(config)()
     ws = env.workspace
-    policy = tj.make_policy(c1, c2, ws)
+    policy = tj.make_policy(c1, c2, ws, correction_passes=correction_passes)
     num = int(config.num_seeds)
     success = np.zeros((num, len(seeds)), bool)
     budget = np.zeros((num, len(seeds)), bool)
@@ -120,7 +122,7 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
 
 
 def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, held_out_seed: int,
-             perturbations: int, out: Path) -> dict:
+             perturbations: int, out: Path, correction_passes: int = 1) -> dict:
     """Open-loop diagnostics and closed-loop validation of one stage-2 run; writes its report."""
     import jax
 
@@ -153,7 +155,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
             pick = lambda x, s=s: x[s]
             m = diagnose.measure(config, jax.tree_util.tree_map(pick, p1), jax.tree_util.tree_map(pick, p2),
                                  test, np.arange(test.action.shape[0]), jax.random.PRNGKey(1000 + s),
-                                 perturbations, workdir)
+                                 perturbations, workdir, correction_passes)
             for k, v in m.items():
                 pooled.setdefault(k, []).append(v)
         c2 = train_config(config, 2, workdir).stage2
@@ -166,9 +168,11 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     else:
         report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False)
         write_json_atomic(cache, {**report["stage1"], "workdir": str(workdir)})
-    report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True)
+    report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True,
+                                      correction_passes=correction_passes)
+    report["correction_passes"] = correction_passes
     report["seconds"] = time.perf_counter() - start
-    write_json_atomic(out / f"{name}.json", report)
+    write_json_atomic(out / report_name(name, correction_passes), report)
     return report
 
 
@@ -181,7 +185,9 @@ def row(r: dict) -> str:
               f"{h.get('pert_fixed_along_cm_median', float('nan')):.2f} / "
               f"{h.get('pert_fixed_across_cm_median', float('nan')):.2f} | "
               f"{h['stage1_gripper_agree']:.2f} / {h['two_stage_gripper_agree']:.2f}") if h else "- | - | - | -"
-    return (f"| {r['task']} | {r['algo']} | {r['stage2_name']} | {opened} | {s1['success']:.2f} -> "
+    passes = int(r.get("correction_passes", 1))
+    name = r["stage2_name"] + (f" x{passes} passes" if passes > 1 else "")
+    return (f"| {r['task']} | {r['algo']} | {name} | {opened} | {s1['success']:.2f} -> "
             f"{two['success']:.2f} | {two['at_budget']:.2f} | {two['small_moves']:.2f} | "
             f"{two['pull_cm']:+.2f} |")
 
@@ -189,6 +195,11 @@ def row(r: dict) -> str:
 HEADER = ("| task | algo | stage 2 | held-out err cm s1 -> two | Algo.1 residual cm before -> after "
           "| residual along / across axis cm | gripper agree s1 / two | validation success s1 -> two "
           "| at budget | moves < 1 cm | pull to z cm |\n|" + "---|" * 11)
+
+
+def report_name(name: str, correction_passes: int) -> str:
+    """`NAME.json`, or `NAME_pN.json` for N > 1 correction passes."""
+    return f"{name}.json" if correction_passes == 1 else f"{name}_p{correction_passes}.json"
 
 
 def read_own(path: Path, workdir: Path) -> dict | None:
@@ -222,13 +233,15 @@ def main(argv: list[str]) -> int:
         except ValueError as e:
             raise app.UsageError(str(e)) from None
     print(HEADER)
+    if FLAGS.correction_passes < 1:
+        raise app.UsageError(f"--correction_passes must be >= 1; got {FLAGS.correction_passes}.")
     for name in FLAGS.names:
-        path = out / f"{name}.json"
+        path = out / report_name(name, FLAGS.correction_passes)
         r = read_own(path, workdir)
         if r is None or FLAGS.force:
             try:
                 r = validate(workdir, name, FLAGS.episodes, FLAGS.seed, FLAGS.held_out,
-                             FLAGS.held_out_seed, FLAGS.perturbations, out)
+                             FLAGS.held_out_seed, FLAGS.perturbations, out, FLAGS.correction_passes)
             except FileNotFoundError as e:
                 print(f"skip {name}: {e}", file=sys.stderr)
                 continue

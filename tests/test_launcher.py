@@ -245,6 +245,7 @@ def test_clear_errors_for_bad_usage(tmp_path):
     ({"algo": "cql", "cql.critic_lr": float("nan")}, "config.cql.critic_lr must be a finite number > 0; got nan."),
     ({"eval.bootstrap_reps": 0}, "config.eval.bootstrap_reps must be a positive int; got 0."),
     ({"eval.record_episodes": -1}, "config.eval.record_episodes must be an int >= 0; got -1."),
+    ({"eval.correction_passes": 0}, "config.eval.correction_passes must be a positive int; got 0."),
 ])
 def test_config_validation_names_the_field(overrides, message):
     from experiments.launcher_config import validate_config

@@ -36,6 +36,22 @@ def test_two_stage_policy_composes(tiny_trained):
     assert np.all(np.abs(a) <= 1.0)
 
 
+def test_correction_passes_correct_the_previous_pass(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
+    image, pose, cam = _inputs(ds, 3)
+    once = tj.make_policy(c1, c2, ds.workspace)(p1, p2, image, pose, cam)
+    twice = tj.make_policy(c1, c2, ds.workspace, correction_passes=2)(p1, p2, image, pose, cam)
+    np.testing.assert_allclose(twice.tentative, once.tentative, atol=1e-6)  # stage 1's a^1
+    # the second pass crops around the first pass's action and composes onto it
+    again = tj.make_policy(c1, c2, ds.workspace)(p1, p2, image, pose, cam, tentative=once.action)
+    np.testing.assert_allclose(twice.action, again.action, atol=1e-6)
+    np.testing.assert_allclose(twice.correction, again.correction, atol=1e-6)
+    assert not np.allclose(twice.action, once.action, atol=1e-4)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="`correction_passes` must be an integer >= 1"):
+            tj.make_policy(c1, c2, ds.workspace, correction_passes=bad)
+
+
 def test_direct_mode_returns_stage2_action(tiny_trained):
     ds, c1, c2, p1, p2 = tiny_trained
     c2d = tj.TrainConfig(**{**c2.__dict__, "stage2": tj.Stage2Config(crop_size=8, ee_crop_size=4, mode="direct")})

@@ -50,6 +50,7 @@ def make_policy(
     workspace: Workspace,
     deterministic: bool = True,
     row_by_row: bool = False,
+    correction_passes: int = 1,
 ) -> Callable[..., PolicyOutput]:
     """Builds the jitted, batched two-stage policy.
 
@@ -66,6 +67,11 @@ def make_policy(
         kernels for other batch sizes (up to ~1e-7 apart in the actions, measured). Parallel
         evaluation uses it so that results do not depend on the number of workers; on CPU it was
         also faster than the batched call at batch 2.
+      correction_passes: how many times stage 2 corrects (1, the paper). With N > 1 each pass
+        re-crops around the previous pass's composed action and corrects it again, a^(k+1) =
+        g(a^(k), pi2(f(s, a^(k)))): stage 2 is trained on Algorithm 1's perturbations of every
+        size up to about sigma, so the smaller error a first pass leaves is also in its
+        training distribution. `correction` is then the last pass's a^2.
 
     Returns:
       `act(params1, params2, image, pose, camera, key, tentative) -> PolicyOutput`, where image
@@ -76,6 +82,8 @@ def make_policy(
       checked here, at the boundary: pose and tentative must be finite and in [-1, 1]. `tentative` ([B, 7], optional)
       replaces stage 1's output, e.g. to test stage 2 on Algo. 1's perturbed actions.
     """
+    if isinstance(correction_passes, bool) or not isinstance(correction_passes, int) or correction_passes < 1:
+        raise ValueError(f"`correction_passes` must be an integer >= 1; got {correction_passes!r}.")
     nets1 = make_networks(stage1.network, 1, stage1.algo)
     nets2 = make_networks(stage2.network, 2, stage2.algo) if stage2 is not None else None
     stochastic = not deterministic and (nets1.stochastic or (nets2 is not None and nets2.stochastic))
@@ -92,10 +100,12 @@ def make_policy(
             a1 = tentative
         if nets2 is None:
             return PolicyOutput(action=a1, tentative=a1, correction=jnp.zeros_like(a1))
-        obs2 = jax.vmap(lambda im, z, t: transform_state(
-            im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, a1)
-        a2 = _act_one_stage(nets2, params2, obs2, k2, deterministic)
-        action = s2.compose(a1, a2)
+        action = a1
+        for k in jax.random.split(k2, correction_passes) if correction_passes > 1 else [k2]:
+            obs2 = jax.vmap(lambda im, z, t: transform_state(
+                im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, action)
+            a2 = _act_one_stage(nets2, params2, obs2, k, deterministic)
+            action = s2.compose(action, a2)
         return PolicyOutput(action=action, tentative=a1, correction=a2)
 
     @jax.jit

@@ -102,10 +102,11 @@ def base_config() -> ml_collections.ConfigDict:
     # workers: simulator processes for rollouts (1 = in this process, one after another);
     # curve_steps: training steps (multiples of train.log_every, at most both stages' num_steps)
     # whose checkpoints are kept and evaluated for the learning curves (Fig. 4); set before
-    # training. Results do not depend on the number of workers.
+    # training. Results do not depend on the number of workers. correction_passes: times stage 2
+    # corrects when acting (1, the paper; `make_policy`'s correction_passes).
     c.eval = ml_collections.ConfigDict(dict(
         num_episodes=100, seed=100_000, record_episodes=1, bootstrap_reps=2000,
-        workers=_num_cores(), curve_steps=()))
+        workers=_num_cores(), curve_steps=(), correction_passes=1))
     return c
 
 
