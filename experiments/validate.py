@@ -50,6 +50,8 @@ def define_flags() -> None:
     flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "correction" / "validation"),
                         "Output folder.")
     flags.DEFINE_bool("force", False, "Recompute variants that already have a report.")
+    flags.DEFINE_string("summary_of", "", "Instead of validating: print the table of every report "
+                        "under this folder (recursively), with each arm's mean over tasks.")
     flags.DEFINE_integer("correction_passes", 1, "Times stage 2 corrects (make_policy's "
                          "correction_passes); N > 1 writes NAME_pN.json.")
 
@@ -197,6 +199,25 @@ HEADER = ("| task | algo | stage 2 | held-out err cm s1 -> two | Algo.1 residual
           "| at budget | moves < 1 cm | pull to z cm |\n|" + "---|" * 11)
 
 
+def summary_table(folder: Path) -> str:
+    """Markdown: one row per report under `folder`, then each arm's mean validation success over
+    the tasks it ran on (arm: the workdir's folder name, the stage-2 name and the passes)."""
+    rows, arms = [HEADER], {}
+    for path in sorted(folder.rglob("*.json")):
+        r = json.loads(path.read_text())
+        if "two_stage" not in r or "task" not in r:  # stage-1 caches
+            continue
+        rows.append(row(r))
+        arm = (Path(r["workdir"]).name, r["stage2_name"], int(r.get("correction_passes", 1)))
+        arms.setdefault(arm, []).append((r["task"], r["stage1"]["success"], r["two_stage"]["success"]))
+    rows += ["", "| workdir | stage 2 | passes | tasks | stage 1 | two-stage | gain |", "|---|---|---|---|---|---|---|"]
+    for (wd, name, passes), v in sorted(arms.items()):
+        s1, two = np.mean([x[1] for x in v]), np.mean([x[2] for x in v])
+        rows.append(f"| {wd} | {name} | {passes} | {', '.join(x[0] for x in v)} | {s1:.2f} | {two:.2f} | "
+                    f"{two - s1:+.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 def report_name(name: str, correction_passes: int) -> str:
     """`NAME.json`, or `NAME_pN.json` for N > 1 correction passes."""
     return f"{name}.json" if correction_passes == 1 else f"{name}_p{correction_passes}.json"
@@ -220,6 +241,11 @@ def read_own(path: Path, workdir: Path) -> dict | None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
+    if FLAGS.summary_of:
+        if not Path(FLAGS.summary_of).is_dir():
+            raise app.UsageError(f"--summary_of={FLAGS.summary_of} is not a folder.")
+        print(summary_table(Path(FLAGS.summary_of)), end="")
+        return 0
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
     if FLAGS.episodes <= 0:

@@ -72,3 +72,24 @@ def test_validate_refuses_a_report_folder_of_another_workdir(tmp_path):
     assert validate.read_own(out / "stage2.json", other)["task"] == "reach-v3"
     (out / "stage1_1500_200000_20.json").write_text(json.dumps({"success": 0.5}))  # older cache
     assert validate.read_own(out / "stage1_1500_200000_20.json", mine) == {"success": 0.5}
+
+
+def test_validate_summary_table_averages_each_arm_over_its_tasks(tmp_path):
+    import json
+
+    from experiments import validate
+
+    def report(task, name, s1, two, passes=1):
+        loop = {"success": two, "at_budget": 0.5, "small_moves": 0.25, "pull_cm": 1.0}
+        return {"workdir": f"/runs/{task}/cql", "task": task, "algo": "cql", "stage2_name": name,
+                "correction_passes": passes, "stage1": {**loop, "success": s1}, "two_stage": loop}
+
+    for task, s1, two in (("push-v3", 0.1, 0.5), ("reach-v3", 0.3, 0.4)):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "stage2.json").write_text(json.dumps(report(task, "stage2", s1, two)))
+        (tmp_path / task / "stage1_1500_200000_20.json").write_text(json.dumps({"success": s1}))
+    (tmp_path / "push-v3" / "stage2_p2.json").write_text(json.dumps(report("push-v3", "stage2", 0.1, 0.7, 2)))
+    text = validate.summary_table(tmp_path)
+    assert "| cql | stage2 | 1 | push-v3, reach-v3 | 0.20 | 0.45 | +0.25 |" in text
+    assert "| cql | stage2 | 2 | push-v3 | 0.10 | 0.70 | +0.60 |" in text
+    assert "stage2 x2 passes" in text and text.count("| push-v3 | cql |") == 2
