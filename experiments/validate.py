@@ -207,7 +207,7 @@ def summary_table(folder: Path) -> str:
         r = json.loads(path.read_text())
         if "two_stage" not in r or "task" not in r:  # stage-1 caches
             continue
-        rows.append(row(r))
+        rows.append(row({**r, "stage2_name": f"{Path(r['workdir']).name}/{r['stage2_name']}"}))
         arm = (Path(r["workdir"]).name, r["stage2_name"], int(r.get("correction_passes", 1)))
         arms.setdefault(arm, []).append((r["task"], r["stage1"]["success"], r["two_stage"]["success"]))
     rows += ["", "| workdir | stage 2 | passes | tasks | stage 1 | two-stage | gain |", "|---|---|---|---|---|---|---|"]

@@ -92,4 +92,4 @@ def test_validate_summary_table_averages_each_arm_over_its_tasks(tmp_path):
     text = validate.summary_table(tmp_path)
     assert "| cql | stage2 | 1 | push-v3, reach-v3 | 0.20 | 0.45 | +0.25 |" in text
     assert "| cql | stage2 | 2 | push-v3 | 0.10 | 0.70 | +0.60 |" in text
-    assert "stage2 x2 passes" in text and text.count("| push-v3 | cql |") == 2
+    assert "| cql/stage2 x2 passes |" in text and text.count("| push-v3 | cql |") == 2
