@@ -522,6 +522,14 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
                    "whitened one) on the same stage 1, seeds and evaluation layouts as the "
                    "headline run; the last column of each algorithm is ours minus the paper's "
                    "two-stage success, paired by seed."), ""]
+        for a in ALGOS:  # say so when the arms trained stage 2 for different budgets
+            ours = {d["stage2_step"] for (_, al, n), d in results.items() if al == a and n == HEADLINE}
+            paper = {d["stage2_step"] for (_, al, n), d in results.items() if al == a and n == PAPER}
+            if paper and paper != ours:
+                lines += [f"**{a.upper()}: the paper arm's stage 2 trained "
+                          f"{'/'.join(map(str, sorted(paper)))} steps, the headline's "
+                          f"{'/'.join(map(str, sorted(ours)))}**, so its last column mixes the "
+                          "method with the budget.", ""]
         lines += _paper_arm(results, reps)
     lines += ["", "## Aggregate statistics (rliable)", "",
               ("Over seeds × tasks of the headline runs: interquartile mean (IQM) and mean with "

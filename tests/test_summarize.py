@@ -139,6 +139,19 @@ def test_summary_means_and_figures(fake_raw, tmp_path):
     assert not (out / "fig_mc_vs_td.png").exists()  # no TD ablation in the fake data
 
 
+def test_paper_arm_with_another_stage2_budget_is_flagged(fake_raw, tmp_path):
+    raw, _ = fake_raw
+    text = summarize(raw, tmp_path / "same").read_text()
+    assert "mixes the method with the budget" not in text
+    path = raw / "push-v3" / "bc_paper.json"
+    d = json.loads(path.read_text())
+    d["stage2_step"] = 100  # the headline's stage 2 trained 200
+    path.write_text(json.dumps(d))
+    text = summarize(raw, tmp_path / "other").read_text()
+    assert "**BC: the paper arm's stage 2 trained 100 steps, the headline's 200**" in text
+    assert "**CQL: the paper arm" not in text
+
+
 def test_missing_modes_names_file_and_field(fake_raw, tmp_path):
     raw, _ = fake_raw
     path = raw / "push-v3" / "bc_stage2.json"
