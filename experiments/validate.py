@@ -248,6 +248,8 @@ def main(argv: list[str]) -> int:
         return 0
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required.")
+    if FLAGS.correction_passes < 1:
+        raise app.UsageError(f"--correction_passes must be >= 1; got {FLAGS.correction_passes}.")
     if FLAGS.episodes <= 0:
         raise app.UsageError(f"--episodes must be > 0; got {FLAGS.episodes}.")
     workdir = Path(FLAGS.workdir).absolute()
@@ -259,8 +261,6 @@ def main(argv: list[str]) -> int:
         except ValueError as e:
             raise app.UsageError(str(e)) from None
     print(HEADER)
-    if FLAGS.correction_passes < 1:
-        raise app.UsageError(f"--correction_passes must be >= 1; got {FLAGS.correction_passes}.")
     for name in FLAGS.names:
         path = out / report_name(name, FLAGS.correction_passes)
         r = read_own(path, workdir)
