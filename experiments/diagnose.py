@@ -7,7 +7,8 @@ of the training transitions for comparison:
     the half-width of the stage-2 crop;
   * how often the demo's target position falls outside the stage-2 crop centred on stage 1's
     tentative action (in the crop's rotated frame);
-  * the two-stage policy's position error and gripper agreement against stage 1 alone;
+  * the two-stage policy's position error, orientation error (the angle of the rotation between
+    the predicted and the demo's hand orientation) and gripper agreement against stage 1 alone;
   * the correction's accuracy on Algo. 1's own perturbations (a^1 = tanh(atanh(a) - eps),
     eps ~ N(0, sigma^2), the distribution stage 2 was trained on): error before and after the
     correction;
@@ -74,6 +75,26 @@ def held_out_dataset(config: Any, task_root: Path, num: int, seed: int):
     return ds
 
 
+def orientation_error_deg(a: np.ndarray, b: np.ndarray, ws: Any) -> np.ndarray:
+    """Angle, in degrees, of the rotation between two actions' hand orientations.
+
+    Args:
+      a, b: [B, 7] normalised actions (orientation in dims 3:6, extrinsic x-y-z Euler / pi).
+      ws: their `Workspace`.
+
+    Returns:
+      [B] geodesic angles in [0, 180]: arccos((trace(R_a^T R_b) - 1) / 2).
+    """
+    import jax.numpy as jnp
+
+    import twostage_jax as tj
+
+    ra, rb = (np.asarray(tj.euler_to_matrix(tj.action_to_pose(jnp.asarray(x), ws)[1]), np.float64)
+              for x in (a, b))
+    cos = (np.einsum("bij,bij->b", ra, rb) - 1.0) / 2.0  # trace(Ra^T Rb)
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
 def _check_disjoint(config: Any, workdir: Path, seed: int, num: int) -> None:
     stats = json.loads((workdir / "demos" / "stats.json").read_text())
     used = set(stats["demo_seeds"]) | set(stats.get("validation_seeds", []))
@@ -125,7 +146,7 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
                                              "two_grip_ok", "s1_eps", "pert_cm", "pert_fixed_cm",
                                              "pert_out_of_crop", "s1_along_cm", "s1_across_cm",
                                              "two_along_cm", "two_across_cm", "pert_fixed_along_cm",
-                                             "pert_fixed_across_cm")}
+                                             "pert_fixed_across_cm", "s1_deg", "two_deg")}
     for lo in range(0, len(index), 64):
         idx = index[lo:lo + 64]
         img = jnp.asarray(ds.images[ds.obs_index[idx]])
@@ -137,6 +158,8 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
         out["s1_cm"].append(100 * np.linalg.norm(to_world(a1) - true_w, axis=-1))
         out["two_cm"].append(100 * np.linalg.norm(to_world(af) - true_w, axis=-1))
         out["s1_px"].append(np.linalg.norm(to_px(a1) - true_px, axis=-1))
+        out["s1_deg"].append(orientation_error_deg(a1, a, ws))
+        out["two_deg"].append(orientation_error_deg(af, a, ws))
         for name, arr in (("s1", a1), ("two", af)):
             along, across = split(arr, true_w)
             out[f"{name}_along_cm"].append(along)
@@ -198,6 +221,8 @@ def summarise(m: dict[str, np.ndarray], crop: int, sigma: Any) -> dict[str, Any]
         "target_out_of_crop": float(m["out_of_crop"].mean()),
         "two_stage_cm_median": float(np.median(two)), "two_stage_cm_p90": float(np.percentile(two, 90)),
         "two_stage_better": float((two < s1).mean()),
+        **({"stage1_deg_median": float(np.median(m["s1_deg"])),
+            "two_stage_deg_median": float(np.median(m["two_deg"]))} if "s1_deg" in m else {}),
         "stage1_gripper_agree": float(m["s1_grip_ok"].mean()),
         "two_stage_gripper_agree": float(m["two_grip_ok"].mean()),
         "stage1_eps_std": np.std(m["s1_eps"], axis=0).round(4).tolist(),
@@ -265,9 +290,9 @@ def to_markdown(reports: list[dict[str, Any]]) -> str:
     """The diagnostics table (held-out rows, with training rows for comparison)."""
     head = ("| task | algo | stage 2 | split | stage-1 err cm (median / p90) | stage-1 err px (median / p90) "
             "| crop half-width px | target outside crop | two-stage err cm (median / p90) "
-            "| two-stage closer | gripper agree s1 / two | Algo.1 err cm before -> after correction "
+            "| two-stage closer | orientation err deg s1 -> two | gripper agree s1 / two | Algo.1 err cm before -> after correction "
             "| stage-1 eps std (x, y, z) vs sigma |")
-    rows = [head, "|" + "---|" * 13]
+    rows = [head, "|" + "---|" * 14]
     for r in reports:
         for split in ("held_out", "train"):
             d = r[split]
@@ -278,6 +303,8 @@ def to_markdown(reports: list[dict[str, Any]]) -> str:
                 f"| {d['target_out_of_crop']:.1%} "
                 f"| {d['two_stage_cm_median']:.2f} / {d['two_stage_cm_p90']:.2f} "
                 f"| {d['two_stage_better']:.0%} "
+                f"| {d.get('stage1_deg_median', float('nan')):.2f} -> "
+                f"{d.get('two_stage_deg_median', float('nan')):.2f} "
                 f"| {d['stage1_gripper_agree']:.2f} / {d['two_stage_gripper_agree']:.2f} "
                 f"| {d['algo1_perturbed_cm_median']:.2f} -> {d['algo1_corrected_cm_median']:.2f} "
                 f"| {', '.join(f'{x:.3f}' for x in d['stage1_eps_std'][:3])} vs {d['algo1_sigma'][0]:g} |")

@@ -32,6 +32,21 @@ def test_outside_uses_the_rotated_crop_frame():
     np.testing.assert_array_equal(out, [False, True])
 
 
+def test_orientation_error_is_the_angle_between_the_hand_rotations():
+    ds = make_synthetic_dataset(num_episodes=2, steps_per_episode=2, image_size=32)
+    a = np.zeros((4, 7), np.float32)
+    b = a.copy()
+    b[0, 5] = 0.25     # yaw pi/4: 45 degrees
+    b[1, 3] = -0.5     # roll -pi/2: 90 degrees
+    b[2, 3:5] = 0.25   # roll then pitch, pi/4 each: arccos((trace - 1) / 2) by hand
+    b[3, :3], b[3, 6] = 0.7, -1.0  # position and gripper do not count
+    c = np.cos(np.pi / 4)
+    trace = c + c + c * c  # Ry(b) Rx(a): diagonal cos b, cos a, cos a cos b
+    want = [45.0, 90.0, np.degrees(np.arccos((trace - 1) / 2)), 0.0]
+    np.testing.assert_allclose(diagnose.orientation_error_deg(b, a, ds.workspace), want, atol=1e-3)
+    np.testing.assert_allclose(diagnose.orientation_error_deg(a, b, ds.workspace), want, atol=1e-3)
+
+
 def test_measure_shapes_and_zero_noise_perturbation():
     cfg = smoke.get_config()
     with cfg.unlocked():
@@ -52,6 +67,10 @@ def test_measure_shapes_and_zero_noise_perturbation():
     s = diagnose.summarise(m, crop=16, sigma=cfg.stage2.sigma)
     assert s["transitions"] == n and 0.0 <= s["target_out_of_crop"] <= 1.0
     assert s["stage1_cm_median"] >= 0.0 and len(s["stage1_eps_std"]) == 7
+    assert m["s1_deg"].shape == m["two_deg"].shape == (n,)
+    assert 0.0 <= s["stage1_deg_median"] <= 180.0 and 0.0 <= s["two_stage_deg_median"] <= 180.0
+    assert "orientation err deg" in diagnose.to_markdown([{"task": "t", "algo": "bc", "stage2_name": "stage2",
+                                                            "held_out": s, "train": s}])
 
 
 def test_validate_refuses_a_report_folder_of_another_workdir(tmp_path):
