@@ -107,10 +107,11 @@ def _check_disjoint(config: Any, workdir: Path, seed: int, num: int) -> None:
 
 def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray, key: Any,
             perturbations: int, workdir: Path | None = None,
-            correction_passes: int = 1) -> dict[str, np.ndarray]:
+            correction_passes: int = 1, corrected_dims: Any = None) -> dict[str, np.ndarray]:
     """Per-transition measurements of one seed's stage 1 and two-stage policy.
 
-    `correction_passes` is `make_policy`'s (how many times stage 2 corrects).
+    `correction_passes` and `corrected_dims` are `make_policy`'s (how many times stage 2
+    corrects, and which action dimensions).
 
     Returns:
       Arrays over the transitions in `index` (perturbation arrays over transitions x draws).
@@ -123,7 +124,8 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
 
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     s2 = c2.stage2
-    act = tj.make_policy(c1, c2, ds.workspace, correction_passes=correction_passes)
+    act = tj.make_policy(c1, c2, ds.workspace, correction_passes=correction_passes,
+                         corrected_dims=corrected_dims)
     cam = ds.camera(0)
     cam = tj.Camera(jnp.asarray(cam.intrinsics), jnp.asarray(cam.cam_to_world), cam.width, cam.height)
     ws = ds.workspace

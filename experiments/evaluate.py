@@ -68,7 +68,10 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     cache = rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
                                  rollouts.cache_setting(config, seeds))
     passes = int(config.eval.get("correction_passes", 1))
-    ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes)
+    dims = config.eval.get("corrected_dims")
+    dims = None if dims is None else tuple(int(d) for d in dims)
+    ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
+                             corrected_dims=dims)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes))
     curve = [k for k in rollouts.curve_steps(config) if (k, k) != (step1, step2)]
     for k in curve:
@@ -95,7 +98,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         "stage2_q_target": c2.cql.target if config.algo == "cql" else None,
         "stage2_sigma": list(c2.stage2.sigma), "stage2_crop_size": c2.stage2.crop_size,
         "stage2_loss_weighting": c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
-        "correction_passes": passes,
+        "correction_passes": passes, "corrected_dims": None if dims is None else list(dims),
         "eval_seconds": time.perf_counter() - start, "config": config_to_dict(config),
         "modes": {}}
     for m in policies:

@@ -145,6 +145,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _int_at_least(config, path, low)
     if "correction_passes" in config.eval:  # absent in configs saved before it existed
         _int_at_least(config, "eval.correction_passes", 1)
+    if config.eval.get("corrected_dims") is not None:
+        try:
+            tj.check_corrected_dims(config.eval.corrected_dims)
+        except ValueError as e:
+            raise ValueError(str(e).replace("`corrected_dims`", "config.eval.corrected_dims")) from e
     if not 0.0 <= float(config.demos.gamma) < 1.0:  # NaN fails too
         raise ValueError(f"config.demos.gamma must lie in [0, 1); got {config.demos.gamma!r}.")
     s2 = config.stage2

@@ -139,16 +139,17 @@ class Evaluation:
       seeds: evaluation layout seeds.
       num_seeds: training seeds (leading axis of the parameters).
       cache: the stage-1 cache, or None.
-      correction_passes: `make_policy`'s, for the two-stage policy (stage 1's rollouts, and
-        so the cache, do not depend on it).
+      correction_passes, corrected_dims: `make_policy`'s, for the two-stage policy (stage 1's
+        rollouts, and so the cache, do not depend on them).
     """
 
     def __init__(self, stage1: tj.TrainConfig, stage2: tj.TrainConfig, workspace: tj.Workspace,
                  seeds: list[int], num_seeds: int, cache: Stage1Cache | None,
-                 correction_passes: int = 1) -> None:
+                 correction_passes: int = 1, corrected_dims: Any = None) -> None:
         self.policies = {"stage1": tj.make_policy(stage1, None, workspace, row_by_row=True),
                          "two_stage": tj.make_policy(stage1, stage2, workspace, row_by_row=True,
-                                                     correction_passes=correction_passes)}
+                                                     correction_passes=correction_passes,
+                                                     corrected_dims=corrected_dims)}
         self.seeds, self.num_seeds, self.cache = seeds, num_seeds, cache
         self._entries: list[tuple[Any, Any, Any, int]] = []  # (tag, params1, params2, record)
         self.reused = 0

@@ -54,6 +54,9 @@ def define_flags() -> None:
                         "under this folder (recursively), with each arm's mean over tasks.")
     flags.DEFINE_integer("correction_passes", 1, "Times stage 2 corrects (make_policy's "
                          "correction_passes); N > 1 writes NAME_pN.json.")
+    flags.DEFINE_list("corrected_dims", None, "7 flags of 0 / 1: the action dimensions the "
+                      "correction changes (make_policy's corrected_dims), e.g. 1,1,1,0,0,0,1 keeps "
+                      "stage 1's orientation; writes NAME_dFLAGS.json. Default: all.")
 
 
 def run_config(workdir: Path, name: str):
@@ -75,7 +78,7 @@ def run_config(workdir: Path, name: str):
 
 
 def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
-             two_stage: bool, correction_passes: int = 1) -> dict:
+             two_stage: bool, correction_passes: int = 1, corrected_dims: Any = None) -> dict:
     """Validation rollouts of every trained seed; success and stall measures."""
     import jax
 
@@ -88,7 +91,8 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     c2 = train_config(config, 2, workdir) if two_stage else None
     env = rollouts.env_factory(config)()
     ws = env.workspace
-    policy = tj.make_policy(c1, c2, ws, correction_passes=correction_passes)
+    policy = tj.make_policy(c1, c2, ws, correction_passes=correction_passes,
+                            corrected_dims=corrected_dims if two_stage else None)
     num = int(config.num_seeds)
     success = np.zeros((num, len(seeds)), bool)
     budget = np.zeros((num, len(seeds)), bool)
@@ -124,7 +128,8 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
 
 
 def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, held_out_seed: int,
-             perturbations: int, out: Path, correction_passes: int = 1) -> dict:
+             perturbations: int, out: Path, correction_passes: int = 1,
+             corrected_dims: tuple[int, ...] | None = None) -> dict:
     """Open-loop diagnostics and closed-loop validation of one stage-2 run; writes its report."""
     import jax
 
@@ -157,7 +162,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
             pick = lambda x, s=s: x[s]
             m = diagnose.measure(config, jax.tree_util.tree_map(pick, p1), jax.tree_util.tree_map(pick, p2),
                                  test, np.arange(test.action.shape[0]), jax.random.PRNGKey(1000 + s),
-                                 perturbations, workdir, correction_passes)
+                                 perturbations, workdir, correction_passes, corrected_dims)
             for k, v in m.items():
                 pooled.setdefault(k, []).append(v)
         c2 = train_config(config, 2, workdir).stage2
@@ -171,10 +176,11 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
         report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False)
         write_json_atomic(cache, {**report["stage1"], "workdir": str(workdir)})
     report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True,
-                                      correction_passes=correction_passes)
+                                      correction_passes=correction_passes, corrected_dims=corrected_dims)
     report["correction_passes"] = correction_passes
+    report["corrected_dims"] = None if corrected_dims is None else list(corrected_dims)
     report["seconds"] = time.perf_counter() - start
-    write_json_atomic(out / report_name(name, correction_passes), report)
+    write_json_atomic(out / report_name(name, correction_passes, corrected_dims), report)
     return report
 
 
@@ -186,17 +192,30 @@ def row(r: dict) -> str:
               f"{h['algo1_perturbed_cm_median']:.2f} -> {h['algo1_corrected_cm_median']:.2f} | "
               f"{h.get('pert_fixed_along_cm_median', float('nan')):.2f} / "
               f"{h.get('pert_fixed_across_cm_median', float('nan')):.2f} | "
-              f"{h['stage1_gripper_agree']:.2f} / {h['two_stage_gripper_agree']:.2f}") if h else "- | - | - | -"
-    passes = int(r.get("correction_passes", 1))
-    name = r["stage2_name"] + (f" x{passes} passes" if passes > 1 else "")
+              f"{h['stage1_gripper_agree']:.2f} / {h['two_stage_gripper_agree']:.2f} | "
+              f"{h.get('stage1_deg_median', float('nan')):.2f} -> "
+              f"{h.get('two_stage_deg_median', float('nan')):.2f}") if h else "- | - | - | - | -"
+    name = r["stage2_name"] + _acting_label(r)
     return (f"| {r['task']} | {r['algo']} | {name} | {opened} | {s1['success']:.2f} -> "
             f"{two['success']:.2f} | {two['at_budget']:.2f} | {two['small_moves']:.2f} | "
             f"{two['pull_cm']:+.2f} |")
 
 
 HEADER = ("| task | algo | stage 2 | held-out err cm s1 -> two | Algo.1 residual cm before -> after "
-          "| residual along / across axis cm | gripper agree s1 / two | validation success s1 -> two "
-          "| at budget | moves < 1 cm | pull to z cm |\n|" + "---|" * 11)
+          "| residual along / across axis cm | gripper agree s1 / two | orientation err deg s1 -> two "
+          "| validation success s1 -> two | at budget | moves < 1 cm | pull to z cm |\n|" + "---|" * 12)
+
+
+def _dims_label(r: dict) -> str:
+    """' dims 1110001' for a report acting with corrected_dims, else ''."""
+    dims = r.get("corrected_dims")
+    return f" dims {''.join(str(int(d)) for d in dims)}" if dims is not None else ""
+
+
+def _acting_label(r: dict) -> str:
+    """' x2 passes', ' dims 1110001', both or '' for a report's acting options."""
+    passes = int(r.get("correction_passes", 1))
+    return (f" x{passes} passes" if passes > 1 else "") + _dims_label(r)
 
 
 def summary_table(folder: Path) -> str:
@@ -208,7 +227,8 @@ def summary_table(folder: Path) -> str:
         if "two_stage" not in r or "task" not in r:  # stage-1 caches
             continue
         rows.append(row({**r, "stage2_name": f"{Path(r['workdir']).name}/{r['stage2_name']}"}))
-        arm = (Path(r["workdir"]).name, r["stage2_name"], int(r.get("correction_passes", 1)))
+        arm = (Path(r["workdir"]).name, r["stage2_name"] + _dims_label(r),
+               int(r.get("correction_passes", 1)))
         arms.setdefault(arm, []).append((r["task"], r["stage1"]["success"], r["two_stage"]["success"]))
     rows += ["", "| workdir | stage 2 | passes | tasks | stage 1 | two-stage | gain |", "|---|---|---|---|---|---|---|"]
     for (wd, name, passes), v in sorted(arms.items()):
@@ -218,9 +238,11 @@ def summary_table(folder: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def report_name(name: str, correction_passes: int) -> str:
-    """`NAME.json`, or `NAME_pN.json` for N > 1 correction passes."""
-    return f"{name}.json" if correction_passes == 1 else f"{name}_p{correction_passes}.json"
+def report_name(name: str, correction_passes: int, corrected_dims: Any = None) -> str:
+    """`NAME.json`; `_pN` is added for N > 1 correction passes, `_dFLAGS` for corrected_dims."""
+    passes = "" if correction_passes == 1 else f"_p{correction_passes}"
+    dims = "" if corrected_dims is None else "_d" + "".join(str(int(d)) for d in corrected_dims)
+    return f"{name}{passes}{dims}.json"
 
 
 def read_own(path: Path, workdir: Path) -> dict | None:
@@ -250,6 +272,13 @@ def main(argv: list[str]) -> int:
         raise app.UsageError("--workdir is required.")
     if FLAGS.correction_passes < 1:
         raise app.UsageError(f"--correction_passes must be >= 1; got {FLAGS.correction_passes}.")
+    dims = None
+    if FLAGS.corrected_dims is not None:
+        flags_ = [d.strip() for d in FLAGS.corrected_dims]
+        if len(flags_) != 7 or any(d not in ("0", "1") for d in flags_) or "1" not in flags_:
+            raise app.UsageError("--corrected_dims must be 7 flags of 0 / 1 (x, y, z, roll, pitch, "
+                                 f"yaw, gripper), at least one 1; got {','.join(FLAGS.corrected_dims)}.")
+        dims = tuple(int(d) for d in flags_)
     if FLAGS.episodes <= 0:
         raise app.UsageError(f"--episodes must be > 0; got {FLAGS.episodes}.")
     workdir = Path(FLAGS.workdir).absolute()
@@ -262,12 +291,13 @@ def main(argv: list[str]) -> int:
             raise app.UsageError(str(e)) from None
     print(HEADER)
     for name in FLAGS.names:
-        path = out / report_name(name, FLAGS.correction_passes)
+        path = out / report_name(name, FLAGS.correction_passes, dims)
         r = read_own(path, workdir)
         if r is None or FLAGS.force:
             try:
                 r = validate(workdir, name, FLAGS.episodes, FLAGS.seed, FLAGS.held_out,
-                             FLAGS.held_out_seed, FLAGS.perturbations, out, FLAGS.correction_passes)
+                             FLAGS.held_out_seed, FLAGS.perturbations, out, FLAGS.correction_passes,
+                             dims)
             except FileNotFoundError as e:
                 print(f"skip {name}: {e}", file=sys.stderr)
                 continue

@@ -108,7 +108,13 @@ def test_validate_summary_table_averages_each_arm_over_its_tasks(tmp_path):
         (tmp_path / task / "stage2.json").write_text(json.dumps(report(task, "stage2", s1, two)))
         (tmp_path / task / "stage1_1500_200000_20.json").write_text(json.dumps({"success": s1}))
     (tmp_path / "push-v3" / "stage2_p2.json").write_text(json.dumps(report("push-v3", "stage2", 0.1, 0.7, 2)))
+    dims = {**report("reach-v3", "stage2", 0.3, 0.6), "corrected_dims": [1, 1, 1, 0, 0, 0, 1]}
+    (tmp_path / "reach-v3" / "stage2_d1110001.json").write_text(json.dumps(dims))
+    assert validate.report_name("stage2", 1, (1, 1, 1, 0, 0, 0, 1)) == "stage2_d1110001.json"
+    assert validate.report_name("stage2", 2, None) == "stage2_p2.json"
     text = validate.summary_table(tmp_path)
+    assert "| cql | stage2 dims 1110001 | 1 | reach-v3 | 0.30 | 0.60 | +0.30 |" in text
+    assert "| reach-v3 | cql | cql/stage2 dims 1110001 |" in text
     assert "| cql | stage2 | 1 | push-v3, reach-v3 | 0.20 | 0.45 | +0.25 |" in text
     assert "| cql | stage2 | 2 | push-v3 | 0.10 | 0.70 | +0.60 |" in text
     assert "| cql/stage2 x2 passes |" in text and text.count("| push-v3 | cql |") == 2

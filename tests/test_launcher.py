@@ -246,6 +246,8 @@ def test_clear_errors_for_bad_usage(tmp_path):
     ({"eval.bootstrap_reps": 0}, "config.eval.bootstrap_reps must be a positive int; got 0."),
     ({"eval.record_episodes": -1}, "config.eval.record_episodes must be an int >= 0; got -1."),
     ({"eval.correction_passes": 0}, "config.eval.correction_passes must be a positive int; got 0."),
+    ({"eval.corrected_dims": (1, 1, 1)}, "config.eval.corrected_dims must be 7 flags of 0 / 1 (x, y, z, "
+     "roll, pitch, yaw, gripper), at least one 1; got (1, 1, 1)."),
 ])
 def test_config_validation_names_the_field(overrides, message):
     from experiments.launcher_config import validate_config

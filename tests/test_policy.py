@@ -52,6 +52,21 @@ def test_correction_passes_correct_the_previous_pass(tiny_trained):
             tj.make_policy(c1, c2, ds.workspace, correction_passes=bad)
 
 
+def test_corrected_dims_keep_the_tentative_value_on_the_other_dims(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
+    image, pose, cam = _inputs(ds, 3)
+    full = tj.make_policy(c1, c2, ds.workspace)(p1, p2, image, pose, cam)
+    keep = (1, 1, 1, 0, 0, 0, 1)  # stage 1's orientation
+    part = tj.make_policy(c1, c2, ds.workspace, corrected_dims=keep)(p1, p2, image, pose, cam)
+    on = np.asarray(keep, bool)
+    np.testing.assert_array_equal(np.asarray(part.action)[:, ~on], np.asarray(part.tentative)[:, ~on])
+    np.testing.assert_allclose(np.asarray(part.action)[:, on], np.asarray(full.action)[:, on], atol=1e-6)
+    assert not np.allclose(np.asarray(full.action)[:, ~on], np.asarray(full.tentative)[:, ~on], atol=1e-4)
+    for bad in ((1, 1, 1), (0,) * 7, (1, 1, 1, 0, 0, 0, 2), "1110001"):
+        with pytest.raises(ValueError, match="`corrected_dims` must be 7 flags of 0 / 1"):
+            tj.make_policy(c1, c2, ds.workspace, corrected_dims=bad)
+
+
 def test_direct_mode_returns_stage2_action(tiny_trained):
     ds, c1, c2, p1, p2 = tiny_trained
     c2d = tj.TrainConfig(**{**c2.__dict__, "stage2": tj.Stage2Config(crop_size=8, ee_crop_size=4, mode="direct")})

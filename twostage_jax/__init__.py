@@ -51,7 +51,7 @@ from twostage_jax.networks import (
     resolve_conv_impl,
     tanh_gaussian_sample,
 )
-from twostage_jax.policy import PolicyOutput, make_policy
+from twostage_jax.policy import PolicyOutput, check_corrected_dims, make_policy
 from twostage_jax.state import AgentState
 from twostage_jax.training import (
     SEED_STRATEGIES,
@@ -143,6 +143,7 @@ __all__ = [
     "make_cql_update",
     "make_networks",
     "make_policy",
+    "check_corrected_dims",
     "init_seeds",
     "make_train",
     "run_seeds",

@@ -6,10 +6,11 @@ are read for their network, algo, image size and `Stage2Config` fields.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax.networks import Networks, make_networks, tanh_gaussian_sample
@@ -44,6 +45,24 @@ def _act_one_stage(networks: Networks, params: dict, obs: Any, key: jax.Array, d
     return tanh_gaussian_sample(key, mean, log_std)[0]
 
 
+def check_corrected_dims(corrected_dims: Sequence[int]) -> np.ndarray:
+    """`make_policy`'s `corrected_dims` as a [7] bool mask, or a ValueError naming what is wrong.
+
+    Args:
+      corrected_dims: 7 flags, each 0 / 1 (or False / True), at least one of them 1.
+
+    Returns:
+      [7] bool array.
+    """
+    flags = list(corrected_dims) if isinstance(corrected_dims, (list, tuple, np.ndarray)) else None
+    if (flags is None or len(flags) != ACTION_DIM
+            or not all(isinstance(f, (bool, int, np.integer)) and int(f) in (0, 1) for f in flags)
+            or not any(int(f) for f in flags)):
+        raise ValueError(f"`corrected_dims` must be {ACTION_DIM} flags of 0 / 1 (x, y, z, roll, "
+                         f"pitch, yaw, gripper), at least one 1; got {corrected_dims!r}.")
+    return np.asarray([bool(int(f)) for f in flags])
+
+
 def make_policy(
     stage1: TrainConfig,
     stage2: TrainConfig | None,
@@ -51,6 +70,7 @@ def make_policy(
     deterministic: bool = True,
     row_by_row: bool = False,
     correction_passes: int = 1,
+    corrected_dims: Sequence[int] | None = None,
 ) -> Callable[..., PolicyOutput]:
     """Builds the jitted, batched two-stage policy.
 
@@ -72,6 +92,10 @@ def make_policy(
         g(a^(k), pi2(f(s, a^(k)))): stage 2 is trained on Algorithm 1's perturbations of every
         size up to about sigma, so the smaller error a first pass leaves is also in its
         training distribution. `correction` is then the last pass's a^2.
+      corrected_dims: None (the paper: the correction composes on every dimension), or 7 flags
+        (0 / 1, `check_corrected_dims`) naming the action dimensions the correction changes;
+        the others keep the tentative action's value exactly, e.g. (1, 1, 1, 0, 0, 0, 1) keeps
+        stage 1's orientation. Stage 2's inputs and training are unchanged.
 
     Returns:
       `act(params1, params2, image, pose, camera, key, tentative) -> PolicyOutput`, where image
@@ -84,6 +108,7 @@ def make_policy(
     """
     if isinstance(correction_passes, bool) or not isinstance(correction_passes, int) or correction_passes < 1:
         raise ValueError(f"`correction_passes` must be an integer >= 1; got {correction_passes!r}.")
+    mask = None if corrected_dims is None else check_corrected_dims(corrected_dims)
     nets1 = make_networks(stage1.network, 1, stage1.algo)
     nets2 = make_networks(stage2.network, 2, stage2.algo) if stage2 is not None else None
     stochastic = not deterministic and (nets1.stochastic or (nets2 is not None and nets2.stochastic))
@@ -105,7 +130,8 @@ def make_policy(
             obs2 = jax.vmap(lambda im, z, t: transform_state(
                 im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, action)
             a2 = _act_one_stage(nets2, params2, obs2, k, deterministic)
-            action = s2.compose(action, a2)
+            composed = s2.compose(action, a2)
+            action = composed if mask is None else jnp.where(mask, composed, action)
         return PolicyOutput(action=action, tentative=a1, correction=a2)
 
     @jax.jit

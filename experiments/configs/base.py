@@ -103,10 +103,13 @@ def base_config() -> ml_collections.ConfigDict:
     # curve_steps: training steps (multiples of train.log_every, at most both stages' num_steps)
     # whose checkpoints are kept and evaluated for the learning curves (Fig. 4); set before
     # training. Results do not depend on the number of workers. correction_passes: times stage 2
-    # corrects when acting (1, the paper; `make_policy`'s correction_passes).
+    # corrects when acting (1, the paper; `make_policy`'s correction_passes); corrected_dims:
+    # None (the paper: every dimension) or 7 flags of the dimensions the correction changes,
+    # e.g. (1,1,1,0,0,0,1) keeps stage 1's orientation (`make_policy`'s corrected_dims).
     c.eval = ml_collections.ConfigDict(dict(
         num_episodes=100, seed=100_000, record_episodes=1, bootstrap_reps=2000,
-        workers=_num_cores(), curve_steps=(), correction_passes=1))
+        workers=_num_cores(), curve_steps=(), correction_passes=1,
+        corrected_dims=ml_collections.config_dict.placeholder(tuple)))
     return c
 
 
