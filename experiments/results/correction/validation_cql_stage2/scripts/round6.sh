@@ -1,0 +1,15 @@
+#!/bin/bash
+# Round 6 (plan.md): CQL stage 2 with the actor's learning rate alone at 1e-3, on the study's stage 1;
+# closed-loop validation on layouts 200000+ only.
+set -e
+MAIN=${MAIN:-/work/main}; STUDY=${STUDY:-/work/study}
+cd "$STUDY" && source "$MAIN/.venv/bin/activate"
+for T in ${TASKS:-push-v3 reach-v3 door-open-v3 pick-place-v3}; do
+  WD=$MAIN/runs/repro/$T/cql
+  [ -f $WD/alr1e3/summary.json ] || python -m experiments.main --mode=stage2 --workdir=$WD \
+    --config=experiments/configs/repro.py:cql --task=$T --resume --config.stage2_name=alr1e3 \
+    --config.stage2.cql_actor_lr=1e-3 > $MAIN/runs/budget/$T.alr1e3.log 2>&1
+  python -m experiments.validate --workdir=$WD --names=alr1e3 --episodes=20 \
+    --out=$MAIN/experiments/results/correction/validation_cql_stage2/$T > $MAIN/runs/budget/$T.round6val.log 2>&1
+  echo "round6 done $T $(date +%H:%M)"
+done
