@@ -515,3 +515,7 @@ def test_per_stage_cql_learning_rates_override_config_cql():
     # the reduced study config sets its own stage-1 rates; ':paper' changes only stage 2's method
     r = repro.get_config("cql,paper")
     assert train_config(r, 1).cql.actor_lr == float(r.stage1.cql_actor_lr or r.cql.actor_lr)
+    # its stage-2 actor learns at 1e-3, except in the paper arm, which keeps the paper's 1e-4
+    assert train_config(r, 2, calibration=cal).cql.actor_lr == 1e-4
+    ours = train_config(repro.get_config("cql"), 2, calibration=cal).cql
+    assert (ours.actor_lr, ours.critic_lr) == (1e-3, 3e-4)
