@@ -487,6 +487,20 @@ def _learning_curves(runs_dir: Path, tasks: list[str], out: Path) -> list[str]:
     return written
 
 
+def _stage2_rates(d: dict) -> tuple[float, ...] | None:
+    """The effective stage-2 learning rates of a raw result (BC: one; CQL: actor, critic), or
+    None when its config does not say."""
+    c = d.get("config") or {}
+    s2 = c.get("stage2") or {}
+    if d.get("algo") == "cql":
+        cql = c.get("cql") or {}
+        actor = s2.get("cql_actor_lr") or cql.get("actor_lr")
+        critic = s2.get("cql_critic_lr") or cql.get("critic_lr")
+        return None if actor is None or critic is None else (float(actor), float(critic))
+    lr = s2.get("learning_rate")
+    return None if lr is None else (float(lr),)
+
+
 def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) -> Path:
     """Writes OUT/summary.md and the figures from RAW's per-seed results.
 
@@ -530,6 +544,13 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
                           f"{'/'.join(map(str, sorted(paper)))} steps, the headline's "
                           f"{'/'.join(map(str, sorted(ours)))}**, so its last column mixes the "
                           "method with the budget.", ""]
+            ours, paper = ({_stage2_rates(d) for (_, al, n), d in results.items()
+                            if al == a and n == arm} - {None} for arm in (HEADLINE, PAPER))
+            if paper and ours and paper != ours:
+                say = lambda rates: "; ".join(" / ".join(f"{x:g}" for x in r) for r in sorted(rates))
+                lines += [f"**{a.upper()}: the paper arm's stage 2 learned at {say(paper)}, the "
+                          f"headline's at {say(ours)}** (learning rates; CQL: actor / critic), so "
+                          "its last column mixes the method with the learning rate.", ""]
         lines += _paper_arm(results, reps)
     lines += ["", "## Aggregate statistics (rliable)", "",
               ("Over seeds × tasks of the headline runs: interquartile mean (IQM) and mean with "

@@ -149,6 +149,22 @@ def test_paper_arm_with_another_stage2_budget_is_flagged(fake_raw, tmp_path):
     text = summarize(raw, tmp_path / "other", reps=50).read_text()
     assert "**BC: the paper arm's stage 2 trained 100 steps, the headline's 200**" in text
     assert "**CQL: the paper arm" not in text
+    # another stage-2 learning rate is said too (CQL: actor / critic, from the resolved config)
+    path = raw / "push-v3" / "cql_stage2.json"
+    d = json.loads(path.read_text())
+    d["config"] = {"stage2": {"cql_actor_lr": 1e-3, "cql_critic_lr": 0.0},
+                   "cql": {"actor_lr": 1e-4, "critic_lr": 3e-4}}
+    path.write_text(json.dumps(d))
+    for task in ("push-v3", "reach-v3"):
+        path = raw / task / "cql_paper.json"
+        if path.exists():
+            p = json.loads(path.read_text())
+            p["config"] = {"stage2": {"cql_actor_lr": 0.0, "cql_critic_lr": 0.0},
+                           "cql": {"actor_lr": 1e-4, "critic_lr": 3e-4}}
+            path.write_text(json.dumps(p))
+    text = summarize(raw, tmp_path / "third", reps=50).read_text()
+    assert ("**CQL: the paper arm's stage 2 learned at 0.0001 / 0.0003, the headline's at "
+            "0.001 / 0.0003**") in text
 
 
 def test_missing_modes_names_file_and_field(fake_raw, tmp_path):
