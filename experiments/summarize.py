@@ -536,16 +536,18 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
                    "whitened one) on the same stage 1, seeds and evaluation layouts as the "
                    "headline run; the last column of each algorithm is ours minus the paper's "
                    "two-stage success, paired by seed."), ""]
-        for a in ALGOS:  # say so when the arms trained stage 2 for different budgets
-            ours = {d["stage2_step"] for (_, al, n), d in results.items() if al == a and n == HEADLINE}
-            paper = {d["stage2_step"] for (_, al, n), d in results.items() if al == a and n == PAPER}
+        for a in ALGOS:  # say so when the arms trained stage 2 for other budgets or rates
+            def values(arm: str, get: Any) -> set:
+                return {get(d) for (_, al, n), d in results.items() if al == a and n == arm} - {None}
+
+            steps = lambda d: d["stage2_step"]
+            ours, paper = values(HEADLINE, steps), values(PAPER, steps)
             if paper and paper != ours:
                 lines += [f"**{a.upper()}: the paper arm's stage 2 trained "
                           f"{'/'.join(map(str, sorted(paper)))} steps, the headline's "
                           f"{'/'.join(map(str, sorted(ours)))}**, so its last column mixes the "
                           "method with the budget.", ""]
-            ours, paper = ({_stage2_rates(d) for (_, al, n), d in results.items()
-                            if al == a and n == arm} - {None} for arm in (HEADLINE, PAPER))
+            ours, paper = values(HEADLINE, _stage2_rates), values(PAPER, _stage2_rates)
             if paper and ours and paper != ours:
                 say = lambda rates: "; ".join(" / ".join(f"{x:g}" for x in r) for r in sorted(rates))
                 lines += [f"**{a.upper()}: the paper arm's stage 2 learned at {say(paper)}, the "

@@ -206,10 +206,15 @@ HEADER = ("| task | algo | stage 2 | held-out err cm s1 -> two | Algo.1 residual
           "| validation success s1 -> two | at budget | moves < 1 cm | pull to z cm |\n|" + "---|" * 12)
 
 
+def _dims_code(dims: Any) -> str:
+    """'1110001' for corrected_dims (1, 1, 1, 0, 0, 0, 1)."""
+    return "".join(str(int(d)) for d in dims)
+
+
 def _dims_label(r: dict) -> str:
     """' dims 1110001' for a report acting with corrected_dims, else ''."""
     dims = r.get("corrected_dims")
-    return f" dims {''.join(str(int(d)) for d in dims)}" if dims is not None else ""
+    return f" dims {_dims_code(dims)}" if dims is not None else ""
 
 
 def _acting_label(r: dict) -> str:
@@ -241,7 +246,7 @@ def summary_table(folder: Path) -> str:
 def report_name(name: str, correction_passes: int, corrected_dims: Any = None) -> str:
     """`NAME.json`; `_pN` is added for N > 1 correction passes, `_dFLAGS` for corrected_dims."""
     passes = "" if correction_passes == 1 else f"_p{correction_passes}"
-    dims = "" if corrected_dims is None else "_d" + "".join(str(int(d)) for d in corrected_dims)
+    dims = "" if corrected_dims is None else f"_d{_dims_code(corrected_dims)}"
     return f"{name}{passes}{dims}.json"
 
 
@@ -274,11 +279,13 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"--correction_passes must be >= 1; got {FLAGS.correction_passes}.")
     dims = None
     if FLAGS.corrected_dims is not None:
-        flags_ = [d.strip() for d in FLAGS.corrected_dims]
-        if len(flags_) != 7 or any(d not in ("0", "1") for d in flags_) or "1" not in flags_:
-            raise app.UsageError("--corrected_dims must be 7 flags of 0 / 1 (x, y, z, roll, pitch, "
-                                 f"yaw, gripper), at least one 1; got {','.join(FLAGS.corrected_dims)}.")
-        dims = tuple(int(d) for d in flags_)
+        import twostage_jax as tj
+
+        given = [int(d) if d.strip() in ("0", "1") else d for d in FLAGS.corrected_dims]
+        try:
+            dims = tuple(int(d) for d in tj.check_corrected_dims(given))
+        except ValueError as e:
+            raise app.UsageError(str(e).replace("`corrected_dims`", "--corrected_dims")) from None
     if FLAGS.episodes <= 0:
         raise app.UsageError(f"--episodes must be > 0; got {FLAGS.episodes}.")
     workdir = Path(FLAGS.workdir).absolute()
