@@ -247,7 +247,8 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     import ml_collections
 
     from experiments.launcher_config import train_config
-    from experiments.workdir import load_demos, load_params
+    from experiments.selection import policy_params
+    from experiments.workdir import load_demos
 
     workdir = root / task / algo
     name = "eval" if stage2_name == "stage2" else f"eval_{stage2_name}"
@@ -266,8 +267,8 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     _check_disjoint(config, workdir, held_out_seed, held_out)
     train = load_demos(workdir)
     test = held_out_dataset(config, root / task, held_out, held_out_seed)
-    p1, _ = load_params(config, workdir, 1, train)
-    p2, _ = load_params(config, workdir, 2, train)
+    p1, _ = policy_params(config, workdir, 1, train)
+    p2, _ = policy_params(config, workdir, 2, train)
     rng = np.random.default_rng(0)
     splits = {"held_out": (test, np.arange(test.action.shape[0])),
               "train": (train, rng.choice(train.action.shape[0], min(train_sample, train.action.shape[0]),

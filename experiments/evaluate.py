@@ -11,7 +11,8 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from experiments.launcher_config import PipelineError, config_to_dict, train_config
+from experiments import selection
+from experiments.launcher_config import STAGE_NAMES, PipelineError, config_to_dict, train_config
 from experiments.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
                                  stage_dir)
 from twostage_jax import evaluation
@@ -30,6 +31,17 @@ def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
             raise PipelineError(f"evaluation seeds {overlap[:5]}... were used for demos; set "
                                 "config.eval.seed beyond the demo seeds.")
     return seeds
+
+
+def _latest_step(config: ml_collections.ConfigDict, workdir: Path, stage: int) -> int:
+    """The stage's newest checkpoint step (how far it trained)."""
+    from twostage_jax.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(stage_dir(workdir, stage, config) / "checkpoints")
+    try:
+        return int(ckpt.latest_step())
+    finally:
+        ckpt.close()
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
@@ -52,13 +64,15 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         raise PipelineError(f"config.demos.image_size ({config.demos.image_size}) differs from the "
                             f"dataset's images ({dataset.images.shape[1]} px), and evaluation renders "
                             "at config.demos.image_size; use the size the dataset was recorded at.")
-    params1, step1 = load_params(config, workdir, 1, dataset)
-    params2, step2 = load_params(config, workdir, 2, dataset)
+    params1, steps1 = selection.policy_params(config, workdir, 1, dataset)
+    params2, steps2 = selection.policy_params(config, workdir, 2, dataset)
+    step1, step2 = _latest_step(config, workdir, 1), _latest_step(config, workdir, 2)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
     pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
-    if pairing and pairing.get("step") != step1:
-        logging.warning("stage 2 was trained against stage-1 step %s but stage 1 is now at step %s",
-                        pairing.get("step"), step1)
+    paired = pairing.get("steps", [pairing.get("step")] * len(steps1)) if pairing else steps1
+    if paired != steps1:
+        logging.warning("stage 2 was trained against stage-1 step(s) %s but stage 1 now acts at "
+                        "step(s) %s", paired, steps1)
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     workspace = dataset.workspace
     seeds = eval_seeds(config, workdir)
@@ -73,7 +87,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
                              corrected_dims=dims)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes))
-    curve = [k for k in rollouts.curve_steps(config) if (k, k) != (step1, step2)]
+    final = (steps1, steps2) == ([step1] * num_seeds, [step2] * num_seeds)
+    curve = [k for k in rollouts.curve_steps(config) if not (final and (k, k) == (step1, step2))]
     for k in curve:
         ev.add(k, load_params(config, workdir, 1, dataset, k)[0],
                load_params(config, workdir, 2, dataset, k)[0])
@@ -93,7 +108,11 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     results: dict[str, Any] = {
         "task": config.task, "algo": config.algo, "env": config.env, "num_seeds": num_seeds,
         "episodes_per_seed": len(seeds), "eval_seeds": [seeds[0], seeds[-1]],
-        "stage1_step": step1, "stage2_step": step2, "stage2_mode": config.stage2.mode,
+        "stage1_step": step1, "stage2_step": step2, "stage1_steps": steps1, "stage2_steps": steps2,
+        "selection": {STAGE_NAMES[s]: selection.summary(selection.ensure_selection(config, workdir, s,
+                                                                                   dataset, False))
+                      for s in (1, 2) if selection.selects(config, s)},
+        "stage2_mode": config.stage2.mode,
         "crop_size": int(config.stage2.crop_size), "stage2_name": str(config.stage2_name),
         "stage2_q_target": c2.cql.target if config.algo == "cql" else None,
         "stage2_sigma": list(c2.stage2.sigma), "stage2_crop_size": c2.stage2.crop_size,
@@ -109,8 +128,9 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
     results["gain"] = {"mean": gain.mean, "ci_low": gain.low, "ci_high": gain.high}
     if rollouts.curve_steps(config):  # [steps][seeds] success rates, the final checkpoint last
-        tags = curve + ["final"]
-        results["curves"] = {m: {"steps": curve + [step1 if m == "stage1" else step2],
+        # (a validation-selected policy is no single step: its curve is the kept checkpoints')
+        tags = curve + (["final"] if final else [])
+        results["curves"] = {m: {"steps": curve + ([step1 if m == "stage1" else step2] if final else []),
                                  "per_seed": [by_tag[t][m].mean(axis=1).tolist() for t in tags]}
                              for m in policies}
     with atomic_folder(out_dir) as tmp:

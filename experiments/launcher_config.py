@@ -206,6 +206,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     from experiments.rollouts import validate_eval_config
 
     validate_eval_config(config)  # eval.workers, eval.curve_steps
+    from experiments.selection import validate_select_config
+
+    validate_select_config(config)  # stageN.select, stageN.select_steps, select
     name = str(config.stage2_name)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in ("stage1", "demos") or name.startswith("eval"):
         raise ValueError(f"config.stage2_name must be a folder name of letters, digits, '_' or '-', "

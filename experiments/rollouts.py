@@ -126,7 +126,8 @@ def cache_setting(config: ml_collections.ConfigDict, seeds: list[int]) -> dict:
             "stage1_network": config.stage1.network.to_dict()}
 
 
-def _seed(params: Any, s: int) -> Any:
+def seed_params(params: Any, s: int) -> Any:
+    """Seed `s`'s slice of a parameter pytree with a leading seed axis."""
     return jax.tree_util.tree_map(lambda x: x[s], params)
 
 
@@ -141,15 +142,21 @@ class Evaluation:
       cache: the stage-1 cache, or None.
       correction_passes, corrected_dims: `make_policy`'s, for the two-stage policy (stage 1's
         rollouts, and so the cache, do not depend on them).
+      modes: the policies to roll out, a subset of `MODES` (`stage2` may be None without
+        'two_stage').
     """
 
-    def __init__(self, stage1: tj.TrainConfig, stage2: tj.TrainConfig, workspace: tj.Workspace,
+    def __init__(self, stage1: tj.TrainConfig, stage2: tj.TrainConfig | None, workspace: tj.Workspace,
                  seeds: list[int], num_seeds: int, cache: Stage1Cache | None,
-                 correction_passes: int = 1, corrected_dims: Any = None) -> None:
-        self.policies = {"stage1": tj.make_policy(stage1, None, workspace, row_by_row=True),
-                         "two_stage": tj.make_policy(stage1, stage2, workspace, row_by_row=True,
-                                                     correction_passes=correction_passes,
-                                                     corrected_dims=corrected_dims)}
+                 correction_passes: int = 1, corrected_dims: Any = None,
+                 modes: tuple[str, ...] = MODES) -> None:
+        self.policies = {}
+        if "stage1" in modes:
+            self.policies["stage1"] = tj.make_policy(stage1, None, workspace, row_by_row=True)
+        if "two_stage" in modes:
+            self.policies["two_stage"] = tj.make_policy(stage1, stage2, workspace, row_by_row=True,
+                                                        correction_passes=correction_passes,
+                                                        corrected_dims=corrected_dims)
         self.seeds, self.num_seeds, self.cache = seeds, num_seeds, cache
         self._entries: list[tuple[Any, Any, Any, int]] = []  # (tag, params1, params2, record)
         self.reused = 0
@@ -166,14 +173,15 @@ class Evaluation:
         Returns:
           ({tag: {mode: [num_seeds, num_layouts] bool success}}, {mode: recorded episodes}).
         """
-        success = {tag: {m: np.zeros((self.num_seeds, len(self.seeds)), bool) for m in MODES}
+        success = {tag: {m: np.zeros((self.num_seeds, len(self.seeds)), bool) for m in self.policies}
                    for tag, *_ in self._entries}
         jobs: list[Job] = []
         where: list[tuple[Any, str, int, int]] = []
         fresh: dict[str, tuple[Any, int]] = {}  # fingerprint -> (tag, seed) evaluated now
         for tag, params1, params2, record in self._entries:
             for s in range(self.num_seeds):
-                p1, p2 = _seed(params1, s), _seed(params2, s)
+                p1 = seed_params(params1, s)
+                p2 = None if params2 is None else seed_params(params2, s)
                 for mode, policy in self.policies.items():
                     if mode == "stage1" and self.cache is not None:
                         fp = params_fingerprint(p1)

@@ -17,11 +17,11 @@ import numpy as np
 from absl import logging
 
 import twostage_jax as tj
+from experiments import selection
 from experiments.launcher_config import (STAGE_NAMES, PipelineError, calibration_path,
                                          check_trained_with, needs_calibration, seed_keys,
                                          seed_mesh, train_config)
-from experiments.workdir import (config_record, is_writer, load_demos, load_params,
-                                 load_validation, progress, stage1_pairing, stage_dir,
+from experiments.workdir import (config_record, is_writer, load_demos, load_validation, progress, stage1_pairing, stage_dir,
                                  validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
@@ -42,13 +42,18 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
     out_dir = stage_dir(workdir, stage, config)
     from experiments.rollouts import curve_steps
 
-    # the learning curves' checkpoints (config.eval.curve_steps) are kept beside the latest ones
+    # the learning curves' checkpoints (config.eval.curve_steps) and checkpoint selection's
+    # candidates are kept beside the latest ones
+    keep = sorted({*curve_steps(config), *selection.candidate_steps(config, stage)})
     ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints),
-                        keep_steps=curve_steps(config))
+                        keep_steps=tuple(keep))
     try:
-        return _train_stage(config, workdir, stage, resume, out_dir, ckpt)
+        summary = _train_stage(config, workdir, stage, resume, out_dir, ckpt)
     finally:
         ckpt.close()
+    if selection.selects(config, stage) and is_writer():
+        summary["selection"] = selection.summary(selection.ensure_selection(config, workdir, stage))
+    return summary
 
 
 def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool,
@@ -315,7 +320,7 @@ def calibrate_stage2(config: ml_collections.ConfigDict, workdir: Path, dataset: 
     if validation is None:
         raise PipelineError(f"calibrating stage 2 needs held-out demos at {validation_path(workdir)}; "
                             "re-run --mode=demos with config.demos.num_validation > 0.")
-    params1, step1 = load_params(config, workdir, 1, dataset)
+    params1, steps1 = selection.policy_params(config, workdir, 1, dataset)
     a1 = stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
     a = np.tile(np.asarray(validation.action), (int(config.num_seeds), 1))
     s2 = config.stage2
@@ -328,7 +333,7 @@ def calibrate_stage2(config: ml_collections.ConfigDict, workdir: Path, dataset: 
     if crop == 0:
         crop = cal.calibrate_crop_size(offsets, coverage=coverage, max_size=int(validation.images.shape[1]))
     dist = np.max(np.abs(offsets), axis=1)
-    result = {"sigma": sigma, "crop_size": crop, "stage1_step": step1,
+    result = {"sigma": sigma, "crop_size": crop, "stage1_step": max(steps1), "stage1_steps": steps1,
               "transitions": int(validation.action.shape[0]), "num_seeds": int(config.num_seeds),
               "crop_coverage": coverage,
               "offset_px_quantiles": {q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")},

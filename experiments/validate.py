@@ -136,7 +136,8 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     from experiments import diagnose
     from experiments.evaluate import eval_seeds
     from experiments.launcher_config import train_config
-    from experiments.workdir import load_demos, load_params
+    from experiments.selection import policy_params
+    from experiments.workdir import load_demos
     from twostage_jax.checkpoint import write_json_atomic
 
     config = run_config(workdir, name)
@@ -147,11 +148,12 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     if forbidden.intersection(seeds):
         raise ValueError(f"--seed={seed}: validation layouts overlap the demo or evaluation seeds.")
     train = load_demos(workdir)
-    p1, step1 = load_params(config, workdir, 1, train)
-    p2, step2 = load_params(config, workdir, 2, train)
+    p1, step1 = policy_params(config, workdir, 1, train)  # [S] steps: selected, or the latest
+    p2, step2 = policy_params(config, workdir, 2, train)
     start = time.perf_counter()
     report: dict[str, Any] = {"workdir": str(workdir), "task": config.task, "algo": config.algo,
-                              "stage2_name": name, "stage1_step": step1, "stage2_step": step2,
+                              "stage2_name": name, "stage1_step": max(step1), "stage2_step": max(step2),
+                              "stage1_steps": step1, "stage2_steps": step2,
                               "num_seeds": int(config.num_seeds), "validation_seeds": [seeds[0], seeds[-1]],
                               "config": json.loads(config.to_json_best_effort())}
     if held_out > 0:
@@ -168,7 +170,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
         c2 = train_config(config, 2, workdir).stage2
         report["held_out"] = diagnose.summarise({k: np.concatenate(v) for k, v in pooled.items()},
                                                 c2.crop_size, c2.sigma)
-    cache = out / f"stage1_{step1}_{seeds[0]}_{episodes}.json"
+    cache = out / f"stage1_{'-'.join(str(k) for k in dict.fromkeys(step1))}_{seeds[0]}_{episodes}.json"
     cached = read_own(cache, workdir)
     if cached is not None:
         report["stage1"] = cached

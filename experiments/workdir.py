@@ -142,7 +142,13 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     check_trained_with(config, meta, 1, str(directory / str(step)), "cannot pair stage 2 with stage 1",
                        "Give stage 1's fields as it was trained (recorded in stage1/config.json), or "
                        "train the change in a fresh --workdir.")
-    return {"path": str(directory / str(step)), "step": int(step), "algo": meta.get("algo")}
+    from experiments import selection
+
+    # the checkpoint of each seed that stage 2 is calibrated on and evaluated with
+    steps = (selection.policy_params(config, workdir, 1)[1] if selection.selects(config, 1)
+             else [int(step)] * int(config.num_seeds))
+    return {"path": str(directory / str(step)), "step": int(step), "algo": meta.get("algo"),
+            "steps": steps}
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
@@ -164,8 +170,10 @@ def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
         if step is not None and step not in ckpt.all_steps():
             raise PipelineError(
                 f"no {STAGE_NAMES[stage]} checkpoint at step {step} in {directory} (it has "
-                f"{ckpt.all_steps()}); learning-curve steps (config.eval.curve_steps) must be set "
-                "when the stage is trained, so that their checkpoints are kept.")
+                f"{ckpt.all_steps()}); learning-curve steps (config.eval.curve_steps) and "
+                f"checkpoint selection's candidates (config.{STAGE_NAMES[stage]}.select, "
+                "select_steps) must be set when the stage is trained, so that their checkpoints "
+                "are kept.")
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise PipelineError(f"no checkpoint in {directory}; run {mode} first.")

@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
         # actor's BC term, for this stage only (None: config.cql's)
         cql_actor_encoder_grad=ml_collections.config_dict.placeholder(bool),
         cql_bc_weight=ml_collections.config_dict.placeholder(float),
+        # 'last' (the latest checkpoint) or 'validation' (each seed's best candidate checkpoint
+        # on config.select's validation layouts, experiments/selection.py); candidates:
+        # select_steps, or () for every train.checkpoint_every steps (kept while training)
+        select="last", select_steps=(),
         network=network()))
     c.stage2 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, crop_size=64, ee_crop_size=16,
@@ -91,7 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
         cql_actor_lr=0.0, cql_critic_lr=0.0,  # as in stage1 (0: config.cql's)
         cql_actor_encoder_grad=ml_collections.config_dict.placeholder(bool),  # as in stage1
         cql_bc_weight=ml_collections.config_dict.placeholder(float),
+        select="last", select_steps=(),  # as in stage1 (judged as the two-stage policy)
         network=network()))
+    # Checkpoint selection (stage1/stage2.select='validation'): validation layouts from seed
+    # 200000 (disjoint from the demos, the held-out demos and the evaluation layouts), episodes
+    # per training seed and candidate; per_seed: each seed its own step (else one for all).
+    c.select = ml_collections.ConfigDict(dict(episodes=20, seed=200_000, per_seed=True))
     c.cql = ml_collections.ConfigDict(dict(
         cql_weight=5.0, num_samples=10, temperature=1.0, target="mc", gamma=0.99, tau=0.005,
         backup_entropy=False, init_alpha=0.1, actor_lr=1e-4, critic_lr=3e-4, alpha_lr=1e-4,
