@@ -69,6 +69,9 @@ flags.DEFINE_bool("paper_arm", True, "Beside each headline run, a stage 2 with t
                   "raw/TASK/ALGO_paper.json.")
 flags.DEFINE_bool("headline", True, "Include the headline runs. --noheadline runs only ablations "
                   "(e.g. beside a sweep that is still running), whose headline runs must be finished.")
+flags.DEFINE_bool("stage1_only", False, "Train and select each headline run's stage 1 only "
+                  "(--mode=stage1; no paper arm, no ablations): the stage-1 validation curves, "
+                  "collected as raw/TASK/ALGO_stage1_selection.json.")
 flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
 
 
@@ -78,7 +81,7 @@ class Job:
     commands: list[list[str]]
     done: Path  # exists when the job is finished
     needs: list[str]
-    collect: tuple[Path, Path] | None = None  # results.json -> raw copy
+    collect: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)  # (src, raw copy)
 
 
 def _launcher(workdir: Path, task: str, variants: str, mode: str, extra: list[str]) -> list[str]:
@@ -93,7 +96,7 @@ def build_jobs(root: Path) -> list[Job]:
     unknown = sorted(set(FLAGS.ablations) - set(ABLATIONS))
     if unknown:
         raise app.UsageError(f"--ablations: unknown {unknown}; expected names from {sorted(ABLATIONS)}.")
-    missing = sorted(set(FLAGS.ablation_tasks) - set(FLAGS.tasks))
+    missing = [] if FLAGS.stage1_only else sorted(set(FLAGS.ablation_tasks) - set(FLAGS.tasks))
     if missing:
         raise app.UsageError(f"--ablation_tasks {missing} are not in --tasks; ablations share the "
                              "headline runs' stage 1.")
@@ -110,17 +113,24 @@ def build_jobs(root: Path) -> list[Job]:
                         bc / "demos" / "dataset.npz", []))
         for algo in algos:
             wd = root / task / algo
+            selected = (wd / "stage1" / "selection.json", raw / task / f"{algo}_stage1_selection.json")
+            if FLAGS.stage1_only:
+                jobs.append(Job(f"{task}.{algo}", [_launcher(wd, task, algo, "stage1", [])],
+                                selected[0], [f"{task}.demos"], [selected]))
+                continue
             jobs.append(Job(f"{task}.{algo}", [_launcher(wd, task, algo, "all", [])],
                             wd / "eval" / "results.json", [f"{task}.demos"],
-                            (wd / "eval" / "results.json", raw / task / f"{algo}_stage2.json")))
+                            [(wd / "eval" / "results.json", raw / task / f"{algo}_stage2.json"), selected]))
+        if FLAGS.stage1_only:
+            continue
         if FLAGS.paper_arm:  # right after the task's headline runs, so a cut-short sweep
             for algo in algos:  # leaves whole tasks (both arms) rather than half of each
                 wd = root / task / algo
                 jobs.append(Job(f"{task}.{algo}_paper",
                             [_launcher(wd, task, f"{algo},paper", "all", ["--config.stage2_name=paper"])],
                             wd / "eval_paper" / "results.json", [f"{task}.{algo}"],
-                            (wd / "eval_paper" / "results.json", raw / task / f"{algo}_paper.json")))
-    for task in FLAGS.ablation_tasks:
+                            [(wd / "eval_paper" / "results.json", raw / task / f"{algo}_paper.json")]))
+    for task in [] if FLAGS.stage1_only else FLAGS.ablation_tasks:
         for name in FLAGS.ablations:
             algo, variants, extra = ABLATIONS[name]
             if algo not in algos:
@@ -130,7 +140,7 @@ def build_jobs(root: Path) -> list[Job]:
             jobs.append(Job(f"{task}.{name}",
                             [_launcher(wd, task, variants, "all", [f"--config.stage2_name={folder}", *extra])],
                             wd / f"eval_{folder}" / "results.json", [f"{task}.{algo}"],
-                            (wd / f"eval_{folder}" / "results.json", raw / task / f"{algo}_{folder}.json")))
+                            [(wd / f"eval_{folder}" / "results.json", raw / task / f"{algo}_{folder}.json")]))
     if not FLAGS.headline:
         headline = {j.name: j for j in jobs
                     if not any(j.name.endswith(f".{a}") for a in (*ABLATIONS, "bc_paper", "cql_paper"))}
@@ -152,12 +162,12 @@ def _link_demos(job: Job, root: Path) -> None:
 
 
 def _collect(job: Job) -> None:
-    if job.collect and job.collect[0].exists():
-        src, dst = job.collect
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_suffix(".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+    for src, dst in job.collect:
+        if src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_suffix(".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
 
 
 def run_jobs(jobs: list[Job], root: Path, workers: int) -> list[str]:

@@ -33,7 +33,7 @@ def test_jobs_run_after_their_dependencies_and_failures_block_dependents(tmp_pat
     jobs = [
         reproduce.Job("t.demos", [log("demos"), _touch(tmp_path / "demos.done")], tmp_path / "demos.done", []),
         reproduce.Job("t.a", [log("a"), _touch(tmp_path / "a" / "results.json")],
-                      tmp_path / "a" / "results.json", ["t.demos"], (tmp_path / "a" / "results.json", raw)),
+                      tmp_path / "a" / "results.json", ["t.demos"], [(tmp_path / "a" / "results.json", raw)]),
         reproduce.Job("t.bad", [log("bad"), [sys.executable, "-c", "raise SystemExit(3)"]],
                       tmp_path / "bad.done", ["t.demos"]),
         reproduce.Job("t.after_bad", [log("after_bad")], tmp_path / "x.done", ["t.bad"]),
@@ -58,7 +58,7 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     assert jobs["push-v3.crop16"].needs == ["push-v3.cql"]
     cmd = " ".join(jobs["push-v3.bc_crop32"].commands[0])
     assert f"--workdir={tmp_path / 'push-v3' / 'bc'}" in cmd and "--config.stage2_name=crop32" in cmd
-    assert jobs["push-v3.bc_crop32"].collect[1] == tmp_path / "raw" / "push-v3" / "bc_crop32.json"
+    assert jobs["push-v3.bc_crop32"].collect[0][1] == tmp_path / "raw" / "push-v3" / "bc_crop32.json"
     assert "reach-v3.crop16" not in jobs
     # The paper's exact method runs beside every headline run, on its stage 1.
     paper = jobs["reach-v3.cql_paper"]
@@ -66,7 +66,16 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     cmd = " ".join(paper.commands[0])
     assert ":cql,paper" in cmd and "--config.stage2_name=paper" in cmd
     assert "--config.eval.workers=1" in cmd  # 2 runs at a time: no rollout worker per core on top
-    assert paper.collect[1] == tmp_path / "raw" / "reach-v3" / "cql_paper.json"
+    assert paper.collect[0][1] == tmp_path / "raw" / "reach-v3" / "cql_paper.json"
+    # --stage1_only: each headline run's stage 1 and its selection, nothing after it
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["reproduce", "--tasks=push-v3", "--algos=bc", "--stage1_only", f"--raw={tmp_path / 'raw'}"])
+    jobs = {j.name: j for j in reproduce.build_jobs(tmp_path)}
+    assert list(jobs) == ["push-v3.demos", "push-v3.bc"]
+    assert "--mode=stage1" in jobs["push-v3.bc"].commands[0]
+    assert jobs["push-v3.bc"].done == tmp_path / "push-v3" / "bc" / "stage1" / "selection.json"
+    assert jobs["push-v3.bc"].collect == [(jobs["push-v3.bc"].done,
+                                           tmp_path / "raw" / "push-v3" / "bc_stage1_selection.json")]
 
 
 def test_algos_selects_the_arms_and_keeps_the_shared_demos(tmp_path):

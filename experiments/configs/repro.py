@@ -29,7 +29,10 @@ Driven for all tasks, arms and ablations by `python -m experiments.reproduce`.
 
 from experiments.configs import quickstart
 
-STEPS = {"bc": (2000, 8000), "cql": (1500, 1500)}  # (stage 1, stage 2)
+STEPS = {"bc": (20_000, 8000), "cql": (1500, 1500)}  # (stage 1, stage 2)
+# BC's stage 1 acts with each seed's best of these checkpoints on validation layouts 200000+
+# (experiments/selection.py), so its budget is a ceiling and its stopping point is chosen held out.
+SELECT_STEPS = {"bc": (2000, 4000, 7000, 10_000, 15_000, 20_000)}
 
 
 def get_config(arg: str | None = None):
@@ -40,6 +43,9 @@ def get_config(arg: str | None = None):
     c.stage1.num_steps, c.stage2.num_steps = STEPS[c.algo]
     c.train.log_every = 250
     c.train.checkpoint_every = 500
+    if c.algo in SELECT_STEPS:
+        c.train.checkpoint_every = 1000
+        c.stage1.select, c.stage1.select_steps = "validation", SELECT_STEPS[c.algo]
     c.train.keep_checkpoints = 1
     c.eval.num_episodes = 50
     if c.algo == "cql":
