@@ -111,6 +111,7 @@ def train_config(config: ml_collections.ConfigDict, stage: int, workdir: Path | 
     return tj.TrainConfig(
         algo=str(config.algo), num_steps=int(s.num_steps), batch_size=int(s.batch_size),
         learning_rate=float(s.learning_rate), min_move=float(s.get("min_move", 0.0)),
+        augment=str(s.get("augment", "none")), shift_pad=int(s.get("shift_pad", 4)),
         image_size=int(config.stage1.image_size) if stage == 1 else None,
         network=_network(s.network), cql=cql, stage2=s2)
 
@@ -245,6 +246,10 @@ def program_fields(config: ml_collections.ConfigDict, stage: int) -> dict[str, A
         "env": str(config.get("env", "metaworld")), "task": str(config.task), "algo": tc.algo,
         "seed": int(config.seed), "num_seeds": int(config.num_seeds),
         f"{name}.batch_size": tc.batch_size, f"{name}.min_move": tc.min_move}
+    if stage == 1:
+        fields["stage1.augment"] = tc.augment
+        if tc.augment != "none":
+            fields["stage1.shift_pad"] = tc.shift_pad
     if stage == 2:
         fields["stage2.calibrate_sigma"] = bool(s2.get("calibrate_sigma", False))
         if needs_calibration(config):

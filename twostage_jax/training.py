@@ -23,6 +23,7 @@ import optax
 
 from twostage_jax import _checks
 from twostage_jax.actions import action_to_pose, sample_tentative
+from twostage_jax.augment import AUGMENTATIONS, random_shift
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import CQLConfig, init_cql_params, make_cql_optimizer, make_cql_update
 from twostage_jax.networks import NetworkConfig, make_networks
@@ -57,6 +58,10 @@ class TrainConfig:
         itself the data then says both "stay" and "go on", and a policy that averages them
         learns to pull its action back towards the current pose. This extends the paper's
         close-keyframe rule (Sec. V) to the augmented transitions.
+      augment: stage 1's image augmentation: 'none' (the paper) or 'shift' (each frame moved
+        by a random integer offset of up to `shift_pad` pixels, `augment.random_shift`).
+        Stage 2 refuses anything but 'none'.
+      shift_pad: the largest shift in pixels of stage 1's (downscaled) input frames.
     """
 
     algo: str = "bc"
@@ -68,8 +73,15 @@ class TrainConfig:
     cql: CQLConfig = CQLConfig()
     stage2: Stage2Config = Stage2Config()
     min_move: float = 0.0
+    augment: str = "none"
+    shift_pad: int = 4
 
     def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"TrainConfig.augment must be one of {AUGMENTATIONS}; got {self.augment!r}.")
+        if isinstance(self.shift_pad, bool) or not isinstance(self.shift_pad, (int, np.integer)) \
+                or self.shift_pad < 0:
+            raise ValueError(f"TrainConfig.shift_pad must be an int >= 0; got {self.shift_pad!r}.")
         if not float(self.min_move) >= 0.0:
             raise ValueError(f"TrainConfig.min_move must be >= 0 metres; got {self.min_move!r}.")
         if self.algo not in ALGOS:
@@ -327,6 +339,9 @@ class Train:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"`config` must be a TrainConfig; got {type(config).__name__}.")
         _check_stage(stage)
+        if stage == 2 and config.augment != "none":
+            raise ValueError(f"TrainConfig.augment={config.augment!r} is for stage 1 only: stage 2's "
+                             "crops are centred by projection, and a shift would move that centre.")
         self.config = config
         self.stage = int(stage)
         self.networks = make_networks(config.network, stage, config.algo)
@@ -357,8 +372,17 @@ class Train:
     def _sample(self, data: TrainData, key: jax.Array) -> Batch:
         # The batch of the step whose state carries `key` (updates never change `state.key`).
         _, k_batch, _ = jax.random.split(key, 3)
-        return sample_batch(data, k_batch, self.config.batch_size, self.stage, self.config.stage2,
-                            with_next=self.config.algo == "cql")
+        if self.config.augment == "none":
+            return sample_batch(data, k_batch, self.config.batch_size, self.stage, self.config.stage2,
+                                with_next=self.config.algo == "cql")
+        k_batch, k_obs, k_next = jax.random.split(k_batch, 3)
+        batch = sample_batch(data, k_batch, self.config.batch_size, self.stage, self.config.stage2,
+                             with_next=self.config.algo == "cql")
+        pad = int(self.config.shift_pad)  # each frame of obs and next_obs shifted independently
+        obs = batch.obs._replace(image=random_shift(k_obs, batch.obs.image, pad))
+        next_obs = (None if batch.next_obs is None else
+                    batch.next_obs._replace(image=random_shift(k_next, batch.next_obs.image, pad)))
+        return batch._replace(obs=obs, next_obs=next_obs)
 
     def init(self, key: jax.Array, data: TrainData) -> AgentState:
         """A fresh `AgentState` from `key` ([2] raw or typed PRNG key)."""

@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage1 = ml_collections.ConfigDict(dict(
         num_steps=300_000, batch_size=128, learning_rate=3e-4, image_size=128,
         min_move=0.0,  # metres; see TrainConfig.min_move
+        augment="none", shift_pad=4,  # 'shift': random shifts of the input frames (TrainConfig.augment)
         # CQL's learning rates for this stage only (0: config.cql.actor_lr / critic_lr)
         cql_actor_lr=0.0, cql_critic_lr=0.0,
         # CQL: whether the actor's loss trains this stage's encoder, and the weight of the
@@ -133,6 +134,7 @@ def paper_method(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.stage2.cql_bc_weight, c.stage2.cql_actor_encoder_grad = 0.0, False  # CQL's actor as in Eq. 2
     for s in (c.stage1, c.stage2):
         s.min_move = 0.0
+    c.stage1.augment = "none"
     n = c.stage2.network
     n.crop_encoder, n.coord_channels, n.crop_conv_strides = "flatten", False, ()
     n.stage2_pose_input = True
