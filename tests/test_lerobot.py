@@ -15,8 +15,8 @@ from tests.data import make_lerobot_fixture as fx
 from twostage_jax.data import lerobot
 from twostage_jax.data.camera_file import (CalibrationFileError, load_calibration,
                                            save_calibration)
-from twostage_jax.data.lerobot import (LeRobotSpec, lerobot_pose, load_lerobot_dataset,
-                                       load_lerobot_demos, read_lerobot_episode)
+from twostage_jax.data.lerobot import (LeRobotSpec, check_lerobot_dataset, lerobot_pose,
+                                       load_lerobot_dataset, load_lerobot_demos, read_lerobot_episode)
 
 ROOT = Path(fx.OUT)
 CALIBRATION = Path(fx.CALIBRATION)
@@ -149,6 +149,11 @@ def _rewrite(path, edit):
     pq.write_table(edit(pq.read_table(path)), path)
 
 
+def test_checking_decodes_nothing(copy):
+    assert check_lerobot_dataset(copy, SPEC, CALIBRATION) == [0, 1, 2]
+    assert check_lerobot_dataset(copy, SPEC, CALIBRATION, episodes=[2, 0]) == [2, 0]
+
+
 def test_a_missing_key_is_named(copy):
     for field, value in (("image_key", "observation.images.wrist"), ("pose_key", "observation.ee_pose"),
                          ("action_key", "actions"), ("gripper_key", "observation.gripper")):
@@ -211,9 +216,11 @@ def test_mismatched_lengths_are_named(copy):
     # a parquet row of episode 1 is missing
     rows = np.arange(original.num_rows) != 20
     pq.write_table(original.filter(pa.array(rows)), data)
-    with pytest.raises(ValueError, match=r"episode 1 in .*: 17 parquet rows, but the episode table says "
-                                         "length 18"):
-        load_lerobot_demos(copy, SPEC, _camera())
+    for read in (lambda: load_lerobot_demos(copy, SPEC, _camera()),
+                 lambda: check_lerobot_dataset(copy, SPEC, CALIBRATION)):
+        with pytest.raises(ValueError, match=r"episode 1 in .*: 17 parquet rows, but the episode table "
+                                             "says length 18"):
+            read()
     pq.write_table(original, data)
     # the episode table's length disagrees with its own index range
     episodes = copy / EPISODES.relative_to(ROOT)

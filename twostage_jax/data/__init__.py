@@ -26,6 +26,7 @@ from twostage_jax.data.lerobot import (
     POSE_CONVENTIONS,
     LeRobotEpisode,
     LeRobotSpec,
+    check_lerobot_dataset,
     load_lerobot_dataset,
     load_lerobot_demos,
     read_lerobot_episode,
@@ -35,7 +36,7 @@ from twostage_jax.data.rlbench_io import load_rlbench_demos
 __all__ = [
     "FORMAT_VERSION", "LEROBOT_KEYFRAMES", "POSE_CONVENTIONS", "Calibration", "CalibrationFileError",
     "DatasetFormatError", "DemoStats", "KeyframeConfig", "LeRobotEpisode", "LeRobotSpec", "Trajectory",
-    "build_dataset", "dataset_nbytes", "discover_keyframes", "load_calibration", "load_dataset",
+    "build_dataset", "check_lerobot_dataset", "dataset_nbytes", "discover_keyframes", "load_calibration", "load_dataset",
     "load_lerobot_dataset", "load_lerobot_demos", "load_rlbench_demos", "read_lerobot_episode",
     "record_demos", "replay_keyframes", "save_calibration", "save_dataset",
 ]

@@ -562,39 +562,25 @@ def read_lerobot_episode(root: str | os.PathLike[str], episode: int,
     return _plan_episodes(info, table, [int(episode)], list(keys), None)[0].episode
 
 
-def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, camera: Camera,
-                       episodes: Sequence[int] | None = None, augment_every: int = 10,
-                       keyframe_config: KeyframeConfig | None = None, all_images: bool = False,
-                       workspace: Workspace | None = None) -> list[Trajectory]:
-    """Reads LeRobot v3 episodes as `Trajectory`s with keyframes discovered (module docstring).
+class _Prepared(NamedTuple):
+    info: _Info
+    plan: _Plan
+    positions: np.ndarray
+    eulers: np.ndarray
+    gripper_open: np.ndarray
+    velocities: np.ndarray
+    keyframes: list[int]
 
-    Args:
-      root: the dataset folder (holding meta/info.json).
-      spec: which features hold the image, the pose and the gripper, and their conventions.
-      camera: the single `Camera` of `spec.image_key` (e.g. `load_calibration(path).camera(key)`),
-        at the video's resolution.
-      episodes: episode indices to read (default: all, in order).
-      augment_every: which frames get images (`demos.frames_to_render`).
-      keyframe_config: thresholds (default `LEROBOT_KEYFRAMES`).
-      all_images: decode every frame instead of only those the dataset needs.
-      workspace: if given, every position must lie inside it (checked before decoding; a
-        position outside would saturate the normalised pose).
 
-    Returns:
-      One `Trajectory` per episode (seed = the episode index, task = its first task string),
-      images [M, H, W, 3] uint8 with the camera repeated per image.
-
-    Raises:
-      FileNotFoundError: a missing folder or file.
-      ValueError: a missing key, a camera of another size, mismatched lengths, or a video
-        shorter than its index (each named).
-    """
+def _prepare(root: str | os.PathLike[str], spec: LeRobotSpec, camera: Camera,
+             episodes: Sequence[int] | None, keyframe_config: KeyframeConfig | None,
+             workspace: Workspace | None) -> list[_Prepared]:
+    """Every check of `load_lerobot_demos`, and the poses and keyframes, without decoding."""
     if not isinstance(spec, LeRobotSpec):
         raise TypeError(f"`spec` must be a LeRobotSpec; got {type(spec).__name__}.")
     if not isinstance(camera, Camera) or np.shape(camera.intrinsics) != (3, 3):
         raise ValueError(f"`camera` must be the single calibrated Camera of {spec.image_key!r} "
                          f"(intrinsics [3, 3]); got {type(camera).__name__}.")
-    _, _, av = _imports()
     info = _read_info(os.fspath(root))
     pose_idx = _check_keys(info, spec, camera)
     try:
@@ -630,10 +616,42 @@ def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, camera: 
         if not kf:
             raise ValueError(f"{where} has {len(positions)} frame(s): no keyframes (an episode needs "
                              "2 or more).")
-        prepared.append((plan, positions, eulers, gripper_open, velocities, kf))
-    size = _video_size(info.features, spec.image_key)
+        prepared.append(_Prepared(info, plan, positions, eulers, gripper_open, velocities, kf))
+    return prepared
+
+
+def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, camera: Camera,
+                       episodes: Sequence[int] | None = None, augment_every: int = 10,
+                       keyframe_config: KeyframeConfig | None = None, all_images: bool = False,
+                       workspace: Workspace | None = None) -> list[Trajectory]:
+    """Reads LeRobot v3 episodes as `Trajectory`s with keyframes discovered (module docstring).
+
+    Args:
+      root: the dataset folder (holding meta/info.json).
+      spec: which features hold the image, the pose and the gripper, and their conventions.
+      camera: the single `Camera` of `spec.image_key` (e.g. `load_calibration(path).camera(key)`),
+        at the video's resolution.
+      episodes: episode indices to read (default: all, in order).
+      augment_every: which frames get images (`demos.frames_to_render`).
+      keyframe_config: thresholds (default `LEROBOT_KEYFRAMES`).
+      all_images: decode every frame instead of only those the dataset needs.
+      workspace: if given, every position must lie inside it (checked before decoding; a
+        position outside would saturate the normalised pose).
+
+    Returns:
+      One `Trajectory` per episode (seed = the episode index, task = its first task string),
+      images [M, H, W, 3] uint8 with the camera repeated per image.
+
+    Raises:
+      FileNotFoundError: a missing folder or file.
+      ValueError: a missing key, a camera of another size, mismatched lengths, or a video
+        shorter than its index (each named).
+    """
+    _, _, av = _imports()
+    prepared = _prepare(root, spec, camera, episodes, keyframe_config, workspace)
     out = []
-    for plan, positions, eulers, gripper_open, velocities, kf in prepared:
+    for info, plan, positions, eulers, gripper_open, velocities, kf in prepared:
+        size = _video_size(info.features, spec.image_key)
         n = len(positions)
         frames = np.arange(n, dtype=np.int32) if all_images else frames_to_render(n, kf, augment_every)
         images = _decode(av, plan, frames, info.fps, size, spec.image_key)
@@ -646,6 +664,29 @@ def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, camera: 
                               image_frames=np.asarray(frames, np.int32), images=images, camera=cam,
                               task=plan.episode.task, seed=plan.episode.index))
     return out
+
+
+def check_lerobot_dataset(root: str | os.PathLike[str], spec: LeRobotSpec,
+                          calibration: str | os.PathLike[str] | Calibration,
+                          episodes: Sequence[int] | None = None,
+                          keyframe_config: KeyframeConfig | None = None) -> list[int]:
+    """Every check `load_lerobot_dataset` makes, without decoding a frame (e.g. a launcher's
+    validation before work starts).
+
+    Args:
+      root, spec, calibration, episodes, keyframe_config: as in `load_lerobot_dataset`.
+
+    Returns:
+      The episode indices checked, in order (all of the dataset's when `episodes` is None), e.g.
+      to split them into training and validation demos.
+
+    Raises:
+      FileNotFoundError, CalibrationFileError, ValueError: as `load_lerobot_dataset` would.
+    """
+    calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
+    prepared = _prepare(root, spec, calib.camera(spec.image_key), episodes, keyframe_config,
+                        calib.workspace)
+    return [p.plan.episode.index for p in prepared]
 
 
 def check_in_workspace(positions: Any, workspace: Workspace, what: str) -> None:
