@@ -24,7 +24,11 @@ SIM = [
     "mujoco==3.3.0",
     "gymnasium>=1.0",
 ]
-DEV = [
+LEROBOT = [  # twostage_jax.data.lerobot: LeRobot v3 datasets (tested: pyarrow 26.0.1, av 18.1.0)
+    "pyarrow>=15.0",
+    "av>=14.0",  # PyAV, FFmpeg's libraries with AV1 (libdav1d) and H.264 decoders
+]
+DEV = LEROBOT + [  # the tests read the LeRobot fixture
     "pytest>=8.0",
     "pytest-xdist>=3.5",  # pytest.ini: 2 workers, --dist loadscope (largest modules first since 3.5)
 ]
@@ -43,7 +47,7 @@ setup(
     packages=find_packages(include=["twostage_jax", "twostage_jax.*", "experiments", "experiments.*"]),
     package_data={"experiments": ["configs/*.py"]},
     install_requires=CORE,
-    extras_require={"sim": SIM, "dev": DEV, "all": SIM + DEV},
+    extras_require={"sim": SIM, "lerobot": LEROBOT, "dev": DEV, "all": SIM + DEV},
     entry_points={"console_scripts": ["twostage=experiments.main:run"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",

@@ -14,7 +14,14 @@ from twostage_jax.actions import (
     pose_to_action,
     sample_tentative,
 )
+from twostage_jax.base_policy import (
+    BasePolicy,
+    base_policy_actions,
+    call_base_policy,
+    check_base_output,
+)
 from twostage_jax.bc import BCAux, BCMetrics, bc_loss, make_bc_update
+from twostage_jax.calibration import BaseCalibration, calibrate_to_base_policy
 from twostage_jax.cql import (
     ActorAux,
     AlphaAux,
@@ -51,7 +58,7 @@ from twostage_jax.networks import (
     resolve_conv_impl,
     tanh_gaussian_sample,
 )
-from twostage_jax.policy import PolicyOutput, check_corrected_dims, make_policy
+from twostage_jax.policy import PolicyOutput, check_corrected_dims, correct_base_policy, make_policy
 from twostage_jax.state import AgentState
 from twostage_jax.training import (
     SEED_STRATEGIES,
@@ -92,6 +99,8 @@ __all__ = [
     "AlphaAux",
     "BCAux",
     "BCMetrics",
+    "BaseCalibration",
+    "BasePolicy",
     "Batch",
     "CQLConfig",
     "CQLMetrics",
@@ -120,8 +129,12 @@ __all__ = [
     "actor_loss",
     "alpha_loss",
     "atanh_clipped",
+    "base_policy_actions",
     "bc_loss",
     "bootstrap_interval",
+    "calibrate_to_base_policy",
+    "call_base_policy",
+    "check_base_output",
     "compose_correction",
     "compose_direct",
     "correction_target_variance",
@@ -144,6 +157,7 @@ __all__ = [
     "make_networks",
     "make_policy",
     "check_corrected_dims",
+    "correct_base_policy",
     "init_seeds",
     "make_train",
     "run_seeds",

@@ -12,12 +12,14 @@ on. These functions turn such residuals into settings:
     centred on the tentative action for a given share of the residuals.
 
 Both are host-side numpy functions (they run once, between stage 1 and stage 2).
+`calibrate_to_base_policy` runs a base policy (stage 1, or any host-side callable; see
+`twostage_jax.base_policy`) over held-out demos and applies both.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +27,9 @@ import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax.actions import DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose
+from twostage_jax.base_policy import BasePolicy, base_policy_actions
 from twostage_jax.geometry import optical_axis_angle, project_points
-from twostage_jax.types import ACTION_DIM, Camera, Workspace
+from twostage_jax.types import ACTION_DIM, Camera, Dataset, Workspace
 
 MAD_TO_STD = 1.4826
 """Scale of the median absolute deviation that estimates a normal distribution's std."""
@@ -142,3 +145,82 @@ def crop_offsets(camera: Camera, workspace: Workspace, tentative: Any, target: A
         c, s = jnp.cos(ang), jnp.sin(ang)
         d = jnp.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=-1)
     return np.asarray(d, np.float64)
+
+
+class BaseCalibration(NamedTuple):
+    """Stage 2's settings calibrated to a base policy's errors (`calibrate_to_base_policy`).
+
+    Attributes:
+      sigma: [7] float32 Algo. 1 noise stds (`Stage2Config.sigma`).
+      crop_size: crop side in pixels (`Stage2Config.crop_size`).
+      tentative: [N, 7] float32 the base policy's actions on the transitions.
+      offsets: [N, 2] float64 pixel offsets of each target in the crop centred on its tentative
+        action (`crop_offsets`), e.g. to report the share inside the crop.
+    """
+
+    sigma: np.ndarray
+    crop_size: int
+    tentative: np.ndarray
+    offsets: np.ndarray
+
+
+def dataset_crop_offsets(dataset: Dataset, tentative: Any, rotate: bool = True) -> np.ndarray:
+    """`crop_offsets` of a dataset's targets, each transition seen by its own frame's camera.
+
+    Args:
+      dataset: a `Dataset`; transition i is seen by the camera of frame `obs_index[i]`.
+      tentative: [N, 7] tentative actions, one per transition.
+      rotate: whether the crops are rotated (`Stage2Config.rotate`).
+
+    Returns:
+      [N, 2] float64 offsets (x, y) in pixels.
+    """
+    a1 = np.asarray(tentative, np.float32)
+    a = np.asarray(dataset.action, np.float32)
+    _checks.check_shape("tentative", a1, (a.shape[0], ACTION_DIM), "[N, 7], one per transition")
+    index = np.asarray(dataset.obs_index)
+    calib = np.concatenate([np.asarray(dataset.intrinsics, np.float32)[index].reshape(-1, 9),
+                            np.asarray(dataset.cam_to_world, np.float32)[index].reshape(-1, 16)], 1)
+    _, group = np.unique(calib, axis=0, return_inverse=True)
+    out = np.zeros((a.shape[0], 2), np.float64)
+    for g in np.unique(group):  # one call per distinct camera (usually one)
+        rows = np.nonzero(group.reshape(-1) == g)[0]
+        out[rows] = crop_offsets(dataset.camera(int(index[rows[0]])), dataset.workspace, a1[rows],
+                                 a[rows], rotate)
+    return out
+
+
+def calibrate_to_base_policy(base: BasePolicy, dataset: Dataset, floor: Any = 0.02,
+                             coverage: float = 0.95, batch_size: int = 64, rotate: bool = True,
+                             calibrate: Any = None, sigma: Any = DEFAULT_SIGMA,
+                             multiple: int = 4, min_size: int = 8, max_size: int | None = None,
+                             margin: float = 0.0) -> BaseCalibration:
+    """Algo. 1's sigma and the crop size from a base policy's errors on (held-out) demos.
+
+    The base policy acts on every transition of `dataset` (image `images[obs_index[i]]`, pose
+    `pose[i]`, in batches, `base_policy_actions`); its actions are compared with the demos'
+    `action[i]`: sigma by `calibrate_sigma` (with its floor; the gripper keeps `sigma[6]` unless
+    `calibrate` says otherwise), the crop size by `calibrate_crop_size` on `crop_offsets` (each
+    transition seen by its own frame's camera).
+
+    Args:
+      base: `base(image [B, H, W, 3] uint8, pose [B, 7]) -> [B, 7]` actions in [-1, 1]; a bad
+        output is a ValueError naming it (`check_base_output`).
+      dataset: demos the base policy did not train on (validation demos).
+      floor, calibrate, sigma: as in `calibrate_sigma`.
+      coverage, multiple, min_size, margin: as in `calibrate_crop_size`.
+      batch_size: observations per call of `base`.
+      rotate: whether stage 2's crops are rotated (`Stage2Config.rotate`).
+      max_size: largest crop side (default: the image's smaller side).
+
+    Returns:
+      A `BaseCalibration(sigma [7], crop_size, tentative [N, 7], offsets [N, 2])`.
+    """
+    a1 = base_policy_actions(base, dataset, batch_size)
+    s = calibrate_sigma(a1, dataset.action, floor=floor, calibrate=calibrate, sigma=sigma)
+    offsets = dataset_crop_offsets(dataset, a1, rotate)
+    if max_size is None:
+        max_size = int(min(np.shape(dataset.images)[1:3]))
+    size = calibrate_crop_size(offsets, coverage=coverage, multiple=multiple, min_size=min_size,
+                               max_size=max_size, margin=margin)
+    return BaseCalibration(sigma=s, crop_size=size, tentative=a1, offsets=offsets)

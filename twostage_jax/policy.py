@@ -1,7 +1,8 @@
 """The two-stage act function: stage 1 -> transform f -> stage 2 -> composition g.
 
 Depends on networks, transform and actions only (not on training): the stage configs it takes
-are read for their network, algo, image size and `Stage2Config` fields.
+are read for their network, algo, image size and `Stage2Config` fields. Stage 1 may be any
+host-side base policy instead (`correct_base_policy`; see `twostage_jax.base_policy`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from twostage_jax import _checks
+from twostage_jax.base_policy import BasePolicy, call_base_policy
 from twostage_jax.networks import Networks, make_networks, tanh_gaussian_sample
 from twostage_jax.transform import Stage2Config, resize_images, transform_state
 from twostage_jax.types import ACTION_DIM, Camera, Stage1Obs, Workspace
@@ -63,8 +65,31 @@ def check_corrected_dims(corrected_dims: Sequence[int]) -> np.ndarray:
     return np.asarray([bool(int(f)) for f in flags])
 
 
+def check_observation(image: Any, pose: Any, camera: Camera) -> None:
+    """Checks a policy's observation batch where it enters from the host.
+
+    Args:
+      image: [B, H, W, 3] uint8 frames at the camera's resolution.
+      pose: [B, 7] floating poses in [-1, 1].
+      camera: the single `Camera` of the batch.
+
+    Raises:
+      ValueError / TypeError naming `image` or `pose`.
+    """
+    _checks.check_rank("image", image, 4)
+    _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
+                        "[B, H, W, 3] at the camera's resolution")
+    if getattr(image, "dtype", None) != jnp.uint8:
+        raise TypeError(f"`image` must be uint8 camera frames (0..255), as the dataset stores them; "
+                        f"got dtype {getattr(image, 'dtype', type(image).__name__)}. Convert float "
+                        "frames in [0, 1] with (image * 255).round().astype(np.uint8).")
+    _checks.check_shape("pose", pose, (image.shape[0], ACTION_DIM), "[B, 7]")
+    _checks.check_floating("pose", pose)
+    _checks.check_range("pose", pose, -1.0, 1.0, "poses are normalised like actions")
+
+
 def make_policy(
-    stage1: TrainConfig,
+    stage1: TrainConfig | None,
     stage2: TrainConfig | None,
     workspace: Workspace,
     deterministic: bool = True,
@@ -74,10 +99,13 @@ def make_policy(
 ) -> Callable[..., PolicyOutput]:
     """Builds the jitted, batched two-stage policy.
 
-    With `stage2=None` the policy is stage 1 alone (the paper's BC(1)/CQL(1) baselines).
+    With `stage2=None` the policy is stage 1 alone (the paper's BC(1)/CQL(1) baselines). With
+    `stage1=None` there is no stage-1 network: every call must pass `tentative` (the actions of
+    another base policy; `correct_base_policy` does this for a host-side callable).
 
     Args:
-      stage1: stage 1's training config (network sizes, algo, input image size).
+      stage1: stage 1's training config (network sizes, algo, input image size), or None when
+        the tentative actions always come from elsewhere.
       stage2: stage 2's training config, or None for stage 1 alone.
       workspace: position bounds used to normalise actions.
       deterministic: act with the policy's mode (tanh of the mean for CQL actors).
@@ -102,16 +130,19 @@ def make_policy(
       is [B, H, W, 3] uint8 at the camera's full resolution, pose [B, 7], camera a single
       `Camera` shared by the batch, key a PRNG key (required when the policy samples, i.e.
       deterministic=False with a CQL stage: pass a fresh one per call; may be None
-      otherwise), and params2 is ignored (pass None) in stage-1-only mode. Values are
+      otherwise), params1 is ignored (pass None) when stage1 is None, and params2 is ignored
+      (pass None) in stage-1-only mode. Values are
       checked here, at the boundary: pose and tentative must be finite and in [-1, 1]. `tentative` ([B, 7], optional)
       replaces stage 1's output, e.g. to test stage 2 on Algo. 1's perturbed actions.
     """
     if isinstance(correction_passes, bool) or not isinstance(correction_passes, int) or correction_passes < 1:
         raise ValueError(f"`correction_passes` must be an integer >= 1; got {correction_passes!r}.")
     mask = None if corrected_dims is None else check_corrected_dims(corrected_dims)
-    nets1 = make_networks(stage1.network, 1, stage1.algo)
+    if stage1 is None and stage2 is None:
+        raise ValueError("`stage1` and `stage2` are both None: a policy needs stage 1, stage 2 or both.")
+    nets1 = make_networks(stage1.network, 1, stage1.algo) if stage1 is not None else None
     nets2 = make_networks(stage2.network, 2, stage2.algo) if stage2 is not None else None
-    stochastic = not deterministic and (nets1.stochastic or (nets2 is not None and nets2.stochastic))
+    stochastic = not deterministic and any(n is not None and n.stochastic for n in (nets1, nets2))
     s2: Stage2Config | None = stage2.stage2 if stage2 is not None else None
 
     def _batch(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
@@ -150,16 +181,11 @@ def make_policy(
 
     def act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
             key: jax.Array | None = None, tentative: jnp.ndarray | None = None) -> PolicyOutput:
-        _checks.check_rank("image", image, 4)
-        _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
-                            "[B, H, W, 3] at the camera's resolution")
-        if getattr(image, "dtype", None) != jnp.uint8:
-            raise TypeError(f"`image` must be uint8 camera frames (0..255), as the dataset stores them; "
-                            f"got dtype {getattr(image, 'dtype', type(image).__name__)}. Convert float "
-                            "frames in [0, 1] with (image * 255).round().astype(np.uint8).")
-        _checks.check_shape("pose", pose, (image.shape[0], ACTION_DIM), "[B, 7]")
-        _checks.check_floating("pose", pose)
-        _checks.check_range("pose", pose, -1.0, 1.0, "poses are normalised like actions")
+        check_observation(image, pose, camera)
+        if nets1 is None and tentative is None:
+            raise ValueError("`tentative` is None, but this policy was built with stage1=None: pass "
+                             "the base policy's actions as tentative=[B, 7] (or use "
+                             "correct_base_policy).")
         if nets2 is not None and params2 is None:
             raise ValueError("`params2` is None but the policy was built with a stage-2 config; "
                              "pass stage 2's params or build with stage2=None.")
@@ -179,3 +205,54 @@ def make_policy(
                     tentative)
 
     return act
+
+
+def correct_base_policy(
+    base: BasePolicy,
+    stage2: TrainConfig,
+    workspace: Workspace,
+    deterministic: bool = True,
+    row_by_row: bool = False,
+    correction_passes: int = 1,
+    corrected_dims: Sequence[int] | None = None,
+) -> Callable[..., PolicyOutput]:
+    """The two-stage policy with any host-side base policy as stage 1, corrected by stage 2.
+
+    Stage 2 trains from the demos alone (Algo. 1 never calls stage 1), so a stage 2 trained
+    with this library corrects a policy you already have, as long as it acts in the same
+    action space (a [7] action in [-1, 1] per observation; see `twostage_jax.base_policy`).
+    Each call runs `base(image, pose)` on the host, checks its output (`call_base_policy`: a
+    wrong shape, a value outside [-1, 1] or a NaN is a ValueError naming the base policy), then
+    the jitted `make_policy(None, stage2, ...)` act with `tentative=` the base actions: crop
+    around where they project, stage 2, composition.
+
+    Args:
+      base: `base(image [B, H, W, 3] uint8, pose [B, 7] float32) -> [B, 7]` actions in [-1, 1]
+        (numpy or JAX), called with numpy arrays outside jit.
+      stage2: stage 2's training config (network, algo, `Stage2Config`).
+      workspace: position bounds that normalise actions (the stage-2 training data's).
+      deterministic, row_by_row, correction_passes, corrected_dims: as in `make_policy`.
+
+    Returns:
+      `corrected(params2, image, pose, camera, key=None) -> PolicyOutput`: image [B, H, W, 3]
+      uint8 at the camera's resolution, pose [B, 7], camera a single `Camera`; `key` as in
+      `make_policy`'s act. `tentative` of the output is the base policy's action, `action` the
+      corrected one; equal to `make_policy(..., stage2, ...)`'s act given
+      `tentative=base(image, pose)`.
+    """
+    if not callable(base):
+        raise TypeError(f"`base` must be a callable base(image, pose) -> action; got "
+                        f"{type(base).__name__}.")
+    if stage2 is None:
+        raise ValueError("`stage2` is None: correct_base_policy needs stage 2's training config "
+                         "(the base policy alone needs no library call).")
+    act = make_policy(None, stage2, workspace, deterministic=deterministic, row_by_row=row_by_row,
+                      correction_passes=correction_passes, corrected_dims=corrected_dims)
+
+    def corrected(params2: Any, image: Any, pose: Any, camera: Camera,
+                  key: jax.Array | None = None) -> PolicyOutput:
+        check_observation(image, pose, camera)  # before the base policy sees them
+        tentative = call_base_policy(base, image, pose)
+        return act(None, params2, image, pose, camera, key=key, tentative=tentative)
+
+    return corrected

@@ -1,9 +1,16 @@
 """Demonstrations, keyframe discovery, the offline `Dataset` builder and its file format.
 
 Nothing here imports a simulator at import time: `record_demos` imports MetaWorld when called,
-and the RLBench reader needs no RLBench at all.
+and the RLBench reader needs no RLBench at all. The LeRobot reader imports pyarrow and PyAV (the
+`lerobot` extra) when called.
 """
 
+from twostage_jax.data.camera_file import (
+    Calibration,
+    CalibrationFileError,
+    load_calibration,
+    save_calibration,
+)
 from twostage_jax.data.dataset import (
     FORMAT_VERSION,
     DatasetFormatError,
@@ -14,10 +21,22 @@ from twostage_jax.data.dataset import (
 )
 from twostage_jax.data.demos import DemoStats, Trajectory, record_demos, replay_keyframes
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
+from twostage_jax.data.lerobot import (
+    LEROBOT_KEYFRAMES,
+    POSE_CONVENTIONS,
+    LeRobotEpisode,
+    LeRobotSpec,
+    check_lerobot_dataset,
+    load_lerobot_dataset,
+    load_lerobot_demos,
+    read_lerobot_episode,
+)
 from twostage_jax.data.rlbench_io import load_rlbench_demos
 
 __all__ = [
-    "FORMAT_VERSION", "DatasetFormatError", "DemoStats", "KeyframeConfig", "Trajectory",
-    "build_dataset", "dataset_nbytes", "discover_keyframes", "load_dataset", "load_rlbench_demos",
-    "record_demos", "replay_keyframes", "save_dataset",
+    "FORMAT_VERSION", "LEROBOT_KEYFRAMES", "POSE_CONVENTIONS", "Calibration", "CalibrationFileError",
+    "DatasetFormatError", "DemoStats", "KeyframeConfig", "LeRobotEpisode", "LeRobotSpec", "Trajectory",
+    "build_dataset", "check_lerobot_dataset", "dataset_nbytes", "discover_keyframes", "load_calibration", "load_dataset",
+    "load_lerobot_dataset", "load_lerobot_demos", "load_rlbench_demos", "read_lerobot_episode",
+    "record_demos", "replay_keyframes", "save_calibration", "save_dataset",
 ]

@@ -1,0 +1,128 @@
+"""Correcting a foreign base policy, and calibrating stage 2 to its errors."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import twostage_jax as tj
+from tests._tiny import tiny_config, tiny_dataset
+from twostage_jax.calibration import MAD_TO_STD, calibrate_crop_size, crop_offsets
+
+
+def _camera(ds):
+    cam = ds.camera(0)
+    return tj.Camera(jnp.asarray(cam.intrinsics), jnp.asarray(cam.cam_to_world), cam.width, cam.height)
+
+
+def _observations(ds, rows):
+    return np.asarray(ds.images)[np.asarray(ds.obs_index)[rows]], np.asarray(ds.pose)[rows]
+
+
+def test_a_foreign_base_policy_is_corrected_as_act_with_its_tentative(tiny_trained):
+    # stage 2 (CQL) trained 4 steps from the demos alone; its stage 1 is not used here
+    ds, c1, c2, p1, p2 = tiny_trained
+    demo = {z.tobytes(): a for z, a in zip(np.asarray(ds.pose, np.float32), np.asarray(ds.action))}
+    offset = np.array([0.1, -0.05, 0.08, 0.0, 0.02, -0.03, 0.0], np.float32)
+
+    def demo_plus_offset(image, pose):  # a "policy" from elsewhere: the demo action, off by a bit
+        assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 4
+        return np.clip(np.stack([demo[z.tobytes()] for z in pose]) + offset, -1, 1)
+
+    image, pose = _observations(ds, [0, 4, 9])
+    cam = _camera(ds)
+    corrected = tj.correct_base_policy(demo_plus_offset, c2, ds.workspace)
+    out = corrected(p2, image, pose, cam)
+    base = demo_plus_offset(image, pose).astype(np.float32)
+    assert out.action.shape == (3, 7) and np.all(np.isfinite(out.action))
+    np.testing.assert_array_equal(out.tentative, base)
+    # the two-stage policy's act, given the base actions as its tentative
+    same = tj.make_policy(c1, c2, ds.workspace)(p1, p2, image, pose, cam, tentative=base)
+    np.testing.assert_allclose(out.action, same.action, atol=1e-6)
+    np.testing.assert_allclose(out.correction, same.correction, atol=1e-6)
+    assert not np.allclose(out.action, base, atol=1e-4)  # stage 2 did change it
+    # a base policy may return JAX arrays too
+    as_jax = tj.correct_base_policy(lambda im, z: jnp.asarray(demo_plus_offset(im, z)), c2, ds.workspace)
+    np.testing.assert_allclose(as_jax(p2, image, pose, cam).action, out.action, atol=1e-6)
+
+
+def test_calibration_recovers_a_base_policys_known_error():
+    ds = tiny_dataset()
+    target = np.asarray(ds.pose) * np.array([0.5] * 6 + [1.0], np.float32)  # a(z): known per pose
+    ds = ds.replace(action=target, next_action=target)
+    bias = np.array([0.4, -0.3, 0.5, 0.03, 0.005, 0.1, 0.3])  # in atanh space, per dimension
+    lookup = {z.tobytes(): a for z, a in zip(np.asarray(ds.pose), target)}
+    calls = []
+
+    def biased(image, pose):
+        calls.append((image, pose))
+        a = np.stack([lookup[z.tobytes()] for z in pose]).astype(np.float64)
+        return np.tanh(np.arctanh(np.clip(a, -0.99, 0.99)) - bias).astype(np.float32)
+
+    cal = tj.calibrate_to_base_policy(biased, ds, floor=0.02, batch_size=5, multiple=2, min_size=4)
+    # every transition was shown its own frame and pose, in batches of 5
+    assert [len(p) for _, p in calls] == [5, 5, 5, 3]
+    np.testing.assert_array_equal(np.concatenate([im for im, _ in calls]),
+                                  np.asarray(ds.images)[np.asarray(ds.obs_index)])
+    np.testing.assert_array_equal(np.concatenate([p for _, p in calls]), np.asarray(ds.pose))
+    # sigma: 1.4826 x the constant error (a bias is an error too), the floor where it is smaller
+    # (dimension 4: 1.4826 x 0.005 < 0.02), and the gripper keeps its sigma of 1
+    want = np.maximum(0.02, MAD_TO_STD * np.abs(bias[:6]))
+    np.testing.assert_allclose(cal.sigma[:6], want, rtol=1e-4)
+    assert cal.sigma[4] == pytest.approx(0.02) and cal.sigma[6] == pytest.approx(1.0)
+    # the crop size: calibrate_crop_size on the targets' offsets in the tentative crops
+    offsets = crop_offsets(_camera(ds), ds.workspace, cal.tentative, target)
+    np.testing.assert_allclose(cal.offsets, offsets, atol=1e-9)
+    assert cal.crop_size == calibrate_crop_size(offsets, coverage=0.95, multiple=2, min_size=4,
+                                                max_size=32) > 4
+    # a base policy without error gets the floor and the smallest crop
+    exact = tj.calibrate_to_base_policy(lambda im, z: np.stack([lookup[r.tobytes()] for r in z]), ds)
+    np.testing.assert_allclose(exact.sigma[:6], 0.02)
+    assert exact.crop_size == 8
+
+
+def wrong_shape(image, pose):
+    return np.zeros((len(pose), 6), np.float32)
+
+
+def out_of_range(image, pose):
+    return np.full((len(pose), 7), 1.5, np.float32)
+
+
+def with_nan(image, pose):
+    out = np.zeros((len(pose), 7), np.float32)
+    out[1, 2] = np.nan
+    return out
+
+
+def not_an_array(image, pose):
+    return None
+
+
+@pytest.mark.parametrize("base,match", [
+    (wrong_shape, r"wrong_shape must return actions of shape \[3, 7\].*got shape \(3, 6\)"),
+    (out_of_range, r"out_of_range must return actions in \[-1, 1\].*got values in \[1.5, 1.5\]"),
+    (with_nan, r"with_nan must return finite actions.*NaN or inf in row\(s\) \[1\]"),
+    (not_an_array, r"not_an_array must return a numeric \[3, 7\] array.*NoneType"),
+])
+def test_a_bad_base_output_names_the_base_policy(base, match):
+    ds = tiny_dataset()
+    image, pose = _observations(ds, [0, 1, 2])
+    corrected = tj.correct_base_policy(base, tiny_config("bc"), ds.workspace)
+    with pytest.raises(ValueError, match=match):
+        corrected({}, image, pose, _camera(ds))  # raised before stage 2 runs
+    with pytest.raises(ValueError, match=base.__qualname__):
+        tj.calibrate_to_base_policy(base, ds, batch_size=3)
+
+
+def test_bad_arguments_are_named():
+    ds = tiny_dataset()
+    with pytest.raises(TypeError, match="`base` must be a callable"):
+        tj.correct_base_policy(np.zeros(7), tiny_config("bc"), ds.workspace)
+    act = tj.make_policy(None, tiny_config("bc"), ds.workspace)
+    image, pose = _observations(ds, [0, 1])
+    with pytest.raises(ValueError, match="`tentative` is None, but this policy was built with stage1=None"):
+        act(None, {}, image, pose, _camera(ds))
+    with pytest.raises(ValueError, match="`stage1` and `stage2` are both None"):
+        tj.make_policy(None, None, ds.workspace)
+    with pytest.raises(ValueError, match="`batch_size` must be a positive int"):
+        tj.calibrate_to_base_policy(wrong_shape, ds, batch_size=0)

@@ -1,0 +1,263 @@
+"""Reading LeRobot v3 datasets: the fixture in tests/data/lerobot_v3/ was written by LeRobot's own
+writer (tests/data/make_lerobot_fixture.py, whose numpy functions say what it holds)."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.data import make_lerobot_fixture as fx
+from twostage_jax.data import lerobot
+from twostage_jax.data.camera_file import (CalibrationFileError, load_calibration,
+                                           save_calibration)
+from twostage_jax.data.lerobot import (LeRobotSpec, check_lerobot_dataset, lerobot_pose,
+                                       load_lerobot_dataset, load_lerobot_demos, read_lerobot_episode)
+
+ROOT = Path(fx.OUT)
+CALIBRATION = Path(fx.CALIBRATION)
+SPEC = LeRobotSpec(image_key=fx.IMAGE_KEY, pose_key="observation.state",
+                   pose_convention="xyz_euler_xyz", neutral_quat=fx.NEUTRAL_QUAT)
+VIDEO = ROOT / "videos" / fx.IMAGE_KEY / "chunk-000" / "file-000.mp4"
+DATA = ROOT / "data" / "chunk-000" / "file-000.parquet"
+EPISODES = ROOT / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+
+# The video codec's tolerance: LeRobot encodes AV1 (its default, CRF 30) in 4:2:0 colour, so
+# a decoded frame is not the frame given to the writer. On these smooth frames the mean absolute
+# error of a frame is at most 2.8 grey levels (of 255) and 99% of the values are within 12
+# (measured); single values reach ~100 at the edges of the coloured blobs, where the colour is
+# kept at half resolution. Neighbouring frames of an episode differ by 10 or more on average, so
+# each decoded frame must also be closer to its own frame than to either neighbour.
+MEAN_TOLERANCE = 4.0
+P99_TOLERANCE = 16.0
+
+
+@pytest.fixture(scope="module")
+def demos():
+    camera = load_calibration(CALIBRATION).camera(fx.IMAGE_KEY)
+    return load_lerobot_demos(ROOT, SPEC, camera, all_images=True)
+
+
+def test_columns_are_read_exactly():
+    for episode, n in enumerate(fx.LENGTHS):
+        ep = read_lerobot_episode(ROOT, episode, ["observation.state", "action"])
+        want = fx.episode_arrays(episode)
+        assert ep.index == episode and ep.task == "pick up the object"
+        np.testing.assert_array_equal(ep.columns["observation.state"], want["state"])
+        np.testing.assert_array_equal(ep.columns["action"], want["action"])
+        assert ep.columns["action"].dtype == np.float32
+        np.testing.assert_allclose(ep.timestamps, np.arange(n) / fx.FPS, atol=1e-6)
+
+
+def test_frames_poses_and_keyframes(demos):
+    assert len(demos) == len(fx.LENGTHS)
+    for episode, traj in enumerate(demos):
+        want = fx.episode_arrays(episode)
+        n = fx.LENGTHS[episode]
+        # images, frame for frame, within the codec's tolerance
+        assert traj.images.shape == (n, fx.SIZE, fx.SIZE, 3) and traj.images.dtype == np.uint8
+        rendered = np.stack([fx.render(episode, f) for f in range(n)]).astype(np.float64)
+        error = np.abs(traj.images - rendered)
+        assert error.mean(axis=(1, 2, 3)).max() < MEAN_TOLERANCE
+        assert np.percentile(error, 99) < P99_TOLERANCE
+        for f in range(n):
+            own = error[f].mean()
+            for g in (f - 1, f + 1):
+                if 0 <= g < n:
+                    assert own < np.abs(traj.images[f] - rendered[g]).mean(), (episode, f, g)
+        # poses: positions as stored; the orientation (roll pi, yaw) relative to pointing down
+        np.testing.assert_array_equal(traj.positions, want["state"][:, :3].astype(np.float64))
+        relative = np.zeros((n, 3))
+        relative[:, 2] = want["state"][:, 5]
+        np.testing.assert_allclose(traj.eulers, relative, atol=1e-6)
+        np.testing.assert_array_equal(traj.gripper_open, (want["action"][:, 6] > 0).astype(np.float32))
+        # keyframes by our rule: the stop (pose speed), the gripper change, the last frame
+        assert tuple(traj.keyframes) == fx.KEYFRAMES[episode]
+        assert traj.seed == episode and traj.task == "pick up the object"
+        np.testing.assert_allclose(np.asarray(traj.camera.intrinsics)[0], fx.CAMERA_K, rtol=1e-6)
+
+
+def test_dataset_actions_are_the_keyframe_poses(demos):
+    ds = load_lerobot_dataset(ROOT, SPEC, CALIBRATION)
+    lo, hi = np.asarray(fx.WORKSPACE_LOW), np.asarray(fx.WORKSPACE_HIGH)
+
+    def pose(episode, frame):  # our 7-D form: normalised position, Euler / pi, gripper +-1
+        s, a = fx.episode_arrays(episode)["state"][frame], fx.episode_arrays(episode)["action"][frame]
+        return np.concatenate([2 * (s[:3] - lo) / (hi - lo) - 1, [0.0, 0.0, s[5] / np.pi],
+                               [1.0 if a[6] > 0 else -1.0]])
+
+    # augment_every=10: chains start at frames 0 and 10 of every episode (keyframes 6, 11, last)
+    chains = [(e, src, dst) for e, n in enumerate(fx.LENGTHS)
+              for src, dst in [(0, 6), (6, 11), (11, n - 1), (10, 11), (11, n - 1)]]
+    assert ds.num_transitions == len(chains)
+    for i, (e, src, dst) in enumerate(chains):
+        np.testing.assert_allclose(ds.action[i], pose(e, dst), atol=1e-6)
+        np.testing.assert_allclose(ds.pose[i], pose(e, src), atol=1e-6)
+        np.testing.assert_array_equal(ds.images[ds.obs_index[i]], demos[e].images[src])
+        np.testing.assert_array_equal(ds.images[ds.next_obs_index[i]], demos[e].images[dst])
+        assert ds.episode[i] == e
+    np.testing.assert_allclose(np.asarray(ds.workspace.low), lo)
+
+
+def test_pose_conventions_agree():
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(-1, 1, (5, 3))
+    rot = Rotation.from_euler("xyz", rng.uniform(-3, 3, (5, 3)))
+    q = rot.as_quat()
+    forms = {"xyz_euler_xyz": rot.as_euler("xyz"), "xyz_quat_xyzw": q,
+             "xyz_quat_wxyz": q[:, [3, 0, 1, 2]], "xyz_rotvec": rot.as_rotvec()}
+    for name, r in forms.items():
+        p, quat = lerobot_pose(np.concatenate([pos, r], 1), name)
+        np.testing.assert_array_equal(p, pos)
+        np.testing.assert_allclose((Rotation.from_quat(quat) * rot.inv()).magnitude(), 0, atol=1e-9)
+    mine = lerobot_pose(pos, lambda v: (v, np.tile([0.0, 0.0, 0.0, 1.0], (len(v), 1))))
+    np.testing.assert_array_equal(mine[0], pos)
+    with pytest.raises(ValueError, match="must return positions \\[5, 3\\] and quaternions \\[5, 4\\]"):
+        lerobot_pose(pos, lambda v: (v, v))
+    with pytest.raises(ValueError, match="pose_convention must be one of"):
+        LeRobotSpec(image_key="a", pose_key="b", pose_convention="xyz_euler_zyx")
+    with pytest.raises(ValueError, match="pose_indices has 7 entries; pose_convention 'xyz_euler_xyz' "
+                                         "takes 6"):
+        LeRobotSpec(image_key="a", pose_key="b", pose_convention="xyz_euler_xyz",
+                    pose_indices=tuple(range(7)))
+
+
+# --- bad input: each an error naming it, raised before any frame is decoded ---------------------
+
+@pytest.fixture
+def copy(tmp_path, monkeypatch):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a frame was decoded before the inputs were checked")
+
+    monkeypatch.setattr(lerobot, "_decode", no_decoding)
+    root = tmp_path / "lerobot_v3"
+    shutil.copytree(ROOT, root)
+    return root
+
+
+def _camera():
+    return load_calibration(CALIBRATION).camera(fx.IMAGE_KEY)
+
+
+def _rewrite(path, edit):
+    pq.write_table(edit(pq.read_table(path)), path)
+
+
+def test_checking_decodes_nothing(copy):
+    assert check_lerobot_dataset(copy, SPEC, CALIBRATION) == [0, 1, 2]
+    assert check_lerobot_dataset(copy, SPEC, CALIBRATION, episodes=[2, 0]) == [2, 0]
+
+
+def test_a_missing_key_is_named(copy):
+    for field, value in (("image_key", "observation.images.wrist"), ("pose_key", "observation.ee_pose"),
+                         ("action_key", "actions"), ("gripper_key", "observation.gripper")):
+        spec = LeRobotSpec(**{**SPEC.__dict__, field: value})
+        with pytest.raises(ValueError, match=rf"LeRobotSpec.{field} '{value}' is not a feature of .*"
+                                             r"features are \['action', 'observation.images.front'"):
+            load_lerobot_demos(copy, spec, _camera())
+    with pytest.raises(ValueError, match="gripper_index 7 falls outside 'action', which has 7 components"):
+        load_lerobot_demos(copy, LeRobotSpec(**{**SPEC.__dict__, "gripper_index": 7}), _camera())
+    with pytest.raises(ValueError, match="pose_indices .* fall outside 'observation.state', which has 7"):
+        load_lerobot_demos(copy, LeRobotSpec(**{**SPEC.__dict__, "pose_indices": (0, 1, 2, 3, 4, 9)}),
+                           _camera())
+
+
+def test_a_camera_without_calibration_is_named(copy, tmp_path):
+    calibration = load_calibration(CALIBRATION)
+    other = tmp_path / "calibration.json"
+    save_calibration(other, {"observation.images.wrist": calibration.camera(fx.IMAGE_KEY)},
+                     calibration.workspace)
+    with pytest.raises(CalibrationFileError, match=r"no camera for image key 'observation.images.front' "
+                                                   r"\(cameras: \['observation.images.wrist'\]\)"):
+        load_lerobot_dataset(copy, SPEC, other)
+    # a camera calibrated for another image size
+    doc = json.loads(CALIBRATION.read_text())
+    doc["cameras"][fx.IMAGE_KEY]["width"] = 128
+    other.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="calibrated for 128x64 pixels, but its video is 64x64"):
+        load_lerobot_dataset(copy, SPEC, other)
+    # a malformed calibration file names the field
+    doc["cameras"][fx.IMAGE_KEY]["cam_to_world"][0][0] = 2.0
+    other.write_text(json.dumps(doc))
+    with pytest.raises(CalibrationFileError, match=r"cameras\['observation.images.front'\].cam_to_world "
+                                                   "must be a rigid transform"):
+        load_calibration(other)
+
+
+def test_a_video_shorter_than_its_index_is_named(copy):
+    import av
+
+    video = copy / VIDEO.relative_to(ROOT)
+    with av.open(str(video), "w", format="mp4") as dst:  # the same frames, but only the first 50 of 54
+        stream = dst.add_stream("mpeg4", rate=fx.FPS)
+        stream.width = stream.height = fx.SIZE
+        stream.pix_fmt = "yuv420p"
+        frames = [fx.render(e, f) for e, n in enumerate(fx.LENGTHS) for f in range(n)][:50]
+        for image in frames:
+            dst.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        dst.mux(stream.encode())
+    with pytest.raises(ValueError, match=r"episode 2 .* needs a frame of 'observation.images.front' at "
+                                         r"5.3 s .* ends at 5 s .*the video is shorter than its index"):
+        load_lerobot_demos(copy, SPEC, _camera())
+    # the episodes it does hold pass every check, up to decoding (stubbed out here)
+    with pytest.raises(AssertionError, match="a frame was decoded"):
+        load_lerobot_demos(copy, SPEC, _camera(), episodes=[0, 1])
+
+
+def test_mismatched_lengths_are_named(copy):
+    data = copy / DATA.relative_to(ROOT)
+    original = pq.read_table(data)
+    # a parquet row of episode 1 is missing
+    rows = np.arange(original.num_rows) != 20
+    pq.write_table(original.filter(pa.array(rows)), data)
+    for read in (lambda: load_lerobot_demos(copy, SPEC, _camera()),
+                 lambda: check_lerobot_dataset(copy, SPEC, CALIBRATION)):
+        with pytest.raises(ValueError, match=r"episode 1 in .*: 17 parquet rows, but the episode table "
+                                             "says length 18"):
+            read()
+    pq.write_table(original, data)
+    # the episode table's length disagrees with its own index range
+    episodes = copy / EPISODES.relative_to(ROOT)
+
+    def shorter(table):
+        length = table.column("length").to_numpy().copy()
+        length[2] -= 1
+        return table.set_column(table.schema.get_field_index("length"), "length", pa.array(length))
+
+    _rewrite(episodes, shorter)
+    with pytest.raises(ValueError, match=r"episode 2 .*length 19 but dataset_from_index..dataset_to_index "
+                                         "spans 20 frames"):
+        load_lerobot_demos(copy, SPEC, _camera())
+
+
+def test_other_bad_datasets_are_named(copy, tmp_path, monkeypatch):
+    info = copy / "meta" / "info.json"
+    doc = json.loads(info.read_text())
+    info.write_text(json.dumps({**doc, "codebase_version": "v2.1"}))
+    with pytest.raises(ValueError, match="codebase_version 'v2.1'; this reader reads LeRobot's v3 format"):
+        load_lerobot_demos(copy, SPEC, _camera())
+    info.write_text(json.dumps({**doc, "data_path": "data/{chunk_index.__class__}.parquet"}))
+    with pytest.raises(ValueError, match="`data_path` .* may only use the fields"):
+        load_lerobot_demos(copy, SPEC, _camera())
+    with pytest.raises(FileNotFoundError, match="No LeRobot dataset at"):
+        load_lerobot_demos(tmp_path / "nowhere", SPEC, _camera())
+    # positions outside the workspace (e.g. millimetres for metres) are named before decoding
+    calibration = load_calibration(CALIBRATION)
+    small = tmp_path / "small.json"
+    from twostage_jax.types import Workspace
+
+    save_calibration(small, calibration.cameras, Workspace.create([-0.1, -0.1, 0.0], [0.1, 0.1, 0.1]))
+    info.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="episode 0 .*'observation.state': positions span .* outside the "
+                                         "workspace"):
+        load_lerobot_dataset(copy, SPEC, small)
+    # without pyarrow / av, the error names the extra
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(ImportError, match=r"the `lerobot` extra: pip install 'twostage_jax\[lerobot\]'"):
+        load_lerobot_demos(copy, SPEC, _camera())

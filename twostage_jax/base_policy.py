@@ -1,0 +1,127 @@
+"""Foreign base policies: any callable `base(image, pose) -> action` in place of stage 1.
+
+The correction (stage 2) never sees stage 1 while it trains (Algo. 1 perturbs the demos'
+actions), so it can correct any policy that acts in the same action space: a policy you already
+have, trained in another framework or scripted. Such a base policy is a host-side callable
+
+    base(image, pose) -> action
+
+with image [B, H, W, 3] uint8 camera frames, pose [B, 7] float32 end-effector poses in the
+action form (normalised position, Euler angles / pi, gripper; see `twostage_jax.types`), both
+numpy arrays, and action [B, 7] in [-1, 1] (a numpy or JAX array, or anything `np.asarray`
+reads). It is called outside `jit`, so it may run any code (PyTorch, a remote call, ...).
+
+`call_base_policy` calls it and checks its output where it enters the library: a wrong shape,
+a value outside [-1, 1] or a NaN raises a ValueError that names the base policy, what was
+expected and what it returned, instead of failing later inside XLA. `base_policy_actions`
+runs it over a `Dataset`'s transitions in batches (what calibration needs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from twostage_jax import _checks
+from twostage_jax.types import ACTION_DIM, Dataset, validate_dataset
+
+BasePolicy = Callable[[np.ndarray, np.ndarray], Any]
+"""`base(image [B, H, W, 3] uint8, pose [B, 7] float32) -> action [B, 7] in [-1, 1]`."""
+
+
+def base_policy_name(base: Any) -> str:
+    """How errors name a base policy: its module-qualified `__qualname__`, else its repr."""
+    qualname = getattr(base, "__qualname__", None)
+    if isinstance(qualname, str):
+        module = getattr(base, "__module__", None)
+        return f"{module}.{qualname}" if isinstance(module, str) else qualname
+    text = repr(base)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_base_output(base: Any, output: Any, batch_size: int) -> np.ndarray:
+    """A base policy's output as a [B, 7] float32 array, or a ValueError naming the base policy.
+
+    Args:
+      base: the base policy (only used to name it in errors).
+      output: what it returned for a batch of `batch_size` observations.
+      batch_size: B.
+
+    Returns:
+      [B, 7] float32 actions in [-1, 1].
+
+    Raises:
+      ValueError: the output is not a numeric [B, 7] array, holds NaN or inf, or leaves [-1, 1].
+    """
+    name = base_policy_name(base)
+    try:
+        arr = np.asarray(output)
+    except Exception as err:  # e.g. a ragged list, or an object np.asarray cannot read
+        raise ValueError(f"base policy {name} must return a [B, 7] array of actions in [-1, 1]; "
+                         f"got {type(output).__name__}, which is not an array ({err}).") from err
+    want = f"[{batch_size}, {ACTION_DIM}]"
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating)
+                                 or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"base policy {name} must return a numeric {want} array of actions in "
+                         f"[-1, 1]; got {type(output).__name__} with dtype {arr.dtype} and shape "
+                         f"{arr.shape}.")
+    if arr.shape != (batch_size, ACTION_DIM):
+        raise ValueError(f"base policy {name} must return actions of shape {want} (one row of 7 = "
+                         f"xyz, Euler xyz, gripper per observation); got shape {arr.shape}.")
+    arr = arr.astype(np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0]).tolist()
+        raise ValueError(f"base policy {name} must return finite actions in [-1, 1]; got NaN or "
+                         f"inf in row(s) {rows[:10]} of its {want} output.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1.0 or hi > 1.0:
+        rows = np.unique(np.nonzero(np.abs(arr) > 1.0)[0]).tolist()
+        raise ValueError(f"base policy {name} must return actions in [-1, 1] (tanh space: position "
+                         f"normalised by the workspace, Euler angles / pi, gripper); got values in "
+                         f"[{lo:.4g}, {hi:.4g}] (row(s) {rows[:10]}).")
+    return arr
+
+
+def call_base_policy(base: BasePolicy, image: Any, pose: Any) -> np.ndarray:
+    """Calls `base(image, pose)` on the host and checks what it returns.
+
+    Args:
+      base: the base policy.
+      image: [B, H, W, 3] uint8 frames.
+      pose: [B, 7] poses in the action form.
+
+    Returns:
+      [B, 7] float32 actions in [-1, 1].
+    """
+    if not callable(base):
+        raise TypeError(f"`base` must be a callable base(image, pose) -> action; got "
+                        f"{type(base).__name__}.")
+    image = np.asarray(image)
+    pose = np.asarray(pose, np.float32)
+    return check_base_output(base, base(image, pose), image.shape[0])
+
+
+def base_policy_actions(base: BasePolicy, dataset: Dataset, batch_size: int = 64) -> np.ndarray:
+    """The base policy's actions on every transition of a dataset, in batches.
+
+    Transition i is shown the image `dataset.images[dataset.obs_index[i]]` and the pose
+    `dataset.pose[i]`; its target (for calibration) is `dataset.action[i]`.
+
+    Args:
+      base: the base policy.
+      dataset: a valid `Dataset` (e.g. held-out demos).
+      batch_size: observations per call (the last call may get fewer).
+
+    Returns:
+      [N, 7] float32 actions, row i for transition i.
+    """
+    _checks.check_positive_int("batch_size", batch_size)
+    validate_dataset(dataset)
+    images = np.asarray(dataset.images)
+    index = np.asarray(dataset.obs_index)
+    pose = np.asarray(dataset.pose, np.float32)
+    out = [call_base_policy(base, images[index[s:s + batch_size]], pose[s:s + batch_size])
+           for s in range(0, index.shape[0], batch_size)]
+    return np.concatenate(out, axis=0)
