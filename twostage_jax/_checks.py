@@ -101,6 +101,17 @@ def check_image(name: str, x: Any, what: str = "") -> None:
                         f"{_describe(x)}. Convert integer frames with .astype(np.uint8).")
 
 
+def check_broadcastable(name_a: str, a: Any, name_b: str, b: Any, what: str = "") -> None:
+    """Checks that `a` and `b` have shapes that broadcast together (trace time)."""
+    try:
+        np.broadcast_shapes(_shape(a), _shape(b))
+    except ValueError:
+        extra = f" ({what})" if what else ""
+        raise ValueError(f"`{name_a}` and `{name_b}` must have the same shape, or shapes that "
+                         f"broadcast{extra}; got `{name_a}` shape {_shape(a)} and `{name_b}` shape "
+                         f"{_shape(b)}.") from None
+
+
 def check_positive_int(name: str, x: Any) -> None:
     if not isinstance(x, (int, np.integer)) or isinstance(x, bool) or x <= 0:
         raise ValueError(f"`{name}` must be a positive int; got {x!r}.")

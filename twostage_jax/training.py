@@ -436,6 +436,9 @@ def _check_keys(keys: Any) -> None:
         if dtype != jnp.uint32:
             raise TypeError(f"`keys` must be PRNG keys (uint32 [S, 2] from jax.random.split); got dtype "
                             f"{dtype}.")
+    if np.shape(keys)[0] == 0:
+        raise ValueError("`keys` must hold at least one PRNG key (one per seed, e.g. "
+                         f"jax.random.split(key, 1)); got 0 keys (shape {np.shape(keys)}).")
 
 
 def train_seeds(config: TrainConfig, data: TrainData | Dataset, keys: jax.Array, stage: int = 1,
@@ -555,6 +558,9 @@ def run_seeds(train: Train, states: AgentState, data: TrainData, num_steps: int,
     if _resolve_seed_strategy(strategy) == "vmap":
         return _run_vmapped(states, data, train, int(num_steps))
     num = jax.tree_util.tree_leaves(states)[0].shape[0]
+    if num == 0:
+        raise ValueError("`states` holds 0 seeds (a leading seed axis of size 0); `init_seeds` "
+                         "needs at least one key.")
     outs = [_run_one(jax.tree_util.tree_map(lambda x, i=i: x[i], states), data, train, int(num_steps))
             for i in range(num)]
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
