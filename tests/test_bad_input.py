@@ -178,3 +178,27 @@ def test_compose_names_both_batches(jit):
                                              r"broadcast.*got `a1` shape \(4, 7\) and `a2` shape \(3, 7\)"):
             fn(jnp.zeros((4, 7)), jnp.zeros((3, 7)))
         assert fn(jnp.zeros(7), jnp.zeros((3, 7))).shape == (3, 7)  # one a1 shared by a batch
+
+
+def test_networks_check_image_dtype_and_float_range(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
+    nets1 = tj.make_networks(c1.network, 1, "bc")
+    frames, pose = jnp.asarray(ds.images[:2]), jnp.asarray(ds.pose[:2])
+    nets1.encode(p1, tj.Stage1Obs(frames.astype(jnp.float32) / 255.0, pose))  # [0, 1]: accepted
+    bad = tj.Stage1Obs(frames.astype(jnp.float32), pose)  # floats in 0..255: misread 255x brighter
+    for fn in (nets1.encode, nets1.init):
+        arg = p1 if fn is nets1.encode else jax.random.PRNGKey(0)
+        with pytest.raises(ValueError, match=r"`obs.image` is floating point, so it must lie in \[0, 1\] "
+                                             r"\(uint8 images hold 0..255\); got values in \[.*, 2\d\d\]"):
+            fn(arg, bad)
+    for fn in (nets1.encode, jax.jit(nets1.encode)):  # dtype: at trace time, eager and jitted
+        with pytest.raises(TypeError, match=r"`obs.image` must be uint8 \(0..255\) or floating point"):
+            fn(p1, tj.Stage1Obs(frames.astype(jnp.int32), pose))
+    nets2 = tj.make_networks(c2.network, 2, "cql")
+    s2 = c2.stage2
+    obs2 = tj.Stage2Obs(jnp.full((2, s2.crop_size, s2.crop_size, 3), 0.5),
+                        jnp.full((2, s2.ee_crop_size, s2.ee_crop_size, 3), 0.5), pose, pose)
+    with pytest.raises(ValueError, match=r"`obs.crop` is floating point, so it must lie in \[0, 1\]"):
+        nets2.encode(p2, obs2._replace(crop=obs2.crop * 255.0))
+    with pytest.raises(ValueError, match=r"`obs.ee_crop` must be finite"):
+        nets2.encode(p2, obs2._replace(ee_crop=obs2.ee_crop * jnp.nan))

@@ -101,6 +101,31 @@ def check_image(name: str, x: Any, what: str = "") -> None:
                         f"{_describe(x)}. Convert integer frames with .astype(np.uint8).")
 
 
+IMAGE_VALUE_TOLERANCE = 1e-3
+"""Slack above 1 (and below 0) allowed in float images: bilinear crops of 255 round to ~1 + 1e-7."""
+
+
+def check_image_values(name: str, x: Any) -> None:
+    """A floating-point image must be finite and in [0, 1]; checked only when `x` is concrete.
+
+    uint8 images are not read (their dtype fixes the scale). Floats in 0..255 are the mistake
+    this catches: the networks would read them as 255x brighter frames. Under jit/vmap/grad `x`
+    is a tracer and nothing is checked (a check there would need a host copy every step).
+    """
+    if not is_concrete(x) or getattr(x, "dtype", None) == jnp.uint8:
+        return
+    arr = np.asarray(x)
+    if arr.size == 0 or not np.issubdtype(arr.dtype, np.floating):
+        return
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite; got NaN or inf in an image of shape {arr.shape}.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -IMAGE_VALUE_TOLERANCE or hi > 1.0 + IMAGE_VALUE_TOLERANCE:
+        raise ValueError(f"`{name}` is floating point, so it must lie in [0, 1] (uint8 images hold "
+                         f"0..255); got values in [{lo:.4g}, {hi:.4g}]. Divide 0..255 frames by 255, "
+                         "or pass them as uint8.")
+
+
 def check_broadcastable(name_a: str, a: Any, name_b: str, b: Any, what: str = "") -> None:
     """Checks that `a` and `b` have shapes that broadcast together (trace time)."""
     try:
