@@ -202,3 +202,16 @@ def test_networks_check_image_dtype_and_float_range(tiny_trained):
         nets2.encode(p2, obs2._replace(crop=obs2.crop * 255.0))
     with pytest.raises(ValueError, match=r"`obs.ee_crop` must be finite"):
         nets2.encode(p2, obs2._replace(ee_crop=obs2.ee_crop * jnp.nan))
+
+
+def test_a_batch_larger_than_the_data_warns():
+    import warnings
+
+    data = tj.prepare_data(tiny_dataset(), tiny_config())  # 18 transitions
+    key = jax.random.PRNGKey(0)
+    big = tj.make_train(dataclasses.replace(tiny_config(), batch_size=64), 1)
+    with pytest.warns(UserWarning, match=r"TrainConfig.batch_size \(64\) exceeds the 18 transitions"):
+        jax.eval_shape(big.init, key, data)  # traced: the sizes are static, no step runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.eval_shape(tj.make_train(tiny_config(), 1).init, key, data)  # batch 8: silent
