@@ -4,7 +4,9 @@ Shape, rank and dtype checks run at trace time, so they work under `jit`; the co
 composition, transform, losses, updates) use only these, so eager and jitted calls raise the
 same errors. Value checks (for example "every action component lies in [-1, 1]") need concrete
 values and a device-to-host copy: only the boundaries call them (`validate_dataset` via
-`prepare_data`, `make_policy`'s act, the launcher), on data that arrives from the host.
+`prepare_data`, `make_policy`'s act, the launcher), on data that arrives from the host. One
+exception, `check_image_values`, runs in the networks' `init`/`encode` but reads values only
+when they are concrete (eager calls); under jit it checks nothing and costs nothing.
 """
 
 from __future__ import annotations
