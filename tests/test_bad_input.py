@@ -136,3 +136,82 @@ def test_prepare_data_refuses_non_finite_returns(field):
     bad[1] = np.nan
     with pytest.raises(ValueError, match=rf"`dataset\.{field}` must be finite"):
         tj.prepare_data(dataclasses.replace(ds, **{field: bad}), tiny_config("cql"))
+
+
+# Issue 24: errors that say what is wrong, and images the networks can misread.
+
+
+def test_act_names_an_empty_batch_and_swapped_params(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
+    cam = synthetic_camera(32)
+    image, pose = np.asarray(ds.images[:2]), np.asarray(ds.pose[:2])
+    act = tj.make_policy(c1, c2, ds.workspace)
+    with pytest.raises(ValueError, match=r"`image` must hold at least one frame \(batch size B >= 1\); "
+                                         r"got batch size 0 \(shape \(0, 32, 32, 3\)\)"):
+        act(p1, p2, image[:0], pose[:0], cam)
+    with pytest.raises(ValueError, match=r"`params1` and `params2` look swapped: `params1` holds stage 2's "
+                                         r"networks \(encoder modules \['crop_cnn', 'ee_cnn'"):
+        act(p2, p1, image, pose, cam)
+    with pytest.raises(ValueError, match=r"`params2` does not match stage 2's networks.*expected encoder "
+                                         r"modules \['crop_cnn'.*got \['CNN_0', 'MLP_0'\]"):
+        act(p1, p1, image, pose, cam)
+    # Stage 1 alone: stage 2's params in the first slot are named too.
+    with pytest.raises(ValueError, match=r"`params1` does not match stage 1's networks.*expected encoder "
+                                         r"modules \['CNN_0', 'MLP_0'\], got \['crop_cnn'"):
+        tj.make_policy(c1, None, ds.workspace)(p2, None, image, pose, cam)
+    # CQL params carry a critic and log_alpha that act does not read: still accepted.
+    assert "critic" in p2 and act(p1, p2, image, pose, cam).action.shape == (2, 7)
+
+
+def test_train_seeds_needs_at_least_one_key():
+    for keys in (jnp.zeros((0, 2), jnp.uint32), jax.random.split(jax.random.key(0), 0)):
+        with pytest.raises(ValueError, match=r"`keys` must hold at least one PRNG key \(one per seed, "
+                                             r"e.g. jax.random.split\(key, 1\)\); got 0 keys"):
+            tj.train_seeds(tiny_config(), tiny_dataset(), keys)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_compose_names_both_batches(jit):
+    for compose in (tj.compose_correction, tj.compose_direct):
+        fn = jax.jit(compose) if jit else compose
+        with pytest.raises(ValueError, match=r"`a1` and `a2` must have the same shape, or shapes that "
+                                             r"broadcast.*got `a1` shape \(4, 7\) and `a2` shape \(3, 7\)"):
+            fn(jnp.zeros((4, 7)), jnp.zeros((3, 7)))
+        assert fn(jnp.zeros(7), jnp.zeros((3, 7))).shape == (3, 7)  # one a1 shared by a batch
+
+
+def test_networks_check_image_dtype_and_float_range(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
+    nets1 = tj.make_networks(c1.network, 1, "bc")
+    frames, pose = jnp.asarray(ds.images[:2]), jnp.asarray(ds.pose[:2])
+    nets1.encode(p1, tj.Stage1Obs(frames.astype(jnp.float32) / 255.0, pose))  # [0, 1]: accepted
+    bad = tj.Stage1Obs(frames.astype(jnp.float32), pose)  # floats in 0..255: misread 255x brighter
+    for fn in (nets1.encode, nets1.init):
+        arg = p1 if fn is nets1.encode else jax.random.PRNGKey(0)
+        with pytest.raises(ValueError, match=r"`obs.image` is floating point, so it must lie in \[0, 1\] "
+                                             r"\(uint8 images hold 0..255\); got values in \[.*, 2\d\d\]"):
+            fn(arg, bad)
+    for fn in (nets1.encode, jax.jit(nets1.encode)):  # dtype: at trace time, eager and jitted
+        with pytest.raises(TypeError, match=r"`obs.image` must be uint8 \(0..255\) or floating point"):
+            fn(p1, tj.Stage1Obs(frames.astype(jnp.int32), pose))
+    nets2 = tj.make_networks(c2.network, 2, "cql")
+    s2 = c2.stage2
+    obs2 = tj.Stage2Obs(jnp.full((2, s2.crop_size, s2.crop_size, 3), 0.5),
+                        jnp.full((2, s2.ee_crop_size, s2.ee_crop_size, 3), 0.5), pose, pose)
+    with pytest.raises(ValueError, match=r"`obs.crop` is floating point, so it must lie in \[0, 1\]"):
+        nets2.encode(p2, obs2._replace(crop=obs2.crop * 255.0))
+    with pytest.raises(ValueError, match=r"`obs.ee_crop` must be finite"):
+        nets2.encode(p2, obs2._replace(ee_crop=obs2.ee_crop * jnp.nan))
+
+
+def test_a_batch_larger_than_the_data_warns():
+    import warnings
+
+    data = tj.prepare_data(tiny_dataset(), tiny_config())  # 18 transitions
+    key = jax.random.PRNGKey(0)
+    big = tj.make_train(dataclasses.replace(tiny_config(), batch_size=64), 1)
+    with pytest.warns(UserWarning, match=r"TrainConfig.batch_size \(64\) exceeds the 18 transitions"):
+        jax.eval_shape(big.init, key, data)  # traced: the sizes are static, no step runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.eval_shape(tj.make_train(tiny_config(), 1).init, key, data)  # batch 8: silent

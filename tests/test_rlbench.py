@@ -1,6 +1,7 @@
 """RLBench on-disk reader (RLBench absent) and the adapter's pure conversions."""
 
 import pickle
+import re
 import sys
 import types
 
@@ -38,7 +39,7 @@ def _rlbench_classes():
     return Observation, Demo
 
 
-def _write_fixture(root, n=24, episodes=1, size=128, task="reach_target"):
+def _write_fixture(root, n=24, episodes=1, size=128, task="reach_target", protocol=None):
     """Writes episodes in RLBench's dataset-generator layout (rlbench/backend/const.py,
     tools/dataset_generator.py): TASK/variation0/variation_descriptions.pkl and
     TASK/variation0/episodes/episodeK/{low_dim_obs.pkl, front_rgb/i.png, ...}, with fake rlbench
@@ -77,7 +78,7 @@ def _write_fixture(root, n=24, episodes=1, size=128, task="reach_target"):
         sys.modules.update(mods)
         try:
             with open(ep / "low_dim_obs.pkl", "wb") as f:
-                pickle.dump(Demo(obs, random_seed=3), f)
+                pickle.dump(Demo(obs, random_seed=3), f, protocol=protocol)
         finally:
             for m in names:
                 del sys.modules[m]
@@ -106,6 +107,63 @@ def test_reader_without_rlbench(tmp_path):
     assert ds.num_transitions > 0 and float(ds.reward.max()) == 1.0
     with pytest.raises(FileNotFoundError, match="No RLBench episodes"):
         load_rlbench_demos(tmp_path, "missing_task")
+
+
+class _CreatesFile:
+    """Unpickles as `open(path, "w")`: a global outside RLBench's, called while loading."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_reader_refuses_globals_a_demo_does_not_need(tmp_path):
+    ep = _write_fixture(tmp_path, n=3, size=16)
+    pkl = ep / "low_dim_obs.pkl"
+    # The payload is real: a plain unpickler calls it and creates the file.
+    control = tmp_path / "created_by_pickle"
+    pickle.loads(pickle.dumps(_CreatesFile(control)))
+    assert control.exists()
+    target = tmp_path / "pwned"
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        pkl.write_bytes(pickle.dumps({"_observations": [_CreatesFile(target)]}, protocol=protocol))
+        with pytest.raises(ValueError, match=r"(?s)Refusing to unpickle RLBench demo .*low_dim_obs\.pkl.*"
+                                             r"names the global `io\.open`"):
+            load_rlbench_demos(tmp_path, "reach_target")
+        assert not target.exists()
+    touched = tmp_path / "touched"  # os.system("touch ...") as protocol 2 writes it
+    cmd = f"touch {touched}".encode()
+    pkl.write_bytes(b"\x80\x02cposix\nsystem\nX" + len(cmd).to_bytes(4, "little") + cmd + b"\x85R.")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(pkl))}.*`posix\.system`"):
+        load_rlbench_demos(tmp_path, "reach_target")
+    assert not touched.exists()
+
+
+def test_reader_reads_numpy_1_and_2_pickles_of_every_protocol(tmp_path):
+    # RLBench's demos were pickled with numpy 1.x (`numpy.core.multiarray`); numpy 2 names
+    # `numpy._core`; protocol 2 adds `_codecs.encode` (bytes), protocol 5 `_frombuffer`.
+    (ref,) = load_rlbench_demos(_write_root(tmp_path / "ref", None), "reach_target")
+    for protocol in (2, 3, 5):
+        root = _write_root(tmp_path / f"p{protocol}", protocol)
+        pkl = root / "reach_target/variation0/episodes/episode0/low_dim_obs.pkl"
+        if protocol == 2:  # as numpy 1.x writes it (GLOBAL opcodes are text lines)
+            data = pkl.read_bytes().replace(b"cnumpy._core.", b"cnumpy.core.")
+            assert b"cnumpy.core.multiarray\n_reconstruct\n" in data and b"c_codecs\nencode\n" in data
+            pkl.write_bytes(data)
+        if protocol == 5:
+            assert b"_frombuffer" in pkl.read_bytes()
+        (traj,) = load_rlbench_demos(root, "reach_target")
+        np.testing.assert_array_equal(traj.positions, ref.positions)
+        np.testing.assert_array_equal(traj.velocities, ref.velocities)
+        np.testing.assert_array_equal(traj.camera.cam_to_world, ref.camera.cam_to_world)
+
+
+def _write_root(root, protocol):
+    root.mkdir()
+    _write_fixture(root, size=16, protocol=protocol)
+    return root
 
 
 def test_action_conversion():

@@ -4,7 +4,9 @@ Shape, rank and dtype checks run at trace time, so they work under `jit`; the co
 composition, transform, losses, updates) use only these, so eager and jitted calls raise the
 same errors. Value checks (for example "every action component lies in [-1, 1]") need concrete
 values and a device-to-host copy: only the boundaries call them (`validate_dataset` via
-`prepare_data`, `make_policy`'s act, the launcher), on data that arrives from the host.
+`prepare_data`, `make_policy`'s act, the launcher), on data that arrives from the host. One
+exception, `check_image_values`, runs in the networks' `init`/`encode` but reads values only
+when they are concrete (eager calls); under jit it checks nothing and costs nothing.
 """
 
 from __future__ import annotations
@@ -99,6 +101,42 @@ def check_image(name: str, x: Any, what: str = "") -> None:
         extra = f" {what}" if what else ""
         raise TypeError(f"`{name}` must be uint8 (0..255) or floating point (0..1){extra}; got "
                         f"{_describe(x)}. Convert integer frames with .astype(np.uint8).")
+
+
+IMAGE_VALUE_TOLERANCE = 1e-3
+"""Slack above 1 (and below 0) allowed in float images: bilinear crops of 255 round to ~1 + 1e-7."""
+
+
+def check_image_values(name: str, x: Any) -> None:
+    """A floating-point image must be finite and in [0, 1]; checked only when `x` is concrete.
+
+    uint8 images are not read (their dtype fixes the scale). Floats in 0..255 are the mistake
+    this catches: the networks would read them as 255x brighter frames. Under jit/vmap/grad `x`
+    is a tracer and nothing is checked (a check there would need a host copy every step).
+    """
+    if not is_concrete(x) or getattr(x, "dtype", None) == jnp.uint8:
+        return
+    arr = np.asarray(x)
+    if arr.size == 0 or not np.issubdtype(arr.dtype, np.floating):
+        return
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite; got NaN or inf in an image of shape {arr.shape}.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -IMAGE_VALUE_TOLERANCE or hi > 1.0 + IMAGE_VALUE_TOLERANCE:
+        raise ValueError(f"`{name}` is floating point, so it must lie in [0, 1] (uint8 images hold "
+                         f"0..255); got values in [{lo:.4g}, {hi:.4g}]. Divide 0..255 frames by 255, "
+                         "or pass them as uint8.")
+
+
+def check_broadcastable(name_a: str, a: Any, name_b: str, b: Any, what: str = "") -> None:
+    """Checks that `a` and `b` have shapes that broadcast together (trace time)."""
+    try:
+        np.broadcast_shapes(_shape(a), _shape(b))
+    except ValueError:
+        extra = f" ({what})" if what else ""
+        raise ValueError(f"`{name_a}` and `{name_b}` must have the same shape, or shapes that "
+                         f"broadcast{extra}; got `{name_a}` shape {_shape(a)} and `{name_b}` shape "
+                         f"{_shape(b)}.") from None
 
 
 def check_positive_int(name: str, x: Any) -> None:

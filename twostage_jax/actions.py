@@ -68,7 +68,8 @@ def compose_correction(a1: jnp.ndarray, a2: jnp.ndarray, limit: float = DEFAULT_
 
     Args:
       a1: [..., 7] tentative action in [-1, 1].
-      a2: [..., 7] correction action in [-1, 1].
+      a2: [..., 7] correction action in [-1, 1]; its leading shape must broadcast with a1's
+        (checked at trace time: a ValueError naming both shapes).
       limit: atanh clip bound of a2 (and of a1 unless `tentative_limit` is given).
       tentative_limit: None, a scalar or [7] atanh clip bounds of a1.
 
@@ -77,6 +78,7 @@ def compose_correction(a1: jnp.ndarray, a2: jnp.ndarray, limit: float = DEFAULT_
     """
     _check_action("a1", a1)
     _check_action("a2", a2)
+    _checks.check_broadcastable("a1", a1, "a2", a2, "one a1 per a2, or one shared by a batch")
     lim1 = limit if tentative_limit is None else tentative_limit
     return jnp.tanh(atanh_clipped(a1, lim1) + atanh_clipped(a2, limit))
 
@@ -86,7 +88,7 @@ def compose_direct(a1: jnp.ndarray, a2: jnp.ndarray) -> jnp.ndarray:
 
     Args:
       a1: [..., 7] tentative action (unused; kept for a signature shared with
-        `compose_correction`).
+        `compose_correction`, whose shape checks it shares).
       a2: [..., 7] stage-2 action.
 
     Returns:
@@ -94,6 +96,7 @@ def compose_direct(a1: jnp.ndarray, a2: jnp.ndarray) -> jnp.ndarray:
     """
     _check_action("a1", a1)
     _check_action("a2", a2)
+    _checks.check_broadcastable("a1", a1, "a2", a2, "one a1 per a2, or one shared by a batch")
     return a2
 
 

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from twostage_jax import _checks
 from twostage_jax.types import ACTION_DIM, Stage1Obs, Stage2Obs
 
 CONV_IMPLS = ("auto", "xla", "patches")
@@ -327,6 +328,16 @@ class TwinQ(nn.Module):
 class Networks(NamedTuple):
     """Pure functions over the parameter dict `{'encoder', 'actor', ['critic']}`.
 
+    `init` and `encode` take the images: stage 1's `obs.image` [B, H, W, 3], stage 2's
+    `obs.crop` [B, S, S, 3] and `obs.ee_crop` [B, E, E, 3], each uint8 (0..255) or float in
+    [0, 1]. Their dtype is checked at trace time (another dtype raises a TypeError, eager and
+    under jit alike). A float image's values are checked only when they are concrete (eager
+    calls, such as the usual `init` on an example batch): floats in 0..255 would otherwise
+    read as frames 255 times too bright. Under jit/vmap/grad they are tracers; checking them
+    there would need `checkify` around every caller or a host copy every training step, so
+    the values are checked where data enters instead: `prepare_data` (uint8 frames),
+    `transform_state` (crops scaled to [0, 1]) and `make_policy`'s act (uint8 frames).
+
     Attributes:
       init: (key, example_obs) -> params.
       encode: (params, obs [B, ...]) -> features [B, F].
@@ -340,6 +351,22 @@ class Networks(NamedTuple):
     actor: Callable[[dict, jnp.ndarray], Any]
     critic: Callable[[dict, jnp.ndarray, jnp.ndarray], jnp.ndarray] | None
     stochastic: bool
+
+
+_IMAGE_FIELDS = {1: ("image",), 2: ("crop", "ee_crop")}
+
+
+def _check_images(obs: Any, stage: int) -> None:
+    """The image fields of a stage's observation: dtype at trace time, float values when concrete."""
+    kind = "Stage1Obs" if stage == 1 else "Stage2Obs"
+    for field in _IMAGE_FIELDS[stage]:
+        image = getattr(obs, field, None)
+        if image is None:
+            raise ValueError(f"`obs.{field}` is missing: stage-{stage} networks take a {kind} "
+                             f"(fields {list(_IMAGE_FIELDS[stage])} among others); got "
+                             f"{type(obs).__name__}.")
+        _checks.check_image(f"obs.{field}", image)
+        _checks.check_image_values(f"obs.{field}", image)
 
 
 def make_networks(config: NetworkConfig, stage: int, algo: str) -> Networks:
@@ -365,6 +392,7 @@ def make_networks(config: NetworkConfig, stage: int, algo: str) -> Networks:
     critic = TwinQ(config.head_hidden) if algo == "cql" else None
 
     def init(key: jax.Array, obs: Any) -> dict:
+        _check_images(obs, stage)
         k1, k2, k3 = jax.random.split(key, 3)
         enc_params = encoder.init(k1, obs)
         feat = encoder.apply(enc_params, obs)
@@ -375,6 +403,7 @@ def make_networks(config: NetworkConfig, stage: int, algo: str) -> Networks:
         return params
 
     def encode(params: dict, obs: Any) -> jnp.ndarray:
+        _check_images(obs, stage)
         return encoder.apply(params["encoder"], obs)
 
     def actor_fn(params: dict, feat: jnp.ndarray) -> Any:

@@ -17,7 +17,7 @@ from twostage_jax import _checks
 from twostage_jax.base_policy import BasePolicy, call_base_policy
 from twostage_jax.networks import Networks, make_networks, tanh_gaussian_sample
 from twostage_jax.transform import Stage2Config, resize_images, transform_state
-from twostage_jax.types import ACTION_DIM, Camera, Stage1Obs, Workspace
+from twostage_jax.types import ACTION_DIM, Camera, Stage1Obs, Stage2Obs, Workspace
 
 if TYPE_CHECKING:  # annotations only: the policy does not import the training code
     from twostage_jax.training import TrainConfig
@@ -45,6 +45,78 @@ def _act_one_stage(networks: Networks, params: dict, obs: Any, key: jax.Array, d
     if deterministic:
         return jnp.tanh(mean)
     return tanh_gaussian_sample(key, mean, log_std)[0]
+
+
+_ACT_PARAMS = ("encoder", "actor")  # what act reads; a critic or log_alpha may be present or not
+
+
+def _param_paths(params: Any) -> frozenset[tuple[str, ...]]:
+    """The key paths of the encoder's and actor's leaves, e.g. ('encoder', 'params', 'CNN_0', ...)."""
+    def name(entry: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    paths = (tuple(name(e) for e in path) for path, _ in leaves)
+    return frozenset(p for p in paths if p and p[0] in _ACT_PARAMS)
+
+
+def _encoder_modules(paths: frozenset[tuple[str, ...]]) -> list[str]:
+    """The encoder's top modules (['CNN_0', 'MLP_0'] for stage 1): what tells the stages apart."""
+    return sorted({p[2] for p in paths if len(p) > 2 and p[0] == "encoder"})
+
+
+class _ParamsCheck:
+    """Compares `act`'s params1 / params2 with the trees their stages' `init` builds.
+
+    The expected trees come from `jax.eval_shape` of each stage's `init` on a small example
+    (nothing is allocated or compiled; the leaf paths do not depend on the image or crop size),
+    computed on the first call and cached. Each call then flattens the two params trees. Only
+    the encoder and actor are compared: they are what act reads.
+    """
+
+    def __init__(self, nets1: Networks | None, nets2: Networks | None, s2: Stage2Config | None):
+        self._nets1, self._nets2, self._s2 = nets1, nets2, s2
+        self._expected: tuple[frozenset | None, frozenset | None] | None = None
+
+    def _expect(self) -> tuple[frozenset | None, frozenset | None]:
+        if self._expected is None:
+            key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+            vec = jax.ShapeDtypeStruct((1, ACTION_DIM), jnp.float32)
+            obs1 = Stage1Obs(jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.uint8), vec)
+            want1 = (None if self._nets1 is None else  # a base policy stands in for stage 1
+                     _param_paths(jax.eval_shape(self._nets1.init, key, obs1)))
+            want2 = None
+            if self._nets2 is not None:
+                c, e = self._s2.crop_size, self._s2.ee_crop_size
+                obs2 = Stage2Obs(jax.ShapeDtypeStruct((1, c, c, 3), jnp.float32),
+                                 jax.ShapeDtypeStruct((1, e, e, 3), jnp.float32), vec, vec)
+                want2 = _param_paths(jax.eval_shape(self._nets2.init, key, obs2))
+            self._expected = (want1, want2)
+        return self._expected
+
+    def __call__(self, params1: Any, params2: Any) -> None:
+        want1, want2 = self._expect()
+        got1 = _param_paths(params1) if want1 is not None else None
+        got2 = _param_paths(params2) if want2 is not None else None
+        if got1 == want1 and got2 == want2:
+            return
+        if want1 is not None and want2 is not None and got1 == want2 and got2 == want1:
+            raise ValueError(
+                "`params1` and `params2` look swapped: `params1` holds stage 2's networks (encoder "
+                f"modules {_encoder_modules(got1)}) and `params2` stage 1's (encoder modules "
+                f"{_encoder_modules(got2)}). Pass stage 1's params first: act(params1, params2, ...).")
+        name, want, got = ("params1", want1, got1) if got1 != want1 else ("params2", want2, got2)
+        missing, extra = sorted(want - got), sorted(got - want)
+        detail = "; ".join(
+            f"{what} {len(paths)} parameter(s), e.g. {'/'.join(paths[0])}"
+            for what, paths in (("missing", missing), ("unexpected", extra)) if paths)
+        raise ValueError(
+            f"`{name}` does not match stage {1 if name == 'params1' else 2}'s networks as this "
+            f"policy's config builds them: expected encoder modules {_encoder_modules(want)}, got "
+            f"{_encoder_modules(got)} ({detail}). Pass the params trained with that stage's config.")
 
 
 def check_corrected_dims(corrected_dims: Sequence[int]) -> np.ndarray:
@@ -79,6 +151,9 @@ def check_observation(image: Any, pose: Any, camera: Camera) -> None:
     _checks.check_rank("image", image, 4)
     _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
                         "[B, H, W, 3] at the camera's resolution")
+    if image.shape[0] == 0:
+        raise ValueError(f"`image` must hold at least one frame (batch size B >= 1); got batch "
+                         f"size 0 (shape {tuple(image.shape)}).")
     if getattr(image, "dtype", None) != jnp.uint8:
         raise TypeError(f"`image` must be uint8 camera frames (0..255), as the dataset stores them; "
                         f"got dtype {getattr(image, 'dtype', type(image).__name__)}. Convert float "
@@ -144,6 +219,7 @@ def make_policy(
     nets2 = make_networks(stage2.network, 2, stage2.algo) if stage2 is not None else None
     stochastic = not deterministic and any(n is not None and n.stochastic for n in (nets1, nets2))
     s2: Stage2Config | None = stage2.stage2 if stage2 is not None else None
+    check_params = _ParamsCheck(nets1, nets2, s2)
 
     def _batch(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
                key: jax.Array, tentative: jnp.ndarray | None) -> PolicyOutput:
@@ -189,6 +265,7 @@ def make_policy(
         if nets2 is not None and params2 is None:
             raise ValueError("`params2` is None but the policy was built with a stage-2 config; "
                              "pass stage 2's params or build with stage2=None.")
+        check_params(params1, params2)
         if tentative is not None:
             _checks.check_shape("tentative", tentative, (image.shape[0], ACTION_DIM), "[B, 7]")
             _checks.check_range("tentative", tentative, -1.0, 1.0, "a tanh-space action")

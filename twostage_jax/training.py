@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -43,7 +44,8 @@ class TrainConfig:
     Attributes:
       algo: 'bc' or 'cql'.
       num_steps: update steps.
-      batch_size: transitions per update.
+      batch_size: transitions per update, drawn with replacement; `make_train`'s `init`
+        warns (UserWarning) when it exceeds the transitions of the `TrainData`.
       learning_rate: Adam learning rate for BC (CQL uses `cql.*_lr`).
       image_size: stage 1's input side; frames are downscaled once if smaller than stored.
       network: network sizes.
@@ -306,6 +308,19 @@ def _check_data(data: Any) -> None:
                         f"{type(data).__name__}.")
 
 
+def _warn_if_batch_exceeds_data(batch_size: int, data: TrainData) -> None:
+    """Warns (at trace time: the sizes are static) when a batch outnumbers the transitions."""
+    available = int(data.index.shape[0])
+    if batch_size > available:
+        total = int(data.dataset.action.shape[0])
+        kept = "" if available == total else f" (min_move kept {available} of {total})"
+        warnings.warn(
+            f"TrainConfig.batch_size ({batch_size}) exceeds the {available} transitions training "
+            f"draws from{kept}: batches are drawn with replacement, so every batch repeats "
+            "transitions. Use a smaller batch_size or more demonstrations.", UserWarning,
+            stacklevel=2)
+
+
 class Train:
     """One stage's pure training functions, from `make_train(config, stage)`.
 
@@ -389,6 +404,7 @@ class Train:
         _checks.check_key("key", key)
         _check_data(data)
         config = self.config
+        _warn_if_batch_exceeds_data(config.batch_size, data)
         k_init, k_state = jax.random.split(key)
         shapes = jax.eval_shape(lambda d: sample_batch(d, jax.random.PRNGKey(0), 2, self.stage,
                                                        config.stage2, with_next=False).obs, data)
@@ -460,6 +476,9 @@ def _check_keys(keys: Any) -> None:
         if dtype != jnp.uint32:
             raise TypeError(f"`keys` must be PRNG keys (uint32 [S, 2] from jax.random.split); got dtype "
                             f"{dtype}.")
+    if np.shape(keys)[0] == 0:
+        raise ValueError("`keys` must hold at least one PRNG key (one per seed, e.g. "
+                         f"jax.random.split(key, 1)); got 0 keys (shape {np.shape(keys)}).")
 
 
 def train_seeds(config: TrainConfig, data: TrainData | Dataset, keys: jax.Array, stage: int = 1,
@@ -579,6 +598,9 @@ def run_seeds(train: Train, states: AgentState, data: TrainData, num_steps: int,
     if _resolve_seed_strategy(strategy) == "vmap":
         return _run_vmapped(states, data, train, int(num_steps))
     num = jax.tree_util.tree_leaves(states)[0].shape[0]
+    if num == 0:
+        raise ValueError("`states` holds 0 seeds (a leading seed axis of size 0); `init_seeds` "
+                         "needs at least one key.")
     outs = [_run_one(jax.tree_util.tree_map(lambda x, i=i: x[i], states), data, train, int(num_steps))
             for i in range(num)]
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)

@@ -7,8 +7,14 @@ Layout written by RLBench's dataset generator:
 
 `low_dim_obs.pkl` is a pickled `rlbench.demo.Demo` (its frames in `_observations`) of
 `rlbench.backend.observation.Observation` objects whose image fields are None. A custom
-Unpickler maps every `rlbench.*` class to a plain attribute holder, so no RLBench, PyRep or
-CoppeliaSim is needed. Per frame we use `gripper_pose` (xyz + quaternion xyzw), `gripper_open`,
+Unpickler maps every `rlbench.*` (and `pyrep.*`) class to a plain attribute holder, so no RLBench,
+PyRep or CoppeliaSim is needed.
+
+Unpickling can run any function a file names, so the reader resolves only an allowlist of
+globals (`ALLOWED_GLOBALS`): those stand-ins, numpy's array, dtype and scalar reconstruction
+(as numpy 1.x and 2.x name them) and the few builtins protocol-2/3 pickles use for bytes and sets.
+A file that names anything else is refused with a ValueError naming the global and the file,
+before that global is called. Per frame we use `gripper_pose` (xyz + quaternion xyzw), `gripper_open`,
 `joint_velocities` and `misc['front_camera_intrinsics' / 'front_camera_extrinsics']`. The pose,
 camera and Euler conventions come from the simulator-free `twostage_jax.rlbench_conventions`.
 
@@ -19,6 +25,7 @@ Keyframes: ARM's rules with ARM's joint-velocity threshold 0.1 rad/s, plus the p
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from collections.abc import Sequence
@@ -51,23 +58,90 @@ def _stub_class(module: str, name: str) -> type:
                                  "_rlbench_origin": f"{module}.{name}"})
 
 
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """numpy's pickle reconstruction globals, under both spellings of their module.
+
+    numpy 2 moved `numpy.core` to `numpy._core`; pickles written by either name the module they
+    were written with (RLBench's demos: numpy 1.x's `numpy.core.multiarray`). Both map to this
+    numpy's functions, without importing the deprecated `numpy.core` shim.
+    """
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    out: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):
+        out[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct  # ndarray.__reduce__
+        out[(f"{core}.multiarray", "scalar")] = multiarray.scalar  # numpy scalars (np.float64)
+        out[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5 arrays
+    return out
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    **_numpy_globals(),
+    ("_codecs", "encode"): codecs.encode,  # bytes in protocol 2 (numpy's array data)
+    ("builtins", "set"): set,  # sets, in protocols 2 and 3
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,  # protocol 2 names Python 2's module
+    ("__builtin__", "frozenset"): frozenset,
+}
+
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(_ALLOWED)
+"""(module, name) pairs besides the RLBench / PyRep classes that `read_low_dim_obs` resolves.
+
+None of them calls anything the file names: they rebuild arrays, dtypes, numpy scalars, bytes
+and sets from the file's data. Every `rlbench.*` / `pyrep.*` class becomes a plain attribute
+holder (`_Stub`): no method of RLBench or PyRep runs.
+"""
+
+
+def _is_rlbench_module(module: str) -> bool:
+    return any(module == root or module.startswith(root + ".") for root in ("rlbench", "pyrep"))
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.global_name = f"{module}.{name}"
+
+
 class _RLBenchUnpickler(pickle.Unpickler):
+    """Resolves only RLBench/PyRep stand-ins and `ALLOWED_GLOBALS`; refuses every other global."""
+
     _cache: dict[tuple[str, str], type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "rlbench" or module.startswith("rlbench.") or module.startswith("pyrep"):
+        if _is_rlbench_module(module):
             key = (module, name)
             if key not in self._cache:
                 self._cache[key] = _stub_class(module, name)
             return self._cache[key]
-        return super().find_class(module, name)
+        found = _ALLOWED.get((module, name))
+        if found is None:
+            raise _RefusedGlobal(module, name)
+        return found
 
 
 def read_low_dim_obs(path: str | os.PathLike[str]) -> list[Any]:
-    """Unpickles an RLBench `low_dim_obs.pkl` into a list of per-frame observation stand-ins."""
+    """Unpickles an RLBench `low_dim_obs.pkl` into a list of per-frame observation stand-ins.
+
+    Only RLBench / PyRep classes (as plain attribute holders) and `ALLOWED_GLOBALS` are
+    resolved, so a file cannot run code while it is read.
+
+    Raises:
+      ValueError: the file names a global outside that list (the message names it), or it is
+        not a readable pickle, or it holds no observations.
+    """
     with open(path, "rb") as f:
         try:
             demo = _RLBenchUnpickler(f).load()
+        except _RefusedGlobal as err:
+            raise ValueError(
+                f"Refusing to unpickle RLBench demo {os.fspath(path)!r}: it names the global "
+                f"`{err.global_name}`, which an RLBench demo does not need (allowed: rlbench.* and "
+                "pyrep.* classes, read as plain attribute holders, and numpy's array and scalar "
+                "reconstruction). Unpickling it could run code; only read demos you trust."
+            ) from None
         except Exception as err:
             raise ValueError(f"Could not unpickle RLBench demo {os.fspath(path)!r}: "
                              f"{type(err).__name__}: {err}") from err
