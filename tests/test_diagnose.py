@@ -4,7 +4,8 @@ import jax
 import numpy as np
 
 import twostage_jax as tj
-from experiments import diagnose, launcher_config
+from experiments import launcher_config
+from experiments.studies import diagnose
 from experiments.configs import smoke
 from twostage_jax.testing import make_synthetic_dataset
 
@@ -79,7 +80,7 @@ def test_validate_refuses_a_report_folder_of_another_workdir(tmp_path):
 
     import pytest
 
-    from experiments import validate
+    from experiments.studies import validate
 
     out = tmp_path / "out"
     out.mkdir()
@@ -96,7 +97,7 @@ def test_validate_refuses_a_report_folder_of_another_workdir(tmp_path):
 def test_validate_summary_table_averages_each_arm_over_its_tasks(tmp_path):
     import json
 
-    from experiments import validate
+    from experiments.studies import validate
 
     def report(task, name, s1, two, passes=1):
         loop = {"success": two, "at_budget": 0.5, "small_moves": 0.25, "pull_cm": 1.0}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from absl import app, flags
 
-from experiments import reproduce
+from experiments.studies import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,10 +92,10 @@ def test_algos_selects_the_arms_and_keeps_the_shared_demos(tmp_path):
 
 
 def test_bad_flags_are_named():
-    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--dry_run", "--ablations=crop8"],
+    out = subprocess.run([sys.executable, "-m", "experiments.studies.reproduce", "--dry_run", "--ablations=crop8"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0 and "--ablations: unknown ['crop8']" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--dry_run", "--tasks=push-v3",
+    out = subprocess.run([sys.executable, "-m", "experiments.studies.reproduce", "--dry_run", "--tasks=push-v3",
                           "--ablation_tasks=reach-v3"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0 and "--ablation_tasks ['reach-v3'] are not in --tasks" in out.stderr
 
@@ -113,8 +113,8 @@ def test_noheadline_runs_only_ablations_of_finished_headlines(tmp_path):
 
 def test_experiment_scripts_import_together():
     # absl flags are process-global: scripts that define them at import must not collide
-    code = ("import experiments.main, experiments.reproduce, experiments.summarize, "
-            "experiments.diagnose, experiments.benchmark, experiments.replay_check, "
-            "experiments.rounding_sensitivity")
+    code = ("import experiments.main, experiments.studies.reproduce, experiments.studies.summarize, "
+            "experiments.studies.diagnose, experiments.tools.benchmark, experiments.tools.replay_check, "
+            "experiments.tools.rounding_sensitivity")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

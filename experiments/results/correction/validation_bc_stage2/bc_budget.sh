@@ -12,7 +12,7 @@ for T in "$@"; do
       --resume --config.stage2_name=s2_8000 --config.stage2.num_steps=8000 --config.train.checkpoint_every=2000 \
       >> runs/budget/$T.bc.s2_8000.log 2>&1
   fi
-  python -m experiments.validate --workdir=$WD --names=stage2,s2_8000 --episodes=20 --out=$OUT > runs/budget/$T.bcval.log 2>&1
-  python -m experiments.validate --workdir=$WD --names=stage2 --episodes=20 --correction_passes=2 --out=$OUT >> runs/budget/$T.bcval.log 2>&1
+  python -m experiments.studies.validate --workdir=$WD --names=stage2,s2_8000 --episodes=20 --out=$OUT > runs/budget/$T.bcval.log 2>&1
+  python -m experiments.studies.validate --workdir=$WD --names=stage2 --episodes=20 --correction_passes=2 --out=$OUT >> runs/budget/$T.bcval.log 2>&1
   echo done $T
 done

@@ -5,7 +5,7 @@ MAIN=${MAIN:-/work/main}; STUDY=${STUDY:-/work/study}
 cd "$STUDY" && source "$MAIN/.venv/bin/activate"
 for T in ${TASKS:-reach-v3 push-v3 pick-place-v3 button-press-topdown-v3 drawer-open-v3 door-open-v3 peg-insert-side-v3 basketball-v3}; do
   for P in 1 2; do
-    python -m experiments.validate --workdir=$MAIN/runs/repro/$T/bc --names=stage2 --held_out=0 --episodes=20 \
+    python -m experiments.studies.validate --workdir=$MAIN/runs/repro/$T/bc --names=stage2 --held_out=0 --episodes=20 \
       --correction_passes=$P --out=$MAIN/experiments/results/correction/validation_bc_passes/$T \
       > $MAIN/runs/budget/$T.passes$P.log 2>&1
   done

@@ -5,7 +5,7 @@ for T in "$@"; do
   WD=runs/repro/$T/cql
   [ -f $WD/crop64dev/summary.json ] || python -m experiments.main --mode=stage2 --workdir=$WD --config=experiments/configs/repro.py:cql \
     --task=$T --resume --config.stage2_name=crop64dev --config.stage2.crop_size=64 > runs/budget/$T.crop64.log 2>&1
-  python -m experiments.validate --workdir=$WD --names=stage2,crop64dev --episodes=20 \
+  python -m experiments.studies.validate --workdir=$WD --names=stage2,crop64dev --episodes=20 \
     --out=experiments/results/correction/validation_cql_stage2/$T > runs/budget/$T.crop64val.log 2>&1
   echo done $T
 done

@@ -24,7 +24,7 @@ for T in $TASKS; do
       --config=experiments/configs/repro.py:cql --task=$T --resume --config.stage2_name=$a ${ARM[$a]} \
       > $MAIN/runs/budget/$T.$a.log 2>&1
   done
-  python -m experiments.validate --workdir=$WD --names=$names --episodes=20 --out=$OUT \
+  python -m experiments.studies.validate --workdir=$WD --names=$names --episodes=20 --out=$OUT \
     > $MAIN/runs/budget/$T.round4val.log 2>&1
   echo "round4 done $T $(date +%H:%M)"
 done

@@ -5,7 +5,7 @@ set -e
 MAIN=${MAIN:-/work/main}; STUDY=${STUDY:-/work/study}
 cd "$STUDY" && source "$MAIN/.venv/bin/activate"
 for T in ${TASKS:-push-v3 reach-v3 door-open-v3 pick-place-v3}; do
-  python -m experiments.validate --workdir=$MAIN/runs/repro/$T/cql --names=stage2 --corrected_dims=1,1,1,0,0,0,1 \
+  python -m experiments.studies.validate --workdir=$MAIN/runs/repro/$T/cql --names=stage2 --corrected_dims=1,1,1,0,0,0,1 \
     --episodes=20 --out=$MAIN/experiments/results/correction/validation_cql_stage2/$T > $MAIN/runs/budget/$T.round5val.log 2>&1
   echo "round5 done $T $(date +%H:%M)"
 done

@@ -9,7 +9,7 @@ for T in ${TASKS:-push-v3 reach-v3 door-open-v3 pick-place-v3}; do
   [ -f $WD/alr1e3/summary.json ] || python -m experiments.main --mode=stage2 --workdir=$WD \
     --config=experiments/configs/repro.py:cql --task=$T --resume --config.stage2_name=alr1e3 \
     --config.stage2.cql_actor_lr=1e-3 > $MAIN/runs/budget/$T.alr1e3.log 2>&1
-  python -m experiments.validate --workdir=$WD --names=alr1e3 --episodes=20 \
+  python -m experiments.studies.validate --workdir=$WD --names=alr1e3 --episodes=20 \
     --out=$MAIN/experiments/results/correction/validation_cql_stage2/$T > $MAIN/runs/budget/$T.round6val.log 2>&1
   echo "round6 done $T $(date +%H:%M)"
 done

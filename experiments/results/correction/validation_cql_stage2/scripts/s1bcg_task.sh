@@ -13,7 +13,7 @@ for T in "$@"; do
     [ -f $WD/$S/summary.json ] || python -m experiments.main --mode=$S --workdir=$WD --config=experiments/configs/repro.py:cql \
       --task=$T --resume --config.stage1.cql_bc_weight=$W --config.stage1.cql_actor_encoder_grad=True > runs/budget/$T.s1bcg$W.$S.log 2>&1
   done
-  python -m experiments.validate --workdir=$WD --names=stage2 --episodes=20 \
+  python -m experiments.studies.validate --workdir=$WD --names=stage2 --episodes=20 \
     --out=experiments/results/correction/validation_cql_stage2/$T > runs/budget/$T.s1bcg$W.val.log 2>&1
   echo done $T
 done

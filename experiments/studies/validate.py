@@ -4,7 +4,7 @@ Settings of the correction stage are chosen here, never on evaluation episodes. 
 (its dataset and stage 1) and any number of named stage-2 runs trained in it
 (`--config.stage2_name=NAME`), this measures
   * open loop, on held-out demos (layout seeds from `--held_out_seed`, used neither for the
-    training demos nor for evaluation): the diagnostics of `experiments/diagnose.py` (stage-1
+    training demos nor for evaluation): the diagnostics of `experiments/studies/diagnose.py` (stage-1
     and two-stage position error, gripper agreement, the correction's residual on Algo. 1's
     perturbations, each split along / across the camera's optical axis);
   * closed loop, on validation layouts (`--seed`, default 200000+, disjoint from the demos, the
@@ -17,7 +17,7 @@ Settings of the correction stage are chosen here, never on evaluation episodes. 
 Stage 1's validation rollouts are computed once per stage-1 checkpoint and shared by variants.
 
 Usage:
-  python -m experiments.validate --workdir=runs/dev_push --names=paper,mm2 --episodes=20
+  python -m experiments.studies.validate --workdir=runs/dev_push --names=paper,mm2 --episodes=20
 Writes `OUT/TAG/NAME.json` (TAG: the workdir's folder name; workdirs that share a name, such as
 the study's `runs/repro/TASK/cql`, need an `--out` each, e.g. `--out=OUT/TASK`) and prints one row per variant.
 """
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FLAGS = flags.FLAGS
 SMALL_MOVE_M = 0.01
 
@@ -133,7 +133,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     """Open-loop diagnostics and closed-loop validation of one stage-2 run; writes its report."""
     import jax
 
-    from experiments import diagnose
+    from experiments.studies import diagnose
     from experiments.evaluate import eval_seeds
     from experiments.launcher_config import train_config
     from experiments.selection import policy_params

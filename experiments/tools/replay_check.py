@@ -5,8 +5,8 @@ For each task, records demos with the scripted expert until `--num_demos` are ke
 through the env's action mode succeeded), the keep rate kept / expert successes, a second
 replay of the stored keyframe actions of every kept demo in a fresh env, and the time.
 
-    python -m experiments.replay_check --num_demos=20
-    python -m experiments.replay_check --tasks=pick-place-v3,push-v3 --num_demos=5
+    python -m experiments.tools.replay_check --num_demos=20
+    python -m experiments.tools.replay_check --tasks=pick-place-v3,push-v3 --num_demos=5
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Why does (or doesn't) the correction stage help? Measurements on held-out demonstrations.
 
-For each trained run of the issue-5 study (`experiments/reproduce.py` layout) this measures, on
+For each trained run of the issue-5 study (`experiments/studies/reproduce.py` layout) this measures, on
 demos recorded from layout seeds used neither for training nor for evaluation, and on a sample
 of the training transitions for comparison:
   * stage 1's position error, in centimetres and in pixels of the 128x128 camera image, against
@@ -15,7 +15,7 @@ of the training transitions for comparison:
   * stage 1's error expressed like Algo. 1's eps (atanh space), to compare with sigma.
 
 Usage:
-  python -m experiments.diagnose --root=runs/repro --tasks=push-v3,reach-v3
+  python -m experiments.studies.diagnose --root=runs/repro --tasks=push-v3,reach-v3
 Writes one `OUT/reports/TASK_ALGO_STAGE2NAME.json` per run (existing ones are kept unless
 --force) and `OUT/diagnostics.md` from all of them (default experiments/results/repro/diagnostics).
 Nothing here reads evaluation episodes.
@@ -33,7 +33,7 @@ from absl import app, flags
 
 from experiments.configs.base import DEFAULT_TASKS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FLAGS = flags.FLAGS
 
 
@@ -255,7 +255,7 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     results_path = workdir / name / "results.json"
     if not (workdir / stage2_name / "summary.json").exists():
         raise FileNotFoundError(f"{workdir / stage2_name} has no finished stage 2: finish the run "
-                                "first (python -m experiments.reproduce).")
+                                "first (python -m experiments.studies.reproduce).")
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     record = workdir / stage2_name / "config.json"  # the config stage 2 was started with
     if "config" in results:  # the exact config the run was evaluated with

@@ -2,14 +2,14 @@
 
 For each task: one workdir (quickstart config: 30 demos, 10 validation demos from layout seed
 60000, stage 1 trained once), then one stage 2 per arm sharing that stage 1, then
-`experiments/validate.py` on each arm (open-loop diagnostics on held-out demos from layout seed
+`experiments/studies/validate.py` on each arm (open-loop diagnostics on held-out demos from layout seed
 50000, closed-loop rollouts on validation layouts 200000+). No evaluation layout (100000+) is
 touched. Every step is an ordinary launcher call; finished steps are skipped, so an interrupted
 study continues where it stopped. Reports land in experiments/results/correction/validation/TASK/.
 
 Usage:
-  python -m experiments.validation_study --tasks=push-v3,drawer-open-v3 --arms=paper,stage2
-  python -m experiments.validation_study --dry_run
+  python -m experiments.studies.validation_study --tasks=push-v3,drawer-open-v3 --arms=paper,stage2
+  python -m experiments.studies.validation_study --dry_run
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[st
         steps.append((wd / arm / "summary.json",
                       launch("stage2", variants, "--resume", f"--config.stage2_name={arm}", *extra)))
     steps.append((Path("/nonexistent"),  # validate keeps finished reports itself
-                  [sys.executable, "-m", "experiments.validate", f"--workdir={wd}",
+                  [sys.executable, "-m", "experiments.studies.validate", f"--workdir={wd}",
                    f"--names={','.join(arms)}", f"--episodes={FLAGS.episodes}"]))
     return steps
 
@@ -66,7 +66,7 @@ def summary(out: Path, tasks: list[str], arms: list[str]) -> str:
 
     import numpy as np
 
-    from experiments.validate import HEADER, row
+    from experiments.studies.validate import HEADER, row
 
     lines, gains = [HEADER], {a: [] for a in arms}
     for task in tasks:
@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
             if not FLAGS.dry_run:
                 subprocess.run(cmd, check=True)
     if not FLAGS.dry_run:
-        from experiments.validate import REPO
+        from experiments.studies.validate import REPO
         from twostage_jax._io import atomic_open
 
         out = REPO / "experiments" / "results" / "correction" / "validation"

@@ -2,7 +2,7 @@
 
 Every run is an ordinary launcher call (`python -m experiments.main`), so each one can also be
 repeated by hand; this driver only orders them, runs two at a time, and collects the per-seed
-results into `experiments/results/repro/raw/` for `experiments/summarize.py`.
+results into `experiments/results/repro/raw/` for `experiments/studies/summarize.py`.
 
 Layout under --root (default runs/repro):
   TASK/bc/    demos (recorded once per task), stage1, stage2, eval      -> BC(1), BC two-stage
@@ -13,10 +13,10 @@ Layout under --root (default runs/repro):
   logs/JOB.log
 
 Usage:
-  python -m experiments.reproduce                       # everything (about 2 h on 2 CPU cores)
-  python -m experiments.reproduce --tasks=push-v3 --ablation_tasks= --workers=1
-  python -m experiments.reproduce --algos=cql --ablations=   # CQL's headline and paper arms only
-  python -m experiments.reproduce --dry_run             # print the launcher commands only
+  python -m experiments.studies.reproduce                       # everything (about 2 h on 2 CPU cores)
+  python -m experiments.studies.reproduce --tasks=push-v3 --ablation_tasks= --workers=1
+  python -m experiments.studies.reproduce --algos=cql --ablations=   # CQL's headline and paper arms only
+  python -m experiments.studies.reproduce --dry_run             # print the launcher commands only
 
 A finished job (its results.json exists) is skipped, so an interrupted sweep continues where it
 stopped; unfinished stages resume from their last checkpoint.
@@ -37,7 +37,7 @@ from absl import app, flags
 
 from experiments.configs.base import DEFAULT_TASKS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAW = REPO / "experiments" / "results" / "repro" / "raw"
 CONFIG = "experiments/configs/repro.py"
 ABLATION_TASKS = ("push-v3", "pick-place-v3", "drawer-open-v3")  # fixed before any result was seen
@@ -256,7 +256,7 @@ def main(argv: list[str]) -> int:
     if failed:
         print(f"failed or not run: {failed}; see the logs, fix, and re-run to continue.", file=sys.stderr)
         return 1
-    print(f"all done; per-seed results in {FLAGS.raw}. Summarise: python -m experiments.summarize")
+    print(f"all done; per-seed results in {FLAGS.raw}. Summarise: python -m experiments.studies.summarize")
     return 0
 
 

@@ -1,15 +1,15 @@
 """Regenerates the issue-5 summary table and plots from the raw per-seed results.
 
 Reads RAW/TASK/ALGO_NAME.json (one `evaluate.run_eval` results file per finished run, collected
-by `experiments/reproduce.py`) and writes OUT/summary.md with the figures beside it. Every
+by `experiments/studies/reproduce.py`) and writes OUT/summary.md with the figures beside it. Every
 interval is rliable's stratified bootstrap over seeds (the runs), stratified by task. An
 ablation is paired seed by seed with the headline run of its algorithm (same stage 1, same
 evaluation layouts); runs are identified by the JSON's task, algo and stage2_name, and the
 headline run is the one named 'stage2'.
 
 Usage:
-  python -m experiments.summarize
-  python -m experiments.summarize --raw=experiments/results/repro/raw \
+  python -m experiments.studies.summarize
+  python -m experiments.studies.summarize --raw=experiments/results/repro/raw \
       --out=experiments/results/repro --runs=runs/repro
 """
 
@@ -31,7 +31,7 @@ from twostage_jax.evaluation import (
     Interval, bootstrap_interval, difference_interval, improvement_probability, iqm_interval,
     performance_profile)
 
-RESULTS = Path(__file__).resolve().parent / "results" / "repro"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "repro"
 HEADLINE = "stage2"
 PAPER = "paper"  # the paper's exact stage-2 method (':paper'), on the headline run's stage 1
 ALGOS = ("bc", "cql")
@@ -106,7 +106,7 @@ def load_raw(raw: Path) -> Runs:
     files = sorted(raw.glob("*/*.json")) if raw.is_dir() else []
     if not files:
         raise SummaryError(f"--raw {raw}: no TASK/ALGO_NAME.json results there; run "
-                           "`python -m experiments.reproduce` first or point --raw at them.")
+                           "`python -m experiments.studies.reproduce` first or point --raw at them.")
     runs: Runs = {}
     for path in files:
         try:
@@ -526,7 +526,7 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
              (f"{first['num_seeds']} seeds × {_values(results, 'episodes_per_seed')} episodes per seed "
               f"(evaluation layout seeds {_values(results, 'eval_seeds')}); training steps: {steps}. "
               f"Cells: mean success [95% stratified bootstrap interval over seeds, {reps} resamples]. "
-              "Regenerate: `python -m experiments.summarize`."), "", "## Headline", ""]
+              "Regenerate: `python -m experiments.studies.summarize`."), "", "## Headline", ""]
     lines += _headline(results, out, reps)
     if any(n == PAPER for _, _, n in results):
         lines += ["", "## The paper's stage-2 method beside ours", "",

@@ -7,7 +7,7 @@ a reference run and:
   - the same steps vmapped over a single seed (a different XLA program, same maths);
   - the reference with every initial parameter scaled by (1 + 1e-7) (a rounding-size change).
 
-    python -m experiments.rounding_sensitivity [--steps=10,30,100]
+    python -m experiments.tools.rounding_sensitivity [--steps=10,30,100]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from experiments.benchmark import _dataset, size_config
+from experiments.tools.benchmark import _dataset, size_config
 from twostage_jax.training import make_train, prepare_data
 
 

@@ -4,8 +4,8 @@ Prints a table and writes JSON (atomically) with the backend, device, versions a
 row, the median over repeated timed runs after a warm-up call (always `block_until_ready`).
 Compile time is reported separately wherever it is measured; it is never inside a median.
 
-    python -m experiments.benchmark --quick [--out experiments/results/benchmark_cpu.json]
-    python -m experiments.benchmark --quick --sections=crop_cost --out /tmp/crop.json  # a subset
+    python -m experiments.tools.benchmark --quick [--out experiments/results/benchmark_cpu.json]
+    python -m experiments.tools.benchmark --quick --sections=crop_cost --out /tmp/crop.json  # a subset
 
 Sizes (synthetic dataset from `twostage_jax.testing`, 128x128 frames, so no simulator needed):
   paper:      stage 1 on 128x128 images, batch 128, 4 conv layers x 32 channels, MLP 64, heads
@@ -322,7 +322,7 @@ def bench_seed_sharding(b: Bench, steps: int, repeats: int) -> dict[str, float]:
         env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root + os.pathsep +
                os.environ.get("PYTHONPATH", ""), "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
                f" --xla_force_host_platform_device_count={devices}"}
-        code = ("import json; from experiments.benchmark import seed_sharding_worker as w; "
+        code = ("import json; from experiments.tools.benchmark import seed_sharding_worker as w; "
                 f"print('RESULT', json.dumps(w({devices}, {steps}, {repeats})))")
         proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
                               text=True)
