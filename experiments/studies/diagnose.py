@@ -17,7 +17,7 @@ of the training transitions for comparison:
 Usage:
   python -m experiments.studies.diagnose --root=runs/repro --tasks=push-v3,reach-v3
 Writes one `OUT/reports/TASK_ALGO_STAGE2NAME.json` per run (existing ones are kept unless
---force) and `OUT/diagnostics.md` from all of them (default experiments/results/repro/diagnostics).
+--force) and `OUT/diagnostics.md` from all of them (default experiments/results/current/eight_tasks/diagnostics).
 Nothing here reads evaluation episodes.
 """
 
@@ -48,7 +48,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out demos.")
     flags.DEFINE_integer("train_sample", 300, "Training transitions sampled for comparison.")
     flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per transition.")
-    flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "repro" / "diagnostics"),
+    flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "current" / "eight_tasks" / "diagnostics"),
                         "Output folder: one reports/TASK_ALGO_STAGE2NAME.json per run, plus "
                         "diagnostics.md built from all reports there.")
     flags.DEFINE_bool("force", False, "Recompute reports that already exist in --out.")

@@ -2,7 +2,7 @@
 
 Every run is an ordinary launcher call (`python -m experiments.main`), so each one can also be
 repeated by hand; this driver only orders them, runs two at a time, and collects the per-seed
-results into `experiments/results/repro/raw/` for `experiments/studies/summarize.py`.
+results into `experiments/results/current/eight_tasks/raw/` for `experiments/studies/summarize.py`.
 
 Layout under --root (default runs/repro):
   TASK/bc/    demos (recorded once per task), stage1, stage2, eval      -> BC(1), BC two-stage
@@ -38,7 +38,7 @@ from absl import app, flags
 from experiments.configs.base import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
-RAW = REPO / "experiments" / "results" / "repro" / "raw"
+RAW = REPO / "experiments" / "results" / "current" / "eight_tasks" / "raw"
 CONFIG = "experiments/configs/repro.py"
 ABLATION_TASKS = ("push-v3", "pick-place-v3", "drawer-open-v3")  # fixed before any result was seen
 # name -> (algo, config variants, extra overrides)

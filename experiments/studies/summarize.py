@@ -9,8 +9,8 @@ headline run is the one named 'stage2'.
 
 Usage:
   python -m experiments.studies.summarize
-  python -m experiments.studies.summarize --raw=experiments/results/repro/raw \
-      --out=experiments/results/repro --runs=runs/repro
+  python -m experiments.studies.summarize --raw=experiments/results/current/eight_tasks/raw \
+      --out=experiments/results/current/eight_tasks --runs=runs/repro
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from twostage_jax.evaluation import (
     Interval, bootstrap_interval, difference_interval, improvement_probability, iqm_interval,
     performance_profile)
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "repro"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "current" / "eight_tasks"
 HEADLINE = "stage2"
 PAPER = "paper"  # the paper's exact stage-2 method (':paper'), on the headline run's stage 1
 ALGOS = ("bc", "cql")

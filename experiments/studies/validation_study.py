@@ -5,7 +5,7 @@ For each task: one workdir (quickstart config: 30 demos, 10 validation demos fro
 `experiments/studies/validate.py` on each arm (open-loop diagnostics on held-out demos from layout seed
 50000, closed-loop rollouts on validation layouts 200000+). No evaluation layout (100000+) is
 touched. Every step is an ordinary launcher call; finished steps are skipped, so an interrupted
-study continues where it stopped. Reports land in experiments/results/correction/validation/TASK/.
+study continues where it stopped. Reports land in experiments/results/current/validation/calibration_bc/TASK/.
 
 Usage:
   python -m experiments.studies.validation_study --tasks=push-v3,drawer-open-v3 --arms=paper,stage2
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         from experiments.studies.validate import REPO
         from twostage_jax._io import atomic_open
 
-        out = REPO / "experiments" / "results" / "correction" / "validation"
+        out = REPO / "experiments" / "results" / "current" / "validation" / "calibration_bc"
         text = summary(out, FLAGS.tasks, FLAGS.arms)
         with atomic_open(out / "summary.md", "w") as f:
             f.write(text)

@@ -4,7 +4,7 @@ Prints a table and writes JSON (atomically) with the backend, device, versions a
 row, the median over repeated timed runs after a warm-up call (always `block_until_ready`).
 Compile time is reported separately wherever it is measured; it is never inside a median.
 
-    python -m experiments.tools.benchmark --quick [--out experiments/results/benchmark_cpu.json]
+    python -m experiments.tools.benchmark --quick [--out experiments/results/current/performance/benchmark_cpu.json]
     python -m experiments.tools.benchmark --quick --sections=crop_cost --out /tmp/crop.json  # a subset
 
 Sizes (synthetic dataset from `twostage_jax.testing`, 128x128 frames, so no simulator needed):
@@ -89,7 +89,7 @@ QUICK_NET = NetworkConfig(conv_channels=(16,) * 4, crop_conv_channels=(16,) * 3,
                           head_hidden=(128, 128))
 QUICKSTART_STEPS = 3000
 SEED_COUNTS = (1, 2, 5, 10)
-DEFAULT_OUT = "experiments/results/benchmark_cpu.json"
+DEFAULT_OUT = "experiments/results/current/performance/benchmark_cpu.json"
 
 
 def size_config(size: str, stage: int, algo: str, **kw: Any) -> TrainConfig:
