@@ -92,6 +92,13 @@ def test_validate_refuses_a_report_folder_of_another_workdir(tmp_path):
     assert validate.read_own(out / "stage2.json", other)["task"] == "reach-v3"
     (out / "stage1_1500_200000_20.json").write_text(json.dumps({"success": 0.5}))  # older cache
     assert validate.read_own(out / "stage1_1500_200000_20.json", mine) == {"success": 0.5}
+    # Reports record a workdir inside the repository relative to it (no machine paths in
+    # committed results), and read back against the same workdir given absolutely.
+    inside = validate.REPO / "runs" / "repro" / "push-v3" / "cql"
+    assert validate.recorded_path(inside) == "runs/repro/push-v3/cql"
+    assert validate.recorded_path(mine) == str(mine)
+    (out / "stage2.json").write_text(json.dumps({"workdir": "runs/repro/push-v3/cql"}))
+    assert validate.read_own(out / "stage2.json", inside) is not None
 
 
 def test_validate_summary_table_averages_each_arm_over_its_tasks(tmp_path):

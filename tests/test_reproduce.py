@@ -76,6 +76,11 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     assert jobs["push-v3.bc"].done == tmp_path / "push-v3" / "bc" / "stage1" / "selection.json"
     assert jobs["push-v3.bc"].collect == [(jobs["push-v3.bc"].done,
                                            tmp_path / "raw" / "push-v3" / "bc_stage1_selection.json")]
+    # Without --raw the results collect under the root, never into the committed results.
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["reproduce", "--tasks=push-v3", "--ablation_tasks=", "--algos=bc"])
+    jobs = {j.name: j for j in reproduce.build_jobs(tmp_path)}
+    assert jobs["push-v3.bc"].collect[0][1] == tmp_path / "raw" / "push-v3" / "bc_stage2.json"
 
 
 def test_algos_selects_the_arms_and_keeps_the_shared_demos(tmp_path):

@@ -1,6 +1,6 @@
 """Why does (or doesn't) the correction stage help? Measurements on held-out demonstrations.
 
-For each trained run of the issue-5 study (`experiments/studies/reproduce.py` layout) this measures, on
+For each trained run of the 8-task study (`experiments/studies/reproduce.py` layout) this measures, on
 demos recorded from layout seeds used neither for training nor for evaluation, and on a sample
 of the training transitions for comparison:
   * stage 1's position error, in centimetres and in pixels of the 128x128 camera image, against
@@ -17,7 +17,8 @@ of the training transitions for comparison:
 Usage:
   python -m experiments.studies.diagnose --root=runs/repro --tasks=push-v3,reach-v3
 Writes one `OUT/reports/TASK_ALGO_STAGE2NAME.json` per run (existing ones are kept unless
---force) and `OUT/diagnostics.md` from all of them (default experiments/results/current/eight_tasks/diagnostics).
+--force) and `OUT/diagnostics.md` from all of them (default ROOT/diagnostics; the committed ones:
+--out=experiments/results/current/eight_tasks/diagnostics).
 Nothing here reads evaluation episodes.
 """
 
@@ -48,9 +49,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out demos.")
     flags.DEFINE_integer("train_sample", 300, "Training transitions sampled for comparison.")
     flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per transition.")
-    flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "current" / "eight_tasks" / "diagnostics"),
-                        "Output folder: one reports/TASK_ALGO_STAGE2NAME.json per run, plus "
-                        "diagnostics.md built from all reports there.")
+    flags.DEFINE_string("out", None, "Output folder (default: ROOT/diagnostics): one "
+                        "reports/TASK_ALGO_STAGE2NAME.json per run, plus diagnostics.md built from all "
+                        "reports there.")
     flags.DEFINE_bool("force", False, "Recompute reports that already exist in --out.")
 
 
@@ -321,7 +322,7 @@ def main(argv: list[str]) -> int:
     from twostage_jax.checkpoint import write_json_atomic
 
     root = Path(FLAGS.root).absolute()
-    out = Path(FLAGS.out)
+    out = Path(FLAGS.out) if FLAGS.out else root / "diagnostics"
     (out / "reports").mkdir(parents=True, exist_ok=True)
     for task in FLAGS.tasks:
         for algo in FLAGS.algos:

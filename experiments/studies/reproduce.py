@@ -1,8 +1,10 @@
-"""Runs the issue-5 study: 4 headline arms on the 8 MetaWorld tasks, plus stage-2 ablations.
+"""Runs the 8-task study: 4 headline arms on the 8 MetaWorld tasks, plus stage-2 ablations.
 
 Every run is an ordinary launcher call (`python -m experiments.main`), so each one can also be
 repeated by hand; this driver only orders them, runs two at a time, and collects the per-seed
-results into `experiments/results/current/eight_tasks/raw/` for `experiments/studies/summarize.py`.
+results into `ROOT/raw/` (default runs/repro/raw) for `experiments/studies/summarize.py`; the
+committed results are updated only when asked, with
+`--raw=experiments/results/current/eight_tasks/raw`.
 
 Layout under --root (default runs/repro):
   TASK/bc/    demos (recorded once per task), stage1, stage2, eval      -> BC(1), BC two-stage
@@ -38,7 +40,6 @@ from absl import app, flags
 from experiments.configs.base import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
-RAW = REPO / "experiments" / "results" / "current" / "eight_tasks" / "raw"
 CONFIG = "experiments/configs/repro.py"
 ABLATION_TASKS = ("push-v3", "pick-place-v3", "drawer-open-v3")  # fixed before any result was seen
 # name -> (algo, config variants, extra overrides)
@@ -54,7 +55,8 @@ ABLATIONS = {
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/repro", "Folder for all workdirs and logs.")
-flags.DEFINE_string("raw", str(RAW), "Where each finished run's results.json is copied.")
+flags.DEFINE_string("raw", None, "Where each finished run's results.json is copied (default: "
+                    "ROOT/raw; the committed results: experiments/results/current/eight_tasks/raw).")
 flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks for the headline arms.")
 flags.DEFINE_list("algos", ["bc", "cql"], "Algorithms to run (a subset of bc,cql); the demos are "
                   "recorded in TASK/bc/ whichever run.")
@@ -104,7 +106,7 @@ def build_jobs(root: Path) -> list[Job]:
     if bad_algos or not FLAGS.algos:
         raise app.UsageError(f"--algos: expected a non-empty subset of ['bc', 'cql']; got {FLAGS.algos}.")
     algos = [a for a in ("bc", "cql") if a in FLAGS.algos]
-    raw = Path(FLAGS.raw).absolute()
+    raw = Path(FLAGS.raw).absolute() if FLAGS.raw else root / "raw"
     jobs: list[Job] = []
     # ablation tasks first, so their ablations can start while later headline runs train
     for task in sorted(FLAGS.tasks, key=lambda t: t not in FLAGS.ablation_tasks):
@@ -256,7 +258,9 @@ def main(argv: list[str]) -> int:
     if failed:
         print(f"failed or not run: {failed}; see the logs, fix, and re-run to continue.", file=sys.stderr)
         return 1
-    print(f"all done; per-seed results in {FLAGS.raw}. Summarise: python -m experiments.studies.summarize")
+    raw = FLAGS.raw or root / "raw"
+    print(f"all done; per-seed results in {raw}. Summarise: python -m experiments.studies.summarize "
+          f"--raw={raw} --runs={FLAGS.root}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Regenerates the issue-5 summary table and plots from the raw per-seed results.
+"""Regenerates the 8-task study's summary table and plots from the raw per-seed results.
 
 Reads RAW/TASK/ALGO_NAME.json (one `evaluate.run_eval` results file per finished run, collected
 by `experiments/studies/reproduce.py`) and writes OUT/summary.md with the figures beside it. Every
@@ -8,7 +8,8 @@ evaluation layouts); runs are identified by the JSON's task, algo and stage2_nam
 headline run is the one named 'stage2'.
 
 Usage:
-  python -m experiments.studies.summarize
+  python -m experiments.studies.summarize     # runs/repro/raw -> runs/repro/summary/
+  # the committed 8-task summary (experiments/results/README.md):
   python -m experiments.studies.summarize --raw=experiments/results/current/eight_tasks/raw \
       --out=experiments/results/current/eight_tasks --runs=runs/repro
 """
@@ -31,7 +32,6 @@ from twostage_jax.evaluation import (
     Interval, bootstrap_interval, difference_interval, improvement_probability, iqm_interval,
     performance_profile)
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "current" / "eight_tasks"
 HEADLINE = "stage2"
 PAPER = "paper"  # the paper's exact stage-2 method (':paper'), on the headline run's stage 1
 ALGOS = ("bc", "cql")
@@ -56,8 +56,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines this script's absl flags (only when run as a script, so importing this module
     beside the other experiment scripts never defines a flag twice)."""
-    flags.DEFINE_string("raw", str(RESULTS / "raw"), "Folder of TASK/ALGO_NAME.json per-seed results.")
-    flags.DEFINE_string("out", str(RESULTS), "Where summary.md and the figures are written.")
+    flags.DEFINE_string("raw", "runs/repro/raw", "Folder of TASK/ALGO_NAME.json per-seed results.")
+    flags.DEFINE_string("out", "runs/repro/summary", "Where summary.md and the figures are written "
+                        "(the committed ones: experiments/results/current/eight_tasks).")
     flags.DEFINE_string("runs", "runs/repro", "Sweep root with TASK/{bc,cql}/stage*/metrics.jsonl "
                         "for the learning curves (skipped if it does not exist).")
     flags.DEFINE_integer("reps", 2000, "Bootstrap resamples per interval.")
@@ -501,6 +502,14 @@ def _stage2_rates(d: dict) -> tuple[float, ...] | None:
     return None if lr is None else (float(lr),)
 
 
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when inside it (summaries name no machine's checkout)."""
+    try:
+        return Path(path).absolute().relative_to(Path(__file__).resolve().parents[2]).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) -> Path:
     """Writes OUT/summary.md and the figures from RAW's per-seed results.
 
@@ -522,11 +531,12 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
     first = next(iter(results.values()))
     steps = "; ".join(f"{a.upper()} stage 1 {_values(results, 'stage1_step', a)} / stage 2 "
                       f"{_values(results, 'stage2_step', a)}" for a in ALGOS if _tasks(results, a))
-    lines = ["# Issue 5: two-stage agent, summary", "",
+    lines = ["# Two-stage agent on MetaWorld: summary", "",
              (f"{first['num_seeds']} seeds × {_values(results, 'episodes_per_seed')} episodes per seed "
               f"(evaluation layout seeds {_values(results, 'eval_seeds')}); training steps: {steps}. "
               f"Cells: mean success [95% stratified bootstrap interval over seeds, {reps} resamples]. "
-              "Regenerate: `python -m experiments.studies.summarize`."), "", "## Headline", ""]
+              f"Regenerate: `python -m experiments.studies.summarize --raw={_shown(raw)} --out={_shown(out)}`."),
+             "", "## Headline", ""]
     lines += _headline(results, out, reps)
     if any(n == PAPER for _, _, n in results):
         lines += ["", "## The paper's stage-2 method beside ours", "",

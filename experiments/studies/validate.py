@@ -47,7 +47,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("held_out", 20, "Held-out demos for the open-loop diagnostics (0: skip).")
     flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out demos.")
     flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per held-out transition.")
-    flags.DEFINE_string("out", str(REPO / "experiments" / "results" / "current" / "validation" / "calibration_bc"),
+    flags.DEFINE_string("out", "runs/validation",
                         "Output folder.")
     flags.DEFINE_bool("force", False, "Recompute variants that already have a report.")
     flags.DEFINE_string("summary_of", "", "Instead of validating: print the table of every report "
@@ -151,7 +151,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     p1, step1 = policy_params(config, workdir, 1, train)  # [S] steps: selected, or the latest
     p2, step2 = policy_params(config, workdir, 2, train)
     start = time.perf_counter()
-    report: dict[str, Any] = {"workdir": str(workdir), "task": config.task, "algo": config.algo,
+    report: dict[str, Any] = {"workdir": recorded_path(workdir), "task": config.task, "algo": config.algo,
                               "stage2_name": name, "stage1_step": max(step1), "stage2_step": max(step2),
                               "stage1_steps": step1, "stage2_steps": step2,
                               "num_seeds": int(config.num_seeds), "validation_seeds": [seeds[0], seeds[-1]],
@@ -176,7 +176,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
         report["stage1"] = cached
     else:
         report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False)
-        write_json_atomic(cache, {**report["stage1"], "workdir": str(workdir)})
+        write_json_atomic(cache, {**report["stage1"], "workdir": recorded_path(workdir)})
     report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True,
                                       correction_passes=correction_passes, corrected_dims=corrected_dims)
     report["correction_passes"] = correction_passes
@@ -252,6 +252,15 @@ def report_name(name: str, correction_passes: int, corrected_dims: Any = None) -
     return f"{name}{passes}{dims}.json"
 
 
+def recorded_path(path: Path) -> str:
+    """`path` as reports record it: relative to the repository when inside it (so committed
+    reports name no machine's checkout), else as given."""
+    try:
+        return Path(path).absolute().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def read_own(path: Path, workdir: Path) -> dict | None:
     """A report or stage-1 cache written for `workdir`, or None if there is none.
 
@@ -261,7 +270,7 @@ def read_own(path: Path, workdir: Path) -> dict | None:
     if not path.exists():
         return None
     r = json.loads(path.read_text())
-    if r.get("workdir", str(workdir)) != str(workdir):
+    if r.get("workdir", str(workdir)) not in (recorded_path(workdir), str(workdir)):
         raise ValueError(f"{path} was written for --workdir={r['workdir']}, not {workdir} (both "
                          f"folders are called {workdir.name!r}); pass another --out for this one.")
     return r

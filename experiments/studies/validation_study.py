@@ -1,11 +1,12 @@
-"""The held-out validation study behind the correction stage's defaults (issue 11).
+"""The held-out validation study behind the correction stage's defaults.
 
 For each task: one workdir (quickstart config: 30 demos, 10 validation demos from layout seed
 60000, stage 1 trained once), then one stage 2 per arm sharing that stage 1, then
 `experiments/studies/validate.py` on each arm (open-loop diagnostics on held-out demos from layout seed
 50000, closed-loop rollouts on validation layouts 200000+). No evaluation layout (100000+) is
 touched. Every step is an ordinary launcher call; finished steps are skipped, so an interrupted
-study continues where it stopped. Reports land in experiments/results/current/validation/calibration_bc/TASK/.
+study continues where it stopped. Reports land in OUT/TASK/ (default runs/validation; the committed
+ones: --out=experiments/results/current/validation/calibration_bc).
 
 Usage:
   python -m experiments.studies.validation_study --tasks=push-v3,drawer-open-v3 --arms=paper,stage2
@@ -37,6 +38,7 @@ flags.DEFINE_string("root", "runs/study", "Folder of the per-task workdirs.")
 flags.DEFINE_list("tasks", ["push-v3"], "Tasks.")
 flags.DEFINE_list("arms", ["paper", "stage2"], f"Stage-2 arms, from {sorted(ARMS)}.")
 flags.DEFINE_integer("episodes", 20, "Validation episodes per seed and policy.")
+flags.DEFINE_string("out", "runs/validation", "Folder of the reports (OUT/TASK/ARM.json) and summary.md.")
 flags.DEFINE_bool("dry_run", False, "Print the commands only.")
 
 
@@ -56,7 +58,7 @@ def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[st
                       launch("stage2", variants, "--resume", f"--config.stage2_name={arm}", *extra)))
     steps.append((Path("/nonexistent"),  # validate keeps finished reports itself
                   [sys.executable, "-m", "experiments.studies.validate", f"--workdir={wd}",
-                   f"--names={','.join(arms)}", f"--episodes={FLAGS.episodes}"]))
+                   f"--names={','.join(arms)}", f"--episodes={FLAGS.episodes}", f"--out={FLAGS.out}"]))
     return steps
 
 
@@ -99,10 +101,9 @@ def main(argv: list[str]) -> int:
             if not FLAGS.dry_run:
                 subprocess.run(cmd, check=True)
     if not FLAGS.dry_run:
-        from experiments.studies.validate import REPO
         from twostage_jax._io import atomic_open
 
-        out = REPO / "experiments" / "results" / "current" / "validation" / "calibration_bc"
+        out = Path(FLAGS.out)
         text = summary(out, FLAGS.tasks, FLAGS.arms)
         with atomic_open(out / "summary.md", "w") as f:
             f.write(text)

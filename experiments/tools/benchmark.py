@@ -4,8 +4,10 @@ Prints a table and writes JSON (atomically) with the backend, device, versions a
 row, the median over repeated timed runs after a warm-up call (always `block_until_ready`).
 Compile time is reported separately wherever it is measured; it is never inside a median.
 
-    python -m experiments.tools.benchmark --quick [--out experiments/results/current/performance/benchmark_cpu.json]
-    python -m experiments.tools.benchmark --quick --sections=crop_cost --out /tmp/crop.json  # a subset
+    python -m experiments.tools.benchmark --quick     # writes runs/benchmark/benchmark_cpu.json
+    # the committed measurement (experiments/results/README.md):
+    python -m experiments.tools.benchmark --quick --out experiments/results/current/performance/benchmark_cpu.json
+    python -m experiments.tools.benchmark --quick --sections=crop_cost --out runs/benchmark/crop.json  # a subset
 
 Sizes (synthetic dataset from `twostage_jax.testing`, 128x128 frames, so no simulator needed):
   paper:      stage 1 on 128x128 images, batch 128, 4 conv layers x 32 channels, MLP 64, heads
@@ -66,6 +68,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -89,7 +92,7 @@ QUICK_NET = NetworkConfig(conv_channels=(16,) * 4, crop_conv_channels=(16,) * 3,
                           head_hidden=(128, 128))
 QUICKSTART_STEPS = 3000
 SEED_COUNTS = (1, 2, 5, 10)
-DEFAULT_OUT = "experiments/results/current/performance/benchmark_cpu.json"
+DEFAULT_OUT = "runs/benchmark/benchmark_cpu.json"  # the committed one: --out experiments/results/current/performance/benchmark_cpu.json
 
 
 def size_config(size: str, stage: int, algo: str, **kw: Any) -> TrainConfig:
@@ -199,8 +202,17 @@ def metadata(quick: bool) -> dict[str, Any]:
         "quick": quick,
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": sys.argv,
+        "argv": [_repo_relative(a) for a in sys.argv],  # no machine paths in committed JSON
     }
+
+
+def _repo_relative(arg: str) -> str:
+    """A command-line argument, with a path inside the repository made relative to it."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        return Path(arg).relative_to(repo).as_posix() if os.path.isabs(arg) else arg
+    except ValueError:
+        return arg
 
 
 def _jaxlib_version() -> str:
