@@ -13,6 +13,7 @@ Not counted (the exclusions, each by construction of the pattern):
     leading `/` must not follow a letter, digit, `_`, `.`, `-`, `~` or another `/`;
   * `X:\\` followed by anything but a user or system folder (`"a:\\n"` in code is an escape);
   * binary files (a NUL byte in the first 8 KiB, or not UTF-8), such as the committed figures.
+  * this file, whose docstring and pattern test must spell out what the pattern finds.
 Only files git tracks are read (`git ls-files`), so ignored build outputs and `runs/` are not.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
 MACHINE_PATH = re.compile(
     r"(?<![\w.~\-/])/(?:work|tmp|home|root|Users|mnt|scratch|private|var/folders)/"
@@ -37,6 +39,8 @@ def _tracked_text_files() -> list[tuple[str, str]]:
     files = []
     for name in filter(None, names.decode().split("\0")):
         path = ROOT / name
+        if name == SELF:
+            continue
         if not path.is_file():  # deleted in the working tree, or a submodule
             continue
         data = path.read_bytes()

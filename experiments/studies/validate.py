@@ -47,8 +47,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("held_out", 20, "Held-out demos for the open-loop diagnostics (0: skip).")
     flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out demos.")
     flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per held-out transition.")
-    flags.DEFINE_string("out", "runs/validation",
-                        "Output folder.")
+    flags.DEFINE_string("out", "runs/validation", "Output folder (reports in OUT/TAG/); the committed "
+                        "validation studies are under experiments/results/current/validation/.")
     flags.DEFINE_bool("force", False, "Recompute variants that already have a report.")
     flags.DEFINE_string("summary_of", "", "Instead of validating: print the table of every report "
                         "under this folder (recursively), with each arm's mean over tasks.")
