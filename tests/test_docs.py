@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 FENCE = re.compile(r"^```python([^\n]*)\n(.*?)^```", flags=re.S | re.M)
-LINKED = [ROOT / "README.md", *DOCS, *sorted((ROOT / "experiments" / "results").rglob("README.md"))]
+LINKED = [ROOT / "README.md", *DOCS, *sorted((ROOT / "experiments" / "results").rglob("*.md"))]
 
 
 def python_blocks() -> list[tuple[str, str, str]]:
