@@ -44,7 +44,7 @@ setup(
     package_data={"experiments": ["configs/*.py"]},
     install_requires=CORE,
     extras_require={"sim": SIM, "dev": DEV, "all": SIM + DEV},
-    entry_points={"console_scripts": ["twostage=experiments.main:run"]},
+    entry_points={"console_scripts": ["twostage=twostage_jax.launch.main:run"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

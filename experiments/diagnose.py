@@ -120,7 +120,7 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
     import jax.numpy as jnp
 
     import twostage_jax as tj
-    from experiments.launcher_config import train_config
+    from twostage_jax.launch.checks import train_config
 
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     s2 = c2.stage2
@@ -246,9 +246,9 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     import jax
     import ml_collections
 
-    from experiments.launcher_config import train_config
-    from experiments.selection import policy_params
-    from experiments.workdir import load_demos
+    from twostage_jax.launch.checks import train_config
+    from twostage_jax.launch.selection import policy_params
+    from twostage_jax.launch.workdir import load_demos
 
     workdir = root / task / algo
     name = "eval" if stage2_name == "stage2" else f"eval_{stage2_name}"

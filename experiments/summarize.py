@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.configs.base import DEFAULT_TASKS
-from experiments.plots import _save, plt
+from twostage_jax.launch.plots import _save, plt
 from twostage_jax._io import atomic_open
 from twostage_jax.evaluation import (
     Interval, bootstrap_interval, difference_interval, improvement_probability, iqm_interval,

@@ -83,8 +83,8 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     import jax
 
     import twostage_jax as tj
-    from experiments import rollouts
-    from experiments.launcher_config import train_config
+    from twostage_jax.launch import rollouts
+    from twostage_jax.launch.checks import train_config
     from twostage_jax import evaluation
 
     c1 = train_config(config, 1)
@@ -134,10 +134,10 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     import jax
 
     from experiments import diagnose
-    from experiments.evaluate import eval_seeds
-    from experiments.launcher_config import train_config
-    from experiments.selection import policy_params
-    from experiments.workdir import load_demos
+    from twostage_jax.launch.evaluate import eval_seeds
+    from twostage_jax.launch.checks import train_config
+    from twostage_jax.launch.selection import policy_params
+    from twostage_jax.launch.workdir import load_demos
     from twostage_jax.checkpoint import write_json_atomic
 
     config = run_config(workdir, name)

@@ -33,13 +33,13 @@ class Launched(NamedTuple):
 
 def launch(*args: str, wait: bool = True, timeout: float = 300, prefix: tuple | list = (),
            config: str = SMOKE):
-    """`python -m experiments.main --config=CONFIG ARGS` in a subprocess.
+    """`python -m twostage_jax.launch.main --config=CONFIG ARGS` in a subprocess.
 
     Returns:
       The finished `subprocess.CompletedProcess`, or with `wait=False` the running `Popen`
       (stdout and stderr merged).
     """
-    cmd = [*prefix, sys.executable, "-m", "experiments.main", f"--config={config}", *args]
+    cmd = [*prefix, sys.executable, "-m", "twostage_jax.launch.main", f"--config={config}", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -56,10 +56,10 @@ def launch_in_process(*args: str, config: str = SMOKE) -> Launched:
     """
     from absl import flags
 
-    from experiments import main as launcher
+    from twostage_jax.launch import main as launcher
 
     flag_values = flags.FLAGS
-    argv = ["experiments.main", f"--config={config}", *args]
+    argv = ["twostage_jax.launch.main", f"--config={config}", *args]
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter("%(levelname).1s %(message)s"))

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 
 import twostage_jax as tj
-from experiments import diagnose, launcher_config
+from experiments import diagnose
+from twostage_jax.launch import checks as launcher_config
 from experiments.configs import smoke
 from twostage_jax.testing import make_synthetic_dataset
 

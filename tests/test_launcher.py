@@ -189,7 +189,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
-    from experiments.train_stage import _MetricsLog
+    from twostage_jax.launch.train_stage import _MetricsLog
 
     log = _MetricsLog(tmp_path, resume_step=0)
     try:
@@ -250,7 +250,7 @@ def test_clear_errors_for_bad_usage(tmp_path):
      "roll, pitch, yaw, gripper), at least one 1; got (1, 1, 1)."),
 ])
 def test_config_validation_names_the_field(overrides, message):
-    from experiments.launcher_config import validate_config
+    from twostage_jax.launch.checks import validate_config
 
     with pytest.raises(ValueError) as e:
         validate_config(_smoke(**overrides))
@@ -267,9 +267,9 @@ def test_stage2_without_stage1_and_a_second_fresh_stage1_are_refused(trained, tm
 
 
 def test_eval_and_resume_refuse_a_config_other_than_the_trained_one(trained, tmp_path):
-    from experiments.evaluate import run_eval
-    from experiments.launcher_config import PipelineError
-    from experiments.train_stage import run_stage
+    from twostage_jax.launch.evaluate import run_eval
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.train_stage import run_stage
 
     wd = _copy(trained, tmp_path / "wd")
     good = wd / "eval" / "results.json"
@@ -321,9 +321,9 @@ def test_demos_refuses_to_replace_a_dataset_and_the_advice_is_safe(trained, tmp_
 
 @pytest.mark.sim
 def test_demos_force_replaces_the_dataset_and_records_its_config(tmp_path):
-    from experiments.demos import run_demos
-    from experiments.launcher_config import PipelineError
-    from experiments.workdir import dataset_path, load_demos
+    from twostage_jax.launch.demos import run_demos
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.workdir import dataset_path, load_demos
 
     wd = _synthetic_workdir(tmp_path / "wd")
     before = dataset_path(wd).read_bytes()
@@ -358,8 +358,8 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
 
 
 def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch):
-    from experiments import plots, rollouts
-    from experiments.evaluate import run_eval
+    from twostage_jax.launch import plots, rollouts
+    from twostage_jax.launch.evaluate import run_eval
     from twostage_jax import evaluation
 
     wd = _copy(trained, tmp_path / "wd")
@@ -399,8 +399,8 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
 
 
 def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
-    from experiments.launcher_config import PipelineError
-    from experiments.train_stage import run_stage
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.train_stage import run_stage
 
     wd = _copy(trained, tmp_path / "wd")
     _damage(wd / "stage1" / "checkpoints" / "8")
@@ -410,7 +410,7 @@ def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
 
 
 def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, caplog):
-    from experiments.train_stage import run_stage
+    from twostage_jax.launch.train_stage import run_stage
     from twostage_jax.checkpoint import Checkpointer
 
     wd = _copy(trained, tmp_path / "wd")
@@ -433,7 +433,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, ca
 
 
 def test_method_options_are_validated_before_work():
-    from experiments.launcher_config import validate_config
+    from twostage_jax.launch.checks import validate_config
     from experiments.configs import smoke
 
     def check(match, **fields):
@@ -464,7 +464,7 @@ def test_method_options_are_validated_before_work():
 
 
 def test_paper_variant_restores_the_papers_method():
-    from experiments.launcher_config import needs_calibration, train_config
+    from twostage_jax.launch.checks import needs_calibration, train_config
     from experiments.configs import quickstart
 
     # Whatever the defaults are, :paper builds the paper's method (Sec. IV-V).
@@ -480,7 +480,7 @@ def test_paper_variant_restores_the_papers_method():
 
 def test_per_stage_cql_learning_rates_override_config_cql():
     from experiments.configs import repro, smoke
-    from experiments.launcher_config import config_differences, program_fields, train_config, validate_config
+    from twostage_jax.launch.checks import config_differences, program_fields, train_config, validate_config
 
     c = smoke.get_config("cql")
     c.cql.actor_lr, c.cql.critic_lr = 1e-4, 3e-4

@@ -113,7 +113,7 @@ def test_noheadline_runs_only_ablations_of_finished_headlines(tmp_path):
 
 def test_experiment_scripts_import_together():
     # absl flags are process-global: scripts that define them at import must not collide
-    code = ("import experiments.main, experiments.reproduce, experiments.summarize, "
+    code = ("import twostage_jax.launch.main, experiments.reproduce, experiments.summarize, "
             "experiments.diagnose, experiments.benchmark, experiments.replay_check, "
             "experiments.rounding_sensitivity")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -327,8 +327,8 @@ def test_launcher_demos_stage1_stage2_on_rlbench_demos(tmp_path):
 
 def test_rlbench_demos_errors_name_the_field(tmp_path):
     from experiments.configs import smoke
-    from experiments.demos import run_demos
-    from experiments.launcher_config import PipelineError, validate_config
+    from twostage_jax.launch.demos import run_demos
+    from twostage_jax.launch.checks import PipelineError, validate_config
 
     _write_fixture(tmp_path / "data", n=24, episodes=2, size=32)
 

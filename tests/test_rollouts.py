@@ -4,7 +4,7 @@ learning-curve checkpoints."""
 import numpy as np
 import pytest
 
-from experiments import rollouts
+from twostage_jax.launch import rollouts
 from experiments.configs import smoke
 from twostage_jax.checkpoint import Checkpointer
 from twostage_jax.envs.base import Observation

@@ -41,7 +41,7 @@ import jax
 import ml_collections
 
 import twostage_jax as tj
-from experiments.launcher_config import (STAGE_NAMES, PipelineError, check_trained_with,
+from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, check_trained_with,
                                          config_to_dict, seed_keys, train_config)
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 
@@ -142,7 +142,7 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     check_trained_with(config, meta, 1, str(directory / str(step)), "cannot pair stage 2 with stage 1",
                        "Give stage 1's fields as it was trained (recorded in stage1/config.json), or "
                        "train the change in a fresh --workdir.")
-    from experiments import selection
+    from twostage_jax.launch import selection
 
     # the checkpoint of each seed that stage 2 is calibrated on and evaluated with
     steps = (selection.policy_params(config, workdir, 1)[1] if selection.selects(config, 1)

@@ -11,9 +11,9 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from experiments import selection
-from experiments.launcher_config import STAGE_NAMES, PipelineError, config_to_dict, train_config
-from experiments.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
+from twostage_jax.launch import selection
+from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, config_to_dict, train_config
+from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
                                  stage_dir)
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder
@@ -52,7 +52,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
     results whole.
     """
-    from experiments import plots, rollouts
+    from twostage_jax.launch import plots, rollouts
 
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")

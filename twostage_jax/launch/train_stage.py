@@ -17,11 +17,11 @@ import numpy as np
 from absl import logging
 
 import twostage_jax as tj
-from experiments import selection
-from experiments.launcher_config import (STAGE_NAMES, PipelineError, calibration_path,
+from twostage_jax.launch import selection
+from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_path,
                                          check_trained_with, needs_calibration, seed_keys,
                                          seed_mesh, train_config)
-from experiments.workdir import (config_record, is_writer, load_demos, load_validation, progress, stage1_pairing, stage_dir,
+from twostage_jax.launch.workdir import (config_record, is_writer, load_demos, load_validation, progress, stage1_pairing, stage_dir,
                                  validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
@@ -40,7 +40,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
       A summary dict (final step, wall time, final metric means per seed).
     """
     out_dir = stage_dir(workdir, stage, config)
-    from experiments.rollouts import curve_steps
+    from twostage_jax.launch.rollouts import curve_steps
 
     # the learning curves' checkpoints (config.eval.curve_steps) and checkpoint selection's
     # candidates are kept beside the latest ones

@@ -9,8 +9,8 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from experiments.launcher_config import PipelineError
-from experiments.workdir import config_record, dataset_path, trained_stages, validation_path
+from twostage_jax.launch.checks import PipelineError
+from twostage_jax.launch.workdir import config_record, dataset_path, trained_stages, validation_path
 from twostage_jax.checkpoint import write_json_atomic
 
 

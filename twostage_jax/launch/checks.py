@@ -203,10 +203,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                              "e.g. 60000 with the defaults.")
     if int(config.eval.num_episodes) <= 0:
         raise ValueError(f"config.eval.num_episodes must be > 0; got {config.eval.num_episodes!r}.")
-    from experiments.rollouts import validate_eval_config
+    from twostage_jax.launch.rollouts import validate_eval_config
 
     validate_eval_config(config)  # eval.workers, eval.curve_steps
-    from experiments.selection import validate_select_config
+    from twostage_jax.launch.selection import validate_select_config
 
     validate_select_config(config)  # stageN.select, stageN.select_steps, select
     name = str(config.stage2_name)

@@ -27,8 +27,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import rollouts
-from experiments.launcher_config import STAGE_NAMES, PipelineError, train_config
+from twostage_jax.launch import rollouts
+from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
 from twostage_jax import evaluation
 from twostage_jax.checkpoint import write_json_atomic
 
@@ -141,7 +141,7 @@ def choose_steps(steps: Any, success: Any, per_seed: bool = True) -> list[int]:
 
 
 def selection_path(workdir: Path, config: ml_collections.ConfigDict, stage: int) -> Path:
-    from experiments.workdir import stage_dir
+    from twostage_jax.launch.workdir import stage_dir
 
     return stage_dir(workdir, stage, config) / "selection.json"
 
@@ -157,7 +157,7 @@ def policy_params(config: ml_collections.ConfigDict, workdir: Path, stage: int, 
     The latest checkpoint when the stage does not select; else each seed's validation-selected
     checkpoint (selected now if STAGE/selection.json is missing or stale).
     """
-    from experiments.workdir import load_params
+    from twostage_jax.launch.workdir import load_params
 
     num = int(config.num_seeds)
     if not selects(config, stage):
@@ -194,7 +194,7 @@ def ensure_selection(config: ml_collections.ConfigDict, workdir: Path, stage: in
     Raises:
       PipelineError: a candidate's checkpoint is missing (select_steps set after training).
     """
-    from experiments.workdir import (ensure_writable, load_demos, load_params, progress as bar_for,
+    from twostage_jax.launch.workdir import (ensure_writable, load_demos, load_params, progress as bar_for,
                                      stage_dir)
 
     name = STAGE_NAMES[stage]

@@ -1,10 +1,10 @@
 """The twostage_jax launcher: demos -> stage 1 -> stage 2 -> evaluation.
 
 Examples:
-  python -m experiments.main --mode=all --workdir=runs/quickstart
-  python -m experiments.main --mode=all --workdir=runs/paper_cql \
+  python -m twostage_jax.launch.main --mode=all --workdir=runs/quickstart
+  python -m twostage_jax.launch.main --mode=all --workdir=runs/paper_cql \
       --config=experiments/configs/paper.py:cql --task=drawer-open-v3
-  python -m experiments.main --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
+  python -m twostage_jax.launch.main --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
 
 Several hosts (or processes) train one run's seeds together, each its share, on the mesh of
 all their devices; process 0 writes the logs and results. Start the same command on each with
@@ -30,7 +30,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 MODES = ("demos", "stage1", "stage2", "eval", "all")
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.py")
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "experiments",
+                               "configs", "quickstart.py")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "all", MODES, "Which part of the pipeline to run.")
@@ -133,8 +134,8 @@ def _check_rlbench_installed(config) -> None:
 
 def _check_workdir(workdir: Path) -> None:
     """Refuses a --workdir that is a file, is missing where it must exist, or is not writable."""
-    from experiments.launcher_config import PipelineError
-    from experiments.workdir import ensure_writable
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.workdir import ensure_writable
 
     if workdir.exists() and not workdir.is_dir():
         raise UsageError(f"--workdir {workdir} is a file; expected a folder (existing, or one to "
@@ -190,11 +191,11 @@ def _main(argv: list[str]) -> int:
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: the directory for datasets, checkpoints and results.")
     distributed = _distributed_flags()
-    from experiments.demos import run_demos
-    from experiments.evaluate import format_results_table, run_eval
-    from experiments.launcher_config import PipelineError, seed_mesh, validate_config
-    from experiments.train_stage import run_stage
-    from experiments.workdir import dataset_path, eval_dir
+    from twostage_jax.launch.demos import run_demos
+    from twostage_jax.launch.evaluate import format_results_table, run_eval
+    from twostage_jax.launch.checks import PipelineError, seed_mesh, validate_config
+    from twostage_jax.launch.train_stage import run_stage
+    from twostage_jax.launch.workdir import dataset_path, eval_dir
 
     config = _resolve_config()
     try:
