@@ -144,7 +144,7 @@ def test_bad_meshes_and_seed_device_values_fail_clearly():
     assert sharding.parse_seed_devices("all") is None and sharding.parse_seed_devices("2") == 2
     assert sharding.parse_seed_devices(3) == 3
     for bad in ("0", "-1", "two", "1.5", True, ""):
-        with pytest.raises(ValueError, match=r"seed_devices must be 'all' or a positive int"):
+        with pytest.raises(ValueError, match=r"`seed_devices` must be 'all' or a positive int"):
             sharding.parse_seed_devices(bad)
     assert sharding.seed_mesh("all") is None  # one device: today's unsharded path
     with pytest.raises(ValueError, match=r"seed_devices=2 exceeds the 1 cpu device"):
