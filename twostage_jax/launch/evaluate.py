@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ml_collections
 from absl import logging
 
 from twostage_jax.launch import selection
-from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, config_to_dict, train_config
+from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
+from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
                                  stage_dir)
 from twostage_jax import evaluation
@@ -20,7 +20,7 @@ from twostage_jax._io import atomic_folder
 from twostage_jax.checkpoint import write_json_atomic
 
 
-def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
+def eval_seeds(config: LaunchConfig, workdir: Path) -> list[int]:
     """Evaluation layout seeds; they must not overlap the demo seeds."""
     seeds = [int(config.eval.seed) + i for i in range(int(config.eval.num_episodes))]
     stats_path = workdir / "demos" / "stats.json"
@@ -33,7 +33,7 @@ def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
     return seeds
 
 
-def _latest_step(config: ml_collections.ConfigDict, workdir: Path, stage: int) -> int:
+def _latest_step(config: LaunchConfig, workdir: Path, stage: int) -> int:
     """The stage's newest checkpoint step (how far it trained)."""
     from twostage_jax.checkpoint import Checkpointer
 
@@ -44,7 +44,7 @@ def _latest_step(config: ml_collections.ConfigDict, workdir: Path, stage: int) -
         ckpt.close()
 
 
-def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+def run_eval(config: LaunchConfig, workdir: Path) -> dict:
     """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
 
     Before any rollout it checks that both stages were trained with this config and that the
@@ -81,9 +81,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     # Stage 1 alone does not depend on stage 2: ablations sharing a stage 1 reuse its rollouts.
     cache = rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
                                  rollouts.cache_setting(config, seeds))
-    passes = int(config.eval.get("correction_passes", 1))
-    dims = config.eval.get("corrected_dims")
-    dims = None if dims is None else tuple(int(d) for d in dims)
+    passes, dims = config.eval.correction_passes, config.eval.corrected_dims
     ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
                              corrected_dims=dims)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes))
@@ -95,7 +93,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     bar = progress(0, 0, "eval", unit="episode")
     start = time.perf_counter()
     try:
-        with evaluation.EnvPool(rollouts.env_factory(config), int(config.eval.get("workers", 1))) as pool:
+        with evaluation.EnvPool(rollouts.env_factory(config), config.eval.workers) as pool:
             by_tag, recorded = ev.run(pool, bar)
             camera = pool.camera
     finally:
@@ -112,13 +110,14 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         "selection": {STAGE_NAMES[s]: selection.summary(selection.ensure_selection(config, workdir, s,
                                                                                    dataset, False))
                       for s in (1, 2) if selection.selects(config, s)},
-        "stage2_mode": config.stage2.mode,
-        "crop_size": int(config.stage2.crop_size), "stage2_name": str(config.stage2_name),
+        "stage2_mode": config.stage2.stage2.mode,
+        "crop_size": 0 if config.calibrate.crop_size else config.stage2.stage2.crop_size,
+        "stage2_name": config.stage2_name,
         "stage2_q_target": c2.cql.target if config.algo == "cql" else None,
         "stage2_sigma": list(c2.stage2.sigma), "stage2_crop_size": c2.stage2.crop_size,
         "stage2_loss_weighting": c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
         "correction_passes": passes, "corrected_dims": None if dims is None else list(dims),
-        "eval_seconds": time.perf_counter() - start, "config": config_to_dict(config),
+        "eval_seconds": time.perf_counter() - start, "config": to_dict(config),
         "modes": {}}
     for m in policies:
         ci = evaluation.bootstrap_interval(rates[m], reps=reps)
