@@ -1,6 +1,6 @@
 """Runs the issue-5 study: 4 headline arms on the 8 MetaWorld tasks, plus stage-2 ablations.
 
-Every run is an ordinary launcher call (`python -m twostage_jax.launch.main`), so each one can also be
+Every run is an ordinary launcher call (`python -m twostage_jax.launch`), so each one can also be
 repeated by hand; this driver only orders them, runs two at a time, and collects the per-seed
 results into `experiments/results/repro/raw/` for `experiments/summarize.py`.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.configs.base import DEFAULT_TASKS
+from twostage_jax.launch.config import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "experiments" / "results" / "repro" / "raw"
@@ -88,7 +88,7 @@ def _launcher(workdir: Path, task: str, variants: str, mode: str, extra: list[st
     # Several launcher runs at a time already share the cores: each evaluates in its own
     # process rather than starting one rollout worker per core.
     workers = ["--config.eval.workers=1"] if FLAGS.workers > 1 else []
-    return [sys.executable, "-m", "twostage_jax.launch.main", f"--mode={mode}", f"--workdir={workdir}",
+    return [sys.executable, "-m", "twostage_jax.launch", f"--mode={mode}", f"--workdir={workdir}",
             f"--config={CONFIG}:{variants}", f"--task={task}", "--resume", *workers, *extra, *FLAGS.extra]
 
 

@@ -45,7 +45,7 @@ def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[st
     wd = root / task
     def launch(mode: str, variants: str = "", *extra: str) -> list[str]:
         config = f"--config={CONFIG}:{variants}" if variants else f"--config={CONFIG}"
-        return [sys.executable, "-m", "twostage_jax.launch.main", f"--mode={mode}", f"--workdir={wd}",
+        return [sys.executable, "-m", "twostage_jax.launch", f"--mode={mode}", f"--workdir={wd}",
                 f"--task={task}", config, *DEMOS, *extra]
 
     steps = [(wd / "demos" / "validation.npz", launch("demos")),

@@ -87,8 +87,8 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
 
     # evaluation acts with the selection and records it with its validation curve
     results = run_eval(config, workdir)
-    assert results["stage1_steps"] == record["chosen_steps"] and results["stage1_step"] == 8
-    assert results["selection"]["stage1"]["success"] == record["success"]
-    assert "setting" not in results["selection"]["stage1"]
+    assert list(results.stage1_steps) == record["chosen_steps"] and results.stage1_step == 8
+    assert results.selection["stage1"]["success"] == record["success"]
+    assert "setting" not in results.selection["stage1"]
     saved = json.loads((workdir / "eval" / "results.json").read_text())
     assert saved["selection"]["stage1"]["chosen_steps"] == record["chosen_steps"]

@@ -30,6 +30,7 @@ The launcher's stages live beside this module: `demos.run_demos`, `train_stage.r
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -90,6 +91,25 @@ def config_record(config: LaunchConfig) -> dict:
     """What STAGE/config.json and demos/config.json hold: when, the command line, the config."""
     return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv),
             "config": to_dict(config)}
+
+
+def check_unused_layouts(config: LaunchConfig, workdir: Path, first: int, num: int, what: str) -> None:
+    """Raises PipelineError if `num` layouts from `first` (with room for the retries of failed
+    layouts) are used by the workdir's training demos, held-out demos or evaluation.
+
+    Args:
+      config: the config the workdir was evaluated with (its `eval` layouts).
+      workdir: the workdir (its demos/stats.json).
+      first, num: the layouts to check.
+      what: the setting that chose them, for the message (e.g. "--held_out_seed=50000").
+    """
+    stats = json.loads((workdir / "demos" / "stats.json").read_text())
+    used = set(stats["demo_seeds"]) | set(stats.get("validation_seeds", []))
+    used |= set(range(config.eval.seed, config.eval.seed + config.eval.num_episodes))
+    clash = used.intersection(range(first, first + 3 * num + 10))
+    if clash:
+        raise PipelineError(f"{what}: layout seeds {sorted(clash)[:5]} are used for training demos "
+                            "or evaluation; pick seeds beyond both.")
 
 
 def progress(total: int, initial: int, desc: str, unit: str = "step"):
