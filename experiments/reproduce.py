@@ -46,7 +46,7 @@ ABLATIONS = {
     "crop16": ("cql", "cql", ["--config.stage2.crop_size=16"]),
     "crop64": ("cql", "cql", ["--config.stage2.crop_size=64"]),
     "direct": ("cql", "cql,direct", []),
-    "td": ("cql", "cql", ["--config.stage2.cql_target=td"]),
+    "td": ("cql", "cql", ["--config.stage2.cql.target=td"]),
     "bc_crop16": ("bc", "bc", ["--config.stage2.crop_size=16"]),
     "bc_crop32": ("bc", "bc", ["--config.stage2.crop_size=32"]),
     "bc_whiten": ("bc", "bc", ["--config.stage2.loss_weighting=whiten"]),

@@ -29,7 +29,7 @@ ARMS = {
     "whiten": ("paper", ["--config.stage2.loss_weighting=whiten"]),
     "noz_whiten": ("paper", ["--config.stage2.loss_weighting=whiten",
                              "--config.stage2.network.stage2_pose_input=False"]),
-    "cal": ("paper", ["--config.stage2.loss_weighting=whiten", "--config.stage2.calibrate_sigma=True"]),
+    "cal": ("paper", ["--config.stage2.loss_weighting=whiten", "--config.calibrate.sigma=True"]),
 }
 
 FLAGS = flags.FLAGS

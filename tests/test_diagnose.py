@@ -5,7 +5,7 @@ import numpy as np
 
 import twostage_jax as tj
 from experiments import diagnose
-from twostage_jax.launch import checks as launcher_config
+from twostage_jax.launch.checks import train_config
 from experiments.configs import smoke
 from twostage_jax.testing import make_synthetic_dataset
 
@@ -55,7 +55,7 @@ def test_measure_shapes_and_zero_noise_perturbation():
     cfg = replace_path(smoke.get_config(), {"num_seeds": 1, "stage2.stage2.sigma": (0.0,) * 7,
                                             "calibrate.sigma": False})
     ds = make_synthetic_dataset(num_episodes=3, steps_per_episode=3, image_size=32)
-    c1, c2 = launcher_config.train_config(cfg, 1), launcher_config.train_config(cfg, 2)
+    c1, c2 = train_config(cfg, 1), train_config(cfg, 2)
     p1 = tj.make_train(c1, 1).init(jax.random.PRNGKey(0), tj.prepare_data(ds, c1)).params
     p2 = tj.make_train(c2, 2).init(jax.random.PRNGKey(1), tj.prepare_data(ds, c2)).params
     index = np.arange(ds.action.shape[0])

@@ -190,7 +190,7 @@ def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_p
     port = _free_port()
     env = {**forced_devices_env(1), "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "twostage_jax.launch.main", f"--config={SMOKE}", "--mode=stage1",
+        [sys.executable, "-m", "twostage_jax.launch", f"--config={SMOKE}", "--mode=stage1",
          f"--workdir={workdir}", "--config.demos.image_size=32",
          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

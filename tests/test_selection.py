@@ -1,4 +1,4 @@
-"""Checkpoint selection on validation layouts (`experiments/selection.py`)."""
+"""Checkpoint selection on validation layouts (`twostage_jax/launch/selection.py`)."""
 
 import json
 import shutil

@@ -31,9 +31,9 @@ class Stage2Config:
       crop_size: side of o^2, or None (the default) to follow the algorithm: `TrainConfig`
         resolves None to the paper's size, 64 for BC and 32 for CQL (`PAPER_CROP_SIZE`).
         A bare Stage2Config with None can build stage-1 batches only; set it (or
-        `with_crop_size_for(algo)`) to crop. The launcher's `config.stage2.crop_size=0`
-        ('auto', calibrated from stage 1) is resolved by the launcher before a
-        Stage2Config is built; 0 is not a valid value here.
+        `with_crop_size_for(algo)`) to crop. The launcher's calibrated crop size
+        (`config.calibrate.crop_size`) replaces this field when stage 2 trains; 0 is not a
+        valid value here.
       ee_crop_size: side of e^2 (paper: 16).
       sigma: Algo. 1 noise std per action dimension.
       mode: 'correction' (a^2 = tanh(eps), composed by Eq. 6) or 'direct' (a^2 = a).
