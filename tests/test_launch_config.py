@@ -85,6 +85,13 @@ def test_an_old_ml_collections_config_migrates_to_todays_repro_config():
         assert program_fields(migrated, stage) == program_fields(now, stage)
         assert config_differences(old, now, stage) == []
     assert migrated.stage1.num_steps == 2000 and now.stage1.num_steps == 20_000  # not compared
+    # the stage-1 rollout cache (and checkpoint selection's records) keep their keys
+    from twostage_jax.launch.rollouts import EVAL_VERSION, cache_setting
+
+    assert json.loads(json.dumps(cache_setting(migrated, [1, 2]))) == {
+        "version": EVAL_VERSION, "task": "push-v3", "env": "metaworld", "eval_seeds": [1, 2],
+        "max_keyframes": 20, "image_size": 128, "algo": "bc", "stage1_image_size": 64,
+        "stage1_network": old["stage1"]["network"]}
     # the paper arm: its stage 2 was the paper's method
     old = json.loads((RAW / "push-v3" / "cql_paper.json").read_text())["config"]
     now = replace_path(repro.get_config("cql,paper"), {"task": "push-v3", "stage2_name": "paper"})
