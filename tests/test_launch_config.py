@@ -13,8 +13,7 @@ import twostage_jax as tj
 from tests._launcher import smoke
 from twostage_jax.launch import config_flags
 from twostage_jax.launch.checks import PipelineError, config_differences, program_fields
-from twostage_jax.launch.config import (LaunchConfig, UnknownFieldError, from_dict, replace_path,
-                                        to_dict)
+from twostage_jax.launch.config import UnknownFieldError, from_dict, replace_path, to_dict
 from twostage_jax.launch.migrate import CONFIG_VERSION, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
