@@ -10,7 +10,6 @@ CORE = [
     "numpy>=1.26",
     "orbax-checkpoint>=0.6",
     "absl-py>=2.1",
-    "ml-collections>=0.1.1",
     "rliable>=1.2",
     # rliable pins arch<8, whose 7.x releases fail to import under pandas 3.
     "pandas>=2.0,<3",
@@ -44,11 +43,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["twostage_jax", "twostage_jax.*", "experiments", "experiments.*"]),
-    package_data={"experiments": ["configs/*.py"]},
+    # the library and its launcher (twostage_jax.launch); experiments/ (configs, studies, tools)
+    # runs from a source checkout: `python -m experiments.NAME` from its root
+    packages=find_packages(include=["twostage_jax", "twostage_jax.*"]),
     install_requires=CORE,
     extras_require={"sim": SIM, "lerobot": LEROBOT, "dev": DEV, "all": SIM + DEV},
-    entry_points={"console_scripts": ["twostage=experiments.main:run"]},
+    entry_points={"console_scripts": ["twostage=twostage_jax.launch.main:run"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -33,13 +33,13 @@ class Launched(NamedTuple):
 
 def launch(*args: str, wait: bool = True, timeout: float = 300, prefix: tuple | list = (),
            config: str = SMOKE):
-    """`python -m experiments.main --config=CONFIG ARGS` in a subprocess.
+    """`python -m twostage_jax.launch --config=CONFIG ARGS` in a subprocess.
 
     Returns:
       The finished `subprocess.CompletedProcess`, or with `wait=False` the running `Popen`
       (stdout and stderr merged).
     """
-    cmd = [*prefix, sys.executable, "-m", "experiments.main", f"--config={config}", *args]
+    cmd = [*prefix, sys.executable, "-m", "twostage_jax.launch", f"--config={config}", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -50,16 +50,14 @@ def launch(*args: str, wait: bool = True, timeout: float = 300, prefix: tuple | 
 def launch_in_process(*args: str, config: str = SMOKE) -> Launched:
     """The launcher's flag parsing and `main` in this process, as `launch` runs them.
 
-    Flags are reset before and after (ml_collections registers one flag per `--config.a.b`
-    override, and reads the overrides from `sys.argv`); stdout, stderr and the absl log are
-    captured.
+    Flags are reset afterwards; stdout, stderr and the absl log are captured.
     """
     from absl import flags
 
-    from experiments import main as launcher
+    from twostage_jax.launch import main as launcher
 
     flag_values = flags.FLAGS
-    argv = ["experiments.main", f"--config={config}", *args]
+    argv = ["twostage_jax.launch", f"--config={config}", *args]
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter("%(levelname).1s %(message)s"))
@@ -67,23 +65,15 @@ def launch_in_process(*args: str, config: str = SMOKE) -> Launched:
     level = absl_logger.level
     absl_logger.addHandler(handler)
     absl_logger.setLevel(logging.INFO)
-    old_argv = sys.argv
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                sys.argv = argv
-                try:
-                    rest = launcher._parse_flags(argv)
-                finally:
-                    sys.argv = old_argv
-                code = launcher.main(rest)
+                code = launcher.main(launcher._parse_flags(argv))
             except SystemExit as e:
                 code = e.code
     finally:
         absl_logger.removeHandler(handler)
         absl_logger.setLevel(level)
-        for name in [n for n in flag_values if n.startswith("config.")]:
-            delattr(flag_values, name)
         flag_values.unparse_flags()
     return Launched(int(code or 0), out.getvalue(), err.getvalue())
 
@@ -102,15 +92,10 @@ def synthetic_workdir(path: Path) -> Path:
     return path
 
 
-def smoke(**overrides):
-    """The smoke config for the 32-pixel synthetic dataset, with dotted-name overrides."""
+def smoke(variants: str | None = None, **overrides):
+    """The smoke config (with `variants`) for the 32-pixel synthetic dataset, with dotted-name
+    overrides (`config.replace_path`: a bad value raises the ConfigError naming its field)."""
     from experiments.configs import smoke as smoke_config
+    from twostage_jax.launch.config import replace_path
 
-    config = smoke_config.get_config()
-    for path, value in {"demos.image_size": 32, **overrides}.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
+    return replace_path(smoke_config.get_config(variants), {"demos.image_size": 32, **overrides})

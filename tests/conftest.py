@@ -62,7 +62,7 @@ from tests._launcher import smoke, synthetic_workdir  # noqa: E402
 def trained(tmp_path_factory) -> Path:
     """A synthetic-dataset workdir with both stages trained by the smoke config (2 seeds,
     checkpoints at steps 4 and 8). Shared: copy it (`shutil.copytree`) before changing it."""
-    from experiments.train_stage import run_stage
+    from twostage_jax.launch.train_stage import run_stage
 
     workdir = synthetic_workdir(tmp_path_factory.mktemp("trained") / "wd")
     for stage in (1, 2):

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 
 import twostage_jax as tj
-from experiments import launcher_config
 from experiments.studies import diagnose
+from twostage_jax.launch.checks import train_config
 from experiments.configs import smoke
 from twostage_jax.testing import make_synthetic_dataset
 
@@ -49,13 +49,13 @@ def test_orientation_error_is_the_angle_between_the_hand_rotations():
 
 
 def test_measure_shapes_and_zero_noise_perturbation():
-    cfg = smoke.get_config()
-    with cfg.unlocked():
-        cfg.num_seeds = 1
-        cfg.stage2.sigma = (0.0,) * 7
-        cfg.stage2.calibrate_sigma = False  # a fixed (zero) sigma, not one calibrated to stage 1
+    from twostage_jax.launch.config import replace_path
+
+    # a fixed (zero) sigma, not one calibrated to stage 1
+    cfg = replace_path(smoke.get_config(), {"num_seeds": 1, "stage2.stage2.sigma": (0.0,) * 7,
+                                            "calibrate.sigma": False})
     ds = make_synthetic_dataset(num_episodes=3, steps_per_episode=3, image_size=32)
-    c1, c2 = launcher_config.train_config(cfg, 1), launcher_config.train_config(cfg, 2)
+    c1, c2 = train_config(cfg, 1), train_config(cfg, 2)
     p1 = tj.make_train(c1, 1).init(jax.random.PRNGKey(0), tj.prepare_data(ds, c1)).params
     p2 = tj.make_train(c2, 2).init(jax.random.PRNGKey(1), tj.prepare_data(ds, c2)).params
     index = np.arange(ds.action.shape[0])
@@ -65,7 +65,7 @@ def test_measure_shapes_and_zero_noise_perturbation():
     assert m["pert_cm"].shape == (n, 2)
     # sigma = 0: Algo. 1's tentative action is the demo action (up to the atanh clip at 0.99)
     assert np.all(m["pert_cm"] < 1.0) and not m["pert_out_of_crop"].any()
-    s = diagnose.summarise(m, crop=16, sigma=cfg.stage2.sigma)
+    s = diagnose.summarise(m, crop=16, sigma=cfg.stage2.stage2.sigma)
     assert s["transitions"] == n and 0.0 <= s["target_out_of_crop"] <= 1.0
     assert s["stage1_cm_median"] >= 0.0 and len(s["stage1_eps_std"]) == 7
     assert m["s1_deg"].shape == m["two_deg"].shape == (n,)

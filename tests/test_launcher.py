@@ -79,8 +79,8 @@ def _final_params(workdir: Path, stage: int = 1):
 def test_mode_all_end_to_end(tmp_path):
     # Held-out validation demos, and a stage 2 calibrated on them (sigma and crop size 'auto');
     # evaluation on 2 worker processes, with a learning-curve checkpoint.
-    calibrated = ["--config.demos.num_validation=2", "--config.stage2.calibrate_sigma=True",
-                  "--config.stage2.crop_size=0"]
+    calibrated = ["--config.demos.num_validation=2", "--config.calibrate.sigma=True",
+                  "--config.calibrate.crop_size=True"]
     out = _launch("--mode=all", f"--workdir={tmp_path}", *calibrated, "--config.eval.curve_steps=(2,)",
                   "--config.eval.workers=2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -132,8 +132,8 @@ def test_mode_all_end_to_end(tmp_path):
     assert res["modes"]["stage1"]["episodes"] == first["modes"]["stage1"]["episodes"]
     assert "reusing stage-1 rollouts" in out.stderr
     assert json.loads((tmp_path / "direct" / "pairing.json").read_text())["step"] == 8
-    assert json.loads((tmp_path / "direct" / "config.json").read_text())["config"]["stage2"]["mode"] == "direct"
-    assert json.loads((tmp_path / "stage2" / "config.json").read_text())["config"]["stage2"]["mode"] == "correction"
+    assert json.loads((tmp_path / "direct" / "config.json").read_text())["config"]["stage2"]["stage2"]["mode"] == "direct"
+    assert json.loads((tmp_path / "stage2" / "config.json").read_text())["config"]["stage2"]["stage2"]["mode"] == "correction"
     out = launch_in_process("--mode=stage2", f"--workdir={tmp_path}", "--config.stage2_name=eval_x")
     assert out.returncode != 0 and "config.stage2_name must be a folder name" in out.stderr
 
@@ -189,7 +189,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
-    from experiments.train_stage import _MetricsLog
+    from twostage_jax.launch.train_stage import _MetricsLog
 
     log = _MetricsLog(tmp_path, resume_step=0)
     try:
@@ -212,8 +212,8 @@ def test_clear_errors_for_bad_usage(tmp_path):
     workdir = f"--workdir={tmp_path}"
     # the console: exit status 1 and one line on stderr, the whole of what the user sees
     refused("--mode=train", workdir, prefix=(), expect=["--mode=train: value should be one of"])
-    refused("--mode=all", workdir, "--config.algo=ppo", prefix=(),
-            expect=["config.algo must be one of ('bc', 'cql'); got 'ppo'"])
+    refused("--mode=all", workdir, "--config.stage1.algo=ppo", prefix=(),
+            expect=["config.stage1.algo must be one of ('bc', 'cql'); got 'ppo'"])
     refused("--mode=all", expect=["--workdir is required"])
     refused("--mode=eval", f"--workdir={tmp_path / 'missing'}", expect=["does not exist", "--mode=demos"])
     refused("--mode=all", workdir, "--config.train.checkpoint_every=3",
@@ -242,7 +242,7 @@ def test_clear_errors_for_bad_usage(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"stage1.network.mlp_hidden": 0}, "config.stage1.network.mlp_hidden must be a positive int; got 0."),
     ({"stage2.learning_rate": float("nan")}, "config.stage2.learning_rate must be a finite number > 0; got nan."),
-    ({"algo": "cql", "cql.critic_lr": float("nan")}, "config.cql.critic_lr must be a finite number > 0; got nan."),
+    ({"stage2.cql.critic_lr": float("nan")}, "config.stage2.cql.critic_lr must be a finite number > 0; got nan."),
     ({"eval.bootstrap_reps": 0}, "config.eval.bootstrap_reps must be a positive int; got 0."),
     ({"eval.record_episodes": -1}, "config.eval.record_episodes must be an int >= 0; got -1."),
     ({"eval.correction_passes": 0}, "config.eval.correction_passes must be a positive int; got 0."),
@@ -250,9 +250,9 @@ def test_clear_errors_for_bad_usage(tmp_path):
      "roll, pitch, yaw, gripper), at least one 1; got (1, 1, 1)."),
 ])
 def test_config_validation_names_the_field(overrides, message):
-    from experiments.launcher_config import validate_config
+    from twostage_jax.launch.checks import validate_config
 
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ValueError) as e:  # the dataclass refuses the value when it is built
         validate_config(_smoke(**overrides))
     assert str(e.value) == message
 
@@ -267,20 +267,20 @@ def test_stage2_without_stage1_and_a_second_fresh_stage1_are_refused(trained, tm
 
 
 def test_eval_and_resume_refuse_a_config_other_than_the_trained_one(trained, tmp_path):
-    from experiments.evaluate import run_eval
-    from experiments.launcher_config import PipelineError
-    from experiments.train_stage import run_stage
+    from twostage_jax.launch.evaluate import run_eval
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.train_stage import run_stage
 
     wd = _copy(trained, tmp_path / "wd")
     good = wd / "eval" / "results.json"
     good.parent.mkdir()
     good.write_text('{"good": true}')
     with pytest.raises(PipelineError) as e:
-        run_eval(_smoke(**{"stage2.mode": "direct", "stage2.rotate": False}), wd)
-    assert "config.stage2.mode: trained 'correction', now 'direct'" in str(e.value)
-    assert "config.stage2.rotate: trained True, now False" in str(e.value)
-    with pytest.raises(PipelineError, match=r"config\.stage2\.crop_size: trained 16, now 8"):
-        run_eval(_smoke(**{"stage2.crop_size": 8}), wd)
+        run_eval(_smoke(**{"stage2.stage2.mode": "direct", "stage2.stage2.rotate": False}), wd)
+    assert "config.stage2.stage2.mode: trained 'correction', now 'direct'" in str(e.value)
+    assert "config.stage2.stage2.rotate: trained True, now False" in str(e.value)
+    with pytest.raises(PipelineError, match=r"config\.stage2\.stage2\.crop_size: trained 16, now 8"):
+        run_eval(_smoke(**{"stage2.stage2.crop_size": 8}), wd)
     assert good.read_text() == '{"good": true}'
     with pytest.raises(PipelineError, match=r"cannot resume stage1: .*config\.stage1\.learning_rate: "
                                                      r"trained 0\.0003, now 0\.01"):
@@ -321,9 +321,9 @@ def test_demos_refuses_to_replace_a_dataset_and_the_advice_is_safe(trained, tmp_
 
 @pytest.mark.sim
 def test_demos_force_replaces_the_dataset_and_records_its_config(tmp_path):
-    from experiments.demos import run_demos
-    from experiments.launcher_config import PipelineError
-    from experiments.workdir import dataset_path, load_demos
+    from twostage_jax.launch.demos import run_demos
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.workdir import dataset_path, load_demos
 
     wd = _synthetic_workdir(tmp_path / "wd")
     before = dataset_path(wd).read_bytes()
@@ -358,8 +358,8 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
 
 
 def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch):
-    from experiments import plots, rollouts
-    from experiments.evaluate import run_eval
+    from twostage_jax.launch import plots, rollouts
+    from twostage_jax.launch.evaluate import run_eval
     from twostage_jax import evaluation
 
     wd = _copy(trained, tmp_path / "wd")
@@ -394,13 +394,13 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
     monkeypatch.setattr(plots, "learning_curves", learning_curves)
     results = run_eval(config, wd)
     assert sorted(p.name for p in (wd / "eval").iterdir()) == ["learning_curves.png", "results.json", "success.png"]
-    assert json.loads((wd / "eval" / "results.json").read_text()) == json.loads(json.dumps(results))
-    assert results["modes"]["two_stage"]["per_seed"] == [0.5, 0.5]
+    assert json.loads((wd / "eval" / "results.json").read_text()) == json.loads(json.dumps(results.to_dict()))
+    assert results.modes["two_stage"].per_seed == (0.5, 0.5)
 
 
 def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
-    from experiments.launcher_config import PipelineError
-    from experiments.train_stage import run_stage
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.train_stage import run_stage
 
     wd = _copy(trained, tmp_path / "wd")
     _damage(wd / "stage1" / "checkpoints" / "8")
@@ -410,7 +410,7 @@ def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
 
 
 def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, caplog):
-    from experiments.train_stage import run_stage
+    from twostage_jax.launch.train_stage import run_stage
     from twostage_jax.checkpoint import Checkpointer
 
     wd = _copy(trained, tmp_path / "wd")
@@ -433,38 +433,29 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, ca
 
 
 def test_method_options_are_validated_before_work():
-    from experiments.launcher_config import validate_config
-    from experiments.configs import smoke
+    from twostage_jax.launch.checks import validate_config
 
     def check(match, **fields):
-        c = smoke.get_config()
-        for dotted, value in fields.items():
-            node = c
-            *path, last = dotted.split("__")
-            for p in path:
-                node = node[p]
-            node[last] = value
-        with pytest.raises(ValueError, match=match):
-            validate_config(c)
+        with pytest.raises(ValueError, match=match):  # when the config is built, or by validate_config
+            validate_config(_smoke(**{k.replace("__", "."): v for k, v in fields.items()}))
 
     check("num_validation", demos__num_validation=0)  # the default stage 2 is calibrated
-    check("num_validation", demos__num_validation=0, stage2__calibrate_sigma=False, stage2__crop_size=0)
-    check("crop_size", stage2__crop_size=-4)
+    check("num_validation", demos__num_validation=0, calibrate__sigma=False, calibrate__crop_size=True)
+    check("crop_size", stage2__stage2__crop_size=-4)
     check("validation_seed", demos__num_validation=5, demos__validation_seed=100_001)
     check("validation_seed", demos__num_validation=5, demos__validation_seed=2)
-    check("sigma_floor", demos__num_validation=2, stage2__calibrate_sigma=True, stage2__sigma_floor=0.0)
-    check("crop_coverage", demos__num_validation=2, stage2__crop_size=0, stage2__crop_coverage=1.5)
+    check("sigma_floor", demos__num_validation=2, calibrate__sigma=True, calibrate__sigma_floor=0.0)
+    check("crop_coverage", demos__num_validation=2, calibrate__crop_size=True, calibrate__crop_coverage=1.5)
     check("min_move", stage2__min_move=-0.01)
-    check("gripper_clip", stage2__gripper_clip=1.5)
+    check("gripper_clip", stage2__stage2__gripper_clip=1.5)
     check("crop_encoder", stage2__network__crop_encoder="attention")
+    check(r"config\.stage2\.algo \('cql'\) must equal config\.stage1\.algo", stage2__algo="cql")
     # RLBench holds out its folder's last episodes as validation demos: the defaults validate
-    c = smoke.get_config()
-    c.env, c.rlbench_root = "rlbench", "/demos"
-    validate_config(c)
+    validate_config(_smoke(env="rlbench", rlbench_root="/demos"))
 
 
 def test_paper_variant_restores_the_papers_method():
-    from experiments.launcher_config import needs_calibration, train_config
+    from twostage_jax.launch.checks import needs_calibration, train_config
     from experiments.configs import quickstart
 
     # Whatever the defaults are, :paper builds the paper's method (Sec. IV-V).
@@ -475,46 +466,33 @@ def test_paper_variant_restores_the_papers_method():
     assert t2.min_move == 0.0 and train_config(c, 1).min_move == 0.0
     assert t2.network.crop_encoder == "flatten" and t2.network.stage2_pose_input
     assert not t2.network.coord_channels and not needs_calibration(c)
-    assert quickstart.get_config("cql,paper").stage2.crop_size == 32
+    assert quickstart.get_config("cql,paper").stage2.stage2.crop_size == 32
 
 
-def test_per_stage_cql_learning_rates_override_config_cql():
-    from experiments.configs import repro, smoke
-    from experiments.launcher_config import config_differences, program_fields, train_config, validate_config
+def test_each_stage_has_its_own_cql_config():
+    from experiments.configs import repro
+    from twostage_jax.launch.checks import config_differences, program_fields, train_config
+    from twostage_jax.launch.config import to_dict
 
-    c = smoke.get_config("cql")
-    c.cql.actor_lr, c.cql.critic_lr = 1e-4, 3e-4
-    c.stage1.cql_actor_lr = 1e-3  # stage 1 only; its critic and stage 2 keep config.cql's
-    t1, t2 = train_config(c, 1, calibration={"sigma": [0.1] * 7, "crop_size": 8}), \
-        train_config(c, 2, calibration={"sigma": [0.1] * 7, "crop_size": 8})
+    base = _smoke("cql")
+    c = _smoke("cql", **{"stage1.cql.actor_lr": 1e-3})  # stage 1 only; its critic and stage 2 keep theirs
+    cal = {"sigma": [0.1] * 7, "crop_size": 8}
+    t1, t2 = train_config(c, 1), train_config(c, 2, calibration=cal)
     assert (t1.cql.actor_lr, t1.cql.critic_lr) == (1e-3, 3e-4)
     assert (t2.cql.actor_lr, t2.cql.critic_lr) == (1e-4, 3e-4)
-    # the effective rate is what a resume compares (a checkpoint trained at 1e-4 is refused)
-    assert program_fields(c, 1)["cql.actor_lr"] == 1e-3
-    old = smoke.get_config("cql")
-    old.cql.actor_lr, old.cql.critic_lr = 1e-4, 3e-4
-    assert config_differences(old.to_dict(), c, 1) == ["config.cql.actor_lr: trained 0.0001, now 0.001"]
-    assert config_differences(old.to_dict(), c, 2) == []
-    # configs saved before the fields existed still resolve
-    del old.stage1["cql_actor_lr"]
-    assert train_config(old, 1).cql.actor_lr == 1e-4
-    for bad in (-1e-3, float("nan")):
-        c.stage2.cql_critic_lr = bad
-        with pytest.raises(ValueError, match=r"config\.stage2\.cql_critic_lr must be a finite number"):
-            validate_config(c)
-    # the actor's encoder gradient, per stage in the same way (None: config.cql's)
-    c.stage2.cql_critic_lr = 0.0
-    c.stage2.cql_actor_encoder_grad = True
-    cal = {"sigma": [0.1] * 7, "crop_size": 8}
-    assert (train_config(c, 1, calibration=cal).cql.actor_encoder_grad,
+    # the stage's rate is what a resume compares (a checkpoint trained at 1e-4 is refused)
+    assert program_fields(c, 1)["stage1.cql.actor_lr"] == 1e-3
+    assert config_differences(to_dict(base), c, 1) == ["config.stage1.cql.actor_lr: trained 0.0001, now 0.001"]
+    assert config_differences(to_dict(base), c, 2) == []
+    # the actor's encoder gradient, per stage in the same way
+    c = _smoke("cql", **{"stage2.cql.actor_encoder_grad": True})
+    assert (train_config(c, 1).cql.actor_encoder_grad,
             train_config(c, 2, calibration=cal).cql.actor_encoder_grad) == (False, True)
-    assert config_differences(c.to_dict(), c, 1) == []
-    before = c.to_dict()
-    before["stage2"]["cql_actor_encoder_grad"] = None
-    assert config_differences(before, c, 2) == ["config.cql.actor_encoder_grad: trained False, now True"]
+    assert config_differences(to_dict(base), c, 1) == []
+    assert config_differences(to_dict(base), c, 2) == ["config.stage2.cql.actor_encoder_grad: trained False, now True"]
     # the reduced study config sets its own stage-1 rates; ':paper' changes only stage 2's method
     r = repro.get_config("cql,paper")
-    assert train_config(r, 1).cql.actor_lr == float(r.stage1.cql_actor_lr or r.cql.actor_lr)
+    assert (train_config(r, 1).cql.actor_lr, train_config(r, 1).cql.critic_lr) == (1e-3, 1e-3)
     # its stage-2 actor learns at 1e-3, except in the paper arm, which keeps the paper's 1e-4
     assert train_config(r, 2, calibration=cal).cql.actor_lr == 1e-4
     ours = train_config(repro.get_config("cql"), 2, calibration=cal).cql

@@ -118,7 +118,7 @@ def test_noheadline_runs_only_ablations_of_finished_headlines(tmp_path):
 
 def test_experiment_scripts_import_together():
     # absl flags are process-global: scripts that define them at import must not collide
-    code = ("import experiments.main, experiments.studies.reproduce, experiments.studies.summarize, "
+    code = ("import twostage_jax.launch.main, experiments.studies.reproduce, experiments.studies.summarize, "
             "experiments.studies.diagnose, experiments.tools.benchmark, experiments.tools.replay_check, "
             "experiments.tools.rounding_sensitivity")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -385,16 +385,20 @@ def test_launcher_demos_stage1_stage2_on_rlbench_demos(tmp_path):
 
 def test_rlbench_demos_errors_name_the_field(tmp_path):
     from experiments.configs import smoke
-    from experiments.demos import run_demos
-    from experiments.launcher_config import PipelineError, validate_config
+    from twostage_jax.launch.demos import run_demos
+    from twostage_jax.launch.checks import PipelineError, validate_config
 
     _write_fixture(tmp_path / "data", n=24, episodes=2, size=32)
 
+    from twostage_jax.launch.config import replace_path
+
+    def rlbench(task, **fields):
+        return replace_path(smoke.get_config(), {"env": "rlbench", "rlbench_root": str(tmp_path / "data"),
+                                                 "task": task, **fields})
+
     def demos(**fields):
-        c = smoke.get_config()
-        c.env, c.rlbench_root, c.task = "rlbench", str(tmp_path / "data"), "reach_target"
-        for name, value in {"image_size": 32, "num_validation": 1, **fields}.items():
-            c.demos[name] = value
+        c = rlbench("reach_target", **{f"demos.{k}": v for k, v in
+                                       {"image_size": 32, "num_validation": 1, **fields}.items()})
         validate_config(c)
         return run_demos(c, tmp_path / "wd", force=True)
 
@@ -403,9 +407,7 @@ def test_rlbench_demos_errors_name_the_field(tmp_path):
     with pytest.raises(PipelineError, match="--config.demos.image_size=32"):
         demos(image_size=64)
     with pytest.raises(PipelineError, match="config.rlbench_root: No RLBench episodes"):
-        c_task = smoke.get_config()
-        c_task.env, c_task.rlbench_root, c_task.task = "rlbench", str(tmp_path / "data"), "no_task"
-        run_demos(c_task, tmp_path / "wd2")
+        run_demos(rlbench("no_task"), tmp_path / "wd2")
     info = demos(num_demos=5)  # fewer episodes than asked for: what there is, and a warning
     assert info["demo_seeds"] == [0] and info["validation_seeds"] == [1]
 

@@ -144,7 +144,7 @@ def test_bad_meshes_and_seed_device_values_fail_clearly():
     assert sharding.parse_seed_devices("all") is None and sharding.parse_seed_devices("2") == 2
     assert sharding.parse_seed_devices(3) == 3
     for bad in ("0", "-1", "two", "1.5", True, ""):
-        with pytest.raises(ValueError, match=r"seed_devices must be 'all' or a positive int"):
+        with pytest.raises(ValueError, match=r"`seed_devices` must be 'all' or a positive int"):
             sharding.parse_seed_devices(bad)
     assert sharding.seed_mesh("all") is None  # one device: today's unsharded path
     with pytest.raises(ValueError, match=r"seed_devices=2 exceeds the 1 cpu device"):
@@ -183,14 +183,14 @@ def test_two_processes_train_their_share_of_the_seeds_and_process_0_writes(tmp_p
     """The launcher on 2 local CPU processes (1 device each, gloo collectives) trains the smoke
     config's 2 seeds, one per process, and equals the same stage trained by one process (the
     session's `trained` run: the same config on the same synthetic dataset)."""
-    from experiments.workdir import load_params
+    from twostage_jax.launch.workdir import load_params
     from tests._launcher import SMOKE, smoke, synthetic_workdir
 
     workdir = synthetic_workdir(tmp_path / "multi")
     port = _free_port()
     env = {**forced_devices_env(1), "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "experiments.main", f"--config={SMOKE}", "--mode=stage1",
+        [sys.executable, "-m", "twostage_jax.launch", f"--config={SMOKE}", "--mode=stage1",
          f"--workdir={workdir}", "--config.demos.image_size=32",
          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

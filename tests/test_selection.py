@@ -1,4 +1,4 @@
-"""Checkpoint selection on validation layouts (`experiments/selection.py`)."""
+"""Checkpoint selection on validation layouts (`twostage_jax/launch/selection.py`)."""
 
 import json
 import shutil
@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import selection
-from experiments.launcher_config import validate_config
+from twostage_jax.launch import selection
+from twostage_jax.launch.checks import validate_config
 
 from tests._launcher import smoke
 
@@ -51,9 +51,9 @@ def test_selection_refuses_evaluation_layouts_and_bad_fields(overrides, message)
 
 @pytest.mark.sim
 def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained, tmp_path):
-    from experiments.evaluate import run_eval
-    from experiments.train_stage import run_stage
-    from experiments.workdir import load_params
+    from twostage_jax.launch.evaluate import run_eval
+    from twostage_jax.launch.train_stage import run_stage
+    from twostage_jax.launch.workdir import load_params
 
     workdir = tmp_path / "wd"
     shutil.copytree(trained, workdir)
@@ -87,9 +87,9 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
 
     # evaluation acts with the selection and records it with its validation curve
     results = run_eval(config, workdir)
-    assert results["stage1_steps"] == record["chosen_steps"] and results["stage1_step"] == 8
-    assert results["selection"]["stage1"]["success"] == record["success"]
-    assert "setting" not in results["selection"]["stage1"]
+    assert list(results.stage1_steps) == record["chosen_steps"] and results.stage1_step == 8
+    assert results.selection["stage1"]["success"] == record["success"]
+    assert "setting" not in results.selection["stage1"]
     saved = json.loads((workdir / "eval" / "results.json").read_text())
     assert saved["selection"]["stage1"]["chosen_steps"] == record["chosen_steps"]
 

@@ -3,6 +3,7 @@
 The public API is re-exported here name by name; see README.md for an overview.
 """
 
+from twostage_jax._checks import ConfigError
 from twostage_jax.actions import (
     DEFAULT_CLIP,
     DEFAULT_SIGMA,
@@ -103,6 +104,7 @@ __all__ = [
     "BasePolicy",
     "Batch",
     "CQLConfig",
+    "ConfigError",
     "CQLMetrics",
     "Camera",
     "CriticAux",

@@ -19,6 +19,28 @@ import jax.numpy as jnp
 import numpy as np
 
 
+class ConfigError(ValueError):
+    """A config field with a bad value, carrying the field's name.
+
+    Args:
+      owner: the config class ("TrainConfig"), or "" for a plain argument.
+      field: the field's name ("min_move").
+      message: what was expected and what was received ("must be >= 0 metres; got -1.").
+
+    `str(e)` reads "TrainConfig.min_move must be >= 0 metres; got -1." (or "`field` ..."); a
+    caller that nests the config (the launcher) names the field by its own path from `field`
+    and `message`, without parsing the text.
+    """
+
+    def __init__(self, owner: str, field: str, message: str) -> None:
+        self.owner, self.field, self.message = owner, field, message
+        name = f"{owner}.{field}" if owner else f"`{field}`"
+        super().__init__(f"{name}{'' if message[:1] in '=[' else ' '}{message}")
+
+    def __reduce__(self):  # picklable across processes (its args are not the message)
+        return type(self), (self.owner, self.field, self.message)
+
+
 def _shape(x: Any) -> tuple[int, ...]:
     return tuple(np.shape(x))
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from twostage_jax._checks import ConfigError
 from twostage_jax.bc import validate_batch
 from twostage_jax.networks import Networks, tanh_gaussian_sample
 from twostage_jax.state import AgentState
@@ -63,23 +64,23 @@ class CQLConfig:
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
-            raise ValueError(f"CQLConfig.target must be one of {TARGETS}; got {self.target!r}.")
+            raise ConfigError("CQLConfig", "target", f"must be one of {TARGETS}; got {self.target!r}.")
         if self.num_samples <= 0:
-            raise ValueError(f"CQLConfig.num_samples must be > 0; got {self.num_samples!r}.")
+            raise ConfigError("CQLConfig", "num_samples", f"must be > 0; got {self.num_samples!r}.")
         for name in ("cql_weight", "bc_weight"):
             val = getattr(self, name)
             if isinstance(val, bool) or not (math.isfinite(val) and val >= 0):
-                raise ValueError(f"CQLConfig.{name} must be a finite number >= 0; got {val!r}.")
+                raise ConfigError("CQLConfig", name, f"must be a finite number >= 0; got {val!r}.")
         if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"CQLConfig.gamma must lie in [0, 1); got {self.gamma!r}.")
+            raise ConfigError("CQLConfig", "gamma", f"must lie in [0, 1); got {self.gamma!r}.")
         if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"CQLConfig.tau must lie in (0, 1]; got {self.tau!r}.")
+            raise ConfigError("CQLConfig", "tau", f"must lie in (0, 1]; got {self.tau!r}.")
         for name in ("init_alpha", "temperature", "actor_lr", "critic_lr", "alpha_lr"):
             val = getattr(self, name)
             if not (math.isfinite(val) and val > 0):  # NaN fails `val > 0`
-                raise ValueError(f"CQLConfig.{name} must be a finite number > 0; got {val!r}.")
+                raise ConfigError("CQLConfig", name, f"must be a finite number > 0; got {val!r}.")
         if self.target_entropy is not None and not math.isfinite(self.target_entropy):
-            raise ValueError(f"CQLConfig.target_entropy must be None or finite; got {self.target_entropy!r}.")
+            raise ConfigError("CQLConfig", "target_entropy", f"must be None or finite; got {self.target_entropy!r}.")
 
     @property
     def entropy_target(self) -> float:

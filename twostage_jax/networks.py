@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from twostage_jax import _checks
+from twostage_jax._checks import ConfigError
 from twostage_jax.types import ACTION_DIM, Stage1Obs, Stage2Obs
 
 CONV_IMPLS = ("auto", "xla", "patches")
@@ -79,31 +80,31 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         if self.crop_encoder not in CROP_ENCODERS:
-            raise ValueError(f"NetworkConfig.crop_encoder must be one of {CROP_ENCODERS}; got "
+            raise ConfigError("NetworkConfig", "crop_encoder", f"must be one of {CROP_ENCODERS}; got "
                              f"{self.crop_encoder!r}.")
         if not isinstance(self.keypoints, int) or self.keypoints <= 0:
-            raise ValueError(f"NetworkConfig.keypoints must be a positive int; got {self.keypoints!r}.")
+            raise ConfigError("NetworkConfig", "keypoints", f"must be a positive int; got {self.keypoints!r}.")
         if self.crop_conv_strides is not None and (
                 len(self.crop_conv_strides) < len(self.crop_conv_channels)
                 or any(int(v) <= 0 for v in self.crop_conv_strides)):
-            raise ValueError("NetworkConfig.crop_conv_strides needs one positive stride per stage-2 "
+            raise ConfigError("NetworkConfig", "crop_conv_strides", "needs one positive stride per stage-2 "
                              f"conv layer; got {self.crop_conv_strides!r} for "
                              f"{len(self.crop_conv_channels)} layers.")
         if int(self.mlp_hidden) <= 0:
-            raise ValueError(f"NetworkConfig.mlp_hidden must be a positive int; got {self.mlp_hidden!r}.")
+            raise ConfigError("NetworkConfig", "mlp_hidden", f"must be a positive int; got {self.mlp_hidden!r}.")
         if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(f"NetworkConfig.conv_impl must be one of {CONV_IMPLS}; got "
+            raise ConfigError("NetworkConfig", "conv_impl", f"must be one of {CONV_IMPLS}; got "
                              f"{self.conv_impl!r}.")
         for name in ("conv_channels", "crop_conv_channels", "head_hidden"):
             val = getattr(self, name)
             if not val or any(int(c) <= 0 for c in val):
-                raise ValueError(f"NetworkConfig.{name} must be non-empty positive ints; got {val!r}.")
+                raise ConfigError("NetworkConfig", name, f"must be non-empty positive ints; got {val!r}.")
         if int(self.mlp_hidden) <= 0:
-            raise ValueError(f"NetworkConfig.mlp_hidden must be a positive int; got {self.mlp_hidden!r}.")
+            raise ConfigError("NetworkConfig", "mlp_hidden", f"must be a positive int; got {self.mlp_hidden!r}.")
         if any(int(s) <= 0 for s in self.conv_strides):
-            raise ValueError(f"NetworkConfig.conv_strides must be positive ints; got {self.conv_strides!r}.")
+            raise ConfigError("NetworkConfig", "conv_strides", f"must be positive ints; got {self.conv_strides!r}.")
         if len(self.conv_strides) < max(len(self.conv_channels), len(self.crop_conv_channels)):
-            raise ValueError("NetworkConfig.conv_strides needs one stride per conv layer; got "
+            raise ConfigError("NetworkConfig", "conv_strides", "needs one stride per conv layer; got "
                              f"{self.conv_strides!r} for {len(self.conv_channels)} layers.")
 
 

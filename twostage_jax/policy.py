@@ -132,7 +132,7 @@ def check_corrected_dims(corrected_dims: Sequence[int]) -> np.ndarray:
     if (flags is None or len(flags) != ACTION_DIM
             or not all(isinstance(f, (bool, int, np.integer)) and int(f) in (0, 1) for f in flags)
             or not any(int(f) for f in flags)):
-        raise ValueError(f"`corrected_dims` must be {ACTION_DIM} flags of 0 / 1 (x, y, z, roll, "
+        raise _checks.ConfigError("", "corrected_dims", f"must be {ACTION_DIM} flags of 0 / 1 (x, y, z, roll, "
                          f"pitch, yaw, gripper), at least one 1; got {corrected_dims!r}.")
     return np.asarray([bool(int(f)) for f in flags])
 

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from twostage_jax._checks import ConfigError
+
 SEED_AXIS = "seeds"
 
 RunFn = Callable[[Any, Any], tuple[Any, Any]]
@@ -47,7 +49,7 @@ def parse_seed_devices(value: Any) -> int | None:
     except ValueError:
         n = 0
     if isinstance(value, bool) or n <= 0 or str(n) != str(value).strip():
-        raise ValueError(f"seed_devices must be 'all' or a positive int (devices to shard seeds "
+        raise ConfigError("", "seed_devices", f"must be 'all' or a positive int (devices to shard seeds "
                          f"over); got {value!r}.")
     return n
 

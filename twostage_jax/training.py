@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from twostage_jax import _checks
+from twostage_jax._checks import ConfigError
 from twostage_jax.actions import action_to_pose, sample_tentative
 from twostage_jax.augment import AUGMENTATIONS, random_shift
 from twostage_jax.bc import make_bc_update
@@ -85,18 +86,18 @@ class TrainConfig:
                 or self.shift_pad < 0:
             raise ValueError(f"TrainConfig.shift_pad must be an int >= 0; got {self.shift_pad!r}.")
         if not float(self.min_move) >= 0.0:
-            raise ValueError(f"TrainConfig.min_move must be >= 0 metres; got {self.min_move!r}.")
+            raise ConfigError("TrainConfig", "min_move", f"must be >= 0 metres; got {self.min_move!r}.")
         if self.algo not in ALGOS:
-            raise ValueError(f"TrainConfig.algo must be one of {ALGOS}; got {self.algo!r}.")
+            raise ConfigError("TrainConfig", "algo", f"must be one of {ALGOS}; got {self.algo!r}.")
         for name in ("num_steps", "batch_size"):
             val = getattr(self, name)
             if not isinstance(val, (int, np.integer)) or val <= 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive int; got {val!r}.")
+                raise ConfigError("TrainConfig", name, f"must be a positive int; got {val!r}.")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"TrainConfig.learning_rate must be a finite number > 0; got "
+            raise ConfigError("TrainConfig", "learning_rate", f"must be a finite number > 0; got "
                              f"{self.learning_rate!r}.")
         if self.image_size is not None and self.image_size <= 0:
-            raise ValueError(f"TrainConfig.image_size must be a positive int or None; got {self.image_size!r}.")
+            raise ConfigError("TrainConfig", "image_size", f"must be a positive int or None; got {self.image_size!r}.")
         if not isinstance(self.stage2, Stage2Config):
             raise TypeError(f"TrainConfig.stage2 must be a Stage2Config; got {type(self.stage2).__name__}.")
         if self.stage2.crop_size is None:  # follow the algorithm: the paper's 64 (BC) / 32 (CQL)
@@ -139,7 +140,7 @@ def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
     switches = (np.asarray(dataset.action)[:, 6] >= 0) != (np.asarray(dataset.pose)[:, 6] >= 0)
     keep = np.flatnonzero(moves | switches).astype(np.int32)
     if keep.size == 0:
-        raise ValueError(f"TrainConfig.min_move={min_move} m removes every one of the {n} transitions; "
+        raise ConfigError("TrainConfig", "min_move", f"={min_move} m removes every one of the {n} transitions; "
                          "use a smaller distance.")
     return keep
 
@@ -166,7 +167,7 @@ def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
     ds = jax.device_put(jax.tree_util.tree_map(jnp.asarray, dataset))
     size = config.image_size or int(ds.images.shape[1])
     if size > ds.images.shape[1]:
-        raise ValueError(f"TrainConfig.image_size ({size}) exceeds the dataset's frame size "
+        raise ConfigError("TrainConfig", "image_size", f"({size}) exceeds the dataset's frame size "
                          f"{tuple(ds.images.shape[1:3])}.")
     small = jax.jit(resize_images, static_argnums=1)(ds.images, size)
     return TrainData(images=ds.images, stage1_images=small, dataset=ds, index=jnp.asarray(index))

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from twostage_jax import _checks
+from twostage_jax._checks import ConfigError
 from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, _check_action, action_to_pose,
                                   compose_correction, compose_direct, correction_target_variance)
 from twostage_jax.geometry import crop_at_pixel, optical_axis_angle, project_points
@@ -30,9 +31,9 @@ class Stage2Config:
       crop_size: side of o^2, or None (the default) to follow the algorithm: `TrainConfig`
         resolves None to the paper's size, 64 for BC and 32 for CQL (`PAPER_CROP_SIZE`).
         A bare Stage2Config with None can build stage-1 batches only; set it (or
-        `with_crop_size_for(algo)`) to crop. The launcher's `config.stage2.crop_size=0`
-        ('auto', calibrated from stage 1) is resolved by the launcher before a
-        Stage2Config is built; 0 is not a valid value here.
+        `with_crop_size_for(algo)`) to crop. The launcher's calibrated crop size
+        (`config.calibrate.crop_size`) replaces this field when stage 2 trains; 0 is not a
+        valid value here.
       ee_crop_size: side of e^2 (paper: 16).
       sigma: Algo. 1 noise std per action dimension.
       mode: 'correction' (a^2 = tanh(eps), composed by Eq. 6) or 'direct' (a^2 = a).
@@ -63,24 +64,24 @@ class Stage2Config:
         if self.crop_size is not None and (isinstance(self.crop_size, bool) or
                                            not isinstance(self.crop_size, (int, np.integer)) or
                                            self.crop_size <= 0):
-            raise ValueError(f"Stage2Config.crop_size must be a positive int, or None to follow the "
+            raise ConfigError("Stage2Config", "crop_size", f"must be a positive int, or None to follow the "
                              f"algorithm (64 BC, 32 CQL); got {self.crop_size!r}.")
         if isinstance(self.ee_crop_size, bool) or not isinstance(self.ee_crop_size, (int, np.integer)) \
                 or self.ee_crop_size <= 0:
-            raise ValueError(f"Stage2Config.ee_crop_size must be a positive int; got {self.ee_crop_size!r}.")
+            raise ConfigError("Stage2Config", "ee_crop_size", f"must be a positive int; got {self.ee_crop_size!r}.")
         object.__setattr__(self, "sigma", tuple(float(s) for s in self.sigma))  # hashable
         if self.mode not in STAGE2_MODES:
-            raise ValueError(f"Stage2Config.mode must be one of {STAGE2_MODES}; got {self.mode!r}.")
+            raise ConfigError("Stage2Config", "mode", f"must be one of {STAGE2_MODES}; got {self.mode!r}.")
         if len(self.sigma) != 7 or not all(math.isfinite(s) and s >= 0 for s in self.sigma):
-            raise ValueError(f"Stage2Config.sigma must be 7 finite non-negative stds; got {self.sigma!r}.")
+            raise ConfigError("Stage2Config", "sigma", f"must be 7 finite non-negative stds; got {self.sigma!r}.")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"Stage2Config.loss_weighting must be one of {LOSS_WEIGHTINGS}; got "
+            raise ConfigError("Stage2Config", "loss_weighting", f"must be one of {LOSS_WEIGHTINGS}; got "
                              f"{self.loss_weighting!r}.")
         if self.gripper_clip is not None and not 0.0 < float(self.gripper_clip) <= DEFAULT_CLIP:
-            raise ValueError(f"Stage2Config.gripper_clip must be None or lie in (0, {DEFAULT_CLIP}]; "
+            raise ConfigError("Stage2Config", "gripper_clip", f"must be None or lie in (0, {DEFAULT_CLIP}]; "
                              f"got {self.gripper_clip!r}.")
         if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
-            raise ValueError("Stage2Config.loss_weighting='whiten' needs mode='correction' and every "
+            raise ConfigError("Stage2Config", "loss_weighting", "='whiten' needs mode='correction' and every "
                              f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")
 
     def with_crop_size_for(self, algo: str) -> "Stage2Config":

@@ -6,17 +6,11 @@ With the library's default stage-2 method; add the `paper` variant for the paper
 Usage: --config=experiments/configs/paper.py[:bc|cql[,correction|direct][,mc|td][,paper]]
 """
 
-from experiments.configs import base
+from twostage_jax.launch.config import LaunchConfig, apply_variants, replace_path
 
 
-def get_config(arg: str | None = None):
-    c = base.base_config()
-    c.num_seeds = 5
-    c.eval.num_episodes = 100
-    c = base.apply_variants(c, arg)
+def get_config(arg: str | None = None) -> LaunchConfig:
+    c = apply_variants(replace_path(LaunchConfig(), {"num_seeds": 5, "eval.num_episodes": 100}), arg)
     steps = 300_000 if c.algo == "bc" else 200_000
-    c.stage1.num_steps = steps
-    c.stage2.num_steps = steps
-    c.train.log_every = 1000
-    c.train.checkpoint_every = 10_000
-    return c
+    return replace_path(c, {"stage1.num_steps": steps, "stage2.num_steps": steps,
+                            "train.log_every": 1000, "train.checkpoint_every": 10_000})

@@ -9,28 +9,21 @@ paper (64x64 for BC, 32x32 for CQL, and 16x16 around the end-effector) and uses 
 default method (whitened loss, sigma calibrated to stage 1); `:paper` runs the paper's method.
 
 Usage: --config=experiments/configs/quickstart.py[:bc|cql[,correction|direct][,mc|td][,paper]]
+(the launcher's default config).
 """
 
-from experiments.configs import base
+from twostage_jax.launch.config import LaunchConfig, apply_variants, replace_path
+
+SMALL = {"conv_channels": (16, 16, 16, 16), "crop_conv_channels": (16, 16, 16), "mlp_hidden": 32,
+         "head_hidden": (128, 128)}
 
 
-def get_config(arg: str | None = None):
-    c = base.base_config()
-    c.task = "push-v3"
-    c.num_seeds = 2
-    c.demos.num_demos = 30
-    c.stage1.image_size = 64
-    c.stage1.batch_size = 32
-    c.stage1.num_steps = 3000
-    c.stage1.learning_rate = 1e-3
-    c.stage2.batch_size = 32
-    c.stage2.num_steps = 3000
-    c.stage2.learning_rate = 1e-3
-    small = dict(conv_channels=(16, 16, 16, 16), crop_conv_channels=(16, 16, 16), mlp_hidden=32,
-                 head_hidden=(128, 128))
-    c.stage1.network = base.network(**small)  # separate dicts: overriding one leaves the other
-    c.stage2.network = base.network(**small)
-    c.train.log_every = 250
-    c.train.checkpoint_every = 1000
-    c.eval.num_episodes = 20
-    return base.apply_variants(c, arg)
+def get_config(arg: str | None = None) -> LaunchConfig:
+    c = replace_path(LaunchConfig(), {
+        "task": "push-v3", "num_seeds": 2, "demos.num_demos": 30,
+        "stage1.image_size": 64, "stage1.batch_size": 32, "stage1.num_steps": 3000,
+        "stage1.learning_rate": 1e-3,
+        "stage2.batch_size": 32, "stage2.num_steps": 3000, "stage2.learning_rate": 1e-3,
+        **{f"stage{i}.network.{k}": v for i in (1, 2) for k, v in SMALL.items()},
+        "train.log_every": 250, "train.checkpoint_every": 1000, "eval.num_episodes": 20})
+    return apply_variants(c, arg)

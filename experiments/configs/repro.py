@@ -28,28 +28,26 @@ Driven for all tasks, arms and ablations by `python -m experiments.reproduce`.
 """
 
 from experiments.configs import quickstart
+from twostage_jax.launch.config import LaunchConfig, replace_path, variant_parts
 
 STEPS = {"bc": (20_000, 8000), "cql": (1500, 1500)}  # (stage 1, stage 2)
 # BC's stage 1 acts with each seed's best of these checkpoints on validation layouts 200000+
-# (experiments/selection.py), so its budget is a ceiling and its stopping point is chosen held out.
+# (twostage_jax/launch/selection.py), so its budget is a ceiling and its stopping point is chosen
+# held out.
 SELECT_STEPS = {"bc": (2000, 4000, 7000, 10_000, 15_000, 20_000)}
 
 
-def get_config(arg: str | None = None):
+def get_config(arg: str | None = None) -> LaunchConfig:
     c = quickstart.get_config(arg)
-    c.task = "reach-v3"
-    c.num_seeds = 3
-    c.demos.num_demos = 100
-    c.stage1.num_steps, c.stage2.num_steps = STEPS[c.algo]
-    c.train.log_every = 250
-    c.train.checkpoint_every = 500
+    s1, s2 = STEPS[c.algo]
+    changes = {"task": "reach-v3", "num_seeds": 3, "demos.num_demos": 100,
+               "stage1.num_steps": s1, "stage2.num_steps": s2, "train.log_every": 250,
+               "train.checkpoint_every": 500, "train.keep_checkpoints": 1, "eval.num_episodes": 50}
     if c.algo in SELECT_STEPS:
-        c.train.checkpoint_every = 1000
-        c.stage1.select, c.stage1.select_steps = "validation", SELECT_STEPS[c.algo]
-    c.train.keep_checkpoints = 1
-    c.eval.num_episodes = 50
+        changes.update({"train.checkpoint_every": 1000, "stage1.select": "validation",
+                        "stage1.select_steps": SELECT_STEPS[c.algo]})
     if c.algo == "cql":
-        c.stage1.cql_actor_lr = c.stage1.cql_critic_lr = 1e-3
-        if "paper" not in [p.strip() for p in (arg or "").split(",")]:
-            c.stage2.cql_actor_lr = 1e-3
-    return c
+        changes.update({"stage1.cql.actor_lr": 1e-3, "stage1.cql.critic_lr": 1e-3})
+        if "paper" not in variant_parts(arg):
+            changes["stage2.cql.actor_lr"] = 1e-3
+    return replace_path(c, changes)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments.configs.base import DEFAULT_TASKS
+from twostage_jax.launch.config import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 FLAGS = flags.FLAGS
@@ -96,16 +96,6 @@ def orientation_error_deg(a: np.ndarray, b: np.ndarray, ws: Any) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def _check_disjoint(config: Any, workdir: Path, seed: int, num: int) -> None:
-    stats = json.loads((workdir / "demos" / "stats.json").read_text())
-    used = set(stats["demo_seeds"]) | set(stats.get("validation_seeds", []))
-    used |= set(range(int(config.eval.seed), int(config.eval.seed) + int(config.eval.num_episodes)))
-    clash = used.intersection(range(seed, seed + 3 * num + 10))
-    if clash:
-        raise app.UsageError(f"--held_out_seed={seed}: layout seeds {sorted(clash)[:5]} are used for "
-                             "training demos or evaluation; pick seeds beyond both.")
-
-
 def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray, key: Any,
             perturbations: int, workdir: Path | None = None,
             correction_passes: int = 1, corrected_dims: Any = None) -> dict[str, np.ndarray]:
@@ -121,7 +111,7 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
     import jax.numpy as jnp
 
     import twostage_jax as tj
-    from experiments.launcher_config import train_config
+    from twostage_jax.launch.checks import train_config
 
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     s2 = c2.stage2
@@ -245,11 +235,11 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
              train_sample: int, perturbations: int) -> dict[str, Any]:
     """Runs `measure` for every seed of one workdir on held-out and training transitions."""
     import jax
-    import ml_collections
 
-    from experiments.launcher_config import train_config
-    from experiments.selection import policy_params
-    from experiments.workdir import load_demos
+    from twostage_jax.launch.checks import PipelineError, train_config
+    from twostage_jax.launch.config import from_dict
+    from twostage_jax.launch.selection import policy_params
+    from twostage_jax.launch.workdir import check_unused_layouts, load_demos
 
     workdir = root / task / algo
     name = "eval" if stage2_name == "stage2" else f"eval_{stage2_name}"
@@ -260,12 +250,15 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     record = workdir / stage2_name / "config.json"  # the config stage 2 was started with
     if "config" in results:  # the exact config the run was evaluated with
-        config = ml_collections.ConfigDict(results["config"])
+        config = from_dict(results["config"])
     elif record.exists():
-        config = ml_collections.ConfigDict(json.loads(record.read_text())["config"])
+        config = from_dict(json.loads(record.read_text())["config"])
     else:  # a workdir of an older launcher: its last invocation's config.json
-        config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())["config"])
-    _check_disjoint(config, workdir, held_out_seed, held_out)
+        config = from_dict(json.loads((workdir / "config.json").read_text())["config"])
+    try:
+        check_unused_layouts(config, workdir, held_out_seed, held_out, f"--held_out_seed={held_out_seed}")
+    except PipelineError as e:
+        raise app.UsageError(str(e)) from e
     train = load_demos(workdir)
     test = held_out_dataset(config, root / task, held_out, held_out_seed)
     p1, _ = policy_params(config, workdir, 1, train)

@@ -1,6 +1,6 @@
 """Runs the 8-task study: 4 headline arms on the 8 MetaWorld tasks, plus stage-2 ablations.
 
-Every run is an ordinary launcher call (`python -m experiments.main`), so each one can also be
+Every run is an ordinary launcher call (`python -m twostage_jax.launch`), so each one can also be
 repeated by hand; this driver only orders them, runs two at a time, and collects the per-seed
 results into `ROOT/raw/` (default runs/repro/raw) for `experiments/studies/summarize.py`; the
 committed results are updated only when asked, with
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.configs.base import DEFAULT_TASKS
+from twostage_jax.launch.config import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "experiments/configs/repro.py"
@@ -47,7 +47,7 @@ ABLATIONS = {
     "crop16": ("cql", "cql", ["--config.stage2.crop_size=16"]),
     "crop64": ("cql", "cql", ["--config.stage2.crop_size=64"]),
     "direct": ("cql", "cql,direct", []),
-    "td": ("cql", "cql", ["--config.stage2.cql_target=td"]),
+    "td": ("cql", "cql", ["--config.stage2.cql.target=td"]),
     "bc_crop16": ("bc", "bc", ["--config.stage2.crop_size=16"]),
     "bc_crop32": ("bc", "bc", ["--config.stage2.crop_size=32"]),
     "bc_whiten": ("bc", "bc", ["--config.stage2.loss_weighting=whiten"]),
@@ -90,7 +90,7 @@ def _launcher(workdir: Path, task: str, variants: str, mode: str, extra: list[st
     # Several launcher runs at a time already share the cores: each evaluates in its own
     # process rather than starting one rollout worker per core.
     workers = ["--config.eval.workers=1"] if FLAGS.workers > 1 else []
-    return [sys.executable, "-m", "experiments.main", f"--mode={mode}", f"--workdir={workdir}",
+    return [sys.executable, "-m", "twostage_jax.launch", f"--mode={mode}", f"--workdir={workdir}",
             f"--config={CONFIG}:{variants}", f"--task={task}", "--resume", *workers, *extra, *FLAGS.extra]
 
 

@@ -1,7 +1,8 @@
 """Regenerates the 8-task study's summary table and plots from the raw per-seed results.
 
-Reads RAW/TASK/ALGO_NAME.json (one `evaluate.run_eval` results file per finished run, collected
-by `experiments/studies/reproduce.py`) and writes OUT/summary.md with the figures beside it. Every
+Reads RAW/TASK/ALGO_NAME.json (one results file per finished run, written by
+`twostage_jax.launch.evaluate.run_eval` and read back as its `EvalResults`, collected by
+`experiments/studies/reproduce.py`) and writes OUT/summary.md with the figures beside it. Every
 interval is rliable's stratified bootstrap over seeds (the runs), stratified by task. An
 ablation is paired seed by seed with the headline run of its algorithm (same stage 1, same
 evaluation layouts); runs are identified by the JSON's task, algo and stage2_name, and the
@@ -25,8 +26,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments.configs.base import DEFAULT_TASKS
-from experiments.plots import _save, plt
+from twostage_jax.launch.config import DEFAULT_TASKS, from_dict
+from twostage_jax.launch.plots import plt, save_figure
+from twostage_jax.launch.results import ALGOS, MODES, EvalResults, ResultsError
 from twostage_jax._io import atomic_open
 from twostage_jax.evaluation import (
     Interval, bootstrap_interval, difference_interval, improvement_probability, iqm_interval,
@@ -34,10 +36,6 @@ from twostage_jax.evaluation import (
 
 HEADLINE = "stage2"
 PAPER = "paper"  # the paper's exact stage-2 method (':paper'), on the headline run's stage 1
-ALGOS = ("bc", "cql")
-MODES = ("stage1", "two_stage")
-REQUIRED = ("task", "algo", "num_seeds", "episodes_per_seed", "eval_seeds", "stage1_step",
-            "stage2_step", "stage2_mode", "crop_size", "stage2_name", "stage2_q_target", "modes")
 PAIRED = ("num_seeds", "episodes_per_seed", "eval_seeds", "stage1_step")
 # study -> (title, JSON field that the ablation changes, figure)
 STUDIES = {"crop": ("Crop size", "crop_size", "fig5_crop_size.png"),
@@ -48,7 +46,7 @@ STUDIES = {"crop": ("Crop size", "crop_size", "fig5_crop_size.png"),
 COLORS = {"bc": ("#9aa9c4", "#2f5597"), "cql": ("#e0b48a", "#c55a11")}  # (stage 1, two-stage)
 PAPER_COLORS = {"bc": "#6f8fbf", "cql": "#d98c4a"}  # two-stage with the paper's stage-2 method
 
-Runs = dict[tuple[str, str, str], dict[str, Any]]  # (task, algo, stage2_name) -> results
+Runs = dict[tuple[str, str, str], EvalResults]  # (task, algo, stage2_name) -> results
 
 FLAGS = flags.FLAGS
 
@@ -69,33 +67,6 @@ class SummaryError(ValueError):
     """A raw results file is missing, malformed, or inconsistent with its headline run."""
 
 
-def _validate(d: Any, path: Path) -> None:
-    if not isinstance(d, dict):
-        raise SummaryError(f"{path}: expected a JSON object, got {type(d).__name__}.")
-    missing = [k for k in REQUIRED if k not in d]
-    if missing:
-        raise SummaryError(f"{path}: missing field(s) {', '.join(repr(k) for k in missing)}.")
-    if d["task"] != path.parent.name:
-        raise SummaryError(f"{path}: field 'task' is {d['task']!r} but the file is in folder "
-                           f"{path.parent.name!r}.")
-    if d["algo"] not in ALGOS:
-        raise SummaryError(f"{path}: field 'algo' is {d['algo']!r}; expected one of {ALGOS}.")
-    for m in MODES:
-        per = d["modes"].get(m, {}).get("per_seed") if isinstance(d["modes"], dict) else None
-        if not isinstance(per, list):
-            raise SummaryError(f"{path}: missing field 'modes.{m}.per_seed'.")
-        if len(per) != d["num_seeds"]:
-            raise SummaryError(f"{path}: field 'modes.{m}.per_seed' has {len(per)} entries but "
-                               f"'num_seeds' is {d['num_seeds']}.")
-    for m in MODES if "curves" in d else ():  # learning curves: [steps][seeds] success rates
-        c = d["curves"].get(m) if isinstance(d["curves"], dict) else None
-        steps = c.get("steps") if isinstance(c, dict) else None
-        per = np.asarray(c.get("per_seed") if isinstance(c, dict) else None, dtype=object)
-        if not isinstance(steps, list) or per.shape != (len(steps), d["num_seeds"]):
-            raise SummaryError(f"{path}: field 'curves.{m}' must hold 'steps' (a list) and "
-                               f"'per_seed' ([len(steps)][num_seeds] success rates).")
-
-
 def load_raw(raw: Path) -> Runs:
     """Loads and validates every RAW/TASK/*.json; checks ablations against their headline run.
 
@@ -109,39 +80,48 @@ def load_raw(raw: Path) -> Runs:
         raise SummaryError(f"--raw {raw}: no TASK/ALGO_NAME.json results there; run "
                            "`python -m experiments.studies.reproduce` first or point --raw at them.")
     runs: Runs = {}
+    paths: dict[tuple[str, str, str], Path] = {}
     for path in files:
         try:
-            d = json.loads(path.read_text())
+            d = EvalResults.from_dict(json.loads(path.read_text()), str(path))
         except json.JSONDecodeError as e:
             raise SummaryError(f"{path}: not valid JSON ({e}).") from e
-        _validate(d, path)
-        # older results.json have the loss weighting only inside their config (default 'none')
-        d.setdefault("stage2_loss_weighting",
-                     (d.get("config") or {}).get("stage2", {}).get("loss_weighting", "none"))
-        key = (d["task"], d["algo"], str(d["stage2_name"]))
+        except ResultsError as e:
+            raise SummaryError(str(e)) from e
+        if d.task != path.parent.name:
+            raise SummaryError(f"{path}: field 'task' is {d.task!r} but the file is in folder "
+                               f"{path.parent.name!r}.")
+        key = (d.task, d.algo, d.stage2_name)
         if key in runs:
-            raise SummaryError(f"{path}: same task, algo and stage2_name as {runs[key]['_path']}.")
-        runs[key] = {**d, "_path": path}
-    first = next(iter(runs.values()))
+            raise SummaryError(f"{path}: same task, algo and stage2_name as {paths[key]}.")
+        runs[key], paths[key] = d, path
+    first_key = next(iter(runs))
+    first = runs[first_key]
     for (task, algo, name), d in runs.items():
-        if d["num_seeds"] != first["num_seeds"]:
-            raise SummaryError(f"{d['_path']}: field 'num_seeds' is {d['num_seeds']} but "
-                               f"{first['_path']} has {first['num_seeds']}; seeds are the runs.")
+        if d.num_seeds != first.num_seeds:
+            raise SummaryError(f"{paths[task, algo, name]}: field 'num_seeds' is {d.num_seeds} but "
+                               f"{paths[first_key]} has {first.num_seeds}; seeds are the runs.")
         if name == HEADLINE:
             continue
         head = runs.get((task, algo, HEADLINE))
+        where, head_file = paths[task, algo, name], paths.get((task, algo, HEADLINE))
         if head is None:
-            raise SummaryError(f"{d['_path']}: ablation {name!r} has no headline {algo} run "
+            raise SummaryError(f"{where}: ablation {name!r} has no headline {algo} run "
                                f"(stage2_name 'stage2') for task {task} to be paired with.")
         for field in PAIRED:
-            if d[field] != head[field]:
-                raise SummaryError(f"{d['_path']}: field {field!r} is {d[field]!r} but the headline "
-                                   f"{head['_path'].name} has {head[field]!r}; an ablation must "
-                                   "share its headline's seeds, episodes and stage 1.")
-        if not np.allclose(d["modes"]["stage1"]["per_seed"], head["modes"]["stage1"]["per_seed"]):
-            raise SummaryError(f"{d['_path']}: field 'modes.stage1.per_seed' differs from the "
-                               f"headline {head['_path'].name}; the runs are not paired.")
+            if getattr(d, field) != getattr(head, field):
+                raise SummaryError(f"{where}: field {field!r} is {_json(getattr(d, field))!r} but the "
+                                   f"headline {head_file.name} has {_json(getattr(head, field))!r}; an "
+                                   "ablation must share its headline's seeds, episodes and stage 1.")
+        if not np.allclose(d.modes["stage1"].per_seed, head.modes["stage1"].per_seed):
+            raise SummaryError(f"{where}: field 'modes.stage1.per_seed' differs from the "
+                               f"headline {head_file.name}; the runs are not paired.")
     return runs
+
+
+def _json(value: Any) -> Any:
+    """A record's value as its JSON file has it (tuples as lists), for messages."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _tasks(runs: Runs, algo: str | None = None, name: str = HEADLINE) -> list[str]:
@@ -151,7 +131,7 @@ def _tasks(runs: Runs, algo: str | None = None, name: str = HEADLINE) -> list[st
 
 def _matrix(runs: Runs, tasks: list[str], algo: str, name: str, mode: str) -> np.ndarray:
     """[seeds, tasks] success rates."""
-    return np.array([runs[t, algo, name]["modes"][mode]["per_seed"] for t in tasks], float).T
+    return np.array([runs[t, algo, name].modes[mode].per_seed for t in tasks], float).T
 
 
 def _fmt(iv: Interval | None, signed: bool = False) -> str:
@@ -163,7 +143,8 @@ def _fmt(iv: Interval | None, signed: bool = False) -> str:
 
 def _values(runs: Runs, field: str, algo: str | None = None) -> str:
     """The distinct values of `field` over all files, or over `algo`'s headline files."""
-    vals = {d[field] if not isinstance(d[field], list) else "–".join(map(str, d[field]))
+    vals = {getattr(d, field) if not isinstance(getattr(d, field), tuple)
+            else "–".join(map(str, getattr(d, field)))
             for (_, a, n), d in runs.items() if algo is None or (a == algo and n == HEADLINE)}
     return "/".join(sorted(map(str, vals)))
 
@@ -233,13 +214,13 @@ def _headline(runs: Runs, out: Path, reps: int) -> list[str]:
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(labels), 3.2))
     _bars(ax, labels, means, colors)
     ax.set_ylabel("success probability")
-    ax.set_title(f"mean over tasks ({runs[next(iter(runs))]['num_seeds']} seeds)", fontsize=9)
-    _save(fig, out / "fig3_headline.png")
+    ax.set_title(f"mean over tasks ({runs[next(iter(runs))].num_seeds} seeds)", fontsize=9)
+    save_figure(fig, out / "fig3_headline.png")
     fig, axes = _grid(len(tasks))
     for ax, t in zip(axes, tasks):
         _bars(ax, labels[:4], per_task[t], colors[:4])
         ax.set_title(t, fontsize=9)
-    _save(fig, out / "fig4_per_task.png")
+    save_figure(fig, out / "fig4_per_task.png")
     return lines + ["", "![Fig. 3: mean success over tasks](fig3_headline.png)", "",
                     "![Fig. 4: success per task](fig4_per_task.png)"]
 
@@ -315,7 +296,7 @@ def _aggregates(runs: Runs, out: Path, reps: int) -> list[str]:
     ax.set_yticks(range(len(poi)), [f"{a.upper()}: two-stage\n> stage 1" for a in poi], fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_title("P(improvement)", fontsize=9)
-    _save(fig, out / "fig_aggregates.png")
+    save_figure(fig, out / "fig_aggregates.png")
     from rliable import plot_utils
 
     taus = np.linspace(0.0, 1.0, 21)
@@ -326,7 +307,7 @@ def _aggregates(runs: Runs, out: Path, reps: int) -> list[str]:
         xlabel=r"success rate $\tau$", ylabel=r"fraction of runs with success $> \tau$",
         labelsize="small", ticklabelsize="small")
     ax.legend(fontsize=7)
-    _save(fig, out / "fig_performance_profiles.png")
+    save_figure(fig, out / "fig_performance_profiles.png")
     return lines + ["![Aggregates: IQM, mean, probability of improvement](fig_aggregates.png)", "",
                     "![Performance profiles](fig_performance_profiles.png)"]
 
@@ -336,18 +317,18 @@ def _success_curves(runs: Runs, out: Path) -> list[str]:
     mean ± std over seeds, one panel per task; returns the written file names."""
     written = []
     for algo in ALGOS:
-        tasks = [t for t in _tasks(runs, algo) if "curves" in runs[t, algo, HEADLINE]]
+        tasks = [t for t in _tasks(runs, algo) if runs[t, algo, HEADLINE].curves is not None]
         if not tasks:
             continue
         fig, axes = _grid(len(tasks))
         for ax, t in zip(axes, tasks):
             for mode, color in zip(MODES, COLORS[algo]):
-                c = runs[t, algo, HEADLINE]["curves"][mode]
-                per = np.asarray(c["per_seed"], float)  # [steps, seeds]
+                c = runs[t, algo, HEADLINE].curves[mode]
+                per = np.asarray(c.per_seed, float)  # [steps, seeds]
                 m, sd = per.mean(axis=1), per.std(axis=1)
                 label = f"{algo.upper()}(1)" if mode == "stage1" else f"{algo.upper()} two-stage"
-                ax.plot(c["steps"], m, marker="o", ms=3, color=color, lw=1, label=label)
-                ax.fill_between(c["steps"], np.clip(m - sd, 0, 1), np.clip(m + sd, 0, 1),
+                ax.plot(c.steps, m, marker="o", ms=3, color=color, lw=1, label=label)
+                ax.fill_between(c.steps, np.clip(m - sd, 0, 1), np.clip(m + sd, 0, 1),
                                 color=color, alpha=0.25)
             ax.set_ylim(0, 1)
             ax.set_title(t, fontsize=9)
@@ -355,7 +336,7 @@ def _success_curves(runs: Runs, out: Path) -> list[str]:
             ax.set_ylabel("success", fontsize=8)
             ax.legend(fontsize=7)
         name = f"fig4_success_curves_{algo}.png"
-        _save(fig, out / name)
+        save_figure(fig, out / name)
         written.append(name)
     return written
 
@@ -366,14 +347,15 @@ def _ablations(runs: Runs, out: Path, reps: int) -> list[str]:
     for algo, name in sorted({(a, n) for _, a, n in runs if n not in (HEADLINE, PAPER)}):
         tasks = _tasks(runs, algo, name)
         abl, head = runs[tasks[0], algo, name], runs[tasks[0], algo, HEADLINE]
-        changed = [s for s, (_, f, _) in STUDIES.items() if s != "other" and abl[f] != head[f]]
+        changed = [s for s, (_, f, _) in STUDIES.items()
+                   if s != "other" and getattr(abl, f) != getattr(head, f)]
         study = changed[0] if len(changed) == 1 else "other"
-        field = STUDIES[study][1]
-        groups[study].append({"algo": algo, "name": name, "tasks": tasks, "value": abl[field],
-                              "head_value": head[field], "short": _arm(study, abl[field]),
-                              "head_short": _arm(study, head[field]),
-                              "label": f"{algo.upper()} {_arm(study, abl[field])}",
-                              "head_label": f"{algo.upper()} {_arm(study, head[field])} (headline)"})
+        value, head_value = getattr(abl, STUDIES[study][1]), getattr(head, STUDIES[study][1])
+        groups[study].append({"algo": algo, "name": name, "tasks": tasks, "value": value,
+                              "head_value": head_value, "short": _arm(study, value),
+                              "head_short": _arm(study, head_value),
+                              "label": f"{algo.upper()} {_arm(study, value)}",
+                              "head_label": f"{algo.upper()} {_arm(study, head_value)} (headline)"})
     lines: list[str] = []
     for study, (title, field, figure) in STUDIES.items():
         if study not in groups:
@@ -406,7 +388,7 @@ def _ablations(runs: Runs, out: Path, reps: int) -> list[str]:
                   [c for g in groups[study] for c in COLORS[g["algo"]][::-1]])
             ax.set_ylabel("two-stage success")
             ax.set_title(f"{title} (mean over ablation tasks)", fontsize=9)
-            _save(fig, out / figure)
+            save_figure(fig, out / figure)
         if figure:
             lines += [f"![{title}]({figure})", ""]
     return lines
@@ -434,7 +416,7 @@ def _plot_crop(runs: Runs, group: list[dict[str, Any]], path: Path, reps: int) -
     ax.set_xlabel("stage-2 crop size (pixels)")
     ax.set_ylabel("success probability")
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _curve(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -481,25 +463,20 @@ def _learning_curves(runs_dir: Path, tasks: list[str], out: Path) -> list[str]:
                 ax.legend(fontsize=7)
         name = f"fig4_learning_curves_{algo}.png"
         if found:
-            _save(fig, out / name)
+            save_figure(fig, out / name)
             written.append(name)
         else:
             plt.close(fig)
     return written
 
 
-def _stage2_rates(d: dict) -> tuple[float, ...] | None:
-    """The effective stage-2 learning rates of a raw result (BC: one; CQL: actor, critic), or
-    None when its config does not say."""
-    c = d.get("config") or {}
-    s2 = c.get("stage2") or {}
-    if d.get("algo") == "cql":
-        cql = c.get("cql") or {}
-        actor = s2.get("cql_actor_lr") or cql.get("actor_lr")
-        critic = s2.get("cql_critic_lr") or cql.get("critic_lr")
-        return None if actor is None or critic is None else (float(actor), float(critic))
-    lr = s2.get("learning_rate")
-    return None if lr is None else (float(lr),)
+def _stage2_rates(d: EvalResults) -> tuple[float, ...] | None:
+    """The stage-2 learning rates of a run (BC: one; CQL: actor, critic), from its config (any
+    version, migrated), or None when the results file has no config."""
+    if not d.config:
+        return None
+    stage2 = from_dict(d.config).stage2
+    return (stage2.cql.actor_lr, stage2.cql.critic_lr) if d.algo == "cql" else (stage2.learning_rate,)
 
 
 def _shown(path: Path) -> str:
@@ -532,7 +509,7 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
     steps = "; ".join(f"{a.upper()} stage 1 {_values(results, 'stage1_step', a)} / stage 2 "
                       f"{_values(results, 'stage2_step', a)}" for a in ALGOS if _tasks(results, a))
     lines = ["# Two-stage agent on MetaWorld: summary", "",
-             (f"{first['num_seeds']} seeds × {_values(results, 'episodes_per_seed')} episodes per seed "
+             (f"{first.num_seeds} seeds × {_values(results, 'episodes_per_seed')} episodes per seed "
               f"(evaluation layout seeds {_values(results, 'eval_seeds')}); training steps: {steps}. "
               f"Cells: mean success [95% stratified bootstrap interval over seeds, {reps} resamples]. "
               f"Regenerate: `python -m experiments.studies.summarize --raw={_shown(raw)} --out={_shown(out)}`."),
@@ -550,7 +527,7 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
             def values(arm: str, get: Any) -> set:
                 return {get(d) for (_, al, n), d in results.items() if al == a and n == arm} - {None}
 
-            steps = lambda d: d["stage2_step"]
+            steps = lambda d: d.stage2_step
             ours, paper = values(HEADLINE, steps), values(PAPER, steps)
             if paper and paper != ours:
                 lines += [f"**{a.upper()}: the paper arm's stage 2 trained "

@@ -61,9 +61,8 @@ def define_flags() -> None:
 
 def run_config(workdir: Path, name: str):
     """The launcher config a stage-2 run was trained with (from its checkpoint's metadata)."""
-    import ml_collections
-
     from twostage_jax.checkpoint import Checkpointer
+    from twostage_jax.launch.config import from_dict
 
     directory = workdir / name / "checkpoints"
     if not directory.exists():
@@ -74,7 +73,7 @@ def run_config(workdir: Path, name: str):
         meta = ckpt.read_meta()
     finally:
         ckpt.close()
-    return ml_collections.ConfigDict(meta["config"])
+    return from_dict(meta["config"])  # any version (migrated)
 
 
 def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
@@ -83,8 +82,8 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     import jax
 
     import twostage_jax as tj
-    from experiments import rollouts
-    from experiments.launcher_config import train_config
+    from twostage_jax.launch import rollouts
+    from twostage_jax.launch.checks import train_config
     from twostage_jax import evaluation
 
     c1 = train_config(config, 1)
@@ -134,11 +133,12 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     import jax
 
     from experiments.studies import diagnose
-    from experiments.evaluate import eval_seeds
-    from experiments.launcher_config import train_config
-    from experiments.selection import policy_params
-    from experiments.workdir import load_demos
+    from twostage_jax.launch.evaluate import eval_seeds
+    from twostage_jax.launch.checks import train_config
+    from twostage_jax.launch.selection import policy_params
     from twostage_jax.checkpoint import write_json_atomic
+    from twostage_jax.launch.config import to_dict
+    from twostage_jax.launch.workdir import check_unused_layouts, load_demos
 
     config = run_config(workdir, name)
     seeds = list(range(seed, seed + episodes))
@@ -155,9 +155,9 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
                               "stage2_name": name, "stage1_step": max(step1), "stage2_step": max(step2),
                               "stage1_steps": step1, "stage2_steps": step2,
                               "num_seeds": int(config.num_seeds), "validation_seeds": [seeds[0], seeds[-1]],
-                              "config": json.loads(config.to_json_best_effort())}
+                              "config": to_dict(config)}
     if held_out > 0:
-        diagnose._check_disjoint(config, workdir, held_out_seed, held_out)
+        check_unused_layouts(config, workdir, held_out_seed, held_out, f"--held_out_seed={held_out_seed}")
         test = diagnose.held_out_dataset(config, workdir, held_out, held_out_seed)
         pooled: dict[str, list] = {}
         for s in range(int(config.num_seeds)):
@@ -279,6 +279,8 @@ def read_own(path: Path, workdir: Path) -> dict | None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
+    from twostage_jax.launch.checks import PipelineError
+
     if FLAGS.summary_of:
         if not Path(FLAGS.summary_of).is_dir():
             raise app.UsageError(f"--summary_of={FLAGS.summary_of} is not a folder.")
@@ -295,8 +297,8 @@ def main(argv: list[str]) -> int:
         given = [int(d) if d.strip() in ("0", "1") else d for d in FLAGS.corrected_dims]
         try:
             dims = tuple(int(d) for d in tj.check_corrected_dims(given))
-        except ValueError as e:
-            raise app.UsageError(str(e).replace("`corrected_dims`", "--corrected_dims")) from None
+        except tj.ConfigError as e:
+            raise app.UsageError(f"--{e.field} {e.message}") from None
     if FLAGS.episodes <= 0:
         raise app.UsageError(f"--episodes must be > 0; got {FLAGS.episodes}.")
     workdir = Path(FLAGS.workdir).absolute()
@@ -319,6 +321,8 @@ def main(argv: list[str]) -> int:
             except FileNotFoundError as e:
                 print(f"skip {name}: {e}", file=sys.stderr)
                 continue
+            except PipelineError as e:  # --held_out_seed's layouts are the workdir's
+                raise app.UsageError(str(e)) from None
         print(row(r), flush=True)
     return 0
 

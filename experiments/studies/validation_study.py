@@ -30,7 +30,7 @@ ARMS = {
     "whiten": ("paper", ["--config.stage2.loss_weighting=whiten"]),
     "noz_whiten": ("paper", ["--config.stage2.loss_weighting=whiten",
                              "--config.stage2.network.stage2_pose_input=False"]),
-    "cal": ("paper", ["--config.stage2.loss_weighting=whiten", "--config.stage2.calibrate_sigma=True"]),
+    "cal": ("paper", ["--config.stage2.loss_weighting=whiten", "--config.calibrate.sigma=True"]),
 }
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[st
     wd = root / task
     def launch(mode: str, variants: str = "", *extra: str) -> list[str]:
         config = f"--config={CONFIG}:{variants}" if variants else f"--config={CONFIG}"
-        return [sys.executable, "-m", "experiments.main", f"--mode={mode}", f"--workdir={wd}",
+        return [sys.executable, "-m", "twostage_jax.launch", f"--mode={mode}", f"--workdir={wd}",
                 f"--task={task}", config, *DEMOS, *extra]
 
     steps = [(wd / "demos" / "validation.npz", launch("demos")),

@@ -59,7 +59,6 @@ Rows:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -75,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import flags
 
 from twostage_jax._io import atomic_open
 from twostage_jax.bc import make_bc_update
@@ -221,7 +221,8 @@ def _jaxlib_version() -> str:
     return jaxlib.__version__
 
 
-def _dataset(size: int = 128):
+def bench_dataset(size: int = 128):
+    """The synthetic dataset the benchmarks train and crop on (16 episodes of 4 steps)."""
     return make_synthetic_dataset(num_episodes=16, steps_per_episode=4, image_size=size)
 
 
@@ -307,7 +308,7 @@ def seed_sharding_worker(devices: int, steps: int, repeats: int) -> dict[str, di
     if jax.device_count() != devices:
         raise RuntimeError(f"expected {devices} devices, found {jax.device_count()}.")
     cfg = size_config("quickstart", 1, "bc")
-    train, data = make_train(cfg, 1), prepare_data(_dataset(), cfg)
+    train, data = make_train(cfg, 1), prepare_data(bench_dataset(), cfg)
     keys = jax.random.split(jax.random.PRNGKey(1), SHARDING_SEEDS)
     mesh = sharding.seed_mesh(devices)
     states = init_seeds(train, keys, data, mesh)
@@ -356,7 +357,7 @@ def bench_seed_sharding(b: Bench, steps: int, repeats: int) -> dict[str, float]:
 
 def bench_crops(b: Bench, repeats: int) -> None:
     """crop/* rows: vmap(crop_at_pixel) over 128 crops of a 128x128 uint8 image."""
-    ds = _dataset()
+    ds = bench_dataset()
     img = jnp.asarray(ds.images[0])
     n = 128
     rng = np.random.default_rng(0)
@@ -736,21 +737,35 @@ SECTIONS = ("train_steps", "seeds", "seed_sharding", "batch_scaling", "crops", "
             "quickstart_train", "act", "sim", "eval", "step_profile")
 
 
+_FLAGS = flags.FlagValues()  # this script's own: importing it beside other scripts defines nothing
+flags.DEFINE_bool("quick", False, "fewer repeats/steps: < 10 min on 2 CPU cores", flag_values=_FLAGS)
+flags.DEFINE_string("out", DEFAULT_OUT, "JSON output path", flag_values=_FLAGS)
+flags.DEFINE_bool("skip-sim", False, "skip the simulator rows", flag_values=_FLAGS)
+flags.DEFINE_string("sections", ",".join(SECTIONS), f"comma-separated subset of {','.join(SECTIONS)} "
+                    "(default: all)", flag_values=_FLAGS)
+
+
+def _usage_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Runs the benchmark; returns the JSON payload."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats/steps: < 10 min on 2 CPU cores")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
-    p.add_argument("--skip-sim", action="store_true", help="skip the simulator rows")
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
-    args = p.parse_args(argv)
+    """Runs the benchmark with the command-line flags `argv` (absl); returns the JSON payload."""
+    _FLAGS.unparse_flags()
+    try:
+        rest = _FLAGS(["benchmark", *(sys.argv[1:] if argv is None else argv)])
+    except flags.Error as e:
+        _usage_error(str(e))
+    if len(rest) > 1:
+        _usage_error(f"unexpected positional arguments {rest[1:]}; every option is a --flag.")
+    args = _FLAGS
     sections = [x for x in args.sections.split(",") if x]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
-        p.error(f"--sections: unknown or empty {unknown or sections}; expected names from "
-                f"{', '.join(SECTIONS)}")
-    if args.skip_sim and "sim" in sections:
+        _usage_error(f"--sections: unknown or empty {unknown or sections}; expected names from "
+                     f"{', '.join(SECTIONS)}")
+    if args["skip-sim"].value and "sim" in sections:
         sections.remove("sim")
     steps, repeats = (3, 3) if args.quick else (10, 5)
     start = time.perf_counter()
@@ -759,7 +774,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps({k: b.meta[k] for k in ("backend", "device", "cpu_count", "conv_impl_auto",
                                              "versions")}))
     print(f"{'name':44s} {'value':>14s} {'unit':14s} notes")
-    ds = _dataset()
+    ds = bench_dataset()
     targets: dict[str, Any] = {}
     auto = resolve_conv_impl("auto")
     if "train_steps" in sections:

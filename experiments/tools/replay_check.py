@@ -11,8 +11,9 @@ replay of the stored keyframe actions of every kept demo in a fresh env, and the
 
 from __future__ import annotations
 
-import argparse
 import time
+
+from absl import app, flags
 
 from twostage_jax.data.demos import record_demos, replay_keyframes
 from twostage_jax.envs.metaworld import DEFAULT_TASKS, MetaWorldEnv
@@ -30,12 +31,21 @@ def check_task(task: str, num_demos: int, seed: int) -> dict:
             "keyframes": stats.mean_keyframes, "seconds": time.perf_counter() - start}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
-    parser.add_argument("--num_demos", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=1000)
-    args = parser.parse_args()
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines this script's absl flags (only when run as a script, so importing this module
+    beside the other experiment scripts never defines a flag twice)."""
+    flags.DEFINE_string("tasks", ",".join(DEFAULT_TASKS), "Comma-separated MetaWorld tasks.")
+    flags.DEFINE_integer("num_demos", 20, "Demos to keep per task.")
+    flags.DEFINE_integer("seed", 1000, "The first layout seed.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments {argv[1:]}; every option is a --flag.")
+    args = FLAGS
     print(f"{'task':26s} {'tried':>5s} {'expert':>6s} {'kept':>4s} {'keep%':>6s} "
           f"{'replay%':>7s} {'kf/demo':>7s} {'time_s':>6s}", flush=True)
     for task in args.tasks.split(","):
@@ -46,4 +56,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

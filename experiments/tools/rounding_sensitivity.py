@@ -12,12 +12,13 @@ a reference run and:
 
 from __future__ import annotations
 
-import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
-from experiments.tools.benchmark import _dataset, size_config
+from experiments.tools.benchmark import bench_dataset, size_config
 from twostage_jax.training import make_train, prepare_data
 
 
@@ -27,18 +28,33 @@ def max_rel_diff(a, b) -> float:
     return max(float(jnp.abs(x - y).max() / (jnp.abs(x).max() + 1e-12)) for x, y in pairs)
 
 
+_FLAGS = flags.FlagValues()  # this script's own: importing it beside other scripts defines nothing
+flags.DEFINE_string("steps", "10,30,100", "comma-separated step counts", flag_values=_FLAGS)
+
+
+def _usage_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", default="10,30,100", help="comma-separated step counts")
-    args = p.parse_args(argv)
+    """Runs the comparison with the command-line flags `argv` (absl); returns it by step count."""
+    _FLAGS.unparse_flags()
     try:
-        counts = [int(x) for x in args.steps.split(",")]
+        rest = _FLAGS(["rounding_sensitivity", *(sys.argv[1:] if argv is None else argv)])
+    except flags.Error as e:
+        _usage_error(str(e))
+    if len(rest) > 1:
+        _usage_error(f"unexpected positional arguments {rest[1:]}; every option is a --flag.")
+    steps = _FLAGS.steps
+    try:
+        counts = [int(x) for x in steps.split(",")]
     except ValueError:
-        p.error(f"--steps must be comma-separated ints; got {args.steps!r}")
+        _usage_error(f"--steps must be comma-separated ints; got {steps!r}")
     if not counts or min(counts) < 2:
-        p.error(f"--steps needs step counts >= 2; got {args.steps!r}")
+        _usage_error(f"--steps needs step counts >= 2; got {steps!r}")
     cfg = size_config("quickstart", 2, "bc")
-    trainer, data = make_train(cfg, 2), prepare_data(_dataset(), cfg)
+    trainer, data = make_train(cfg, 2), prepare_data(bench_dataset(), cfg)
     state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)
     nudged = state.replace(params=jax.tree_util.tree_map(lambda x: x * (1 + 1e-7), state.params))
     run = jax.jit(trainer.run, static_argnums=2)

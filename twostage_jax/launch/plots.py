@@ -16,11 +16,13 @@ from PIL import Image, ImageDraw  # noqa: E402
 from twostage_jax._io import atomic_open  # noqa: E402
 from twostage_jax.actions import action_to_pose  # noqa: E402
 from twostage_jax.geometry import project_points  # noqa: E402
+from twostage_jax.launch.results import EvalResults  # noqa: E402
 
 LABELS = {"stage1": "stage 1 alone", "two_stage": "two-stage"}
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Writes a matplotlib figure to `path` (atomically; the format from its suffix) and closes it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
@@ -28,24 +30,24 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def success_bars(results: dict, path: Path) -> None:
+def success_bars(results: EvalResults, path: Path) -> None:
     """Bar plot of mean success with bootstrap-interval error bars, one bar per policy."""
-    modes = list(results["modes"])
-    means = [results["modes"][m]["mean"] for m in modes]
-    err = np.array([[results["modes"][m]["mean"] - results["modes"][m]["ci_low"] for m in modes],
-                    [results["modes"][m]["ci_high"] - results["modes"][m]["mean"] for m in modes]])
+    modes = list(results.modes)
+    means = [results.modes[m].mean for m in modes]
+    err = np.array([[results.modes[m].mean - results.modes[m].ci_low for m in modes],
+                    [results.modes[m].ci_high - results.modes[m].mean for m in modes]])
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
-    algo = results["algo"].upper()
+    algo = results.algo.upper()
     names = [f"{algo}(1)" if m == "stage1" else f"{algo} two-stage" for m in modes]
     ax.bar(names, means, yerr=err, capsize=6, color=["#9aa9c4", "#2f5597"][: len(modes)])
     for i, m in enumerate(modes):
-        ax.scatter([i] * len(results["modes"][m]["per_seed"]), results["modes"][m]["per_seed"],
+        ax.scatter([i] * len(results.modes[m].per_seed), results.modes[m].per_seed,
                    color="k", s=10, zorder=3)
     ax.set_ylim(0, 1)
     ax.set_ylabel("success probability")
-    ax.set_title(f"{results['task']} ({results['num_seeds']} seeds x {results['episodes_per_seed']} ep.)",
+    ax.set_title(f"{results.task} ({results.num_seeds} seeds x {results.episodes_per_seed} ep.)",
                  fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def learning_curves(stage_dirs: list[Path], path: Path) -> None:
@@ -67,7 +69,7 @@ def learning_curves(stage_dirs: list[Path], path: Path) -> None:
         ax.set_yscale("log" if key == "bc_loss" else "linear")
         ax.set_title(name)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def rollout_frames(episode: Any, camera: Any, workspace: Any, path: Path, scale: int = 3) -> None:

@@ -12,7 +12,7 @@ Workdir layout:
   stage{1,2}/tb/                   TensorBoard event files
   stage2/pairing.json              the stage-1 checkpoint stage 2 pairs with
   stage2/calibration.json          a calibrated stage 2's sigma and crop size, fixed when it starts
-                                   (`launcher_config.calibration_path`)
+                                   (`checks.calibration_path`)
   eval/results.json, *.png, *.gif  success rates, intervals, plots and rollout frames
 
 With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
@@ -20,7 +20,7 @@ ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage
 
 What a workdir guarantees: the dataset is never replaced without `force`; a stage's
 checkpoints are only extended by a resume with the config they were trained with (compared
-field by field, see `launcher_config.program_fields`), and damaged ones are moved aside, never
+field by field, see `checks.program_fields`), and damaged ones are moved aside, never
 deleted; an evaluation only runs with the config its stages were trained with and replaces its
 folder as a unit, so a failure leaves the previous results whole.
 
@@ -30,6 +30,7 @@ The launcher's stages live beside this module: `demos.run_demos`, `train_stage.r
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -38,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 
 import twostage_jax as tj
-from experiments.launcher_config import (STAGE_NAMES, PipelineError, check_trained_with,
-                                         config_to_dict, seed_keys, train_config)
+from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, check_trained_with, seed_keys,
+                                         train_config)
+from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 
 
@@ -54,12 +55,12 @@ def validation_path(workdir: Path) -> Path:
     return workdir / "demos" / "validation.npz"
 
 
-def stage_dir(workdir: Path, stage: int, config: ml_collections.ConfigDict) -> Path:
+def stage_dir(workdir: Path, stage: int, config: LaunchConfig) -> Path:
     """workdir/stage1, or workdir/<config.stage2_name> (several stage-2 runs can share a stage 1)."""
-    return workdir / (STAGE_NAMES[1] if stage == 1 else str(config.stage2_name))
+    return workdir / (STAGE_NAMES[1] if stage == 1 else config.stage2_name)
 
 
-def eval_dir(workdir: Path, config: ml_collections.ConfigDict) -> Path:
+def eval_dir(workdir: Path, config: LaunchConfig) -> Path:
     """workdir/eval for the default stage 2, workdir/eval_<stage2_name> for a named one."""
     name = str(config.stage2_name)
     return workdir / ("eval" if name == STAGE_NAMES[2] else f"eval_{name}")
@@ -86,10 +87,29 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def config_record(config: ml_collections.ConfigDict) -> dict:
+def config_record(config: LaunchConfig) -> dict:
     """What STAGE/config.json and demos/config.json hold: when, the command line, the config."""
     return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv),
-            "config": config_to_dict(config)}
+            "config": to_dict(config)}
+
+
+def check_unused_layouts(config: LaunchConfig, workdir: Path, first: int, num: int, what: str) -> None:
+    """Raises PipelineError if `num` layouts from `first` (with room for the retries of failed
+    layouts) are used by the workdir's training demos, held-out demos or evaluation.
+
+    Args:
+      config: the config the workdir was evaluated with (its `eval` layouts).
+      workdir: the workdir (its demos/stats.json).
+      first, num: the layouts to check.
+      what: the setting that chose them, for the message (e.g. "--held_out_seed=50000").
+    """
+    stats = json.loads((workdir / "demos" / "stats.json").read_text())
+    used = set(stats["demo_seeds"]) | set(stats.get("validation_seeds", []))
+    used |= set(range(config.eval.seed, config.eval.seed + config.eval.num_episodes))
+    clash = used.intersection(range(first, first + 3 * num + 10))
+    if clash:
+        raise PipelineError(f"{what}: layout seeds {sorted(clash)[:5]} are used for training demos "
+                            "or evaluation; pick seeds beyond both.")
 
 
 def progress(total: int, initial: int, desc: str, unit: str = "step"):
@@ -117,7 +137,7 @@ def load_validation(workdir: Path) -> tj.Dataset | None:
     return load_dataset(path) if path.exists() else None
 
 
-def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+def stage1_pairing(config: LaunchConfig, workdir: Path) -> dict:
     """The stage-1 checkpoint a stage-2 run pairs with: the latest, checked to be intact and
     trained with this config's stage-1 fields."""
     directory = stage_dir(workdir, 1, config) / "checkpoints"
@@ -142,7 +162,7 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     check_trained_with(config, meta, 1, str(directory / str(step)), "cannot pair stage 2 with stage 1",
                        "Give stage 1's fields as it was trained (recorded in stage1/config.json), or "
                        "train the change in a fresh --workdir.")
-    from experiments import selection
+    from twostage_jax.launch import selection
 
     # the checkpoint of each seed that stage 2 is calibrated on and evaluated with
     steps = (selection.policy_params(config, workdir, 1)[1] if selection.selects(config, 1)
@@ -151,7 +171,7 @@ def stage1_pairing(config: ml_collections.ConfigDict, workdir: Path) -> dict:
             "steps": steps}
 
 
-def load_params(config: ml_collections.ConfigDict, workdir: Path, stage: int,
+def load_params(config: LaunchConfig, workdir: Path, stage: int,
                 dataset: tj.Dataset | None = None, step: int | None = None) -> tuple[Any, int]:
     """Parameters (leading seed axis) of a stage at `step` (default: the latest) and their step.
 

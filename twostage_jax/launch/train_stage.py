@@ -12,23 +12,23 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
 import twostage_jax as tj
-from experiments import selection
-from experiments.launcher_config import (STAGE_NAMES, PipelineError, calibration_path,
+from twostage_jax.launch import selection
+from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_path,
                                          check_trained_with, needs_calibration, seed_keys,
                                          seed_mesh, train_config)
-from experiments.workdir import (config_record, is_writer, load_demos, load_validation, progress, stage1_pairing, stage_dir,
-                                 validation_path)
+from twostage_jax.launch.config import LaunchConfig, to_dict
+from twostage_jax.launch.workdir import (config_record, is_writer, load_demos, load_validation, progress,
+                                        stage1_pairing, stage_dir, validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
 from twostage_jax.checkpoint import CheckpointError, Checkpointer, write_json_atomic
 
 
-def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool = False) -> dict:
+def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = False) -> dict:
     """Trains one stage for all seeds, with chunked logging and periodic checkpoints.
 
     A fresh stage refuses a folder that already holds checkpoints and writes its config to
@@ -40,7 +40,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
       A summary dict (final step, wall time, final metric means per seed).
     """
     out_dir = stage_dir(workdir, stage, config)
-    from experiments.rollouts import curve_steps
+    from twostage_jax.launch.rollouts import curve_steps
 
     # the learning curves' checkpoints (config.eval.curve_steps) and checkpoint selection's
     # candidates are kept beside the latest ones
@@ -56,7 +56,7 @@ def run_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resu
     return summary
 
 
-def _train_stage(config: ml_collections.ConfigDict, workdir: Path, stage: int, resume: bool,
+def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
                  out_dir: Path, ckpt: Checkpointer) -> dict:
     latest = ckpt.latest_step()
     if latest is not None and not resume:
@@ -213,12 +213,12 @@ class _MetricsLog:
             self._tb.close()
 
 
-def _checkpoint_meta(config: ml_collections.ConfigDict, stage: int, extra: dict | None = None) -> dict:
+def _checkpoint_meta(config: LaunchConfig, stage: int, extra: dict | None = None) -> dict:
     return {"stage": stage, "num_seeds": int(config.num_seeds), "algo": config.algo,
-            "task": config.task, "config": json.loads(config.to_json_best_effort()), **(extra or {})}
+            "task": config.task, "config": to_dict(config), **(extra or {})}
 
 
-def _resume_advice(stage: int, config: ml_collections.ConfigDict) -> str:
+def _resume_advice(stage: int, config: LaunchConfig) -> str:
     record = stage_dir(Path("."), stage, config).name + "/config.json"
     other = ("a fresh --workdir" if stage == 1 else
              "a fresh --workdir, or a new stage 2 beside it with --config.stage2_name=NAME")
@@ -226,7 +226,7 @@ def _resume_advice(stage: int, config: ml_collections.ConfigDict) -> str:
             f"change in {other}.")
 
 
-def _restore_newest_intact(ckpt: Checkpointer, like: Any, config: ml_collections.ConfigDict,
+def _restore_newest_intact(ckpt: Checkpointer, like: Any, config: LaunchConfig,
                            stage: int, out_dir: Path) -> tuple[Any, int]:
     """Restores the newest intact checkpoint; damaged newer ones are moved aside, saying so.
 
@@ -290,7 +290,7 @@ def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset
     return run
 
 
-def stage1_actions(config: ml_collections.ConfigDict, params1: Any, ds: tj.Dataset) -> np.ndarray:
+def stage1_actions(config: LaunchConfig, params1: Any, ds: tj.Dataset) -> np.ndarray:
     """[S, N, 7] stage 1's deterministic actions on every transition of `ds`, per seed."""
     act = tj.make_policy(train_config(config, 1), None, ds.workspace)
     cam = ds.camera(0)
@@ -306,7 +306,7 @@ def stage1_actions(config: ml_collections.ConfigDict, params1: Any, ds: tj.Datas
     return np.stack(out)
 
 
-def calibrate_stage2(config: ml_collections.ConfigDict, workdir: Path, dataset: tj.Dataset) -> dict:
+def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset) -> dict:
     """Calibrates stage 2's sigma and/or crop size to stage 1's errors on the validation demos.
 
     Stage 1 (its latest checkpoint, all seeds pooled) acts on every validation transition; sigma
@@ -323,14 +323,14 @@ def calibrate_stage2(config: ml_collections.ConfigDict, workdir: Path, dataset: 
     params1, steps1 = selection.policy_params(config, workdir, 1, dataset)
     a1 = stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
     a = np.tile(np.asarray(validation.action), (int(config.num_seeds), 1))
-    s2 = config.stage2
-    sigma = [float(x) for x in s2.sigma]
-    if bool(s2.get("calibrate_sigma", False)):
-        sigma = cal.calibrate_sigma(a1, a, floor=float(s2.get("sigma_floor", 0.02)), sigma=sigma).tolist()
-    offsets = cal.crop_offsets(validation.camera(0), validation.workspace, a1, a, bool(s2.rotate))
-    coverage = float(s2.get("crop_coverage", 0.95))
-    crop = int(s2.crop_size)
-    if crop == 0:
+    method, settings = config.stage2.stage2, config.calibrate
+    sigma = list(method.sigma)
+    if settings.sigma:
+        sigma = cal.calibrate_sigma(a1, a, floor=float(settings.sigma_floor), sigma=sigma).tolist()
+    offsets = cal.crop_offsets(validation.camera(0), validation.workspace, a1, a, method.rotate)
+    coverage = float(settings.crop_coverage)
+    crop = method.crop_size
+    if settings.crop_size:
         crop = cal.calibrate_crop_size(offsets, coverage=coverage, max_size=int(validation.images.shape[1]))
     dist = np.max(np.abs(offsets), axis=1)
     result = {"sigma": sigma, "crop_size": crop, "stage1_step": max(steps1), "stage1_steps": steps1,

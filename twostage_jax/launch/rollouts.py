@@ -14,6 +14,7 @@ stage 1 and stage 2 both at step k.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -21,10 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import numpy as np
 
 import twostage_jax as tj
+from twostage_jax.launch.config import LaunchConfig
 from twostage_jax.checkpoint import write_json_atomic
 from twostage_jax.evaluation import Episode, EnvPool, Job
 
@@ -34,19 +35,14 @@ EVAL_VERSION = 2
 row-by-row policy calls)."""
 
 
-def validate_eval_config(config: ml_collections.ConfigDict) -> None:
-    """Checks config.eval.workers and config.eval.curve_steps; raises ValueError naming them."""
-    workers = config.eval.get("workers", 1)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"config.eval.workers must be a positive int (1 = episodes one after "
-                         f"another in this process); got {workers!r}.")
-    steps = config.eval.get("curve_steps", ())
-    if isinstance(steps, (str, bytes)) or not isinstance(steps, (tuple, list)):
-        raise ValueError(f"config.eval.curve_steps must be a tuple of training steps; got {steps!r}.")
-    last = min(int(config.stage1.num_steps), int(config.stage2.num_steps))
-    every = int(config.train.log_every)
+def validate_eval_config(config: LaunchConfig) -> None:
+    """Checks config.eval.curve_steps against the stages and the cadence; raises ValueError
+    naming them (the EvalConfig checked its own fields when built)."""
+    steps = config.eval.curve_steps
+    last = min(config.stage1.num_steps, config.stage2.num_steps)
+    every = config.train.log_every
     for i, k in enumerate(steps):
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= last or k % every:
+        if not 0 < k <= last or k % every:
             raise ValueError(f"config.eval.curve_steps[{i}] must be a positive multiple of "
                              f"config.train.log_every ({every}) and at most both stages' num_steps "
                              f"({last}); got {k!r}.")
@@ -54,12 +50,12 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.eval.curve_steps must be increasing; got {tuple(steps)}.")
 
 
-def curve_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-    """The learning-curve steps of `config` (none in configs saved before they existed)."""
-    return tuple(int(k) for k in config.eval.get("curve_steps", ()))
+def curve_steps(config: LaunchConfig) -> tuple[int, ...]:
+    """The learning-curve steps of `config`."""
+    return config.eval.curve_steps
 
 
-def env_factory(config: ml_collections.ConfigDict) -> Callable[[], Any]:
+def env_factory(config: LaunchConfig) -> Callable[[], Any]:
     """A picklable zero-argument constructor of the evaluation env (one per worker)."""
     size = int(config.demos.image_size)
     if config.env == "metaworld":
@@ -117,13 +113,21 @@ class Stage1Cache:
         write_json_atomic(self.path, {"version": EVAL_VERSION, "entries": self._entries})
 
 
-def cache_setting(config: ml_collections.ConfigDict, seeds: list[int]) -> dict:
+def cache_setting(config: LaunchConfig, seeds: list[int]) -> dict:
     """What besides stage 1's parameters determines its evaluation episodes."""
     return {"version": EVAL_VERSION, "task": config.task, "env": config.env, "eval_seeds": seeds,
             "max_keyframes": int(config.demos.max_keyframes),
             "image_size": int(config.demos.image_size), "algo": config.algo,
-            "stage1_image_size": int(config.stage1.image_size),
-            "stage1_network": config.stage1.network.to_dict()}
+            "stage1_image_size": config.stage1.image_size or config.demos.image_size,
+            "stage1_network": _network_record(config.stage1.network)}
+
+
+def _network_record(network: tj.NetworkConfig) -> dict:
+    """The stage-1 network as the cache keys record it (as the ml_collections launcher did:
+    `crop_conv_strides` () for None), so caches of workdirs trained before stay valid."""
+    record = dataclasses.asdict(network)
+    record["crop_conv_strides"] = list(network.crop_conv_strides or ())
+    return json.loads(json.dumps(record))
 
 
 def seed_params(params: Any, s: int) -> Any:

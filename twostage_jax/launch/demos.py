@@ -6,15 +6,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import ml_collections
 from absl import logging
 
-from experiments.launcher_config import PipelineError
-from experiments.workdir import config_record, dataset_path, trained_stages, validation_path
+from twostage_jax.launch.checks import PipelineError
+from twostage_jax.launch.config import LaunchConfig
+from twostage_jax.launch.workdir import config_record, dataset_path, trained_stages, validation_path
 from twostage_jax.checkpoint import write_json_atomic
 
 
-def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = False) -> dict:
+def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
     """Records demonstrations, builds the keyframe dataset and writes it atomically.
 
     Args:
@@ -59,7 +59,7 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = Fa
         info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}
     ds = build_dataset(trajs, workspace, gamma=float(d.gamma), augment_every=int(d.augment_every))
     dataset_path(workdir).parent.mkdir(parents=True, exist_ok=True)
-    num_val = int(d.get("num_validation", 0))
+    num_val = d.num_validation
     if num_val > 0 and config.env == "metaworld":
         # Keyframe-to-keyframe chains only (no augmentation): the states a policy meets when it
         # acts keyframe by keyframe.
@@ -94,7 +94,7 @@ def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = Fa
     return info
 
 
-def _read_rlbench(config: ml_collections.ConfigDict) -> tuple[list, list[int]]:
+def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
     """RLBench's on-disk demos of config.task: (training trajectories, validation episode numbers).
 
     The last `config.demos.num_validation` episodes of ROOT/TASK/variation0/episodes are held out
@@ -110,13 +110,13 @@ def _read_rlbench(config: ml_collections.ConfigDict) -> tuple[list, list[int]]:
     except FileNotFoundError as e:
         raise PipelineError(f"config.rlbench_root: {e} Point it at the folder RLBench's dataset "
                             "generator wrote (its --save_path) and --task at a task folder in it.") from e
-    num_val = int(d.get("num_validation", 0))
+    num_val = d.num_validation
     if len(episodes) <= num_val:
         raise PipelineError(
             f"config.demos.num_validation ({num_val}) holds out the last {num_val} RLBench episodes "
             f"as validation demos, but {root}/{config.task}/variation0/episodes has {len(episodes)}; "
             "record more episodes, or lower config.demos.num_validation (0 needs "
-            "--config.stage2.calibrate_sigma=False and a crop size > 0).")
+            "--config.calibrate.sigma=False and --config.calibrate.crop_size=False).")
     train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
     trajs = load_rlbench_demos(root, config.task, episodes=train_episodes,
                                augment_every=int(d.augment_every))

@@ -1,10 +1,10 @@
 """The twostage_jax launcher: demos -> stage 1 -> stage 2 -> evaluation.
 
-Examples:
-  python -m experiments.main --mode=all --workdir=runs/quickstart
-  python -m experiments.main --mode=all --workdir=runs/paper_cql \
+Examples (from the repository root; `twostage` is the same command):
+  python -m twostage_jax.launch --mode=all --workdir=runs/quickstart
+  python -m twostage_jax.launch --mode=all --workdir=runs/paper_cql \
       --config=experiments/configs/paper.py:cql --task=drawer-open-v3
-  python -m experiments.main --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
+  python -m twostage_jax.launch --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
 
 Several hosts (or processes) train one run's seeds together, each its share, on the mesh of
 all their devices; process 0 writes the logs and results. Start the same command on each with
@@ -21,16 +21,15 @@ refusal to touch the workdir one too (exit status 2).
 from __future__ import annotations
 
 import logging as pylogging
-import os
-import re
 import sys
 from pathlib import Path
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from twostage_jax.launch import config_flags
+from twostage_jax.launch.config import LaunchConfig, replace_path
 
 MODES = ("demos", "stage1", "stage2", "eval", "all")
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "quickstart.py")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "all", MODES, "Which part of the pipeline to run.")
@@ -44,9 +43,9 @@ flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT o
                     "(calls jax.distributed.initialize).")
 flags.DEFINE_integer("num_processes", None, "Several processes: how many take part.")
 flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0 .. num_processes-1.")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "ml_collections config file "
-                                "(path[:variants]); fields can be overridden with --config.a.b=v.",
-                                lock_config=True)
+flags.DEFINE_string("config", str(config_flags.DEFAULT_CONFIG), "Config file[:variants] (a Python "
+                    "file with get_config(variants) -> LaunchConfig); override fields with --config.a.b=v.")
+_OVERRIDES: list[config_flags.Override] = []  # this invocation's --config.a.b=v, parsed with the flags
 
 
 class UsageError(app.UsageError):
@@ -61,49 +60,30 @@ def _exit_usage(message: str) -> None:
     sys.exit(1)
 
 
-def _unknown_field(error: BaseException, argv: list[str]) -> str | None:
-    """The message for a --config.a.b=v that names no config field (ml_collections raises
-    AttributeError or KeyError with a multi-line hint), or None if `error` is something else."""
-    text = error.args[0] if error.args else ""
-    if isinstance(text, BaseException):
-        text = text.args[0] if text.args else ""
-    match = re.match(r"'([^']+)'", str(text))
-    if not match:
-        return None
-    key = match.group(1)
-    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
-                 and key in a.split("=", 1)[0].split(".")[1:]), None)
-    if flag is None:
-        return None
-    hint = re.search(r'Did you mean "([^"]+)"', str(text))
-    return (f"{flag}: the config has no field {key!r}"
-            + (f"; did you mean {hint.group(1)!r}?" if hint else "."))
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with every error reported in one line (exit status 1)."""
+    """absl's flag parsing, and the `--config.a.b=v` overrides (parsed by their fields' types),
+    with every error reported in one line (exit status 1)."""
+    global _OVERRIDES
     try:
-        return FLAGS(argv)
+        rest, overrides = config_flags.split_overrides(argv)
+        _OVERRIDES = config_flags.parse_overrides(overrides)
+        return FLAGS(rest)
     except flags.Error as e:
         _exit_usage(str(e))
-    except (AttributeError, KeyError) as e:
-        message = _unknown_field(e, argv)
-        if message is None:
-            raise
-        _exit_usage(message)
+    except ValueError as e:  # ConfigError included: the field's dotted name, expected and got
+        _exit_usage(str(e))
     raise AssertionError("unreachable")
 
 
-def _resolve_config():
-    config = FLAGS.config
-    with config.unlocked():
-        if FLAGS.task is not None:
-            config.task = FLAGS.task
-        if FLAGS.num_seeds is not None:
-            config.num_seeds = FLAGS.num_seeds
-        if FLAGS.num_demos is not None:
-            config.demos.num_demos = FLAGS.num_demos
-    return config
+def _resolve_config() -> LaunchConfig:
+    """The --config file's config with --task, --num_seeds, --num_demos and the overrides."""
+    try:
+        config = config_flags.load_config_file(FLAGS.config)
+        changes = {"task": FLAGS.task, "num_seeds": FLAGS.num_seeds, "demos.num_demos": FLAGS.num_demos}
+        config = replace_path(config, {k: v for k, v in changes.items() if v is not None})
+        return config_flags.apply_overrides(config, _OVERRIDES)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def _check_task(config) -> None:
@@ -133,8 +113,8 @@ def _check_rlbench_installed(config) -> None:
 
 def _check_workdir(workdir: Path) -> None:
     """Refuses a --workdir that is a file, is missing where it must exist, or is not writable."""
-    from experiments.launcher_config import PipelineError
-    from experiments.workdir import ensure_writable
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.workdir import ensure_writable
 
     if workdir.exists() and not workdir.is_dir():
         raise UsageError(f"--workdir {workdir} is a file; expected a folder (existing, or one to "
@@ -190,11 +170,11 @@ def _main(argv: list[str]) -> int:
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: the directory for datasets, checkpoints and results.")
     distributed = _distributed_flags()
-    from experiments.demos import run_demos
-    from experiments.evaluate import format_results_table, run_eval
-    from experiments.launcher_config import PipelineError, seed_mesh, validate_config
-    from experiments.train_stage import run_stage
-    from experiments.workdir import dataset_path, eval_dir
+    from twostage_jax.launch.demos import run_demos
+    from twostage_jax.launch.evaluate import format_results_table, run_eval
+    from twostage_jax.launch.checks import PipelineError, seed_mesh, validate_config
+    from twostage_jax.launch.train_stage import run_stage
+    from twostage_jax.launch.workdir import dataset_path, eval_dir
 
     config = _resolve_config()
     try:

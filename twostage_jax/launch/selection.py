@@ -23,29 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
-from experiments import rollouts
-from experiments.launcher_config import STAGE_NAMES, PipelineError, train_config
+from twostage_jax.launch import rollouts
+from twostage_jax.launch.config import LaunchConfig
+from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
 from twostage_jax import evaluation
 from twostage_jax.checkpoint import write_json_atomic
 
-SELECT_MODES = ("last", "validation")
 SELECTION_VERSION = 1
 
 
-def selects(config: ml_collections.ConfigDict, stage: int) -> bool:
+def selects(config: LaunchConfig, stage: int) -> bool:
     """Whether `stage` acts with a validation-selected checkpoint (else its latest)."""
-    return str(_stage(config, stage).get("select", "last")) == "validation"
+    return config.stage(stage).select == "validation"
 
 
-def _stage(config: ml_collections.ConfigDict, stage: int) -> ml_collections.ConfigDict:
-    return config.stage1 if stage == 1 else config.stage2
-
-
-def candidate_steps(config: ml_collections.ConfigDict, stage: int) -> tuple[int, ...]:
+def candidate_steps(config: LaunchConfig, stage: int) -> tuple[int, ...]:
     """The steps whose checkpoints are candidates (and so kept while training), increasing.
 
     `config.stageN.select_steps`, or if empty every `config.train.checkpoint_every` steps; the
@@ -53,39 +48,28 @@ def candidate_steps(config: ml_collections.ConfigDict, stage: int) -> tuple[int,
     """
     if not selects(config, stage):
         return ()
-    s = _stage(config, stage)
-    total = int(s.num_steps)
-    steps = tuple(int(k) for k in s.get("select_steps", ()))
-    if not steps:
-        every = int(config.train.checkpoint_every)
-        steps = tuple(range(every, total + 1, every))
-    return tuple(sorted({*steps, total}))
+    s = config.stage(stage)
+    steps = s.select_steps or tuple(range(config.train.checkpoint_every, s.num_steps + 1,
+                                          config.train.checkpoint_every))
+    return tuple(sorted({*steps, s.num_steps}))
 
 
-def validation_layouts(config: ml_collections.ConfigDict) -> list[int]:
+def validation_layouts(config: LaunchConfig) -> list[int]:
     """The validation layout seeds of checkpoint selection."""
-    lo = int(config.select.seed)
-    return list(range(lo, lo + int(config.select.episodes)))
+    return list(range(config.select.seed, config.select.seed + config.select.episodes))
 
 
-def validate_select_config(config: ml_collections.ConfigDict) -> None:
-    """Checks config.stageN.select / select_steps and config.select; raises ValueError naming them.
+def validate_select_config(config: LaunchConfig) -> None:
+    """Checks config.stageN.select_steps and config.select's layouts; raises ValueError naming them.
 
     The validation layouts must not overlap the evaluation layouts, the training demos' or the
     held-out demos' layouts: a checkpoint chosen on evaluation episodes would bias the result.
     """
     for stage in (1, 2):
-        name, s = STAGE_NAMES[stage], _stage(config, stage)
-        mode = s.get("select", "last")
-        if mode not in SELECT_MODES:
-            raise ValueError(f"config.{name}.select must be one of {SELECT_MODES}; got {mode!r}.")
-        steps = s.get("select_steps", ())
-        if isinstance(steps, (str, bytes)) or not isinstance(steps, (tuple, list)):
-            raise ValueError(f"config.{name}.select_steps must be a tuple of training steps; got "
-                             f"{steps!r}.")
-        every, total = int(config.train.log_every), int(s.num_steps)
+        name, s = STAGE_NAMES[stage], config.stage(stage)
+        every, total, steps = config.train.log_every, s.num_steps, s.select_steps
         for i, k in enumerate(steps):
-            if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= total or k % every:
+            if not 0 < k <= total or k % every:
                 raise ValueError(f"config.{name}.select_steps[{i}] must be a positive multiple of "
                                  f"config.train.log_every ({every}) and at most config.{name}."
                                  f"num_steps ({total}); got {k!r}.")
@@ -93,29 +77,20 @@ def validate_select_config(config: ml_collections.ConfigDict) -> None:
                 raise ValueError(f"config.{name}.select_steps must be increasing; got {tuple(steps)}.")
     if not any(selects(config, stage) for stage in (1, 2)):
         return
-    sel = config.select
-    for field in ("episodes", "seed"):
-        value = sel[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if field == "episodes" else 0):
-            raise ValueError(f"config.select.{field} must be {'a positive' if field == 'episodes' else 'a non-negative'} "
-                             f"int; got {value!r}.")
-    lo, hi = int(sel.seed), int(sel.seed) + int(sel.episodes)
-    ev_lo, ev_hi = int(config.eval.seed), int(config.eval.seed) + int(config.eval.num_episodes)
+    sel, d = config.select, config.demos
+    lo, hi = sel.seed, sel.seed + sel.episodes
+    ev_lo, ev_hi = config.eval.seed, config.eval.seed + config.eval.num_episodes
     if lo < ev_hi and ev_lo < hi:
         raise ValueError(f"config.select.seed: the validation layouts {lo}..{hi - 1} overlap the "
                          f"evaluation layouts {ev_lo}..{ev_hi - 1} (config.eval.seed); choose "
                          "checkpoints on layouts evaluation never uses, e.g. 200000.")
-    demo_hi = int(config.demos.seed) + 3 * int(config.demos.num_demos) + 10  # failed layouts retried
+    demo_hi = d.seed + 3 * d.num_demos + 10  # failed layouts retried
     if lo < demo_hi:
         raise ValueError(f"config.select.seed ({lo}) must start beyond the training demos' layouts "
-                         f"(config.demos.seed {config.demos.seed} .. about {demo_hi}).")
-    num_val = int(config.demos.get("num_validation", 0))
-    val_lo = int(config.demos.get("validation_seed", 0))
-    if num_val and lo < val_lo + 3 * num_val + 10 and val_lo < hi:
+                         f"(config.demos.seed {d.seed} .. about {demo_hi}).")
+    if d.num_validation and lo < d.validation_seed + 3 * d.num_validation + 10 and d.validation_seed < hi:
         raise ValueError(f"config.select.seed: the validation layouts {lo}..{hi - 1} overlap the "
-                         f"held-out demos' layouts from config.demos.validation_seed ({val_lo}).")
-    if not isinstance(sel.get("per_seed", True), bool):
-        raise ValueError(f"config.select.per_seed must be True or False; got {sel.per_seed!r}.")
+                         f"held-out demos' layouts from config.demos.validation_seed ({d.validation_seed}).")
 
 
 def choose_steps(steps: Any, success: Any, per_seed: bool = True) -> list[int]:
@@ -140,8 +115,8 @@ def choose_steps(steps: Any, success: Any, per_seed: bool = True) -> list[int]:
     return [int(steps[i]) for i in np.argmax(success, axis=0)]  # argmax: the first maximum
 
 
-def selection_path(workdir: Path, config: ml_collections.ConfigDict, stage: int) -> Path:
-    from experiments.workdir import stage_dir
+def selection_path(workdir: Path, config: LaunchConfig, stage: int) -> Path:
+    from twostage_jax.launch.workdir import stage_dir
 
     return stage_dir(workdir, stage, config) / "selection.json"
 
@@ -150,14 +125,14 @@ def _stack_seeds(per_seed: list[Any]) -> Any:
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *per_seed)
 
 
-def policy_params(config: ml_collections.ConfigDict, workdir: Path, stage: int, dataset: Any = None,
+def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any = None,
                   progress: bool = True) -> tuple[Any, list[int]]:
     """The parameters a stage acts with (leading seed axis), and the step of each seed.
 
     The latest checkpoint when the stage does not select; else each seed's validation-selected
     checkpoint (selected now if STAGE/selection.json is missing or stale).
     """
-    from experiments.workdir import load_params
+    from twostage_jax.launch.workdir import load_params
 
     num = int(config.num_seeds)
     if not selects(config, stage):
@@ -168,22 +143,22 @@ def policy_params(config: ml_collections.ConfigDict, workdir: Path, stage: int, 
     return _stack_seeds([rollouts.seed_params(loaded[k], s) for s, k in enumerate(chosen)]), chosen
 
 
-def _setting(config: ml_collections.ConfigDict, stage: int, fingerprints: dict[int, list[str]],
+def _setting(config: LaunchConfig, stage: int, fingerprints: dict[int, list[str]],
              under: list[str] | None) -> dict:
     """What a selection depends on; a record with another setting is stale."""
     setting = {"version": SELECTION_VERSION, "stage": stage,
-               "layouts": validation_layouts(config), "per_seed": bool(config.select.get("per_seed", True)),
+               "layouts": validation_layouts(config), "per_seed": config.select.per_seed,
                "candidates": {str(k): v for k, v in fingerprints.items()},
                "evaluation": rollouts.cache_setting(config, validation_layouts(config))}
     if stage == 2:
         setting["stage1_params_sha256"] = under
-        setting["correction_passes"] = int(config.eval.get("correction_passes", 1))
-        dims = config.eval.get("corrected_dims")
-        setting["corrected_dims"] = None if dims is None else [int(d) for d in dims]
+        setting["correction_passes"] = config.eval.correction_passes
+        dims = config.eval.corrected_dims
+        setting["corrected_dims"] = None if dims is None else list(dims)
     return json.loads(json.dumps(setting))  # as read back from the record (tuples as lists)
 
 
-def ensure_selection(config: ml_collections.ConfigDict, workdir: Path, stage: int, dataset: Any = None,
+def ensure_selection(config: LaunchConfig, workdir: Path, stage: int, dataset: Any = None,
                      progress: bool = True) -> dict:
     """Reads STAGE/selection.json, or selects on validation layouts and writes it.
 
@@ -194,7 +169,7 @@ def ensure_selection(config: ml_collections.ConfigDict, workdir: Path, stage: in
     Raises:
       PipelineError: a candidate's checkpoint is missing (select_steps set after training).
     """
-    from experiments.workdir import (ensure_writable, load_demos, load_params, progress as bar_for,
+    from twostage_jax.launch.workdir import (ensure_writable, load_demos, load_params, progress as bar_for,
                                      stage_dir)
 
     name = STAGE_NAMES[stage]
@@ -223,22 +198,21 @@ def ensure_selection(config: ml_collections.ConfigDict, workdir: Path, stage: in
     c2 = train_config(config, 2, workdir) if stage == 2 else None
     cache = rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
                                  rollouts.cache_setting(config, layouts))
-    dims = config.eval.get("corrected_dims")
     ev = rollouts.Evaluation(c1, c2, dataset.workspace, layouts, num, cache, modes=(mode,),
-                             correction_passes=int(config.eval.get("correction_passes", 1)),
-                             corrected_dims=None if dims is None else tuple(int(d) for d in dims))
+                             correction_passes=config.eval.correction_passes,
+                             corrected_dims=config.eval.corrected_dims)
     for k in steps:
         ev.add(k, params[k] if stage == 1 else params1, params[k] if stage == 2 else None)
     bar = bar_for(0, 0, f"select {name} on validation", unit="episode") if progress else None
     start = time.perf_counter()
     try:
-        with evaluation.EnvPool(rollouts.env_factory(config), int(config.eval.get("workers", 1))) as pool:
+        with evaluation.EnvPool(rollouts.env_factory(config), config.eval.workers) as pool:
             success, _ = ev.run(pool, bar)
     finally:
         if bar is not None:
             bar.close()
     rates = np.stack([success[k][mode].mean(axis=1) for k in steps])  # [K, S]
-    per_seed = bool(config.select.get("per_seed", True))
+    per_seed = config.select.per_seed
     chosen = choose_steps(steps, rates, per_seed)
     record = {"setting": setting, "stage": name, "policy": mode, "steps": list(steps),
               "success": rates.tolist(), "mean": rates.mean(axis=1).tolist(),

@@ -6,21 +6,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-import ml_collections
 from absl import logging
 
-from experiments import selection
-from experiments.launcher_config import STAGE_NAMES, PipelineError, config_to_dict, train_config
-from experiments.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
+from twostage_jax.launch import selection
+from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
+from twostage_jax.launch.config import LaunchConfig, to_dict
+from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
+from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
                                  stage_dir)
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder
 from twostage_jax.checkpoint import write_json_atomic
 
 
-def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
+def eval_seeds(config: LaunchConfig, workdir: Path) -> list[int]:
     """Evaluation layout seeds; they must not overlap the demo seeds."""
     seeds = [int(config.eval.seed) + i for i in range(int(config.eval.num_episodes))]
     stats_path = workdir / "demos" / "stats.json"
@@ -33,7 +33,7 @@ def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:
     return seeds
 
 
-def _latest_step(config: ml_collections.ConfigDict, workdir: Path, stage: int) -> int:
+def _latest_step(config: LaunchConfig, workdir: Path, stage: int) -> int:
     """The stage's newest checkpoint step (how far it trained)."""
     from twostage_jax.checkpoint import Checkpointer
 
@@ -44,7 +44,7 @@ def _latest_step(config: ml_collections.ConfigDict, workdir: Path, stage: int) -
         ckpt.close()
 
 
-def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
 
     Before any rollout it checks that both stages were trained with this config and that the
@@ -52,7 +52,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
     results whole.
     """
-    from experiments import plots, rollouts
+    from twostage_jax.launch import plots, rollouts
 
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
@@ -81,9 +81,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     # Stage 1 alone does not depend on stage 2: ablations sharing a stage 1 reuse its rollouts.
     cache = rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
                                  rollouts.cache_setting(config, seeds))
-    passes = int(config.eval.get("correction_passes", 1))
-    dims = config.eval.get("corrected_dims")
-    dims = None if dims is None else tuple(int(d) for d in dims)
+    passes, dims = config.eval.correction_passes, config.eval.corrected_dims
     ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
                              corrected_dims=dims)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes))
@@ -95,7 +93,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     bar = progress(0, 0, "eval", unit="episode")
     start = time.perf_counter()
     try:
-        with evaluation.EnvPool(rollouts.env_factory(config), int(config.eval.get("workers", 1))) as pool:
+        with evaluation.EnvPool(rollouts.env_factory(config), config.eval.workers) as pool:
             by_tag, recorded = ev.run(pool, bar)
             camera = pool.camera
     finally:
@@ -104,37 +102,38 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         logging.info("reusing stage-1 rollouts of %d seed checkpoint(s) from %s", ev.reused, cache.path)
     success = by_tag["final"]
     rates = {m: success[m].mean(axis=1) for m in policies}
-    reps = int(config.eval.bootstrap_reps)
-    results: dict[str, Any] = {
-        "task": config.task, "algo": config.algo, "env": config.env, "num_seeds": num_seeds,
-        "episodes_per_seed": len(seeds), "eval_seeds": [seeds[0], seeds[-1]],
-        "stage1_step": step1, "stage2_step": step2, "stage1_steps": steps1, "stage2_steps": steps2,
-        "selection": {STAGE_NAMES[s]: selection.summary(selection.ensure_selection(config, workdir, s,
-                                                                                   dataset, False))
-                      for s in (1, 2) if selection.selects(config, s)},
-        "stage2_mode": config.stage2.mode,
-        "crop_size": int(config.stage2.crop_size), "stage2_name": str(config.stage2_name),
-        "stage2_q_target": c2.cql.target if config.algo == "cql" else None,
-        "stage2_sigma": list(c2.stage2.sigma), "stage2_crop_size": c2.stage2.crop_size,
-        "stage2_loss_weighting": c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
-        "correction_passes": passes, "corrected_dims": None if dims is None else list(dims),
-        "eval_seconds": time.perf_counter() - start, "config": config_to_dict(config),
-        "modes": {}}
+    reps = config.eval.bootstrap_reps
+    modes = {}
     for m in policies:
         ci = evaluation.bootstrap_interval(rates[m], reps=reps)
-        results["modes"][m] = {"per_seed": rates[m].tolist(), "mean": ci.mean, "ci_low": ci.low,
-                               "ci_high": ci.high,
-                               "episodes": success[m].astype(int).tolist()}
+        modes[m] = ModeResult(tuple(rates[m].tolist()), ci.mean, ci.low, ci.high,
+                              tuple(tuple(row) for row in success[m].astype(int).tolist()))
     gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
-    results["gain"] = {"mean": gain.mean, "ci_low": gain.low, "ci_high": gain.high}
+    curves = None
     if rollouts.curve_steps(config):  # [steps][seeds] success rates, the final checkpoint last
         # (a validation-selected policy is no single step: its curve is the kept checkpoints')
         tags = curve + (["final"] if final else [])
-        results["curves"] = {m: {"steps": curve + ([step1 if m == "stage1" else step2] if final else []),
-                                 "per_seed": [by_tag[t][m].mean(axis=1).tolist() for t in tags]}
-                             for m in policies}
+        curves = {m: Curve(tuple(curve + ([step1 if m == "stage1" else step2] if final else [])),
+                           tuple(tuple(by_tag[t][m].mean(axis=1).tolist()) for t in tags))
+                  for m in policies}
+    results = EvalResults(
+        task=config.task, algo=config.algo, env=config.env, num_seeds=num_seeds,
+        episodes_per_seed=len(seeds), eval_seeds=(seeds[0], seeds[-1]),
+        stage1_step=step1, stage2_step=step2, stage1_steps=tuple(steps1), stage2_steps=tuple(steps2),
+        selection={STAGE_NAMES[s]: selection.summary(selection.ensure_selection(config, workdir, s,
+                                                                                dataset, False))
+                   for s in (1, 2) if selection.selects(config, s)},
+        stage2_mode=config.stage2.stage2.mode,
+        crop_size=0 if config.calibrate.crop_size else config.stage2.stage2.crop_size,
+        stage2_name=config.stage2_name,
+        stage2_q_target=c2.cql.target if config.algo == "cql" else None,
+        stage2_sigma=tuple(c2.stage2.sigma), stage2_crop_size=c2.stage2.crop_size,
+        stage2_loss_weighting=c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
+        correction_passes=passes, corrected_dims=dims,
+        eval_seconds=time.perf_counter() - start, config=to_dict(config),
+        modes=modes, gain=Interval(gain.mean, gain.low, gain.high), curves=curves)
     with atomic_folder(out_dir) as tmp:
-        write_json_atomic(tmp / "results.json", results)
+        write_json_atomic(tmp / "results.json", results.to_dict())
         plots.success_bars(results, tmp / "success.png")
         plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],
                               tmp / "learning_curves.png")
@@ -143,15 +142,15 @@ def run_eval(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return results
 
 
-def format_results_table(results: dict) -> str:
+def format_results_table(results: EvalResults) -> str:
     """A plain-text table of stage-1 vs two-stage success with intervals."""
     rows = [f"{'policy':<12} {'success':>8}  {'95% CI':>15}  per-seed",
             "-" * 60]
-    for mode, r in results["modes"].items():
-        per = " ".join(f"{x:.2f}" for x in r["per_seed"])
-        rows.append(f"{mode:<12} {r['mean']:>8.3f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  {per}")
-    g = results["gain"]
-    rows.append(f"{'gain':<12} {g['mean']:>+8.3f}  [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]")
-    head = (f"task={results['task']} algo={results['algo']} seeds={results['num_seeds']} "
-            f"episodes/seed={results['episodes_per_seed']}")
+    for mode, r in results.modes.items():
+        per = " ".join(f"{x:.2f}" for x in r.per_seed)
+        rows.append(f"{mode:<12} {r.mean:>8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  {per}")
+    g = results.gain
+    rows.append(f"{'gain':<12} {g.mean:>+8.3f}  [{g.ci_low:+.3f}, {g.ci_high:+.3f}]")
+    head = (f"task={results.task} algo={results.algo} seeds={results.num_seeds} "
+            f"episodes/seed={results.episodes_per_seed}")
     return head + "\n" + "\n".join(rows)

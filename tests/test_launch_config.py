@@ -1,0 +1,149 @@
+"""The launcher's config: one schema of frozen dataclasses, its command-line overrides, and the
+migration of stored configs written by older launchers (no training here, except by reusing the
+session's `trained` workdir)."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import twostage_jax as tj
+from tests._launcher import smoke
+from twostage_jax.launch import config_flags
+from twostage_jax.launch.checks import PipelineError, config_differences, program_fields
+from twostage_jax.launch.config import UnknownFieldError, from_dict, replace_path, to_dict
+from twostage_jax.launch.migrate import CONFIG_VERSION, migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / "experiments" / "results" / "repro" / "raw"
+V1_SMOKE = Path(__file__).parent / "data" / "v1_smoke_config.json"  # written by the ml_collections launcher
+
+
+def _flags(*pairs):
+    return config_flags.parse_overrides([(f"config.{k}", v) for k, v in pairs])
+
+
+def test_stages_are_the_library_train_config():
+    c = smoke("cql")
+    t1 = c.stage1.train_config()
+    assert type(t1) is tj.TrainConfig and t1.network == c.stage1.network and t1.cql == c.stage1.cql
+    assert c.stage2.train_config().stage2 == c.stage2.stage2  # stage 2's method: tj.Stage2Config
+    # per-stage CQL: each stage its own CQLConfig
+    c = replace_path(c, {"stage1.cql.actor_lr": 1e-3})
+    assert (c.stage1.cql.actor_lr, c.stage2.cql.actor_lr) == (1e-3, 1e-4)
+
+
+def test_to_dict_round_trips_and_carries_the_version():
+    c = replace_path(smoke("cql,td"), {"eval.corrected_dims": (1, 1, 1, 0, 0, 0, 1),
+                                       "stage2.stage2.gripper_clip": 0.9})
+    d = json.loads(json.dumps(to_dict(c)))
+    assert d["version"] == CONFIG_VERSION and from_dict(d) == c
+    with pytest.raises(ValueError, match="newer than this launcher's"):
+        from_dict({**d, "version": CONFIG_VERSION + 1})
+    with pytest.raises(UnknownFieldError, match=r"config\.stage1\.network\.mlp_hiden: .*did you mean 'mlp_hidden'"):
+        from_dict({**d, "stage1": {**d["stage1"], "network": {"mlp_hiden": 3}}})
+
+
+def test_command_line_values_are_parsed_by_their_fields_type():
+    c = config_flags.apply_overrides(smoke(), _flags(
+        ("eval.curve_steps", "(2,)"), ("stage2.crop_size", "8"), ("stage1.learning_rate", "1e-3"),
+        ("calibrate.sigma", "False"), ("stage2.stage2.gripper_clip", "None"), ("seed_devices", "2"),
+        ("stage2_name", "wide"), ("eval.corrected_dims", "(1, 1, 1, 0, 0, 0, 1)")))
+    assert c.eval.curve_steps == (2,) and c.stage2.stage2.crop_size == 8  # stage2.X: stage2.stage2.X
+    assert c.stage1.learning_rate == 1e-3 and c.calibrate.sigma is False and c.seed_devices == 2
+    assert c.stage2.stage2.gripper_clip is None and c.stage2_name == "wide"
+    assert c.eval.corrected_dims == (1, 1, 1, 0, 0, 0, 1)
+    for (path, text), message in [
+            (("eval.curve_steps", "2"), "config.eval.curve_steps must be a tuple, e.g. (2,) or (1, 2); got '2'."),
+            (("stage1.num_steps", "1.5"), "config.stage1.num_steps must be an int; got '1.5'."),
+            (("calibrate.sigma", "maybe"), "config.calibrate.sigma must be True or False; got 'maybe'."),
+            (("stage1.network", "3"), "config.stage1.network is a group of fields; set one of them"),
+            (("algo", "cql"), "--config.algo: the config has no field 'algo'; did you mean "
+                              "'stage1.algo' or 'stage2.algo'?"),
+            (("stage1.crop_size", "8"), "--config.stage1.crop_size: the config has no field 'crop_size'")]:
+        with pytest.raises(ValueError) as e:
+            _flags((path, text))
+        assert str(e.value).startswith(message), str(e.value)
+    with pytest.raises(tj.ConfigError) as e:  # a value the library's dataclass refuses
+        config_flags.apply_overrides(smoke(), _flags(("stage1.network.mlp_hidden", "0")))
+    assert str(e.value) == "config.stage1.network.mlp_hidden must be a positive int; got 0."
+    assert e.value.field == "mlp_hidden"
+
+
+def test_an_old_ml_collections_config_migrates_to_todays_repro_config():
+    # A results file the ml_collections launcher wrote (BC, push-v3), and the same settings today.
+    old = json.loads((RAW / "push-v3" / "bc_stage2.json").read_text())["config"]
+    assert "version" not in old and "calibrate_sigma" in old["stage2"]
+    from experiments.configs import repro
+
+    now = replace_path(repro.get_config("bc"), {"task": "push-v3"})
+    migrated = from_dict(old)
+    for stage in (1, 2):
+        assert program_fields(migrated, stage) == program_fields(now, stage)
+        assert config_differences(old, now, stage) == []
+    assert migrated.stage1.num_steps == 2000 and now.stage1.num_steps == 20_000  # not compared
+    # the stage-1 rollout cache (and checkpoint selection's records) keep their keys
+    from twostage_jax.launch.rollouts import EVAL_VERSION, cache_setting
+
+    assert json.loads(json.dumps(cache_setting(migrated, [1, 2]))) == {
+        "version": EVAL_VERSION, "task": "push-v3", "env": "metaworld", "eval_seeds": [1, 2],
+        "max_keyframes": 20, "image_size": 128, "algo": "bc", "stage1_image_size": 64,
+        "stage1_network": old["stage1"]["network"]}
+    # the paper arm: its stage 2 was the paper's method
+    old = json.loads((RAW / "push-v3" / "cql_paper.json").read_text())["config"]
+    now = replace_path(repro.get_config("cql,paper"), {"task": "push-v3", "stage2_name": "paper"})
+    assert config_differences(old, now, 1) == config_differences(old, now, 2) == []
+    assert from_dict(old).stage1.cql.actor_lr == 1e-3  # stage1.cql_actor_lr became stage 1's own
+
+
+def test_fields_older_configs_lack_migrate_to_their_old_meaning():
+    old = json.loads(V1_SMOKE.read_text())
+    for key in ("loss_weighting", "gripper_clip", "calibrate_sigma", "cql_target", "cql_actor_lr",
+                "cql_bc_weight", "select", "select_steps", "min_move"):
+        old["stage2"].pop(key)
+    old["stage2"]["network"].pop("crop_conv_strides")
+    old["stage2"]["crop_size"] = 0  # 'auto': calibrated
+    old["algo"], old["cql"]["target"] = "cql", "td"
+    for key in ("correction_passes", "corrected_dims", "curve_steps", "workers"):
+        old["eval"].pop(key)
+    old.pop("seed_devices")
+    new = migrate(old)
+    assert new["version"] == CONFIG_VERSION and "version" not in old  # the input is not changed
+    c = from_dict(old)
+    assert c.stage2.stage2.loss_weighting == "none" and c.stage2.stage2.gripper_clip is None
+    assert c.calibrate == dataclasses.replace(c.calibrate, sigma=False, crop_size=True)
+    assert c.stage2.cql.target == "td" and c.stage1.algo == c.stage2.algo == "cql"
+    assert c.stage2.network.crop_conv_strides is None and c.stage2.select == "last"
+    assert c.eval.workers == 1 and c.eval.curve_steps == () and c.seed_devices == "all"
+
+
+def _as_v1(workdir: Path) -> None:
+    """Rewrites a workdir's stored configs as the ml_collections launcher wrote them."""
+    old = json.loads(V1_SMOKE.read_text())
+    for meta in workdir.glob("stage*/checkpoints/*/meta/metadata"):
+        record = json.loads(meta.read_text())
+        assert record["config"]["version"] == CONFIG_VERSION
+        meta.write_text(json.dumps({**record, "config": old}))
+    for record in workdir.glob("*/config.json"):
+        record.write_text(json.dumps({**json.loads(record.read_text()), "config": old}))
+
+
+def test_a_workdir_of_the_old_launcher_resumes_and_loads(trained, tmp_path):
+    from twostage_jax.launch.train_stage import run_stage
+    from twostage_jax.launch.workdir import load_params
+
+    wd = Path(shutil.copytree(trained, tmp_path / "wd"))
+    _as_v1(wd)
+    assert run_stage(smoke(), wd, 2, resume=True)["final_step"] == 8  # trained: nothing to do
+    params, step = load_params(smoke(), wd, 2)
+    assert step == 8 and jax_leaves(params)
+    with pytest.raises(PipelineError, match=r"config\.stage2\.stage2\.rotate: trained True, now False"):
+        load_params(smoke(**{"stage2.stage2.rotate": False}), wd, 2)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
