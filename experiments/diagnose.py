@@ -62,7 +62,7 @@ def held_out_dataset(config: Any, task_root: Path, num: int, seed: int):
     path = task_root / "heldout" / f"dataset_{seed}_{num}.npz"
     if path.exists():
         return load_dataset(path)
-    from twostage_jax.data.demos import record_demos
+    from twostage_jax.envs.metaworld_demos import record_demos
     from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace
 
     d = config.demos

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from twostage_jax.data.demos import record_demos, replay_keyframes
+from twostage_jax.envs.metaworld_demos import record_demos, replay_keyframes
 from twostage_jax.envs.metaworld import DEFAULT_TASKS, MetaWorldEnv
 
 
