@@ -11,7 +11,7 @@ from absl import logging
 
 from experiments.launcher_config import PipelineError
 from experiments.workdir import config_record, dataset_path, trained_stages, validation_path
-from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax._io import write_json_atomic
 
 
 def run_demos(config: ml_collections.ConfigDict, workdir: Path, force: bool = False) -> dict:

@@ -318,7 +318,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
     from twostage_jax._io import atomic_open
-    from twostage_jax.checkpoint import write_json_atomic
+    from twostage_jax._io import write_json_atomic
 
     root = Path(FLAGS.root).absolute()
     out = Path(FLAGS.out)

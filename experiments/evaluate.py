@@ -17,7 +17,7 @@ from experiments.workdir import (ensure_writable, eval_dir, load_demos, load_par
                                  stage_dir)
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder
-from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax._io import write_json_atomic
 
 
 def eval_seeds(config: ml_collections.ConfigDict, workdir: Path) -> list[int]:

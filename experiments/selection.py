@@ -30,7 +30,7 @@ from absl import logging
 from experiments import rollouts
 from experiments.launcher_config import STAGE_NAMES, PipelineError, train_config
 from twostage_jax import evaluation
-from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax._io import write_json_atomic
 
 SELECT_MODES = ("last", "validation")
 SELECTION_VERSION = 1

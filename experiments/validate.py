@@ -138,7 +138,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     from experiments.launcher_config import train_config
     from experiments.selection import policy_params
     from experiments.workdir import load_demos
-    from twostage_jax.checkpoint import write_json_atomic
+    from twostage_jax._io import write_json_atomic
 
     config = run_config(workdir, name)
     seeds = list(range(seed, seed + episodes))
