@@ -1,10 +1,10 @@
-"""experiments/benchmark.py (section selection, flag errors, its JSON) and rounding_sensitivity."""
+"""experiments/tools/benchmark.py (section selection, flag errors, its JSON) and rounding_sensitivity."""
 
 import json
 
 import pytest
 
-from experiments import benchmark
+from experiments.tools import benchmark
 
 
 def test_one_section_writes_json(tmp_path, capsys):
@@ -28,7 +28,7 @@ def test_unknown_section_is_a_clear_error(tmp_path, capsys):
 
 
 def test_rounding_sensitivity_rejects_bad_steps(capsys):
-    from experiments import rounding_sensitivity
+    from experiments.tools import rounding_sensitivity
     for bad in ("ten", "1", ""):
         with pytest.raises(SystemExit):
             rounding_sensitivity.main([f"--steps={bad}"])

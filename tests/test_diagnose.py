@@ -4,7 +4,8 @@ import jax
 import numpy as np
 
 import twostage_jax as tj
-from experiments import diagnose, launcher_config
+from experiments import launcher_config
+from experiments.studies import diagnose
 from experiments.configs import smoke
 from twostage_jax.testing import make_synthetic_dataset
 
@@ -79,7 +80,7 @@ def test_validate_refuses_a_report_folder_of_another_workdir(tmp_path):
 
     import pytest
 
-    from experiments import validate
+    from experiments.studies import validate
 
     out = tmp_path / "out"
     out.mkdir()
@@ -91,12 +92,19 @@ def test_validate_refuses_a_report_folder_of_another_workdir(tmp_path):
     assert validate.read_own(out / "stage2.json", other)["task"] == "reach-v3"
     (out / "stage1_1500_200000_20.json").write_text(json.dumps({"success": 0.5}))  # older cache
     assert validate.read_own(out / "stage1_1500_200000_20.json", mine) == {"success": 0.5}
+    # Reports record a workdir inside the repository relative to it (no machine paths in
+    # committed results), and read back against the same workdir given absolutely.
+    inside = validate.REPO / "runs" / "repro" / "push-v3" / "cql"
+    assert validate.recorded_path(inside) == "runs/repro/push-v3/cql"
+    assert validate.recorded_path(mine) == str(mine)
+    (out / "stage2.json").write_text(json.dumps({"workdir": "runs/repro/push-v3/cql"}))
+    assert validate.read_own(out / "stage2.json", inside) is not None
 
 
 def test_validate_summary_table_averages_each_arm_over_its_tasks(tmp_path):
     import json
 
-    from experiments import validate
+    from experiments.studies import validate
 
     def report(task, name, s1, two, passes=1):
         loop = {"success": two, "at_budget": 0.5, "small_moves": 0.25, "pull_cm": 1.0}

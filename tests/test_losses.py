@@ -190,7 +190,7 @@ def test_losses_reject_bad_batches():
 
 def test_metrics_are_nested_and_flatten_to_the_logged_names():
     # Nested NamedTuples, not positional flattening; flatten_metrics keeps the flat names that
-    # metrics.jsonl (and experiments/summarize.py, committed results) read.
+    # metrics.jsonl (and experiments/studies/summarize.py, committed results) read.
     assert tj.CQLMetrics._fields == ("critic", "actor", "alpha", "grad_norm")
     assert "regularizer" in tj.CriticAux._fields
     z = jnp.zeros(())

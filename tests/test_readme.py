@@ -1,7 +1,13 @@
-"""README.md stays true: its library example runs, and its test command is the one CI runs."""
+"""README.md stays true: its library example runs, and its test command is the one CI runs.
+
+The runnable ```python blocks of docs/*.md run here too, after the README's: in the same
+process they reuse its compiled training programs (tests/test_docs.py checks the rest of docs/).
+"""
 
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +36,14 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = next(b.strip() for b in bash if "pytest" in b)
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_cmd in ci
+
+
+def _docs_blocks() -> list[tuple[str, str]]:
+    fence = re.compile(r"^```python([^\n]*)\n(.*?)^```", flags=re.S | re.M)
+    return [(f"{doc.name}[{i}]", m.group(2)) for doc in sorted((ROOT / "docs").glob("*.md"))
+            for i, m in enumerate(fence.finditer(doc.read_text())) if not m.group(1).strip()]
+
+
+@pytest.mark.parametrize("name,code", _docs_blocks(), ids=[n for n, _ in _docs_blocks()])
+def test_docs_python_block_runs(name, code):
+    exec(compile(code, name, "exec"), {"__name__": "docs_example"})

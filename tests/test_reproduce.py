@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from absl import app, flags
 
-from experiments import reproduce
+from experiments.studies import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,6 +76,11 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     assert jobs["push-v3.bc"].done == tmp_path / "push-v3" / "bc" / "stage1" / "selection.json"
     assert jobs["push-v3.bc"].collect == [(jobs["push-v3.bc"].done,
                                            tmp_path / "raw" / "push-v3" / "bc_stage1_selection.json")]
+    # Without --raw the results collect under the root, never into the committed results.
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["reproduce", "--tasks=push-v3", "--ablation_tasks=", "--algos=bc"])
+    jobs = {j.name: j for j in reproduce.build_jobs(tmp_path)}
+    assert jobs["push-v3.bc"].collect[0][1] == tmp_path / "raw" / "push-v3" / "bc_stage2.json"
 
 
 def test_algos_selects_the_arms_and_keeps_the_shared_demos(tmp_path):
@@ -92,10 +97,10 @@ def test_algos_selects_the_arms_and_keeps_the_shared_demos(tmp_path):
 
 
 def test_bad_flags_are_named():
-    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--dry_run", "--ablations=crop8"],
+    out = subprocess.run([sys.executable, "-m", "experiments.studies.reproduce", "--dry_run", "--ablations=crop8"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0 and "--ablations: unknown ['crop8']" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--dry_run", "--tasks=push-v3",
+    out = subprocess.run([sys.executable, "-m", "experiments.studies.reproduce", "--dry_run", "--tasks=push-v3",
                           "--ablation_tasks=reach-v3"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0 and "--ablation_tasks ['reach-v3'] are not in --tasks" in out.stderr
 
@@ -113,8 +118,8 @@ def test_noheadline_runs_only_ablations_of_finished_headlines(tmp_path):
 
 def test_experiment_scripts_import_together():
     # absl flags are process-global: scripts that define them at import must not collide
-    code = ("import experiments.main, experiments.reproduce, experiments.summarize, "
-            "experiments.diagnose, experiments.benchmark, experiments.replay_check, "
-            "experiments.rounding_sensitivity")
+    code = ("import experiments.main, experiments.studies.reproduce, experiments.studies.summarize, "
+            "experiments.studies.diagnose, experiments.tools.benchmark, experiments.tools.replay_check, "
+            "experiments.tools.rounding_sensitivity")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

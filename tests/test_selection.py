@@ -92,3 +92,19 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     assert "setting" not in results["selection"]["stage1"]
     saved = json.loads((workdir / "eval" / "results.json").read_text())
     assert saved["selection"]["stage1"]["chosen_steps"] == record["chosen_steps"]
+
+
+def test_stage1_curves_table_and_convergence_rule(tmp_path):
+    from experiments.studies import stage1_curves
+
+    assert stage1_curves.converged([0.2, 0.5, 0.53], 0.05, 0.95)
+    assert not stage1_curves.converged([0.2, 0.5, 0.6], 0.05, 0.95)
+    assert stage1_curves.converged([0.9, 0.96], 0.05, 0.95)  # solved
+    record = {"steps": [2, 4], "success": [[0.2, 0.4], [0.6, 0.3]], "chosen_steps": [4, 2]}
+    (tmp_path / "push-v3").mkdir()
+    (tmp_path / "push-v3" / "bc_stage1_selection.json").write_text(json.dumps(record))
+    curves = stage1_curves.load_curves(tmp_path)
+    text = stage1_curves.table(curves, 0.05, 0.95)
+    # means 0.30 and 0.45; the seeds' chosen points 0.6 and 0.4 average 0.50; 0.45 vs 0.30: not converged
+    assert "| push-v3 | 0.30 | 0.45 | 4, 2 | 0.50 | no |" in text
+    assert "Mean over 1 tasks at the chosen steps: 0.500" in text

@@ -1,4 +1,4 @@
-"""experiments/summarize.py on a fake raw folder: table means, figures, and input validation."""
+"""experiments/studies/summarize.py on a fake raw folder: table means, figures, and input validation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.summarize import SummaryError, summarize
+from experiments.studies.summarize import SummaryError, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, EPISODES = 5, 10
@@ -129,7 +129,7 @@ def test_summary_means_and_figures(fake_raw, tmp_path):
                 np.mean(ours) - np.mean(paper)]
         for j, w in enumerate(want):
             assert _cell_mean(row[5 * i + j], signed=j in (2, 4)) == pytest.approx(w, abs=0.0051), (algo, j)
-    assert "5 seeds × 10 episodes per seed" in text and "python -m experiments.summarize" in text
+    assert "5 seeds × 10 episodes per seed" in text and "python -m experiments.studies.summarize" in text
     assert "mixes the method with the budget" not in text  # both arms trained stage 2 alike
     assert "intermediate checkpoints were not evaluated" in text
     figures = ("fig3_headline.png", "fig4_per_task.png", "fig4_learning_curves_bc.png",
@@ -190,7 +190,7 @@ def test_ablation_inconsistent_with_headline(fake_raw, tmp_path):
 
 def test_cli_empty_raw_exits_2(tmp_path):
     (tmp_path / "raw").mkdir()
-    out = subprocess.run([sys.executable, "-m", "experiments.summarize", f"--raw={tmp_path / 'raw'}",
+    out = subprocess.run([sys.executable, "-m", "experiments.studies.summarize", f"--raw={tmp_path / 'raw'}",
                           f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 2, out.stdout + out.stderr

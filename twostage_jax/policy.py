@@ -151,9 +151,9 @@ def check_observation(image: Any, pose: Any, camera: Camera) -> None:
     _checks.check_rank("image", image, 4)
     _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
                         "[B, H, W, 3] at the camera's resolution")
-    if image.shape[0] == 0:
+    if np.shape(image)[0] == 0:
         raise ValueError(f"`image` must hold at least one frame (batch size B >= 1); got batch "
-                         f"size 0 (shape {tuple(image.shape)}).")
+                         f"size 0 (shape {np.shape(image)}).")
     if getattr(image, "dtype", None) != jnp.uint8:
         raise TypeError(f"`image` must be uint8 camera frames (0..255), as the dataset stores them; "
                         f"got dtype {getattr(image, 'dtype', type(image).__name__)}. Convert float "
@@ -210,7 +210,10 @@ def make_policy(
       otherwise), params1 is ignored (pass None) when stage1 is None, and params2 is ignored
       (pass None) in stage-1-only mode. Values are
       checked here, at the boundary: pose and tentative must be finite and in [-1, 1]. `tentative` ([B, 7], optional)
-      replaces stage 1's output, e.g. to test stage 2 on Algo. 1's perturbed actions.
+      replaces stage 1's output, e.g. to test stage 2 on Algo. 1's perturbed actions. The
+      batch must hold at least one frame, and the encoder and actor leaves of params1 / params2
+      must be those their stage's config builds (a ValueError names the argument, and says
+      when the two look swapped).
     """
     if isinstance(correction_passes, bool) or not isinstance(correction_passes, int) or correction_passes < 1:
         raise ValueError(f"`correction_passes` must be an integer >= 1; got {correction_passes!r}.")

@@ -1,0 +1,328 @@
+"""Held-out validation of stage-2 variants: open-loop diagnostics and closed-loop rollouts.
+
+Settings of the correction stage are chosen here, never on evaluation episodes. For one workdir
+(its dataset and stage 1) and any number of named stage-2 runs trained in it
+(`--config.stage2_name=NAME`), this measures
+  * open loop, on held-out demos (layout seeds from `--held_out_seed`, used neither for the
+    training demos nor for evaluation): the diagnostics of `experiments/studies/diagnose.py` (stage-1
+    and two-stage position error, gripper agreement, the correction's residual on Algo. 1's
+    perturbations, each split along / across the camera's optical axis);
+  * closed loop, on validation layouts (`--seed`, default 200000+, disjoint from the demos, the
+    held-out demos and the evaluation seeds 100000+): success of stage 1 alone and of the
+    two-stage policy, and the stall measures of the correction:
+      - `at_budget`: failed episodes that ran to the keyframe budget;
+      - `small_moves`: executed actions whose position is within 1 cm of the current pose;
+      - `pull_cm`: mean of |x^1 - z| - |x - z| over steps, in cm: how far the composition pulls
+        the tentative position back towards the current pose (positive = towards it).
+Stage 1's validation rollouts are computed once per stage-1 checkpoint and shared by variants.
+
+Usage:
+  python -m experiments.studies.validate --workdir=runs/dev_push --names=paper,mm2 --episodes=20
+Writes `OUT/TAG/NAME.json` (TAG: the workdir's folder name; workdirs that share a name, such as
+the study's `runs/repro/TASK/cql`, need an `--out` each, e.g. `--out=OUT/TASK`) and prints one row per variant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[2]
+FLAGS = flags.FLAGS
+SMALL_MOVE_M = 0.01
+
+
+def define_flags() -> None:
+    """Defines this script's absl flags (only when run as a script)."""
+    flags.DEFINE_string("workdir", None, "A launcher workdir with demos and a trained stage 1.")
+    flags.DEFINE_list("names", ["stage2"], "Stage-2 runs (config.stage2_name) to validate.")
+    flags.DEFINE_integer("episodes", 20, "Validation episodes per seed and policy.")
+    flags.DEFINE_integer("seed", 200_000, "First validation layout seed.")
+    flags.DEFINE_integer("held_out", 20, "Held-out demos for the open-loop diagnostics (0: skip).")
+    flags.DEFINE_integer("held_out_seed", 50_000, "First layout seed of the held-out demos.")
+    flags.DEFINE_integer("perturbations", 4, "Algo. 1 draws per held-out transition.")
+    flags.DEFINE_string("out", "runs/validation", "Output folder (reports in OUT/TAG/); the committed "
+                        "validation studies are under experiments/results/current/validation/.")
+    flags.DEFINE_bool("force", False, "Recompute variants that already have a report.")
+    flags.DEFINE_string("summary_of", "", "Instead of validating: print the table of every report "
+                        "under this folder (recursively), with each arm's mean over tasks.")
+    flags.DEFINE_integer("correction_passes", 1, "Times stage 2 corrects (make_policy's "
+                         "correction_passes); N > 1 writes NAME_pN.json.")
+    flags.DEFINE_list("corrected_dims", None, "7 flags of 0 / 1: the action dimensions the "
+                      "correction changes (make_policy's corrected_dims), e.g. 1,1,1,0,0,0,1 keeps "
+                      "stage 1's orientation; writes NAME_dFLAGS.json. Default: all.")
+
+
+def run_config(workdir: Path, name: str):
+    """The launcher config a stage-2 run was trained with (from its checkpoint's metadata)."""
+    import ml_collections
+
+    from twostage_jax.checkpoint import Checkpointer
+
+    directory = workdir / name / "checkpoints"
+    if not directory.exists():
+        raise FileNotFoundError(f"{directory} does not exist: train it with --mode=stage2 "
+                                f"--config.stage2_name={name} first.")
+    ckpt = Checkpointer(directory)
+    try:
+        meta = ckpt.read_meta()
+    finally:
+        ckpt.close()
+    return ml_collections.ConfigDict(meta["config"])
+
+
+def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
+             two_stage: bool, correction_passes: int = 1, corrected_dims: Any = None) -> dict:
+    """Validation rollouts of every trained seed; success and stall measures."""
+    import jax
+
+    import twostage_jax as tj
+    from experiments import rollouts
+    from experiments.launcher_config import train_config
+    from twostage_jax import evaluation
+
+    c1 = train_config(config, 1)
+    c2 = train_config(config, 2, workdir) if two_stage else None
+    env = rollouts.env_factory(config)()
+    ws = env.workspace
+    policy = tj.make_policy(c1, c2, ws, correction_passes=correction_passes,
+                            corrected_dims=corrected_dims if two_stage else None)
+    num = int(config.num_seeds)
+    success = np.zeros((num, len(seeds)), bool)
+    budget = np.zeros((num, len(seeds)), bool)
+    small, pull = [], []
+    try:
+        for s in range(num):
+            p1 = jax.tree_util.tree_map(lambda x: x[s], params1)
+            p2 = jax.tree_util.tree_map(lambda x: x[s], params2) if two_stage else None
+            steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+            def act(img, pose, cam, p1=p1, p2=p2, steps=steps):
+                out = policy(p1, p2, img, pose, cam)
+                steps.append((np.asarray(pose)[0], np.asarray(out.tentative)[0], np.asarray(out.action)[0]))
+                return out
+
+            for e, layout in enumerate(seeds):
+                ep = evaluation.rollout(env, act, layout)
+                success[s, e] = ep.success
+                budget[s, e] = (not ep.success) and ep.num_steps >= env.max_keyframes
+        # per-step stall measures, pooled over seeds and episodes
+            z, a1, a = (np.stack(x) for x in zip(*steps))
+            xz, x1, xa = (np.asarray(tj.action_to_pose(v, ws)[0]) for v in (z, a1, a))
+            d1, da = np.linalg.norm(x1 - xz, axis=-1), np.linalg.norm(xa - xz, axis=-1)
+            small.append(da < SMALL_MOVE_M)
+            pull.append(100 * (d1 - da))
+    finally:
+        env.close()
+    small_all, pull_all = np.concatenate(small), np.concatenate(pull)
+    return {"success_per_seed": success.mean(axis=1).tolist(), "success": float(success.mean()),
+            "episodes": success.astype(int).tolist(), "at_budget": float(budget.mean()),
+            "small_moves": float(small_all.mean()), "pull_cm": float(pull_all.mean()),
+            "steps": int(small_all.size)}
+
+
+def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, held_out_seed: int,
+             perturbations: int, out: Path, correction_passes: int = 1,
+             corrected_dims: tuple[int, ...] | None = None) -> dict:
+    """Open-loop diagnostics and closed-loop validation of one stage-2 run; writes its report."""
+    import jax
+
+    from experiments.studies import diagnose
+    from experiments.evaluate import eval_seeds
+    from experiments.launcher_config import train_config
+    from experiments.selection import policy_params
+    from experiments.workdir import load_demos
+    from twostage_jax._io import write_json_atomic
+
+    config = run_config(workdir, name)
+    seeds = list(range(seed, seed + episodes))
+    forbidden = set(eval_seeds(config, workdir))  # also checks the demo seeds
+    stats = json.loads((workdir / "demos" / "stats.json").read_text())
+    forbidden |= set(stats.get("demo_seeds", []))
+    if forbidden.intersection(seeds):
+        raise ValueError(f"--seed={seed}: validation layouts overlap the demo or evaluation seeds.")
+    train = load_demos(workdir)
+    p1, step1 = policy_params(config, workdir, 1, train)  # [S] steps: selected, or the latest
+    p2, step2 = policy_params(config, workdir, 2, train)
+    start = time.perf_counter()
+    report: dict[str, Any] = {"workdir": recorded_path(workdir), "task": config.task, "algo": config.algo,
+                              "stage2_name": name, "stage1_step": max(step1), "stage2_step": max(step2),
+                              "stage1_steps": step1, "stage2_steps": step2,
+                              "num_seeds": int(config.num_seeds), "validation_seeds": [seeds[0], seeds[-1]],
+                              "config": json.loads(config.to_json_best_effort())}
+    if held_out > 0:
+        diagnose._check_disjoint(config, workdir, held_out_seed, held_out)
+        test = diagnose.held_out_dataset(config, workdir, held_out, held_out_seed)
+        pooled: dict[str, list] = {}
+        for s in range(int(config.num_seeds)):
+            pick = lambda x, s=s: x[s]
+            m = diagnose.measure(config, jax.tree_util.tree_map(pick, p1), jax.tree_util.tree_map(pick, p2),
+                                 test, np.arange(test.action.shape[0]), jax.random.PRNGKey(1000 + s),
+                                 perturbations, workdir, correction_passes, corrected_dims)
+            for k, v in m.items():
+                pooled.setdefault(k, []).append(v)
+        c2 = train_config(config, 2, workdir).stage2
+        report["held_out"] = diagnose.summarise({k: np.concatenate(v) for k, v in pooled.items()},
+                                                c2.crop_size, c2.sigma)
+    cache = out / f"stage1_{'-'.join(str(k) for k in dict.fromkeys(step1))}_{seeds[0]}_{episodes}.json"
+    cached = read_own(cache, workdir)
+    if cached is not None:
+        report["stage1"] = cached
+    else:
+        report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False)
+        write_json_atomic(cache, {**report["stage1"], "workdir": recorded_path(workdir)})
+    report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True,
+                                      correction_passes=correction_passes, corrected_dims=corrected_dims)
+    report["correction_passes"] = correction_passes
+    report["corrected_dims"] = None if corrected_dims is None else list(corrected_dims)
+    report["seconds"] = time.perf_counter() - start
+    write_json_atomic(out / report_name(name, correction_passes, corrected_dims), report)
+    return report
+
+
+def row(r: dict) -> str:
+    """One markdown table row of a report."""
+    h = r.get("held_out", {})
+    s1, two = r["stage1"], r["two_stage"]
+    opened = (f"{h['stage1_cm_median']:.2f} -> {h['two_stage_cm_median']:.2f} | "
+              f"{h['algo1_perturbed_cm_median']:.2f} -> {h['algo1_corrected_cm_median']:.2f} | "
+              f"{h.get('pert_fixed_along_cm_median', float('nan')):.2f} / "
+              f"{h.get('pert_fixed_across_cm_median', float('nan')):.2f} | "
+              f"{h['stage1_gripper_agree']:.2f} / {h['two_stage_gripper_agree']:.2f} | "
+              f"{h.get('stage1_deg_median', float('nan')):.2f} -> "
+              f"{h.get('two_stage_deg_median', float('nan')):.2f}") if h else "- | - | - | - | -"
+    name = r["stage2_name"] + _acting_label(r)
+    return (f"| {r['task']} | {r['algo']} | {name} | {opened} | {s1['success']:.2f} -> "
+            f"{two['success']:.2f} | {two['at_budget']:.2f} | {two['small_moves']:.2f} | "
+            f"{two['pull_cm']:+.2f} |")
+
+
+HEADER = ("| task | algo | stage 2 | held-out err cm s1 -> two | Algo.1 residual cm before -> after "
+          "| residual along / across axis cm | gripper agree s1 / two | orientation err deg s1 -> two "
+          "| validation success s1 -> two | at budget | moves < 1 cm | pull to z cm |\n|" + "---|" * 12)
+
+
+def _dims_code(dims: Any) -> str:
+    """'1110001' for corrected_dims (1, 1, 1, 0, 0, 0, 1)."""
+    return "".join(str(int(d)) for d in dims)
+
+
+def _dims_label(r: dict) -> str:
+    """' dims 1110001' for a report acting with corrected_dims, else ''."""
+    dims = r.get("corrected_dims")
+    return f" dims {_dims_code(dims)}" if dims is not None else ""
+
+
+def _acting_label(r: dict) -> str:
+    """' x2 passes', ' dims 1110001', both or '' for a report's acting options."""
+    passes = int(r.get("correction_passes", 1))
+    return (f" x{passes} passes" if passes > 1 else "") + _dims_label(r)
+
+
+def summary_table(folder: Path) -> str:
+    """Markdown: one row per report under `folder`, then each arm's mean validation success over
+    the tasks it ran on (arm: the workdir's folder name, the stage-2 name and the passes)."""
+    rows, arms = [HEADER], {}
+    for path in sorted(folder.rglob("*.json")):
+        r = json.loads(path.read_text())
+        if "two_stage" not in r or "task" not in r:  # stage-1 caches
+            continue
+        rows.append(row({**r, "stage2_name": f"{Path(r['workdir']).name}/{r['stage2_name']}"}))
+        arm = (Path(r["workdir"]).name, r["stage2_name"] + _dims_label(r),
+               int(r.get("correction_passes", 1)))
+        arms.setdefault(arm, []).append((r["task"], r["stage1"]["success"], r["two_stage"]["success"]))
+    rows += ["", "| workdir | stage 2 | passes | tasks | stage 1 | two-stage | gain |", "|---|---|---|---|---|---|---|"]
+    for (wd, name, passes), v in sorted(arms.items()):
+        s1, two = np.mean([x[1] for x in v]), np.mean([x[2] for x in v])
+        rows.append(f"| {wd} | {name} | {passes} | {', '.join(x[0] for x in v)} | {s1:.2f} | {two:.2f} | "
+                    f"{two - s1:+.2f} |")
+    return "\n".join(rows) + "\n"
+
+
+def report_name(name: str, correction_passes: int, corrected_dims: Any = None) -> str:
+    """`NAME.json`; `_pN` is added for N > 1 correction passes, `_dFLAGS` for corrected_dims."""
+    passes = "" if correction_passes == 1 else f"_p{correction_passes}"
+    dims = "" if corrected_dims is None else f"_d{_dims_code(corrected_dims)}"
+    return f"{name}{passes}{dims}.json"
+
+
+def recorded_path(path: Path) -> str:
+    """`path` as reports record it: relative to the repository when inside it (so committed
+    reports name no machine's checkout), else as given."""
+    try:
+        return Path(path).absolute().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def read_own(path: Path, workdir: Path) -> dict | None:
+    """A report or stage-1 cache written for `workdir`, or None if there is none.
+
+    Raises:
+      ValueError: `path` was written for another workdir (two workdirs sharing one TAG).
+    """
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    if r.get("workdir", str(workdir)) not in (recorded_path(workdir), str(workdir)):
+        raise ValueError(f"{path} was written for --workdir={r['workdir']}, not {workdir} (both "
+                         f"folders are called {workdir.name!r}); pass another --out for this one.")
+    return r
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
+    if FLAGS.summary_of:
+        if not Path(FLAGS.summary_of).is_dir():
+            raise app.UsageError(f"--summary_of={FLAGS.summary_of} is not a folder.")
+        print(summary_table(Path(FLAGS.summary_of)), end="")
+        return 0
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required.")
+    if FLAGS.correction_passes < 1:
+        raise app.UsageError(f"--correction_passes must be >= 1; got {FLAGS.correction_passes}.")
+    dims = None
+    if FLAGS.corrected_dims is not None:
+        import twostage_jax as tj
+
+        given = [int(d) if d.strip() in ("0", "1") else d for d in FLAGS.corrected_dims]
+        try:
+            dims = tuple(int(d) for d in tj.check_corrected_dims(given))
+        except ValueError as e:
+            raise app.UsageError(str(e).replace("`corrected_dims`", "--corrected_dims")) from None
+    if FLAGS.episodes <= 0:
+        raise app.UsageError(f"--episodes must be > 0; got {FLAGS.episodes}.")
+    workdir = Path(FLAGS.workdir).absolute()
+    out = Path(FLAGS.out) / workdir.name
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(out.glob("*.json")):  # before any work: is this folder another workdir's?
+        try:
+            read_own(path, workdir)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+    print(HEADER)
+    for name in FLAGS.names:
+        path = out / report_name(name, FLAGS.correction_passes, dims)
+        r = read_own(path, workdir)
+        if r is None or FLAGS.force:
+            try:
+                r = validate(workdir, name, FLAGS.episodes, FLAGS.seed, FLAGS.held_out,
+                             FLAGS.held_out_seed, FLAGS.perturbations, out, FLAGS.correction_passes,
+                             dims)
+            except FileNotFoundError as e:
+                print(f"skip {name}: {e}", file=sys.stderr)
+                continue
+        print(row(r), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

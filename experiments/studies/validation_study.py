@@ -1,0 +1,115 @@
+"""The held-out validation study behind the correction stage's defaults.
+
+For each task: one workdir (quickstart config: 30 demos, 10 validation demos from layout seed
+60000, stage 1 trained once), then one stage 2 per arm sharing that stage 1, then
+`experiments/studies/validate.py` on each arm (open-loop diagnostics on held-out demos from layout seed
+50000, closed-loop rollouts on validation layouts 200000+). No evaluation layout (100000+) is
+touched. Every step is an ordinary launcher call; finished steps are skipped, so an interrupted
+study continues where it stopped. Reports land in OUT/TASK/ (default runs/validation; the committed
+ones: --out=experiments/results/current/validation/calibration_bc).
+
+Usage:
+  python -m experiments.studies.validation_study --tasks=push-v3,drawer-open-v3 --arms=paper,stage2
+  python -m experiments.studies.validation_study --dry_run
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+CONFIG = "experiments/configs/quickstart.py"
+DEMOS = ["--config.demos.num_validation=10", "--config.demos.validation_seed=60000"]
+# arm -> (config variants, extra launcher flags for stage 2)
+ARMS = {
+    "paper": ("paper", []),
+    "stage2": ("", []),  # the config's defaults
+    "whiten": ("paper", ["--config.stage2.loss_weighting=whiten"]),
+    "noz_whiten": ("paper", ["--config.stage2.loss_weighting=whiten",
+                             "--config.stage2.network.stage2_pose_input=False"]),
+    "cal": ("paper", ["--config.stage2.loss_weighting=whiten", "--config.stage2.calibrate_sigma=True"]),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "runs/study", "Folder of the per-task workdirs.")
+flags.DEFINE_list("tasks", ["push-v3"], "Tasks.")
+flags.DEFINE_list("arms", ["paper", "stage2"], f"Stage-2 arms, from {sorted(ARMS)}.")
+flags.DEFINE_integer("episodes", 20, "Validation episodes per seed and policy.")
+flags.DEFINE_string("out", "runs/validation", "Folder of the reports (OUT/TASK/ARM.json) and summary.md.")
+flags.DEFINE_bool("dry_run", False, "Print the commands only.")
+
+
+def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[str]]]:
+    """(file that exists when the step is done, command) for every step of one task."""
+    wd = root / task
+    def launch(mode: str, variants: str = "", *extra: str) -> list[str]:
+        config = f"--config={CONFIG}:{variants}" if variants else f"--config={CONFIG}"
+        return [sys.executable, "-m", "experiments.main", f"--mode={mode}", f"--workdir={wd}",
+                f"--task={task}", config, *DEMOS, *extra]
+
+    steps = [(wd / "demos" / "validation.npz", launch("demos")),
+             (wd / "stage1" / "summary.json", launch("stage1", "", "--resume"))]
+    for arm in arms:
+        variants, extra = ARMS[arm]
+        steps.append((wd / arm / "summary.json",
+                      launch("stage2", variants, "--resume", f"--config.stage2_name={arm}", *extra)))
+    steps.append((Path("/nonexistent"),  # validate keeps finished reports itself
+                  [sys.executable, "-m", "experiments.studies.validate", f"--workdir={wd}",
+                   f"--names={','.join(arms)}", f"--episodes={FLAGS.episodes}", f"--out={FLAGS.out}"]))
+    return steps
+
+
+def summary(out: Path, tasks: list[str], arms: list[str]) -> str:
+    """The markdown table of every (task, arm) report under `out`, with the mean over tasks."""
+    import json
+
+    import numpy as np
+
+    from experiments.studies.validate import HEADER, row
+
+    lines, gains = [HEADER], {a: [] for a in arms}
+    for task in tasks:
+        for arm in arms:
+            path = out / task / f"{arm}.json"
+            if path.exists():
+                r = json.loads(path.read_text())
+                lines.append(row(r))
+                gains[arm].append(r["two_stage"]["success"] - r["stage1"]["success"])
+    lines.append("")
+    for arm, g in gains.items():
+        if g:
+            lines.append(f"- `{arm}`: mean validation gain over stage 1 {np.mean(g):+.3f} over "
+                         f"{len(g)} task(s) ({', '.join(f'{x:+.2f}' for x in g)})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
+    unknown = sorted(set(FLAGS.arms) - set(ARMS))
+    if unknown:
+        raise app.UsageError(f"--arms: unknown {unknown}; expected names from {sorted(ARMS)}.")
+    root = Path(FLAGS.root)
+    for task in FLAGS.tasks:
+        for done, cmd in commands(root, task, FLAGS.arms):
+            if done.exists():
+                continue
+            print(" ".join(cmd), flush=True)
+            if not FLAGS.dry_run:
+                subprocess.run(cmd, check=True)
+    if not FLAGS.dry_run:
+        from twostage_jax._io import atomic_open
+
+        out = Path(FLAGS.out)
+        text = summary(out, FLAGS.tasks, FLAGS.arms)
+        with atomic_open(out / "summary.md", "w") as f:
+            f.write(text)
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

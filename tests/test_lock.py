@@ -1,0 +1,66 @@
+"""Workdir locks: a second writer (or a reader of a part being written) is refused at once,
+naming the holder; a lock whose holder died is taken over, saying so."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from twostage_jax.launch.lock import LockError, PartLock, locked
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from twostage_jax.launch.lock import PartLock
+lock = PartLock(Path(sys.argv[1]), 'stage1', sys.argv[2] == 'write', '--mode=stage1')
+lock.acquire()
+print('held', flush=True)
+sys.stdin.readline()
+"""
+
+
+def _holder(workdir, how):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir), how], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_is_refused_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path, caplog):
+    writer = _holder(tmp_path, "write")
+    try:
+        for exclusive in (True, False):
+            with pytest.raises(LockError) as e:
+                PartLock(tmp_path, "stage1", exclusive, "--mode=eval").acquire()
+            message = str(e.value)
+            assert "stage1/" in message and "is writing it" in message
+            assert f"pid {writer.pid} on {socket.gethostname()} (--mode=stage1, started " in message
+        with locked(tmp_path, "--mode=stage2", write=["stage2"], read=["demos"]):
+            pass  # other parts are free
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    # the kernel released the dead holder's lock; its record is stale, removed and reported
+    with caplog.at_level("WARNING"):
+        with PartLock(tmp_path, "stage1", True, "--mode=stage1 --resume") as lock:
+            assert lock.record_path.exists()
+    assert f"took over from pid {writer.pid}" in caplog.text
+    assert not list((tmp_path / ".locks").glob("stage1.*.json"))  # released: no records left
+
+
+def test_readers_share_and_block_a_writer(tmp_path):
+    reader = _holder(tmp_path, "read")
+    try:
+        with PartLock(tmp_path, "stage1", False, "--mode=eval"):  # a second reader
+            with pytest.raises(LockError, match=f"pid {reader.pid} .* is reading it"):
+                PartLock(tmp_path, "stage1", True, "--mode=stage1").acquire()
+    finally:
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        reader.wait()
+    with PartLock(tmp_path, "stage1", True, "--mode=stage1"):
+        pass
+    os.sync()
