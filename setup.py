@@ -6,7 +6,6 @@ CORE = [
     "jax>=0.4.30",
     "flax>=0.10",
     "optax>=0.2.5",  # optax.tree.norm (the updates' grad_norm) first ships in 0.2.5
-    "chex>=0.1.87",
     "numpy>=1.26",
     "orbax-checkpoint>=0.6",
     "absl-py>=2.1",

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 import twostage_jax as tj
-from twostage_jax import training
+from twostage_jax.training import seeds
 from twostage_jax.testing import make_synthetic_dataset
 
 TINY_NET = tj.NetworkConfig(conv_channels=(4, 4, 4, 4), crop_conv_channels=(4, 4, 4),
@@ -42,7 +42,7 @@ def init(train: tj.Train, key: jax.Array, data: tj.TrainData) -> tj.AgentState:
 def run(train: tj.Train, state: tj.AgentState, data: tj.TrainData, num_steps: int):
     """`jax.jit(train.run, static_argnums=2)(state, data, num_steps)`, as the single-seed
     program `run_seeds` dispatches (`train` and `num_steps` static)."""
-    return training._run_one(state, data, train, num_steps)
+    return seeds._run_one(state, data, train, num_steps)
 
 
 def run_for(train: tj.Train, state: tj.AgentState, data: tj.TrainData, num_steps: int,

@@ -79,7 +79,7 @@ def test_action_mode_reaches_targets_and_clips():
 @pytest.mark.sim
 def test_demos_replay_and_build():
     from twostage_jax.data.dataset import build_dataset
-    from twostage_jax.data.demos import record_demos, replay_keyframes
+    from twostage_jax.envs.metaworld_demos import record_demos, replay_keyframes
 
     trajs, stats = record_demos("pick-place-v3", 3, seed=200, progress=False)
     assert stats.kept == 3 and stats.keep_rate >= 0.5

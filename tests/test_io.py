@@ -6,8 +6,7 @@ import stat
 
 import pytest
 
-from twostage_jax._io import atomic_folder, atomic_open
-from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax._io import atomic_folder, atomic_open, write_json_atomic
 
 
 def _mode(path) -> int:

@@ -361,6 +361,7 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
     from twostage_jax.launch import plots, rollouts
     from twostage_jax.launch.evaluate import run_eval
     from twostage_jax import evaluation
+    from twostage_jax.evaluation import rollouts as eval_rollouts
 
     wd = _copy(trained, tmp_path / "wd")
     old = {"results.json": '{"old": true}', "success.png": "old plot", "rollout_stage1.png": "old frames"}
@@ -376,7 +377,7 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
 
     monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
     empty = np.zeros((0, 7), np.float32)
-    monkeypatch.setattr(evaluation, "rollout", lambda env, act, layout, record=False:
+    monkeypatch.setattr(eval_rollouts, "rollout", lambda env, act, layout, record=False:
                         evaluation.Episode(layout % 2 == 0, 1, np.zeros((0,), np.uint8),
                                                     empty, empty, 0))
     learning_curves = plots.learning_curves

@@ -101,3 +101,20 @@ def test_row_by_row_rows_are_bitwise_batch_one_calls(tiny_trained):
         one = plain(p1, p2, image[i:i + 1], pose[i:i + 1], cam)
         for field in ("action", "tentative", "correction"):
             np.testing.assert_array_equal(getattr(out, field)[i], getattr(one, field)[0], err_msg=field)
+
+
+def test_row_by_row_gives_each_row_its_own_key(tiny_trained):
+    """A sampling policy draws independent noise per row: row i is the batch-1 call with key
+    jax.random.split(key, B)[i], so identical rows get different actions."""
+    ds, c1, c2, p1, p2 = tiny_trained
+    plain = tj.make_policy(c1, c2, ds.workspace, deterministic=False)
+    rows = tj.make_policy(c1, c2, ds.workspace, deterministic=False, row_by_row=True)
+    image, pose, cam = _inputs(ds, 1)
+    image, pose = jnp.repeat(image, 4, axis=0), jnp.repeat(pose, 4, axis=0)
+    key = jax.random.PRNGKey(7)
+    out = rows(p1, p2, image, pose, cam, key)
+    assert len({tuple(np.asarray(a).tolist()) for a in out.action}) == 4, out.action
+    for i, k in enumerate(jax.random.split(key, 4)):
+        one = plain(p1, p2, image[:1], pose[:1], cam, k)
+        for field in ("action", "tentative", "correction"):
+            np.testing.assert_array_equal(getattr(out, field)[i], getattr(one, field)[0], err_msg=field)

@@ -13,8 +13,8 @@ import pytest
 from twostage_jax.networks import (
     CNN, NetworkConfig, conv2d_patches, make_networks, resolve_conv_impl)
 from twostage_jax.testing import make_synthetic_dataset
-from twostage_jax.training import (Stage2Config, TrainConfig, _resolve_seed_strategy, prepare_data,
-                                   sample_batch, train_seeds)
+from twostage_jax.training import Stage2Config, TrainConfig, prepare_data, sample_batch, train_seeds
+from twostage_jax.training.seeds import _resolve_seed_strategy
 
 TINY = NetworkConfig(conv_channels=(4, 4), crop_conv_channels=(4,), conv_strides=(2, 2),
                      mlp_hidden=8, head_hidden=(16,))

@@ -9,6 +9,8 @@ exception, `check_image_values`, runs in the networks' `init`/`encode` but reads
 when they are concrete (eager calls); under jit it checks nothing and costs nothing.
 """
 
+# Not chex: its asserts raise AssertionErrors naming no argument; these name the argument, expected and got.
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

@@ -1,8 +1,11 @@
 """Atomic writes: readers see the old file (or folder) or the complete new one, never a partial one."""
 
+# Hand-written: the stdlib has no atomic file or folder replace that keeps open()'s permissions.
+
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -10,6 +13,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import jax
+import numpy as np
 
 
 def _umask() -> int:
@@ -106,3 +112,24 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def json_default(x: Any) -> Any:
+    """`json.dump`'s `default`: numpy and JAX scalars and arrays, tuples and sets as JSON values."""
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return np.asarray(x).tolist()
+    if isinstance(x, (tuple, set)):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes `obj` as indented JSON to `path` via a temporary file and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=json_default)

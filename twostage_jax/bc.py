@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from twostage_jax import _checks
 from twostage_jax.networks import Networks
 from twostage_jax.state import AgentState
-from twostage_jax.types import ACTION_DIM, Batch, Stage1Obs, Stage2Obs
+from twostage_jax.types import Batch, validate_batch
 
 BC_FIELDS = ("obs", "action")
 
@@ -40,48 +39,6 @@ class BCMetrics(NamedTuple):
 
     bc: BCAux
     grad_norm: jnp.ndarray
-
-
-def _check_obs(name: str, obs: Any, batch_size: int) -> None:
-    """Shapes and dtypes of a `Stage1Obs` / `Stage2Obs` with leading [B] (other pytrees pass)."""
-    if isinstance(obs, Stage1Obs):
-        _checks.check_fields(name, obs, Stage1Obs._fields)
-        _checks.check_shape(f"{name}.image", obs.image, (batch_size, None, None, 3), "[B, H, W, 3]")
-        _checks.check_image(f"{name}.image", obs.image)
-    elif isinstance(obs, Stage2Obs):
-        _checks.check_fields(name, obs, Stage2Obs._fields)
-        for crop in ("crop", "ee_crop"):
-            _checks.check_shape(f"{name}.{crop}", getattr(obs, crop), (batch_size, None, None, 3),
-                                "[B, S, S, 3]")
-            _checks.check_floating(f"{name}.{crop}", getattr(obs, crop))
-        _checks.check_shape(f"{name}.tentative", obs.tentative, (batch_size, ACTION_DIM), "[B, 7]")
-        _checks.check_floating(f"{name}.tentative", obs.tentative)
-    else:
-        return
-    _checks.check_shape(f"{name}.pose", obs.pose, (batch_size, ACTION_DIM), "[B, 7]")
-    _checks.check_floating(f"{name}.pose", obs.pose)
-
-
-def validate_batch(batch: Any, fields: tuple[str, ...]) -> None:
-    """Checks `batch`'s fields, shapes and dtypes (trace-time only); raises naming the field.
-
-    Every field in `fields` must be present, the action [B, 7] float, each other array field
-    [B], and `Stage1Obs` / `Stage2Obs` observations [B, ...] with their documented shapes.
-    Values (e.g. actions in [-1, 1], images of floats in [0, 1]) are not checked here: that
-    needs concrete values, so it happens where data enters (`prepare_data`, act).
-    """
-    _checks.check_fields("batch", batch, fields)
-    get = (lambda f: batch[f]) if isinstance(batch, dict) else (lambda f: getattr(batch, f))
-    action = get("action")
-    _checks.check_rank("batch.action", action, 2)
-    _checks.check_shape("batch.action", action, (None, ACTION_DIM), "[B, 7]")
-    _checks.check_floating("batch.action", action)
-    b = int(action.shape[0])
-    for f in fields:
-        if f in ("obs", "next_obs"):
-            _check_obs(f"batch.{f}", get(f), b)
-        elif f != "action":
-            _checks.check_shape(f"batch.{f}", get(f), (b,), "[B], B as in batch.action")
 
 
 def bc_loss(params: dict, batch: Batch, networks: Networks, weights: Any = None

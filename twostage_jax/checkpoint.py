@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the training state, plus small atomic JSON helpers.
+"""Orbax checkpoints of the training state and its config.
 
 A checkpoint directory holds one orbax step directory per saved step, each with two items:
 `state` (the `AgentState` pytree, with a leading seed axis when seeds are vmapped; sharded
@@ -16,40 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
-from twostage_jax._io import atomic_open
+from twostage_jax._io import json_default
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not match the expected state."""
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes `obj` as indented JSON to `path` via a temporary file and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-
-
 def _brief(e: BaseException) -> str:
     """One line naming an exception: its type and the start of its first line."""
     first = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {first[:200]}"
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, (np.ndarray, jax.Array)):
-        return np.asarray(x).tolist()
-    if isinstance(x, (tuple, set)):
-        return list(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 class Checkpointer:
@@ -89,7 +68,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Saves `state` and JSON `meta` at `step` (blocking; atomic per step)."""
-        meta = json.loads(json.dumps({**meta, "step": int(step)}, default=_json_default))
+        meta = json.loads(json.dumps({**meta, "step": int(step)}, default=json_default))
         self._manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()

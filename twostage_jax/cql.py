@@ -15,10 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from twostage_jax._checks import ConfigError
-from twostage_jax.bc import validate_batch
 from twostage_jax.networks import Networks, tanh_gaussian_sample
 from twostage_jax.state import AgentState
-from twostage_jax.types import ACTION_DIM, Batch
+from twostage_jax.types import ACTION_DIM, Batch, validate_batch
 
 TARGETS = ("mc", "td")
 

@@ -137,6 +137,7 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
     return out, total // 2, total - total // 2
 
 
+# Hand-written: on CPU, XLA's convolution (grouped under vmap) trained ~13x slower than im2col + matmul.
 def conv2d_patches(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
     """'SAME' 2-D convolution as im2col + matrix multiply (numerically equal to lax.conv).
 

@@ -186,8 +186,10 @@ def make_policy(
       deterministic: act with the policy's mode (tanh of the mean for CQL actors).
       row_by_row: compute the rows of a batch one after another inside the one jitted call
         (`jax.lax.map` over batch-1 programs), so that every row is bitwise what a batch-1 call
-        returns, whatever the batch size. A batched call rounds differently: XLA CPU picks other
-        kernels for other batch sizes (up to ~1e-7 apart in the actions, measured). Parallel
+        returns, whatever the batch size: row i of a [B] call equals the batched policy's
+        batch-1 call on that row with key `jax.random.split(key, B)[i]`, so a sampling policy
+        draws independent noise for every row. A batched call rounds differently: XLA CPU picks
+        other kernels for other batch sizes (up to ~1e-7 apart in the actions, measured). Parallel
         evaluation uses it so that results do not depend on the number of workers; on CPU it was
         also faster than the batched call at batch 2.
       correction_passes: how many times stage 2 corrects (1, the paper). With N > 1 each pass
@@ -251,12 +253,13 @@ def make_policy(
             return _batch(params1, params2, image, pose, camera, key, tentative)
 
         def one(row: tuple) -> PolicyOutput:
-            im, z, t = row
-            out = _batch(params1, params2, im[None], z[None], camera, key,
+            im, z, t, k = row
+            out = _batch(params1, params2, im[None], z[None], camera, k,
                          None if t is None else t[None])
             return jax.tree_util.tree_map(lambda x: x[0], out)
 
-        return jax.lax.map(one, (image, pose, tentative))
+        keys = jax.random.split(key, image.shape[0])  # each row its own noise
+        return jax.lax.map(one, (image, pose, tentative, keys))
 
     def act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
             key: jax.Array | None = None, tentative: jnp.ndarray | None = None) -> PolicyOutput:

@@ -1,4 +1,5 @@
-"""Core data types: the camera, the workspace, observations, batches and the offline dataset.
+"""Core data types (the camera, the workspace, observations, batches, the offline dataset) and
+their validation: `validate_dataset` where data enters, `validate_batch` in the losses.
 
 Every type is a pytree, so it passes through `jit`, `vmap` and `lax.scan`.
 
@@ -225,6 +226,55 @@ class Batch(NamedTuple):
 
 
 BATCH_FIELDS = Batch._fields
+
+
+def _check_obs(name: str, obs: Any, batch_size: int) -> None:
+    """Shapes and dtypes of a `Stage1Obs` / `Stage2Obs` with leading [B] (other pytrees pass)."""
+    if isinstance(obs, Stage1Obs):
+        _checks.check_fields(name, obs, Stage1Obs._fields)
+        _checks.check_shape(f"{name}.image", obs.image, (batch_size, None, None, 3), "[B, H, W, 3]")
+        _checks.check_image(f"{name}.image", obs.image)
+    elif isinstance(obs, Stage2Obs):
+        _checks.check_fields(name, obs, Stage2Obs._fields)
+        for crop in ("crop", "ee_crop"):
+            _checks.check_shape(f"{name}.{crop}", getattr(obs, crop), (batch_size, None, None, 3),
+                                "[B, S, S, 3]")
+            _checks.check_floating(f"{name}.{crop}", getattr(obs, crop))
+        _checks.check_shape(f"{name}.tentative", obs.tentative, (batch_size, ACTION_DIM), "[B, 7]")
+        _checks.check_floating(f"{name}.tentative", obs.tentative)
+    else:
+        return
+    _checks.check_shape(f"{name}.pose", obs.pose, (batch_size, ACTION_DIM), "[B, 7]")
+    _checks.check_floating(f"{name}.pose", obs.pose)
+
+
+def validate_batch(batch: Any, fields: tuple[str, ...]) -> None:
+    """Checks `batch`'s fields, shapes and dtypes (trace-time only); raises naming the field.
+
+    Every field in `fields` must be present, the action [B, 7] float, each other array field
+    [B], and `Stage1Obs` / `Stage2Obs` observations [B, ...] with their documented shapes.
+    Values (e.g. actions in [-1, 1], images of floats in [0, 1]) are not checked here: that
+    needs concrete values, so it happens where data enters (`prepare_data`, act).
+
+    Args:
+      batch: a `Batch` (or a dict of its fields) with leading [B].
+      fields: the fields the caller reads, e.g. ("obs", "action") for BC.
+
+    Raises:
+      ValueError / TypeError naming the field, the expected and the received shape or dtype.
+    """
+    _checks.check_fields("batch", batch, fields)
+    get = (lambda f: batch[f]) if isinstance(batch, dict) else (lambda f: getattr(batch, f))
+    action = get("action")
+    _checks.check_rank("batch.action", action, 2)
+    _checks.check_shape("batch.action", action, (None, ACTION_DIM), "[B, 7]")
+    _checks.check_floating("batch.action", action)
+    b = int(action.shape[0])
+    for f in fields:
+        if f in ("obs", "next_obs"):
+            _check_obs(f"batch.{f}", get(f), b)
+        elif f != "action":
+            _checks.check_shape(f"batch.{f}", get(f), (b,), "[B], B as in batch.action")
 
 
 def flatten_metrics(metrics: Any) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def held_out_dataset(config: Any, task_root: Path, num: int, seed: int):
     path = task_root / "heldout" / f"dataset_{seed}_{num}.npz"
     if path.exists():
         return load_dataset(path)
-    from twostage_jax.data.demos import record_demos
+    from twostage_jax.envs.metaworld_demos import record_demos
     from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace
 
     d = config.demos
@@ -312,7 +312,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
     from twostage_jax._io import atomic_open
-    from twostage_jax.checkpoint import write_json_atomic
+    from twostage_jax._io import write_json_atomic
 
     root = Path(FLAGS.root).absolute()
     out = Path(FLAGS.out) if FLAGS.out else root / "diagnostics"

@@ -136,7 +136,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     from twostage_jax.launch.evaluate import eval_seeds
     from twostage_jax.launch.checks import train_config
     from twostage_jax.launch.selection import policy_params
-    from twostage_jax.checkpoint import write_json_atomic
+    from twostage_jax._io import write_json_atomic
     from twostage_jax.launch.config import to_dict
     from twostage_jax.launch.workdir import check_unused_layouts, load_demos
 

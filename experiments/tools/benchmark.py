@@ -555,7 +555,7 @@ def bench_sim(b: Bench, quick: bool) -> None:
             if not any(r["name"] == n for r in b.rows):
                 b.add(n, "unavailable", "", reason=f"{type(e).__name__}: {e}"[:300])
     try:
-        from twostage_jax.data.demos import record_demos
+        from twostage_jax.envs.metaworld_demos import record_demos
 
         num = 10 if quick else 100
         _, stats = record_demos("button-press-topdown-v3", num, seed=0, progress=False,

@@ -15,7 +15,7 @@ import time
 
 from absl import app, flags
 
-from twostage_jax.data.demos import record_demos, replay_keyframes
+from twostage_jax.envs.metaworld_demos import record_demos, replay_keyframes
 from twostage_jax.envs.metaworld import DEFAULT_TASKS, MetaWorldEnv
 
 

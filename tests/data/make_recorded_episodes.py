@@ -18,7 +18,7 @@ SIZE = 32  # the image does not matter here; small renders are fast
 
 
 def main() -> None:
-    from twostage_jax.data.demos import record_demos
+    from twostage_jax.envs.metaworld_demos import record_demos
     from twostage_jax.envs.metaworld import MetaWorldConfig, MetaWorldEnv
 
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Demonstrations, keyframe discovery, the offline `Dataset` builder and its file format.
 
-Nothing here imports a simulator at import time: `record_demos` imports MetaWorld when called,
-and the RLBench reader needs no RLBench at all. The LeRobot reader imports pyarrow and PyAV (the
+Nothing here imports a simulator: MetaWorld's scripted-expert recorder lives with its adapter
+(`twostage_jax.envs.metaworld_demos.record_demos`), and the RLBench reader needs no RLBench at all. The LeRobot reader imports pyarrow and PyAV (the
 `lerobot` extra) when called.
 """
 
@@ -19,7 +19,7 @@ from twostage_jax.data.dataset import (
     load_dataset,
     save_dataset,
 )
-from twostage_jax.data.demos import DemoStats, Trajectory, record_demos, replay_keyframes
+from twostage_jax.data.demos import Trajectory, check_trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
 from twostage_jax.data.lerobot import (
     LEROBOT_KEYFRAMES,
@@ -35,8 +35,9 @@ from twostage_jax.data.rlbench_io import load_rlbench_demos
 
 __all__ = [
     "FORMAT_VERSION", "LEROBOT_KEYFRAMES", "POSE_CONVENTIONS", "Calibration", "CalibrationFileError",
-    "DatasetFormatError", "DemoStats", "KeyframeConfig", "LeRobotEpisode", "LeRobotSpec", "Trajectory",
-    "build_dataset", "check_lerobot_dataset", "dataset_nbytes", "discover_keyframes", "load_calibration", "load_dataset",
+    "DatasetFormatError", "KeyframeConfig", "LeRobotEpisode", "LeRobotSpec", "Trajectory",
+    "build_dataset", "check_lerobot_dataset", "check_trajectory", "dataset_nbytes", "discover_keyframes",
+    "frames_to_render", "load_calibration", "load_dataset",
     "load_lerobot_dataset", "load_lerobot_demos", "load_rlbench_demos", "read_lerobot_episode",
-    "record_demos", "replay_keyframes", "save_calibration", "save_dataset",
+    "save_calibration", "save_dataset",
 ]

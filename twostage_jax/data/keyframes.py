@@ -29,7 +29,7 @@ Order: ARM rules -> path refinement -> close-keyframe rule (applied last).
 
 Velocities: RLBench's joint velocities (rad/s) with ARM's threshold 0.1; for MetaWorld the demo
 recorder passes the tool-centre-point velocity (m/s) with its own threshold (see
-`twostage_jax.data.demos`).
+`twostage_jax.envs.metaworld_demos`).
 """
 
 from __future__ import annotations

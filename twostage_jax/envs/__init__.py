@@ -1,8 +1,11 @@
 """Simulator adapters behind one keyframe-level `Env` protocol.
 
 `Observation`, `Env` and `check_action` load without any simulator. The MetaWorld adapter
-(`MetaWorldEnv`, `MetaWorldConfig`, `DEFAULT_TASKS`, `make_env`) imports MuJoCo on first use; the
-RLBench adapter lives in `twostage_jax.envs.rlbench` and imports RLBench only when an env is made.
+(`MetaWorldEnv`, `MetaWorldConfig`, `DEFAULT_TASKS`, `make_env`) imports MuJoCo on first use, and
+so does its scripted-expert recorder when called (`record_demos`, `replay_keyframes`, `DemoStats`, in
+`twostage_jax.envs.metaworld_demos`). The RLBench adapter lives in `twostage_jax.envs.rlbench` and
+imports RLBench only when an env is made; RLBench's conventions
+(`twostage_jax.envs.rlbench_conventions`) need no simulator at all.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from twostage_jax.envs.base import Env, Observation, check_action
 
 _METAWORLD_NAMES = ("MetaWorldEnv", "MetaWorldConfig", "DEFAULT_TASKS", "default_workspace",
                     "task_names")
+_RECORDER_NAMES = ("record_demos", "replay_keyframes", "DemoStats")
 
 
 def make_env(task: str, **kwargs: Any) -> Env:
@@ -27,7 +31,11 @@ def __getattr__(name: str) -> Any:
         from twostage_jax.envs import metaworld
 
         return getattr(metaworld, name)
+    if name in _RECORDER_NAMES:
+        from twostage_jax.envs import metaworld_demos
+
+        return getattr(metaworld_demos, name)
     raise AttributeError(f"module 'twostage_jax.envs' has no attribute {name!r}")
 
 
-__all__ = ["Env", "Observation", "check_action", "make_env", *_METAWORLD_NAMES]
+__all__ = ["Env", "Observation", "check_action", "make_env", *_METAWORLD_NAMES, *_RECORDER_NAMES]

@@ -11,7 +11,7 @@ from absl import logging
 from twostage_jax.launch.checks import PipelineError
 from twostage_jax.launch.config import LaunchConfig
 from twostage_jax.launch.workdir import config_record, dataset_path, trained_stages, validation_path
-from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax._io import write_json_atomic
 
 
 def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
@@ -42,7 +42,7 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
     d = config.demos
     start = time.perf_counter()
     if config.env == "metaworld":
-        from twostage_jax.data.demos import record_demos
+        from twostage_jax.envs.metaworld_demos import record_demos
         from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace
 
         env_cfg = MetaWorldConfig(width=int(d.image_size), height=int(d.image_size),
@@ -53,7 +53,7 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
         info = {"demo_seeds": [int(t.seed) for t in trajs], **stats._asdict()}
     else:
         trajs, val_episodes = _read_rlbench(config)
-        from twostage_jax.rlbench_conventions import default_workspace
+        from twostage_jax.envs.rlbench_conventions import default_workspace
 
         workspace = default_workspace()
         info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}

@@ -17,7 +17,7 @@ from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, 
                                  stage_dir)
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder
-from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax._io import write_json_atomic
 
 
 def eval_seeds(config: LaunchConfig, workdir: Path) -> list[int]:

@@ -26,7 +26,7 @@ import numpy as np
 
 import twostage_jax as tj
 from twostage_jax.launch.config import LaunchConfig
-from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax._io import write_json_atomic
 from twostage_jax.evaluation import Episode, EnvPool, Job
 
 MODES = ("stage1", "two_stage")

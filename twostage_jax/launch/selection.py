@@ -30,7 +30,7 @@ from twostage_jax.launch import rollouts
 from twostage_jax.launch.config import LaunchConfig
 from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
 from twostage_jax import evaluation
-from twostage_jax.checkpoint import write_json_atomic
+from twostage_jax._io import write_json_atomic
 
 SELECTION_VERSION = 1
 

@@ -25,7 +25,8 @@ from twostage_jax.launch.workdir import (config_record, is_writer, load_demos, l
                                         stage1_pairing, stage_dir, validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
-from twostage_jax.checkpoint import CheckpointError, Checkpointer, write_json_atomic
+from twostage_jax._io import write_json_atomic
+from twostage_jax.checkpoint import CheckpointError, Checkpointer
 
 
 def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = False) -> dict:

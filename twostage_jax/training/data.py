@@ -1,0 +1,183 @@
+"""Training data on device and Algorithm 1's batches: `prepare_data`, `sample_batch`, `batch_at`.
+
+`prepare_data` validates a `Dataset` on the host and moves it to the device once; the samplers
+are pure and run inside the jitted trainer (`lax.scan`), building stage-2 states with
+Algorithm 1's synthetic tentative actions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from twostage_jax import _checks
+from twostage_jax._checks import ConfigError
+from twostage_jax.actions import action_to_pose, sample_tentative
+from twostage_jax.training.config import TrainConfig, check_stage
+from twostage_jax.transform import Stage2Config, resize_images, transform_state
+from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
+
+
+class TrainData(NamedTuple):
+    """Device arrays a trainer samples from (passed to jitted code as arguments).
+
+    Attributes:
+      images: [N_img, H, W, 3] uint8 frames at full resolution (stage 2 crops from these).
+      stage1_images: [N_img, h, w, 3] uint8 frames at stage 1's input size.
+      dataset: the `Dataset` (its transition arrays).
+      index: [M] int32 indices of the transitions batches are drawn from (all of them unless
+        `TrainConfig.min_move` > 0).
+    """
+
+    images: jnp.ndarray
+    stage1_images: jnp.ndarray
+    dataset: Dataset
+    index: jnp.ndarray
+
+
+def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
+    """Indices of the transitions that move at least `min_move` metres or switch the gripper.
+
+    Args:
+      dataset: the offline dataset (host or device arrays).
+      min_move: metres (0 keeps every transition).
+
+    Returns:
+      [M] int32 increasing transition indices.
+    """
+    n = int(dataset.action.shape[0])
+    if min_move <= 0:
+        return np.arange(n, dtype=np.int32)
+    src = np.asarray(action_to_pose(np.asarray(dataset.pose), dataset.workspace)[0])
+    dst = np.asarray(action_to_pose(np.asarray(dataset.action), dataset.workspace)[0])
+    moves = np.linalg.norm(dst - src, axis=-1) >= min_move
+    switches = (np.asarray(dataset.action)[:, 6] >= 0) != (np.asarray(dataset.pose)[:, 6] >= 0)
+    keep = np.flatnonzero(moves | switches).astype(np.int32)
+    if keep.size == 0:
+        raise ConfigError("TrainConfig", "min_move", f"={min_move} m removes every one of the {n} transitions; "
+                         "use a smaller distance.")
+    return keep
+
+
+def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
+    """Validates `dataset` and moves it to the device once: the `data` of `train(key, data)`.
+
+    This is the value boundary of training: `validate_dataset` checks every field's shape,
+    dtype (uint8 frames) and values (finite actions and poses in [-1, 1], indices in range),
+    on the host, so the jitted trainer needs only trace-time checks.
+
+    Args:
+      dataset: the offline `Dataset` (numpy or device arrays).
+      config: the stage's config (reads `image_size` and `min_move`).
+
+    Returns:
+      `TrainData`: images [N_img, H, W, 3] uint8, stage1_images [N_img, h, w, 3] uint8, the
+      dataset on device and the [M] int32 transition index batches are drawn from.
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"`dataset` must be a twostage_jax Dataset; got {type(dataset).__name__}.")
+    validate_dataset(dataset)
+    index = moving_transitions(dataset, float(config.min_move))
+    ds = jax.device_put(jax.tree_util.tree_map(jnp.asarray, dataset))
+    size = config.image_size or int(ds.images.shape[1])
+    if size > ds.images.shape[1]:
+        raise ConfigError("TrainConfig", "image_size", f"({size}) exceeds the dataset's frame size "
+                         f"{tuple(ds.images.shape[1:3])}.")
+    small = jax.jit(resize_images, static_argnums=1)(ds.images, size)
+    return TrainData(images=ds.images, stage1_images=small, dataset=ds, index=jnp.asarray(index))
+
+
+def _stage2_obs(data: TrainData, img_idx: jnp.ndarray, pose: jnp.ndarray, tentative: jnp.ndarray,
+                cfg: Stage2Config) -> Stage2Obs:
+    ds = data.dataset
+    cams = Camera(intrinsics=ds.intrinsics[img_idx], cam_to_world=ds.cam_to_world[img_idx],
+                  width=int(data.images.shape[2]), height=int(data.images.shape[1]))
+    fn = lambda im, z, a1, cam: transform_state(im, z, a1, cam, ds.workspace, cfg.crop_size,
+                                                cfg.ee_crop_size, cfg.rotate)
+    return jax.vmap(fn)(data.images[img_idx], pose, tentative, cams)
+
+
+def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
+                 stage2: Stage2Config = Stage2Config(), with_next: bool = True) -> Batch:
+    """Samples a training batch on device; pure, usable inside `lax.scan`.
+
+    Stage 1 returns the stored transitions. Stage 2 applies Algorithm 1: eps ~ N(0, sigma^2),
+    a^1 = tanh(atanh(a) - eps), target a^2 = tanh(eps) ('correction') or a ('direct'), and the
+    states s^2 = f(s, a^1), s'^2 = f(s', a'^1) with a'^1 built the same way from a'.
+
+    Args:
+      data: `TrainData` from `prepare_data`.
+      key: PRNG key.
+      batch_size: B (static).
+      stage: 1 or 2 (static).
+      stage2: stage-2 settings (static).
+      with_next: build `next_obs` (static). BC never reads it; False skips the next-state
+        gather and, for stage 2, its two crops, and sets `next_obs` to None.
+
+    Returns:
+      `Batch` with obs/next_obs `Stage1Obs` or `Stage2Obs` and [B, 7] actions.
+    """
+    _checks.check_positive_int("batch_size", batch_size)
+    check_stage(stage)
+    check_data(data)
+    _checks.check_key("key", key)
+    k_idx, k_rest = jax.random.split(key)
+    idx = data.index[jax.random.randint(k_idx, (batch_size,), 0, data.index.shape[0])]
+    return batch_at(data, idx, k_rest, stage, stage2, with_next)
+
+
+def batch_at(data: TrainData, idx: jnp.ndarray, key: jax.Array, stage: int,
+             stage2: Stage2Config = Stage2Config(), with_next: bool = True) -> Batch:
+    """The batch of the transitions `idx` ([B] int); for stage 2, Algo. 1 draws from `key`.
+
+    Args and return as `sample_batch`, with the transitions given instead of drawn.
+    """
+    check_data(data)
+    check_stage(stage)
+    _checks.check_key("key", key)
+    _checks.check_rank("idx", idx, 1)
+    if stage == 2 and stage2.crop_size is None:
+        raise ValueError("`stage2.crop_size` is None (follow the algorithm); stage-2 batches need a "
+                         "size: pass TrainConfig(...).stage2 (resolved for its algo) or "
+                         "stage2.with_crop_size_for(algo).")
+    ds = data.dataset
+    k_eps, k_next = jax.random.split(key)
+    oi, ni = ds.obs_index[idx], ds.next_obs_index[idx]
+    action = ds.action[idx]
+    common = dict(reward=ds.reward[idx], mc_return=ds.mc_return[idx], done=ds.done[idx])
+    if stage == 1:
+        next_obs = Stage1Obs(data.stage1_images[ni], ds.next_pose[idx]) if with_next else None
+        return Batch(obs=Stage1Obs(data.stage1_images[oi], ds.pose[idx]), action=action,
+                     next_obs=next_obs, **common)
+    limit = stage2.tentative_limit()
+    a1, a2 = sample_tentative(k_eps, action, stage2.sigma, tentative_limit=limit)
+    next_a1, _ = sample_tentative(k_next, ds.next_action[idx], stage2.sigma, tentative_limit=limit)
+    obs = _stage2_obs(data, oi, ds.pose[idx], a1, stage2)
+    next_obs = _stage2_obs(data, ni, ds.next_pose[idx], next_a1, stage2) if with_next else None
+    target = a2 if stage2.mode == "correction" else action
+    return Batch(obs=obs, action=target, next_obs=next_obs, **common)
+
+
+def check_data(data: Any) -> None:
+    """Raises TypeError unless `data` is a `TrainData`."""
+    if not isinstance(data, TrainData):
+        raise TypeError(f"`data` must be the TrainData of prepare_data(dataset, config); got "
+                        f"{type(data).__name__}.")
+
+
+def warn_if_batch_exceeds_data(batch_size: int, data: TrainData) -> None:
+    """Warns (at trace time: the sizes are static) when a batch outnumbers the transitions."""
+    available = int(data.index.shape[0])
+    if batch_size > available:
+        total = int(data.dataset.action.shape[0])
+        kept = "" if available == total else f" (min_move kept {available} of {total})"
+        warnings.warn(
+            f"TrainConfig.batch_size ({batch_size}) exceeds the {available} transitions training "
+            f"draws from{kept}: batches are drawn with replacement, so every batch repeats "
+            "transitions. Use a smaller batch_size or more demonstrations.", UserWarning,
+            stacklevel=2)
+
