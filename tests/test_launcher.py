@@ -498,3 +498,70 @@ def test_each_stage_has_its_own_cql_config():
     assert train_config(r, 2, calibration=cal).cql.actor_lr == 1e-4
     ours = train_config(repro.get_config("cql"), 2, calibration=cal).cql
     assert (ours.actor_lr, ours.critic_lr) == (1e-3, 3e-4)
+
+
+
+def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained, tmp_path, monkeypatch):
+    # Checkpoint selection on validation layouts through the launcher's modules. The rollouts
+    # are stubbed (no simulator, nothing compiled): an episode succeeds by a deterministic
+    # function of the stage-1 parameters it is given and of its layout, so each candidate
+    # checkpoint of each seed gets its own validation success.
+    import jax
+
+    from twostage_jax import evaluation
+    from twostage_jax.evaluation import rollouts as eval_rollouts
+    from twostage_jax.launch import rollouts, selection
+    from twostage_jax.launch.evaluate import run_eval
+    from twostage_jax.launch.train_stage import run_stage
+    from twostage_jax.launch.workdir import load_params
+
+    class Env:
+        camera = None
+
+        def close(self):
+            pass
+
+    def fake_rollout(env, act, layout, record=False):
+        leaf = jax.tree_util.tree_leaves(act.args[1])[0]  # act = partial(_call, policy, p1, p2)
+        ok = int(abs(float(np.asarray(leaf).sum())) * 1e6 + layout) % 3 != 0
+        empty = np.zeros((0, 7), np.float32)
+        return evaluation.Episode(ok, 1, np.zeros((0,), np.uint8), empty, empty, 0)
+
+    monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
+    monkeypatch.setattr(eval_rollouts, "rollout", fake_rollout)
+    workdir = _copy(trained, tmp_path / "wd")
+    config = _smoke(**{"stage1.select": "validation", "select.episodes": 4, "eval.workers": 1,
+                       "eval.record_episodes": 0})
+    # stage 1 is trained already: the (resumed) stage selects its checkpoint and records it
+    summary = run_stage(config, workdir, 1, resume=True)
+    path = workdir / "stage1" / "selection.json"
+    record = json.loads(path.read_text())
+    assert record["steps"] == [4, 8] and np.shape(record["success"]) == (2, 2)
+    assert record["layouts"] == [200_000, 200_003] and record["policy"] == "stage1"
+    assert record["chosen_steps"] == selection.choose_steps(record["steps"], record["success"])
+    assert summary["selection"]["chosen_steps"] == record["chosen_steps"]
+
+    # the policy acts with each seed's chosen checkpoint
+    params, steps = selection.policy_params(config, workdir, 1)
+    assert steps == record["chosen_steps"]
+    for s, k in enumerate(steps):
+        at_k, _ = load_params(config, workdir, 1, None, k)
+        same = jax.tree_util.tree_map(lambda a, b, s=s: np.array_equal(np.asarray(a)[s], np.asarray(b)[s]),
+                                      params, at_k)
+        assert all(jax.tree_util.tree_leaves(same))
+
+    # a repeated run reads the record back; selecting again from scratch makes the same choice
+    run_stage(config, workdir, 1, resume=True)
+    assert json.loads(path.read_text()) == record
+    path.unlink()
+    (workdir / "stage1" / "eval_cache.json").unlink()
+    again = selection.ensure_selection(config, workdir, 1, progress=False)
+    assert again["chosen_steps"] == record["chosen_steps"] and again["success"] == record["success"]
+
+    # evaluation acts with the selection and records it with its validation curve
+    results = run_eval(config, workdir)
+    assert list(results.stage1_steps) == record["chosen_steps"] and results.stage1_step == 8
+    saved = json.loads((workdir / "eval" / "results.json").read_text())
+    assert saved["selection"]["stage1"]["chosen_steps"] == record["chosen_steps"]
+    assert saved["selection"]["stage1"]["success"] == record["success"]
+    assert "setting" not in saved["selection"]["stage1"]

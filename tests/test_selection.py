@@ -1,10 +1,6 @@
 """Checkpoint selection on validation layouts (`twostage_jax/launch/selection.py`)."""
 
 import json
-import shutil
-
-import jax
-import numpy as np
 import pytest
 
 from twostage_jax.launch import selection
@@ -47,51 +43,6 @@ def test_selection_refuses_evaluation_layouts_and_bad_fields(overrides, message)
     with pytest.raises(ValueError) as e:
         validate_config(smoke(**{"stage1.select": "validation", **overrides}))
     assert str(e.value).startswith(message)
-
-
-@pytest.mark.sim
-def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained, tmp_path):
-    from twostage_jax.launch.evaluate import run_eval
-    from twostage_jax.launch.train_stage import run_stage
-    from twostage_jax.launch.workdir import load_params
-
-    workdir = tmp_path / "wd"
-    shutil.copytree(trained, workdir)
-    config = smoke(**{"stage1.select": "validation", "select.episodes": 1, "eval.workers": 1,
-                      "eval.num_episodes": 1, "eval.record_episodes": 0})
-    # stage 1 is trained already: the (resumed) stage selects its checkpoint and records it
-    summary = run_stage(config, workdir, 1, resume=True)
-    path = workdir / "stage1" / "selection.json"
-    record = json.loads(path.read_text())
-    assert record["steps"] == [4, 8] and np.shape(record["success"]) == (2, 2)
-    assert record["layouts"] == [200_000, 200_000] and record["policy"] == "stage1"
-    assert record["chosen_steps"] == selection.choose_steps(record["steps"], record["success"])
-    assert summary["selection"]["chosen_steps"] == record["chosen_steps"]
-
-    # the policy acts with each seed's chosen checkpoint
-    params, steps = selection.policy_params(config, workdir, 1)
-    assert steps == record["chosen_steps"]
-    for s, k in enumerate(steps):
-        at_k, _ = load_params(config, workdir, 1, None, k)
-        same = jax.tree_util.tree_map(lambda a, b, s=s: np.array_equal(np.asarray(a)[s], np.asarray(b)[s]),
-                                      params, at_k)
-        assert all(jax.tree_util.tree_leaves(same))
-
-    # a repeated run reads the record back; selecting again from scratch makes the same choice
-    run_stage(config, workdir, 1, resume=True)
-    assert json.loads(path.read_text()) == record
-    path.unlink()
-    (workdir / "stage1" / "eval_cache.json").unlink()
-    again = selection.ensure_selection(config, workdir, 1, progress=False)
-    assert again["chosen_steps"] == record["chosen_steps"] and again["success"] == record["success"]
-
-    # evaluation acts with the selection and records it with its validation curve
-    results = run_eval(config, workdir)
-    assert list(results.stage1_steps) == record["chosen_steps"] and results.stage1_step == 8
-    assert results.selection["stage1"]["success"] == record["success"]
-    assert "setting" not in results.selection["stage1"]
-    saved = json.loads((workdir / "eval" / "results.json").read_text())
-    assert saved["selection"]["stage1"]["chosen_steps"] == record["chosen_steps"]
 
 
 def test_stage1_curves_table_and_convergence_rule(tmp_path):
