@@ -157,8 +157,10 @@ class _NoLog:
 class _MetricsLog:
     """Per-chunk metrics to JSONL (atomic rewrite on resume) and TensorBoard, both flushed per chunk.
 
-    TensorBoard events are written synchronously (tensorboardX's `SummaryWriter` queues them
-    to a thread that flushes every two minutes, so a killed run lost them).
+    TensorBoard events go through tensorboardX's own `EventsWriter`, synchronously, rather than
+    its `SummaryWriter`: that one queues events for a writer thread, and its `flush()` flushes
+    the file but not the queue (tensorboardX 2.6.5), so the events of a killed run's last chunks
+    were lost (test_launcher's SIGKILL and per-chunk TensorBoard tests).
     """
 
     def __init__(self, directory: Path, resume_step: int):
