@@ -76,6 +76,7 @@ import numpy as np
 import optax
 from absl import flags
 
+from experiments.tools import parse_tool_flags, usage_error
 from twostage_jax._io import atomic_open
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import make_cql_optimizer, make_cql_update
@@ -745,25 +746,14 @@ flags.DEFINE_string("sections", ",".join(SECTIONS), f"comma-separated subset of 
                     "(default: all)", flag_values=_FLAGS)
 
 
-def _usage_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark with the command-line flags `argv` (absl); returns the JSON payload."""
-    _FLAGS.unparse_flags()
-    try:
-        rest = _FLAGS(["benchmark", *(sys.argv[1:] if argv is None else argv)])
-    except flags.Error as e:
-        _usage_error(str(e))
-    if len(rest) > 1:
-        _usage_error(f"unexpected positional arguments {rest[1:]}; every option is a --flag.")
+    parse_tool_flags(_FLAGS, "benchmark", argv)
     args = _FLAGS
     sections = [x for x in args.sections.split(",") if x]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
-        _usage_error(f"--sections: unknown or empty {unknown or sections}; expected names from "
+        usage_error(f"--sections: unknown or empty {unknown or sections}; expected names from "
                      f"{', '.join(SECTIONS)}")
     if args["skip-sim"].value and "sim" in sections:
         sections.remove("sim")

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
+from experiments.tools import parse_tool_flags, usage_error
 from experiments.tools.benchmark import bench_dataset, size_config
 from twostage_jax.training import make_train, prepare_data
 
@@ -32,27 +33,16 @@ _FLAGS = flags.FlagValues()  # this script's own: importing it beside other scri
 flags.DEFINE_string("steps", "10,30,100", "comma-separated step counts", flag_values=_FLAGS)
 
 
-def _usage_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     """Runs the comparison with the command-line flags `argv` (absl); returns it by step count."""
-    _FLAGS.unparse_flags()
-    try:
-        rest = _FLAGS(["rounding_sensitivity", *(sys.argv[1:] if argv is None else argv)])
-    except flags.Error as e:
-        _usage_error(str(e))
-    if len(rest) > 1:
-        _usage_error(f"unexpected positional arguments {rest[1:]}; every option is a --flag.")
+    parse_tool_flags(_FLAGS, "rounding_sensitivity", argv)
     steps = _FLAGS.steps
     try:
         counts = [int(x) for x in steps.split(",")]
     except ValueError:
-        _usage_error(f"--steps must be comma-separated ints; got {steps!r}")
+        usage_error(f"--steps must be comma-separated ints; got {steps!r}")
     if not counts or min(counts) < 2:
-        _usage_error(f"--steps needs step counts >= 2; got {steps!r}")
+        usage_error(f"--steps needs step counts >= 2; got {steps!r}")
     cfg = size_config("quickstart", 2, "bc")
     trainer, data = make_train(cfg, 2), prepare_data(bench_dataset(), cfg)
     state = jax.jit(trainer.init)(jax.random.PRNGKey(0), data)

@@ -38,16 +38,19 @@ row-by-row policy calls)."""
 def validate_eval_config(config: LaunchConfig) -> None:
     """Checks config.eval.curve_steps against the stages and the cadence; raises ValueError
     naming them (the EvalConfig checked its own fields when built)."""
-    steps = config.eval.curve_steps
-    last = min(config.stage1.num_steps, config.stage2.num_steps)
-    every = config.train.log_every
+    check_kept_steps("config.eval.curve_steps", config.eval.curve_steps, config.train.log_every,
+                     min(config.stage1.num_steps, config.stage2.num_steps), "both stages' num_steps")
+
+
+def check_kept_steps(name: str, steps: tuple[int, ...], every: int, last: int, last_name: str) -> None:
+    """Checks steps whose checkpoints training keeps: increasing positive multiples of `every`
+    (the logging cadence) up to `last`; raises ValueError naming `name`."""
     for i, k in enumerate(steps):
         if not 0 < k <= last or k % every:
-            raise ValueError(f"config.eval.curve_steps[{i}] must be a positive multiple of "
-                             f"config.train.log_every ({every}) and at most both stages' num_steps "
-                             f"({last}); got {k!r}.")
+            raise ValueError(f"{name}[{i}] must be a positive multiple of config.train.log_every "
+                             f"({every}) and at most {last_name} ({last}); got {k!r}.")
         if i and k <= steps[i - 1]:
-            raise ValueError(f"config.eval.curve_steps must be increasing; got {tuple(steps)}.")
+            raise ValueError(f"{name} must be increasing; got {tuple(steps)}.")
 
 
 def curve_steps(config: LaunchConfig) -> tuple[int, ...]:

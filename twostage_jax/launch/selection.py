@@ -67,14 +67,8 @@ def validate_select_config(config: LaunchConfig) -> None:
     """
     for stage in (1, 2):
         name, s = STAGE_NAMES[stage], config.stage(stage)
-        every, total, steps = config.train.log_every, s.num_steps, s.select_steps
-        for i, k in enumerate(steps):
-            if not 0 < k <= total or k % every:
-                raise ValueError(f"config.{name}.select_steps[{i}] must be a positive multiple of "
-                                 f"config.train.log_every ({every}) and at most config.{name}."
-                                 f"num_steps ({total}); got {k!r}.")
-            if i and k <= steps[i - 1]:
-                raise ValueError(f"config.{name}.select_steps must be increasing; got {tuple(steps)}.")
+        rollouts.check_kept_steps(f"config.{name}.select_steps", s.select_steps, config.train.log_every,
+                                  s.num_steps, f"config.{name}.num_steps")
     if not any(selects(config, stage) for stage in (1, 2)):
         return
     sel, d = config.select, config.demos
