@@ -1,4 +1,4 @@
-"""The issue-5 sweep driver: job graph, scheduling, failure handling, collection."""
+"""The study driver (reproduce): job graph, scheduling, failure handling, collection."""
 
 import subprocess
 import sys

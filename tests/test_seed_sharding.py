@@ -1,4 +1,4 @@
-"""Seeds sharded over a device mesh (issue 14): equal to single-seed runs, really sharded,
+"""Seeds sharded over a device mesh : equal to single-seed runs, really sharded,
 padded and dropped when the count does not divide, checkpoints across device counts.
 
 The multi-device checks run in a subprocess with `--xla_force_host_platform_device_count=4`,

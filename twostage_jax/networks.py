@@ -24,7 +24,7 @@ from twostage_jax.types import ACTION_DIM, Stage1Obs, Stage2Obs
 
 CONV_IMPLS = ("auto", "xla", "patches")
 CROP_ENCODERS = ("flatten", "spatial_softmax")
-# Fastest conv implementation per backend, from experiments/benchmark.py. On CPU, XLA's
+# Fastest conv implementation per backend, from experiments/tools/benchmark.py. On CPU, XLA's
 # convolution (and, under vmap over seeds, its grouped convolution) is several times slower
 # than im2col + matmul at these sizes, single seed and vmapped alike. No GPU/TPU measurement
 # exists yet, so those default to XLA's native convolution (cuDNN / TPU conv units).
@@ -111,7 +111,7 @@ class NetworkConfig:
 def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
     """Maps 'auto' to a concrete conv implementation for `backend`; other names pass through.
 
-    'auto' picks 'patches' on CPU (measured by experiments/benchmark.py: im2col + matmul is
+    'auto' picks 'patches' on CPU (measured by experiments/tools/benchmark.py: im2col + matmul is
     faster than XLA's convolution on CPU for one seed, and far faster than the grouped
     convolution that vmapping over seeds produces) and 'xla' elsewhere (GPU/TPU: no
     measurement yet, so XLA's native convolution is kept).

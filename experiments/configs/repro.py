@@ -1,30 +1,28 @@
-"""Issue-5 reproduction on the 8 default MetaWorld tasks, reduced to fit 2 CPU cores.
+"""The 8-task MetaWorld study's config, reduced from `paper.py` to fit 2 CPU cores.
 
-What is reduced from `paper.py` (and why): training the paper's networks for 300k/200k steps is
-~23 h per seed per stage on 2 CPU cores, so this config keeps the quickstart's networks and
-input sizes and trains far fewer steps:
+What is reduced (and why): training the paper's networks for 300k/200k steps is ~23 h per seed
+per stage on 2 CPU cores, so this config keeps the quickstart's networks and input sizes:
   * stage 1 sees the 128x128 frames downscaled to 64x64; 16-channel convolutions, 32-unit pose
     MLPs, 128x128 heads (paper: 128x128 input, 32 channels, 64-unit MLPs, 256x256 heads);
   * batch 32 (paper: 128), learning rate 1e-3 (paper: 3e-4);
-  * BC: 2,000 steps for stage 1 and 8,000 for stage 2; CQL: 1,500 per stage (paper: 300k and
-    200k). BC's stage 2 was raised from 2,000 after its held-out residual curve (10 validation
-    demos, every 250 steps) was still falling there and closed-loop validation on layouts
-    200000+ rose with it (issue 11, README "The 8-task evaluation"); CQL's stage-2 curves were
-    flat after ~2,000 steps and 3,000 / 6,000 steps did not validate better;
-  * CQL's stage 1 learns at 1e-3 for the actor and the critic (paper: 1e-4 / 3e-4). At the
-    paper's rates 1,500 steps leave stage 1's actor nearly untrained: on held-out validation
-    demos its gripper agreed with the demos 0.56-0.58 of the time on push-v3 (one constant
-    sign), against 0.93-0.98 at 1e-3 (issue 11's dev runs, README);
-  * CQL's stage-2 actor learns at 1e-3 (its critic and encoder at the paper's 3e-4): closed-loop
-    validation on push, reach, door-open and pick-place, 0.41 against 0.30 at the paper's 1e-4
-    (issue 11, validation_cql_stage2 round 6). The ':paper' arm keeps the paper's stage-2 rates;
+  * BC: stage 1 trains up to 20,000 steps and acts with each seed's best checkpoint of
+    `SELECT_STEPS` on validation layouts 200000+ (`--config.stage1.select=validation`); stage 2
+    trains 8,000 steps, chosen on its held-out residual curve and closed-loop validation
+    (experiments/results/current/validation/bc_stage2_budget/);
+  * CQL: 1,500 steps per stage (paper: 200k). Its stage 1 learns at 1e-3 for the actor and the
+    critic (paper: 1e-4 / 3e-4): at the paper's rates 1,500 steps left stage 1's actor nearly
+    untrained on held-out demos (experiments/results/current/validation/cql_learning_rates/).
+    Its stage-2 actor learns at 1e-3 (critic and encoder at the paper's 3e-4): closed-loop
+    validation 0.41 against 0.30 at the paper's 1e-4 on push, reach, door-open and pick-place
+    (experiments/results/current/validation/cql_stage2_options/). The ':paper' arm keeps the
+    paper's stage-2 rates;
   * 3 seeds x 50 evaluation episodes (paper: 5 x 100).
 Kept as in the paper: 100 demonstrations per task, 128x128 camera frames, stage-2 crops from the
 full-resolution frame (64x64 for BC, 32x32 for CQL, 16x16 around the end-effector), Algo. 1 with
 sigma = 0.1 (pose) and 1 (gripper), MC returns for CQL, 20-keyframe episode budget.
 
-Usage: --config=experiments/configs/repro.py[:bc|cql[,correction|direct][,mc|td]]
-Driven for all tasks, arms and ablations by `python -m experiments.reproduce`.
+Usage: --config=experiments/configs/repro.py[:bc|cql[,correction|direct][,mc|td][,paper]]
+Driven for all tasks, arms and ablations by `python -m experiments.studies.reproduce`.
 """
 
 from experiments.configs import quickstart

@@ -125,7 +125,7 @@ def run_seeds(train: Train, states: AgentState, data: TrainData, num_steps: int,
         results stacked. Dispatch is asynchronous, so on CPU consecutive seeds may overlap
         on idle cores. Lower peak memory (one seed's activations at a time).
 
-    Measured on 2 CPU cores (experiments/benchmark.py, idle machine): the conv implementation
+    Measured on 2 CPU cores (experiments/tools/benchmark.py, idle machine): the conv implementation
     dominates ('patches' trains ~13x faster than 'xla'); between strategies, 5 vmapped seeds
     ran at 0.77x the seed-steps/s of 5 sequential ones, and the launcher's 3-seed quickstart
     chunks at 0.72-0.77x (one seed already keeps both cores busy, and XLA CPU runs a batched
