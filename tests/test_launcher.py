@@ -565,3 +565,84 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     assert saved["selection"]["stage1"]["chosen_steps"] == record["chosen_steps"]
     assert saved["selection"]["stage1"]["success"] == record["success"]
     assert "setting" not in saved["selection"]["stage1"]
+
+
+# A second launcher: a process holding one part of a workdir's lock as a launcher does, with
+# lock.py loaded on its own (no JAX to import: the process starts in a fraction of a second).
+_HOLD = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("lock", sys.argv[1])
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+lock.PartLock(Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "write", sys.argv[5]).acquire()
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _hold(workdir: Path, part: str, how: str, mode: str) -> subprocess.Popen:
+    import sys
+
+    from twostage_jax.launch import lock
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, lock.__file__, str(workdir), part, how, mode],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _release(proc: subprocess.Popen) -> None:
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.wait(timeout=30)
+
+
+def _files(workdir: Path) -> dict:
+    """Every file of a workdir but its locks, with its size and modification time."""
+    return {p.relative_to(workdir): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in workdir.rglob("*") if p.is_file() and ".locks" not in p.parts}
+
+
+def test_a_second_launcher_on_a_workdir_is_refused_naming_the_holder_before_writing(trained, tmp_path):
+    import socket
+
+    wd = _copy(trained, tmp_path / "wd")
+    before = _files(wd)
+    holder = _hold(wd, "stage1", "write", "--mode=stage1 --resume")
+    try:
+        for args in (["--mode=stage1", "--resume", "--config.stage1.num_steps=12"],  # a second writer
+                     ["--mode=stage2", "--config.stage2_name=other"],  # readers of what is written
+                     ["--mode=eval"], ["--mode=all", "--resume"]):
+            out = launch_in_process(f"--workdir={wd}", *args)
+            lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
+            assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+            assert "Traceback" not in out.stderr and lines[0].startswith(f"error: stage1/ in {wd} is in use: pid {holder.pid} on "
+                                       f"{socket.gethostname()} (--mode=stage1 --resume, started "), lines[0]
+            assert "is writing it" in lines[0], lines[0]
+    finally:
+        _release(holder)
+    assert _files(wd) == before, "a refused launcher wrote to the workdir"
+    assert not (wd / "other").exists()
+
+
+def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path, monkeypatch):
+    # Ablations sharing a stage 1 (experiments/studies/reproduce.py) resume side by side: a stage
+    # trained to its num_steps is confirmed under a shared lock, and skipped.
+    from twostage_jax.launch import evaluate
+    from twostage_jax.launch.checks import PipelineError
+
+    def stop(config, workdir):
+        raise PipelineError("(evaluation is not what this test is about)")
+
+    monkeypatch.setattr(evaluate, "run_eval", stop)
+    wd = _copy(trained, tmp_path / "wd")
+    before = _files(wd)
+    sibling = _hold(wd, "stage1", "read", "--mode=all: stage2")
+    try:
+        out = launch_in_process(f"--workdir={wd}", "--mode=all", "--resume")
+    finally:
+        _release(sibling)
+    assert out.returncode == 2 and "evaluation is not what this test is about" in out.stderr, out.stderr[-3000:]
+    assert out.stderr.count("nothing to do") == 2 and "reusing the dataset" in out.stderr, out.stderr[-3000:]
+    assert _files(wd) == before

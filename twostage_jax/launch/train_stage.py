@@ -57,6 +57,48 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     return summary
 
 
+def trained_to_the_end(config: LaunchConfig, workdir: Path, stage: int) -> int | None:
+    """The step of a stage already trained to `num_steps` with this config, found by reading
+    only (under a shared lock), or None if `run_stage` has work to do (or more to check).
+
+    A stage counts as trained when its newest checkpoint is intact, at or beyond the stage's
+    `num_steps`, trained with this config's `program_fields`, its summary.json is written and,
+    for stage 2, it pairs with the stage-1 checkpoints stage 1 acts with now.
+
+    Raises:
+      PipelineError: the newest checkpoint was trained with another config (as a resume says).
+    """
+    out_dir = stage_dir(workdir, stage, config)
+    directory = out_dir / "checkpoints"
+    if not (directory.is_dir() and (out_dir / "summary.json").is_file()):
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+    if not steps or max(steps) < int(config.stage(stage).num_steps):
+        return None
+    ckpt = Checkpointer(directory)
+    try:
+        latest = ckpt.latest_step()
+        if latest is None or latest < int(config.stage(stage).num_steps):
+            return None
+        try:
+            meta = ckpt.read_meta(latest)
+            ckpt.verify(latest)
+        except CheckpointError:
+            return None  # damaged: a resume moves it aside and trains again
+    finally:
+        ckpt.close()
+    check_trained_with(config, meta, stage, str(directory / str(latest)),
+                       f"cannot resume {out_dir.name}", _resume_advice(stage, config))
+    if stage == 2:
+        try:
+            recorded = json.loads((out_dir / "pairing.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if recorded.get("steps") != stage1_pairing(config, workdir)["steps"]:
+            return None  # the resume says what changed
+    return int(latest)
+
+
 def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
                  out_dir: Path, ckpt: Checkpointer) -> dict:
     latest = ckpt.latest_step()

@@ -14,6 +14,7 @@ Workdir layout:
   stage2/calibration.json          a calibrated stage 2's sigma and crop size, fixed when it starts
                                    (`checks.calibration_path`)
   eval/results.json, *.png, *.gif  success rates, intervals, plots and rollout frames
+  .locks/                          who writes or reads each part now (`lock.py`)
 
 With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
 ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage 1.
@@ -21,7 +22,8 @@ ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage
 What a workdir guarantees: the dataset is never replaced without `force`; a stage's
 checkpoints are only extended by a resume with the config they were trained with (compared
 field by field, see `checks.program_fields`), and damaged ones are moved aside, never
-deleted; an evaluation only runs with the config its stages were trained with and replaces its
+deleted; one launcher writes a part at a time, and none reads a part being written
+(`phase_parts`, `lock.locked`); an evaluation only runs with the config its stages were trained with and replaces its
 folder as a unit, so a failure leaves the previous results whole.
 
 The launcher's stages live beside this module: `demos.run_demos`, `train_stage.run_stage` and
@@ -64,6 +66,29 @@ def eval_dir(workdir: Path, config: LaunchConfig) -> Path:
     """workdir/eval for the default stage 2, workdir/eval_<stage2_name> for a named one."""
     name = str(config.stage2_name)
     return workdir / ("eval" if name == STAGE_NAMES[2] else f"eval_{name}")
+
+
+def phase_parts(config: LaunchConfig, phase: str) -> tuple[list[str], list[str]]:
+    """The parts of a workdir one phase of the launcher writes and reads (`lock.locked`'s).
+
+    Args:
+      config: the launcher config (its stage-2 folder and evaluation folder names).
+      phase: 'demos', 'stage1', 'stage2' or 'eval'.
+
+    Returns:
+      (write, read): demos writes 'demos'; stage1 reads 'demos' and writes 'stage1'; stage2
+      reads both and writes its folder (`config.stage2_name`); eval reads all three and writes
+      its folder ('eval' or 'eval_NAME').
+    """
+    stage2 = str(config.stage2_name)
+    parts = {"demos": (["demos"], []),
+             "stage1": ([STAGE_NAMES[1]], ["demos"]),
+             "stage2": ([stage2], ["demos", STAGE_NAMES[1]]),
+             "eval": ([eval_dir(Path("."), config).name], ["demos", STAGE_NAMES[1], stage2])}
+    if phase not in parts:
+        raise ValueError(f"phase must be one of {sorted(parts)}; got {phase!r}.")
+    write, read = parts[phase]
+    return list(write), list(read)
 
 
 def trained_stages(workdir: Path) -> list[str]:
