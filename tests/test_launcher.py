@@ -646,3 +646,45 @@ def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path
     assert out.returncode == 2 and "evaluation is not what this test is about" in out.stderr, out.stderr[-3000:]
     assert out.stderr.count("nothing to do") == 2 and "reusing the dataset" in out.stderr, out.stderr[-3000:]
     assert _files(wd) == before
+
+
+def test_a_resume_on_changed_inputs_is_refused_naming_both_unless_accepted(trained, tmp_path):
+    from twostage_jax.data.dataset import dataset_checksum, save_dataset
+    from twostage_jax.testing import make_synthetic_dataset
+
+    wd = _copy(trained, tmp_path / "wd")
+    # stage 2 was started on other stage-1 steps than stage 1 acts with now
+    pairing, calibration = wd / "stage2" / "pairing.json", wd / "stage2" / "calibration.json"
+    for path in (pairing, calibration):
+        record = json.loads(path.read_text())
+        record.update({"steps": [4, 4]} if path == pairing else {"stage1_steps": [4, 4]})
+        path.write_text(json.dumps(record))
+    before = _files(wd)
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage2", "--resume")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert ("error: cannot resume stage2: stage 2 was started on stage-1 step(s) [4, 4]; stage 1 now "
+            "acts at [8, 8]. Resume with the inputs it started on, pass --accept_new_inputs") in out.stderr
+    assert _files(wd) == before
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage2", "--resume", "--accept_new_inputs")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(pairing.read_text())["steps"] == [8, 8]
+    assert json.loads(calibration.read_text())["stage1_steps"] == [8, 8], "not re-calibrated"
+
+    # the dataset changed under a trained stage 1
+    record = wd / "stage1" / "config.json"
+    was = json.loads(record.read_text())["dataset_sha256"]
+    assert was == dataset_checksum(wd / "demos" / "dataset.npz")
+    save_dataset(wd / "demos" / "dataset.npz",
+                 make_synthetic_dataset(num_episodes=6, steps_per_episode=3, image_size=32, seed=3))
+    now = dataset_checksum(wd / "demos" / "dataset.npz")
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage1", "--resume")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert (f"error: cannot resume stage1: demos/dataset.npz changed since stage1 started (checksum "
+            f"{was[:12]} then, {now[:12]} now)") in out.stderr
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage1", "--accept_new_inputs")
+    assert out.returncode == 1 and "--accept_new_inputs only applies with --resume" in out.stderr
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage1", "--resume", "--accept_new_inputs")
+    assert out.returncode == 0, out.stderr[-3000:]
+    stored = json.loads(record.read_text())
+    assert stored["dataset_sha256"] == now and len(stored["accepted_inputs"]) == 1
+    assert stored["config"]["stage1"]["num_steps"] == 8  # the start record is kept

@@ -13,7 +13,9 @@ with --mode=stage1 or stage2, a --workdir every process can read (its dataset re
 beforehand), and evaluate afterwards from one process.
 
 Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its newest
-intact checkpoint. `--force` lets --mode=demos replace an existing dataset. Every flag and config
+intact checkpoint; `--accept_new_inputs` lets it continue on inputs that changed since it
+started (a new dataset; for stage 2, stage 1 acting at other steps). `--force` lets
+--mode=demos replace an existing dataset. Every flag and config
 field is checked before any work starts; a bad one gets a one-line error (exit status 1), a
 refusal to touch the workdir one too (exit status 2).
 """
@@ -40,6 +42,9 @@ flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_s
 flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).")
 flags.DEFINE_bool("resume", False, "Continue a stage from its newest intact checkpoint.")
 flags.DEFINE_bool("force", False, "With --mode=demos: replace an existing dataset.")
+flags.DEFINE_bool("accept_new_inputs", False, "With --resume: continue a stage whose inputs changed "
+                  "since it started (the dataset; for stage 2, the stage-1 steps it acts with), "
+                  "re-calibrating stage 2 and recording the new pairing.")
 flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0 "
                     "(calls jax.distributed.initialize).")
 flags.DEFINE_integer("num_processes", None, "Several processes: how many take part.")
@@ -181,6 +186,9 @@ def _main(argv: list[str]) -> int:
     if FLAGS.force and FLAGS.mode != "demos":
         raise UsageError(f"--force only applies to --mode=demos (it lets it replace an existing "
                          f"dataset); got --mode={FLAGS.mode}.")
+    if FLAGS.accept_new_inputs and not FLAGS.resume:
+        raise UsageError("--accept_new_inputs only applies with --resume (it lets a resumed stage "
+                         "continue on inputs that changed since it started).")
     _check_task(config)
     workdir = Path(FLAGS.workdir).absolute()
     _check_workdir(workdir)
@@ -282,7 +290,8 @@ def _run_phase(config: LaunchConfig, workdir: Path, phase: str) -> None:
                              workdir / (phase if stage == 1 else config.stage2_name), step)
                 return
         with lock():
-            run_stage(config, workdir, stage, resume=FLAGS.resume)
+            run_stage(config, workdir, stage, resume=FLAGS.resume,
+                      accept_new_inputs=FLAGS.accept_new_inputs)
     else:
         with lock():
             results = run_eval(config, workdir)

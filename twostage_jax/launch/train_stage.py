@@ -29,13 +29,21 @@ from twostage_jax._io import write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 
 
-def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = False) -> dict:
+def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = False,
+              accept_new_inputs: bool = False) -> dict:
     """Trains one stage for all seeds, with chunked logging and periodic checkpoints.
 
     A fresh stage refuses a folder that already holds checkpoints and writes its config to
-    STAGE/config.json. With `resume` it continues from the newest intact checkpoint (damaged
-    newer ones are moved to STAGE/damaged_checkpoints/) if that was trained with the same
-    `program_fields`, and keeps STAGE/config.json as it is.
+    STAGE/config.json, with the checksum of the dataset it starts on. With `resume` it continues
+    from the newest intact checkpoint (damaged newer ones are moved to
+    STAGE/damaged_checkpoints/) if that was trained with the same `program_fields`, and keeps
+    STAGE/config.json as it is; a resume whose inputs changed since the stage started (the
+    dataset, or for stage 2 the stage-1 steps it acts with, in pairing.json) is refused, naming
+    both, unless `accept_new_inputs`: then stage 2 is re-calibrated, the new pairing recorded, and
+    the new dataset checksum recorded in STAGE/config.json under `accepted_inputs`.
+
+    Raises:
+      PipelineError: checkpoints exist without `resume`; another config; changed inputs.
 
     Returns:
       A summary dict (final step, wall time, final metric means per seed).
@@ -49,7 +57,7 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints),
                         keep_steps=tuple(keep))
     try:
-        summary = _train_stage(config, workdir, stage, resume, out_dir, ckpt)
+        summary = _train_stage(config, workdir, stage, resume, out_dir, ckpt, accept_new_inputs)
     finally:
         ckpt.close()
     if selection.selects(config, stage) and is_writer():
@@ -89,18 +97,64 @@ def trained_to_the_end(config: LaunchConfig, workdir: Path, stage: int) -> int |
         ckpt.close()
     check_trained_with(config, meta, stage, str(directory / str(latest)),
                        f"cannot resume {out_dir.name}", _resume_advice(stage, config))
-    if stage == 2:
-        try:
-            recorded = json.loads((out_dir / "pairing.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if recorded.get("steps") != stage1_pairing(config, workdir)["steps"]:
-            return None  # the resume says what changed
+    pairing = stage1_pairing(config, workdir) if stage == 2 else None
+    if stage == 2 and _recorded_pairing(out_dir, int(config.num_seeds)) is None:
+        return None
+    if changed_inputs(config, workdir, stage, pairing)[0]:
+        return None  # the resume says what changed
     return int(latest)
 
 
+def _recorded_pairing(out_dir: Path, num_seeds: int) -> list[int] | None:
+    """The per-seed stage-1 steps a stage 2 was started (or last accepted) on, or None."""
+    try:
+        record = json.loads((out_dir / "pairing.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("steps") is not None:
+        return [int(k) for k in record["steps"]]
+    return [int(record["step"])] * num_seeds if record.get("step") is not None else None
+
+
+def _stage_record(out_dir: Path) -> dict:
+    """STAGE/config.json, or {} where there is none (or it is unreadable)."""
+    try:
+        record = json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
+                   pairing: dict | None = None) -> tuple[list[str], str]:
+    """What changed since a stage started: the dataset (its checksum in STAGE/config.json) and,
+    for stage 2, the stage-1 steps it acts with (`pairing`, against STAGE/pairing.json).
+
+    Returns:
+      (one phrase per change, the dataset's checksum now). Stages whose records predate a field
+      are not compared on it.
+    """
+    from twostage_jax.data.dataset import dataset_checksum
+    from twostage_jax.launch.workdir import dataset_path
+
+    out_dir = stage_dir(workdir, stage, config)
+    changes = []
+    if stage == 2 and pairing is not None:
+        was = _recorded_pairing(out_dir, int(config.num_seeds))
+        if was is not None and was != list(pairing["steps"]):
+            changes.append(f"stage 2 was started on stage-1 step(s) {was}; stage 1 now acts at "
+                           f"{list(pairing['steps'])}")
+    path = dataset_path(workdir)
+    now = dataset_checksum(path) if path.exists() else ""
+    was_sum = _stage_record(out_dir).get("dataset_sha256")
+    if was_sum and now and was_sum != now:
+        changes.append(f"demos/dataset.npz changed since {out_dir.name} started (checksum "
+                       f"{was_sum[:12]} then, {now[:12]} now)")
+    return changes, now
+
+
 def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
-                 out_dir: Path, ckpt: Checkpointer) -> dict:
+                 out_dir: Path, ckpt: Checkpointer, accept_new_inputs: bool = False) -> dict:
     latest = ckpt.latest_step()
     if latest is not None and not resume:
         raise PipelineError(
@@ -116,9 +170,23 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     extra: dict = {}
     if stage == 2:
         extra["stage1_checkpoint"] = stage1_pairing(config, workdir)
+    changes, checksum = changed_inputs(config, workdir, stage, extra.get("stage1_checkpoint"))
+    changes = changes if latest is not None else []
+    if changes and not accept_new_inputs:
+        what = ("re-calibrate it on stage 1 as it acts now and continue" if stage == 2 else
+                "continue on the new dataset")
+        other = ("train a new stage 2 beside it with --config.stage2_name=NAME" if stage == 2 else
+                 "train in a fresh --workdir")
+        raise PipelineError(f"cannot resume {out_dir.name}: {'; '.join(changes)}. Resume with the "
+                            f"inputs it started on, pass --accept_new_inputs to {what}, or {other}.")
+    if changes:
+        logging.warning("%s: --accept_new_inputs: %s", out_dir.name, "; ".join(changes))
     dataset = load_demos(workdir)
-    if stage == 2 and needs_calibration(config) and not calibration_path(workdir, config).exists():
-        calibrate_stage2(config, workdir, dataset)
+    repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
+    if stage == 2 and needs_calibration(config) and (
+            repaired or not calibration_path(workdir, config).exists()):
+        calibrate_stage2(config, workdir, dataset,
+                         keep_crop_size=_trained_crop_size(workdir, config) if repaired else None)
     tcfg = train_config(config, stage, workdir)
     train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
     keys = seed_keys(config, stage)
@@ -136,7 +204,14 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if states is None:
         states = tj.init_seeds(train, keys, data, mesh)
         if is_writer():
-            write_json_atomic(out_dir / "config.json", config_record(config))
+            write_json_atomic(out_dir / "config.json", {**config_record(config), "dataset_sha256": checksum})
+    elif changes and is_writer() and any(c.startswith("demos/") for c in changes):
+        record = _stage_record(out_dir)
+        accepted = [*record.get("accepted_inputs", []), {"written": config_record(config)["written"],
+                                                         "argv": config_record(config)["argv"],
+                                                         "changes": changes}]
+        write_json_atomic(out_dir / "config.json", {**record, "dataset_sha256": checksum,
+                                                    "accepted_inputs": accepted})
     else:
         logging.info("resumed %s from step %d", out_dir.name, start_step)
     if stage == 2 and is_writer():
@@ -349,13 +424,29 @@ def stage1_actions(config: LaunchConfig, params1: Any, ds: tj.Dataset) -> np.nda
     return np.stack(out)
 
 
-def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset) -> dict:
+def _trained_crop_size(workdir: Path, config: LaunchConfig) -> int | None:
+    """The crop size in a stage 2's calibration.json (what its checkpoints were trained with)."""
+    try:
+        return int(json.loads(calibration_path(workdir, config).read_text())["crop_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
+                     keep_crop_size: int | None = None) -> dict:
     """Calibrates stage 2's sigma and/or crop size to stage 1's errors on the validation demos.
 
     Stage 1 (its latest checkpoint, all seeds pooled) acts on every validation transition; sigma
     comes from `calibrate_sigma` (the 6 pose dimensions; the gripper keeps its sigma) and the crop
     size from `calibrate_crop_size` on the targets' offsets in the tentative crops
     (`crop_offsets`). Writes and returns `<stage2_name>/calibration.json`.
+
+    Args:
+      keep_crop_size: re-calibrating a stage 2 that has checkpoints: their crop size, which a
+        new calibration must keep (the networks' shapes depend on it); None for a new stage 2.
+
+    Raises:
+      PipelineError: no validation demos; the crop size would change from `keep_crop_size`.
     """
     from twostage_jax import calibration as cal
 
@@ -375,6 +466,11 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset) -
     crop = method.crop_size
     if settings.crop_size:
         crop = cal.calibrate_crop_size(offsets, coverage=coverage, max_size=int(validation.images.shape[1]))
+    if keep_crop_size is not None and crop != keep_crop_size:
+        raise PipelineError(
+            f"re-calibrating {config.stage2_name} on stage 1 as it acts now gives crop size {crop} "
+            f"px, but its checkpoints were trained with {keep_crop_size} px; train a new stage 2 "
+            "with --config.stage2_name=NAME instead.")
     dist = np.max(np.abs(offsets), axis=1)
     result = {"sigma": sigma, "crop_size": crop, "stage1_step": max(steps1), "stage1_steps": steps1,
               "transitions": int(validation.action.shape[0]), "num_seeds": int(config.num_seeds),
