@@ -357,7 +357,7 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
     assert (out_dir / "results.json").read_text() == '{"good": true}'
 
 
-def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch):
+def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch, caplog):
     from twostage_jax.launch import plots, rollouts
     from twostage_jax.launch.evaluate import run_eval
     from twostage_jax import evaluation
@@ -393,7 +393,11 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
     assert not [p.name for p in wd.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
     monkeypatch.setattr(plots, "learning_curves", learning_curves)
-    results = run_eval(config, wd)
+    (wd / ".eval.tmp-killed").mkdir()  # left by an evaluation killed while replacing eval/
+    with caplog.at_level(logging.WARNING):
+        results = run_eval(config, wd)
+    assert "eval: an earlier evaluation was stopped while replacing it: removed .eval.tmp-killed" in caplog.text
+    assert not [p.name for p in wd.iterdir() if p.name.startswith(".")]
     assert sorted(p.name for p in (wd / "eval").iterdir()) == ["learning_curves.png", "results.json", "success.png"]
     assert json.loads((wd / "eval" / "results.json").read_text()) == json.loads(json.dumps(results.to_dict()))
     assert results.modes["two_stage"].per_seed == (0.5, 0.5)
@@ -688,3 +692,19 @@ def test_a_resume_on_changed_inputs_is_refused_naming_both_unless_accepted(train
     stored = json.loads(record.read_text())
     assert stored["dataset_sha256"] == now and len(stored["accepted_inputs"]) == 1
     assert stored["config"]["stage1"]["num_steps"] == 8  # the start record is kept
+
+
+def test_records_hold_paths_relative_to_the_workdir(trained, monkeypatch):
+    import sys
+
+    from twostage_jax.launch.workdir import config_record, resolve_recorded
+
+    records = [p for p in trained.glob("*/*.json")]
+    assert records and not [p for p in records if str(trained) in p.read_text()]
+    pairing = json.loads((trained / "stage2" / "pairing.json").read_text())
+    assert pairing["path"] == "stage1/checkpoints/8"
+    assert resolve_recorded(trained, pairing["path"]) == trained / "stage1" / "checkpoints" / "8"
+    # an older record's absolute path, from where the workdir was before it was moved
+    assert resolve_recorded(trained, "/gone/runs/wd/stage1/checkpoints/8") == trained / "stage1" / "checkpoints" / "8"
+    monkeypatch.setattr(sys, "argv", ["twostage", f"--workdir={trained}", "--mode=stage1"])
+    assert config_record(_smoke(), trained)["argv"] == ["twostage", "--workdir=.", "--mode=stage1"]

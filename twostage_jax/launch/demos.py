@@ -87,7 +87,7 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
                 images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
                 total_seconds=time.perf_counter() - start)
     write_json_atomic(workdir / "demos" / "stats.json", info)
-    write_json_atomic(workdir / "demos" / "config.json", config_record(config))
+    write_json_atomic(workdir / "demos" / "config.json", config_record(config, workdir))
     logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
                  info.get("kept", len(trajs)), info["transitions"], info["images"],
                  info["dataset_mib"], info["total_seconds"])

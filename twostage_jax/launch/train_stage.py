@@ -204,12 +204,12 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if states is None:
         states = tj.init_seeds(train, keys, data, mesh)
         if is_writer():
-            write_json_atomic(out_dir / "config.json", {**config_record(config), "dataset_sha256": checksum})
+            write_json_atomic(out_dir / "config.json", {**config_record(config, workdir),
+                                                                "dataset_sha256": checksum})
     elif changes and is_writer() and any(c.startswith("demos/") for c in changes):
         record = _stage_record(out_dir)
-        accepted = [*record.get("accepted_inputs", []), {"written": config_record(config)["written"],
-                                                         "argv": config_record(config)["argv"],
-                                                         "changes": changes}]
+        when = {k: v for k, v in config_record(config, workdir).items() if k != "config"}
+        accepted = [*record.get("accepted_inputs", []), {**when, "changes": changes}]
         write_json_atomic(out_dir / "config.json", {**record, "dataset_sha256": checksum,
                                                     "accepted_inputs": accepted})
     else:

@@ -112,10 +112,42 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def config_record(config: LaunchConfig) -> dict:
-    """What STAGE/config.json and demos/config.json hold: when, the command line, the config."""
-    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv),
-            "config": to_dict(config)}
+def config_record(config: LaunchConfig, workdir: Path | None = None) -> dict:
+    """What STAGE/config.json and demos/config.json hold: when, the command line, the config.
+
+    The workdir's own absolute path in the command line is written as '.' (the records'
+    paths are relative to the workdir, so a moved or copied workdir's records still hold).
+    """
+    argv = list(sys.argv)
+    if workdir is not None:
+        root = str(Path(workdir).absolute())
+        argv = [a.replace(root, ".") for a in argv]
+    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": argv, "config": to_dict(config)}
+
+
+def relative_to_workdir(workdir: Path, path: Path) -> str:
+    """`path` as a workdir's records hold it: relative to the workdir (POSIX separators) when
+    it lies inside it, else as given."""
+    try:
+        return Path(path).absolute().relative_to(Path(workdir).absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_recorded(workdir: Path, recorded: str) -> Path:
+    """A path read from a workdir's record: a relative one (written since records hold relative
+    paths) against the workdir; an absolute one (older records) as it is if it exists, else its
+    longest tail that exists inside the workdir (the workdir was moved or copied)."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return Path(workdir) / path
+    if path.exists():
+        return path
+    for i in range(1, len(path.parts)):
+        candidate = Path(workdir).joinpath(*path.parts[i:])
+        if candidate.exists():
+            return candidate
+    return path
 
 
 def check_unused_layouts(config: LaunchConfig, workdir: Path, first: int, num: int, what: str) -> None:
@@ -192,7 +224,8 @@ def stage1_pairing(config: LaunchConfig, workdir: Path) -> dict:
     # the checkpoint of each seed that stage 2 is calibrated on and evaluated with
     steps = (selection.policy_params(config, workdir, 1)[1] if selection.selects(config, 1)
              else [int(step)] * int(config.num_seeds))
-    return {"path": str(directory / str(step)), "step": int(step), "algo": meta.get("algo"),
+    return {"path": relative_to_workdir(workdir, directory / str(step)), "step": int(step),
+            "algo": meta.get("algo"),
             "steps": steps}
 
 
