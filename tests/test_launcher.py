@@ -202,9 +202,9 @@ def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
 
 
 def test_clear_errors_for_bad_usage(tmp_path):
-    def refused(*args, expect, prefix=None):
+    def refused(*args, expect, prefix=None, **config):
         # A subprocess where the console or permissions matter, else the launcher in this process.
-        out = launch_in_process(*args) if prefix is None else _launch(*args, prefix=prefix)
+        out = launch_in_process(*args, **config) if prefix is None else _launch(*args, prefix=prefix)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
         assert lines[0].startswith("error: ") and all(e in lines[0] for e in expect), lines[0]
@@ -222,6 +222,16 @@ def test_clear_errors_for_bad_usage(tmp_path):
             expect=["--config.stage2.crop_sise: the config has no field 'crop_sise'; did you mean 'crop_size'?"])
     refused("--mode=all", workdir, "--task=reach-v9", expect=["unknown MetaWorld task 'reach-v9'"])
     refused("--mode=all", workdir, "--force", expect=["--force only applies to --mode=demos"])
+    refused("--mode=all", workdir, config=str(tmp_path / "missing.py"),
+            expect=[f"--config: no config file at {tmp_path / 'missing.py'}."])
+    (tmp_path / "broken.py").write_text("def get_config(arg):\n    return (\n")
+    refused("--mode=all", workdir, config=str(tmp_path / "broken.py"),
+            expect=[f"--config: {tmp_path / 'broken.py'} failed to load (SyntaxError: "])
+    refused("--mode=all", workdir, "--config.stage2.sigma=(0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)",
+            expect=["config.stage2.stage2.sigma (set by --config.stage2.sigma) must be 7 finite "
+                    "non-negative stds; got (0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)."])
+    refused("--mode=stage1", workdir, "--accept_new_inputs",
+            expect=["--accept_new_inputs only applies with --resume"])
     (tmp_path / "a_file").write_text("")
     refused("--mode=all", f"--workdir={tmp_path / 'a_file'}", expect=["a_file is a file; expected a folder"])
     assert not (tmp_path / "demos").exists(), "work started despite a bad flag"
@@ -708,3 +718,38 @@ def test_records_hold_paths_relative_to_the_workdir(trained, monkeypatch):
     assert resolve_recorded(trained, "/gone/runs/wd/stage1/checkpoints/8") == trained / "stage1" / "checkpoints" / "8"
     monkeypatch.setattr(sys, "argv", ["twostage", f"--workdir={trained}", "--mode=stage1"])
     assert config_record(_smoke(), trained)["argv"] == ["twostage", "--workdir=.", "--mode=stage1"]
+
+
+def test_one_line_refusals_before_work_in_a_workdir(trained, tmp_path, monkeypatch):
+    import tempfile
+
+    def refused(wd, *args, expect):
+        out = launch_in_process(f"--workdir={wd}", *args)
+        lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
+        assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert expect in lines[0], lines[0]
+
+    # evaluation before stage 1 names what is missing, not a folder it cannot write
+    fresh = _synthetic_workdir(tmp_path / "fresh")
+    refused(fresh, "--mode=eval", expect=f"evaluation needs a trained stage1, but {fresh / 'stage1' / 'checkpoints'} "
+                                         "does not exist; run --mode=stage1 first")
+    # a read-only stage folder on --resume: refused before any work
+    wd = _copy(trained, tmp_path / "wd")
+    stage = wd / "stage1"
+    before = _files(wd)
+    if os.geteuid() == 0:  # root writes anyway: the probe meets what a user without the permission would
+        mkstemp = tempfile.mkstemp
+
+        def denied(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == stage:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return mkstemp(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", denied)
+    stage.chmod(0o555)
+    try:
+        refused(wd, "--mode=stage1", "--resume", "--config.stage1.num_steps=12",
+                expect=f"{stage} is not writable (Permission denied); --resume continues stage1 in it")
+    finally:
+        stage.chmod(0o755)
+    assert _files(wd) == before

@@ -73,10 +73,7 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
                                                              augment_every=10**6))
         info["validation_seeds"] = [int(t.seed) for t in val]
     elif num_val > 0:  # RLBench: the folder's last num_validation episodes, keyframe chains only
-        from twostage_jax.data.rlbench_io import load_rlbench_demos
-
-        val = load_rlbench_demos(config.rlbench_root, config.task, episodes=val_episodes,
-                                 augment_every=10**6)
+        val = _load_rlbench(config, val_episodes, augment_every=10**6)
         save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
                                                              augment_every=10**6))
         info["validation_seeds"] = [int(t.seed) for t in val]
@@ -101,7 +98,7 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
     as validation demos (RLBench's dataset generator records no separate layouts for them); the
     first `config.demos.num_demos` of the others are the training demos.
     """
-    from twostage_jax.data.rlbench_io import list_rlbench_episodes, load_rlbench_demos
+    from twostage_jax.data.rlbench_io import list_rlbench_episodes
 
     d = config.demos
     root = str(config.rlbench_root)
@@ -118,8 +115,7 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
             "record more episodes, or lower config.demos.num_validation (0 needs "
             "--config.calibrate.sigma=False and --config.calibrate.crop_size=False).")
     train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
-    trajs = load_rlbench_demos(root, config.task, episodes=train_episodes,
-                               augment_every=int(d.augment_every))
+    trajs = _load_rlbench(config, train_episodes, augment_every=int(d.augment_every))
     size = int(trajs[0].images.shape[1])
     if trajs[0].images.shape[1:3] != (int(d.image_size),) * 2:
         raise PipelineError(f"config.demos.image_size ({d.image_size}) must match the RLBench images "
@@ -130,3 +126,16 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
                         "fewer than config.demos.num_demos=%d", len(train_episodes), num_val,
                         int(d.num_demos))
     return trajs, episodes[len(episodes) - num_val:]
+
+
+def _load_rlbench(config: LaunchConfig, episodes: list[int], augment_every: int) -> list:
+    """`load_rlbench_demos` of config.task's `episodes`, a malformed episode (a truncated or
+    foreign pickle, a missing low_dim_obs.pkl or PNG) reported as a PipelineError naming it."""
+    from twostage_jax.data.rlbench_io import load_rlbench_demos
+
+    try:
+        return load_rlbench_demos(str(config.rlbench_root), config.task, episodes=episodes,
+                                  augment_every=augment_every)
+    except (ValueError, OSError) as e:  # the reader's ValueError; FileNotFoundError; PIL's OSError
+        raise PipelineError(f"config.rlbench_root: a malformed RLBench episode: {e} Record it again "
+                            "with RLBench's dataset generator, or remove its episode folder.") from e

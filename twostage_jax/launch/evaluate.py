@@ -56,6 +56,14 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
 
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
+    for stage in (1, 2):  # what is missing, before what is unwritable
+        folder = stage_dir(workdir, stage, config) / "checkpoints"
+        if not folder.is_dir():
+            mode = f"--mode={STAGE_NAMES[stage]}" + (
+                f" --config.stage2_name={config.stage2_name}"
+                if stage == 2 and config.stage2_name != STAGE_NAMES[2] else "")
+            raise PipelineError(f"evaluation needs a trained {STAGE_NAMES[stage]}, but {folder} does "
+                                f"not exist; run {mode} first (or --mode=all).")
     recovered = recover_atomic_folder(out_dir)  # what an evaluation killed while replacing it left
     if recovered:
         logging.warning("%s: an earlier evaluation was stopped while replacing it: %s.", out_dir.name,

@@ -21,7 +21,7 @@ from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_
                                          check_trained_with, needs_calibration, seed_keys,
                                          seed_mesh, train_config)
 from twostage_jax.launch.config import LaunchConfig, to_dict
-from twostage_jax.launch.workdir import (config_record, is_writer, load_demos, load_validation, progress,
+from twostage_jax.launch.workdir import (config_record, ensure_writable, is_writer, load_demos, load_validation, progress,
                                         stage1_pairing, stage_dir, validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
@@ -50,6 +50,11 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     """
     out_dir = stage_dir(workdir, stage, config)
     from twostage_jax.launch.rollouts import curve_steps
+
+    for folder in (out_dir, out_dir / "checkpoints"):  # before any work
+        if folder.is_dir():
+            ensure_writable(folder, f"{'--resume continues' if resume else 'training writes'} "
+                                    f"{out_dir.name} in it: make it writable (chmod -R u+w {out_dir}).")
 
     # the learning curves' checkpoints (config.eval.curve_steps) and checkpoint selection's
     # candidates are kept beside the latest ones
