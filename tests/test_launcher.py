@@ -369,6 +369,7 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
 
 def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch, caplog):
     from twostage_jax.launch import plots, rollouts
+    from twostage_jax.launch.checks import PipelineError
     from twostage_jax.launch.evaluate import run_eval
     from twostage_jax import evaluation
     from twostage_jax.evaluation import rollouts as eval_rollouts
@@ -397,8 +398,11 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
 
     monkeypatch.setattr(plots, "learning_curves", disk_full)
     config = _smoke(**{"eval.record_episodes": 0, "eval.bootstrap_reps": 10, "eval.workers": 1})
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(PipelineError) as e:
         run_eval(config, wd)
+    assert str(e.value).startswith(f"no space left on the device while writing the evaluation results "
+                                   f"(eval/) to {wd} (")
+    assert "free there); the previous results are intact; free some space" in str(e.value)
     assert {p.name: p.read_text() for p in (wd / "eval").iterdir()} == old
     assert not [p.name for p in wd.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
@@ -752,4 +756,54 @@ def test_one_line_refusals_before_work_in_a_workdir(trained, tmp_path, monkeypat
                 expect=f"{stage} is not writable (Permission denied); --resume continues stage1 in it")
     finally:
         stage.chmod(0o755)
+    assert _files(wd) == before
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(trained, tmp_path,
+                                                                                     monkeypatch):
+    from typing import NamedTuple
+
+    import twostage_jax as tj
+    from twostage_jax.checkpoint import Checkpointer
+    from twostage_jax.launch import train_stage
+
+    def disk_full(self, step, state, meta):
+        (self.directory / f"{step}.orbax-checkpoint-tmp-1700000000").mkdir()  # what orbax had begun
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    class Metrics(NamedTuple):
+        bc_loss: np.ndarray
+
+    # the training steps are not what this test is about: none runs (nothing is compiled)
+    monkeypatch.setattr(tj, "run_seeds", lambda train, states, data, n, strategy, mesh:
+                        (states, Metrics(np.ones((2, n)))))
+    monkeypatch.setattr(train_stage, "_held_out_evaluator", lambda *args: None)
+    monkeypatch.setattr(Checkpointer, "save", disk_full)
+    wd = _copy(trained, tmp_path / "wd")
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage1", "--resume", "--config.stage1.num_steps=12")
+    lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    checkpoints = wd / "stage1" / "checkpoints"
+    assert lines[0].startswith(f"error: no space left on the device while writing the stage1 checkpoint of "
+                               f"step 12 to {checkpoints} ("), lines[0]
+    assert lines[0].endswith("free there); its partial files were removed and step 8 is the newest "
+                             "checkpoint; free some space and continue with --resume."), lines[0]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["4", "8"]
+
+
+def test_a_batch_clearly_too_big_for_memory_is_refused_before_training(trained, tmp_path, monkeypatch):
+    from twostage_jax.launch import train_stage
+    from twostage_jax.launch.checks import PipelineError
+
+    wd = _copy(trained, tmp_path / "wd")
+    before = _files(wd)
+    monkeypatch.setattr(train_stage, "available_memory", lambda: (2**19, "host"))
+    with pytest.raises(PipelineError) as e:
+        train_stage.run_stage(_smoke(**{"stage1.num_steps": 12, "seed_strategy": "sequential"}), wd, 1,
+                              resume=True)
+    # the dataset's arrays + 1 seed at a time (CPU) x batch 8 x 32x32x3 float32 x 8 (768 KiB)
+    assert str(e.value) == ("stage1 needs at least 845 KiB of host memory (the dataset 77 KiB; 1 seed(s) at "
+                            "once x batch 8 of 32x32 images, about 768 KiB), but 512 KiB is available; lower "
+                            "config.stage1.batch_size or config.stage1.image_size, train the seeds one "
+                            "after another (--config.seed_strategy=sequential), or record fewer demos.")
     assert _files(wd) == before

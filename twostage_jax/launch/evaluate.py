@@ -14,7 +14,7 @@ from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
 from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
-                                         resolve_recorded, stage_dir)
+                                         reporting_disk_full, resolve_recorded, stage_dir)
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder, recover_atomic_folder
 from twostage_jax._io import write_json_atomic
@@ -145,7 +145,10 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         correction_passes=passes, corrected_dims=dims,
         eval_seconds=time.perf_counter() - start, config=to_dict(config),
         modes=modes, gain=Interval(gain.mean, gain.low, gain.high), curves=curves)
-    with atomic_folder(out_dir) as tmp:
+    previous = "the previous results are intact" if out_dir.exists() else "nothing was written"
+    with reporting_disk_full(f"the evaluation results ({out_dir.name}/)", workdir,
+                             f"{previous}; free some space and evaluate again."), \
+            atomic_folder(out_dir) as tmp:
         write_json_atomic(tmp / "results.json", results.to_dict())
         plots.success_bars(results, tmp / "success.png")
         plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],

@@ -21,8 +21,9 @@ from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_
                                          check_trained_with, needs_calibration, seed_keys,
                                          seed_mesh, train_config)
 from twostage_jax.launch.config import LaunchConfig, to_dict
-from twostage_jax.launch.workdir import (config_record, ensure_writable, is_writer, load_demos, load_validation, progress,
-                                        stage1_pairing, stage_dir, validation_path)
+from twostage_jax.launch.workdir import (config_record, ensure_writable, is_writer, load_demos,
+                                         load_validation, progress, reporting_disk_full,
+                                         stage1_pairing, stage_dir, validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
 from twostage_jax._io import write_json_atomic
@@ -62,7 +63,9 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints),
                         keep_steps=tuple(keep))
     try:
-        summary = _train_stage(config, workdir, stage, resume, out_dir, ckpt, accept_new_inputs)
+        with reporting_disk_full(f"{out_dir.name}'s metrics and records", out_dir,
+                                 "free some space and continue with --resume."):
+            summary = _train_stage(config, workdir, stage, resume, out_dir, ckpt, accept_new_inputs)
     finally:
         ckpt.close()
     if selection.selects(config, stage) and is_writer():
@@ -187,6 +190,7 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if changes:
         logging.warning("%s: --accept_new_inputs: %s", out_dir.name, "; ".join(changes))
     dataset = load_demos(workdir)
+    check_memory(config, stage, dataset, out_dir)
     repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
     if stage == 2 and needs_calibration(config) and (
             repaired or not calibration_path(workdir, config).exists()):
@@ -255,7 +259,12 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
             bar.set_postfix({key_metric: " ".join(f"{v:.3g}" for v in means[key_metric])})
             bar.update(n)
             if step % ckpt_every == 0 or step == total or step in ckpt.keep_steps:
-                ckpt.save(step, states, _checkpoint_meta(config, stage, extra))
+                with reporting_disk_full(
+                        f"the {out_dir.name} checkpoint of step {step}", ckpt.directory,
+                        f"its partial files were removed and step {ckpt.latest_step() or 0} is the "
+                        "newest checkpoint; free some space and continue with --resume.",
+                        cleanup=lambda: _remove_partial_checkpoints(ckpt.directory)):
+                    ckpt.save(step, states, _checkpoint_meta(config, stage, extra))
     finally:
         bar.close()
         log.close()
@@ -264,6 +273,80 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if is_writer():
         write_json_atomic(summary_path, summary)
     return summary
+
+
+ACTIVATION_FACTOR = 8
+"""Bytes of a training step's activations and gradients per byte of its float32 input batch,
+at least (the first convolution's output alone, forward and backward, is about that)."""
+
+
+def available_memory() -> tuple[int, str] | None:
+    """(bytes, 'GPU device' / 'host') free for training on the first local device: the device's
+    limit less what is in use where it reports them, else the host's MemAvailable; None if
+    unknown."""
+    device = jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # not every backend implements it
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform.upper()} device"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "host"
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(config: LaunchConfig, stage: int, dataset: tj.Dataset, out_dir: Path) -> None:
+    """Refuses a stage whose lower-bound memory clearly exceeds what is available, before
+    training: the dataset on the device, plus each seed trained at once (vmapped, per device)
+    × the batch of images (stage 1) or crops (stage 2) as float32 × `ACTIVATION_FACTOR`.
+
+    Raises:
+      PipelineError: naming the estimate, its parts, what is available, and the fields to lower.
+    """
+    from twostage_jax.data.dataset import dataset_nbytes
+    from twostage_jax.launch.workdir import human_bytes
+    from twostage_jax.training.seeds import _resolve_seed_strategy
+
+    found = available_memory()
+    if found is None:
+        return
+    free, where = found
+    s, name = config.stage(stage), STAGE_NAMES[stage]
+    n, height = int(dataset.images.shape[0]), int(dataset.images.shape[1])
+    small = int(config.stage1.image_size or height)
+    data = dataset_nbytes(dataset) + (n * small * small * 3 if small != height else 0)
+    if stage == 1:
+        pixels, field, what = small * small, f"config.{name}.image_size", f"{small}x{small} images"
+    else:
+        crop, ee = int(s.stage2.crop_size), int(s.stage2.ee_crop_size)
+        pixels, field, what = crop * crop + ee * ee, "config.stage2.stage2.crop_size", f"{crop}-px crops"
+    parallel = 1
+    if _resolve_seed_strategy(config.seed_strategy, jax.default_backend()) == "vmap":
+        mesh = seed_mesh(config)
+        shards = sharding.num_seed_shards(mesh) if mesh is not None else 1
+        parallel = -(-int(config.num_seeds) // shards)
+    batch = parallel * int(s.batch_size) * pixels * 3 * 4 * ACTIVATION_FACTOR
+    if data + batch > free:
+        raise PipelineError(
+            f"{out_dir.name} needs at least {human_bytes(data + batch)} of {where} memory (the "
+            f"dataset {human_bytes(data)}; {parallel} seed(s) at once x batch {s.batch_size} of "
+            f"{what}, about {human_bytes(batch)}), but {human_bytes(free)} is available; lower "
+            f"config.{name}.batch_size or {field}, train the seeds one after another "
+            "(--config.seed_strategy=sequential), or record fewer demos.")
+
+
+def _remove_partial_checkpoints(directory: Path) -> None:
+    """Removes the temporary folders of orbax saves that did not finish (`*.orbax-checkpoint-tmp*`)."""
+    import shutil
+
+    for partial in directory.glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 class _NoLog:

@@ -32,11 +32,15 @@ The launcher's stages live beside this module: `demos.run_demos`, `train_stage.r
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +109,67 @@ def ensure_writable(folder: Path, why: str) -> None:
         raise PipelineError(f"{folder} is not writable ({e.strerror or e}); {why}") from e
     os.close(fd)
     os.unlink(probe)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from: orbax and tensorstore wrap them) is a
+    full disk or an exhausted quota."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quot" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def human_bytes(n: float) -> str:
+    """A byte count as MiB or GiB, for messages."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def free_space(path: Path) -> str:
+    """The free space on the filesystem of `path` (or of its nearest existing folder), as text."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{human_bytes(shutil.disk_usage(path).free)} free there"
+    except OSError:
+        return "free space unknown"
+
+
+@contextlib.contextmanager
+def reporting_disk_full(what: str, where: Path, after: str,
+                        cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turns a full disk while writing `what` into one PipelineError line.
+
+    Args:
+      what: what was being written ("the stage1 checkpoint of step 12").
+      where: the folder written to (its filesystem's free space is reported).
+      after: the state left and what to do ("free some space and continue with --resume.").
+      cleanup: removes what the failed write left, run before the error is raised.
+
+    Raises:
+      PipelineError: naming `what`, `where` and the free space, for ENOSPC / EDQUOT; any other
+        error passes through unchanged.
+    """
+    try:
+        yield
+    except PipelineError:
+        raise  # already reported (by an inner, more precise, report)
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        if cleanup is not None:
+            cleanup()
+        raise PipelineError(f"no space left on the device while writing {what} to {where} "
+                            f"({free_space(where)}); {after}") from e
 
 
 def is_writer() -> bool:
