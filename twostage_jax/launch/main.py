@@ -17,7 +17,9 @@ intact checkpoint; `--accept_new_inputs` lets it continue on inputs that changed
 started (a new dataset; for stage 2, stage 1 acting at other steps). `--force` lets
 --mode=demos replace an existing dataset. Every flag and config
 field is checked before any work starts; a bad one gets a one-line error (exit status 1), a
-refusal to touch the workdir one too (exit status 2).
+refusal to touch the workdir one too (exit status 2). Each mode locks the parts of the workdir
+it writes and reads (`workdir.phase_parts`, `lock.locked`), so a second launcher writing the
+same part, or reading one being written, is refused at once, naming the holder.
 """
 
 from __future__ import annotations
