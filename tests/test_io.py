@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from twostage_jax._io import atomic_folder, atomic_open, write_json_atomic
+from twostage_jax._io import atomic_folder, atomic_open, recover_atomic_folder, write_json_atomic
 
 
 def _mode(path) -> int:
@@ -53,3 +53,17 @@ def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["results.json"]
     assert (dest / "results.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_a_folder_replace_killed_between_its_renames_is_recovered(tmp_path):
+    # what a kill between atomic_folder's two renames leaves: the old folder aside, the new one
+    # not yet in place (and an older run's leftover beside them)
+    for name, text in ((".eval.old-a", "old"), (".eval.tmp-b", "new"), (".eval.tmp-c", "half"),
+                       (".eval_x.tmp-d", "another folder's")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+    done = recover_atomic_folder(tmp_path / "eval")
+    assert done == ["restored eval/ from .eval.old-a", "removed .eval.tmp-b", "removed .eval.tmp-c"]
+    assert (tmp_path / "eval" / "results.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".eval_x.tmp-d", "eval"]
+    assert recover_atomic_folder(tmp_path / "eval") == []

@@ -202,9 +202,9 @@ def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
 
 
 def test_clear_errors_for_bad_usage(tmp_path):
-    def refused(*args, expect, prefix=None):
+    def refused(*args, expect, prefix=None, **config):
         # A subprocess where the console or permissions matter, else the launcher in this process.
-        out = launch_in_process(*args) if prefix is None else _launch(*args, prefix=prefix)
+        out = launch_in_process(*args, **config) if prefix is None else _launch(*args, prefix=prefix)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
         assert lines[0].startswith("error: ") and all(e in lines[0] for e in expect), lines[0]
@@ -222,6 +222,16 @@ def test_clear_errors_for_bad_usage(tmp_path):
             expect=["--config.stage2.crop_sise: the config has no field 'crop_sise'; did you mean 'crop_size'?"])
     refused("--mode=all", workdir, "--task=reach-v9", expect=["unknown MetaWorld task 'reach-v9'"])
     refused("--mode=all", workdir, "--force", expect=["--force only applies to --mode=demos"])
+    refused("--mode=all", workdir, config=str(tmp_path / "missing.py"),
+            expect=[f"--config: no config file at {tmp_path / 'missing.py'}."])
+    (tmp_path / "broken.py").write_text("def get_config(arg):\n    return (\n")
+    refused("--mode=all", workdir, config=str(tmp_path / "broken.py"),
+            expect=[f"--config: {tmp_path / 'broken.py'} failed to load (SyntaxError: "])
+    refused("--mode=all", workdir, "--config.stage2.sigma=(0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)",
+            expect=["config.stage2.stage2.sigma (set by --config.stage2.sigma) must be 7 finite "
+                    "non-negative stds; got (0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)."])
+    refused("--mode=stage1", workdir, "--accept_new_inputs",
+            expect=["--accept_new_inputs only applies with --resume"])
     (tmp_path / "a_file").write_text("")
     refused("--mode=all", f"--workdir={tmp_path / 'a_file'}", expect=["a_file is a file; expected a folder"])
     assert not (tmp_path / "demos").exists(), "work started despite a bad flag"
@@ -357,8 +367,9 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
     assert (out_dir / "results.json").read_text() == '{"good": true}'
 
 
-def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch):
+def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch, caplog):
     from twostage_jax.launch import plots, rollouts
+    from twostage_jax.launch.checks import PipelineError
     from twostage_jax.launch.evaluate import run_eval
     from twostage_jax import evaluation
     from twostage_jax.evaluation import rollouts as eval_rollouts
@@ -387,13 +398,20 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
 
     monkeypatch.setattr(plots, "learning_curves", disk_full)
     config = _smoke(**{"eval.record_episodes": 0, "eval.bootstrap_reps": 10, "eval.workers": 1})
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(PipelineError) as e:
         run_eval(config, wd)
+    assert str(e.value).startswith(f"no space left on the device while writing the evaluation results "
+                                   f"(eval/) to {wd} (")
+    assert "free there); the previous results are intact; free some space" in str(e.value)
     assert {p.name: p.read_text() for p in (wd / "eval").iterdir()} == old
     assert not [p.name for p in wd.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
     monkeypatch.setattr(plots, "learning_curves", learning_curves)
-    results = run_eval(config, wd)
+    (wd / ".eval.tmp-killed").mkdir()  # left by an evaluation killed while replacing eval/
+    with caplog.at_level(logging.WARNING):
+        results = run_eval(config, wd)
+    assert "eval: an earlier evaluation was stopped while replacing it: removed .eval.tmp-killed" in caplog.text
+    assert not [p.name for p in wd.iterdir() if p.name.startswith(".")]
     assert sorted(p.name for p in (wd / "eval").iterdir()) == ["learning_curves.png", "results.json", "success.png"]
     assert json.loads((wd / "eval" / "results.json").read_text()) == json.loads(json.dumps(results.to_dict()))
     assert results.modes["two_stage"].per_seed == (0.5, 0.5)
@@ -565,3 +583,227 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     assert saved["selection"]["stage1"]["chosen_steps"] == record["chosen_steps"]
     assert saved["selection"]["stage1"]["success"] == record["success"]
     assert "setting" not in saved["selection"]["stage1"]
+
+
+# A second launcher: a process holding one part of a workdir's lock as a launcher does, with
+# lock.py loaded on its own (no JAX to import: the process starts in a fraction of a second).
+_HOLD = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("lock", sys.argv[1])
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+lock.PartLock(Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "write", sys.argv[5]).acquire()
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _hold(workdir: Path, part: str, how: str, mode: str) -> subprocess.Popen:
+    import sys
+
+    from twostage_jax.launch import lock
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, lock.__file__, str(workdir), part, how, mode],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _release(proc: subprocess.Popen) -> None:
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.wait(timeout=30)
+
+
+def _files(workdir: Path) -> dict:
+    """Every file of a workdir but its locks, with its size and modification time."""
+    return {p.relative_to(workdir): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in workdir.rglob("*") if p.is_file() and ".locks" not in p.parts}
+
+
+def test_a_second_launcher_on_a_workdir_is_refused_naming_the_holder_before_writing(trained, tmp_path):
+    import socket
+
+    wd = _copy(trained, tmp_path / "wd")
+    before = _files(wd)
+    holder = _hold(wd, "stage1", "write", "--mode=stage1 --resume")
+    try:
+        for args in (["--mode=stage1", "--resume", "--config.stage1.num_steps=12"],  # a second writer
+                     ["--mode=stage2", "--config.stage2_name=other"],  # readers of what is written
+                     ["--mode=eval"], ["--mode=all", "--resume"]):
+            out = launch_in_process(f"--workdir={wd}", *args)
+            lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
+            assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+            assert "Traceback" not in out.stderr and lines[0].startswith(f"error: stage1/ in {wd} is in use: pid {holder.pid} on "
+                                       f"{socket.gethostname()} (--mode=stage1 --resume, started "), lines[0]
+            assert "is writing it" in lines[0], lines[0]
+    finally:
+        _release(holder)
+    assert _files(wd) == before, "a refused launcher wrote to the workdir"
+    assert not (wd / "other").exists()
+
+
+def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path, monkeypatch):
+    # Ablations sharing a stage 1 (experiments/studies/reproduce.py) resume side by side: a stage
+    # trained to its num_steps is confirmed under a shared lock, and skipped.
+    from twostage_jax.launch import evaluate
+    from twostage_jax.launch.checks import PipelineError
+
+    def stop(config, workdir):
+        raise PipelineError("(evaluation is not what this test is about)")
+
+    monkeypatch.setattr(evaluate, "run_eval", stop)
+    wd = _copy(trained, tmp_path / "wd")
+    before = _files(wd)
+    sibling = _hold(wd, "stage1", "read", "--mode=all: stage2")
+    try:
+        out = launch_in_process(f"--workdir={wd}", "--mode=all", "--resume")
+    finally:
+        _release(sibling)
+    assert out.returncode == 2 and "evaluation is not what this test is about" in out.stderr, out.stderr[-3000:]
+    assert out.stderr.count("nothing to do") == 2 and "reusing the dataset" in out.stderr, out.stderr[-3000:]
+    assert _files(wd) == before
+
+
+def test_a_resume_on_changed_inputs_is_refused_naming_both_unless_accepted(trained, tmp_path):
+    from twostage_jax.data.dataset import dataset_checksum, save_dataset
+    from twostage_jax.testing import make_synthetic_dataset
+
+    wd = _copy(trained, tmp_path / "wd")
+    # stage 2 was started on other stage-1 steps than stage 1 acts with now
+    pairing, calibration = wd / "stage2" / "pairing.json", wd / "stage2" / "calibration.json"
+    for path in (pairing, calibration):
+        record = json.loads(path.read_text())
+        record.update({"steps": [4, 4]} if path == pairing else {"stage1_steps": [4, 4]})
+        path.write_text(json.dumps(record))
+    before = _files(wd)
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage2", "--resume")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert ("error: cannot resume stage2: stage 2 was started on stage-1 step(s) [4, 4]; stage 1 now "
+            "acts at [8, 8]. Resume with the inputs it started on, pass --accept_new_inputs") in out.stderr
+    assert _files(wd) == before
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage2", "--resume", "--accept_new_inputs")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(pairing.read_text())["steps"] == [8, 8]
+    assert json.loads(calibration.read_text())["stage1_steps"] == [8, 8], "not re-calibrated"
+
+    # the dataset changed under a trained stage 1
+    record = wd / "stage1" / "config.json"
+    was = json.loads(record.read_text())["dataset_sha256"]
+    assert was == dataset_checksum(wd / "demos" / "dataset.npz")
+    save_dataset(wd / "demos" / "dataset.npz",
+                 make_synthetic_dataset(num_episodes=6, steps_per_episode=3, image_size=32, seed=3))
+    now = dataset_checksum(wd / "demos" / "dataset.npz")
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage1", "--resume")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert (f"error: cannot resume stage1: demos/dataset.npz changed since stage1 started (checksum "
+            f"{was[:12]} then, {now[:12]} now)") in out.stderr
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage1", "--accept_new_inputs")
+    assert out.returncode == 1 and "--accept_new_inputs only applies with --resume" in out.stderr
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage1", "--resume", "--accept_new_inputs")
+    assert out.returncode == 0, out.stderr[-3000:]
+    stored = json.loads(record.read_text())
+    assert stored["dataset_sha256"] == now and len(stored["accepted_inputs"]) == 1
+    assert stored["config"]["stage1"]["num_steps"] == 8  # the start record is kept
+
+
+def test_records_hold_paths_relative_to_the_workdir(trained, monkeypatch):
+    import sys
+
+    from twostage_jax.launch.workdir import config_record, resolve_recorded
+
+    records = [p for p in trained.glob("*/*.json")]
+    assert records and not [p for p in records if str(trained) in p.read_text()]
+    pairing = json.loads((trained / "stage2" / "pairing.json").read_text())
+    assert pairing["path"] == "stage1/checkpoints/8"
+    assert resolve_recorded(trained, pairing["path"]) == trained / "stage1" / "checkpoints" / "8"
+    # an older record's absolute path, from where the workdir was before it was moved
+    assert resolve_recorded(trained, "/gone/runs/wd/stage1/checkpoints/8") == trained / "stage1" / "checkpoints" / "8"
+    monkeypatch.setattr(sys, "argv", ["twostage", f"--workdir={trained}", "--mode=stage1"])
+    assert config_record(_smoke(), trained)["argv"] == ["twostage", "--workdir=.", "--mode=stage1"]
+
+
+def test_one_line_refusals_before_work_in_a_workdir(trained, tmp_path, monkeypatch):
+    import tempfile
+
+    def refused(wd, *args, expect):
+        out = launch_in_process(f"--workdir={wd}", *args)
+        lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
+        assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert expect in lines[0], lines[0]
+
+    # evaluation before stage 1 names what is missing, not a folder it cannot write
+    fresh = _synthetic_workdir(tmp_path / "fresh")
+    refused(fresh, "--mode=eval", expect=f"evaluation needs a trained stage1, but {fresh / 'stage1' / 'checkpoints'} "
+                                         "does not exist; run --mode=stage1 first")
+    # a read-only stage folder on --resume: refused before any work
+    wd = _copy(trained, tmp_path / "wd")
+    stage = wd / "stage1"
+    before = _files(wd)
+    if os.geteuid() == 0:  # root writes anyway: the probe meets what a user without the permission would
+        mkstemp = tempfile.mkstemp
+
+        def denied(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == stage:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return mkstemp(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", denied)
+    stage.chmod(0o555)
+    try:
+        refused(wd, "--mode=stage1", "--resume", "--config.stage1.num_steps=12",
+                expect=f"{stage} is not writable (Permission denied); --resume continues stage1 in it")
+    finally:
+        stage.chmod(0o755)
+    assert _files(wd) == before
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_checkpoint(trained, tmp_path,
+                                                                                     monkeypatch):
+    from typing import NamedTuple
+
+    import twostage_jax as tj
+    from twostage_jax.checkpoint import Checkpointer
+    from twostage_jax.launch import train_stage
+
+    def disk_full(self, step, state, meta):
+        (self.directory / f"{step}.orbax-checkpoint-tmp-1700000000").mkdir()  # what orbax had begun
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    class Metrics(NamedTuple):
+        bc_loss: np.ndarray
+
+    # the training steps are not what this test is about: none runs (nothing is compiled)
+    monkeypatch.setattr(tj, "run_seeds", lambda train, states, data, n, strategy, mesh:
+                        (states, Metrics(np.ones((2, n)))))
+    monkeypatch.setattr(train_stage, "_held_out_evaluator", lambda *args: None)
+    monkeypatch.setattr(Checkpointer, "save", disk_full)
+    wd = _copy(trained, tmp_path / "wd")
+    out = launch_in_process(f"--workdir={wd}", "--mode=stage1", "--resume", "--config.stage1.num_steps=12")
+    lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    checkpoints = wd / "stage1" / "checkpoints"
+    assert lines[0].startswith(f"error: no space left on the device while writing the stage1 checkpoint of "
+                               f"step 12 to {checkpoints} ("), lines[0]
+    assert lines[0].endswith("free there); its partial files were removed and step 8 is the newest "
+                             "checkpoint; free some space and continue with --resume."), lines[0]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["4", "8"]
+
+
+def test_a_batch_clearly_too_big_for_memory_is_refused_before_training(trained, tmp_path, monkeypatch):
+    from twostage_jax.launch import train_stage
+    from twostage_jax.launch.checks import PipelineError
+
+    wd = _copy(trained, tmp_path / "wd")
+    before = _files(wd)
+    monkeypatch.setattr(train_stage, "available_memory", lambda: (2**19, "host"))
+    with pytest.raises(PipelineError) as e:
+        train_stage.run_stage(_smoke(**{"stage1.num_steps": 12, "seed_strategy": "sequential"}), wd, 1,
+                              resume=True)
+    # the dataset's arrays + 1 seed at a time (CPU) x batch 8 x 32x32x3 float32 x 8 (768 KiB)
+    assert str(e.value) == ("stage1 needs at least 845 KiB of host memory (the dataset 77 KiB; 1 seed(s) at "
+                            "once x batch 8 of 32x32 images, about 768 KiB), but 512 KiB is available; lower "
+                            "config.stage1.batch_size or config.stage1.image_size, train the seeds one "
+                            "after another (--config.seed_strategy=sequential), or record fewer demos.")
+    assert _files(wd) == before

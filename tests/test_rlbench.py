@@ -422,3 +422,56 @@ def test_launcher_eval_without_rlbench_fails_before_work(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: --mode=eval")
     assert "RLBench is not installed" in lines[0] and "CoppeliaSim" in lines[0]
     assert not wd.exists()  # nothing was created
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ("truncated", "Could not unpickle RLBench demo"),
+    ("no_png", "lacks image"),
+    ("no_pickle", "has no low_dim_obs.pkl"),
+])
+def test_launcher_reports_a_malformed_episode_in_one_line(tmp_path, damage, expect):
+    _write_fixture(tmp_path / "data", n=24, episodes=3, size=32)
+    episode = tmp_path / "data" / "reach_target" / "variation0" / "episodes" / "episode1"
+    pkl = episode / "low_dim_obs.pkl"
+    if damage == "truncated":
+        pkl.write_bytes(pkl.read_bytes()[: pkl.stat().st_size // 2])
+    elif damage == "no_png":
+        for png in (episode / "front_rgb").glob("*.png"):
+            png.unlink()
+    else:
+        pkl.unlink()
+    wd = tmp_path / "wd"
+    out = _launch("--mode=demos", f"--workdir={wd}", "--config.env=rlbench", "--task=reach_target",
+                  f"--config.rlbench_root={tmp_path / 'data'}", "--config.demos.image_size=32",
+                  "--config.demos.num_validation=1")
+    lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert lines[0].startswith("error: config.rlbench_root: a malformed RLBench episode: ")
+    assert expect in lines[0] and str(episode) in lines[0], lines[0]
+    assert not (wd / "demos" / "dataset.npz").exists()
+
+
+def test_a_full_disk_while_writing_demos_leaves_demos_as_it_was(tmp_path, monkeypatch):
+    import errno
+
+    from twostage_jax.data import dataset
+
+    _write_fixture(tmp_path / "data", n=24, episodes=3, size=32)
+    save = dataset.save_dataset
+
+    def disk_full(path, ds):
+        if path.name == "dataset.npz":  # validation.npz was written before it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(path, ds)
+
+    monkeypatch.setattr(dataset, "save_dataset", disk_full)
+    wd = tmp_path / "wd"
+    out = _launch("--mode=demos", f"--workdir={wd}", "--config.env=rlbench", "--task=reach_target",
+                  f"--config.rlbench_root={tmp_path / 'data'}", "--config.demos.image_size=32",
+                  "--config.demos.num_validation=1")
+    lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert lines[0].startswith(f"error: no space left on the device while writing demos/dataset.npz to "
+                               f"{wd / 'demos'} ("), lines[0]
+    assert lines[0].endswith("free there); demos/ is as it was; free some space and record the demos again.")
+    assert list((wd / "demos").iterdir()) == [], "a half-written demos/ was left"

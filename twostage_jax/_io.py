@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -112,6 +113,30 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_atomic_folder(path: str | os.PathLike[str]) -> list[str]:
+    """Clears what a killed `atomic_folder(path)` left: its hidden `.NAME.tmp-*` and
+    `.NAME.old-*` siblings. Where `path` itself is missing (killed between the two renames), the
+    newest `.NAME.old-*` (the previous folder, whole) is renamed back to `path` first.
+
+    Call it only while no `atomic_folder(path)` of another process runs (under the folder's lock).
+
+    Returns:
+      One phrase per folder restored or removed, for a log line (empty if there were none).
+    """
+    path = Path(path).absolute()
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
+    old = sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*"), key=lambda p: p.stat().st_mtime)
+    done = []
+    if old and not path.exists():
+        os.replace(old[-1], path)
+        done.append(f"restored {path.name}/ from {old[-1].name}")
+        old = old[:-1]
+    for folder in stale + old:
+        shutil.rmtree(folder, ignore_errors=True)
+        done.append(f"removed {folder.name}")
+    return done
 
 
 def json_default(x: Any) -> Any:

@@ -188,6 +188,29 @@ def save_dataset(path: str | os.PathLike[str], ds: Dataset) -> None:
         np.savez(f, **payload)
 
 
+def dataset_checksum(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 hex digest a dataset file stores (over its arrays, see the module docstring),
+    read without loading the arrays; `load_dataset` verifies it against them.
+
+    Raises:
+      FileNotFoundError: no such file.
+      DatasetFormatError: not a dataset file, or unreadable.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No dataset file at {path!r}.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "checksum" not in npz.files:
+                raise DatasetFormatError(f"{path!r} is not a twostage_jax dataset: no `checksum` entry.")
+            return bytes(npz["checksum"]).decode("ascii", errors="replace")
+    except DatasetFormatError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zlib_error()) as err:
+        raise DatasetFormatError(f"{path!r} is truncated or corrupted and cannot be read "
+                                 f"({type(err).__name__}: {err}).") from err
+
+
 def load_dataset(path: str | os.PathLike[str]) -> Dataset:
     """Reads and fully verifies a dataset written by `save_dataset`.
 

@@ -142,6 +142,8 @@ def parse_value(text: str, kind: Any, path: str) -> Any:
         return value if isinstance(value, str) else text
     if origin is tuple:
         value = literal()
+        if isinstance(value, str) and (args[0] if args else Any) is float:
+            value = _float_tuple(text)  # with nan or inf, which are no Python literals
         if not isinstance(value, (tuple, list)):
             raise bad("a tuple, e.g. (2,) or (1, 2)")
         inner = args[0] if args else Any
@@ -152,6 +154,20 @@ def parse_value(text: str, kind: Any, path: str) -> Any:
             raise bad("a tuple of ints")
         return tuple(float(v) if inner is float else v for v in value)
     return literal()
+
+
+def _float_tuple(text: str) -> tuple[float, ...] | str:
+    """'(0.1, nan, 1)' as a tuple of floats (`float` reads nan and inf), or `text` if it is none."""
+    inner = text.strip()
+    if len(inner) >= 2 and (inner[0], inner[-1]) in (("(", ")"), ("[", "]")):
+        inner = inner[1:-1]
+    items = [x.strip() for x in inner.split(",")]
+    if items and not items[-1] and len(items) > 1:  # '(2,)'
+        items = items[:-1]
+    try:
+        return tuple(float(x) for x in items)
+    except ValueError:
+        return text
 
 
 def parse_overrides(overrides: list[tuple[str, str]]) -> list[Override]:
@@ -179,7 +195,14 @@ def apply_overrides(config: LaunchConfig, overrides: list[Override]) -> LaunchCo
     Raises:
       ConfigError: a value a dataclass refuses, naming the field's dotted path.
     """
-    return replace_path(config, {o.path: o.value for o in overrides}) if overrides else config
+    try:
+        return replace_path(config, {o.path: o.value for o in overrides}) if overrides else config
+    except ConfigError as e:
+        field = f"{e.owner}.{e.field}" if e.owner else e.field
+        given = [o.flag for o in overrides if f"config.{o.path}" == field and o.flag != f"--{field}"]
+        if given:  # set through a shorthand (--config.stage2.sigma): name the flag as typed too
+            raise ConfigError(e.owner, e.field, f"(set by {given[-1]}) {e.message}") from None
+        raise
 
 
 def load_config_file(spec: str) -> LaunchConfig:
@@ -205,7 +228,10 @@ def load_config_file(spec: str) -> LaunchConfig:
         sys.path.insert(0, str(root))
     module_spec = importlib.util.spec_from_file_location(f"_launch_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # a syntax error, a failed import: one line naming the file
+        raise ValueError(f"--config: {path} failed to load ({type(e).__name__}: {e}).") from e
     if not hasattr(module, "get_config"):
         raise ValueError(f"--config: {path} has no get_config(variants) function.")
     config = module.get_config(arg or None)

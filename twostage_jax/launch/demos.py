@@ -3,6 +3,9 @@ on-disk demos), and write the keyframe dataset and the held-out validation demos
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -10,7 +13,7 @@ from absl import logging
 
 from twostage_jax.launch.checks import PipelineError
 from twostage_jax.launch.config import LaunchConfig
-from twostage_jax.launch.workdir import config_record, dataset_path, trained_stages, validation_path
+from twostage_jax.launch.workdir import config_record, dataset_path, reporting_disk_full, trained_stages
 from twostage_jax._io import write_json_atomic
 
 
@@ -27,7 +30,7 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
     Raises:
       PipelineError: a dataset exists and `force` is False.
     """
-    from twostage_jax.data.dataset import build_dataset, dataset_nbytes, save_dataset
+    from twostage_jax.data.dataset import build_dataset, dataset_nbytes
 
     path = dataset_path(workdir)
     if path.exists() or path.is_symlink():
@@ -58,8 +61,8 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
         workspace = default_workspace()
         info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}
     ds = build_dataset(trajs, workspace, gamma=float(d.gamma), augment_every=int(d.augment_every))
-    dataset_path(workdir).parent.mkdir(parents=True, exist_ok=True)
     num_val = d.num_validation
+    val_ds = None
     if num_val > 0 and config.env == "metaworld":
         # Keyframe-to-keyframe chains only (no augmentation): the states a policy meets when it
         # acts keyframe by keyframe.
@@ -69,29 +72,53 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
         if clash:
             raise PipelineError(f"validation demo seeds {sorted(clash)[:5]} were used for training "
                                 "demos; set config.demos.validation_seed beyond them.")
-        save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
-                                                             augment_every=10**6))
+        val_ds = build_dataset(val, workspace, gamma=float(d.gamma), augment_every=10**6)
         info["validation_seeds"] = [int(t.seed) for t in val]
     elif num_val > 0:  # RLBench: the folder's last num_validation episodes, keyframe chains only
-        from twostage_jax.data.rlbench_io import load_rlbench_demos
-
-        val = load_rlbench_demos(config.rlbench_root, config.task, episodes=val_episodes,
-                                 augment_every=10**6)
-        save_dataset(validation_path(workdir), build_dataset(val, workspace, gamma=float(d.gamma),
-                                                             augment_every=10**6))
+        val = _load_rlbench(config, val_episodes, augment_every=10**6)
+        val_ds = build_dataset(val, workspace, gamma=float(d.gamma), augment_every=10**6)
         info["validation_seeds"] = [int(t.seed) for t in val]
-    elif validation_path(workdir).exists():  # --force without validation demos: drop the old ones
-        validation_path(workdir).unlink()
-    save_dataset(dataset_path(workdir), ds)
     info.update(task=config.task, env=config.env, transitions=int(ds.action.shape[0]),
                 images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
                 total_seconds=time.perf_counter() - start)
-    write_json_atomic(workdir / "demos" / "stats.json", info)
-    write_json_atomic(workdir / "demos" / "config.json", config_record(config))
+    _write_demos(workdir, {"validation.npz": val_ds, "stats.json": info,
+                           "config.json": config_record(config, workdir), "dataset.npz": ds})
     logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
                  info.get("kept", len(trajs)), info["transitions"], info["images"],
                  info["dataset_mib"], info["total_seconds"])
     return info
+
+
+def _write_demos(workdir: Path, files: dict) -> None:
+    """Writes demos/'s files all or none: each into a hidden staging folder in demos/, then
+    renamed into place in order (the dataset last, as `--mode=all` takes it for done); a file
+    given as None is removed (no validation demos). A full disk while staging leaves demos/ as
+    it was, and the staging folder is removed (as is any a killed run left)."""
+    from twostage_jax.data.dataset import save_dataset
+
+    folder = dataset_path(workdir).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+        logging.warning("demos: removed %s, left by a recording that was stopped", stale.name)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    try:
+        for name, content in files.items():
+            if content is None:
+                continue
+            with reporting_disk_full(f"demos/{name}", folder, "demos/ is as it was; free some space "
+                                     "and record the demos again."):
+                if name.endswith(".npz"):
+                    save_dataset(staging / name, content)
+                else:
+                    write_json_atomic(staging / name, content)
+        for name, content in files.items():
+            if content is not None:
+                os.replace(staging / name, folder / name)
+            elif (folder / name).exists():  # --force without validation demos: drop the old ones
+                (folder / name).unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
@@ -101,7 +128,7 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
     as validation demos (RLBench's dataset generator records no separate layouts for them); the
     first `config.demos.num_demos` of the others are the training demos.
     """
-    from twostage_jax.data.rlbench_io import list_rlbench_episodes, load_rlbench_demos
+    from twostage_jax.data.rlbench_io import list_rlbench_episodes
 
     d = config.demos
     root = str(config.rlbench_root)
@@ -118,8 +145,7 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
             "record more episodes, or lower config.demos.num_validation (0 needs "
             "--config.calibrate.sigma=False and --config.calibrate.crop_size=False).")
     train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
-    trajs = load_rlbench_demos(root, config.task, episodes=train_episodes,
-                               augment_every=int(d.augment_every))
+    trajs = _load_rlbench(config, train_episodes, augment_every=int(d.augment_every))
     size = int(trajs[0].images.shape[1])
     if trajs[0].images.shape[1:3] != (int(d.image_size),) * 2:
         raise PipelineError(f"config.demos.image_size ({d.image_size}) must match the RLBench images "
@@ -130,3 +156,16 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
                         "fewer than config.demos.num_demos=%d", len(train_episodes), num_val,
                         int(d.num_demos))
     return trajs, episodes[len(episodes) - num_val:]
+
+
+def _load_rlbench(config: LaunchConfig, episodes: list[int], augment_every: int) -> list:
+    """`load_rlbench_demos` of config.task's `episodes`, a malformed episode (a truncated or
+    foreign pickle, a missing low_dim_obs.pkl or PNG) reported as a PipelineError naming it."""
+    from twostage_jax.data.rlbench_io import load_rlbench_demos
+
+    try:
+        return load_rlbench_demos(str(config.rlbench_root), config.task, episodes=episodes,
+                                  augment_every=augment_every)
+    except (ValueError, OSError) as e:  # the reader's ValueError; FileNotFoundError; PIL's OSError
+        raise PipelineError(f"config.rlbench_root: a malformed RLBench episode: {e} Record it again "
+                            "with RLBench's dataset generator, or remove its episode folder.") from e

@@ -14,9 +14,9 @@ from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
 from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
-                                 stage_dir)
+                                         reporting_disk_full, resolve_recorded, stage_dir)
 from twostage_jax import evaluation
-from twostage_jax._io import atomic_folder
+from twostage_jax._io import atomic_folder, recover_atomic_folder
 from twostage_jax._io import write_json_atomic
 
 
@@ -56,6 +56,18 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
 
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
+    for stage in (1, 2):  # what is missing, before what is unwritable
+        folder = stage_dir(workdir, stage, config) / "checkpoints"
+        if not folder.is_dir():
+            mode = f"--mode={STAGE_NAMES[stage]}" + (
+                f" --config.stage2_name={config.stage2_name}"
+                if stage == 2 and config.stage2_name != STAGE_NAMES[2] else "")
+            raise PipelineError(f"evaluation needs a trained {STAGE_NAMES[stage]}, but {folder} does "
+                                f"not exist; run {mode} first (or --mode=all).")
+    recovered = recover_atomic_folder(out_dir)  # what an evaluation killed while replacing it left
+    if recovered:
+        logging.warning("%s: an earlier evaluation was stopped while replacing it: %s.", out_dir.name,
+                        "; ".join(recovered))
     if out_dir.exists():
         ensure_writable(out_dir, "evaluation replaces the results in it; make it writable.")
     ensure_writable(stage_dir(workdir, 1, config), "evaluation caches stage-1 rollouts there.")
@@ -71,8 +83,9 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
     paired = pairing.get("steps", [pairing.get("step")] * len(steps1)) if pairing else steps1
     if paired != steps1:
-        logging.warning("stage 2 was trained against stage-1 step(s) %s but stage 1 now acts at "
-                        "step(s) %s", paired, steps1)
+        where = (f" ({resolve_recorded(workdir, pairing['path'])})" if pairing.get("path") else "")
+        logging.warning("stage 2 was trained against stage-1 step(s) %s%s but stage 1 now acts at "
+                        "step(s) %s", paired, where, steps1)
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     workspace = dataset.workspace
     seeds = eval_seeds(config, workdir)
@@ -132,7 +145,10 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         correction_passes=passes, corrected_dims=dims,
         eval_seconds=time.perf_counter() - start, config=to_dict(config),
         modes=modes, gain=Interval(gain.mean, gain.low, gain.high), curves=curves)
-    with atomic_folder(out_dir) as tmp:
+    previous = "the previous results are intact" if out_dir.exists() else "nothing was written"
+    with reporting_disk_full(f"the evaluation results ({out_dir.name}/)", workdir,
+                             f"{previous}; free some space and evaluate again."), \
+            atomic_folder(out_dir) as tmp:
         write_json_atomic(tmp / "results.json", results.to_dict())
         plots.success_bars(results, tmp / "success.png")
         plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],

@@ -13,13 +13,18 @@ with --mode=stage1 or stage2, a --workdir every process can read (its dataset re
 beforehand), and evaluate afterwards from one process.
 
 Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its newest
-intact checkpoint. `--force` lets --mode=demos replace an existing dataset. Every flag and config
+intact checkpoint; `--accept_new_inputs` lets it continue on inputs that changed since it
+started (a new dataset; for stage 2, stage 1 acting at other steps). `--force` lets
+--mode=demos replace an existing dataset. Every flag and config
 field is checked before any work starts; a bad one gets a one-line error (exit status 1), a
-refusal to touch the workdir one too (exit status 2).
+refusal to touch the workdir one too (exit status 2). Each mode locks the parts of the workdir
+it writes and reads (`workdir.phase_parts`, `lock.locked`), so a second launcher writing the
+same part, or reading one being written, is refused at once, naming the holder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging as pylogging
 import sys
 from pathlib import Path
@@ -39,6 +44,9 @@ flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_s
 flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).")
 flags.DEFINE_bool("resume", False, "Continue a stage from its newest intact checkpoint.")
 flags.DEFINE_bool("force", False, "With --mode=demos: replace an existing dataset.")
+flags.DEFINE_bool("accept_new_inputs", False, "With --resume: continue a stage whose inputs changed "
+                  "since it started (the dataset; for stage 2, the stage-1 steps it acts with), "
+                  "re-calibrating stage 2 and recording the new pairing.")
 flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0 "
                     "(calls jax.distributed.initialize).")
 flags.DEFINE_integer("num_processes", None, "Several processes: how many take part.")
@@ -170,11 +178,7 @@ def _main(argv: list[str]) -> int:
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: the directory for datasets, checkpoints and results.")
     distributed = _distributed_flags()
-    from twostage_jax.launch.demos import run_demos
-    from twostage_jax.launch.evaluate import format_results_table, run_eval
-    from twostage_jax.launch.checks import PipelineError, seed_mesh, validate_config
-    from twostage_jax.launch.train_stage import run_stage
-    from twostage_jax.launch.workdir import dataset_path, eval_dir
+    from twostage_jax.launch.checks import validate_config
 
     config = _resolve_config()
     try:
@@ -184,14 +188,53 @@ def _main(argv: list[str]) -> int:
     if FLAGS.force and FLAGS.mode != "demos":
         raise UsageError(f"--force only applies to --mode=demos (it lets it replace an existing "
                          f"dataset); got --mode={FLAGS.mode}.")
+    if FLAGS.accept_new_inputs and not FLAGS.resume:
+        raise UsageError("--accept_new_inputs only applies with --resume (it lets a resumed stage "
+                         "continue on inputs that changed since it started).")
     _check_task(config)
     workdir = Path(FLAGS.workdir).absolute()
     _check_workdir(workdir)
 
+    from twostage_jax.launch.lock import LockError
+
+    # A part of the workdir has one writer, and no reader while it is written. A single mode
+    # takes its locks now, before any work; --mode=all each phase's as the phase starts.
+    holding = contextlib.ExitStack()
+    try:
+        if FLAGS.mode != "all":
+            holding.enter_context(_phase_lock(config, workdir, FLAGS.mode))
+    except LockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with holding:
+        return _run_modes(config, workdir, distributed)
+
+
+def _phase_lock(config: LaunchConfig, workdir: Path, phase: str,
+                read_only: bool = False) -> contextlib.AbstractContextManager:
+    """The workdir locks of one phase (`workdir.phase_parts`): its output part exclusive (shared
+    with `read_only`: to confirm a stage is trained) and its inputs shared. Processes other
+    than 0 of a multi-process run take none: process 0 holds them for the run."""
+    from twostage_jax.launch.lock import locked
+    from twostage_jax.launch.workdir import phase_parts
+
+    if FLAGS.process_id not in (None, 0):
+        return contextlib.nullcontext()
+    write, read = phase_parts(config, phase)
+    if read_only:
+        write, read = [], [*read, *write]
+    mode = f"--mode={FLAGS.mode}" + (f": {phase}" if FLAGS.mode == "all" else "")
+    return locked(workdir, mode, write=write, read=read)
+
+
+def _run_modes(config: LaunchConfig, workdir: Path, distributed: tuple[str, int, int] | None) -> int:
+    """Runs the mode's phases in order (each under its locks with --mode=all); 2 on a refusal."""
     import jax
 
     from twostage_jax.checkpoint import CheckpointError
     from twostage_jax.data.dataset import DatasetFormatError
+    from twostage_jax.launch.checks import PipelineError, seed_mesh
+    from twostage_jax.launch.lock import LockError
 
     if distributed is not None:  # before any other JAX work
         from twostage_jax.sharding import initialize_distributed
@@ -203,21 +246,11 @@ def _main(argv: list[str]) -> int:
         seed_mesh(config)  # config.seed_devices against the devices there are
     except PipelineError as e:
         raise UsageError(str(e)) from e
+    phases = ("demos", "stage1", "stage2", "eval") if FLAGS.mode == "all" else (FLAGS.mode,)
     try:
-        if FLAGS.mode in ("demos", "all"):
-            if FLAGS.mode == "all" and dataset_path(workdir).exists():
-                logging.info("reusing the dataset in %s", dataset_path(workdir))
-            else:
-                run_demos(config, workdir, force=FLAGS.force)
-        if FLAGS.mode in ("stage1", "all"):
-            run_stage(config, workdir, 1, resume=FLAGS.resume)
-        if FLAGS.mode in ("stage2", "all"):
-            run_stage(config, workdir, 2, resume=FLAGS.resume)
-        if FLAGS.mode in ("eval", "all"):
-            results = run_eval(config, workdir)
-            print(format_results_table(results))
-            print(f"results, plots and rollout frames: {eval_dir(workdir, config)}")
-    except (PipelineError, CheckpointError) as e:
+        for phase in phases:
+            _run_phase(config, workdir, phase)
+    except (PipelineError, CheckpointError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DatasetFormatError as e:
@@ -225,6 +258,47 @@ def _main(argv: list[str]) -> int:
               "with (demos/config.json), or start a fresh --workdir.", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_phase(config: LaunchConfig, workdir: Path, phase: str) -> None:
+    """One phase; with --mode=all under its own locks, a trained stage confirmed under shared
+    ones (so runs sharing a stage 1 resume side by side) and a recorded dataset reused."""
+    from twostage_jax.launch.demos import run_demos
+    from twostage_jax.launch.evaluate import format_results_table, run_eval
+    from twostage_jax.launch.train_stage import run_stage, trained_to_the_end
+    from twostage_jax.launch.workdir import dataset_path, eval_dir
+
+    whole = FLAGS.mode == "all"
+
+    def lock(read_only: bool = False) -> contextlib.AbstractContextManager:
+        return _phase_lock(config, workdir, phase, read_only) if whole else contextlib.nullcontext()
+
+    if phase == "demos":
+        if whole and dataset_path(workdir).exists():
+            logging.info("reusing the dataset in %s", dataset_path(workdir))
+            return
+        with lock():
+            if whole and dataset_path(workdir).exists():  # recorded while we waited for the lock
+                logging.info("reusing the dataset in %s", dataset_path(workdir))
+                return
+            run_demos(config, workdir, force=FLAGS.force)
+    elif phase in ("stage1", "stage2"):
+        stage = int(phase[-1])
+        if whole and FLAGS.resume:
+            with lock(read_only=True):
+                step = trained_to_the_end(config, workdir, stage)
+            if step is not None:
+                logging.info("%s is already trained to step %d; nothing to do",
+                             workdir / (phase if stage == 1 else config.stage2_name), step)
+                return
+        with lock():
+            run_stage(config, workdir, stage, resume=FLAGS.resume,
+                      accept_new_inputs=FLAGS.accept_new_inputs)
+    else:
+        with lock():
+            results = run_eval(config, workdir)
+        print(format_results_table(results))
+        print(f"results, plots and rollout frames: {eval_dir(workdir, config)}")
 
 
 class _DropLibraryInfo(pylogging.Filter):

@@ -21,21 +21,30 @@ from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_
                                          check_trained_with, needs_calibration, seed_keys,
                                          seed_mesh, train_config)
 from twostage_jax.launch.config import LaunchConfig, to_dict
-from twostage_jax.launch.workdir import (config_record, is_writer, load_demos, load_validation, progress,
-                                        stage1_pairing, stage_dir, validation_path)
+from twostage_jax.launch.workdir import (config_record, ensure_writable, is_writer, load_demos,
+                                         load_validation, progress, reporting_disk_full,
+                                         stage1_pairing, stage_dir, validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
 from twostage_jax._io import write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 
 
-def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = False) -> dict:
+def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = False,
+              accept_new_inputs: bool = False) -> dict:
     """Trains one stage for all seeds, with chunked logging and periodic checkpoints.
 
     A fresh stage refuses a folder that already holds checkpoints and writes its config to
-    STAGE/config.json. With `resume` it continues from the newest intact checkpoint (damaged
-    newer ones are moved to STAGE/damaged_checkpoints/) if that was trained with the same
-    `program_fields`, and keeps STAGE/config.json as it is.
+    STAGE/config.json, with the checksum of the dataset it starts on. With `resume` it continues
+    from the newest intact checkpoint (damaged newer ones are moved to
+    STAGE/damaged_checkpoints/) if that was trained with the same `program_fields`, and keeps
+    STAGE/config.json as it is; a resume whose inputs changed since the stage started (the
+    dataset, or for stage 2 the stage-1 steps it acts with, in pairing.json) is refused, naming
+    both, unless `accept_new_inputs`: then stage 2 is re-calibrated, the new pairing recorded, and
+    the new dataset checksum recorded in STAGE/config.json under `accepted_inputs`.
+
+    Raises:
+      PipelineError: checkpoints exist without `resume`; another config; changed inputs.
 
     Returns:
       A summary dict (final step, wall time, final metric means per seed).
@@ -43,13 +52,20 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     out_dir = stage_dir(workdir, stage, config)
     from twostage_jax.launch.rollouts import curve_steps
 
+    for folder in (out_dir, out_dir / "checkpoints"):  # before any work
+        if folder.is_dir():
+            ensure_writable(folder, f"{'--resume continues' if resume else 'training writes'} "
+                                    f"{out_dir.name} in it: make it writable (chmod -R u+w {out_dir}).")
+
     # the learning curves' checkpoints (config.eval.curve_steps) and checkpoint selection's
     # candidates are kept beside the latest ones
     keep = sorted({*curve_steps(config), *selection.candidate_steps(config, stage)})
     ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints),
                         keep_steps=tuple(keep))
     try:
-        summary = _train_stage(config, workdir, stage, resume, out_dir, ckpt)
+        with reporting_disk_full(f"{out_dir.name}'s metrics and records", out_dir,
+                                 "free some space and continue with --resume."):
+            summary = _train_stage(config, workdir, stage, resume, out_dir, ckpt, accept_new_inputs)
     finally:
         ckpt.close()
     if selection.selects(config, stage) and is_writer():
@@ -57,8 +73,96 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     return summary
 
 
+def trained_to_the_end(config: LaunchConfig, workdir: Path, stage: int) -> int | None:
+    """The step of a stage already trained to `num_steps` with this config, found by reading
+    only (under a shared lock), or None if `run_stage` has work to do (or more to check).
+
+    A stage counts as trained when its newest checkpoint is intact, at or beyond the stage's
+    `num_steps`, trained with this config's `program_fields`, its summary.json is written and,
+    for stage 2, it pairs with the stage-1 checkpoints stage 1 acts with now.
+
+    Raises:
+      PipelineError: the newest checkpoint was trained with another config (as a resume says).
+    """
+    out_dir = stage_dir(workdir, stage, config)
+    directory = out_dir / "checkpoints"
+    if not (directory.is_dir() and (out_dir / "summary.json").is_file()):
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+    if not steps or max(steps) < int(config.stage(stage).num_steps):
+        return None
+    ckpt = Checkpointer(directory)
+    try:
+        latest = ckpt.latest_step()
+        if latest is None or latest < int(config.stage(stage).num_steps):
+            return None
+        try:
+            meta = ckpt.read_meta(latest)
+            ckpt.verify(latest)
+        except CheckpointError:
+            return None  # damaged: a resume moves it aside and trains again
+    finally:
+        ckpt.close()
+    check_trained_with(config, meta, stage, str(directory / str(latest)),
+                       f"cannot resume {out_dir.name}", _resume_advice(stage, config))
+    pairing = stage1_pairing(config, workdir) if stage == 2 else None
+    if stage == 2 and _recorded_pairing(out_dir, int(config.num_seeds)) is None:
+        return None
+    if changed_inputs(config, workdir, stage, pairing)[0]:
+        return None  # the resume says what changed
+    return int(latest)
+
+
+def _recorded_pairing(out_dir: Path, num_seeds: int) -> list[int] | None:
+    """The per-seed stage-1 steps a stage 2 was started (or last accepted) on, or None."""
+    try:
+        record = json.loads((out_dir / "pairing.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("steps") is not None:
+        return [int(k) for k in record["steps"]]
+    return [int(record["step"])] * num_seeds if record.get("step") is not None else None
+
+
+def _stage_record(out_dir: Path) -> dict:
+    """STAGE/config.json, or {} where there is none (or it is unreadable)."""
+    try:
+        record = json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
+                   pairing: dict | None = None) -> tuple[list[str], str]:
+    """What changed since a stage started: the dataset (its checksum in STAGE/config.json) and,
+    for stage 2, the stage-1 steps it acts with (`pairing`, against STAGE/pairing.json).
+
+    Returns:
+      (one phrase per change, the dataset's checksum now). Stages whose records predate a field
+      are not compared on it.
+    """
+    from twostage_jax.data.dataset import dataset_checksum
+    from twostage_jax.launch.workdir import dataset_path
+
+    out_dir = stage_dir(workdir, stage, config)
+    changes = []
+    if stage == 2 and pairing is not None:
+        was = _recorded_pairing(out_dir, int(config.num_seeds))
+        if was is not None and was != list(pairing["steps"]):
+            changes.append(f"stage 2 was started on stage-1 step(s) {was}; stage 1 now acts at "
+                           f"{list(pairing['steps'])}")
+    path = dataset_path(workdir)
+    now = dataset_checksum(path) if path.exists() else ""
+    was_sum = _stage_record(out_dir).get("dataset_sha256")
+    if was_sum and now and was_sum != now:
+        changes.append(f"demos/dataset.npz changed since {out_dir.name} started (checksum "
+                       f"{was_sum[:12]} then, {now[:12]} now)")
+    return changes, now
+
+
 def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
-                 out_dir: Path, ckpt: Checkpointer) -> dict:
+                 out_dir: Path, ckpt: Checkpointer, accept_new_inputs: bool = False) -> dict:
     latest = ckpt.latest_step()
     if latest is not None and not resume:
         raise PipelineError(
@@ -74,9 +178,24 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     extra: dict = {}
     if stage == 2:
         extra["stage1_checkpoint"] = stage1_pairing(config, workdir)
+    changes, checksum = changed_inputs(config, workdir, stage, extra.get("stage1_checkpoint"))
+    changes = changes if latest is not None else []
+    if changes and not accept_new_inputs:
+        what = ("re-calibrate it on stage 1 as it acts now and continue" if stage == 2 else
+                "continue on the new dataset")
+        other = ("train a new stage 2 beside it with --config.stage2_name=NAME" if stage == 2 else
+                 "train in a fresh --workdir")
+        raise PipelineError(f"cannot resume {out_dir.name}: {'; '.join(changes)}. Resume with the "
+                            f"inputs it started on, pass --accept_new_inputs to {what}, or {other}.")
+    if changes:
+        logging.warning("%s: --accept_new_inputs: %s", out_dir.name, "; ".join(changes))
     dataset = load_demos(workdir)
-    if stage == 2 and needs_calibration(config) and not calibration_path(workdir, config).exists():
-        calibrate_stage2(config, workdir, dataset)
+    check_memory(config, stage, dataset, out_dir)
+    repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
+    if stage == 2 and needs_calibration(config) and (
+            repaired or not calibration_path(workdir, config).exists()):
+        calibrate_stage2(config, workdir, dataset,
+                         keep_crop_size=_trained_crop_size(workdir, config) if repaired else None)
     tcfg = train_config(config, stage, workdir)
     train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
     keys = seed_keys(config, stage)
@@ -94,7 +213,14 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if states is None:
         states = tj.init_seeds(train, keys, data, mesh)
         if is_writer():
-            write_json_atomic(out_dir / "config.json", config_record(config))
+            write_json_atomic(out_dir / "config.json", {**config_record(config, workdir),
+                                                                "dataset_sha256": checksum})
+    elif changes and is_writer() and any(c.startswith("demos/") for c in changes):
+        record = _stage_record(out_dir)
+        when = {k: v for k, v in config_record(config, workdir).items() if k != "config"}
+        accepted = [*record.get("accepted_inputs", []), {**when, "changes": changes}]
+        write_json_atomic(out_dir / "config.json", {**record, "dataset_sha256": checksum,
+                                                    "accepted_inputs": accepted})
     else:
         logging.info("resumed %s from step %d", out_dir.name, start_step)
     if stage == 2 and is_writer():
@@ -133,7 +259,12 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
             bar.set_postfix({key_metric: " ".join(f"{v:.3g}" for v in means[key_metric])})
             bar.update(n)
             if step % ckpt_every == 0 or step == total or step in ckpt.keep_steps:
-                ckpt.save(step, states, _checkpoint_meta(config, stage, extra))
+                with reporting_disk_full(
+                        f"the {out_dir.name} checkpoint of step {step}", ckpt.directory,
+                        f"its partial files were removed and step {ckpt.latest_step() or 0} is the "
+                        "newest checkpoint; free some space and continue with --resume.",
+                        cleanup=lambda: _remove_partial_checkpoints(ckpt.directory)):
+                    ckpt.save(step, states, _checkpoint_meta(config, stage, extra))
     finally:
         bar.close()
         log.close()
@@ -142,6 +273,80 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if is_writer():
         write_json_atomic(summary_path, summary)
     return summary
+
+
+ACTIVATION_FACTOR = 8
+"""Bytes of a training step's activations and gradients per byte of its float32 input batch,
+at least (the first convolution's output alone, forward and backward, is about that)."""
+
+
+def available_memory() -> tuple[int, str] | None:
+    """(bytes, 'GPU device' / 'host') free for training on the first local device: the device's
+    limit less what is in use where it reports them, else the host's MemAvailable; None if
+    unknown."""
+    device = jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # not every backend implements it
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform.upper()} device"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "host"
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(config: LaunchConfig, stage: int, dataset: tj.Dataset, out_dir: Path) -> None:
+    """Refuses a stage whose lower-bound memory clearly exceeds what is available, before
+    training: the dataset on the device, plus each seed trained at once (vmapped, per device)
+    × the batch of images (stage 1) or crops (stage 2) as float32 × `ACTIVATION_FACTOR`.
+
+    Raises:
+      PipelineError: naming the estimate, its parts, what is available, and the fields to lower.
+    """
+    from twostage_jax.data.dataset import dataset_nbytes
+    from twostage_jax.launch.workdir import human_bytes
+    from twostage_jax.training.seeds import _resolve_seed_strategy
+
+    found = available_memory()
+    if found is None:
+        return
+    free, where = found
+    s, name = config.stage(stage), STAGE_NAMES[stage]
+    n, height = int(dataset.images.shape[0]), int(dataset.images.shape[1])
+    small = int(config.stage1.image_size or height)
+    data = dataset_nbytes(dataset) + (n * small * small * 3 if small != height else 0)
+    if stage == 1:
+        pixels, field, what = small * small, f"config.{name}.image_size", f"{small}x{small} images"
+    else:
+        crop, ee = int(s.stage2.crop_size), int(s.stage2.ee_crop_size)
+        pixels, field, what = crop * crop + ee * ee, "config.stage2.stage2.crop_size", f"{crop}-px crops"
+    parallel = 1
+    if _resolve_seed_strategy(config.seed_strategy, jax.default_backend()) == "vmap":
+        mesh = seed_mesh(config)
+        shards = sharding.num_seed_shards(mesh) if mesh is not None else 1
+        parallel = -(-int(config.num_seeds) // shards)
+    batch = parallel * int(s.batch_size) * pixels * 3 * 4 * ACTIVATION_FACTOR
+    if data + batch > free:
+        raise PipelineError(
+            f"{out_dir.name} needs at least {human_bytes(data + batch)} of {where} memory (the "
+            f"dataset {human_bytes(data)}; {parallel} seed(s) at once x batch {s.batch_size} of "
+            f"{what}, about {human_bytes(batch)}), but {human_bytes(free)} is available; lower "
+            f"config.{name}.batch_size or {field}, train the seeds one after another "
+            "(--config.seed_strategy=sequential), or record fewer demos.")
+
+
+def _remove_partial_checkpoints(directory: Path) -> None:
+    """Removes the temporary folders of orbax saves that did not finish (`*.orbax-checkpoint-tmp*`)."""
+    import shutil
+
+    for partial in directory.glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 class _NoLog:
@@ -309,13 +514,29 @@ def stage1_actions(config: LaunchConfig, params1: Any, ds: tj.Dataset) -> np.nda
     return np.stack(out)
 
 
-def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset) -> dict:
+def _trained_crop_size(workdir: Path, config: LaunchConfig) -> int | None:
+    """The crop size in a stage 2's calibration.json (what its checkpoints were trained with)."""
+    try:
+        return int(json.loads(calibration_path(workdir, config).read_text())["crop_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
+                     keep_crop_size: int | None = None) -> dict:
     """Calibrates stage 2's sigma and/or crop size to stage 1's errors on the validation demos.
 
     Stage 1 (its latest checkpoint, all seeds pooled) acts on every validation transition; sigma
     comes from `calibrate_sigma` (the 6 pose dimensions; the gripper keeps its sigma) and the crop
     size from `calibrate_crop_size` on the targets' offsets in the tentative crops
     (`crop_offsets`). Writes and returns `<stage2_name>/calibration.json`.
+
+    Args:
+      keep_crop_size: re-calibrating a stage 2 that has checkpoints: their crop size, which a
+        new calibration must keep (the networks' shapes depend on it); None for a new stage 2.
+
+    Raises:
+      PipelineError: no validation demos; the crop size would change from `keep_crop_size`.
     """
     from twostage_jax import calibration as cal
 
@@ -335,6 +556,11 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset) -
     crop = method.crop_size
     if settings.crop_size:
         crop = cal.calibrate_crop_size(offsets, coverage=coverage, max_size=int(validation.images.shape[1]))
+    if keep_crop_size is not None and crop != keep_crop_size:
+        raise PipelineError(
+            f"re-calibrating {config.stage2_name} on stage 1 as it acts now gives crop size {crop} "
+            f"px, but its checkpoints were trained with {keep_crop_size} px; train a new stage 2 "
+            "with --config.stage2_name=NAME instead.")
     dist = np.max(np.abs(offsets), axis=1)
     result = {"sigma": sigma, "crop_size": crop, "stage1_step": max(steps1), "stage1_steps": steps1,
               "transitions": int(validation.action.shape[0]), "num_seeds": int(config.num_seeds),

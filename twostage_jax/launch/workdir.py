@@ -14,6 +14,7 @@ Workdir layout:
   stage2/calibration.json          a calibrated stage 2's sigma and crop size, fixed when it starts
                                    (`checks.calibration_path`)
   eval/results.json, *.png, *.gif  success rates, intervals, plots and rollout frames
+  .locks/                          who writes or reads each part now (`lock.py`)
 
 With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
 ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage 1.
@@ -21,7 +22,8 @@ ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage
 What a workdir guarantees: the dataset is never replaced without `force`; a stage's
 checkpoints are only extended by a resume with the config they were trained with (compared
 field by field, see `checks.program_fields`), and damaged ones are moved aside, never
-deleted; an evaluation only runs with the config its stages were trained with and replaces its
+deleted; one launcher writes a part at a time, and none reads a part being written
+(`phase_parts`, `lock.locked`); an evaluation only runs with the config its stages were trained with and replaces its
 folder as a unit, so a failure leaves the previous results whole.
 
 The launcher's stages live beside this module: `demos.run_demos`, `train_stage.run_stage` and
@@ -30,11 +32,15 @@ The launcher's stages live beside this module: `demos.run_demos`, `train_stage.r
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,29 @@ def eval_dir(workdir: Path, config: LaunchConfig) -> Path:
     return workdir / ("eval" if name == STAGE_NAMES[2] else f"eval_{name}")
 
 
+def phase_parts(config: LaunchConfig, phase: str) -> tuple[list[str], list[str]]:
+    """The parts of a workdir one phase of the launcher writes and reads (`lock.locked`'s).
+
+    Args:
+      config: the launcher config (its stage-2 folder and evaluation folder names).
+      phase: 'demos', 'stage1', 'stage2' or 'eval'.
+
+    Returns:
+      (write, read): demos writes 'demos'; stage1 reads 'demos' and writes 'stage1'; stage2
+      reads both and writes its folder (`config.stage2_name`); eval reads all three and writes
+      its folder ('eval' or 'eval_NAME').
+    """
+    stage2 = str(config.stage2_name)
+    parts = {"demos": (["demos"], []),
+             "stage1": ([STAGE_NAMES[1]], ["demos"]),
+             "stage2": ([stage2], ["demos", STAGE_NAMES[1]]),
+             "eval": ([eval_dir(Path("."), config).name], ["demos", STAGE_NAMES[1], stage2])}
+    if phase not in parts:
+        raise ValueError(f"phase must be one of {sorted(parts)}; got {phase!r}.")
+    write, read = parts[phase]
+    return list(write), list(read)
+
+
 def trained_stages(workdir: Path) -> list[str]:
     """Folders of the workdir whose checkpoints hold at least one step (stage1, stage2, ...)."""
     return sorted(p.parent.name for p in workdir.glob("*/checkpoints")
@@ -82,15 +111,108 @@ def ensure_writable(folder: Path, why: str) -> None:
     os.unlink(probe)
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from: orbax and tensorstore wrap them) is a
+    full disk or an exhausted quota."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quot" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def human_bytes(n: float) -> str:
+    """A byte count as MiB or GiB, for messages."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def free_space(path: Path) -> str:
+    """The free space on the filesystem of `path` (or of its nearest existing folder), as text."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{human_bytes(shutil.disk_usage(path).free)} free there"
+    except OSError:
+        return "free space unknown"
+
+
+@contextlib.contextmanager
+def reporting_disk_full(what: str, where: Path, after: str,
+                        cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turns a full disk while writing `what` into one PipelineError line.
+
+    Args:
+      what: what was being written ("the stage1 checkpoint of step 12").
+      where: the folder written to (its filesystem's free space is reported).
+      after: the state left and what to do ("free some space and continue with --resume.").
+      cleanup: removes what the failed write left, run before the error is raised.
+
+    Raises:
+      PipelineError: naming `what`, `where` and the free space, for ENOSPC / EDQUOT; any other
+        error passes through unchanged.
+    """
+    try:
+        yield
+    except PipelineError:
+        raise  # already reported (by an inner, more precise, report)
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        if cleanup is not None:
+            cleanup()
+        raise PipelineError(f"no space left on the device while writing {what} to {where} "
+                            f"({free_space(where)}); {after}") from e
+
+
 def is_writer() -> bool:
     """True on the process that writes logs and results (process 0; the only one usually)."""
     return jax.process_index() == 0
 
 
-def config_record(config: LaunchConfig) -> dict:
-    """What STAGE/config.json and demos/config.json hold: when, the command line, the config."""
-    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(sys.argv),
-            "config": to_dict(config)}
+def config_record(config: LaunchConfig, workdir: Path | None = None) -> dict:
+    """What STAGE/config.json and demos/config.json hold: when, the command line, the config.
+
+    The workdir's own absolute path in the command line is written as '.' (the records'
+    paths are relative to the workdir, so a moved or copied workdir's records still hold).
+    """
+    argv = list(sys.argv)
+    if workdir is not None:
+        root = str(Path(workdir).absolute())
+        argv = [a.replace(root, ".") for a in argv]
+    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": argv, "config": to_dict(config)}
+
+
+def relative_to_workdir(workdir: Path, path: Path) -> str:
+    """`path` as a workdir's records hold it: relative to the workdir (POSIX separators) when
+    it lies inside it, else as given."""
+    try:
+        return Path(path).absolute().relative_to(Path(workdir).absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_recorded(workdir: Path, recorded: str) -> Path:
+    """A path read from a workdir's record: a relative one (written since records hold relative
+    paths) against the workdir; an absolute one (older records) as it is if it exists, else its
+    longest tail that exists inside the workdir (the workdir was moved or copied)."""
+    path = Path(recorded)
+    if not path.is_absolute():
+        return Path(workdir) / path
+    if path.exists():
+        return path
+    for i in range(1, len(path.parts)):
+        candidate = Path(workdir).joinpath(*path.parts[i:])
+        if candidate.exists():
+            return candidate
+    return path
 
 
 def check_unused_layouts(config: LaunchConfig, workdir: Path, first: int, num: int, what: str) -> None:
@@ -167,7 +289,8 @@ def stage1_pairing(config: LaunchConfig, workdir: Path) -> dict:
     # the checkpoint of each seed that stage 2 is calibrated on and evaluated with
     steps = (selection.policy_params(config, workdir, 1)[1] if selection.selects(config, 1)
              else [int(step)] * int(config.num_seeds))
-    return {"path": str(directory / str(step)), "step": int(step), "algo": meta.get("algo"),
+    return {"path": relative_to_workdir(workdir, directory / str(step)), "step": int(step),
+            "algo": meta.get("algo"),
             "steps": steps}
 
 
