@@ -99,3 +99,34 @@ def smoke(variants: str | None = None, **overrides):
     from twostage_jax.launch.config import replace_path
 
     return replace_path(smoke_config.get_config(variants), {"demos.image_size": 32, **overrides})
+
+
+# A second launcher: a process holding one part of a workdir's lock as a launcher does, with
+# lock.py loaded on its own (no JAX to import: the process starts in a fraction of a second).
+_HOLD_LOCK = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("lock", sys.argv[1])
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+lock.PartLock(Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "write", sys.argv[5]).acquire()
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def hold_lock(workdir: Path, part: str, how: str, mode: str) -> subprocess.Popen:
+    """A process holding `part` of `workdir` locked (`how`: "write" or "read") as a launcher in
+    `mode` would; release it with `release_lock` (or kill it)."""
+    from twostage_jax.launch import lock
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, lock.__file__, str(workdir), part, how, mode],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def release_lock(proc: subprocess.Popen) -> None:
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.wait(timeout=30)

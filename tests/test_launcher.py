@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests._launcher import launch as _launch
-from tests._launcher import launch_in_process
+from tests._launcher import hold_lock, launch_in_process, release_lock
 from tests._launcher import smoke as _smoke
 from tests._launcher import synthetic_workdir as _synthetic_workdir
 
@@ -81,7 +81,7 @@ def test_mode_all_end_to_end(tmp_path):
     # evaluation on 2 worker processes, with a learning-curve checkpoint.
     calibrated = ["--config.demos.num_validation=2", "--config.calibrate.sigma=True",
                   "--config.calibrate.crop_size=True"]
-    out = _launch("--mode=all", f"--workdir={tmp_path}", *calibrated, "--config.eval.curve_steps=(2,)",
+    out = launch_in_process("--mode=all", f"--workdir={tmp_path}", *calibrated, "--config.eval.curve_steps=(2,)",
                   "--config.eval.workers=2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for rel in ("demos/config.json", "stage1/config.json", "stage2/config.json",
@@ -585,37 +585,6 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     assert "setting" not in saved["selection"]["stage1"]
 
 
-# A second launcher: a process holding one part of a workdir's lock as a launcher does, with
-# lock.py loaded on its own (no JAX to import: the process starts in a fraction of a second).
-_HOLD = """
-import importlib.util, sys
-from pathlib import Path
-spec = importlib.util.spec_from_file_location("lock", sys.argv[1])
-lock = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(lock)
-lock.PartLock(Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "write", sys.argv[5]).acquire()
-print("held", flush=True)
-sys.stdin.readline()
-"""
-
-
-def _hold(workdir: Path, part: str, how: str, mode: str) -> subprocess.Popen:
-    import sys
-
-    from twostage_jax.launch import lock
-
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, lock.__file__, str(workdir), part, how, mode],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def _release(proc: subprocess.Popen) -> None:
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    proc.wait(timeout=30)
-
-
 def _files(workdir: Path) -> dict:
     """Every file of a workdir but its locks, with its size and modification time."""
     return {p.relative_to(workdir): (p.stat().st_size, p.stat().st_mtime_ns)
@@ -627,7 +596,7 @@ def test_a_second_launcher_on_a_workdir_is_refused_naming_the_holder_before_writ
 
     wd = _copy(trained, tmp_path / "wd")
     before = _files(wd)
-    holder = _hold(wd, "stage1", "write", "--mode=stage1 --resume")
+    holder = hold_lock(wd, "stage1", "write", "--mode=stage1 --resume")
     try:
         for args in (["--mode=stage1", "--resume", "--config.stage1.num_steps=12"],  # a second writer
                      ["--mode=stage2", "--config.stage2_name=other"],  # readers of what is written
@@ -639,7 +608,7 @@ def test_a_second_launcher_on_a_workdir_is_refused_naming_the_holder_before_writ
                                        f"{socket.gethostname()} (--mode=stage1 --resume, started "), lines[0]
             assert "is writing it" in lines[0], lines[0]
     finally:
-        _release(holder)
+        release_lock(holder)
     assert _files(wd) == before, "a refused launcher wrote to the workdir"
     assert not (wd / "other").exists()
 
@@ -656,11 +625,11 @@ def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path
     monkeypatch.setattr(evaluate, "run_eval", stop)
     wd = _copy(trained, tmp_path / "wd")
     before = _files(wd)
-    sibling = _hold(wd, "stage1", "read", "--mode=all: stage2")
+    sibling = hold_lock(wd, "stage1", "read", "--mode=all: stage2")
     try:
         out = launch_in_process(f"--workdir={wd}", "--mode=all", "--resume")
     finally:
-        _release(sibling)
+        release_lock(sibling)
     assert out.returncode == 2 and "evaluation is not what this test is about" in out.stderr, out.stderr[-3000:]
     assert out.stderr.count("nothing to do") == 2 and "reusing the dataset" in out.stderr, out.stderr[-3000:]
     assert _files(wd) == before

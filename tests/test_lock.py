@@ -4,33 +4,15 @@ naming the holder; a lock whose holder died is taken over, saying so."""
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from twostage_jax.launch.lock import LockError, PartLock, locked
 
-HOLD = """
-import sys, time
-from pathlib import Path
-from twostage_jax.launch.lock import PartLock
-lock = PartLock(Path(sys.argv[1]), 'stage1', sys.argv[2] == 'write', '--mode=stage1')
-lock.acquire()
-print('held', flush=True)
-sys.stdin.readline()
-"""
-
-
-def _holder(workdir, how):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir), how], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
+from tests._launcher import hold_lock, release_lock
 
 def test_a_second_process_is_refused_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path, caplog):
-    writer = _holder(tmp_path, "write")
+    writer = hold_lock(tmp_path, "stage1", "write", "--mode=stage1")
     try:
         for exclusive in (True, False):
             with pytest.raises(LockError) as e:
@@ -52,15 +34,13 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_dead_holder_is_take
 
 
 def test_readers_share_and_block_a_writer(tmp_path):
-    reader = _holder(tmp_path, "read")
+    reader = hold_lock(tmp_path, "stage1", "read", "--mode=eval")
     try:
         with PartLock(tmp_path, "stage1", False, "--mode=eval"):  # a second reader
             with pytest.raises(LockError, match=f"pid {reader.pid} .* is reading it"):
                 PartLock(tmp_path, "stage1", True, "--mode=stage1").acquire()
     finally:
-        reader.stdin.write("\n")
-        reader.stdin.flush()
-        reader.wait()
+        release_lock(reader)
     with PartLock(tmp_path, "stage1", True, "--mode=stage1"):
         pass
     os.sync()
