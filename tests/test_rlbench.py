@@ -440,14 +440,9 @@ def test_launcher_reports_a_malformed_episode_in_one_line(tmp_path, damage, expe
             png.unlink()
     else:
         pkl.unlink()
-    wd = tmp_path / "wd"
-    out = _launch("--mode=demos", f"--workdir={wd}", "--config.env=rlbench", "--task=reach_target",
-                  f"--config.rlbench_root={tmp_path / 'data'}", "--config.demos.image_size=32",
-                  "--config.demos.num_validation=1")
-    lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
-    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert lines[0].startswith("error: config.rlbench_root: a malformed RLBench episode: ")
-    assert expect in lines[0] and str(episode) in lines[0], lines[0]
+    wd, line = _refused_demos(tmp_path)
+    assert line.startswith("error: config.rlbench_root: a malformed RLBench episode: ")
+    assert expect in line and str(episode) in line, line
     assert not (wd / "demos" / "dataset.npz").exists()
 
 
@@ -465,13 +460,19 @@ def test_a_full_disk_while_writing_demos_leaves_demos_as_it_was(tmp_path, monkey
         save(path, ds)
 
     monkeypatch.setattr(dataset, "save_dataset", disk_full)
+    wd, line = _refused_demos(tmp_path)
+    assert line.startswith(f"error: no space left on the device while writing demos/dataset.npz to "
+                           f"{wd / 'demos'} ("), line
+    assert line.endswith("free there); demos/ is as it was; free some space and record the demos again.")
+    assert list((wd / "demos").iterdir()) == [], "a half-written demos/ was left"
+
+
+def _refused_demos(tmp_path):
+    """--mode=demos on the RLBench folder tmp_path/data, refused: (workdir, its one error line)."""
     wd = tmp_path / "wd"
     out = _launch("--mode=demos", f"--workdir={wd}", "--config.env=rlbench", "--task=reach_target",
                   f"--config.rlbench_root={tmp_path / 'data'}", "--config.demos.image_size=32",
                   "--config.demos.num_validation=1")
     lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
     assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert lines[0].startswith(f"error: no space left on the device while writing demos/dataset.npz to "
-                               f"{wd / 'demos'} ("), lines[0]
-    assert lines[0].endswith("free there); demos/ is as it was; free some space and record the demos again.")
-    assert list((wd / "demos").iterdir()) == [], "a half-written demos/ was left"
+    return wd, lines[0]
