@@ -158,3 +158,25 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=json_default)
+
+
+def read_json_file(path: str | os.PathLike[str], what: str, error: type[Exception] = ValueError) -> Any:
+    """Reads a JSON file that a user supplied, with errors that say which file it is.
+
+    Args:
+      path: the file.
+      what: what the file is, for the messages ("calibration file").
+      error: the exception raised for a file that is not JSON.
+
+    Raises:
+      FileNotFoundError: no such file.
+      error: not UTF-8 JSON.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No {what} at {path!r}.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{what} {path!r} is not valid JSON: {err}") from err

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from twostage_jax._io import atomic_open
+from twostage_jax._io import atomic_open, read_json_file
 from twostage_jax.types import Camera, Workspace
 
 CALIBRATION_FORMAT = "twostage_jax.calibration"
@@ -126,13 +126,7 @@ def load_calibration(path: str | os.PathLike[str]) -> Calibration:
         malformed (named in the message).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No calibration file at {path!r}.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CalibrationFileError(f"calibration file {path!r} is not valid JSON: {err}") from err
+    doc = read_json_file(path, "calibration file", CalibrationFileError)
     if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise CalibrationFileError(f"calibration file {path!r} must be a JSON object with \"format\": "

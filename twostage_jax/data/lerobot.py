@@ -46,7 +46,6 @@ the file, the episode and the field. Parquet is read with pyarrow and video with
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import string
 from collections.abc import Callable, Sequence
@@ -54,6 +53,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from twostage_jax._io import read_json_file
 from twostage_jax.data.camera_file import Calibration, load_calibration
 from twostage_jax.data.dataset import build_dataset
 from twostage_jax.data.demos import Trajectory, frames_to_render
@@ -199,13 +199,7 @@ def _read_info(root: str) -> _Info:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"No LeRobot dataset at {root!r} (expected a folder with meta/info.json).")
     path = os.path.join(root, "meta", "info.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{root!r} is not a LeRobot dataset: it has no meta/info.json.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path!r} is not valid JSON: {err}") from err
+    info = read_json_file(path, "LeRobot dataset info (meta/info.json)")
     if not isinstance(info, dict):
         raise ValueError(f"{path!r} must hold a JSON object; got {type(info).__name__}.")
     version = str(info.get("codebase_version", ""))
