@@ -16,10 +16,13 @@ from twostage_jax.actions import (
     sample_tentative,
 )
 from twostage_jax.base_policy import (
+    BaseContext,
     BasePolicy,
+    SimBasePolicy,
     base_policy_actions,
     call_base_policy,
     check_base_output,
+    load_base_policy,
 )
 from twostage_jax.bc import BCAux, BCMetrics, bc_loss, make_bc_update
 from twostage_jax.calibration import BaseCalibration, calibrate_to_base_policy
@@ -101,7 +104,9 @@ __all__ = [
     "BCAux",
     "BCMetrics",
     "BaseCalibration",
+    "BaseContext",
     "BasePolicy",
+    "SimBasePolicy",
     "Batch",
     "CQLConfig",
     "ConfigError",
@@ -132,6 +137,7 @@ __all__ = [
     "alpha_loss",
     "atanh_clipped",
     "base_policy_actions",
+    "load_base_policy",
     "bc_loss",
     "bootstrap_interval",
     "calibrate_to_base_policy",

@@ -15,16 +15,28 @@ reads). It is called outside `jit`, so it may run any code (PyTorch, a remote ca
 a value outside [-1, 1] or a NaN raises a ValueError that names the base policy, what was
 expected and what it returned, instead of failing later inside XLA. `base_policy_actions`
 runs it over a `Dataset`'s transitions in batches (what calibration needs).
+
+A base policy may instead run beside the simulator, in the process that steps it: a
+`SimBasePolicy` (`reset(env, seed)`, `act(env, observation) -> [7]`). It may read the
+simulator's state, as a stand-in for a controller or a policy trained elsewhere whose inputs
+the library does not have; `twostage_jax.envs.with_base.BaseActingEnv` attaches it to an env,
+whose observations then carry its action (`Observation.tentative`). Stage 2 still sees only the
+image and the pose.
+
+The launcher names a base policy by a factory, `module:function` (`load_base_policy`):
+`function(BaseContext) -> BasePolicy | SimBasePolicy`, called once in each process that acts.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+import re
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from twostage_jax import _checks
-from twostage_jax.types import ACTION_DIM, Dataset, validate_dataset
+from twostage_jax.types import ACTION_DIM, Dataset, Workspace, validate_dataset
 
 BasePolicy = Callable[[np.ndarray, np.ndarray], Any]
 """`base(image [B, H, W, 3] uint8, pose [B, 7] float32) -> action [B, 7] in [-1, 1]`."""
@@ -125,3 +137,100 @@ def base_policy_actions(base: BasePolicy, dataset: Dataset, batch_size: int = 64
     out = [call_base_policy(base, images[index[s:s + batch_size]], pose[s:s + batch_size])
            for s in range(0, index.shape[0], batch_size)]
     return np.concatenate(out, axis=0)
+
+
+@runtime_checkable
+class SimBasePolicy(Protocol):
+    """A base policy that acts beside the simulator (see the module docstring).
+
+    `reset(env, seed)` is called before each episode's `env.reset(seed)` (it may use the env
+    freely then, e.g. to plan from the layout); `act(env, observation)` after each observation
+    the agent gets, returning the [7] action in [-1, 1] it proposes there.
+    """
+
+    def reset(self, env: Any, seed: int) -> None: ...
+
+    def act(self, env: Any, observation: Any) -> Any: ...
+
+
+class BaseContext(NamedTuple):
+    """What a base-policy factory is told (`load_base_policy`).
+
+    Attributes:
+      task: the task's name.
+      env: the simulator ('metaworld', 'rlbench').
+      workspace: the position bounds that normalise actions and poses.
+    """
+
+    task: str
+    env: str
+    workspace: Workspace
+
+
+SOURCE_PATTERN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+"""`module.path:function`: an importable module and a factory in it."""
+
+
+def check_base_source(source: str) -> Callable[[BaseContext], Any]:
+    """The factory a `module:function` source names, imported and checked (nothing is called).
+
+    Raises:
+      ValueError: naming `source` when it is not `module:function`, the module does not import,
+        it has no such attribute, or the attribute is not callable.
+    """
+    if not isinstance(source, str) or not SOURCE_PATTERN.fullmatch(source):
+        raise ValueError(f"base policy source must be 'module.path:function' (a factory "
+                         f"function(BaseContext) -> base policy); got {source!r}.")
+    module_name, attr = source.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # ImportError, or whatever the user's module raised on import
+        raise ValueError(f"base policy source {source!r}: module {module_name!r} does not import "
+                         f"({type(err).__name__}: {err}); is it on PYTHONPATH?") from err
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ValueError(f"base policy source {source!r}: module {module_name!r} has no attribute "
+                         f"{attr!r}.")
+    if not callable(factory):
+        raise ValueError(f"base policy source {source!r}: {attr!r} is a {type(factory).__name__}, "
+                         "not a factory function(BaseContext) -> base policy.")
+    return factory
+
+
+def load_base_policy(source: str, context: BaseContext) -> BasePolicy | SimBasePolicy:
+    """Imports the factory `source` names and calls it with `context`.
+
+    Args:
+      source: 'module.path:function'.
+      context: the task, simulator and workspace.
+
+    Returns:
+      A `BasePolicy` (a callable base(image, pose)) or a `SimBasePolicy`.
+
+    Raises:
+      ValueError: naming `source`, as `check_base_source` does, or when the factory fails or
+        returns neither kind of base policy.
+    """
+    factory = check_base_source(source)
+    try:
+        base = factory(context)
+    except Exception as err:
+        raise ValueError(f"base policy source {source!r}: the factory raised "
+                         f"{type(err).__name__}: {err}") from err
+    if not (isinstance(base, SimBasePolicy) or callable(base)):
+        raise ValueError(f"base policy source {source!r}: the factory returned a "
+                         f"{type(base).__name__}; expected a callable base(image, pose) -> [B, 7] "
+                         "or an object with reset(env, seed) and act(env, observation) "
+                         "(a SimBasePolicy).")
+    return base
+
+
+def check_sim_base_action(base: Any, action: Any) -> np.ndarray:
+    """A `SimBasePolicy`'s action as a [7] float32 array, checked as `check_base_output`
+    checks a batch (the error names the base policy)."""
+    shape = np.shape(action) if not isinstance(action, (str, bytes)) else None
+    if shape != (ACTION_DIM,):
+        raise ValueError(f"base policy {base_policy_name(base)} must return one action of shape "
+                         f"[{ACTION_DIM}] (xyz, Euler xyz, gripper) from act(env, observation); got "
+                         f"{type(action).__name__} of shape {shape}.")
+    return check_base_output(base, np.asarray(action)[None], 1)[0]

@@ -41,11 +41,15 @@ class Observation(NamedTuple):
       image: [H, W, 3] uint8 RGB image of the env's fixed camera.
       pose: [7] float32 end-effector pose z in the action's form (see module docstring).
       camera: the calibrated `Camera` the image was taken with (unbatched).
+      tentative: [7] float32 action a base policy running beside the simulator proposes here
+        (`twostage_jax.envs.with_base.BaseActingEnv`), or None. It is an input the policy is
+        given, as a real robot's own controller would give it, not simulator state.
     """
 
     image: np.ndarray
     pose: np.ndarray
     camera: Camera
+    tentative: np.ndarray | None = None
 
 
 @runtime_checkable

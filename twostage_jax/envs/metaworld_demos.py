@@ -77,9 +77,20 @@ def replay_keyframes(env: Any, seed: int, actions: np.ndarray) -> bool:
     return False
 
 
+def keyframe_actions(record: dict[str, Any], config: KeyframeConfig, workspace: Any
+                     ) -> tuple[list[int], np.ndarray]:
+    """The keyframes of a dense expert record (`_record_expert`'s) and their [K, 7] actions."""
+    kf = discover_keyframes(record["positions"], record["gripper_open"], record["velocities"], config)
+    g = np.where(record["gripper_open"][kf] >= 0.5, 1.0, -1.0)
+    acts = np.asarray(pose_to_action(record["positions"][kf], record["eulers"][kf], g, workspace),
+                      np.float32).reshape(-1, 7)
+    return kf, acts
+
+
 def _record_expert(env: Any, policy: Any, seed: int, max_steps: int,
-                   extra_frames: int) -> dict[str, Any] | None:
-    """Runs the scripted expert from `seed`; the dense record, or None if it fails.
+                   extra_frames: int, require_success: bool = True) -> dict[str, Any] | None:
+    """Runs the scripted expert from `seed`; the dense record, or None if it fails (with
+    `require_success=False`, the record of its `max_steps` steps all the same).
 
     The recorded gripper state is the fingers' state, not the expert's command (as RLBench's
     `gripper_open` is): after the command changes it flips once the finger gap has crossed
@@ -118,8 +129,10 @@ def _record_expert(env: Any, policy: Any, seed: int, max_steps: int,
                 break
             remaining -= 1
         elif len(positions) > max_steps:
-            return None
-    if remaining is None:
+            if require_success:
+                return None
+            break
+    if remaining is None and require_success:
         return None
     pos = np.asarray(positions)
     vel = np.zeros_like(pos)
@@ -198,12 +211,9 @@ def record_demos(
             if rec is None:
                 continue
             expert_ok += 1
-            kf = discover_keyframes(rec["positions"], rec["gripper_open"], rec["velocities"], cfg)
+            kf, acts = keyframe_actions(rec, cfg, workspace)
             if not kf:
                 continue
-            g = np.where(rec["gripper_open"][kf] >= 0.5, 1.0, -1.0)
-            acts = np.asarray(pose_to_action(rec["positions"][kf], rec["eulers"][kf], g, workspace),
-                              np.float32)
             if not replay_keyframes(env, s, acts):
                 continue
             frames = frames_to_render(len(rec["positions"]), kf, augment_every)

@@ -44,7 +44,9 @@ def rollout(env: Any, act: Callable[[np.ndarray, np.ndarray, Any], Any], seed: i
 
     Args:
       env: an `Env` (MetaWorld, RLBench, ...).
-      act: (image [1, H, W, 3] uint8, pose [1, 7], camera) -> `PolicyOutput` with [1, 7] fields.
+      act: (image [1, H, W, 3] uint8, pose [1, 7], camera) -> `PolicyOutput` with [1, 7] fields;
+        called with `tentative=` [1, 7] too when the env's observations carry a base policy's
+        action (`Observation.tentative`).
       seed: the layout seed passed to `env.reset`.
       record: keep images and actions for visualisation.
 
@@ -56,7 +58,8 @@ def rollout(env: Any, act: Callable[[np.ndarray, np.ndarray, Any], Any], seed: i
     success, steps, clipped = False, 0, 0
     done = False
     while not done:
-        out = act(obs.image[None], np.asarray(obs.pose, np.float32)[None], obs.camera)
+        extra = {} if obs.tentative is None else {"tentative": np.asarray(obs.tentative)[None]}
+        out = act(obs.image[None], np.asarray(obs.pose, np.float32)[None], obs.camera, **extra)
         action = np.asarray(jax.device_get(out.action))[0]
         if record:
             frames.append(obs.image)
@@ -85,9 +88,11 @@ def success_rate(episodes: Sequence[Episode]) -> float:
     return float(np.mean([e.success for e in episodes]))
 
 
-ActFn = Callable[[np.ndarray, np.ndarray, Any], Any]
+ActFn = Callable[..., Any]
 """(images [B, H, W, 3] uint8, poses [B, 7] float32, camera) -> an object with [B, 7] fields
-`action` and `tentative` (e.g. `twostage_jax.policy.PolicyOutput`); rows are independent."""
+`action` and `tentative` (e.g. `twostage_jax.policy.PolicyOutput`); rows are independent. When
+the env's observations carry a base policy's actions (`Observation.tentative`), it is also
+given `tentative=` [B, 7]."""
 
 
 class Job(NamedTuple):
@@ -114,7 +119,7 @@ def default_workers() -> int:
 
 def _worker_main(conn: Connection, env_fn: Callable[[], Any]) -> None:
     """A worker process: builds its env, then answers ('reset', seed) / ('step', action) with
-    ('obs', image, pose, reward, done, clipped) until ('close', None) or a closed pipe."""
+    ('obs', image, pose, reward, done, clipped, tentative) until ('close', None) or a closed pipe."""
     # The env's few eager jnp ops need neither an accelerator (a GPU backend would preallocate
     # memory in every worker) nor a thread pool (XLA's would spin beside the simulators). Both
     # settings act before the first jnp op initialises a backend in this process.
@@ -140,7 +145,7 @@ def _worker_main(conn: Connection, env_fn: Callable[[], Any]) -> None:
                 obs, reward, done, info = env.step(arg)
                 clipped = bool(info.get("clipped", False))
             conn.send(("obs", obs.image, np.asarray(obs.pose, np.float32), float(reward),
-                       bool(done), clipped))
+                       bool(done), clipped, obs.tentative))
     except (EOFError, KeyboardInterrupt):  # the parent went away or was interrupted
         pass
     except BaseException:  # noqa: BLE001
@@ -159,6 +164,7 @@ class _Running:
         self.index, self.job = index, job
         self.image: np.ndarray | None = None
         self.pose: np.ndarray | None = None
+        self.base_action: np.ndarray | None = None
         self.frames: list[np.ndarray] = []
         self.tentative: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
@@ -318,7 +324,7 @@ class EnvPool:
                 w = self._conns.index(conn)
                 r = running[w]
                 stepped = r.image is not None
-                _, image, pose, reward, done, clipped = self._recv(
+                _, image, pose, reward, done, clipped, base_action = self._recv(
                     w, f"running layout seed {r.job.seed}")
                 if stepped:
                     r.steps += 1
@@ -333,7 +339,7 @@ class EnvPool:
                         on_episode(r.index, results[r.index])
                     start(w)
                 else:
-                    r.image, r.pose = image, pose
+                    r.image, r.pose, r.base_action = image, pose, base_action
                     waiting.append(w)
             groups: dict[int, list[int]] = {}
             for w in waiting:
@@ -349,7 +355,10 @@ class EnvPool:
         pad = [rows[0]] * (size - len(rows))
         images = np.stack([r.image for r in rows + pad])
         poses = np.stack([r.pose for r in rows + pad])
-        out = rows[0].job.act(images, poses, self._camera)
+        extra = {}
+        if rows[0].base_action is not None:
+            extra["tentative"] = np.stack([r.base_action for r in rows + pad]).astype(np.float32)
+        out = rows[0].job.act(images, poses, self._camera, **extra)
         actions = np.asarray(jax.device_get(out.action))
         tentative = np.asarray(out.tentative) if any(r.job.record for r in rows) else None
         for i, (w, r) in enumerate(zip(ws, rows)):

@@ -95,6 +95,9 @@ def validate_config(config: LaunchConfig) -> None:
     from twostage_jax.launch.rollouts import validate_eval_config
     from twostage_jax.launch.selection import validate_select_config
 
+    from twostage_jax.launch.base_source import validate_base_config
+
+    validate_base_config(config)  # stage1.source: a base policy of the user's
     validate_eval_config(config)  # eval.curve_steps against the stages' steps
     validate_select_config(config)  # stageN.select_steps, select's layouts
     if config.env == "rlbench" and not config.rlbench_root:
@@ -133,6 +136,8 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
         if f.name != "conv_impl":
             fields[f"{name}.network.{f.name}"] = _plain(getattr(s.network, f.name))
     if stage == 2:
+        if config.stage1.source:  # stage 2 is calibrated to (and paired with) that base policy
+            fields["stage1.source"] = config.stage1.source
         cal = config.calibrate
         fields["calibrate.sigma"] = cal.sigma
         fields["calibrate.crop_size"] = cal.crop_size

@@ -6,7 +6,8 @@
   |- stage1: StageConfig            a `tj.TrainConfig` (num_steps, batch_size, learning_rate,
   |- stage2: StageConfig            image_size, min_move, algo, network: NetworkConfig, cql:
   |                                 CQLConfig, stage2: Stage2Config) plus checkpoint selection
-  |                                 (select, select_steps); stage 1 ignores its `stage2`
+  |                                 (select, select_steps); stage 1 ignores its `stage2`, and
+  |                                 `stage1.source` names a base policy of yours instead
   |- calibrate: CalibrationConfig   stage 2's sigma / crop size from stage 1's held-out errors
   |- select: SelectConfig           the validation layouts of checkpoint selection
   |- train: CadenceConfig           logging and checkpoint cadence
@@ -106,16 +107,26 @@ class StageConfig(tj.TrainConfig):
         checkpoint on `LaunchConfig.select`'s validation layouts, `launch/selection.py`).
       select_steps: the candidates' steps; () for every `train.checkpoint_every` steps (the
         candidates are kept while training, so set them before).
+      source: stage 1 only: '' (train our stage 1) or 'module.path:function', a factory of a
+        base policy you already have (`twostage_jax.base_policy.load_base_policy`); stage 1 is
+        then not trained (its other fields are unused), stage 2 is calibrated to that policy's
+        errors and corrects it.
     """
 
     select: str = "last"
     select_steps: tuple[int, ...] = ()
+    source: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.select not in SELECT_MODES:
             raise ConfigError("StageConfig", "select", f"must be one of {SELECT_MODES}; got {self.select!r}.")
         _steps("StageConfig", "select_steps", self.select_steps)
+        from twostage_jax.base_policy import SOURCE_PATTERN
+
+        if not isinstance(self.source, str) or (self.source and not SOURCE_PATTERN.fullmatch(self.source)):
+            raise ConfigError("StageConfig", "source", "must be '' (our stage 1) or 'module.path:function' "
+                              f"(a factory of a base policy); got {self.source!r}.")
 
     def train_config(self, **changes: Any) -> tj.TrainConfig:
         """This stage as the library's `TrainConfig` (with `changes` replaced)."""

@@ -15,6 +15,7 @@ from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
 from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
                                          reporting_disk_full, resolve_recorded, stage_dir)
+import twostage_jax as tj
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder, recover_atomic_folder
 from twostage_jax._io import write_json_atomic
@@ -48,15 +49,19 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
 
     Before any rollout it checks that both stages were trained with this config and that the
-    output folders are writable. The results, plots and frames are written to a temporary
+    output folders are writable. With `config.stage1.source` the user's base policy stands in
+    for stage 1: 'stage1' is then that policy alone and 'two_stage' the policy corrected. The results, plots and frames are written to a temporary
     folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
     results whole.
     """
     from twostage_jax.launch import plots, rollouts
 
+    from twostage_jax.launch import base_source
+
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
-    for stage in (1, 2):  # what is missing, before what is unwritable
+    foreign = base_source.uses_base(config)
+    for stage in (2,) if foreign else (1, 2):  # what is missing, before what is unwritable
         folder = stage_dir(workdir, stage, config) / "checkpoints"
         if not folder.is_dir():
             mode = f"--mode={STAGE_NAMES[stage]}" + (
@@ -70,19 +75,22 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
                         "; ".join(recovered))
     if out_dir.exists():
         ensure_writable(out_dir, "evaluation replaces the results in it; make it writable.")
-    ensure_writable(stage_dir(workdir, 1, config), "evaluation caches stage-1 rollouts there.")
+    if not foreign:
+        ensure_writable(stage_dir(workdir, 1, config), "evaluation caches stage-1 rollouts there.")
     dataset = load_demos(workdir)
     if dataset.images.shape[1] != int(config.demos.image_size):
         raise PipelineError(f"config.demos.image_size ({config.demos.image_size}) differs from the "
                             f"dataset's images ({dataset.images.shape[1]} px), and evaluation renders "
                             "at config.demos.image_size; use the size the dataset was recorded at.")
-    params1, steps1 = selection.policy_params(config, workdir, 1, dataset)
+    base = base_source.load(config) if foreign else None  # the factory's errors before any rollout
+    params1, steps1 = (None, []) if foreign else selection.policy_params(config, workdir, 1, dataset)
     params2, steps2 = selection.policy_params(config, workdir, 2, dataset)
-    step1, step2 = _latest_step(config, workdir, 1), _latest_step(config, workdir, 2)
+    step1 = 0 if foreign else _latest_step(config, workdir, 1)
+    step2 = _latest_step(config, workdir, 2)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
     pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
     paired = pairing.get("steps", [pairing.get("step")] * len(steps1)) if pairing else steps1
-    if paired != steps1:
+    if not foreign and paired != steps1:
         where = (f" ({resolve_recorded(workdir, pairing['path'])})" if pairing.get("path") else "")
         logging.warning("stage 2 was trained against stage-1 step(s) %s%s but stage 1 now acts at "
                         "step(s) %s", paired, where, steps1)
@@ -92,11 +100,16 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     num_seeds = int(config.num_seeds)
     policies = rollouts.MODES
     # Stage 1 alone does not depend on stage 2: ablations sharing a stage 1 reuse its rollouts.
-    cache = rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
-                                 rollouts.cache_setting(config, seeds))
+    cache = None if foreign else rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
+                                                      rollouts.cache_setting(config, seeds))
     passes, dims = config.eval.correction_passes, config.eval.corrected_dims
+    in_env = isinstance(base, tj.SimBasePolicy)
+    env_fn = rollouts.env_factory(config)
+    if in_env:  # it acts beside the simulator, in each worker
+        env_fn = base_source.acting_env_factory(config, env_fn)
     ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
-                             corrected_dims=dims)
+                             corrected_dims=dims,
+                             base=rollouts.ENV_BASE if in_env else base)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes))
     final = (steps1, steps2) == ([step1] * num_seeds, [step2] * num_seeds)
     curve = [k for k in rollouts.curve_steps(config) if not (final and (k, k) == (step1, step2))]
@@ -106,7 +119,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     bar = progress(0, 0, "eval", unit="episode")
     start = time.perf_counter()
     try:
-        with evaluation.EnvPool(rollouts.env_factory(config), config.eval.workers) as pool:
+        with evaluation.EnvPool(env_fn, config.eval.workers) as pool:
             by_tag, recorded = ev.run(pool, bar)
             camera = pool.camera
     finally:
@@ -144,14 +157,15 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         stage2_loss_weighting=c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
         correction_passes=passes, corrected_dims=dims,
         eval_seconds=time.perf_counter() - start, config=to_dict(config),
-        modes=modes, gain=Interval(gain.mean, gain.low, gain.high), curves=curves)
+        modes=modes, gain=Interval(gain.mean, gain.low, gain.high), curves=curves,
+        stage1_source=config.stage1.source)
     previous = "the previous results are intact" if out_dir.exists() else "nothing was written"
     with reporting_disk_full(f"the evaluation results ({out_dir.name}/)", workdir,
                              f"{previous}; free some space and evaluate again."), \
             atomic_folder(out_dir) as tmp:
         write_json_atomic(tmp / "results.json", results.to_dict())
         plots.success_bars(results, tmp / "success.png")
-        plots.learning_curves([stage_dir(workdir, 1, config), stage_dir(workdir, 2, config)],
+        plots.learning_curves([stage_dir(workdir, s, config) for s in ((2,) if foreign else (1, 2))],
                               tmp / "learning_curves.png")
         for mode, eps in recorded.items():
             plots.rollout_frames(eps[0], camera, workspace, tmp / f"rollout_{mode}.png")
@@ -162,11 +176,13 @@ def format_results_table(results: EvalResults) -> str:
     """A plain-text table of stage-1 vs two-stage success with intervals."""
     rows = [f"{'policy':<12} {'success':>8}  {'95% CI':>15}  per-seed",
             "-" * 60]
+    names = {"stage1": "base", "two_stage": "corrected"} if results.stage1_source else {}
     for mode, r in results.modes.items():
         per = " ".join(f"{x:.2f}" for x in r.per_seed)
-        rows.append(f"{mode:<12} {r.mean:>8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  {per}")
+        rows.append(f"{names.get(mode, mode):<12} {r.mean:>8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  {per}")
     g = results.gain
     rows.append(f"{'gain':<12} {g.mean:>+8.3f}  [{g.ci_low:+.3f}, {g.ci_high:+.3f}]")
     head = (f"task={results.task} algo={results.algo} seeds={results.num_seeds} "
-            f"episodes/seed={results.episodes_per_seed}")
+            f"episodes/seed={results.episodes_per_seed}" +
+            (f" base={results.stage1_source}" if results.stage1_source else ""))
     return head + "\n" + "\n".join(rows)

@@ -5,6 +5,8 @@ Examples (from the repository root; `twostage` is the same command):
   python -m twostage_jax.launch --mode=all --workdir=runs/paper_cql \
       --config=experiments/configs/paper.py:cql --task=drawer-open-v3
   python -m twostage_jax.launch --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
+  python -m twostage_jax.launch --mode=all --workdir=runs/push_expert --task=push-v3 \
+      --config.stage1.source=twostage_jax.envs.metaworld_expert:imprecise_expert
 
 Several hosts (or processes) train one run's seeds together, each its share, on the mesh of
 all their devices; process 0 writes the logs and results. Start the same command on each with
@@ -188,6 +190,10 @@ def _main(argv: list[str]) -> int:
     if FLAGS.force and FLAGS.mode != "demos":
         raise UsageError(f"--force only applies to --mode=demos (it lets it replace an existing "
                          f"dataset); got --mode={FLAGS.mode}.")
+    if FLAGS.mode == "stage1" and config.stage1.source:
+        raise UsageError(f"--mode=stage1: stage 1 is the base policy config.stage1.source="
+                         f"{config.stage1.source}, so there is nothing to train; run --mode=stage2 "
+                         "(it is calibrated to that policy), then --mode=eval.")
     if FLAGS.accept_new_inputs and not FLAGS.resume:
         raise UsageError("--accept_new_inputs only applies with --resume (it lets a resumed stage "
                          "continue on inputs that changed since it started).")
@@ -282,6 +288,8 @@ def _run_phase(config: LaunchConfig, workdir: Path, phase: str) -> None:
                 logging.info("reusing the dataset in %s", dataset_path(workdir))
                 return
             run_demos(config, workdir, force=FLAGS.force)
+    elif phase == "stage1" and config.stage1.source:
+        logging.info("stage 1 is the base policy %s: nothing to train", config.stage1.source)
     elif phase in ("stage1", "stage2"):
         stage = int(phase[-1])
         if whole and FLAGS.resume:

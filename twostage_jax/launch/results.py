@@ -81,6 +81,8 @@ class EvalResults:
       eval_seconds: wall time of the rollouts.
       config: the launcher config (`config.to_dict`; an older file's in its older format).
       curves: {mode: Curve} when `config.eval.curve_steps` were evaluated, else None.
+      stage1_source: '' (our stage 1), or the base policy of the user's that stood in for it
+        (`config.stage1.source`): then 'stage1' is that policy alone and 'two_stage' corrected.
     """
 
     task: str
@@ -108,6 +110,7 @@ class EvalResults:
     eval_seconds: float = 0.0
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     curves: dict[str, Curve] | None = None
+    stage1_source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with `version`."""

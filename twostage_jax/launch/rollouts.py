@@ -151,19 +151,27 @@ class Evaluation:
         rollouts, and so the cache, do not depend on them).
       modes: the policies to roll out, a subset of `MODES` (`stage2` may be None without
         'two_stage').
+      base: a base policy of the user's in place of stage 1 (`params1` are then ignored): a
+        callable base(image, pose), called here, or `ENV_BASE` when the env's observations
+        carry the base's actions (`envs.with_base`); 'stage1' is then the base policy alone.
     """
 
-    def __init__(self, stage1: tj.TrainConfig, stage2: tj.TrainConfig | None, workspace: tj.Workspace,
-                 seeds: list[int], num_seeds: int, cache: Stage1Cache | None,
+    def __init__(self, stage1: tj.TrainConfig | None, stage2: tj.TrainConfig | None,
+                 workspace: tj.Workspace, seeds: list[int], num_seeds: int, cache: Stage1Cache | None,
                  correction_passes: int = 1, corrected_dims: Any = None,
-                 modes: tuple[str, ...] = MODES) -> None:
+                 modes: tuple[str, ...] = MODES, base: Any = None) -> None:
         self.policies = {}
+        if base is not None:
+            tentative = _env_tentative if base == ENV_BASE else functools.partial(_host_tentative, base)
         if "stage1" in modes:
-            self.policies["stage1"] = tj.make_policy(stage1, None, workspace, row_by_row=True)
+            self.policies["stage1"] = (tj.make_policy(stage1, None, workspace, row_by_row=True)
+                                       if base is None else functools.partial(_base_alone, tentative))
         if "two_stage" in modes:
-            self.policies["two_stage"] = tj.make_policy(stage1, stage2, workspace, row_by_row=True,
-                                                        correction_passes=correction_passes,
-                                                        corrected_dims=corrected_dims)
+            act = tj.make_policy(None if base is not None else stage1, stage2, workspace,
+                                 row_by_row=True, correction_passes=correction_passes,
+                                 corrected_dims=corrected_dims)
+            self.policies["two_stage"] = (act if base is None else
+                                          functools.partial(_base_corrected, act, tentative))
         self.seeds, self.num_seeds, self.cache = seeds, num_seeds, cache
         self._entries: list[tuple[Any, Any, Any, int]] = []  # (tag, params1, params2, record)
         self.reused = 0
@@ -224,6 +232,37 @@ class Evaluation:
                          for m, eps in recorded.items()}
 
 
+ENV_BASE = "env"
+"""`Evaluation`'s `base` when the base policy acts beside the simulator."""
+
+
 def _call(policy: Callable[..., Any], p1: Any, p2: Any, image: np.ndarray, pose: np.ndarray,
-          camera: Any) -> Any:
-    return policy(p1, p2, image, pose, camera)
+          camera: Any, tentative: np.ndarray | None = None) -> Any:
+    if tentative is None:
+        return policy(p1, p2, image, pose, camera)
+    return policy(p1, p2, image, pose, camera, tentative=tentative)
+
+
+def _env_tentative(image: np.ndarray, pose: np.ndarray, tentative: np.ndarray | None) -> np.ndarray:
+    if tentative is None:
+        raise RuntimeError("the base policy acts beside the simulator, but the env's observations "
+                           "carry no tentative action (is the env a BaseActingEnv?).")
+    return tentative
+
+
+def _host_tentative(base: Any, image: np.ndarray, pose: np.ndarray, tentative: Any) -> np.ndarray:
+    return tj.call_base_policy(base, image, pose)
+
+
+def _base_alone(tentative_of: Callable[..., np.ndarray], p1: Any, p2: Any, image: np.ndarray,
+                pose: np.ndarray, camera: Any, tentative: np.ndarray | None = None) -> tj.PolicyOutput:
+    """The base policy alone: its action, executed as it is."""
+    a1 = np.asarray(tentative_of(image, pose, tentative), np.float32)
+    return tj.PolicyOutput(action=a1, tentative=a1, correction=np.zeros_like(a1))
+
+
+def _base_corrected(act: Callable[..., Any], tentative_of: Callable[..., np.ndarray], p1: Any, p2: Any,
+                    image: np.ndarray, pose: np.ndarray, camera: Any,
+                    tentative: np.ndarray | None = None) -> Any:
+    """The base policy's action corrected by stage 2 (`make_policy(None, stage2)`'s act)."""
+    return act(None, p2, image, pose, camera, tentative=tentative_of(image, pose, tentative))

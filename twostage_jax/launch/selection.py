@@ -36,7 +36,10 @@ SELECTION_VERSION = 1
 
 
 def selects(config: LaunchConfig, stage: int) -> bool:
-    """Whether `stage` acts with a validation-selected checkpoint (else its latest)."""
+    """Whether `stage` acts with a validation-selected checkpoint (else its latest); never
+    stage 1 when it is a base policy of the user's (`config.stage1.source`)."""
+    if stage == 1 and config.stage1.source:
+        return False
     return config.stage(stage).select == "validation"
 
 

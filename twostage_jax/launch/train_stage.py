@@ -147,7 +147,7 @@ def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
 
     out_dir = stage_dir(workdir, stage, config)
     changes = []
-    if stage == 2 and pairing is not None:
+    if stage == 2 and pairing is not None and pairing.get("steps") is not None:
         was = _recorded_pairing(out_dir, int(config.num_seeds))
         if was is not None and was != list(pairing["steps"]):
             changes.append(f"stage 2 was started on stage-1 step(s) {was}; stage 1 now acts at "
@@ -526,7 +526,8 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
                      keep_crop_size: int | None = None) -> dict:
     """Calibrates stage 2's sigma and/or crop size to stage 1's errors on the validation demos.
 
-    Stage 1 (its latest checkpoint, all seeds pooled) acts on every validation transition; sigma
+    Stage 1 (its latest checkpoint, all seeds pooled; or the base policy `config.stage1.source`,
+    `base_source.validation_actions`) acts on every validation transition; sigma
     comes from `calibrate_sigma` (the 6 pose dimensions; the gripper keeps its sigma) and the crop
     size from `calibrate_crop_size` on the targets' offsets in the tentative crops
     (`crop_offsets`). Writes and returns `<stage2_name>/calibration.json`.
@@ -544,9 +545,15 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
     if validation is None:
         raise PipelineError(f"calibrating stage 2 needs held-out demos at {validation_path(workdir)}; "
                             "re-run --mode=demos with config.demos.num_validation > 0.")
-    params1, steps1 = selection.policy_params(config, workdir, 1, dataset)
-    a1 = stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
-    a = np.tile(np.asarray(validation.action), (int(config.num_seeds), 1))
+    if config.stage1.source:  # a base policy of the user's: its errors, once for all seeds
+        from twostage_jax.launch.base_source import validation_actions
+
+        a1, a = validation_actions(config, workdir, validation)
+        steps1: list = []
+    else:
+        params1, steps1 = selection.policy_params(config, workdir, 1, dataset)
+        a1 = stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
+        a = np.tile(np.asarray(validation.action), (int(config.num_seeds), 1))
     method, settings = config.stage2.stage2, config.calibrate
     sigma = list(method.sigma)
     if settings.sigma:
@@ -562,8 +569,10 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
             f"px, but its checkpoints were trained with {keep_crop_size} px; train a new stage 2 "
             "with --config.stage2_name=NAME instead.")
     dist = np.max(np.abs(offsets), axis=1)
-    result = {"sigma": sigma, "crop_size": crop, "stage1_step": max(steps1), "stage1_steps": steps1,
-              "transitions": int(validation.action.shape[0]), "num_seeds": int(config.num_seeds),
+    result = {"sigma": sigma, "crop_size": crop, "stage1_step": max(steps1, default=None),
+              "stage1_steps": steps1, **({"stage1_source": config.stage1.source}
+                                         if config.stage1.source else {}),
+              "transitions": int(a.shape[0]), "num_seeds": int(config.num_seeds),
               "crop_coverage": coverage,
               "offset_px_quantiles": {q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")},
               "share_inside_crop": float(np.mean(dist < crop / 2))}

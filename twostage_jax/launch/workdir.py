@@ -261,7 +261,10 @@ def load_validation(workdir: Path) -> tj.Dataset | None:
 
 def stage1_pairing(config: LaunchConfig, workdir: Path) -> dict:
     """The stage-1 checkpoint a stage-2 run pairs with: the latest, checked to be intact and
-    trained with this config's stage-1 fields."""
+    trained with this config's stage-1 fields; or the base policy `config.stage1.source`
+    ({'source': ..., 'steps': None})."""
+    if config.stage1.source:
+        return {"source": config.stage1.source, "step": None, "steps": None}
     directory = stage_dir(workdir, 1, config) / "checkpoints"
     if not directory.exists():
         raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} does not exist; run "

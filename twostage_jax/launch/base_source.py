@@ -1,0 +1,106 @@
+"""The launcher's foreign stage 1: a base policy of yours, named by `config.stage1.source`.
+
+With `--config.stage1.source=module.path:function` stage 1 is not trained: the factory builds
+a base policy (`twostage_jax.base_policy`), stage 2 trains from the demos as always, is
+calibrated to the base policy's errors on the held-out demos, and evaluation rolls out the base
+policy alone and corrected, on the same layouts. A callable base(image, pose) acts in the
+evaluating process; a `SimBasePolicy` acts beside the simulator, in each evaluation worker
+(`twostage_jax.envs.with_base`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from twostage_jax.base_policy import (BaseContext, SimBasePolicy, base_policy_actions,
+                                      check_base_source, load_base_policy)
+from twostage_jax.launch.checks import PipelineError
+from twostage_jax.launch.config import LaunchConfig
+
+
+def uses_base(config: LaunchConfig) -> bool:
+    """Whether stage 1 is a base policy of the user's (`config.stage1.source`)."""
+    return bool(config.stage1.source)
+
+
+def context(config: LaunchConfig) -> BaseContext:
+    """What the factory is told: the task, the simulator and the workspace."""
+    if config.env == "metaworld":
+        from twostage_jax.envs.metaworld import default_workspace
+    else:
+        from twostage_jax.envs.rlbench_conventions import default_workspace
+    return BaseContext(task=config.task, env=config.env, workspace=default_workspace())
+
+
+def validate_base_config(config: LaunchConfig) -> None:
+    """Checks `config.stage1.source` against the rest of the config and imports its factory
+    (nothing is called); raises ValueError naming the fields."""
+    if config.stage2.source:
+        raise ValueError(f"config.stage2.source ({config.stage2.source!r}) must be empty: only stage 1 "
+                         "can be a base policy of yours (config.stage1.source).")
+    if not uses_base(config):
+        return
+    if config.stage2.select != "last":  # (stage 1's selection does not apply: selection.selects)
+        raise ValueError("config.stage2.select='validation' rolls out stage 2 on our stage 1; with "
+                         "a base policy of yours (config.stage1.source) set it to 'last'.")
+    if config.eval.curve_steps:
+        raise ValueError("config.stage1.source: learning curves (config.eval.curve_steps) evaluate "
+                         "stage 1 at training steps; a base policy of yours has none, so leave them empty.")
+    if config.calibrate.any and config.demos.num_validation <= 0:
+        raise ValueError("config.stage1.source: stage 2 is calibrated to the base policy's errors on "
+                         "held-out demos: set config.demos.num_validation > 0 (or turn "
+                         "config.calibrate.sigma and crop_size off).")
+    try:
+        check_base_source(config.stage1.source)
+    except ValueError as e:
+        raise ValueError(f"config.stage1.source: {e}") from e
+
+
+def load(config: LaunchConfig) -> Any:
+    """The base policy (a callable or a `SimBasePolicy`), built by its factory.
+
+    Raises:
+      PipelineError: the factory fails or builds no base policy (named).
+    """
+    try:
+        return load_base_policy(config.stage1.source, context(config))
+    except ValueError as e:
+        raise PipelineError(f"config.stage1.source: {e}") from e
+
+
+def acting_env_factory(config: LaunchConfig, env_fn: Callable[[], Any]) -> Callable[[], Any]:
+    """A picklable env constructor whose observations carry the `SimBasePolicy`'s actions."""
+    from twostage_jax.envs.with_base import make_base_acting_env
+
+    return functools.partial(make_base_acting_env, env_fn, config.stage1.source, context(config))
+
+
+def validation_actions(config: LaunchConfig, workdir: Path, validation: Any
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(tentative [N, 7], target [N, 7]): the base policy's actions on the held-out demos and
+    the demos' own. A callable is shown each transition's image and pose; a `SimBasePolicy`
+    proposes along a replay of each demo in the simulator, from its layout
+    (demos/stats.json's `validation_seeds`)."""
+    base = load(config)
+    if not isinstance(base, SimBasePolicy):
+        return base_policy_actions(base, validation), np.asarray(validation.action, np.float32)
+    from twostage_jax.envs.with_base import BaseActingEnv, replay_validation
+    from twostage_jax.launch.rollouts import env_factory
+
+    try:
+        seeds = json.loads((workdir / "demos" / "stats.json").read_text())["validation_seeds"]
+    except (OSError, ValueError, KeyError) as e:
+        raise PipelineError(f"calibrating stage 2 to {config.stage1.source}, which acts in the "
+                            "simulator, replays the held-out demos from their layouts, but "
+                            f"{workdir / 'demos' / 'stats.json'} does not list them "
+                            f"(validation_seeds): re-record with --mode=demos --force ({e}).") from e
+    env = BaseActingEnv(env_factory(config)(), base)
+    try:
+        return replay_validation(env, validation, [int(s) for s in seeds])
+    finally:
+        env.close()
