@@ -6,6 +6,9 @@ import pytest
 
 import twostage_jax as tj
 from tests._tiny import tiny_config, tiny_dataset
+from twostage_jax.base_policy import check_sim_base_action
+from twostage_jax.envs.base import Observation
+from twostage_jax.envs.with_base import BaseActingEnv, replay_validation
 from twostage_jax.calibration import MAD_TO_STD, calibrate_crop_size, crop_offsets
 
 
@@ -126,3 +129,76 @@ def test_bad_arguments_are_named():
         tj.make_policy(None, None, ds.workspace)
     with pytest.raises(ValueError, match="`batch_size` must be a positive int"):
         tj.calibrate_to_base_policy(wrong_shape, ds, batch_size=0)
+
+
+@pytest.mark.parametrize("source,match", [
+    ("tests._bases", r"must be 'module.path:function'.*got 'tests._bases'"),
+    ("tests._no_such_module:make", r"module 'tests._no_such_module' does not import \(ModuleNotFoundError"),
+    ("tests._bases:missing", r"module 'tests._bases' has no attribute 'missing'"),
+    ("tests._bases:NOT_CALLABLE", r"'NOT_CALLABLE' is a int, not a factory"),
+    ("tests._bases:failing_factory", r"the factory raised RuntimeError: no weights at /nowhere"),
+    ("tests._bases:not_a_policy", r"the factory returned a int; expected a callable base\(image, pose\)"),
+])
+def test_a_bad_base_source_is_named(source, match):
+    context = tj.BaseContext("reach-v3", "metaworld", tiny_dataset().workspace)
+    with pytest.raises(ValueError, match=match) as e:
+        tj.load_base_policy(source, context)
+    assert repr(source) in str(e.value)
+
+
+class _Recorder:
+    """A fake simulator: layout `seed` starts at pose seed / 100; a step moves to the action."""
+
+    def __init__(self):
+        self.pose, self.steps, self.max_keyframes = None, 0, 3
+
+    def reset(self, seed):
+        self.pose, self.steps = np.full(7, seed / 100, np.float32), 0
+        return Observation(np.zeros((4, 4, 3), np.uint8), self.pose, None)
+
+    def step(self, action):
+        self.pose, self.steps = np.asarray(action, np.float32), self.steps + 1
+        return Observation(np.zeros((4, 4, 3), np.uint8), self.pose, None), 0.0, self.steps >= 3, {}
+
+    def close(self):
+        pass
+
+
+class _OffBy:
+    """A sim-side base policy: the demo's next action, read from the fake simulator's plan, plus
+    a fixed error (its `act` sees the env)."""
+
+    def __init__(self, plans, error, clip=True):
+        self.plans, self.error, self.clip, self.t = plans, error, clip, 0
+
+    def reset(self, env, seed):
+        self.plan, self.t = self.plans[seed], 0
+
+    def act(self, env, observation):
+        self.t += 1
+        action = self.plan[self.t - 1] + self.error
+        return np.clip(action, -1, 1) if self.clip else action
+
+
+def test_a_sim_side_base_policy_is_replayed_along_the_held_out_demos():
+    ds = tiny_dataset()
+    episode, action = np.asarray(ds.episode), np.asarray(ds.action, np.float32)
+    num = int(episode.max()) + 1
+    seeds = [7 + e for e in range(num)]
+    plans = {s: action[episode == e] for e, s in enumerate(seeds)}
+    error = np.array([0.1, -0.05, 0, 0, 0, 0, 0], np.float32)
+    env = BaseActingEnv(_Recorder(), _OffBy(plans, error))
+    tentative, target = replay_validation(env, ds, seeds)
+    # each demo stops after the fake env's 3 keyframes
+    want = np.concatenate([a[:3] for a in plans.values()])
+    np.testing.assert_array_equal(target, want)
+    np.testing.assert_allclose(tentative, np.clip(want + error, -1, 1), atol=1e-7)
+    with pytest.raises(ValueError, match=f"`seeds` must give the layout of each of the {num} demos"):
+        replay_validation(env, ds, seeds[:-1])
+    bad = BaseActingEnv(_Recorder(), _OffBy(plans, 2.0, clip=False))
+    with pytest.raises(ValueError, match=r"base policy .*_OffBy must return actions in \[-1, 1\]"):
+        bad.reset(seeds[0])
+    with pytest.raises(TypeError, match="must have reset\\(env, seed\\) and act\\(env, observation\\)"):
+        BaseActingEnv(_Recorder(), lambda image, pose: pose)
+    with pytest.raises(ValueError, match=r"must return one action of shape \[7\]"):
+        check_sim_base_action(_OffBy({}, 0), np.zeros((2, 7)))

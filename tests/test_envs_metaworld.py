@@ -114,3 +114,32 @@ def test_goal_marker_drawn_at_goal():
             r, g, b = (obs.image[rows, cols].astype(int).T)
             assert np.mean((r > 150) & (b > 150) & (g < 100)) > 0.5
         env.close()
+
+
+@pytest.mark.render
+@pytest.mark.sim
+def test_the_imprecise_expert_is_the_scripted_plan_moved_by_its_offset():
+    from twostage_jax.envs.metaworld_expert import ImpreciseExpert
+    from twostage_jax.envs.with_base import BaseActingEnv
+
+    def proposals(expert):
+        env = BaseActingEnv(mw.MetaWorldEnv("reach-v3", mw.MetaWorldConfig(width=32, height=32)), expert)
+        obs, out, success = env.reset(200_000), [], False
+        while True:
+            out.append(obs.tentative)
+            obs, reward, done, _ = env.step(out[-1])
+            success = success or reward > 0
+            if done:
+                env.close()
+                return np.asarray(out), success
+
+    exact, solved = proposals(ImpreciseExpert("reach-v3", offset_m=(0, 0, 0), noise_m=0))
+    assert solved  # the scripted expert's keyframes, executed as they are, solve the layout
+    offset = np.array([0.02, -0.02, 0.01])
+    moved, _ = proposals(ImpreciseExpert("reach-v3", offset_m=offset, noise_m=0))
+    ws = mw.default_workspace()
+    scale = 2 / (np.asarray(ws.high) - np.asarray(ws.low))
+    np.testing.assert_allclose(moved[0, :3] - exact[0, :3], scale * offset, atol=1e-6)
+    np.testing.assert_array_equal(moved[0, 3:], exact[0, 3:])
+    with pytest.raises(ValueError, match="`offset_m` must be 3 finite numbers"):
+        ImpreciseExpert("reach-v3", offset_m=(0.1, float("nan"), 0))

@@ -117,6 +117,21 @@ def test_mode_all_end_to_end(tmp_path):
     stats = json.loads((tmp_path / "demos" / "stats.json").read_text())
     assert not set(stats["validation_seeds"]) & set(stats["demo_seeds"])
 
+    # A base policy of the user's in place of stage 1, beside it in the same workdir: stage 2 is
+    # calibrated to its errors and evaluation reports it alone and corrected.
+    source = "tests._bases:nudged_pose"
+    out = launch_in_process("--mode=all", f"--workdir={tmp_path}", *calibrated, f"--config.stage1.source={source}",
+                            "--config.stage2_name=base", "--config.eval.workers=1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"stage 1 is the base policy {source}: nothing to train" in out.stderr
+    assert f"base={source}" in out.stdout and "corrected" in out.stdout
+    res = json.loads((tmp_path / "eval_base" / "results.json").read_text())
+    assert res["stage1_source"] == source and res["stage1_steps"] == []
+    assert all(len(res["modes"][m]["per_seed"]) == 2 for m in ("stage1", "two_stage"))
+    cal = json.loads((tmp_path / "base" / "calibration.json").read_text())
+    assert cal["stage1_source"] == source and cal["stage1_steps"] == []
+    assert json.loads((tmp_path / "base" / "pairing.json").read_text())["source"] == source
+
     # A named stage-2 ablation shares the stage 1 and the dataset of the workdir (the launcher
     # in this process from here: the console path was just shown).
     named = ["--config.stage2_name=direct", "--config.stage2.mode=direct", *calibrated]
@@ -232,6 +247,15 @@ def test_clear_errors_for_bad_usage(tmp_path):
                     "non-negative stds; got (0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)."])
     refused("--mode=stage1", workdir, "--accept_new_inputs",
             expect=["--accept_new_inputs only applies with --resume"])
+    base = "--config.stage1.source=tests._bases:nudged_pose"
+    refused("--mode=stage1", workdir, base, expect=["stage 1 is the base policy", "nothing to train"])
+    refused("--mode=all", workdir, "--config.stage1.source=tests._bases:missing",
+            expect=["config.stage1.source: base policy source 'tests._bases:missing': module "
+                    "'tests._bases' has no attribute 'missing'."])
+    refused("--mode=all", workdir, "--config.stage1.source=my_policy.py",
+            expect=["config.stage1.source must be '' (our stage 1) or 'module.path:function'"])
+    refused("--mode=all", workdir, base, "--config.stage2.select=validation",
+            expect=["config.stage2.select='validation' rolls out stage 2 on our stage 1"])
     (tmp_path / "a_file").write_text("")
     refused("--mode=all", f"--workdir={tmp_path / 'a_file'}", expect=["a_file is a file; expected a folder"])
     assert not (tmp_path / "demos").exists(), "work started despite a bad flag"

@@ -10,27 +10,34 @@ import twostage_jax as tj
 from twostage_jax.evaluation import EnvPool, Job
 from twostage_jax.policy import PolicyOutput
 
+from tests._bases import reach_waypoints
 from tests._tiny import tiny_config
+from twostage_jax.envs.with_base import make_base_acting_env
 
 mw = pytest.importorskip("twostage_jax.envs.metaworld")
 
 SIZE = 32
 ENV_FN = functools.partial(tj.envs.make_env, "reach-v3", width=SIZE, height=SIZE, max_keyframes=5)
-# Tool-centre-point waypoints (metres) through reach-v3's goal box: success on some layouts only.
-WAYPOINTS = np.array([[-0.06, 0.83, 0.10], [0.06, 0.83, 0.10], [0.06, 0.88, 0.24],
-                      [-0.06, 0.88, 0.24], [0.0, 0.85, 0.17]])
+# The same env with a base policy acting beside the simulator: it sweeps the waypoints too,
+# reading the hand's position from the simulator, and its action rides on each observation.
+BASE_ENV_FN = functools.partial(make_base_acting_env, ENV_FN, "tests._bases:reach_sweep",
+                                tj.BaseContext("reach-v3", "metaworld", mw.default_workspace()))
 
 
-def _sweep(images, poses, camera):
+def _sweep(images, poses, camera, tentative=None):
     """Goes to the waypoint after the one the gripper is at (the first one from elsewhere)."""
-    ws = mw.default_workspace()
-    targets = np.asarray(tj.pose_to_action(WAYPOINTS, np.zeros((len(WAYPOINTS), 3)),
-                                           np.ones(len(WAYPOINTS)), ws))
+    targets = reach_waypoints(mw.default_workspace())
     dist = np.linalg.norm(poses[:, None, :3] - targets[None, :, :3], axis=-1)  # [B, K]
     near = dist.argmin(axis=1)
     nxt = np.where(dist.min(axis=1) < 0.05, (near + 1) % len(targets), 0)
     action = targets[nxt].astype(np.float32)
     return PolicyOutput(action=action, tentative=action, correction=np.zeros_like(action))
+
+
+def _execute_base(images, poses, camera, tentative=None):
+    """Executes the base policy's action, given with each observation."""
+    assert tentative is not None and tentative.shape == (images.shape[0], 7)
+    return PolicyOutput(action=tentative, tentative=tentative, correction=np.zeros_like(tentative))
 
 
 def _tiny_policy():
@@ -39,16 +46,17 @@ def _tiny_policy():
     params = jax.jit(tj.make_networks(c1.network, 1, "bc").init)(jax.random.PRNGKey(0), tj.Stage1Obs(
         np.zeros((1, SIZE, SIZE, 3), np.uint8), np.zeros((1, 7), np.float32)))
     policy = tj.make_policy(c1, None, mw.default_workspace(), row_by_row=True)
-    return lambda image, pose, camera: policy(params, None, image, pose, camera)
+    return lambda image, pose, camera, tentative=None: policy(params, None, image, pose, camera)
 
 
 def test_parallel_episodes_equal_sequential():
     net = _tiny_policy()
-    jobs = [Job(_sweep, s, record=s == 3) for s in range(6)] + [Job(net, s, record=s == 1) for s in range(3)]
-    with EnvPool(ENV_FN, 1) as pool:
+    jobs = ([Job(_sweep, s, record=s == 3) for s in range(6)] + [Job(net, s, record=s == 1) for s in range(3)]
+            + [Job(_execute_base, s, record=s == 3) for s in range(6)])
+    with EnvPool(BASE_ENV_FN, 1) as pool:
         seq = pool.run(jobs)
     ended = []
-    with EnvPool(ENV_FN, 2) as pool:
+    with EnvPool(BASE_ENV_FN, 2) as pool:
         par = pool.run(jobs, on_episode=lambda i, ep: ended.append(i))
         assert pool.run(jobs[:1])[0].success == seq[0].success  # the pool is reusable
     assert sorted(ended) == list(range(len(jobs)))
@@ -61,6 +69,9 @@ def test_parallel_episodes_equal_sequential():
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{i} {field}")
     assert seq[3].frames.shape == (seq[3].num_steps + 1, SIZE, SIZE, 3)
     assert seq[7].actions.shape == (5, 7) and not seq[7].success  # the untrained net: 5 steps
+    for a, b in zip(seq[:6], seq[9:]):  # the base policy's sweep, read from the simulator, is the
+        assert a.success == b.success and a.num_steps == b.num_steps  # host-side sweep's
+        np.testing.assert_array_equal(a.actions, b.actions)
 
 
 def test_pool_errors_name_the_problem():

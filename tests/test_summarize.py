@@ -101,15 +101,17 @@ def test_summary_means_and_figures(fake_raw, tmp_path):
 
     bc_tasks, cql_tasks = list(TASKS), list(TASKS) + [CQL_ONLY]
     cells = _mean_row(text).strip("|").split("|")[1:]
-    expected = [
-        _mean(truth, bc_tasks, "bc", "stage2", 0), _mean(truth, bc_tasks, "bc", "stage2", 1),
-        _mean(truth, bc_tasks, "bc", "stage2", 1) - _mean(truth, bc_tasks, "bc", "stage2", 0),
-        _mean(truth, cql_tasks, "cql", "stage2", 0), _mean(truth, cql_tasks, "cql", "stage2", 1),
-        _mean(truth, cql_tasks, "cql", "stage2", 1) - _mean(truth, cql_tasks, "cql", "stage2", 0)]
+    expected = []
+    for algo, tasks in (("bc", bc_tasks), ("cql", cql_tasks)):  # stage 1, two-stage, gain, fixed
+        one, two = (_mean(truth, tasks, algo, "stage2", k) for k in (0, 1))
+        expected += [one, two, two - one, (two - one) / (1 - one)]
     for i, (cell, want) in enumerate(zip(cells, expected)):
-        assert _cell_mean(cell, signed=i % 3 == 2) == pytest.approx(want, abs=0.0051), (i, cell, want)
+        if i % 4 == 3:  # failures fixed: a signed point estimate
+            assert cell.strip()[0] in "+-" and float(cell) == pytest.approx(want, abs=0.0051), (i, cell)
+            continue
+        assert _cell_mean(cell, signed=i % 4 == 2) == pytest.approx(want, abs=0.0051), (i, cell, want)
     task_row = next(line for line in text.splitlines() if line.startswith(f"| {CQL_ONLY} |"))
-    assert task_row.count("—") == 3
+    assert task_row.count("—") == 4
     assert "BC over 3 task(s) (reach-v3, push-v3, drawer-open-v3)" in text
     assert f"CQL over 4 task(s) (reach-v3, push-v3, drawer-open-v3, {CQL_ONLY})" in text
     # ablations: labelled by the headline's actual values, paired difference over the 3 tasks

@@ -43,11 +43,15 @@ BasePolicy = Callable[[np.ndarray, np.ndarray], Any]
 
 
 def base_policy_name(base: Any) -> str:
-    """How errors name a base policy: its module-qualified `__qualname__`, else its repr."""
+    """How errors name a base policy: its module-qualified `__qualname__`, an object by its
+    class's ('a package.Class'), else its repr."""
     qualname = getattr(base, "__qualname__", None)
     if isinstance(qualname, str):
         module = getattr(base, "__module__", None)
         return f"{module}.{qualname}" if isinstance(module, str) else qualname
+    kind = type(base)
+    if type(kind).__repr__ is type.__repr__ and kind.__repr__ is object.__repr__:  # no repr of its own
+        return f"a {kind.__module__}.{kind.__qualname__}"
     text = repr(base)
     return text if len(text) <= 120 else text[:117] + "..."
 

@@ -175,34 +175,43 @@ def _grid(n: int) -> tuple[Any, list[Any]]:
 def _headline(runs: Runs, out: Path, reps: int) -> list[str]:
     """Headline table and Figs. 3 and 4 (per task); returns the Markdown lines."""
     tasks = _tasks(runs)
-    arms = [f"{a.upper()}{s}" for a in ALGOS for s in ("(1)", " two-stage", " gain")]
+    arms = [f"{a.upper()}{s}" for a in ALGOS for s in ("(1)", " two-stage", " gain", " failures fixed")]
     lines = ["| task | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
     per_task: dict[str, list[Interval | None]] = {}
     for t in tasks:
         cells, per_task[t] = [], []
         for algo in ALGOS:
             if (t, algo, HEADLINE) not in runs:
-                cells += ["—"] * 3
+                cells += ["—"] * 4
                 per_task[t] += [None, None]
                 continue
             a, b = (_matrix(runs, [t], algo, HEADLINE, m) for m in MODES)
             ivs = [bootstrap_interval(a, reps=reps), bootstrap_interval(b, reps=reps)]
             per_task[t] += ivs
-            cells += [_fmt(ivs[0]), _fmt(ivs[1]), _fmt(difference_interval(a, b, reps=reps), True)]
+            cells += [_fmt(ivs[0]), _fmt(ivs[1]), _fmt(difference_interval(a, b, reps=reps), True),
+                      _fixed(a, b)]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     cells, means, cover = [], [], []
     for algo in ALGOS:
         ts = _tasks(runs, algo)
         if not ts:
-            cells += ["—"] * 3
+            cells += ["—"] * 4
             means += [None, None]
             continue
         a, b = (_matrix(runs, ts, algo, HEADLINE, m) for m in MODES)
         means += [bootstrap_interval(a, reps=reps), bootstrap_interval(b, reps=reps)]
-        cells += [_fmt(means[-2]), _fmt(means[-1]), _fmt(difference_interval(a, b, reps=reps), True)]
+        cells += [_fmt(means[-2]), _fmt(means[-1]), _fmt(difference_interval(a, b, reps=reps), True),
+                  _fixed(a, b)]
         cover.append(f"{algo.upper()} over {len(ts)} task(s) ({', '.join(ts)})")
     lines += ["| **mean** | " + " | ".join(cells) + " |", "",
-              "Means (stratified over seeds × tasks): " + "; ".join(cover) + "."]
+              "Means (stratified over seeds × tasks): " + "; ".join(cover) + ". Failures fixed: "
+              "(two-stage − stage 1) / (1 − stage 1), the share of stage 1's failed episodes "
+              "the correction turns into successes, net (negative: it breaks more than it fixes)."]
+    bases = sorted({r.stage1_source for r in runs.values() if r.stage1_source})
+    if bases:
+        lines += ["", f"Stage 1 here is not ours: the base policy {', '.join(bases)} "
+                  "(`config.stage1.source`), alone in the (1) column and corrected by stage 2 in "
+                  "the two-stage column."]
     labels = ["BC(1)", "BC\ntwo-stage", "CQL(1)", "CQL\ntwo-stage"]
     colors = [c for a in ALGOS for c in COLORS[a]]
     for algo in ALGOS:  # the paper's stage-2 method beside ours, where it was run
@@ -223,6 +232,12 @@ def _headline(runs: Runs, out: Path, reps: int) -> list[str]:
     save_figure(fig, out / "fig4_per_task.png")
     return lines + ["", "![Fig. 3: mean success over tasks](fig3_headline.png)", "",
                     "![Fig. 4: success per task](fig4_per_task.png)"]
+
+
+def _fixed(one: np.ndarray, two: np.ndarray) -> str:
+    """(mean two − mean one) / (1 − mean one) of [S, T] success rates, or '—' if stage 1 never fails."""
+    a, b = float(np.mean(one)), float(np.mean(two))
+    return "—" if a >= 1.0 else f"{(b - a) / (1.0 - a):+.2f}"
 
 
 def _paper_arm(runs: Runs, reps: int) -> list[str]:
