@@ -161,6 +161,10 @@ def test_a_missing_key_is_named(copy):
         with pytest.raises(ValueError, match=rf"LeRobotSpec.{field} '{value}' is not a feature of .*"
                                              r"features are \['action', 'observation.images.front'"):
             load_lerobot_demos(copy, spec, _camera())
+    # with a calibration file: a mistyped image key is named, not the camera the file lacks for it
+    wrist = LeRobotSpec(**{**SPEC.__dict__, "image_key": "observation.images.wrist"})
+    with pytest.raises(ValueError, match="LeRobotSpec.image_key 'observation.images.wrist' is not a feature"):
+        check_lerobot_dataset(copy, wrist, CALIBRATION)
     with pytest.raises(ValueError, match="gripper_index 7 falls outside 'action', which has 7 components"):
         load_lerobot_demos(copy, LeRobotSpec(**{**SPEC.__dict__, "gripper_index": 7}), _camera())
     with pytest.raises(ValueError, match="pose_indices .* fall outside 'observation.state', which has 7"):
