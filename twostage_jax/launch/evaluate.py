@@ -10,7 +10,7 @@ from pathlib import Path
 from absl import logging
 
 from twostage_jax.launch import selection
-from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
+from twostage_jax.launch.checks import LEROBOT_EVALUATION, STAGE_NAMES, PipelineError, train_config
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
 from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
@@ -48,12 +48,14 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
 
     Before any rollout it checks that both stages were trained with this config and that the
-    output folders are writable. The results, plots and frames are written to a temporary
+    output folders are writable; a LeRobot source is refused (its camera is not the simulator's). The results, plots and frames are written to a temporary
     folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
     results whole.
     """
     from twostage_jax.launch import plots, rollouts
 
+    if config.data.source == "lerobot":
+        raise PipelineError(f"evaluation {LEROBOT_EVALUATION}")
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
     for stage in (1, 2):  # what is missing, before what is unwritable
