@@ -78,6 +78,19 @@ def launch_in_process(*args: str, config: str = SMOKE) -> Launched:
     return Launched(int(code or 0), out.getvalue(), err.getvalue())
 
 
+def refused(*args: str, expect: list[str], prefix: tuple | list | None = None,
+            config: str = SMOKE) -> str:
+    """Asserts the launcher refuses `args` as bad usage: exit status 1 and one `error:` line on
+    stderr holding every string of `expect`; returns that line. In a subprocess under `prefix`
+    where the console or permissions matter (`prefix=()`: none), else in this process."""
+    out = (launch_in_process(*args, config=config) if prefix is None
+           else launch(*args, prefix=prefix, config=config))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith("error: ") and all(e in lines[0] for e in expect), lines[0]
+    return lines[0]
+
+
 def synthetic_workdir(path: Path) -> Path:
     """A workdir with a tiny 32-pixel synthetic dataset and held-out validation demos."""
     from twostage_jax.data.dataset import save_dataset

@@ -72,6 +72,28 @@ def test_command_line_values_are_parsed_by_their_fields_type():
     assert e.value.field == "mlp_hidden"
 
 
+def test_the_data_source_is_stored_and_compared():
+    c = smoke()
+    before = to_dict(c)
+    before.pop("data")  # stored by a launcher before config.data: the simulator's demos
+    assert from_dict(before) == c and c.data.source == "sim"
+    lerobot = config_flags.apply_overrides(c, _flags(
+        ("data.source", "lerobot"), ("data.root", "datasets/pick"), ("data.calibration", "pick.json"),
+        ("data.image_key", "observation.images.front"), ("data.pose_key", "observation.state"),
+        ("data.pose_convention", "xyz_quat_wxyz"), ("data.episodes", "(0, 2)"),
+        ("data.gripper_key", "None"), ("data.neutral_quat", "(1, 0, 0, 0)")))
+    assert lerobot.data.episodes == (0, 2) and lerobot.data.neutral_quat == (1.0, 0.0, 0.0, 0.0)
+    assert from_dict(json.loads(json.dumps(to_dict(lerobot)))) == lerobot
+    # a stage trained on another source (or another LeRobot spec) is not resumed or paired
+    assert "config.data.source: trained 'sim', now 'lerobot'" in config_differences(before, lerobot, 1)
+    other = replace_path(lerobot, {"data.image_key": "observation.images.wrist"})
+    assert config_differences(to_dict(lerobot), other, 2) == [
+        "config.data.image_key: trained 'observation.images.front', now 'observation.images.wrist'"]
+    with pytest.raises(tj.ConfigError, match=r"config\.data\.pose_indices has 6 entries; pose_convention "
+                                             "'xyz_quat_wxyz' takes 7"):
+        replace_path(lerobot, {"data.pose_indices": (0, 1, 2, 3, 4, 5)})
+
+
 def test_an_old_ml_collections_config_migrates_to_todays_repro_config():
     # A results file the ml_collections launcher wrote (BC, push-v3), and the same settings today.
     old = json.loads((RAW / "push-v3" / "bc_stage2.json").read_text())["config"]

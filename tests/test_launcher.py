@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests._launcher import launch as _launch
-from tests._launcher import hold_lock, launch_in_process, release_lock
+from tests._launcher import hold_lock, launch_in_process, refused, release_lock
 from tests._launcher import smoke as _smoke
 from tests._launcher import synthetic_workdir as _synthetic_workdir
 
@@ -217,13 +217,6 @@ def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
 
 
 def test_clear_errors_for_bad_usage(tmp_path):
-    def refused(*args, expect, prefix=None, **config):
-        # A subprocess where the console or permissions matter, else the launcher in this process.
-        out = launch_in_process(*args, **config) if prefix is None else _launch(*args, prefix=prefix)
-        lines = out.stderr.strip().splitlines()
-        assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
-        assert lines[0].startswith("error: ") and all(e in lines[0] for e in expect), lines[0]
-
     workdir = f"--workdir={tmp_path}"
     # the console: exit status 1 and one line on stderr, the whole of what the user sees
     refused("--mode=train", workdir, prefix=(), expect=["--mode=train: value should be one of"])

@@ -161,6 +161,10 @@ def test_a_missing_key_is_named(copy):
         with pytest.raises(ValueError, match=rf"LeRobotSpec.{field} '{value}' is not a feature of .*"
                                              r"features are \['action', 'observation.images.front'"):
             load_lerobot_demos(copy, spec, _camera())
+    # with a calibration file: a mistyped image key is named, not the camera the file lacks for it
+    wrist = LeRobotSpec(**{**SPEC.__dict__, "image_key": "observation.images.wrist"})
+    with pytest.raises(ValueError, match="LeRobotSpec.image_key 'observation.images.wrist' is not a feature"):
+        check_lerobot_dataset(copy, wrist, CALIBRATION)
     with pytest.raises(ValueError, match="gripper_index 7 falls outside 'action', which has 7 components"):
         load_lerobot_demos(copy, LeRobotSpec(**{**SPEC.__dict__, "gripper_index": 7}), _camera())
     with pytest.raises(ValueError, match="pose_indices .* fall outside 'observation.state', which has 7"):
@@ -261,3 +265,73 @@ def test_other_bad_datasets_are_named(copy, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(ImportError, match=r"the `lerobot` extra: pip install 'twostage_jax\[lerobot\]'"):
         load_lerobot_demos(copy, SPEC, _camera())
+
+
+# --- the launcher on a LeRobot dataset (--config.data.source=lerobot) ---------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = ["--config.data.source=lerobot", f"--config.data.root={ROOT.relative_to(REPO)}",
+          f"--config.data.calibration={CALIBRATION.relative_to(REPO)}",
+          f"--config.data.image_key={fx.IMAGE_KEY}", "--config.data.pose_key=observation.state",
+          "--config.data.pose_convention=xyz_euler_xyz", f"--config.data.neutral_quat={fx.NEUTRAL_QUAT}",
+          f"--config.demos.image_size={fx.SIZE}", "--config.demos.num_validation=1",
+          "--task=pick up the object"]
+"""The smoke config's flags for the fixture (its last episode held out), its paths relative to
+the repository (as a user gives them, from where the launcher runs)."""
+
+
+def test_the_launcher_reads_a_lerobot_dataset_and_trains_on_it(tmp_path, monkeypatch):
+    # --mode=demos, then stage 1 (stage 2 reads the same demos/ as on any dataset: left out of
+    # the suite, whose time is tight; docs/launcher.md's command runs all three).
+    from tests._launcher import launch_in_process
+    from twostage_jax.data.dataset import load_dataset
+
+    monkeypatch.chdir(REPO)
+    wd = tmp_path / "wd"
+    tiny = ["--num_seeds=1", "--config.stage1.num_steps=2", "--config.train.checkpoint_every=2"]
+    for mode in ("demos", "stage1"):
+        out = launch_in_process(f"--mode={mode}", f"--workdir={wd}", *LAUNCH, *tiny)
+        assert out.returncode == 0, f"--mode={mode}: {out.stderr[-3000:]}"
+    stats = json.loads((wd / "demos" / "stats.json").read_text())
+    assert stats["source"] == "lerobot" and stats["demo_seeds"] == [0, 1] and stats["validation_seeds"] == [2]
+    ds, val = load_dataset(wd / "demos" / "dataset.npz"), load_dataset(wd / "demos" / "validation.npz")
+    assert ds.images.shape[1:] == (fx.SIZE, fx.SIZE, 3) and ds.num_transitions == 2 * 5  # as above
+    assert val.num_transitions == 3  # keyframe to keyframe only: 0 -> 6 -> 11 -> last
+    np.testing.assert_allclose(np.asarray(val.workspace.high), fx.WORKSPACE_HIGH)
+    recorded = json.loads((wd / "demos" / "config.json").read_text())["config"]["data"]
+    assert recorded["root"] == "tests/data/lerobot_v3"  # as given: no machine path in the workdir
+    rows = [json.loads(x) for x in (wd / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2] and np.isfinite(rows[0]["val_position_cm"])
+    # a resume with another dataset spec than the stage was trained on is refused before any work
+    out = launch_in_process("--mode=stage1", f"--workdir={wd}", "--resume", *LAUNCH, *tiny,
+                            "--config.data.episodes=(0, 1)")
+    assert out.returncode == 2 and "config.data.episodes: trained None, now [0, 1]" in out.stderr, out.stderr[-2000:]
+
+
+def test_the_launcher_refuses_a_bad_lerobot_source_before_any_work(tmp_path, monkeypatch):
+    from tests._launcher import refused
+
+    monkeypatch.chdir(REPO)
+    wd = tmp_path / "wd"
+    demos = ["--mode=demos", f"--workdir={wd}", *LAUNCH]
+    refused("--mode=demos", f"--workdir={wd}", "--config.data.source=lerobot",
+            expect=["config.data.root must be set with config.data.source='lerobot'"])
+    refused(*demos, "--config.data.pose_key=", expect=["config.data.pose_key must be set"])
+    refused(*demos, "--config.data.image_key=observation.images.wrist",
+            expect=["error: config.data.image_key 'observation.images.wrist' is not a feature of ",
+                    "meta/info.json'; its features are ['action', 'observation.images.front'"])
+    refused(*demos, "--config.data.calibration=missing.json", expect=["error: config.data.calibration: "])
+    refused(*demos, "--config.data.episodes=(0, 7)",
+            expect=["error: config.data.episodes: episode 7 is not in the episode table"])
+    refused(*demos, "--config.demos.image_size=128", expect=["--config.demos.image_size=64"])
+    refused(*demos, "--config.demos.num_validation=3",  # all 3 episodes
+            expect=["config.demos.num_validation (3) holds out the last 3", "holds 3, leaving none"])
+    refused(*demos, "--config.data.episodes=(0, 1)", "--config.demos.num_validation=2",
+            expect=["config.demos.num_validation (2)", "config.data.episodes holds 2"])
+    refused(*demos, "--num_demos=2", expect=["--num_demos does not apply", "--config.data.episodes"])
+    refused(*demos, "--config.stage1.select=validation", expect=["config.stage1.select='validation' "
+                                                                 "chooses checkpoints by rolling out"])
+    for mode in ("eval", "all"):
+        refused(f"--mode={mode}", f"--workdir={wd}", *LAUNCH,
+                expect=[f"--mode={mode} rolls out in the simulator", "twostage_jax.make_policy"])
+    assert not wd.exists(), "work started despite a bad LeRobot source"

@@ -660,6 +660,15 @@ def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, camera: 
     return out
 
 
+def _calibrated_camera(root: str | os.PathLike[str], spec: LeRobotSpec, calib: Calibration) -> Camera:
+    """The calibration's camera of `spec.image_key`, once the dataset is known to have every key
+    of `spec` (a mistyped key is named as such, not as a camera the calibration lacks)."""
+    if not isinstance(spec, LeRobotSpec):
+        raise TypeError(f"`spec` must be a LeRobotSpec; got {type(spec).__name__}.")
+    _check_keys(_read_info(os.fspath(root)), spec, None)
+    return calib.camera(spec.image_key)
+
+
 def check_lerobot_dataset(root: str | os.PathLike[str], spec: LeRobotSpec,
                           calibration: str | os.PathLike[str] | Calibration,
                           episodes: Sequence[int] | None = None,
@@ -678,7 +687,7 @@ def check_lerobot_dataset(root: str | os.PathLike[str], spec: LeRobotSpec,
       FileNotFoundError, CalibrationFileError, ValueError: as `load_lerobot_dataset` would.
     """
     calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
-    prepared = _prepare(root, spec, calib.camera(spec.image_key), episodes, keyframe_config,
+    prepared = _prepare(root, spec, _calibrated_camera(root, spec, calib), episodes, keyframe_config,
                         calib.workspace)
     return [p.plan.episode.index for p in prepared]
 
@@ -715,7 +724,7 @@ def load_lerobot_dataset(root: str | os.PathLike[str], spec: LeRobotSpec,
       A `Dataset` (numpy-backed), every demo counted as a success.
     """
     calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
-    camera = calib.camera(spec.image_key)
+    camera = _calibrated_camera(root, spec, calib)
     trajectories = load_lerobot_demos(root, spec, camera, episodes, augment_every, keyframe_config,
                                       workspace=calib.workspace)
     return build_dataset(trajectories, calib.workspace, gamma=gamma, augment_every=augment_every)

@@ -1,7 +1,8 @@
 """The launcher config's checks across fields, each stage's library `TrainConfig`, and the
 comparison of a config with the one a checkpoint was trained with.
 
-`validate_config` checks what no single dataclass can (each checks its own fields when built);
+`validate_config` checks what no single dataclass can (each checks its own fields when built),
+and `check_data_source` a LeRobot source's dataset (reading its files, decoding no frame);
 `train_config` gives one stage's `tj.TrainConfig`, with a calibrated stage 2's sigma and crop
 size; `program_fields` / `check_trained_with` compare a config with a stored one (resume,
 pairing stage 2 with stage 1, evaluation), read through `config.from_dict` (so any older stored
@@ -25,6 +26,12 @@ from twostage_jax import sharding
 from twostage_jax.launch.config import LaunchConfig, from_dict
 
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
+LEROBOT_EVALUATION = (
+    "rolls out in the simulator (config.env), whose camera and workspace are not those of the "
+    "LeRobot dataset (config.data.source='lerobot'): train with --mode=demos, --mode=stage1 and "
+    "--mode=stage2, and act on your robot with the library (twostage_jax.make_policy / "
+    "correct_base_policy).")
+"""Why evaluation (and --mode=all) refuses a LeRobot source, after what refuses it."""
 
 
 class PipelineError(RuntimeError):
@@ -84,7 +91,16 @@ def validate_config(config: LaunchConfig) -> None:
         if getattr(method, name) > d.image_size:
             raise ValueError(f"config.stage2.stage2.{name} ({getattr(method, name)}) must not exceed "
                              f"the image size ({d.image_size}).")
-    if d.num_validation:
+    lerobot = config.data.source == "lerobot"
+    if lerobot:
+        for stage in (1, 2):
+            if config.stage(stage).select == "validation":
+                raise ValueError(f"config.{STAGE_NAMES[stage]}.select='validation' chooses checkpoints by "
+                                 "rolling out in the simulator, which a LeRobot dataset's camera and "
+                                 "workspace are not; use 'last' with config.data.source='lerobot'.")
+        if config.data.episodes is not None:
+            split_episodes(config, list(config.data.episodes))
+    if d.num_validation and not lerobot:  # the simulator's layouts
         lo, ev = d.validation_seed, config.eval.seed
         # demos skip failed layouts, so leave room for retries (3x, as the demo recorder allows)
         if lo < d.seed + 3 * d.num_demos + 10 or (
@@ -100,9 +116,67 @@ def validate_config(config: LaunchConfig) -> None:
     validate_base_config(config)  # stage1.source: a base policy of the user's
     validate_eval_config(config)  # eval.curve_steps against the stages' steps
     validate_select_config(config)  # stageN.select_steps, select's layouts
-    if config.env == "rlbench" and not config.rlbench_root:
+    if config.env == "rlbench" and not config.rlbench_root and not lerobot:
         raise ValueError("config.env='rlbench' needs config.rlbench_root: the folder holding "
                          "TASK/variation0/episodes/ from RLBench's dataset generator.")
+
+
+def split_episodes(config: LaunchConfig, episodes: list[int]) -> tuple[list[int], list[int]]:
+    """A LeRobot source's episodes as (training, held-out validation): the last
+    `config.demos.num_validation` are held out.
+
+    Raises:
+      ValueError: naming config.demos.num_validation when no training episode would be left.
+    """
+    n = int(config.demos.num_validation)
+    if n >= len(episodes):
+        which = ("config.data.episodes" if config.data.episodes is not None
+                 else f"the dataset at {config.data.root}")
+        raise ValueError(f"config.demos.num_validation ({n}) holds out the last {n} LeRobot episodes as "
+                         f"validation demos, but {which} holds {len(episodes)}, leaving none to train on; "
+                         "lower config.demos.num_validation (0 needs --config.calibrate.sigma=False and "
+                         "--config.calibrate.crop_size=False) or choose more episodes.")
+    return episodes[:len(episodes) - n], episodes[len(episodes) - n:]
+
+
+def check_data_source(config: LaunchConfig) -> tuple[list[int], list[int]]:
+    """Checks a LeRobot source (`config.data`) before any work: every check
+    `load_lerobot_dataset` makes (keys, the camera's calibration, lengths, each video against its
+    index), without decoding a frame, then `config.demos.image_size` against its frames and
+    `config.demos.num_validation` against its episodes.
+
+    Returns:
+      (training, validation) episode indices (`split_episodes`).
+
+    Raises:
+      ValueError: one line naming the config field (and the file) at fault.
+      ImportError: pyarrow or PyAV is missing (the message names the `lerobot` extra).
+    """
+    from twostage_jax.data.camera_file import CalibrationFileError, load_calibration
+    from twostage_jax.data.lerobot import check_lerobot_dataset
+
+    data = config.data
+    try:
+        calibration = load_calibration(data.calibration)
+    except (ValueError, OSError) as e:  # missing, not JSON, malformed
+        raise ValueError(f"config.data.calibration: {e}") from e
+    try:
+        episodes = check_lerobot_dataset(data.root, data.spec(), calibration,
+                                         None if data.episodes is None else list(data.episodes))
+    except (ValueError, OSError) as e:  # the reader names LeRobotSpec's fields: ours have their names
+        message = str(e).replace("LeRobotSpec.", "config.data.")
+        if not message.startswith("config.data."):
+            field = ("calibration" if isinstance(e, CalibrationFileError) or "is calibrated for" in message
+                     else "episodes" if data.episodes is not None and "is not in the episode table" in message
+                     else "root")
+            message = f"config.data.{field}: {message}"
+        raise ValueError(message) from e
+    camera = calibration.camera(data.image_key)
+    if int(config.demos.image_size) != int(camera.height):
+        raise ValueError(f"config.demos.image_size ({config.demos.image_size}) must be the height of the "
+                         f"frames of {data.image_key!r} ({camera.width}x{camera.height} px); pass "
+                         f"--config.demos.image_size={camera.height}.")
+    return split_episodes(config, episodes)
 
 
 def _plain(x: Any) -> Any:
@@ -117,14 +191,18 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
     logging and checkpoint cadence, checkpoint selection, `seed_strategy`, `seed_devices` and
     `conv_impl` (the same parameters up to float rounding), and fields the stage's algorithm
     ignores. A calibrated stage 2 is compared by its calibration settings (the values it derives
-    are fixed in its calibration.json).
+    are fixed in its calibration.json). The demos' source is compared too, and a LeRobot
+    source's every `data` field (which dataset, which episodes, and how they are read).
     """
     s = config.stage(stage)
     name = STAGE_NAMES[stage]
     fields: dict[str, Any] = {
         "env": config.env, "task": config.task, f"{name}.algo": s.algo, "seed": config.seed,
         "num_seeds": config.num_seeds, f"{name}.batch_size": s.batch_size,
-        f"{name}.min_move": float(s.min_move)}
+        f"{name}.min_move": float(s.min_move), "data.source": config.data.source}
+    if config.data.source == "lerobot":  # which dataset, and how it is read
+        for f in dataclasses.fields(config.data):
+            fields[f"data.{f.name}"] = _plain(getattr(config.data, f.name))
     if s.algo == "bc":
         fields[f"{name}.learning_rate"] = float(s.learning_rate)
     if stage == 1:  # None: the frames' size

@@ -2,6 +2,7 @@
 
   LaunchConfig                      env, rlbench_root, task, seed, num_seeds, seed_strategy,
   |                                 seed_devices, stage2_name
+  |- data: DataConfig               where the demos come from: the simulator, or a LeRobot dataset
   |- demos: DemosConfig             recording the demonstrations and the held-out demos
   |- stage1: StageConfig            a `tj.TrainConfig` (num_steps, batch_size, learning_rate,
   |- stage2: StageConfig            image_size, min_move, algo, network: NetworkConfig, cql:
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import types
@@ -35,6 +37,7 @@ import typing
 from typing import Any
 
 import twostage_jax as tj
+from twostage_jax.data.lerobot import POSE_CONVENTIONS, LeRobotSpec
 from twostage_jax.transform import PAPER_CROP_SIZE
 from twostage_jax.launch.migrate import CONFIG_VERSION, migrate
 
@@ -44,6 +47,14 @@ DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v
 VARIANTS = ("bc", "cql", "correction", "direct", "mc", "td", "paper")
 SELECT_MODES = ("last", "validation")
 ENVS = ("metaworld", "rlbench")
+SOURCES = ("sim", "lerobot")
+LEROBOT_REQUIRED = {
+    "root": "the dataset's folder, holding meta/info.json",
+    "calibration": "the calibration file of the camera and the workspace",
+    "image_key": "the camera's video feature, e.g. 'observation.images.front'",
+    "pose_key": "the end-effector pose's feature, e.g. 'observation.state'",
+    "pose_convention": f"one of {sorted(POSE_CONVENTIONS)}"}
+"""The `DataConfig` fields a LeRobot source must set (the others have defaults), and what each is."""
 
 
 def _num_cores() -> int:
@@ -70,13 +81,16 @@ class DemosConfig:
     """Demonstrations: how many, on which layouts, and the keyframe dataset built from them.
 
     Attributes:
-      num_demos: training demonstrations (MetaWorld: recorded; RLBench: the first of its folder).
+      num_demos: training demonstrations (MetaWorld: recorded; RLBench: the first of its folder;
+        LeRobot: not used, `DataConfig.episodes` chooses them).
       seed: the first training layout (failed layouts are skipped, so up to ~3x are used).
       augment_every: every k-th frame starts a chain of transitions to the next keyframes.
       gamma: discount of the Monte Carlo returns stored in the dataset.
-      image_size: side of the recorded (and evaluated) camera frames.
+      image_size: side of the recorded (and evaluated) camera frames (RLBench, LeRobot: the
+        stored frames' height, checked when the demos are read).
       max_keyframes: the episode budget in keyframes.
-      num_validation: held-out demos for calibration and per-chunk validation curves (0: none).
+      num_validation: held-out demos for calibration and per-chunk validation curves (0: none;
+        RLBench and LeRobot: the last episodes).
       validation_seed: their first layout (diagnose/validate use 50000+, evaluation 100000+).
     """
 
@@ -95,6 +109,102 @@ class DemosConfig:
             _int_at_least("DemosConfig", name, getattr(self, name), low)
         if isinstance(self.gamma, bool) or not 0.0 <= float(self.gamma) < 1.0:  # NaN fails too
             raise ConfigError("DemosConfig", "gamma", f"must lie in [0, 1); got {self.gamma!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the demonstrations come from: the simulator, or a LeRobot v3 dataset
+    (`twostage_jax.data.lerobot`; its fields from `image_key` on are `LeRobotSpec`'s).
+
+    Attributes:
+      source: 'sim' (recorded in `LaunchConfig.env`'s simulator; for RLBench, read from
+        `rlbench_root`) or 'lerobot' (read from `root`; trains stages 1 and 2, and evaluation
+        in the simulator is refused: act on the robot with `tj.make_policy`).
+      root: the LeRobot dataset's folder (holding meta/info.json). A relative path is resolved
+        against the current directory at launch, and recorded as given.
+      calibration: the calibration file (`twostage_jax.data.camera_file`): the camera of
+        `image_key` and the workspace; relative as `root`.
+      image_key: the video feature of the camera, e.g. "observation.images.front".
+      pose_key: the feature holding the end-effector pose, e.g. "observation.state".
+      pose_convention: its convention, a name in `lerobot.POSE_CONVENTIONS` (no default: a wrong
+        guess would train on wrong poses).
+      action_key: the recorded action feature.
+      pose_indices: the components of `pose_key` holding the pose (None: the first 6 or 7).
+      gripper_key: the feature holding the gripper state (None: `action_key`).
+      gripper_index: its component (-1: the last).
+      gripper_open_above: the gripper counts as open where that component exceeds this.
+      neutral_quat: (x, y, z, w), the orientation whose Euler angles are 0.
+      episodes: the episode indices to use, in order (None: all); the last
+        `demos.num_validation` of them are the held-out validation demos.
+    """
+
+    source: str = "sim"
+    root: str = ""
+    calibration: str = ""
+    image_key: str = ""
+    pose_key: str = ""
+    pose_convention: str = ""
+    action_key: str = "action"
+    pose_indices: tuple[int, ...] | None = None
+    gripper_key: str | None = None
+    gripper_index: int = -1
+    gripper_open_above: float = 0.0
+    neutral_quat: tuple[float, ...] = (0.0, 0.0, 0.0, 1.0)
+    episodes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError("DataConfig", "source", f"must be one of {SOURCES}; got {self.source!r}.")
+        for name in ("root", "calibration", "image_key", "pose_key", "pose_convention", "action_key"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError("DataConfig", name, f"must be a string; got {getattr(self, name)!r}.")
+        if not self.action_key:
+            raise ConfigError("DataConfig", "action_key", "must be a feature name, e.g. 'action'; got ''.")
+        if self.gripper_key is not None and (not isinstance(self.gripper_key, str) or not self.gripper_key):
+            raise ConfigError("DataConfig", "gripper_key", "must be a feature name, or None for "
+                              f"config.data.action_key; got {self.gripper_key!r}.")
+        if self.pose_convention and self.pose_convention not in POSE_CONVENTIONS:
+            raise ConfigError("DataConfig", "pose_convention", f"must be one of {sorted(POSE_CONVENTIONS)}; "
+                              f"got {self.pose_convention!r}.")
+        if self.pose_indices is not None:
+            idx = self.pose_indices
+            if (not isinstance(idx, tuple) or not idx
+                    or any(isinstance(i, bool) or not isinstance(i, int) for i in idx)):
+                raise ConfigError("DataConfig", "pose_indices", f"must be None or a tuple of ints; got {idx!r}.")
+            if self.pose_convention and len(idx) != POSE_CONVENTIONS[self.pose_convention]:
+                raise ConfigError("DataConfig", "pose_indices", f"has {len(idx)} entries; pose_convention "
+                                  f"{self.pose_convention!r} takes {POSE_CONVENTIONS[self.pose_convention]}.")
+        if isinstance(self.gripper_index, bool) or not isinstance(self.gripper_index, int):
+            raise ConfigError("DataConfig", "gripper_index", f"must be an int; got {self.gripper_index!r}.")
+        if (isinstance(self.gripper_open_above, bool) or not isinstance(self.gripper_open_above, (int, float))
+                or not math.isfinite(self.gripper_open_above)):
+            raise ConfigError("DataConfig", "gripper_open_above", f"must be a finite number; got "
+                              f"{self.gripper_open_above!r}.")
+        q = self.neutral_quat
+        if (not isinstance(q, tuple) or len(q) != 4
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in q)
+                or not math.fsum(float(v) ** 2 for v in q) > 1e-12):
+            raise ConfigError("DataConfig", "neutral_quat", f"must be a non-zero quaternion (x, y, z, w) of 4 "
+                              f"finite numbers; got {q!r}.")
+        ep = self.episodes
+        if ep is not None and (not isinstance(ep, tuple) or not ep or len(set(ep)) != len(ep) or any(
+                isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in ep)):
+            raise ConfigError("DataConfig", "episodes", "must be None (all) or a tuple of distinct episode "
+                              f"indices >= 0; got {ep!r}.")
+        if self.source == "lerobot":
+            for name, what in LEROBOT_REQUIRED.items():
+                if not getattr(self, name):
+                    raise ConfigError("DataConfig", name, f"must be set with config.data.source='lerobot': "
+                                      f"{what}; got {getattr(self, name)!r}.")
+
+    def spec(self) -> LeRobotSpec:
+        """The LeRobot dataset's `LeRobotSpec` (source 'lerobot')."""
+        return LeRobotSpec(image_key=self.image_key, pose_key=self.pose_key,
+                           pose_convention=self.pose_convention, action_key=self.action_key,
+                           pose_indices=self.pose_indices, gripper_key=self.gripper_key,
+                           gripper_index=self.gripper_index,
+                           gripper_open_above=float(self.gripper_open_above),
+                           neutral_quat=tuple(float(v) for v in self.neutral_quat))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +372,7 @@ class LaunchConfig:
     Attributes:
       env: 'metaworld' or 'rlbench' (needs CoppeliaSim, PyRep and RLBench for rollouts).
       rlbench_root: RLBench's demos folder (TASK/variation0/episodes/...) when env='rlbench'.
-      task: the task's name.
+      task: the task's name (with a LeRobot source, `data`, a label).
       seed: the training seeds' root (seed i of a stage always gets the same key).
       num_seeds: seeds trained together.
       seed_strategy: 'auto' (sequential on CPU, vmap on GPU), 'vmap' or 'sequential'.
@@ -279,6 +389,7 @@ class LaunchConfig:
     seed_strategy: str = "auto"
     seed_devices: str | int = "all"
     stage2_name: str = "stage2"
+    data: DataConfig = DataConfig()
     demos: DemosConfig = DemosConfig()
     stage1: StageConfig = StageConfig(num_steps=300_000)
     stage2: StageConfig = StageConfig(num_steps=300_000, stage2=tj.Stage2Config(

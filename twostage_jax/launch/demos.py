@@ -1,5 +1,6 @@
 """The launcher's first stage: record demonstrations (MetaWorld) or read them (RLBench's
-on-disk demos), and write the keyframe dataset and the held-out validation demos to the workdir."""
+on-disk demos, a LeRobot dataset), and write the keyframe dataset and the held-out validation
+demos to the workdir."""
 
 from __future__ import annotations
 
@@ -18,19 +19,25 @@ from twostage_jax._io import write_json_atomic
 
 
 def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
-    """Records demonstrations, builds the keyframe dataset and writes it atomically.
+    """Records (or reads) demonstrations, builds the keyframe dataset and writes it atomically.
 
     Args:
-      config: the launcher config.
+      config: the launcher config (`config.data.source`: the simulator's demos, or a LeRobot
+        dataset's episodes).
       workdir: the workdir; the dataset goes to demos/dataset.npz, with demos/stats.json and
-        demos/config.json (the config that made it).
+        demos/config.json (the config that made it), and the held-out demos
+        (`config.demos.num_validation`) to demos/validation.npz.
       force: replace an existing dataset. Without it an existing dataset is refused before
         any work, since the stages trained on it would no longer match it.
 
+    Returns:
+      What demos/stats.json holds: `demo_seeds` (the training demos' layouts, or episode
+      indices), `validation_seeds`, sizes and timings.
+
     Raises:
-      PipelineError: a dataset exists and `force` is False.
+      PipelineError: a dataset exists and `force` is False; a LeRobot dataset that fails a check.
     """
-    from twostage_jax.data.dataset import build_dataset, dataset_nbytes
+    from twostage_jax.data.dataset import dataset_nbytes
 
     path = dataset_path(workdir)
     if path.exists() or path.is_symlink():
@@ -42,8 +49,28 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
                 f"{path} already exists{trained}. --mode=demos would replace it: use a fresh "
                 "--workdir, or pass --force to replace it anyway.")
         logging.warning("--force: replacing %s%s", path, trained)
-    d = config.demos
     start = time.perf_counter()
+    if config.data.source == "lerobot":
+        ds, val_ds, info = _read_lerobot(config)
+    else:
+        ds, val_ds, info = _sim_demos(config)
+    info.update(task=config.task, transitions=int(ds.action.shape[0]),
+                images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
+                total_seconds=time.perf_counter() - start)
+    _write_demos(workdir, {"validation.npz": val_ds, "stats.json": info,
+                           "config.json": config_record(config, workdir), "dataset.npz": ds})
+    logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
+                 info["kept"], info["transitions"], info["images"],
+                 info["dataset_mib"], info["total_seconds"])
+    return info
+
+
+def _sim_demos(config: LaunchConfig) -> tuple:
+    """(dataset, validation dataset or None, stats) of the simulator's demos: recorded in
+    MetaWorld, or read from RLBench's folder."""
+    from twostage_jax.data.dataset import build_dataset
+
+    d = config.demos
     if config.env == "metaworld":
         from twostage_jax.envs.metaworld_demos import record_demos
         from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace
@@ -78,15 +105,31 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
         val = _load_rlbench(config, val_episodes, augment_every=10**6)
         val_ds = build_dataset(val, workspace, gamma=float(d.gamma), augment_every=10**6)
         info["validation_seeds"] = [int(t.seed) for t in val]
-    info.update(task=config.task, env=config.env, transitions=int(ds.action.shape[0]),
-                images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
-                total_seconds=time.perf_counter() - start)
-    _write_demos(workdir, {"validation.npz": val_ds, "stats.json": info,
-                           "config.json": config_record(config, workdir), "dataset.npz": ds})
-    logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
-                 info.get("kept", len(trajs)), info["transitions"], info["images"],
-                 info["dataset_mib"], info["total_seconds"])
-    return info
+    info.setdefault("kept", len(trajs))
+    return ds, val_ds, {**info, "env": config.env}
+
+
+def _read_lerobot(config: LaunchConfig) -> tuple:
+    """(dataset, validation dataset or None, stats) of a LeRobot dataset (`config.data`): the
+    last `config.demos.num_validation` of its chosen episodes are the held-out demos
+    (keyframe-to-keyframe chains only, as the simulator's), the others the training dataset.
+    `demo_seeds` and `validation_seeds` in the stats are their episode indices."""
+    from twostage_jax.data.lerobot import load_lerobot_dataset
+    from twostage_jax.launch.checks import check_data_source
+
+    d, data = config.demos, config.data
+    try:
+        train, val = check_data_source(config)  # every check before any frame is decoded
+        ds = load_lerobot_dataset(data.root, data.spec(), data.calibration, episodes=train,
+                                  augment_every=int(d.augment_every), gamma=float(d.gamma))
+        val_ds = (load_lerobot_dataset(data.root, data.spec(), data.calibration, episodes=val,
+                                       augment_every=10**6, gamma=float(d.gamma)) if val else None)
+    except (ValueError, OSError) as e:  # a check (when main did not run them), or a frame that
+        # fails to decode: the reader's message names the file and the episode
+        message = str(e)
+        raise PipelineError(message if message.startswith("config.") else f"config.data.root: {message}") from e
+    return ds, val_ds, {"source": "lerobot", "demo_seeds": train, "validation_seeds": val,
+                        "kept": len(train)}
 
 
 def _write_demos(workdir: Path, files: dict) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from absl import logging
 
 from twostage_jax.launch import selection
-from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
+from twostage_jax.launch.checks import LEROBOT_EVALUATION, STAGE_NAMES, PipelineError, train_config
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
 from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
@@ -49,8 +49,10 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
 
     Before any rollout it checks that both stages were trained with this config and that the
-    output folders are writable. With `config.stage1.source` the user's base policy stands in
-    for stage 1: 'stage1' is then that policy alone and 'two_stage' the policy corrected. The results, plots and frames are written to a temporary
+    output folders are writable; a LeRobot source is refused (its camera is not the
+    simulator's). With `config.stage1.source` the user's base policy stands in for stage 1:
+    'stage1' is then that policy alone and 'two_stage' the policy corrected. The results,
+    plots and frames are written to a temporary
     folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
     results whole.
     """
@@ -58,6 +60,8 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
 
     from twostage_jax.launch import base_source
 
+    if config.data.source == "lerobot":
+        raise PipelineError(f"evaluation {LEROBOT_EVALUATION}")
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
     foreign = base_source.uses_base(config)

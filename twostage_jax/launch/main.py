@@ -14,10 +14,11 @@ all their devices; process 0 writes the logs and results. Start the same command
 with --mode=stage1 or stage2, a --workdir every process can read (its dataset recorded
 beforehand), and evaluate afterwards from one process.
 
-Modes: demos | stage1 | stage2 | eval | all. `--resume` continues a killed stage from its newest
-intact checkpoint; `--accept_new_inputs` lets it continue on inputs that changed since it
-started (a new dataset; for stage 2, stage 1 acting at other steps). `--force` lets
---mode=demos replace an existing dataset. Every flag and config
+Modes: demos | stage1 | stage2 | eval | all; a LeRobot dataset (`config.data.source='lerobot'`)
+is read by --mode=demos and trains with stage1 and stage2 (eval and all are refused). `--resume`
+continues a killed stage from its newest intact checkpoint; `--accept_new_inputs` lets it
+continue on inputs that changed since it started (a new dataset; for stage 2, stage 1 acting
+at other steps). `--force` lets --mode=demos replace an existing dataset. Every flag and config
 field is checked before any work starts; a bad one gets a one-line error (exit status 1), a
 refusal to touch the workdir one too (exit status 2). Each mode locks the parts of the workdir
 it writes and reads (`workdir.phase_parts`, `lock.locked`), so a second launcher writing the
@@ -97,6 +98,8 @@ def _resolve_config() -> LaunchConfig:
 
 
 def _check_task(config) -> None:
+    if config.data.source == "lerobot":  # the task is a label; nothing rolls out in a simulator
+        return
     if config.env == "rlbench":
         _check_rlbench_installed(config)
         return
@@ -106,6 +109,26 @@ def _check_task(config) -> None:
     if config.task not in names:
         raise UsageError(f"--task / config.task: unknown MetaWorld task {config.task!r}; expected one "
                          f"of {len(names)} names such as {', '.join(sorted(names)[:4])}, ...")
+
+
+def _check_data_source(config) -> None:
+    """A LeRobot source trains stages 1 and 2 only, and --mode=demos checks its dataset (without
+    decoding) before any work."""
+    if config.data.source != "lerobot":
+        return
+    from twostage_jax.launch.checks import LEROBOT_EVALUATION, check_data_source
+
+    if FLAGS.mode in ("eval", "all"):
+        raise UsageError(f"--mode={FLAGS.mode} {LEROBOT_EVALUATION}")
+    if FLAGS.num_demos is not None:
+        raise UsageError("--num_demos does not apply with config.data.source='lerobot': choose the "
+                         "episodes with --config.data.episodes (default: all of them).")
+    if FLAGS.mode != "demos":  # the stages read the workdir's dataset, not the LeRobot folder
+        return
+    try:
+        check_data_source(config)
+    except (ValueError, ImportError) as e:
+        raise UsageError(str(e)) from e
 
 
 def _check_rlbench_installed(config) -> None:
@@ -198,6 +221,7 @@ def _main(argv: list[str]) -> int:
         raise UsageError("--accept_new_inputs only applies with --resume (it lets a resumed stage "
                          "continue on inputs that changed since it started).")
     _check_task(config)
+    _check_data_source(config)
     workdir = Path(FLAGS.workdir).absolute()
     _check_workdir(workdir)
 
