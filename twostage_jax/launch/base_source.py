@@ -92,6 +92,13 @@ def validation_actions(config: LaunchConfig, workdir: Path, validation: Any
     from twostage_jax.envs.with_base import BaseActingEnv, replay_validation
     from twostage_jax.launch.rollouts import env_factory
 
+    if config.env != "metaworld" or config.data.source != "sim":
+        raise PipelineError(f"config.stage1.source {config.stage1.source} acts beside the simulator "
+                            "(a SimBasePolicy), and calibrating stage 2 to it replays the held-out "
+                            "demos from their layouts, which only MetaWorld's recorded demos have; "
+                            "turn calibration off (--config.calibrate.sigma=False) or give a callable "
+                            "base(image, pose).")
+
     try:
         seeds = json.loads((workdir / "demos" / "stats.json").read_text())["validation_seeds"]
     except (OSError, ValueError, KeyError) as e:
