@@ -117,20 +117,6 @@ def test_mode_all_end_to_end(tmp_path):
     stats = json.loads((tmp_path / "demos" / "stats.json").read_text())
     assert not set(stats["validation_seeds"]) & set(stats["demo_seeds"])
 
-    # A base policy of the user's in place of stage 1, beside it in the same workdir: stage 2 is
-    # calibrated to its errors and evaluation reports it alone and corrected.
-    source = "tests._bases:nudged_pose"
-    out = launch_in_process("--mode=all", f"--workdir={tmp_path}", *calibrated, f"--config.stage1.source={source}",
-                            "--config.stage2_name=base", "--config.eval.workers=1")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert f"stage 1 is the base policy {source}: nothing to train" in out.stderr
-    assert f"base={source}" in out.stdout and "corrected" in out.stdout
-    res = json.loads((tmp_path / "eval_base" / "results.json").read_text())
-    assert res["stage1_source"] == source and res["stage1_steps"] == []
-    assert all(len(res["modes"][m]["per_seed"]) == 2 for m in ("stage1", "two_stage"))
-    cal = json.loads((tmp_path / "base" / "calibration.json").read_text())
-    assert cal["stage1_source"] == source and cal["stage1_steps"] == []
-    assert json.loads((tmp_path / "base" / "pairing.json").read_text())["source"] == source
 
     # A named stage-2 ablation shares the stage 1 and the dataset of the workdir (the launcher
     # in this process from here: the console path was just shown).
@@ -382,6 +368,37 @@ def test_eval_checks_its_folder_is_writable_before_rolling_out(trained, tmp_path
     assert f"{out_dir} is not writable (Permission denied)" in out.stderr
     assert "episode" not in out.stderr, "it rolled out before checking"
     assert (out_dir / "results.json").read_text() == '{"good": true}'
+
+
+def test_a_users_base_policy_is_evaluated_alone_and_corrected(trained, tmp_path):
+    # A base policy of the user's (host side) in place of stage 1, corrected by the workdir's
+    # stage 2 (trained beside our stage 1: evaluation says so), on the same layouts.
+    from tests._bases import STEP
+    from twostage_jax.launch import base_source
+    from twostage_jax.launch.workdir import load_validation
+
+    wd = _copy(trained, tmp_path / "wd")
+    source = "tests._bases:nudged_pose"
+    base = [f"--config.stage1.source={source}", "--config.demos.image_size=32"]
+    out = launch_in_process("--mode=eval", f"--workdir={wd}", *base, "--config.eval.workers=1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"base={source}" in out.stdout and "corrected" in out.stdout
+    assert f"stage 2 was trained against stage-1 step(s) [8, 8]" in out.stderr
+    assert f"but stage 1 now is the base policy {source}" in out.stderr
+    res = json.loads((wd / "eval" / "results.json").read_text())
+    assert res["stage1_source"] == source and res["stage1_steps"] == [] and res["num_seeds"] == 2
+    alone = res["modes"]["stage1"]["episodes"]
+    assert alone[0] == alone[1]  # the base alone does not depend on stage 2's training seed
+    # resuming stage 2 on the base is refused, naming both, unless --accept_new_inputs
+    out = launch_in_process("--mode=stage2", f"--workdir={wd}", "--resume", *base)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert (f"stage 2 was started on stage-1 step(s) [8, 8]; stage 1 now is the base policy {source}"
+            in out.stderr)
+    # calibrating to it: a host-side base is shown every held-out transition
+    validation = load_validation(wd)
+    a1, a = base_source.validation_actions(_smoke(**{"stage1.source": source}), wd, validation)
+    np.testing.assert_allclose(a1, np.clip(np.asarray(validation.pose) + STEP, -1, 1))
+    np.testing.assert_array_equal(a, np.asarray(validation.action))
 
 
 def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch, caplog):

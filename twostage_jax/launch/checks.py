@@ -214,8 +214,6 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
         if f.name != "conv_impl":
             fields[f"{name}.network.{f.name}"] = _plain(getattr(s.network, f.name))
     if stage == 2:
-        if config.stage1.source:  # stage 2 is calibrated to (and paired with) that base policy
-            fields["stage1.source"] = config.stage1.source
         cal = config.calibrate
         fields["calibrate.sigma"] = cal.sigma
         fields["calibrate.crop_size"] = cal.crop_size

@@ -93,11 +93,14 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     step2 = _latest_step(config, workdir, 2)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
     pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
-    paired = pairing.get("steps", [pairing.get("step")] * len(steps1)) if pairing else steps1
-    if not foreign and paired != steps1:
+    from twostage_jax.launch.train_stage import describe_stage1, recorded_stage1
+
+    paired = recorded_stage1(stage_dir(workdir, 2, config), int(config.num_seeds)) if pairing else None
+    now = config.stage1.source or steps1
+    if paired is not None and paired != now:  # e.g. a stage 2 calibrated on our stage 1, now
         where = (f" ({resolve_recorded(workdir, pairing['path'])})" if pairing.get("path") else "")
-        logging.warning("stage 2 was trained against stage-1 step(s) %s%s but stage 1 now acts at "
-                        "step(s) %s", paired, where, steps1)
+        logging.warning("stage 2 was trained against %s%s but stage 1 now is %s", describe_stage1(paired),
+                        where, describe_stage1(now))  # correcting a base policy of the user's
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     workspace = dataset.workspace
     seeds = eval_seeds(config, workdir)

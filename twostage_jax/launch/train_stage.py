@@ -106,22 +106,30 @@ def trained_to_the_end(config: LaunchConfig, workdir: Path, stage: int) -> int |
     check_trained_with(config, meta, stage, str(directory / str(latest)),
                        f"cannot resume {out_dir.name}", _resume_advice(stage, config))
     pairing = stage1_pairing(config, workdir) if stage == 2 else None
-    if stage == 2 and _recorded_pairing(out_dir, int(config.num_seeds)) is None:
+    if stage == 2 and recorded_stage1(out_dir, int(config.num_seeds)) is None:
         return None
     if changed_inputs(config, workdir, stage, pairing)[0]:
         return None  # the resume says what changed
     return int(latest)
 
 
-def _recorded_pairing(out_dir: Path, num_seeds: int) -> list[int] | None:
-    """The per-seed stage-1 steps a stage 2 was started (or last accepted) on, or None."""
+def recorded_stage1(out_dir: Path, num_seeds: int) -> list[int] | str | None:
+    """What a stage 2 was started (or last accepted) on: the per-seed stage-1 steps, or the
+    base policy's source (`config.stage1.source`); None where nothing is recorded."""
     try:
         record = json.loads((out_dir / "pairing.json").read_text())
     except (OSError, ValueError):
         return None
+    if record.get("source"):
+        return str(record["source"])
     if record.get("steps") is not None:
         return [int(k) for k in record["steps"]]
     return [int(record["step"])] * num_seeds if record.get("step") is not None else None
+
+
+def describe_stage1(stage1: list[int] | str) -> str:
+    """'stage-1 step(s) [..]' or 'the base policy SOURCE' (`recorded_stage1`'s values)."""
+    return f"the base policy {stage1}" if isinstance(stage1, str) else f"stage-1 step(s) {stage1}"
 
 
 def _stage_record(out_dir: Path) -> dict:
@@ -136,7 +144,8 @@ def _stage_record(out_dir: Path) -> dict:
 def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
                    pairing: dict | None = None) -> tuple[list[str], str]:
     """What changed since a stage started: the dataset (its checksum in STAGE/config.json) and,
-    for stage 2, the stage-1 steps it acts with (`pairing`, against STAGE/pairing.json).
+    for stage 2, the stage-1 steps it acts with or the base policy standing in for stage 1
+    (`pairing`, against STAGE/pairing.json).
 
     Returns:
       (one phrase per change, the dataset's checksum now). Stages whose records predate a field
@@ -147,11 +156,13 @@ def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
 
     out_dir = stage_dir(workdir, stage, config)
     changes = []
-    if stage == 2 and pairing is not None and pairing.get("steps") is not None:
-        was = _recorded_pairing(out_dir, int(config.num_seeds))
-        if was is not None and was != list(pairing["steps"]):
-            changes.append(f"stage 2 was started on stage-1 step(s) {was}; stage 1 now acts at "
-                           f"{list(pairing['steps'])}")
+    if stage == 2 and pairing is not None:
+        was = recorded_stage1(out_dir, int(config.num_seeds))
+        now = pairing.get("source") or list(pairing["steps"])
+        if was is not None and was != now:
+            changes.append(f"stage 2 was started on {describe_stage1(was)}; stage 1 now " +
+                           (f"acts at {now}" if isinstance(now, list) and isinstance(was, list)
+                            else f"is {describe_stage1(now)}"))
     path = dataset_path(workdir)
     now = dataset_checksum(path) if path.exists() else ""
     was_sum = _stage_record(out_dir).get("dataset_sha256")
