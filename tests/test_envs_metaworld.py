@@ -136,7 +136,10 @@ def test_the_imprecise_expert_is_the_scripted_plan_moved_by_its_offset():
     exact, solved = proposals(ImpreciseExpert("reach-v3", offset_m=(0, 0, 0), noise_m=0))
     assert solved  # the scripted expert's keyframes, executed as they are, solve the layout
     offset = np.array([0.02, -0.02, 0.01])
-    moved, _ = proposals(ImpreciseExpert("reach-v3", offset_m=offset, noise_m=0))
+    env = BaseActingEnv(mw.MetaWorldEnv("reach-v3", mw.MetaWorldConfig(width=32, height=32)),
+                        ImpreciseExpert("reach-v3", offset_m=offset, noise_m=0))
+    moved = env.reset(200_000).tentative[None]  # its first proposal
+    env.close()
     ws = mw.default_workspace()
     scale = 2 / (np.asarray(ws.high) - np.asarray(ws.low))
     np.testing.assert_allclose(moved[0, :3] - exact[0, :3], scale * offset, atol=1e-6)
