@@ -381,7 +381,8 @@ def test_a_users_base_policy_is_evaluated_alone_and_corrected(trained, tmp_path)
     wd = _copy(trained, tmp_path / "wd")
     source = "tests._bases:nudged_pose"
     base = [f"--config.stage1.source={source}", "--config.demos.image_size=32"]
-    out = launch_in_process("--mode=eval", f"--workdir={wd}", *base, "--config.eval.workers=1")
+    out = launch_in_process("--mode=eval", f"--workdir={wd}", *base, "--config.eval.workers=1",
+                            "--config.eval.num_episodes=1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"base={source}" in out.stdout and "corrected" in out.stdout
     assert f"stage 2 was trained against stage-1 step(s) [8, 8]" in out.stderr
