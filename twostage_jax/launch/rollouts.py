@@ -162,7 +162,7 @@ class Evaluation:
                  modes: tuple[str, ...] = MODES, base: Any = None) -> None:
         self.policies = {}
         if base is not None:
-            tentative = _env_tentative if base == ENV_BASE else functools.partial(_host_tentative, base)
+            tentative = _env_tentative if isinstance(base, str) else functools.partial(_host_tentative, base)
         if "stage1" in modes:
             self.policies["stage1"] = (tj.make_policy(stage1, None, workspace, row_by_row=True)
                                        if base is None else functools.partial(_base_alone, tentative))
