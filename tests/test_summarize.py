@@ -15,6 +15,7 @@ from experiments.studies.summarize import SummaryError, summarize
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, EPISODES = 5, 10
 TASKS = ("reach-v3", "push-v3", "drawer-open-v3")  # every arm and ablation
+CHOSEN = [100, 300, 200, 300, 100]  # BC's stage 1: each seed's checkpoint selected on validation
 CQL_ONLY = "door-open-v3"  # headline CQL only: BC cells show "—" and BC means leave it out
 
 
@@ -57,7 +58,9 @@ def fake_raw(tmp_path):
                 continue
             s1, s2 = _rates(rng), _rates(rng)
             truth[task, algo, "stage2"] = (s1, s2)
-            _write(raw, _result(task, algo, "stage2", s1, s2), f"{algo}_stage2.json")
+            selected = {"selection": {"stage1": {"chosen_steps": CHOSEN}}, "stage1_steps": CHOSEN}
+            _write(raw, _result(task, algo, "stage2", s1, s2, **(selected if algo == "bc" else {})),
+                   f"{algo}_stage2.json")
             if task == "push-v3":  # the paper's stage-2 method on one task
                 truth[task, algo, "paper"] = (s1, _rates(rng))
                 _write(raw, _result(task, algo, "paper", s1, truth[task, algo, "paper"][1]),
@@ -67,6 +70,8 @@ def fake_raw(tmp_path):
                     truth[task, algo, name] = (s1, _rates(rng))
                     _write(raw, _result(task, algo, name, s1, truth[task, algo, name][1], **over),
                            f"cql_{name}.json")
+    # reproduce.py collects stage 1's selection record beside the runs; it is not one
+    (raw / "push-v3" / "bc_stage1_selection.json").write_text(json.dumps({"stage": "stage1"}))
     return raw, truth
 
 
@@ -131,6 +136,8 @@ def test_summary_means_and_figures(fake_raw, tmp_path):
                 np.mean(ours) - np.mean(paper)]
         for j, w in enumerate(want):
             assert _cell_mean(row[5 * i + j], signed=j in (2, 4)) == pytest.approx(w, abs=0.0051), (algo, j)
+    assert ("BC stage 1 up to 300, each seed acting with its checkpoint chosen on validation "
+            "layouts (chosen steps 100/200/300) / stage 2 200; CQL stage 1 300 / stage 2 200") in text
     assert "5 seeds × 10 episodes per seed" in text and "python -m experiments.studies.summarize" in text
     assert "mixes the method with the budget" not in text  # both arms trained stage 2 alike
     assert "intermediate checkpoints were not evaluated" in text

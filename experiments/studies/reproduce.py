@@ -10,8 +10,10 @@ Layout under --root (default runs/repro):
   TASK/bc/    demos (recorded once per task), stage1, stage2, eval      -> BC(1), BC two-stage
   TASK/cql/   demos -> ../bc/demos, stage1, stage2, eval                -> CQL(1), CQL two-stage
   TASK/ALGO/paper, eval_paper: the paper's exact stage-2 method (':paper') on the same stage 1
-  TASK/cql/NAME, eval_NAME: stage-2 ablations sharing CQL's stage 1 (crop16, crop64, direct, td)
-  TASK/bc/crop16, crop32 (+ eval_*): BC crop ablations (--ablations=bc_crop16,bc_crop32)
+  TASK/cql/NAME, eval_NAME: stage-2 ablations sharing CQL's stage 1 (crop16, crop64, auto: the
+    crop size calibrated to stage 1's held-out errors, direct, td)
+  TASK/bc/NAME (+ eval_NAME): BC's ablations, on request (--ablations=bc_crop16,bc_crop32,
+    bc_auto,bc_direct,bc_whiten)
   logs/JOB.log
 
 Usage:
@@ -47,9 +49,12 @@ ABLATIONS = {
     "crop16": ("cql", "cql", ["--config.stage2.crop_size=16"]),
     "crop64": ("cql", "cql", ["--config.stage2.crop_size=64"]),
     "direct": ("cql", "cql,direct", []),
+    "auto": ("cql", "cql", ["--config.calibrate.crop_size=true"]),
     "td": ("cql", "cql", ["--config.stage2.cql.target=td"]),
     "bc_crop16": ("bc", "bc", ["--config.stage2.crop_size=16"]),
     "bc_crop32": ("bc", "bc", ["--config.stage2.crop_size=32"]),
+    "bc_auto": ("bc", "bc", ["--config.calibrate.crop_size=true"]),
+    "bc_direct": ("bc", "bc,direct", []),
     "bc_whiten": ("bc", "bc", ["--config.stage2.loss_weighting=whiten"]),
 }
 
@@ -61,7 +66,7 @@ flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks for the headline arms.")
 flags.DEFINE_list("algos", ["bc", "cql"], "Algorithms to run (a subset of bc,cql); the demos are "
                   "recorded in TASK/bc/ whichever run.")
 flags.DEFINE_list("ablation_tasks", list(ABLATION_TASKS), "Tasks for the ablations (subset of --tasks).")
-flags.DEFINE_list("ablations", ["crop16", "crop64", "direct", "td"],
+flags.DEFINE_list("ablations", ["crop16", "crop64", "auto", "direct", "td"],
                   f"Ablations to run, from {sorted(ABLATIONS)}.")
 flags.DEFINE_integer("workers", 2, "Launcher processes at a time (each pinned to one XLA thread "
                      "when > 1, so 2 workers use 2 cores without oversubscribing them).")

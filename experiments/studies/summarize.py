@@ -35,6 +35,7 @@ from twostage_jax.evaluation import (
     performance_profile)
 
 HEADLINE = "stage2"
+SELECTION_SUFFIX = "_stage1_selection.json"  # reproduce.py's copies of selection.json
 PAPER = "paper"  # the paper's exact stage-2 method (':paper'), on the headline run's stage 1
 PAIRED = ("num_seeds", "episodes_per_seed", "eval_seeds", "stage1_step")
 # study -> (title, JSON field that the ablation changes, figure)
@@ -75,7 +76,10 @@ def load_raw(raw: Path) -> Runs:
         empty, or an ablation's seeds/episodes/stage 1 differ from its headline run's.
     """
     raw = Path(raw)
-    files = sorted(raw.glob("*/*.json")) if raw.is_dir() else []
+    # reproduce.py collects each selecting stage's selection.json beside the results
+    # (TASK/ALGO_stage1_selection.json, read by stage1_curves.py); those are not runs.
+    files = [p for p in (sorted(raw.glob("*/*.json")) if raw.is_dir() else [])
+             if not p.name.endswith(SELECTION_SUFFIX)]
     if not files:
         raise SummaryError(f"--raw {raw}: no TASK/ALGO_NAME.json results there; run "
                            "`python -m experiments.studies.reproduce` first or point --raw at them.")
@@ -147,6 +151,18 @@ def _values(runs: Runs, field: str, algo: str | None = None) -> str:
             else "–".join(map(str, getattr(d, field)))
             for (_, a, n), d in runs.items() if algo is None or (a == algo and n == HEADLINE)}
     return "/".join(sorted(map(str, vals)))
+
+
+def _stage1_steps(runs: Runs, algo: str) -> str:
+    """Stage 1's budget in `algo`'s headline runs, and the steps the seeds acted with when a
+    stage 1 was selected on validation layouts (`config.stage1.select`)."""
+    heads = [d for (_, a, n), d in runs.items() if a == algo and n == HEADLINE]
+    budget = _values(runs, "stage1_step", algo)
+    chosen = sorted({s for d in heads if "stage1" in d.selection for s in d.stage1_steps})
+    if not chosen:
+        return budget
+    return (f"up to {budget}, each seed acting with its checkpoint chosen on validation layouts "
+            f"(chosen steps {'/'.join(map(str, chosen))})")
 
 
 def _arm(study: str, value: Any) -> str:
@@ -521,7 +537,7 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(results.values()))
-    steps = "; ".join(f"{a.upper()} stage 1 {_values(results, 'stage1_step', a)} / stage 2 "
+    steps = "; ".join(f"{a.upper()} stage 1 {_stage1_steps(results, a)} / stage 2 "
                       f"{_values(results, 'stage2_step', a)}" for a in ALGOS if _tasks(results, a))
     lines = ["# Two-stage agent on MetaWorld: summary", "",
              (f"{first.num_seeds} seeds × {_values(results, 'episodes_per_seed')} episodes per seed "
