@@ -17,7 +17,7 @@ from twostage_jax.launch.config import UnknownFieldError, from_dict, replace_pat
 from twostage_jax.launch.migrate import CONFIG_VERSION, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW = ROOT / "experiments" / "results" / "current" / "eight_tasks" / "raw"
+RAW = ROOT / "experiments" / "results" / "archive" / "eight_tasks_short_stage1" / "raw"  # old-format configs
 V1_SMOKE = Path(__file__).parent / "data" / "v1_smoke_config.json"  # written by the ml_collections launcher
 
 
