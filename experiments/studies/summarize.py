@@ -44,6 +44,7 @@ STUDIES = {"crop": ("Crop size", "crop_size", "fig5_crop_size.png"),
            "target": ("MC vs TD critic targets", "stage2_q_target", "fig_mc_vs_td.png"),
            "weighting": ("Stage-2 BC loss weighting", "stage2_loss_weighting", "fig_loss_weighting.png"),
            "other": ("Other ablations", "stage2_name", None)}
+AUTO_X = 256  # where the crop-size figure puts the calibrated crop (an x beyond the fixed sizes)
 COLORS = {"bc": ("#9aa9c4", "#2f5597"), "cql": ("#e0b48a", "#c55a11")}  # (stage 1, two-stage)
 PAPER_COLORS = {"bc": "#6f8fbf", "cql": "#d98c4a"}  # two-stage with the paper's stage-2 method
 
@@ -166,6 +167,8 @@ def _stage1_steps(runs: Runs, algo: str) -> str:
 
 
 def _arm(study: str, value: Any) -> str:
+    if study == "crop" and value == 0:  # results.json's crop_size for a calibrated crop
+        return "crop auto"
     return {"crop": f"crop {value}", "target": str(value).upper(),
             "weighting": f"loss {value}"}.get(study, str(value))
 
@@ -428,21 +431,28 @@ def _ablations(runs: Runs, out: Path, reps: int) -> list[str]:
 def _plot_crop(runs: Runs, group: list[dict[str, Any]], path: Path, reps: int) -> None:
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     sizes: set[int] = set()
+    auto = False
     for algo in ALGOS:
         gs = [g for g in group if g["algo"] == algo]
         tasks = [t for t in gs[0]["tasks"] if all(t in g["tasks"] for g in gs)] if gs else []
         if not tasks:
             continue
         arms = sorted([(gs[0]["head_value"], HEADLINE)] + [(g["value"], g["name"]) for g in gs])
-        ivs = [bootstrap_interval(_matrix(runs, tasks, algo, n, "two_stage"), reps=reps) for _, n in arms]
-        xs = [int(c) for c, _ in arms]
-        sizes.update(xs)
-        ax.errorbar(xs, [iv.mean for iv in ivs], yerr=[[iv.mean - iv.low for iv in ivs],
-                                                        [iv.high - iv.mean for iv in ivs]],
-                    marker="o", capsize=4, color=COLORS[algo][1],
-                    label=f"{algo.upper()} two-stage ({len(tasks)} tasks)")
+        ivs = {n: bootstrap_interval(_matrix(runs, tasks, algo, n, "two_stage"), reps=reps)
+               for _, n in arms}
+        fixed = [(int(c), ivs[n]) for c, n in arms if c]
+        sizes.update(c for c, _ in fixed)
+        for points, style in ((fixed, "-"), ([(AUTO_X, ivs[n]) for c, n in arms if not c], "")):
+            if points:  # the calibrated ('auto') crop: a point of its own right of the sizes
+                ax.errorbar([x for x, _ in points], [iv.mean for _, iv in points],
+                            yerr=[[iv.mean - iv.low for _, iv in points],
+                                  [iv.high - iv.mean for _, iv in points]],
+                            marker="o", capsize=4, linestyle=style, color=COLORS[algo][1],
+                            label=f"{algo.upper()} two-stage ({len(tasks)} tasks)" if style else None)
+        auto |= any(not c for c, _ in arms)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(sizes), [str(s) for s in sorted(sizes)])
+    ticks = sorted(sizes) + ([AUTO_X] if auto else [])
+    ax.set_xticks(ticks, [str(s) for s in sorted(sizes)] + (["auto"] if auto else []))
     ax.set_ylim(0, 1)
     ax.set_xlabel("stage-2 crop size (pixels)")
     ax.set_ylabel("success probability")
