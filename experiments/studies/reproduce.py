@@ -39,6 +39,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments.studies.stage1_curves import SELECTION_SUFFIX
 from twostage_jax.launch.config import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def build_jobs(root: Path) -> list[Job]:
                         bc / "demos" / "dataset.npz", []))
         for algo in algos:
             wd = root / task / algo
-            selected = (wd / "stage1" / "selection.json", raw / task / f"{algo}_stage1_selection.json")
+            selected = (wd / "stage1" / "selection.json", raw / task / f"{algo}{SELECTION_SUFFIX}")
             if FLAGS.stage1_only:
                 jobs.append(Job(f"{task}.{algo}", [_launcher(wd, task, algo, "stage1", [])],
                                 selected[0], [f"{task}.demos"], [selected]))

@@ -25,6 +25,9 @@ from twostage_jax._io import atomic_open
 FLAGS = flags.FLAGS
 
 
+SELECTION_SUFFIX = "_stage1_selection.json"  # RAW/TASK/ALGO + this: reproduce.py's copies
+
+
 def define_flags() -> None:
     """Defines this script's absl flags (only when run as a script)."""
     flags.DEFINE_string("raw", "runs/repro/raw", "Folder of TASK/ALGO_stage1_selection.json files.")
@@ -36,14 +39,14 @@ def define_flags() -> None:
 def load_curves(raw: Path) -> dict[tuple[str, str], dict]:
     """{(task, algo): selection record} from RAW/TASK/ALGO_stage1_selection.json."""
     curves = {}
-    for path in sorted(raw.glob("*/*_stage1_selection.json")):
+    for path in sorted(raw.glob(f"*/*{SELECTION_SUFFIX}")):
         record = json.loads(path.read_text())
         for field in ("steps", "success", "chosen_steps"):
             if field not in record:
                 raise ValueError(f"{path}: not a selection record (no {field!r}).")
-        curves[(path.parent.name, path.name.removesuffix("_stage1_selection.json"))] = record
+        curves[(path.parent.name, path.name.removesuffix(SELECTION_SUFFIX))] = record
     if not curves:
-        raise FileNotFoundError(f"no */*_stage1_selection.json under {raw}.")
+        raise FileNotFoundError(f"no */*{SELECTION_SUFFIX} under {raw}.")
     return curves
 
 

@@ -30,12 +30,12 @@ from twostage_jax.launch.config import DEFAULT_TASKS, from_dict
 from twostage_jax.launch.plots import plt, save_figure
 from twostage_jax.launch.results import ALGOS, MODES, EvalResults, ResultsError
 from twostage_jax._io import atomic_open
+from experiments.studies.stage1_curves import SELECTION_SUFFIX
 from twostage_jax.evaluation import (
     Interval, bootstrap_interval, difference_interval, improvement_probability, iqm_interval,
     performance_profile)
 
 HEADLINE = "stage2"
-SELECTION_SUFFIX = "_stage1_selection.json"  # reproduce.py's copies of selection.json
 PAPER = "paper"  # the paper's exact stage-2 method (':paper'), on the headline run's stage 1
 PAIRED = ("num_seeds", "episodes_per_seed", "eval_seeds", "stage1_step")
 # study -> (title, JSON field that the ablation changes, figure)
