@@ -45,17 +45,24 @@ def test_selection_refuses_evaluation_layouts_and_bad_fields(overrides, message)
     assert str(e.value).startswith(message)
 
 
-def test_stage1_curves_table_and_convergence_rule(tmp_path):
-    from experiments.studies import stage1_curves
+def test_validation_curves_table_and_convergence_rule(tmp_path):
+    from experiments.studies import validation_curves as vc
 
-    assert stage1_curves.converged([0.2, 0.5, 0.53], 0.05, 0.95)
-    assert not stage1_curves.converged([0.2, 0.5, 0.6], 0.05, 0.95)
-    assert stage1_curves.converged([0.9, 0.96], 0.05, 0.95)  # solved
+    assert vc.converged([0.2, 0.5, 0.53], 0.05, 0.95)
+    assert not vc.converged([0.2, 0.5, 0.6], 0.05, 0.95)
+    assert vc.converged([0.9, 0.96], 0.05, 0.95)  # solved
     record = {"steps": [2, 4], "success": [[0.2, 0.4], [0.6, 0.3]], "chosen_steps": [4, 2]}
     (tmp_path / "push-v3").mkdir()
     (tmp_path / "push-v3" / "bc_stage1_selection.json").write_text(json.dumps(record))
-    curves = stage1_curves.load_curves(tmp_path)
-    text = stage1_curves.table(curves, 0.05, 0.95)
+    two_stage = {"steps": [2, 4, 8], "success": [[0.5, 0.5], [0.7, 0.9], [0.9, 0.9]], "chosen_steps": [8, 4]}
+    (tmp_path / "push-v3" / "bc_stage2_selection.json").write_text(json.dumps(two_stage))
+    curves = vc.load_curves(tmp_path)
+    text = vc.table(curves, 0.05, 0.95)
     # means 0.30 and 0.45; the seeds' chosen points 0.6 and 0.4 average 0.50; 0.45 vs 0.30: not converged
     assert "| push-v3 | 0.30 | 0.45 | 4, 2 | 0.50 | no |" in text
     assert "Mean over 1 tasks at the chosen steps: 0.500" in text
+    # the two-stage curve beside stage 1 at its chosen steps; 0.90 vs 0.80 on the last two: not converged
+    text = vc.table(vc.load_curves(tmp_path, 2), 0.05, 0.95, curves)
+    assert "| push-v3 | 0.50 | 0.80 | 0.90 | 8, 4 | 0.90 | 0.50 | no |" in text
+    assert vc.is_selection_record(tmp_path / "push-v3" / "bc_stage2_selection.json")
+    assert not vc.is_selection_record(tmp_path / "push-v3" / "bc_stage2.json")

@@ -33,6 +33,11 @@ STEPS = {"bc": (20_000, 8000), "cql": (1500, 1500)}  # (stage 1, stage 2)
 # (twostage_jax/launch/selection.py), so its budget is a ceiling and its stopping point is chosen
 # held out.
 SELECT_STEPS = {"bc": (2000, 4000, 7000, 10_000, 15_000, 20_000)}
+# The two-stage validation curve (`reproduce --curves`): a stage 2 named `curve` beside the
+# headline one, keeping these checkpoints, each rolled out on the validation layouts on top of the
+# selected stage 1. It runs past each algorithm's stage-2 budget (STEPS), to show whether that
+# budget stops early.
+STAGE2_CURVE_STEPS = {"bc": (2000, 4000, 8000, 16_000), "cql": (500, 1500, 3000, 6000)}
 
 
 def get_config(arg: str | None = None) -> LaunchConfig:

@@ -14,12 +14,16 @@ Layout under --root (default runs/repro):
     crop size calibrated to stage 1's held-out errors, direct, td)
   TASK/bc/NAME (+ eval_NAME): BC's ablations, on request (--ablations=bc_crop16,bc_crop32,
     bc_auto,bc_direct,bc_whiten)
+  TASK/ALGO/curve: the two-stage validation curve (--curves): a stage 2 keeping the checkpoints
+    of repro.py's STAGE2_CURVE_STEPS, each rolled out on validation layouts on top of the
+    selected stage 1, collected as raw/TASK/ALGO_stage2_selection.json (stage 1's curve as
+    raw/TASK/ALGO_stage1_selection.json); drawn by experiments/studies/validation_curves.py
   logs/JOB.log
 
 Usage:
   python -m experiments.studies.reproduce                       # everything (about 2 h on 2 CPU cores)
   python -m experiments.studies.reproduce --tasks=push-v3 --ablation_tasks= --workers=1
-  python -m experiments.studies.reproduce --algos=cql --ablations=   # CQL's headline and paper arms only
+  python -m experiments.studies.reproduce --algos=cql --ablations= --nocurves   # CQL's headline and paper arms only
   python -m experiments.studies.reproduce --dry_run             # print the launcher commands only
 
 A finished job (its results.json exists) is skipped, so an interrupted sweep continues where it
@@ -39,7 +43,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.studies.stage1_curves import SELECTION_SUFFIX
+from experiments.configs.repro import STAGE2_CURVE_STEPS
+from experiments.studies.validation_curves import SELECTION_SUFFIXES
 from twostage_jax.launch.config import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,8 +80,12 @@ flags.DEFINE_list("extra", [], "Extra launcher flags for every run, e.g. --extra
 flags.DEFINE_bool("paper_arm", True, "Beside each headline run, a stage 2 with the paper's exact "
                   "method (the ':paper' variant) sharing its stage 1: NAME 'paper', collected as "
                   "raw/TASK/ALGO_paper.json.")
-flags.DEFINE_bool("headline", True, "Include the headline runs. --noheadline runs only ablations "
-                  "(e.g. beside a sweep that is still running), whose headline runs must be finished.")
+flags.DEFINE_bool("curves", True, "Beside each headline run, the two-stage validation curve: a "
+                  "stage 2 named 'curve' (--mode=stage2) selected on validation layouts among "
+                  "repro.py's STAGE2_CURVE_STEPS, collected as raw/TASK/ALGO_stage2_selection.json.")
+flags.DEFINE_bool("headline", True, "Include the headline runs. --noheadline runs only the paper "
+                  "arms, ablations and curves (e.g. beside a sweep that is still running), whose "
+                  "headline runs must be finished.")
 flags.DEFINE_bool("stage1_only", False, "Train and select each headline run's stage 1 only "
                   "(--mode=stage1; no paper arm, no ablations): the stage-1 validation curves, "
                   "collected as raw/TASK/ALGO_stage1_selection.json.")
@@ -90,6 +99,7 @@ class Job:
     done: Path  # exists when the job is finished
     needs: list[str]
     collect: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)  # (src, raw copy)
+    kind: str = "headline"  # demos, headline, paper, ablation or curve
 
 
 def _launcher(workdir: Path, task: str, variants: str, mode: str, extra: list[str]) -> list[str]:
@@ -118,10 +128,10 @@ def build_jobs(root: Path) -> list[Job]:
     for task in sorted(FLAGS.tasks, key=lambda t: t not in FLAGS.ablation_tasks):
         bc = root / task / "bc"
         jobs.append(Job(f"{task}.demos", [_launcher(bc, task, "bc", "demos", [])],
-                        bc / "demos" / "dataset.npz", []))
+                        bc / "demos" / "dataset.npz", [], kind="demos"))
         for algo in algos:
             wd = root / task / algo
-            selected = (wd / "stage1" / "selection.json", raw / task / f"{algo}{SELECTION_SUFFIX}")
+            selected = (wd / "stage1" / "selection.json", raw / task / f"{algo}{SELECTION_SUFFIXES[1]}")
             if FLAGS.stage1_only:
                 jobs.append(Job(f"{task}.{algo}", [_launcher(wd, task, algo, "stage1", [])],
                                 selected[0], [f"{task}.demos"], [selected]))
@@ -137,7 +147,18 @@ def build_jobs(root: Path) -> list[Job]:
                 jobs.append(Job(f"{task}.{algo}_paper",
                             [_launcher(wd, task, f"{algo},paper", "all", ["--config.stage2_name=paper"])],
                             wd / "eval_paper" / "results.json", [f"{task}.{algo}"],
-                            [(wd / "eval_paper" / "results.json", raw / task / f"{algo}_paper.json")]))
+                            [(wd / "eval_paper" / "results.json", raw / task / f"{algo}_paper.json")],
+                            kind="paper"))
+        if FLAGS.curves:
+            for algo in algos:
+                wd, steps = root / task / algo, STAGE2_CURVE_STEPS[algo]
+                extra = ["--config.stage2_name=curve", "--config.stage2.select=validation",
+                         f"--config.stage2.select_steps=({','.join(map(str, steps))})",
+                         f"--config.stage2.num_steps={max(steps)}"]
+                done = wd / "curve" / "selection.json"
+                jobs.append(Job(f"{task}.{algo}_curve", [_launcher(wd, task, algo, "stage2", extra)],
+                                done, [f"{task}.{algo}"],
+                                [(done, raw / task / f"{algo}{SELECTION_SUFFIXES[2]}")], kind="curve"))
     for task in [] if FLAGS.stage1_only else FLAGS.ablation_tasks:
         for name in FLAGS.ablations:
             algo, variants, extra = ABLATIONS[name]
@@ -148,10 +169,10 @@ def build_jobs(root: Path) -> list[Job]:
             jobs.append(Job(f"{task}.{name}",
                             [_launcher(wd, task, variants, "all", [f"--config.stage2_name={folder}", *extra])],
                             wd / f"eval_{folder}" / "results.json", [f"{task}.{algo}"],
-                            [(wd / f"eval_{folder}" / "results.json", raw / task / f"{algo}_{folder}.json")]))
+                            [(wd / f"eval_{folder}" / "results.json", raw / task / f"{algo}_{folder}.json")],
+                            kind="ablation"))
     if not FLAGS.headline:
-        headline = {j.name: j for j in jobs
-                    if not any(j.name.endswith(f".{a}") for a in (*ABLATIONS, "bc_paper", "cql_paper"))}
+        headline = {j.name: j for j in jobs if j.kind in ("demos", "headline")}
         jobs = [j for j in jobs if j.name not in headline]
         missing = sorted({n for j in jobs for n in j.needs if not headline[n].done.exists()})
         if missing:

@@ -30,7 +30,7 @@ from twostage_jax.launch.config import DEFAULT_TASKS, from_dict
 from twostage_jax.launch.plots import plt, save_figure
 from twostage_jax.launch.results import ALGOS, MODES, EvalResults, ResultsError
 from twostage_jax._io import atomic_open
-from experiments.studies.stage1_curves import SELECTION_SUFFIX
+from experiments.studies.validation_curves import is_selection_record
 from twostage_jax.evaluation import (
     Interval, bootstrap_interval, difference_interval, improvement_probability, iqm_interval,
     performance_profile)
@@ -78,9 +78,9 @@ def load_raw(raw: Path) -> Runs:
     """
     raw = Path(raw)
     # reproduce.py collects each selecting stage's selection.json beside the results
-    # (TASK/ALGO_stage1_selection.json, read by stage1_curves.py); those are not runs.
+    # (TASK/ALGO_stageN_selection.json, read by validation_curves.py); those are not runs.
     files = [p for p in (sorted(raw.glob("*/*.json")) if raw.is_dir() else [])
-             if not p.name.endswith(SELECTION_SUFFIX)]
+             if not is_selection_record(p)]
     if not files:
         raise SummaryError(f"--raw {raw}: no TASK/ALGO_NAME.json results there; run "
                            "`python -m experiments.studies.reproduce` first or point --raw at them.")
