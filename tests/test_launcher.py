@@ -545,9 +545,10 @@ def test_each_stage_has_its_own_cql_config():
             train_config(c, 2, calibration=cal).cql.actor_encoder_grad) == (False, True)
     assert config_differences(to_dict(base), c, 1) == []
     assert config_differences(to_dict(base), c, 2) == ["config.stage2.cql.actor_encoder_grad: trained False, now True"]
-    # the reduced study config sets its own stage-1 rates; ':paper' changes only stage 2's method
+    # the reduced study config keeps the paper's stage-1 rates; ':paper' changes only stage 2's method
     r = repro.get_config("cql,paper")
-    assert (train_config(r, 1).cql.actor_lr, train_config(r, 1).cql.critic_lr) == (1e-3, 1e-3)
+    assert (train_config(r, 1).cql.actor_lr, train_config(r, 1).cql.critic_lr) == (1e-4, 3e-4)
+    assert program_fields(r, 1) == program_fields(repro.get_config("cql"), 1)
     # its stage-2 actor learns at 1e-3, except in the paper arm, which keeps the paper's 1e-4
     assert train_config(r, 2, calibration=cal).cql.actor_lr == 1e-4
     ours = train_config(repro.get_config("cql"), 2, calibration=cal).cql
