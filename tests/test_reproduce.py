@@ -71,11 +71,14 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     curve = jobs["reach-v3.bc_curve"]
     assert curve.needs == ["reach-v3.bc"] and curve.kind == "curve"
     cmd = curve.commands[0]
-    assert "--mode=stage2" in cmd and "--config.stage2_name=curve" in cmd
+    assert "--mode=all" in cmd and "--config.stage2_name=curve" in cmd
     assert "--config.stage2.select=validation" in cmd and "--config.stage2.num_steps=16000" in cmd
     assert "--config.stage2.select_steps=(2000,4000,8000,16000)" in cmd
+    # ... then evaluated with each seed's chosen checkpoint, paired with the headline run
+    assert curve.done == tmp_path / "reach-v3" / "bc" / "eval_curve" / "results.json"
     assert curve.collect == [(tmp_path / "reach-v3" / "bc" / "curve" / "selection.json",
-                              tmp_path / "raw" / "reach-v3" / "bc_stage2_selection.json")]
+                              tmp_path / "raw" / "reach-v3" / "bc_stage2_selection.json"),
+                             (curve.done, tmp_path / "raw" / "reach-v3" / "bc_curve.json")]
     # --stage1_only: each headline run's stage 1 and its selection, nothing after it
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["reproduce", "--tasks=push-v3", "--algos=bc", "--stage1_only", f"--raw={tmp_path / 'raw'}"])

@@ -14,10 +14,12 @@ Layout under --root (default runs/repro):
     crop size calibrated to stage 1's held-out errors, direct, td)
   TASK/bc/NAME (+ eval_NAME): BC's ablations, on request (--ablations=bc_crop16,bc_crop32,
     bc_auto,bc_direct,bc_whiten)
-  TASK/ALGO/curve: the two-stage validation curve (--curves): a stage 2 keeping the checkpoints
-    of repro.py's STAGE2_CURVE_STEPS, each rolled out on validation layouts on top of the
-    selected stage 1, collected as raw/TASK/ALGO_stage2_selection.json (stage 1's curve as
-    raw/TASK/ALGO_stage1_selection.json); drawn by experiments/studies/validation_curves.py
+  TASK/ALGO/curve, eval_curve: the two-stage validation curve (--curves): a stage 2 keeping the
+    checkpoints of repro.py's STAGE2_CURVE_STEPS, each rolled out on validation layouts on top of
+    the selected stage 1, collected as raw/TASK/ALGO_stage2_selection.json (stage 1's curve as
+    raw/TASK/ALGO_stage1_selection.json; drawn by experiments/studies/validation_curves.py); each
+    seed's chosen checkpoint is then evaluated like an ablation (raw/TASK/ALGO_curve.json): stage 2's
+    budget chosen on validation, against the headline's fixed one
   logs/JOB.log
 
 Usage:
@@ -81,8 +83,9 @@ flags.DEFINE_bool("paper_arm", True, "Beside each headline run, a stage 2 with t
                   "method (the ':paper' variant) sharing its stage 1: NAME 'paper', collected as "
                   "raw/TASK/ALGO_paper.json.")
 flags.DEFINE_bool("curves", True, "Beside each headline run, the two-stage validation curve: a "
-                  "stage 2 named 'curve' (--mode=stage2) selected on validation layouts among "
-                  "repro.py's STAGE2_CURVE_STEPS, collected as raw/TASK/ALGO_stage2_selection.json.")
+                  "stage 2 named 'curve' selected on validation layouts among repro.py's "
+                  "STAGE2_CURVE_STEPS (raw/TASK/ALGO_stage2_selection.json), then evaluated with "
+                  "each seed's chosen checkpoint (raw/TASK/ALGO_curve.json).")
 flags.DEFINE_bool("headline", True, "Include the headline runs. --noheadline runs only the paper "
                   "arms, ablations and curves (e.g. beside a sweep that is still running), whose "
                   "headline runs must be finished.")
@@ -155,10 +158,11 @@ def build_jobs(root: Path) -> list[Job]:
                 extra = ["--config.stage2_name=curve", "--config.stage2.select=validation",
                          f"--config.stage2.select_steps=({','.join(map(str, steps))})",
                          f"--config.stage2.num_steps={max(steps)}"]
-                done = wd / "curve" / "selection.json"
-                jobs.append(Job(f"{task}.{algo}_curve", [_launcher(wd, task, algo, "stage2", extra)],
+                done = wd / "eval_curve" / "results.json"
+                jobs.append(Job(f"{task}.{algo}_curve", [_launcher(wd, task, algo, "all", extra)],
                                 done, [f"{task}.{algo}"],
-                                [(done, raw / task / f"{algo}{SELECTION_SUFFIXES[2]}")], kind="curve"))
+                                [(wd / "curve" / "selection.json", raw / task / f"{algo}{SELECTION_SUFFIXES[2]}"),
+                                 (done, raw / task / f"{algo}_curve.json")], kind="curve"))
     for task in [] if FLAGS.stage1_only else FLAGS.ablation_tasks:
         for name in FLAGS.ablations:
             algo, variants, extra = ABLATIONS[name]
