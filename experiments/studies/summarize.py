@@ -44,6 +44,9 @@ STUDIES = {"crop": ("Crop size", "crop_size", "fig5_crop_size.png"),
            "target": ("MC vs TD critic targets", "stage2_q_target", "fig_mc_vs_td.png"),
            "weighting": ("Stage-2 BC loss weighting", "stage2_loss_weighting", "fig_loss_weighting.png"),
            "other": ("Other ablations", "stage2_name", None)}
+# reproduce.py's stage-2 folders outside the studies above, by what they change
+OTHER_ARMS = {"stage2": "stage 2 at its fixed budget",
+              "curve": "stage 2 at each seed's step chosen on validation"}
 AUTO_X = 256  # where the crop-size figure puts the calibrated crop (an x beyond the fixed sizes)
 COLORS = {"bc": ("#9aa9c4", "#2f5597"), "cql": ("#e0b48a", "#c55a11")}  # (stage 1, two-stage)
 PAPER_COLORS = {"bc": "#6f8fbf", "cql": "#d98c4a"}  # two-stage with the paper's stage-2 method
@@ -169,6 +172,8 @@ def _stage1_steps(runs: Runs, algo: str) -> str:
 def _arm(study: str, value: Any) -> str:
     if study == "crop" and value == 0:  # results.json's crop_size for a calibrated crop
         return "crop auto"
+    if study == "other":  # a stage-2 folder name; reproduce's own ones say what they are
+        return OTHER_ARMS.get(value, str(value))
     return {"crop": f"crop {value}", "target": str(value).upper(),
             "weighting": f"loss {value}"}.get(study, str(value))
 
