@@ -16,8 +16,8 @@ per stage on 2 CPU cores, so this config keeps the quickstart's networks and inp
     rates only peg-insert-side's validation curve still rises at 30k (.../cql_paper_rates/).
     Stage 2 trains 1,500 steps, which is too short over this stage 1
     (experiments/results/current/cql_stage2_budget/); its actor learns at 1e-3 (critic and
-    encoder at the paper's 3e-4): closed-loop validation 0.41 against 0.30 at the paper's 1e-4 on push, reach, door-open and
-    pick-place (experiments/results/current/validation/cql_stage2_options/). The ':paper' arm
+    encoder at the paper's 3e-4): closed-loop validation 0.41 against 0.30 at the paper's 1e-4
+    on push, reach, door-open and pick-place (experiments/results/current/validation/cql_stage2_options/). The ':paper' arm
     keeps the paper's stage-2 rates;
   * 3 seeds x 50 evaluation episodes (paper: 5 x 100).
 Kept as in the paper: 100 demonstrations per task, 128x128 camera frames, stage-2 crops from the
