@@ -553,6 +553,13 @@ def test_each_stage_has_its_own_cql_config():
     assert train_config(r, 2, calibration=cal).cql.actor_lr == 1e-4
     ours = train_config(repro.get_config("cql"), 2, calibration=cal).cql
     assert (ours.actor_lr, ours.critic_lr) == (1e-3, 3e-4)
+    # both algorithms' stage 2 acts with each seed's step chosen on validation; the paper arm
+    # trains the paper's fixed budget and acts with its last step
+    for algo in ("bc", "cql"):
+        ours, paper = repro.get_config(algo).stage2, repro.get_config(f"{algo},paper").stage2
+        assert ours.select == "validation" and ours.select_steps == repro.STAGE2_SELECT_STEPS[algo]
+        assert ours.num_steps == max(ours.select_steps)
+        assert paper.select == "last" and paper.num_steps == repro.STEPS[algo][1]
 
 
 

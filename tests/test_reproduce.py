@@ -67,18 +67,12 @@ def test_job_graph_shares_stage1_and_demos(tmp_path):
     assert ":cql,paper" in cmd and "--config.stage2_name=paper" in cmd
     assert "--config.eval.workers=1" in cmd  # 2 runs at a time: no rollout worker per core on top
     assert paper.collect[0][1] == tmp_path / "raw" / "reach-v3" / "cql_paper.json"
-    # ... and the two-stage validation curve: a stage 2 of its own, trained and selected only
-    curve = jobs["reach-v3.bc_curve"]
-    assert curve.needs == ["reach-v3.bc"] and curve.kind == "curve"
-    cmd = curve.commands[0]
-    assert "--mode=all" in cmd and "--config.stage2_name=curve" in cmd
-    assert "--config.stage2.select=validation" in cmd and "--config.stage2.num_steps=16000" in cmd
-    assert "--config.stage2.select_steps=(2000,4000,8000,16000)" in cmd
-    # ... then evaluated with each seed's chosen checkpoint, paired with the headline run
-    assert curve.done == tmp_path / "reach-v3" / "bc" / "eval_curve" / "results.json"
-    assert curve.collect == [(tmp_path / "reach-v3" / "bc" / "curve" / "selection.json",
-                              tmp_path / "raw" / "reach-v3" / "bc_stage2_selection.json"),
-                             (curve.done, tmp_path / "raw" / "reach-v3" / "bc_curve.json")]
+    # The headline run selects both stages on validation (repro.py); both curves are collected
+    head, raw = jobs["reach-v3.bc"], tmp_path / "raw" / "reach-v3"
+    assert head.done == tmp_path / "reach-v3" / "bc" / "eval" / "results.json"
+    assert [dst for _, dst in head.collect] == [raw / "bc_stage2.json", raw / "bc_stage1_selection.json",
+                                                raw / "bc_stage2_selection.json"]
+    assert head.collect[2][0] == tmp_path / "reach-v3" / "bc" / "stage2" / "selection.json"
     # --stage1_only: each headline run's stage 1 and its selection, nothing after it
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["reproduce", "--tasks=push-v3", "--algos=bc", "--stage1_only", f"--raw={tmp_path / 'raw'}"])
@@ -99,7 +93,7 @@ def test_algos_selects_the_arms_and_keeps_the_shared_demos(tmp_path):
     flags.FLAGS(["reproduce", "--tasks=push-v3", "--ablation_tasks=push-v3",
                  "--ablations=crop16,bc_crop32", "--algos=cql"])
     jobs = {j.name: j for j in reproduce.build_jobs(tmp_path)}
-    assert list(jobs) == ["push-v3.demos", "push-v3.cql", "push-v3.cql_paper", "push-v3.cql_curve",
+    assert list(jobs) == ["push-v3.demos", "push-v3.cql", "push-v3.cql_paper",
                           "push-v3.crop16"]
     # the demos still live in TASK/bc/, where the CQL workdir links them from
     assert jobs["push-v3.demos"].done == tmp_path / "push-v3" / "bc" / "demos" / "dataset.npz"
@@ -126,7 +120,7 @@ def test_noheadline_runs_only_ablations_of_finished_headlines(tmp_path):
     done = tmp_path / "push-v3" / "cql" / "eval" / "results.json"
     done.parent.mkdir(parents=True)
     done.write_text("{}")
-    assert [j.name for j in reproduce.build_jobs(tmp_path)] == ["push-v3.cql_curve", "push-v3.td"]
+    assert [j.name for j in reproduce.build_jobs(tmp_path)] == ["push-v3.td"]
 
 
 def test_experiment_scripts_import_together():

@@ -68,7 +68,7 @@ def fake_raw(tmp_path):
             if algo == "cql" and task != CQL_ONLY:
                 for name, over in (("crop16", {"crop_size": 16}), ("direct", {"stage2_mode": "direct"}),
                                    ("auto", {"crop_size": 0, "stage2_crop_size": 48}),
-                                   ("curve", {})):  # reproduce --curves: stage 2 chosen on validation
+                                   ("fixed", {})):  # any other stage-2 folder, by its name
                     truth[task, algo, name] = (s1, _rates(rng))
                     _write(raw, _result(task, algo, name, s1, truth[task, algo, name][1], **over),
                            f"cql_{name}.json")
@@ -125,9 +125,9 @@ def test_summary_means_and_figures(fake_raw, tmp_path):
     assert "CQL crop 16 | CQL crop 32 (headline) | difference" in text
     assert "CQL direct | CQL correction (headline)" in text
     assert "CQL crop auto | CQL crop 32 (headline) | difference" in text  # crop_size 0: calibrated
-    assert ("CQL stage 2 at each seed's step chosen on validation | "
-            "CQL stage 2 at its fixed budget (headline) | difference") in text
-    for name in ("crop16", "direct", "auto", "curve"):
+    assert ("CQL fixed | CQL stage 2 at each seed's step chosen on validation (headline) | "
+            "difference") in text
+    for name in ("crop16", "direct", "auto", "fixed"):
         row = _mean_row(text, f"`{name}`").strip("|").split("|")
         diff = _mean(truth, TASKS, "cql", name, 1) - _mean(truth, TASKS, "cql", "stage2", 1)
         assert row[1].strip().startswith(f"{_mean(truth, TASKS, 'cql', name, 1):.2f} [")

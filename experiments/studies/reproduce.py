@@ -9,23 +9,22 @@ committed results are updated only when asked, with
 Layout under --root (default runs/repro):
   TASK/bc/    demos (recorded once per task), stage1, stage2, eval      -> BC(1), BC two-stage
   TASK/cql/   demos -> ../bc/demos, stage1, stage2, eval                -> CQL(1), CQL two-stage
-  TASK/ALGO/paper, eval_paper: the paper's exact stage-2 method (':paper') on the same stage 1
+    Each stage acts with each seed's checkpoint chosen on validation layouts (repro.py's
+    SELECT_STEPS, STAGE2_SELECT_STEPS); the validation curves they came from are collected as
+    raw/TASK/ALGO_stage1_selection.json and ALGO_stage2_selection.json (drawn by
+    experiments/studies/validation_curves.py), the evaluation as raw/TASK/ALGO_stage2.json
+  TASK/ALGO/paper, eval_paper: the paper's exact stage-2 method (':paper', a fixed stage-2
+    budget) on the same stage 1
   TASK/cql/NAME, eval_NAME: stage-2 ablations sharing CQL's stage 1 (crop16, crop64, auto: the
     crop size calibrated to stage 1's held-out errors, direct, td)
   TASK/bc/NAME (+ eval_NAME): BC's ablations, on request (--ablations=bc_crop16,bc_crop32,
     bc_auto,bc_direct,bc_whiten)
-  TASK/ALGO/curve, eval_curve: the two-stage validation curve (--curves): a stage 2 keeping the
-    checkpoints of repro.py's STAGE2_CURVE_STEPS, each rolled out on validation layouts on top of
-    the selected stage 1, collected as raw/TASK/ALGO_stage2_selection.json (stage 1's curve as
-    raw/TASK/ALGO_stage1_selection.json; drawn by experiments/studies/validation_curves.py); each
-    seed's chosen checkpoint is then evaluated like an ablation (raw/TASK/ALGO_curve.json): stage 2's
-    budget chosen on validation, against the headline's fixed one
   logs/JOB.log
 
 Usage:
   python -m experiments.studies.reproduce                       # everything (about 2 h on 2 CPU cores)
   python -m experiments.studies.reproduce --tasks=push-v3 --ablation_tasks= --workers=1
-  python -m experiments.studies.reproduce --algos=cql --ablations= --nocurves   # CQL's headline and paper arms only
+  python -m experiments.studies.reproduce --algos=cql --ablations=   # CQL's headline and paper arms only
   python -m experiments.studies.reproduce --dry_run             # print the launcher commands only
 
 A finished job (its results.json exists) is skipped, so an interrupted sweep continues where it
@@ -45,7 +44,6 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.configs.repro import STAGE2_CURVE_STEPS
 from experiments.studies.validation_curves import SELECTION_SUFFIXES
 from twostage_jax.launch.config import DEFAULT_TASKS
 
@@ -82,12 +80,8 @@ flags.DEFINE_list("extra", [], "Extra launcher flags for every run, e.g. --extra
 flags.DEFINE_bool("paper_arm", True, "Beside each headline run, a stage 2 with the paper's exact "
                   "method (the ':paper' variant) sharing its stage 1: NAME 'paper', collected as "
                   "raw/TASK/ALGO_paper.json.")
-flags.DEFINE_bool("curves", True, "Beside each headline run, the two-stage validation curve: a "
-                  "stage 2 named 'curve' selected on validation layouts among repro.py's "
-                  "STAGE2_CURVE_STEPS (raw/TASK/ALGO_stage2_selection.json), then evaluated with "
-                  "each seed's chosen checkpoint (raw/TASK/ALGO_curve.json).")
 flags.DEFINE_bool("headline", True, "Include the headline runs. --noheadline runs only the paper "
-                  "arms, ablations and curves (e.g. beside a sweep that is still running), whose "
+                  "arms and ablations (e.g. beside a sweep that is still running), whose "
                   "headline runs must be finished.")
 flags.DEFINE_bool("stage1_only", False, "Train and select each headline run's stage 1 only "
                   "(--mode=stage1; no paper arm, no ablations): the stage-1 validation curves, "
@@ -102,7 +96,7 @@ class Job:
     done: Path  # exists when the job is finished
     needs: list[str]
     collect: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)  # (src, raw copy)
-    kind: str = "headline"  # demos, headline, paper, ablation or curve
+    kind: str = "headline"  # demos, headline, paper or ablation
 
 
 def _launcher(workdir: Path, task: str, variants: str, mode: str, extra: list[str]) -> list[str]:
@@ -141,7 +135,9 @@ def build_jobs(root: Path) -> list[Job]:
                 continue
             jobs.append(Job(f"{task}.{algo}", [_launcher(wd, task, algo, "all", [])],
                             wd / "eval" / "results.json", [f"{task}.demos"],
-                            [(wd / "eval" / "results.json", raw / task / f"{algo}_stage2.json"), selected]))
+                            [(wd / "eval" / "results.json", raw / task / f"{algo}_stage2.json"), selected,
+                             (wd / "stage2" / "selection.json",
+                              raw / task / f"{algo}{SELECTION_SUFFIXES[2]}")]))
         if FLAGS.stage1_only:
             continue
         if FLAGS.paper_arm:  # right after the task's headline runs, so a cut-short sweep
@@ -152,17 +148,6 @@ def build_jobs(root: Path) -> list[Job]:
                             wd / "eval_paper" / "results.json", [f"{task}.{algo}"],
                             [(wd / "eval_paper" / "results.json", raw / task / f"{algo}_paper.json")],
                             kind="paper"))
-        if FLAGS.curves:
-            for algo in algos:
-                wd, steps = root / task / algo, STAGE2_CURVE_STEPS[algo]
-                extra = ["--config.stage2_name=curve", "--config.stage2.select=validation",
-                         f"--config.stage2.select_steps=({','.join(map(str, steps))})",
-                         f"--config.stage2.num_steps={max(steps)}"]
-                done = wd / "eval_curve" / "results.json"
-                jobs.append(Job(f"{task}.{algo}_curve", [_launcher(wd, task, algo, "all", extra)],
-                                done, [f"{task}.{algo}"],
-                                [(wd / "curve" / "selection.json", raw / task / f"{algo}{SELECTION_SUFFIXES[2]}"),
-                                 (done, raw / task / f"{algo}_curve.json")], kind="curve"))
     for task in [] if FLAGS.stage1_only else FLAGS.ablation_tasks:
         for name in FLAGS.ablations:
             algo, variants, extra = ABLATIONS[name]

@@ -45,8 +45,7 @@ STUDIES = {"crop": ("Crop size", "crop_size", "fig5_crop_size.png"),
            "weighting": ("Stage-2 BC loss weighting", "stage2_loss_weighting", "fig_loss_weighting.png"),
            "other": ("Other ablations", "stage2_name", None)}
 # reproduce.py's stage-2 folders outside the studies above, by what they change
-OTHER_ARMS = {"stage2": "stage 2 at its fixed budget",
-              "curve": "stage 2 at each seed's step chosen on validation"}
+OTHER_ARMS = {"stage2": "stage 2 at each seed's step chosen on validation"}
 AUTO_X = 256  # where the crop-size figure puts the calibrated crop (an x beyond the fixed sizes)
 COLORS = {"bc": ("#9aa9c4", "#2f5597"), "cql": ("#e0b48a", "#c55a11")}  # (stage 1, two-stage)
 PAPER_COLORS = {"bc": "#6f8fbf", "cql": "#d98c4a"}  # two-stage with the paper's stage-2 method
