@@ -7,6 +7,7 @@ single-seed chunk), so a test that trains one of these configs reuses the compil
 other test that did.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -57,3 +58,22 @@ def run_for(train: tj.Train, state: tj.AgentState, data: tj.TrainData, num_steps
         state, m = run(train, state, data, chunk)
         metrics.append(m)
     return state, jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *metrics)
+
+
+LEVEL_1 = {"xla_backend_optimization_level": 1}
+"""Compiler options of LLVM optimisation level 1. The suite compiles at level 0 (twice as fast,
+tests/conftest.py), whose rounding can tell apart two programs that level 1 (and the default
+level) round alike: the checks of bitwise equality, or of 1e-4 between im2col and XLA
+convolutions, compile their programs at level 1."""
+
+
+@contextlib.contextmanager
+def jit_at_level_1():
+    """Inside, `jax.jit` compiles at `LEVEL_1`: wrap where a check's jitted functions are made
+    (e.g. `make_policy`, which jits when called)."""
+    jit = jax.jit
+    jax.jit = functools.partial(jit, compiler_options=LEVEL_1)
+    try:
+        yield
+    finally:
+        jax.jit = jit

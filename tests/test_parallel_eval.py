@@ -11,7 +11,7 @@ from twostage_jax.evaluation import EnvPool, Job
 from twostage_jax.policy import PolicyOutput
 
 from tests._bases import reach_waypoints
-from tests._tiny import tiny_config
+from tests._tiny import jit_at_level_1, tiny_config
 from twostage_jax.envs.with_base import make_base_acting_env
 
 mw = pytest.importorskip("twostage_jax.envs.metaworld")
@@ -45,7 +45,8 @@ def _tiny_policy():
     c1 = tiny_config()
     params = jax.jit(tj.make_networks(c1.network, 1, "bc").init)(jax.random.PRNGKey(0), tj.Stage1Obs(
         np.zeros((1, SIZE, SIZE, 3), np.uint8), np.zeros((1, 7), np.float32)))
-    policy = tj.make_policy(c1, None, mw.default_workspace(), row_by_row=True)
+    with jit_at_level_1():  # episodes bitwise those of batch-1 calls: not at level 0 (tests/_tiny.py)
+        policy = tj.make_policy(c1, None, mw.default_workspace(), row_by_row=True)
     return lambda image, pose, camera, tentative=None: policy(params, None, image, pose, camera)
 
 

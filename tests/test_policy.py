@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import twostage_jax as tj
+from tests._tiny import jit_at_level_1
 
 
 def _inputs(ds, b):
@@ -93,8 +94,9 @@ def test_policy_rejects_bad_input(tiny_trained):
 def test_row_by_row_rows_are_bitwise_batch_one_calls(tiny_trained):
     """What parallel evaluation relies on: a row's action does not depend on the batch size."""
     ds, c1, c2, p1, p2 = tiny_trained
-    plain = tj.make_policy(c1, c2, ds.workspace)
-    rows = tj.make_policy(c1, c2, ds.workspace, row_by_row=True)
+    with jit_at_level_1():  # bitwise: not at the suite's level 0 (tests/_tiny.py)
+        plain = tj.make_policy(c1, c2, ds.workspace)
+        rows = tj.make_policy(c1, c2, ds.workspace, row_by_row=True)
     image, pose, cam = _inputs(ds, 3)
     out = rows(p1, p2, image, pose, cam)
     for i in range(3):
@@ -107,8 +109,9 @@ def test_row_by_row_gives_each_row_its_own_key(tiny_trained):
     """A sampling policy draws independent noise per row: row i is the batch-1 call with key
     jax.random.split(key, B)[i], so identical rows get different actions."""
     ds, c1, c2, p1, p2 = tiny_trained
-    plain = tj.make_policy(c1, c2, ds.workspace, deterministic=False)
-    rows = tj.make_policy(c1, c2, ds.workspace, deterministic=False, row_by_row=True)
+    with jit_at_level_1():  # bitwise: not at the suite's level 0 (tests/_tiny.py)
+        plain = tj.make_policy(c1, c2, ds.workspace, deterministic=False)
+        rows = tj.make_policy(c1, c2, ds.workspace, deterministic=False, row_by_row=True)
     image, pose, cam = _inputs(ds, 1)
     image, pose = jnp.repeat(image, 4, axis=0), jnp.repeat(pose, 4, axis=0)
     key = jax.random.PRNGKey(7)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests._tiny import LEVEL_1
 from twostage_jax.networks import (
     CNN, NetworkConfig, conv2d_patches, make_networks, resolve_conv_impl)
 from twostage_jax.testing import make_synthetic_dataset
@@ -70,7 +71,8 @@ def test_encoder_outputs_and_grads_match(stage: int) -> None:
 
     def value_grad(impl: str):
         loss = lambda p: jnp.sum(nets[impl].actor(p, nets[impl].encode(p, obs)) ** 2)
-        return jax.jit(jax.vmap(jax.value_and_grad(loss)))(params)
+        # at level 1: level 0 rounds the stage-2 encoder's two convolutions apart by more than RTOL
+        return jax.jit(jax.vmap(jax.value_and_grad(loss))).lower(params).compile(LEVEL_1)(params)
 
     _assert_trees_close(value_grad("patches"), value_grad("xla"))
 
