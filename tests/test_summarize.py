@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEEDS, EPISODES = 5, 10
 TASKS = ("reach-v3", "push-v3", "drawer-open-v3")  # every arm and ablation
 CHOSEN = [100, 300, 200, 300, 100]  # BC's stage 1: each seed's checkpoint selected on validation
+CHOSEN2 = [200, 50, 200, 200, 50]  # and its stage 2
 CQL_ONLY = "door-open-v3"  # headline CQL only: BC cells show "—" and BC means leave it out
 
 
@@ -58,7 +59,8 @@ def fake_raw(tmp_path):
                 continue
             s1, s2 = _rates(rng), _rates(rng)
             truth[task, algo, "stage2"] = (s1, s2)
-            selected = {"selection": {"stage1": {"chosen_steps": CHOSEN}}, "stage1_steps": CHOSEN}
+            selected = {"selection": {"stage1": {"chosen_steps": CHOSEN}, "stage2": {}},
+                        "stage1_steps": CHOSEN, "stage2_steps": CHOSEN2}
             _write(raw, _result(task, algo, "stage2", s1, s2, **(selected if algo == "bc" else {})),
                    f"{algo}_stage2.json")
             if task == "push-v3":  # the paper's stage-2 method on one task
@@ -142,9 +144,12 @@ def test_summary_means_and_figures(fake_raw, tmp_path):
         for j, w in enumerate(want):
             assert _cell_mean(row[5 * i + j], signed=j in (2, 4)) == pytest.approx(w, abs=0.0051), (algo, j)
     assert ("BC stage 1 up to 300, each seed acting with its checkpoint chosen on validation "
-            "layouts (chosen steps 100/200/300) / stage 2 200; CQL stage 1 300 / stage 2 200") in text
+            "layouts (chosen steps 100/200/300) / stage 2 up to 200, each seed acting with its checkpoint "
+            "chosen on validation layouts (chosen steps 50/200); CQL stage 1 300 / stage 2 200") in text
     assert "5 seeds × 10 episodes per seed" in text and "python -m experiments.studies.summarize" in text
-    assert "mixes the method with the budget" not in text  # both arms trained stage 2 alike
+    # CQL's arms trained stage 2 alike; BC's headline chose each seed's step on validation
+    assert "**CQL: the paper arm's stage 2 trained" not in text
+    assert "**BC: the paper arm's stage 2 trained 200 steps, the headline's up to 200, each seed" in text
     assert "intermediate checkpoints were not evaluated" in text
     figures = ("fig3_headline.png", "fig4_per_task.png", "fig4_learning_curves_bc.png",
                "fig4_learning_curves_cql.png", "fig5_crop_size.png", "fig6_correction_vs_direct.png")
@@ -161,7 +166,8 @@ def test_paper_arm_with_another_stage2_budget_is_flagged(fake_raw, tmp_path):
     d["stage2_step"] = 100  # the headline's stage 2 trained 200
     path.write_text(json.dumps(d))
     text = summarize(raw, tmp_path / "other", reps=50).read_text()
-    assert "**BC: the paper arm's stage 2 trained 100 steps, the headline's 200**" in text
+    assert ("**BC: the paper arm's stage 2 trained 100 steps, the headline's up to 200, each seed acting "
+            "with its checkpoint chosen on validation layouts (chosen steps 50/200)**") in text
     assert "**CQL: the paper arm" not in text
     # another stage-2 learning rate is said too (CQL: actor / critic, from the resolved config)
     path = raw / "push-v3" / "cql_stage2.json"

@@ -156,12 +156,13 @@ def _values(runs: Runs, field: str, algo: str | None = None) -> str:
     return "/".join(sorted(map(str, vals)))
 
 
-def _stage1_steps(runs: Runs, algo: str) -> str:
-    """Stage 1's budget in `algo`'s headline runs, and the steps the seeds acted with when a
-    stage 1 was selected on validation layouts (`config.stage1.select`)."""
-    heads = [d for (_, a, n), d in runs.items() if a == algo and n == HEADLINE]
-    budget = _values(runs, "stage1_step", algo)
-    chosen = sorted({s for d in heads if "stage1" in d.selection for s in d.stage1_steps})
+def _stage_steps(runs: Runs, algo: str, stage: int, name: str = HEADLINE) -> str:
+    """Stage `stage`'s budget in `algo`'s `name` runs, and the steps the seeds acted with when
+    that stage was selected on validation layouts (`config.stageN.select`)."""
+    runs_ = [d for (_, a, n), d in runs.items() if a == algo and n == name]
+    budget = "/".join(sorted({str(getattr(d, f"stage{stage}_step")) for d in runs_}))
+    chosen = sorted({s for d in runs_ if f"stage{stage}" in d.selection
+                     for s in getattr(d, f"stage{stage}_steps")})
     if not chosen:
         return budget
     return (f"up to {budget}, each seed acting with its checkpoint chosen on validation layouts "
@@ -551,8 +552,8 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(results.values()))
-    steps = "; ".join(f"{a.upper()} stage 1 {_stage1_steps(results, a)} / stage 2 "
-                      f"{_values(results, 'stage2_step', a)}" for a in ALGOS if _tasks(results, a))
+    steps = "; ".join(f"{a.upper()} stage 1 {_stage_steps(results, a, 1)} / stage 2 "
+                      f"{_stage_steps(results, a, 2)}" for a in ALGOS if _tasks(results, a))
     lines = ["# Two-stage agent on MetaWorld: summary", "",
              (f"{first.num_seeds} seeds × {_values(results, 'episodes_per_seed')} episodes per seed "
               f"(evaluation layout seeds {_values(results, 'eval_seeds')}); training steps: {steps}. "
@@ -572,13 +573,11 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
             def values(arm: str, get: Any) -> set:
                 return {get(d) for (_, al, n), d in results.items() if al == a and n == arm} - {None}
 
-            steps = lambda d: d.stage2_step
-            ours, paper = values(HEADLINE, steps), values(PAPER, steps)
-            if paper and paper != ours:
-                lines += [f"**{a.upper()}: the paper arm's stage 2 trained "
-                          f"{'/'.join(map(str, sorted(paper)))} steps, the headline's "
-                          f"{'/'.join(map(str, sorted(ours)))}**, so its last column mixes the "
-                          "method with the budget.", ""]
+            ours, paper = (_stage_steps(results, a, 2, arm) for arm in (HEADLINE, PAPER))
+            if values(PAPER, lambda d: d.stage2_step) and paper != ours:
+                lines += [f"**{a.upper()}: the paper arm's stage 2 trained {paper} steps, the "
+                          f"headline's {ours}**, so its last column mixes the method with the "
+                          "budget.", ""]
             ours, paper = values(HEADLINE, _stage2_rates), values(PAPER, _stage2_rates)
             if paper and ours and paper != ours:
                 say = lambda rates: "; ".join(" / ".join(f"{x:g}" for x in r) for r in sorted(rates))
