@@ -4,7 +4,7 @@ Reads the selection records that `python -m experiments.studies.reproduce` colle
 folder (each a STAGE/selection.json of `twostage_jax/launch/selection.py`):
   * RAW/TASK/ALGO_stage1_selection.json: stage 1 alone, at each of its candidate checkpoints;
   * RAW/TASK/ALGO_stage2_selection.json: the two-stage policy at each candidate stage-2
-    checkpoint, on top of the selected stage 1 (the `curve` stage 2, `reproduce --curves`).
+    checkpoint, on top of the selected stage 1 (the headline run's stage 2 in `repro.py`).
 For each stage with records it writes OUT/stageN_curves.md and OUT/stageN_curves_ALGO.png: per
 task, the mean validation success of every candidate step over the training seeds, the step
 each seed chose, and whether the curve has converged by the study's rule: its last two points
