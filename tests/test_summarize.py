@@ -237,6 +237,7 @@ def test_aggregates_and_success_curves(fake_raw, tmp_path):
     assert iqm.strip().startswith(f"{trim_mean(bc.ravel(), 0.25):.2f} [")
     assert mean.strip().startswith(f"{bc.mean():.2f} [")
     assert "| CQL(1) | 4 |" in text and "P(two-stage > stage 1)" in text
+    assert "no training workdirs given (--runs)" in text  # runs=None: said, not 'under None'
     for name in ("fig_aggregates.png", "fig_performance_profiles.png", "fig4_success_curves_bc.png"):
         assert (out / name).stat().st_size > 1000, name
         assert f"]({name})" in text, name

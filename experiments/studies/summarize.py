@@ -609,7 +609,9 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
             "stand in for the paper's Fig. 4.")), ""]
         lines += [f"![{name}]({name})" for name in curves]
     else:
-        lines.append(f"Not drawn: no metrics.jsonl under {runs}.")
+        lines.append(f"Not drawn: no metrics.jsonl under {runs}." if runs else
+                     "Not drawn: no training workdirs given (--runs); the committed results hold "
+                     "no training metrics.")
     if any(n not in (HEADLINE, PAPER) for _, _, n in results):
         lines += ["", "## Ablations (stage 2; same stage 1 as the headline run)", ""]
         lines += _ablations(results, out, reps)
