@@ -22,13 +22,15 @@ Layout under --root (default runs/repro):
   logs/JOB.log
 
 Usage:
-  python -m experiments.studies.reproduce                       # everything (about 2 h on 2 CPU cores)
+  python -m experiments.studies.reproduce                       # everything (days on 2 CPU cores)
   python -m experiments.studies.reproduce --tasks=push-v3 --ablation_tasks= --workers=1
   python -m experiments.studies.reproduce --algos=cql --ablations=   # CQL's headline and paper arms only
   python -m experiments.studies.reproduce --dry_run             # print the launcher commands only
 
 A finished job (its results.json exists) is skipped, so an interrupted sweep continues where it
-stopped; unfinished stages resume from their last checkpoint.
+stopped; unfinished stages resume from their last checkpoint. On the 2-core machine one task's
+CQL headline run (stage 1 to 30k and stage 2 to 12k, each with its validation rollouts, then the
+evaluation) took 33 min with both cores to itself, and its demos 79 s.
 """
 
 from __future__ import annotations
