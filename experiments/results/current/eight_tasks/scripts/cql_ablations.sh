@@ -7,17 +7,23 @@
 # slowest) last and on both cores. Each finished run's results.json is copied to
 # runs/cql_ablations/raw/TASK/cql_NAME.json, to be copied into
 # experiments/results/current/eight_tasks/raw/ and summarised (experiments/results/README.md).
-# Resumable: a finished run is skipped, an unfinished stage resumes from its last checkpoint.
+# Resumable: a finished run is skipped, and so is one whose raw is already committed in
+# experiments/results/current/eight_tasks/raw/ (so a new machine runs only what is missing; a
+# task whose five are all committed is skipped whole); an unfinished stage resumes from its last
+# checkpoint.
 # On 2 cores, push: stage 1 about 25 min; the ablations 14-16 min each two at a time, crop64 39 min.
 # Usage: bash experiments/results/current/eight_tasks/scripts/cql_ablations.sh [TASK ...]
 set -u
 R=runs/cql_ablations
 RAW=$R/raw
+COMMITTED=experiments/results/current/eight_tasks/raw
+NAMES="crop16 td direct auto crop64"
 ONE="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 C=--config=experiments/configs/repro.py:cql
 ablate() {  # XLA_FLAGS TASK NAME launcher-flags...
   local xf=$1 t=$2 name=$3; shift 3
   local wd=$R/$t/cql
+  if [ -f "$COMMITTED/$t/cql_$name.json" ]; then echo "committed, skipped: $t.$name"; return; fi
   [ -f "$wd/eval_$name/results.json" ] || XLA_FLAGS="$xf" \
     python -m twostage_jax.launch --mode=all --workdir="$wd" --task="$t" --resume --config.eval.workers=1 \
     --config.stage2_name="$name" "$@" > "$R/logs/$t.$name.log" 2>&1
@@ -31,6 +37,8 @@ ablate() {  # XLA_FLAGS TASK NAME launcher-flags...
 }
 tasks=("$@"); [ ${#tasks[@]} -gt 0 ] || tasks=(push-v3 pick-place-v3 drawer-open-v3)
 for t in "${tasks[@]}"; do
+  missing=0; for n in $NAMES; do [ -f "$COMMITTED/$t/cql_$n.json" ] || missing=1; done
+  if [ $missing = 0 ]; then echo "== $t: all five committed, skipped"; continue; fi
   echo "== $t stage 1 $(date -u +%T)"
   python -m experiments.studies.reproduce --algos=cql --tasks="$t" --ablation_tasks="$t" --stage1_only \
     --workers=1 --root=$R --raw=$RAW || { echo "stage 1 of $t failed"; exit 1; }
