@@ -19,7 +19,9 @@ RAW=$R/raw
 COMMITTED=experiments/results/current/eight_tasks/raw
 NAMES="crop16 td direct auto crop64"
 ONE="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-C=--config=experiments/configs/repro.py:cql
+# Each ablation's launcher flags come from reproduce.py's ABLATIONS, the one place they are defined.
+flags_of() { python -c "from experiments.studies.reproduce import ABLATIONS, CONFIG
+_, variants, extra = ABLATIONS['$1']; print(f'--config={CONFIG}:{variants}', *extra)"; }
 ablate() {  # XLA_FLAGS TASK NAME launcher-flags...
   local xf=$1 t=$2 name=$3; shift 3
   local wd=$R/$t/cql
@@ -43,10 +45,10 @@ for t in "${tasks[@]}"; do
   python -m experiments.studies.reproduce --algos=cql --tasks="$t" --ablation_tasks="$t" --stage1_only \
     --workers=1 --root=$R --raw=$RAW || { echo "stage 1 of $t failed"; exit 1; }
   echo "== $t ablations $(date -u +%T)"
-  ablate "$ONE" "$t" crop16 $C --config.stage2.crop_size=16 &
-  ablate "$ONE" "$t" td $C --config.stage2.cql.target=td; wait
-  ablate "$ONE" "$t" direct --config=experiments/configs/repro.py:cql,direct &
-  ablate "$ONE" "$t" auto $C --config.calibrate.crop_size=true; wait
-  ablate "" "$t" crop64 $C --config.stage2.crop_size=64
+  ablate "$ONE" "$t" crop16 $(flags_of crop16) &
+  ablate "$ONE" "$t" td $(flags_of td); wait
+  ablate "$ONE" "$t" direct $(flags_of direct) &
+  ablate "$ONE" "$t" auto $(flags_of auto); wait
+  ablate "" "$t" crop64 $(flags_of crop64)
 done
 echo "== done $(date -u +%T)"
