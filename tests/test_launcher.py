@@ -99,6 +99,11 @@ def test_mode_all_end_to_end(tmp_path):
         assert all(0.0 <= x <= 1.0 for x in r["per_seed"])
         assert 0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0
     assert np.isfinite(res["gain"]["mean"])
+    import jax
+    env = res["environment"]  # what each stage trained on and the evaluation ran on
+    assert env["evaluation"]["jax"] == jax.__version__ and env["evaluation"]["backend"] == "cpu"
+    assert env["stage1"] == [json.loads((tmp_path / "stage1" / "config.json").read_text())["environment"]]
+    assert len(env["stage2"]) == 1
     for mode in ("stage1", "two_stage"):  # learning curve: the kept step-2 checkpoint, then the final
         curve = res["curves"][mode]
         assert curve["steps"] == [2, 8] and np.shape(curve["per_seed"]) == (2, 2)
@@ -474,6 +479,10 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, ca
         summary = run_stage(_smoke(), wd, 1, resume=True)
     assert summary["final_step"] == 8
     assert "falling back to step 4, the newest intact checkpoint" in caplog.text
+    from twostage_jax.launch.workdir import environment_record, trained_on
+    record = json.loads((wd / "stage1" / "config.json").read_text())
+    assert [r["from_step"] for r in record["resumed"]] == [4] and record["config"]["stage1"]["num_steps"] == 8
+    assert trained_on(wd / "stage1")[-1] == environment_record()  # the start's, then the resume's
     assert (wd / "stage1" / "damaged_checkpoints" / "8" / "state").is_dir(), "the damaged step was not kept"
     ckpt = Checkpointer(wd / "stage1" / "checkpoints")
     try:

@@ -13,8 +13,9 @@ from twostage_jax.launch import selection
 from twostage_jax.launch.checks import LEROBOT_EVALUATION, STAGE_NAMES, PipelineError, train_config
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
-from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
-                                         reporting_disk_full, resolve_recorded, stage_dir)
+from twostage_jax.launch.workdir import (ensure_writable, environment_record, eval_dir, load_demos,
+                                         load_params, progress, reporting_disk_full, resolve_recorded,
+                                         stage_dir, trained_on)
 import twostage_jax as tj
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder, recover_atomic_folder
@@ -165,7 +166,9 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         correction_passes=passes, corrected_dims=dims,
         eval_seconds=time.perf_counter() - start, config=to_dict(config),
         modes=modes, gain=Interval(gain.mean, gain.low, gain.high), curves=curves,
-        stage1_source=config.stage1.source)
+        stage1_source=config.stage1.source,
+        environment={"evaluation": environment_record(),
+                     **{STAGE_NAMES[s]: trained_on(stage_dir(workdir, s, config)) for s in (1, 2)}})
     previous = "the previous results are intact" if out_dir.exists() else "nothing was written"
     with reporting_disk_full(f"the evaluation results ({out_dir.name}/)", workdir,
                              f"{previous}; free some space and evaluate again."), \

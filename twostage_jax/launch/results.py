@@ -83,6 +83,9 @@ class EvalResults:
       curves: {mode: Curve} when `config.eval.curve_steps` were evaluated, else None.
       stage1_source: '' (our stage 1), or the base policy of the user's that stood in for it
         (`config.stage1.source`): then 'stage1' is that policy alone and 'two_stage' corrected.
+      environment: what the run ran on (`workdir.environment_record`): 'evaluation' this
+        evaluation's, 'stage1' and 'stage2' a list each, where the stage started and then each
+        resume that trained it further (empty for a record written before these were kept).
     """
 
     task: str
@@ -111,6 +114,7 @@ class EvalResults:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     curves: dict[str, Curve] | None = None
     stage1_source: str = ""
+    environment: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with `version`."""

@@ -38,7 +38,8 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     STAGE/config.json, with the checksum of the dataset it starts on. With `resume` it continues
     from the newest intact checkpoint (damaged newer ones are moved to
     STAGE/damaged_checkpoints/) if that was trained with the same `program_fields`, and keeps
-    STAGE/config.json as it is; a resume whose inputs changed since the stage started (the
+    STAGE/config.json's start record, adding under `resumed` when, how and on what
+    (`workdir.environment_record`) each resume that trains further ran; a resume whose inputs changed since the stage started (the
     dataset, or for stage 2 the stage-1 steps it acts with, in pairing.json) is refused, naming
     both, unless `accept_new_inputs`: then stage 2 is re-calibrated, the new pairing recorded, and
     the new dataset checksum recorded in STAGE/config.json under `accepted_inputs`.
@@ -130,6 +131,20 @@ def recorded_stage1(out_dir: Path, num_seeds: int) -> list[int] | str | None:
 def describe_stage1(stage1: list[int] | str) -> str:
     """'stage-1 step(s) [..]' or 'the base policy SOURCE' (`recorded_stage1`'s values)."""
     return f"the base policy {stage1}" if isinstance(stage1, str) else f"stage-1 step(s) {stage1}"
+
+
+def _invocation(config: LaunchConfig, workdir: Path) -> dict:
+    """`config_record` without the config: when, the command line and the environment."""
+    return {k: v for k, v in config_record(config, workdir).items() if k != "config"}
+
+
+def _add_to_record(out_dir: Path, key: str, entry: dict, **fields: Any) -> None:
+    """Appends `entry` to the list `key` of STAGE/config.json and sets `fields`, keeping the rest
+    of the start record; a stage without a readable record is left without one."""
+    record = _stage_record(out_dir)
+    if record:
+        write_json_atomic(out_dir / "config.json",
+                          {**record, **fields, key: [*record.get(key, []), entry]})
 
 
 def _stage_record(out_dir: Path) -> dict:
@@ -227,13 +242,12 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
             write_json_atomic(out_dir / "config.json", {**config_record(config, workdir),
                                                                 "dataset_sha256": checksum})
     elif changes and is_writer() and any(c.startswith("demos/") for c in changes):
-        record = _stage_record(out_dir)
-        when = {k: v for k, v in config_record(config, workdir).items() if k != "config"}
-        accepted = [*record.get("accepted_inputs", []), {**when, "changes": changes}]
-        write_json_atomic(out_dir / "config.json", {**record, "dataset_sha256": checksum,
-                                                    "accepted_inputs": accepted})
+        _add_to_record(out_dir, "accepted_inputs", {**_invocation(config, workdir), "changes": changes},
+                       dataset_sha256=checksum)
     else:
         logging.info("resumed %s from step %d", out_dir.name, start_step)
+        if start_step < tcfg.num_steps and is_writer():  # where the rest trains (`trained_on`)
+            _add_to_record(out_dir, "resumed", {**_invocation(config, workdir), "from_step": start_step})
     if stage == 2 and is_writer():
         write_json_atomic(out_dir / "pairing.json", extra["stage1_checkpoint"])
 

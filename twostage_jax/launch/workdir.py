@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.metadata
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -177,8 +179,51 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+RECORDED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "mujoco", "metaworld")
+"""The packages whose versions `environment_record` keeps: those that decide the float rounding
+of training and the simulator's dynamics."""
+_CPU_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and which of `_CPU_FEATURES` it has (Linux's /proc/cpuinfo; elsewhere
+    `platform.processor()` and no features)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor(), []
+    fields = dict(line.split(":", 1) for line in info.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name", platform.processor()), [f for f in _CPU_FEATURES if f in flags]
+
+
+def environment_record() -> dict[str, Any]:
+    """What a run trained or evaluated on, beyond its config: the package versions
+    (`RECORDED_PACKAGES`, None when absent), Python, the JAX backend and device kind, the CPU's
+    model and vector features, and XLA_FLAGS.
+
+    XLA compiles for the host's instruction set, so one program can round differently on
+    another CPU or package version; a fixed program on a fixed machine is bitwise reproducible
+    (docs/results.md, "Run-to-run variation"). Two runs whose records differ here may differ
+    in float rounding alone.
+    """
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    model, features = _cpu()
+    device = jax.local_devices()[0]
+    return {"python": platform.python_version(), **versions, "backend": jax.default_backend(),
+            "device_kind": device.device_kind, "local_devices": jax.local_device_count(),
+            "cpu": model, "cpu_features": features, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
 def config_record(config: LaunchConfig, workdir: Path | None = None) -> dict:
-    """What STAGE/config.json and demos/config.json hold: when, the command line, the config.
+    """What STAGE/config.json and demos/config.json hold: when, the command line, the
+    software and host (`environment_record`), the config.
 
     The workdir's own absolute path in the command line is written as '.' (the records'
     paths are relative to the workdir, so a moved or copied workdir's records still hold).
@@ -187,7 +232,20 @@ def config_record(config: LaunchConfig, workdir: Path | None = None) -> dict:
     if workdir is not None:
         root = str(Path(workdir).absolute())
         argv = [a.replace(root, ".") for a in argv]
-    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": argv, "config": to_dict(config)}
+    return {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": argv,
+            "environment": environment_record(), "config": to_dict(config)}
+
+
+def trained_on(out_dir: Path) -> list[dict[str, Any]]:
+    """The environments a stage trained on, from its config.json: where it started, then where
+    each resume that trained further ran (`environment_record`; records written before these
+    were kept give an empty list, or only the resumes)."""
+    try:
+        record = json.loads((Path(out_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    runs = [record] + list(record.get("resumed", []))
+    return [r["environment"] for r in runs if isinstance(r, dict) and "environment" in r]
 
 
 def relative_to_workdir(workdir: Path, path: Path) -> str:
