@@ -23,7 +23,7 @@ from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.workdir import (config_record, ensure_writable, is_writer, load_demos,
                                          load_validation, progress, reporting_disk_full,
-                                         stage1_pairing, stage_dir, validation_path)
+                                         stage1_pairing, stage_dir, stage_record, validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
 from twostage_jax._io import write_json_atomic
@@ -39,9 +39,9 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     from the newest intact checkpoint (damaged newer ones are moved to
     STAGE/damaged_checkpoints/) if that was trained with the same `program_fields`, and keeps
     STAGE/config.json's start record, adding under `resumed` when, how and on what
-    (`workdir.environment_record`) each resume that trains further ran; a resume whose inputs changed since the stage started (the
-    dataset, or for stage 2 the stage-1 steps it acts with, in pairing.json) is refused, naming
-    both, unless `accept_new_inputs`: then stage 2 is re-calibrated, the new pairing recorded, and
+    (`workdir.environment_record`) each resume that trains further ran; a resume whose inputs
+    changed since the stage started (the dataset, or for stage 2 the stage-1 steps it acts
+    with, in pairing.json) is refused, naming both, unless `accept_new_inputs`: then stage 2 is re-calibrated, the new pairing recorded, and
     the new dataset checksum recorded in STAGE/config.json under `accepted_inputs`.
 
     Raises:
@@ -141,19 +141,10 @@ def _invocation(config: LaunchConfig, workdir: Path) -> dict:
 def _add_to_record(out_dir: Path, key: str, entry: dict, **fields: Any) -> None:
     """Appends `entry` to the list `key` of STAGE/config.json and sets `fields`, keeping the rest
     of the start record; a stage without a readable record is left without one."""
-    record = _stage_record(out_dir)
+    record = stage_record(out_dir)
     if record:
         write_json_atomic(out_dir / "config.json",
                           {**record, **fields, key: [*record.get(key, []), entry]})
-
-
-def _stage_record(out_dir: Path) -> dict:
-    """STAGE/config.json, or {} where there is none (or it is unreadable)."""
-    try:
-        record = json.loads((out_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
@@ -180,7 +171,7 @@ def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
                             else f"is {describe_stage1(now)}"))
     path = dataset_path(workdir)
     now = dataset_checksum(path) if path.exists() else ""
-    was_sum = _stage_record(out_dir).get("dataset_sha256")
+    was_sum = stage_record(out_dir).get("dataset_sha256")
     if was_sum and now and was_sum != now:
         changes.append(f"demos/dataset.npz changed since {out_dir.name} started (checksum "
                        f"{was_sum[:12]} then, {now[:12]} now)")

@@ -192,8 +192,8 @@ def _cpu() -> tuple[str, list[str]]:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor(), []
-    fields = dict(line.split(":", 1) for line in info.splitlines()[:40] if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    first = info.split("\n\n", 1)[0]  # the first processor's block
+    fields = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
     flags = set(fields.get("flags", "").split())
     return fields.get("model name", platform.processor()), [f for f in _CPU_FEATURES if f in flags]
 
@@ -236,14 +236,20 @@ def config_record(config: LaunchConfig, workdir: Path | None = None) -> dict:
             "environment": environment_record(), "config": to_dict(config)}
 
 
+def stage_record(out_dir: Path) -> dict:
+    """STAGE/config.json, or {} where there is none (or it is unreadable)."""
+    try:
+        record = json.loads((Path(out_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def trained_on(out_dir: Path) -> list[dict[str, Any]]:
     """The environments a stage trained on, from its config.json: where it started, then where
     each resume that trained further ran (`environment_record`; records written before these
     were kept give an empty list, or only the resumes)."""
-    try:
-        record = json.loads((Path(out_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return []
+    record = stage_record(out_dir)
     runs = [record] + list(record.get("resumed", []))
     return [r["environment"] for r in runs if isinstance(r, dict) and "environment" in r]
 
