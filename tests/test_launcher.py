@@ -579,27 +579,16 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     # checkpoint of each seed gets its own validation success.
     import jax
 
-    from twostage_jax import evaluation
-    from twostage_jax.evaluation import rollouts as eval_rollouts
-    from twostage_jax.launch import rollouts, selection
+    from twostage_jax.launch import selection
     from twostage_jax.launch.evaluate import run_eval
     from twostage_jax.launch.train_stage import run_stage
     from twostage_jax.launch.workdir import load_params
 
-    class Env:
-        camera = None
+    def outcome(params1, layout):
+        leaf = jax.tree_util.tree_leaves(params1)[0]
+        return int(abs(float(np.asarray(leaf).sum())) * 1e6 + layout) % 3 != 0
 
-        def close(self):
-            pass
-
-    def fake_rollout(env, act, layout, record=False):
-        leaf = jax.tree_util.tree_leaves(act.args[1])[0]  # act = partial(_call, policy, p1, p2)
-        ok = int(abs(float(np.asarray(leaf).sum())) * 1e6 + layout) % 3 != 0
-        empty = np.zeros((0, 7), np.float32)
-        return evaluation.Episode(ok, 1, np.zeros((0,), np.uint8), empty, empty, 0)
-
-    monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
-    monkeypatch.setattr(eval_rollouts, "rollout", fake_rollout)
+    _fake_rollouts(monkeypatch, outcome)
     workdir = _copy(trained, tmp_path / "wd")
     config = _smoke(**{"stage1.select": "validation", "select.episodes": 4, "eval.workers": 1,
                        "eval.record_episodes": 0})
@@ -625,9 +614,11 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     run_stage(config, workdir, 1, resume=True)
     assert json.loads(path.read_text()) == record
     path.unlink()
-    (workdir / "stage1" / "eval_cache.json").unlink()
+    (workdir / "stage1" / selection.EPISODES_FILE).unlink()
     again = selection.ensure_selection(config, workdir, 1, progress=False)
     assert again["chosen_steps"] == record["chosen_steps"] and again["success"] == record["success"]
+    assert again["episodes_spent"] == again["episodes_full"] == 2 * 2 * 4  # no halving by default
+    assert np.array_equal(np.mean(again["outcomes"], axis=2), again["success"])
 
     # evaluation acts with the selection and records it with its validation curve
     results = run_eval(config, workdir)
@@ -636,6 +627,63 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     assert saved["selection"]["stage1"]["chosen_steps"] == record["chosen_steps"]
     assert saved["selection"]["stage1"]["success"] == record["success"]
     assert "setting" not in saved["selection"]["stage1"]
+
+
+def _fake_rollouts(monkeypatch, outcome) -> list:
+    """Stubs the simulator out of validation and evaluation rollouts: an episode succeeds
+    when `outcome(stage-1 params, layout)` is true. Returns the list of layouts rolled out."""
+    from twostage_jax import evaluation
+    from twostage_jax.evaluation import rollouts as eval_rollouts
+    from twostage_jax.launch import rollouts
+
+    class Env:
+        camera = None
+
+        def close(self):
+            pass
+
+    rolled = []
+
+    def fake_rollout(env, act, layout, record=False):
+        rolled.append(layout)
+        empty = np.zeros((0, 7), np.float32)  # act = partial(_call, policy, p1, p2)
+        return evaluation.Episode(outcome(act.args[1], layout), 1, np.zeros((0,), np.uint8), empty, empty, 0)
+
+    monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
+    monkeypatch.setattr(eval_rollouts, "rollout", fake_rollout)
+    return rolled
+
+
+def test_training_stops_at_the_validation_plateau_and_a_resume_extends_it(trained, tmp_path, monkeypatch):
+    # Every candidate succeeds on the same layouts, so none improves on the first: with
+    # patience P, training stops at the (P+1)-th candidate. Stage 1 of `trained` holds steps 4, 8.
+    from twostage_jax.launch import selection
+    from twostage_jax.launch.train_stage import run_stage, trained_to_the_end
+
+    rolled = _fake_rollouts(monkeypatch, lambda params1, layout: layout % 2 == 0)
+    workdir = _copy(trained, tmp_path / "wd")
+    config = _smoke(**{"stage1.select": "validation", "stage1.num_steps": 16,
+                       "stage1.select_steps": (4, 8, 12, 16), "select.episodes": 8,
+                       "select.first_share": 0.25, "select.patience": 1, "eval.workers": 1})
+    summary = run_stage(config, workdir, 1, resume=True)  # 4 and 8 are rolled out: stop at 8
+    assert summary["stopped"]["step"] == 8 and summary["final_step"] == 8
+    assert "for 1 candidates" in summary["stopped"]["reason"]
+    assert trained_to_the_end(config, workdir, 1) == 8  # --mode=all --resume: nothing to do
+    record = json.loads((workdir / "stage1" / "selection.json").read_text())
+    assert record["steps"] == [4, 8] and record["chosen_steps"] == [4, 4]  # ties: the earliest
+    # the plateau rolled each candidate out on the first 2 of 8 layouts; tied, both go on to all 8
+    assert record["episodes_spent"] == record["episodes_full"] == 2 * 2 * 8
+    assert sorted(rolled) == sorted(list(range(200_000, 200_008)) * 4)  # never an episode twice
+
+    # a resume with more patience trains on from 8 and stops at 12
+    more = _smoke(**{"stage1.select": "validation", "stage1.num_steps": 16,
+                     "stage1.select_steps": (4, 8, 12, 16), "select.episodes": 8,
+                     "select.first_share": 0.25, "select.patience": 2, "eval.workers": 1})
+    assert trained_to_the_end(more, workdir, 1) is None
+    summary = run_stage(more, workdir, 1, resume=True)
+    assert summary["stopped"]["step"] == 12 and summary["final_step"] == 12
+    assert json.loads((workdir / "stage1" / "selection.json").read_text())["steps"] == [4, 8, 12]
+    assert summary["train_cpu_seconds"] > 0 and summary["validation_cpu_seconds"] >= 0
 
 
 def _files(workdir: Path) -> dict:

@@ -1,6 +1,8 @@
 """Checkpoint selection on validation layouts (`twostage_jax/launch/selection.py`)."""
 
 import json
+
+import numpy as np
 import pytest
 
 from twostage_jax.launch import selection
@@ -66,3 +68,64 @@ def test_validation_curves_table_and_convergence_rule(tmp_path):
     assert "| push-v3 | 0.50 | 0.80 | 0.90 | 8, 4 | 0.90 | 0.50 | no |" in text
     assert vc.is_selection_record(tmp_path / "push-v3" / "bc_stage2_selection.json")
     assert not vc.is_selection_record(tmp_path / "push-v3" / "bc_stage2.json")
+
+
+def test_halving_rungs_double_from_the_first_share():
+    assert selection.halving_rungs(20, 0.25) == [5, 10, 20]
+    assert selection.halving_rungs(20, 1.0) == [20]
+    assert selection.halving_rungs(20, 0.3) == [6, 12, 20]
+    assert selection.halving_rungs(3, 0.01) == [1, 2, 3]
+
+
+def _table_outcomes(table):
+    """`successive_halving`'s outcomes over a complete table, recording every request."""
+    asked = []
+
+    def outcomes(requests):
+        asked.append(dict(requests))
+        return table
+
+    return outcomes, asked
+
+
+def test_successive_halving_spends_rollouts_on_the_candidates_that_can_still_win():
+    # 4 candidates x 1 seed x 8 layouts; rungs [2, 4, 8] at first_share 0.25
+    table = np.array([[[0, 0, 0, 0, 1, 1, 1, 1]],    # 0.0 on the first 2: out after rung 1
+                      [[1, 1, 1, 0, 1, 0, 0, 0]],    # 1.0, then 0.75: out after rung 2
+                      [[1, 1, 1, 1, 1, 1, 0, 0]],    # 1.0, 1.0: wins
+                      [[1, 0, 1, 1, 0, 0, 0, 0]]], float)  # 0.5: out after rung 1
+    outcomes, asked = _table_outcomes(table)
+    result = selection.successive_halving(outcomes, 4, 1, 8, first_share=0.25, keep="half")
+    assert result.chosen == [2]
+    assert asked[0] == {(0, 0): 2, (1, 0): 2, (2, 0): 2, (3, 0): 2}
+    assert asked[1] == {(1, 0): 4, (2, 0): 4}  # the best half
+    assert len(asked) == 2 or asked[2] == {}  # one left (1.0 against 0.75): it wins, no more rollouts
+    assert result.episodes.tolist() == [[2], [4], [4], [2]] and result.spent == 12
+    assert result.success[2, 0] == 1.0 and result.success[1, 0] == 0.75 and result.success[0, 0] == 0.0
+    # every layout for every candidate is today's rule: the best full-layout rate, earliest on ties
+    full = selection.successive_halving(outcomes, 4, 1, 8, first_share=1.0)
+    assert full.chosen == [int(np.argmax(table.mean(axis=2)[:, 0]))] == [2] and full.spent == 32
+    # 'overlap' keeps whatever the leader's interval cannot tell apart after 2 episodes
+    wide = selection.successive_halving(_table_outcomes(table)[0], 4, 1, 8, first_share=0.25, keep="overlap")
+    assert wide.spent > result.spent and wide.chosen == [2]
+
+
+def test_successive_halving_with_one_choice_for_all_seeds_and_tied_candidates():
+    rng = np.random.default_rng(0)
+    table = (rng.random((3, 2, 8)) < 0.5).astype(float)
+    outcomes, _ = _table_outcomes(table)
+    result = selection.successive_halving(outcomes, 3, 2, 8, first_share=1.0, per_seed=False)
+    assert result.chosen == selection.choose_steps([0, 1, 2], table.mean(axis=2), per_seed=False)
+    tied = np.ones((3, 1, 4))
+    result = selection.successive_halving(_table_outcomes(tied)[0], 3, 1, 4, first_share=0.25)
+    assert result.chosen == [0] and result.spent == 3 * 4  # ties are kept, and go to the earliest
+    assert selection.keep_candidates(np.array([0.5, 0.5, 0.2, 0.1]), 4, "half").tolist() == [True, True, False, False]
+
+
+def test_plateau_is_reached_when_no_seed_improved_for_patience_candidates():
+    scores = np.array([[0.2, 0.5], [0.4, 0.5], [0.4, 0.5], [0.45, 0.5]])
+    assert not selection.plateau_reached(scores, patience=0)
+    assert selection.plateau_reached(scores[:3], patience=1)  # seed 0 flat at 0.4, seed 1 since the start
+    assert not selection.plateau_reached(scores, patience=1)  # seed 0 improved at the last
+    assert selection.plateau_reached(scores, patience=1, min_delta=0.1)  # by no more than 0.1
+    assert not selection.plateau_reached(scores[:2], patience=2)  # too few candidates to tell

@@ -46,6 +46,7 @@ DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v
                  "drawer-open-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3")
 VARIANTS = ("bc", "cql", "correction", "direct", "mc", "td", "paper")
 SELECT_MODES = ("last", "validation")
+KEEP_RULES = ("half", "overlap")
 ENVS = ("metaworld", "rlbench")
 SOURCES = ("sim", "lerobot")
 LEROBOT_REQUIRED = {
@@ -286,11 +287,25 @@ class SelectConfig:
       episodes: layouts per training seed and candidate.
       seed: the first layout; disjoint from the demos', the held-out demos' and evaluation's.
       per_seed: each seed its own step (else one step for all seeds).
+      first_share: successive halving: every candidate is rolled out on this share of the
+        layouts first (at least one), then the layouts double for the candidates kept, until
+        one is left or all layouts are used (`selection.successive_halving`); 1.0 rolls every
+        candidate out on every layout.
+      keep: which candidates a halving round keeps: 'half' (the best half, ties kept) or
+        'overlap' (those whose 95% Wilson interval overlaps the leader's).
+      patience: stop training at the validation plateau: once the best validation success
+        (on the first share of the layouts) has not improved by more than `min_delta` for
+        this many candidates, for every seed (0: train to num_steps).
+      min_delta: the improvement in success rate that resets the patience.
     """
 
     episodes: int = 20
     seed: int = 200_000
     per_seed: bool = True
+    first_share: float = 1.0
+    keep: str = "half"
+    patience: int = 0
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         _int_at_least("SelectConfig", "episodes", self.episodes, 1)
@@ -298,6 +313,13 @@ class SelectConfig:
             raise ConfigError("SelectConfig", "seed", f"must be a non-negative int; got {self.seed!r}.")
         if not isinstance(self.per_seed, bool):
             raise ConfigError("SelectConfig", "per_seed", f"must be True or False; got {self.per_seed!r}.")
+        if isinstance(self.first_share, bool) or not 0.0 < float(self.first_share) <= 1.0:
+            raise ConfigError("SelectConfig", "first_share", f"must lie in (0, 1]; got {self.first_share!r}.")
+        if self.keep not in KEEP_RULES:
+            raise ConfigError("SelectConfig", "keep", f"must be one of {KEEP_RULES}; got {self.keep!r}.")
+        _int_at_least("SelectConfig", "patience", self.patience, 0)
+        if isinstance(self.min_delta, bool) or not 0.0 <= float(self.min_delta) < 1.0:
+            raise ConfigError("SelectConfig", "min_delta", f"must lie in [0, 1); got {self.min_delta!r}.")
 
 
 @dataclasses.dataclass(frozen=True)

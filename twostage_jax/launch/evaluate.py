@@ -13,9 +13,9 @@ from twostage_jax.launch import selection
 from twostage_jax.launch.checks import LEROBOT_EVALUATION, STAGE_NAMES, PipelineError, train_config
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
-from twostage_jax.launch.workdir import (ensure_writable, environment_record, eval_dir, load_demos,
-                                         load_params, progress, reporting_disk_full, resolve_recorded,
-                                         stage_dir, trained_on)
+from twostage_jax.launch.workdir import (cpu_seconds, ensure_writable, environment_record, eval_dir,
+                                         load_demos, load_params, progress, reporting_disk_full,
+                                         resolve_recorded, stage_dir, trained_on)
 import twostage_jax as tj
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder, recover_atomic_folder
@@ -125,13 +125,14 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         ev.add(k, load_params(config, workdir, 1, dataset, k)[0],
                load_params(config, workdir, 2, dataset, k)[0])
     bar = progress(0, 0, "eval", unit="episode")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     try:
         with evaluation.EnvPool(env_fn, config.eval.workers) as pool:
             by_tag, recorded = ev.run(pool, bar)
             camera = pool.camera
     finally:
         bar.close()
+    eval_cost = {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
     if ev.reused:
         logging.info("reusing stage-1 rollouts of %d seed checkpoint(s) from %s", ev.reused, cache.path)
     success = by_tag["final"]
@@ -150,13 +151,14 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         curves = {m: Curve(tuple(curve + ([step1 if m == "stage1" else step2] if final else [])),
                            tuple(tuple(by_tag[t][m].mean(axis=1).tolist()) for t in tags))
                   for m in policies}
+    selections = {STAGE_NAMES[s]: selection.summary(selection.ensure_selection(config, workdir, s,
+                                                                              dataset, False))
+                  for s in (1, 2) if selection.selects(config, s)}
     results = EvalResults(
         task=config.task, algo=config.algo, env=config.env, num_seeds=num_seeds,
         episodes_per_seed=len(seeds), eval_seeds=(seeds[0], seeds[-1]),
         stage1_step=step1, stage2_step=step2, stage1_steps=tuple(steps1), stage2_steps=tuple(steps2),
-        selection={STAGE_NAMES[s]: selection.summary(selection.ensure_selection(config, workdir, s,
-                                                                                dataset, False))
-                   for s in (1, 2) if selection.selects(config, s)},
+        selection=selections,
         stage2_mode=config.stage2.stage2.mode,
         crop_size=0 if config.calibrate.crop_size else config.stage2.stage2.crop_size,
         stage2_name=config.stage2_name,
@@ -164,7 +166,8 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         stage2_sigma=tuple(c2.stage2.sigma), stage2_crop_size=c2.stage2.crop_size,
         stage2_loss_weighting=c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
         correction_passes=passes, corrected_dims=dims,
-        eval_seconds=time.perf_counter() - start, config=to_dict(config),
+        eval_seconds=eval_cost["seconds"], config=to_dict(config),
+        cost=run_cost(config, workdir, selections, eval_cost, stages=(2,) if foreign else (1, 2)),
         modes=modes, gain=Interval(gain.mean, gain.low, gain.high), curves=curves,
         stage1_source=config.stage1.source,
         environment={"evaluation": environment_record(),
@@ -180,6 +183,33 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         for mode, eps in recorded.items():
             plots.rollout_frames(eps[0], camera, workspace, tmp / f"rollout_{mode}.png")
     return results
+
+
+def run_cost(config: LaunchConfig, workdir: Path, selections: dict[str, dict], evaluation_cost: dict,
+             stages: tuple[int, ...] = (1, 2)) -> dict:
+    """results.json's `cost`: each stage's training (STAGE/summary.json) and validation
+    rollouts (a plateau stop's and its selection's), and this evaluation's, in wall and CPU
+    seconds."""
+    cost: dict = {}
+    for stage in stages:
+        name = STAGE_NAMES[stage]
+        try:
+            summary = json.loads((stage_dir(workdir, stage, config) / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        entry = {"final_step": summary.get("final_step"),
+                 "stopped_step": (summary.get("stopped") or {}).get("step"),
+                 "train_seconds": summary.get("train_seconds"),
+                 "train_cpu_seconds": summary.get("train_cpu_seconds"),
+                 "plateau_validation_seconds": summary.get("validation_seconds", 0.0),
+                 "plateau_validation_cpu_seconds": summary.get("validation_cpu_seconds", 0.0)}
+        sel = selections.get(name)
+        if sel is not None:
+            entry.update(selection_seconds=sel.get("seconds"), selection_cpu_seconds=sel.get("cpu_seconds"),
+                         episodes_spent=sel.get("episodes_spent"), episodes_full=sel.get("episodes_full"))
+        cost[name] = entry
+    cost["evaluation"] = evaluation_cost
+    return cost
 
 
 def format_results_table(results: EvalResults) -> str:

@@ -86,6 +86,11 @@ class EvalResults:
       environment: what the run ran on (`workdir.environment_record`): 'evaluation' this
         evaluation's, 'stage1' and 'stage2' a list each, where the stage started and then each
         resume that trained it further (empty for a record written before these were kept).
+      cost: what the run cost (`evaluate.run_cost`): per stage its training's wall and CPU
+        seconds (`train_seconds`, `train_cpu_seconds`, the run that trained it last), the step
+        it stopped at, and the wall and CPU seconds of its validation rollouts (a plateau
+        stop's and the selection's, with `episodes_spent` of `episodes_full`); `evaluation`
+        this evaluation's. CPU seconds count the simulator workers. Empty in older records.
     """
 
     task: str
@@ -115,6 +120,7 @@ class EvalResults:
     curves: dict[str, Curve] | None = None
     stage1_source: str = ""
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cost: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with `version`."""

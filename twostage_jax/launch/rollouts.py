@@ -176,10 +176,17 @@ class Evaluation:
         self._entries: list[tuple[Any, Any, Any, int]] = []  # (tag, params1, params2, record)
         self.reused = 0
 
-    def add(self, tag: Any, params1: Any, params2: Any, record: int = 0) -> None:
+    def add(self, tag: Any, params1: Any, params2: Any, record: int = 0,
+            layouts: list[int] | None = None, seeds: list[int] | None = None) -> None:
         """Evaluates both modes for every seed of `params1`/`params2` ([S, ...] leaves);
-        `record` first episodes of seed 0 keep their frames."""
-        self._entries.append((tag, params1, params2, record))
+        `record` first episodes of seed 0 keep their frames.
+
+        Args:
+          layouts: this entry's layout seeds (default: the evaluation's; others bypass the
+            stage-1 cache, whose entries are keyed by the evaluation's layouts).
+          seeds: the training seeds to roll out (default: all; the others' rows stay False).
+        """
+        self._entries.append((tag, params1, params2, record, layouts, seeds))
 
     def run(self, pool: EnvPool, progress: Any = None
             ) -> tuple[dict[Any, dict[str, np.ndarray]], dict[str, list[Episode]]]:
@@ -188,17 +195,18 @@ class Evaluation:
         Returns:
           ({tag: {mode: [num_seeds, num_layouts] bool success}}, {mode: recorded episodes}).
         """
-        success = {tag: {m: np.zeros((self.num_seeds, len(self.seeds)), bool) for m in self.policies}
-                   for tag, *_ in self._entries}
+        success = {tag: {m: np.zeros((self.num_seeds, len(self.seeds if layouts is None else layouts)), bool)
+                         for m in self.policies}
+                   for tag, _, _, _, layouts, _ in self._entries}
         jobs: list[Job] = []
         where: list[tuple[Any, str, int, int]] = []
         fresh: dict[str, tuple[Any, int]] = {}  # fingerprint -> (tag, seed) evaluated now
-        for tag, params1, params2, record in self._entries:
-            for s in range(self.num_seeds):
-                p1 = seed_params(params1, s)
+        for tag, params1, params2, record, layouts, seeds in self._entries:
+            for s in range(self.num_seeds) if seeds is None else seeds:
+                p1 = None if params1 is None else seed_params(params1, s)
                 p2 = None if params2 is None else seed_params(params2, s)
                 for mode, policy in self.policies.items():
-                    if mode == "stage1" and self.cache is not None:
+                    if mode == "stage1" and self.cache is not None and layouts is None:
                         fp = params_fingerprint(p1)
                         hit = self.cache.get(fp)
                         if hit is not None and len(hit) == len(self.seeds):
@@ -207,7 +215,7 @@ class Evaluation:
                             continue
                         fresh[fp] = (tag, s)
                     act = functools.partial(_call, policy, p1, p2 if mode == "two_stage" else None)
-                    for e, layout in enumerate(self.seeds):
+                    for e, layout in enumerate(self.seeds if layouts is None else layouts):
                         jobs.append(Job(act, layout, record=s == 0 and e < record))
                         where.append((tag, mode, s, e))
         recorded: dict[str, list[tuple[int, Episode]]] = {}

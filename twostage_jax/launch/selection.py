@@ -17,10 +17,12 @@ stage-1 cache (`rollouts.Stage1Cache`), so ablations sharing a stage 1 never rol
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -29,10 +31,14 @@ from absl import logging
 from twostage_jax.launch import rollouts
 from twostage_jax.launch.config import LaunchConfig
 from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
-from twostage_jax import evaluation
+from twostage_jax import evaluation, sharding
+from twostage_jax.launch.workdir import (cpu_seconds, ensure_writable, load_demos, load_params,
+                                         progress as progress_bar, stage_dir)
 from twostage_jax._io import write_json_atomic
 
-SELECTION_VERSION = 1
+SELECTION_VERSION = 2
+"""2: successive halving, per-episode outcomes and the rollouts spent in the record."""
+EPISODES_FILE = "validation_episodes.json"
 
 
 def selects(config: LaunchConfig, stage: int) -> bool:
@@ -112,9 +118,163 @@ def choose_steps(steps: Any, success: Any, per_seed: bool = True) -> list[int]:
     return [int(steps[i]) for i in np.argmax(success, axis=0)]  # argmax: the first maximum
 
 
-def selection_path(workdir: Path, config: LaunchConfig, stage: int) -> Path:
-    from twostage_jax.launch.workdir import stage_dir
+def halving_rungs(num_layouts: int, first_share: float) -> list[int]:
+    """The layouts rolled out at each round of successive halving: ceil(first_share * E) (at
+    least 1), doubling up to E, e.g. E=20, share 0.25 -> [5, 10, 20]."""
+    n = min(num_layouts, max(1, math.ceil(first_share * num_layouts - 1e-9)))
+    rungs = [n]
+    while rungs[-1] < num_layouts:
+        rungs.append(min(num_layouts, 2 * rungs[-1]))
+    return rungs
 
+
+def wilson_interval(rate: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of success rates `rate` measured on `n` episodes each."""
+    rate = np.asarray(rate, np.float64)
+    denom = 1.0 + z * z / n
+    centre = (rate + z * z / (2 * n)) / denom
+    half = z * np.sqrt(rate * (1.0 - rate) / n + z * z / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
+def keep_candidates(score: np.ndarray, n: int, rule: str) -> np.ndarray:
+    """Which candidates a halving round keeps.
+
+    Args:
+      score: [K] success rates of the candidates still in, each on `n` episodes.
+      n: episodes behind each score.
+      rule: 'half' (the best ceil(K/2); candidates tied with the last kept are kept too) or
+        'overlap' (those whose 95% Wilson interval reaches the leader's lower bound).
+
+    Returns:
+      [K] bool.
+    """
+    score = np.asarray(score, np.float64)
+    if rule == "half":
+        cut = np.sort(score)[::-1][math.ceil(score.size / 2) - 1]
+        return score >= cut
+    low, high = wilson_interval(score, n)
+    return high >= low[int(np.argmax(score))]
+
+
+class Halving(NamedTuple):
+    """What `successive_halving` chose and spent.
+
+    Attributes:
+      chosen: [S] the chosen candidate's index for each training seed.
+      episodes: [K, S] validation episodes each candidate was judged on (0: never rolled).
+      success: [K, S] its success rate on those episodes (NaN where 0).
+      spent: episodes rolled out in all (the sum of `episodes`).
+    """
+
+    chosen: list[int]
+    episodes: np.ndarray
+    success: np.ndarray
+    spent: int
+
+
+def successive_halving(outcomes: Callable[[dict[tuple[int, int], int]], np.ndarray], num_candidates: int,
+                       num_seeds: int, num_layouts: int, first_share: float = 1.0, keep: str = "half",
+                       per_seed: bool = True) -> Halving:
+    """Chooses a candidate per seed, rolling out only the candidates that can still win.
+
+    Every candidate is rolled out on the first `halving_rungs(...)[0]` layouts; the candidates
+    `keep_candidates` keeps go on to twice as many, until one is left or every layout is used.
+    The best on the most layouts wins, ties going to the earliest candidate. With
+    `first_share=1` this is `choose_steps` on every layout.
+
+    Args:
+      outcomes: requests {(candidate, seed): n} -> [K, S, E] float array of 1/0 episode
+        outcomes in which at least the first n layouts of each request are filled (NaN where
+        not rolled out); it rolls out what is missing.
+      num_candidates, num_seeds, num_layouts: K, S, E.
+      first_share, keep: `SelectConfig`'s.
+      per_seed: each seed its own candidates (else the seeds' mean decides for all of them).
+
+    Returns:
+      A `Halving`.
+    """
+    rungs = halving_rungs(num_layouts, first_share)
+    groups = [[s] for s in range(num_seeds)] if per_seed else [list(range(num_seeds))]
+    episodes = np.zeros((num_candidates, num_seeds), int)
+    chosen = [0] * num_seeds
+    alive = {g: np.arange(num_candidates) for g in range(len(groups))}
+    score: dict[int, np.ndarray] = {}
+    for n in rungs:
+        table = outcomes({(int(k), s): n for g, ks in alive.items() for k in ks for s in groups[g]})
+        for g, ks in list(alive.items()):
+            seeds = groups[g]
+            part = np.asarray(table)[np.ix_(ks, seeds, np.arange(n))]
+            if np.isnan(part).any():
+                raise RuntimeError(f"successive_halving: outcomes left {int(np.isnan(part).sum())} "
+                                   "requested episodes unfilled.")
+            episodes[np.ix_(ks, seeds)] = n
+            score[g] = part.mean(axis=(1, 2))
+            if len(ks) == 1 or n == rungs[-1]:
+                best = ks[int(np.argmax(score[g]))]  # argmax: the first (earliest) maximum
+                for s in seeds:
+                    chosen[s] = int(best)
+                del alive[g]
+            else:
+                kept = keep_candidates(score[g], n * len(seeds), keep)
+                if kept.sum() == 1:  # one left: it wins without more rollouts
+                    for s in seeds:
+                        chosen[s] = int(ks[kept][0])
+                    del alive[g]
+                else:
+                    alive[g] = ks[kept]
+        if not alive:
+            break
+    table = np.asarray(outcomes({}))
+    success = np.full((num_candidates, num_seeds), np.nan)
+    for k in range(num_candidates):
+        for s in range(num_seeds):
+            if episodes[k, s]:
+                success[k, s] = table[k, s, :episodes[k, s]].mean()
+    return Halving(chosen, episodes, success, int(episodes.sum()))
+
+
+def plateau_reached(scores: np.ndarray, patience: int, min_delta: float = 0.0) -> bool:
+    """Whether every column's best score stopped improving.
+
+    Args:
+      scores: [K, G] validation success of the candidates so far, in training order, per seed
+        (or one column for all seeds).
+      patience: P; 0 never stops.
+      min_delta: an improvement counts when it exceeds the best so far by more than this.
+
+    Returns:
+      True when, in every column, none of the last P candidates improved on the best before it.
+    """
+    scores = np.asarray(scores, np.float64)
+    if patience <= 0 or scores.shape[0] <= patience:
+        return False
+    for col in scores.T:
+        best, since = -np.inf, 0
+        for v in col:
+            if v > best + min_delta:
+                best, since = v, 0
+            else:
+                since += 1
+        if since < patience:
+            return False
+    return True
+
+
+def stops_at_plateau(config: LaunchConfig, stage: int) -> bool:
+    """Whether `stage` stops training at its validation plateau (`config.select.patience`)."""
+    return selects(config, stage) and int(config.select.patience) > 0
+
+
+def plateau_setting(config: LaunchConfig) -> dict:
+    """What a plateau stop depends on besides the candidates (compared on resume)."""
+    sel = config.select
+    return {"patience": int(sel.patience), "min_delta": float(sel.min_delta),
+            "first_share": float(sel.first_share), "episodes": int(sel.episodes),
+            "seed": int(sel.seed), "per_seed": bool(sel.per_seed)}
+
+
+def selection_path(workdir: Path, config: LaunchConfig, stage: int) -> Path:
     return stage_dir(workdir, stage, config) / "selection.json"
 
 
@@ -129,8 +289,6 @@ def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any 
     The latest checkpoint when the stage does not select; else each seed's validation-selected
     checkpoint (selected now if STAGE/selection.json is missing or stale).
     """
-    from twostage_jax.launch.workdir import load_params
-
     num = int(config.num_seeds)
     if not selects(config, stage):
         params, step = load_params(config, workdir, stage, dataset)
@@ -145,42 +303,182 @@ def _setting(config: LaunchConfig, stage: int, fingerprints: dict[int, list[str]
     """What a selection depends on; a record with another setting is stale."""
     setting = {"version": SELECTION_VERSION, "stage": stage,
                "layouts": validation_layouts(config), "per_seed": config.select.per_seed,
+               "first_share": float(config.select.first_share), "keep": config.select.keep,
                "candidates": {str(k): v for k, v in fingerprints.items()},
-               "evaluation": rollouts.cache_setting(config, validation_layouts(config))}
+               **_rollout_setting(config, stage, under)}
+    return json.loads(json.dumps(setting))  # as read back from the record (tuples as lists)
+
+
+def _rollout_setting(config: LaunchConfig, stage: int, under: list[str] | None) -> dict:
+    """What besides a candidate's parameters and the layout determines a validation episode."""
+    setting: dict[str, Any] = {"evaluation": rollouts.cache_setting(config, validation_layouts(config))}
     if stage == 2:
         setting["stage1_params_sha256"] = under
         setting["correction_passes"] = config.eval.correction_passes
         dims = config.eval.corrected_dims
         setting["corrected_dims"] = None if dims is None else list(dims)
-    return json.loads(json.dumps(setting))  # as read back from the record (tuples as lists)
+    return setting
+
+
+def stopped_at(config: LaunchConfig, workdir: Path, stage: int) -> int | None:
+    """The step at which the stage stopped at its validation plateau with this config's
+    settings (STAGE/summary.json's `stopped`), or None."""
+    try:
+        stopped = json.loads((stage_dir(workdir, stage, config) / "summary.json").read_text()).get("stopped")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(stopped, dict) or stopped.get("setting") != plateau_setting(config):
+        return None
+    return int(stopped["step"]) if stops_at_plateau(config, stage) else None
+
+
+def trained_candidates(config: LaunchConfig, workdir: Path, stage: int) -> tuple[int, ...]:
+    """The candidate steps a selection chooses among: all of them, or those up to the step
+    where training stopped at its validation plateau."""
+    steps = candidate_steps(config, stage)
+    stop = stopped_at(config, workdir, stage)
+    return steps if stop is None else tuple(k for k in steps if k <= stop)
+
+
+class ValidationRollouts:
+    """Per-episode validation outcomes of one stage's candidates, rolled out on demand and
+    kept in STAGE/validation_episodes.json (keyed by the parameters' fingerprints and what
+    else determines an episode), so a plateau stop's rollouts, successive halving's later
+    rounds and a repeated selection never roll an episode out twice.
+
+    Args:
+      config, workdir, stage, dataset: the run.
+      params1: stage 2 only: the stage-1 parameters it acts on ([S, ...] leaves).
+      progress: show a progress bar while rolling out.
+    """
+
+    def __init__(self, config: LaunchConfig, workdir: Path, stage: int, dataset: Any,
+                 params1: Any = None, progress: bool = True) -> None:
+        self.config, self.workdir, self.stage, self.dataset = config, workdir, stage, dataset
+        self.params1, self.progress = params1, progress
+        self.num_seeds = int(config.num_seeds)
+        self.layouts = validation_layouts(config)
+        under = None
+        if stage == 2:
+            under = [rollouts.params_fingerprint(rollouts.seed_params(params1, s))
+                     for s in range(self.num_seeds)]
+        self.setting = json.loads(json.dumps(_rollout_setting(config, stage, under)))
+        self.path = stage_dir(workdir, stage, config) / EPISODES_FILE
+        try:
+            entries = json.loads(self.path.read_text()).get("entries", {})
+        except (OSError, ValueError, AttributeError):
+            entries = {}
+        self._entries: dict[str, dict] = entries if isinstance(entries, dict) else {}
+        self.params: dict[int, Any] = {}
+        self.fingerprints: dict[int, list[str]] = {}
+        self.seconds = self.cpu_seconds = 0.0
+        self.rolled = 0
+
+    def add(self, step: int, params: Any) -> None:
+        """Adds candidate `step` with its parameters ([S, ...] leaves)."""
+        params = sharding.to_host(params)
+        self.params[step] = params
+        self.fingerprints[step] = [rollouts.params_fingerprint(rollouts.seed_params(params, s))
+                                   for s in range(self.num_seeds)]
+
+    def _name(self, step: int, seed: int) -> str:
+        text = json.dumps({**self.setting, "params_sha256": self.fingerprints[step][seed]}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def table(self, steps: list[int]) -> np.ndarray:
+        """[K, S, E] episode outcomes (1/0) of `steps` on the validation layouts, NaN where not
+        rolled out."""
+        out = np.full((len(steps), self.num_seeds, len(self.layouts)), np.nan)
+        for i, k in enumerate(steps):
+            for s in range(self.num_seeds):
+                done = self._entries.get(self._name(k, s), {}).get("episodes", {})
+                for e, layout in enumerate(self.layouts):
+                    if str(layout) in done:
+                        out[i, s, e] = float(done[str(layout)])
+        return out
+
+    def outcomes(self, steps: list[int]) -> Callable[[dict[tuple[int, int], int]], np.ndarray]:
+        """`successive_halving`'s `outcomes` over candidates `steps`."""
+
+        def fill(requests: dict[tuple[int, int], int]) -> np.ndarray:
+            self.roll({(steps[i], s): n for (i, s), n in requests.items()})
+            return self.table(steps)
+
+        return fill
+
+    def roll(self, requests: dict[tuple[int, int], int]) -> None:
+        """Rolls out the first n layouts of each (step, seed) not rolled out yet."""
+        table = {k: self.table([k])[0] for k in {k for k, _ in requests}}
+        ev = None
+        for (k, s), n in sorted(requests.items()):
+            missing = [layout for e, layout in enumerate(self.layouts[:n]) if np.isnan(table[k][s, e])]
+            if not missing:
+                continue
+            if ev is None:
+                config = self.config
+                mode = "stage1" if self.stage == 1 else "two_stage"
+                ev = rollouts.Evaluation(train_config(config, 1),
+                                         train_config(config, 2, self.workdir) if self.stage == 2 else None,
+                                         self.dataset.workspace, self.layouts, self.num_seeds, None,
+                                         modes=(mode,), correction_passes=config.eval.correction_passes,
+                                         corrected_dims=config.eval.corrected_dims)
+            p1 = self.params[k] if self.stage == 1 else self.params1
+            ev.add((k, s, tuple(missing)), p1, self.params[k] if self.stage == 2 else None,
+                   layouts=missing, seeds=[s])
+        if ev is None:
+            return
+        name = STAGE_NAMES[self.stage]
+        bar = (progress_bar(0, 0, f"validate {name} candidates", unit="episode")
+               if self.progress else None)
+        start, cpu = time.perf_counter(), cpu_seconds()
+        try:
+            with evaluation.EnvPool(rollouts.env_factory(self.config), self.config.eval.workers) as pool:
+                success, _ = ev.run(pool, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += cpu_seconds() - cpu
+        for (k, s, missing), by_mode in success.items():
+            row = next(iter(by_mode.values()))[s]
+            name = self._name(k, s)
+            entry = self._entries.setdefault(name, {"episodes": {}})
+            entry["episodes"].update({str(layout): bool(x) for layout, x in zip(missing, row)})
+            self.rolled += len(missing)
+        write_json_atomic(self.path, {"version": SELECTION_VERSION, "entries": self._entries})
 
 
 def ensure_selection(config: LaunchConfig, workdir: Path, stage: int, dataset: Any = None,
                      progress: bool = True) -> dict:
     """Reads STAGE/selection.json, or selects on validation layouts and writes it.
 
+    The candidates are `trained_candidates`; they are compared by `successive_halving`
+    (`config.select.first_share`, `keep`), whose rollouts go through `ValidationRollouts`.
+
     Returns:
-      The record: `steps` [K], `success` [K][S] validation success rates, `mean` [K],
-      `chosen_steps` [S], `layouts` [first, last], `episodes_per_seed`, `per_seed`.
+      The record: `steps` [K], `success` [K][S] validation success rates (each on the
+      `episodes` [K][S] layouts that candidate reached; null where it was never rolled out),
+      `mean` [K] (over the seeds rolled out), `chosen_steps` [S], `layouts` [first, last],
+      `episodes_per_seed`, `per_seed`, `episodes_spent` (rollouts the choice rested on) and
+      `episodes_full` (what rolling every candidate on every layout takes), `outcomes`
+      [K][S][E] (1/0/null per layout), `seconds` and `cpu_seconds` of the rollouts run now.
 
     Raises:
       PipelineError: a candidate's checkpoint is missing (select_steps set after training).
     """
-    from twostage_jax.launch.workdir import (ensure_writable, load_demos, load_params, progress as bar_for,
-                                     stage_dir)
-
     name = STAGE_NAMES[stage]
     dataset = load_demos(workdir) if dataset is None else dataset
-    steps = candidate_steps(config, stage)
+    steps = list(trained_candidates(config, workdir, stage))
     params = {k: load_params(config, workdir, stage, dataset, k)[0] for k in steps}
     num = int(config.num_seeds)
-    fingerprints = {k: [rollouts.params_fingerprint(rollouts.seed_params(p, s)) for s in range(num)]
-                    for k, p in params.items()}
-    under, params1 = None, None
+    params1, under = None, None
     if stage == 2:
         params1, _ = policy_params(config, workdir, 1, dataset, progress)
         under = [rollouts.params_fingerprint(rollouts.seed_params(params1, s)) for s in range(num)]
-    setting = _setting(config, stage, fingerprints, under)
+    runs = ValidationRollouts(config, workdir, stage, dataset, params1, progress)
+    for k in steps:
+        runs.add(k, params[k])
+    setting = _setting(config, stage, runs.fingerprints, under)
     path = selection_path(workdir, config, stage)
     try:
         record = json.loads(path.read_text())
@@ -190,36 +488,64 @@ def ensure_selection(config: LaunchConfig, workdir: Path, stage: int, dataset: A
         pass
     ensure_writable(stage_dir(workdir, stage, config), f"checkpoint selection writes {path.name} there.")
     layouts = validation_layouts(config)
-    mode = "stage1" if stage == 1 else "two_stage"
-    c1 = train_config(config, 1)
-    c2 = train_config(config, 2, workdir) if stage == 2 else None
-    cache = rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
-                                 rollouts.cache_setting(config, layouts))
-    ev = rollouts.Evaluation(c1, c2, dataset.workspace, layouts, num, cache, modes=(mode,),
-                             correction_passes=config.eval.correction_passes,
-                             corrected_dims=config.eval.corrected_dims)
-    for k in steps:
-        ev.add(k, params[k] if stage == 1 else params1, params[k] if stage == 2 else None)
-    bar = bar_for(0, 0, f"select {name} on validation", unit="episode") if progress else None
-    start = time.perf_counter()
-    try:
-        with evaluation.EnvPool(rollouts.env_factory(config), config.eval.workers) as pool:
-            success, _ = ev.run(pool, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    rates = np.stack([success[k][mode].mean(axis=1) for k in steps])  # [K, S]
-    per_seed = config.select.per_seed
-    chosen = choose_steps(steps, rates, per_seed)
-    record = {"setting": setting, "stage": name, "policy": mode, "steps": list(steps),
-              "success": rates.tolist(), "mean": rates.mean(axis=1).tolist(),
-              "chosen_steps": chosen, "per_seed": per_seed,
+    sel = config.select
+    result = successive_halving(runs.outcomes(steps), len(steps), num, len(layouts),
+                                float(sel.first_share), sel.keep, sel.per_seed)
+    chosen = [steps[i] for i in result.chosen]
+    table = runs.table(steps)
+    rates = [[None if np.isnan(v) else float(v) for v in row] for row in result.success]
+    record = {"setting": setting, "stage": name, "policy": "stage1" if stage == 1 else "two_stage",
+              "steps": steps, "success": rates,
+              "mean": [float(np.nanmean(row)) if not np.isnan(row).all() else None for row in result.success],
+              "episodes": result.episodes.tolist(), "chosen_steps": chosen, "per_seed": sel.per_seed,
               "layouts": [layouts[0], layouts[-1]], "episodes_per_seed": len(layouts),
-              "seconds": time.perf_counter() - start}
+              "episodes_spent": result.spent, "episodes_full": len(steps) * num * len(layouts),
+              "outcomes": [[[None if np.isnan(v) else int(v) for v in seed] for seed in cand] for cand in table],
+              "seconds": runs.seconds, "cpu_seconds": runs.cpu_seconds}
     write_json_atomic(path, record)
-    logging.info("%s selected on %d validation layouts: steps %s (mean success by step: %s)", name,
-                 len(layouts), chosen, dict(zip(steps, np.round(record["mean"], 3).tolist())))
+    logging.info("%s selected on %d validation layouts: steps %s (%d of %d candidate episodes; "
+                 "mean success by step: %s)", name, len(layouts), chosen, result.spent,
+                 record["episodes_full"], dict(zip(steps, [None if m is None else round(m, 3)
+                                                          for m in record["mean"]])))
     return record
+
+
+class PlateauStop:
+    """Stops a stage's training at its validation plateau (`config.select.patience`).
+
+    Each candidate checkpoint is rolled out, as training reaches it, on the first round of
+    successive halving's layouts (`config.select.first_share`), and training stops once
+    `plateau_reached` holds; the rollouts are kept for the selection after training.
+    """
+
+    def __init__(self, config: LaunchConfig, workdir: Path, stage: int, dataset: Any) -> None:
+        params1 = policy_params(config, workdir, 1, dataset)[0] if stage == 2 else None
+        self.config, self.stage = config, stage
+        self.runs = ValidationRollouts(config, workdir, stage, dataset, params1)
+        self.first = halving_rungs(config.select.episodes, float(config.select.first_share))[0]
+
+    def add(self, step: int, params: Any) -> bool:
+        """Rolls out candidate `step` ([S, ...] parameters); True when training should stop."""
+        self.runs.add(step, params)
+        steps = sorted(self.runs.params)
+        self.runs.roll({(k, s): self.first for k in steps for s in range(self.runs.num_seeds)})
+        scores = self.runs.table(steps)[:, :, :self.first].mean(axis=2)  # [K, S]
+        if not self.config.select.per_seed:
+            scores = scores.mean(axis=1, keepdims=True)
+        sel = self.config.select
+        stop = plateau_reached(scores, int(sel.patience), float(sel.min_delta))
+        logging.info("%s step %d: validation success on %d layouts per seed %s (best %s); %s",
+                     STAGE_NAMES[self.stage], step, self.first, np.round(scores[-1], 3).tolist(),
+                     np.round(scores.max(axis=0), 3).tolist(),
+                     "plateau reached: training stops" if stop else "training goes on")
+        return stop
+
+    def record(self, step: int) -> dict:
+        """summary.json's `stopped`: where training stopped, why, and the plateau's cost."""
+        sel = self.config.select
+        return {"step": int(step), "setting": plateau_setting(self.config),
+                "reason": (f"no candidate improved validation success by more than {sel.min_delta:g} "
+                           f"for {sel.patience} candidates")}
 
 
 def summary(record: dict) -> dict:

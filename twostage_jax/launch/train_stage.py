@@ -21,8 +21,8 @@ from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_
                                          check_trained_with, needs_calibration, seed_keys,
                                          seed_mesh, train_config)
 from twostage_jax.launch.config import LaunchConfig, to_dict
-from twostage_jax.launch.workdir import (config_record, ensure_writable, is_writer, load_demos,
-                                         load_validation, progress, reporting_disk_full,
+from twostage_jax.launch.workdir import (config_record, cpu_seconds, ensure_writable, is_writer,
+                                         load_demos, load_params, load_validation, progress, reporting_disk_full,
                                          stage1_pairing, stage_dir, stage_record, validation_path)
 from twostage_jax import sharding
 from twostage_jax._io import atomic_open
@@ -90,12 +90,14 @@ def trained_to_the_end(config: LaunchConfig, workdir: Path, stage: int) -> int |
     if not (directory.is_dir() and (out_dir / "summary.json").is_file()):
         return None
     steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
-    if not steps or max(steps) < int(config.stage(stage).num_steps):
+    # a stage stopped at its validation plateau (with this config's settings) is trained too
+    end = selection.stopped_at(config, workdir, stage) or int(config.stage(stage).num_steps)
+    if not steps or max(steps) < end:
         return None
     ckpt = Checkpointer(directory)
     try:
         latest = ckpt.latest_step()
-        if latest is None or latest < int(config.stage(stage).num_steps):
+        if latest is None or latest < end:
             return None
         try:
             meta = ckpt.read_meta(latest)
@@ -250,13 +252,20 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
     held_out = _held_out_evaluator(tcfg, stage, load_validation(workdir), mesh)
+    plateau, stopped = None, None
+    if selection.stops_at_plateau(config, stage):  # candidates trained before a resume first
+        plateau = selection.PlateauStop(config, workdir, stage, dataset)
+        for k in (k for k in selection.candidate_steps(config, stage) if k <= start_step):
+            if plateau.add(k, load_params(config, workdir, stage, dataset, k)[0]):
+                stopped = plateau.record(k)
+                break
     log = _MetricsLog(out_dir, start_step) if is_writer() else _NoLog()
     bar = progress(total, start_step, f"{STAGE_NAMES[stage]} {config.algo} x{config.num_seeds} seeds")
     step = start_step
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     means: dict[str, np.ndarray] = {}
     try:
-        while step < total:
+        while step < total and stopped is None:
             n = min(log_every - step % log_every, total - step)
             states, metrics = tj.run_seeds(train, states, data, n, config.seed_strategy, mesh)
             step += n
@@ -281,11 +290,22 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
                         "newest checkpoint; free some space and continue with --resume.",
                         cleanup=lambda: _remove_partial_checkpoints(ckpt.directory)):
                     ckpt.save(step, states, _checkpoint_meta(config, stage, extra))
+            if plateau is not None and step in selection.candidate_steps(config, stage):
+                if plateau.add(step, states.params):
+                    stopped = plateau.record(step)
     finally:
         bar.close()
         log.close()
-    summary = {"stage": stage, "final_step": step, "train_seconds": time.perf_counter() - wall,
+    validation = (plateau.runs.seconds, plateau.runs.cpu_seconds) if plateau is not None else (0.0, 0.0)
+    summary = {"stage": stage, "final_step": step,
+               "train_seconds": time.perf_counter() - wall - validation[0],
+               "train_cpu_seconds": cpu_seconds() - cpu - validation[1],
                "final_metrics": {k: v.tolist() for k, v in means.items()}}
+    if plateau is not None:  # the plateau's rollouts (kept for the selection after training)
+        summary.update(validation_seconds=validation[0], validation_cpu_seconds=validation[1])
+    if stopped is not None:
+        summary["stopped"] = stopped
+        logging.info("%s stopped at step %d: %s", out_dir.name, stopped["step"], stopped["reason"])
     if is_writer():
         write_json_atomic(summary_path, summary)
     return summary

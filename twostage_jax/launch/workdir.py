@@ -198,6 +198,16 @@ def _cpu() -> tuple[str, list[str]]:
     return fields.get("model name", platform.processor()), [f for f in _CPU_FEATURES if f in flags]
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its child processes that have ended:
+    the difference around a block that closes its workers (an `EnvPool`) is the block's CPU
+    cost, its simulators included."""
+    import resource  # POSIX-only; imported here so the module loads elsewhere
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def environment_record() -> dict[str, Any]:
     """What a run trained or evaluated on, beyond its config: the package versions
     (`RECORDED_PACKAGES`, None when absent), Python, the JAX backend and device kind, the CPU's
