@@ -31,6 +31,8 @@ DEV = LEROBOT + [  # the tests read the LeRobot fixture
     "pytest-xdist>=3.5",  # pytest.ini: 2 workers, --dist loadscope (largest modules first since 3.5)
 ]
 
+CUDA = ["jax[cuda12]>=0.4.30"]  # JAX's CUDA build, for experiments/gpu.sh on an NVIDIA GPU
+
 setup(
     name="twostage_jax",
     version="0.1.0",
@@ -46,7 +48,7 @@ setup(
     # runs from a source checkout: `python -m experiments.NAME` from its root
     packages=find_packages(include=["twostage_jax", "twostage_jax.*"]),
     install_requires=CORE,
-    extras_require={"sim": SIM, "lerobot": LEROBOT, "dev": DEV, "all": SIM + DEV},
+    extras_require={"sim": SIM, "lerobot": LEROBOT, "dev": DEV, "all": SIM + DEV, "cuda": CUDA},
     entry_points={"console_scripts": ["twostage=twostage_jax.launch.main:run"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",

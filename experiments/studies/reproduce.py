@@ -66,6 +66,13 @@ ABLATIONS = {
     "bc_whiten": ("bc", "bc", ["--config.stage2.loss_weighting=whiten"]),
 }
 
+# `--scale=paper`: the paper's network sizes, 128x128 stage-1 input and batch 128 (Sec. V) on
+# repro.py's method, budgets and selection; for a machine with a GPU (`experiments/gpu.sh`).
+PAPER_SIZE = [f"--config.stage{i}.{k}={v}" for i in (1, 2) for k, v in (
+    ("network.conv_channels", "(32,32,32,32)"), ("network.crop_conv_channels", "(32,32,32)"),
+    ("network.mlp_hidden", "64"), ("network.head_hidden", "(256,256)"), ("batch_size", "128"))
+] + ["--config.stage1.image_size=None"]
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/repro", "Folder for all workdirs and logs.")
 flags.DEFINE_string("raw", None, "Where each finished run's results.json is copied (default: "
@@ -88,6 +95,9 @@ flags.DEFINE_bool("headline", True, "Include the headline runs. --noheadline run
 flags.DEFINE_bool("stage1_only", False, "Train and select each headline run's stage 1 only "
                   "(--mode=stage1; no paper arm, no ablations): the stage-1 validation curves, "
                   "collected as raw/TASK/ALGO_stage1_selection.json.")
+flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "cpu: repro.py as it is (quickstart-size "
+                  "networks, 64x64 stage-1 input, batch 32); paper: the paper's network sizes, "
+                  "128x128 input and batch 128 on the same method (PAPER_SIZE), for a GPU.")
 flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
 
 
@@ -106,7 +116,8 @@ def _launcher(workdir: Path, task: str, variants: str, mode: str, extra: list[st
     # process rather than starting one rollout worker per core.
     workers = ["--config.eval.workers=1"] if FLAGS.workers > 1 else []
     return [sys.executable, "-m", "twostage_jax.launch", f"--mode={mode}", f"--workdir={workdir}",
-            f"--config={CONFIG}:{variants}", f"--task={task}", "--resume", *workers, *extra, *FLAGS.extra]
+            f"--config={CONFIG}:{variants}", f"--task={task}", "--resume", *workers,
+            *(PAPER_SIZE if FLAGS.scale == "paper" else []), *extra, *FLAGS.extra]
 
 
 def build_jobs(root: Path) -> list[Job]:
