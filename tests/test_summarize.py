@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.studies.summarize import SummaryError, summarize
+from experiments.studies.summarize import SummaryError, _cost, load_raw, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, EPISODES = 5, 10
@@ -249,3 +249,20 @@ def test_aggregates_and_success_curves(fake_raw, tmp_path):
     path.write_text(json.dumps(d))
     with pytest.raises(SummaryError, match=r"push-v3/bc_stage2\.json: field 'curves.two_stage'"):
         summarize(raw, tmp_path / "out2")
+
+
+def test_cost_table_counts_a_shared_stage_1_once(tmp_path):
+    raw = tmp_path / "raw"
+    stage = lambda train, sel: {"train_cpu_seconds": train, "selection_cpu_seconds": sel,
+                                "plateau_validation_cpu_seconds": 1.0, "episodes_spent": 30,
+                                "episodes_full": 60, "stopped_step": 4000}
+    head = {"stage1": stage(100.0, 10.0), "stage2": stage(50.0, 5.0), "evaluation": {"cpu_seconds": 20.0}}
+    paper = {"stage1": stage(999.0, 999.0), "stage2": {"train_cpu_seconds": 30.0},
+             "evaluation": {"cpu_seconds": 20.0}}
+    _write(raw, _result("push-v3", "bc", "stage2", [0.5] * SEEDS, [0.6] * SEEDS, cost=head), "bc_stage2.json")
+    _write(raw, _result("push-v3", "bc", "paper", [0.5] * SEEDS, [0.4] * SEEDS, cost=paper), "bc_paper.json")
+    table = "\n".join(_cost(load_raw(raw)))  # summary.md's "What it cost" section
+    # headline: 100 + 11 + 50 + 6 + 20; the paper arm: its stage 2 (30) and evaluation (20)
+    assert "| push-v3 | bc | stage2 | 100, stopped at 4000 | 11 (30/60 episodes) | 50, stopped at 4000 " in table
+    assert "| push-v3 | bc | paper | (shared) | (shared) | 30 | 0 | 20 | 50 |" in table
+    assert "| all | | | | | | | | 237 (0.1 h) |" in table

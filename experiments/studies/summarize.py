@@ -525,6 +525,40 @@ def _stage2_rates(d: EvalResults) -> tuple[float, ...] | None:
     return (stage2.cql.actor_lr, stage2.cql.critic_lr) if d.algo == "cql" else (stage2.learning_rate,)
 
 
+def _cost(runs: Runs) -> list[str]:
+    """Per task and arm: CPU seconds of each stage's training, its validation rollouts and the
+    evaluation (results.json's `cost`), with the total; empty when no run recorded its cost."""
+    rows, total = [], 0.0
+    for (task, algo, name), d in sorted(runs.items()):
+        if not d.cost:
+            continue
+        cells, run_total = [], 0.0
+        for stage in ("stage1", "stage2"):
+            if stage == "stage1" and name != HEADLINE:  # the headline run's, counted there
+                cells += ["(shared)", "(shared)"]
+                continue
+            c = d.cost.get(stage, {})
+            train = float(c.get("train_cpu_seconds") or 0.0)
+            validate = float(c.get("plateau_validation_cpu_seconds") or 0.0) + float(c.get("selection_cpu_seconds") or 0.0)
+            spent = (f" ({c['episodes_spent']}/{c['episodes_full']} episodes)"
+                     if c.get("episodes_full") else "")
+            stop = f", stopped at {c['stopped_step']}" if c.get("stopped_step") else ""
+            cells += [f"{train:.0f}{stop}", f"{validate:.0f}{spent}"]
+            run_total += train + validate
+        ev = float(d.cost.get("evaluation", {}).get("cpu_seconds") or 0.0)
+        run_total += ev
+        total += run_total
+        rows.append(f"| {task} | {algo} | {name} | " + " | ".join(cells) + f" | {ev:.0f} | {run_total:.0f} |")
+    if not rows:
+        return []
+    return ["| task | algo | stage 2 | stage 1 training | stage 1 validation | stage 2 training "
+            "| stage 2 validation | evaluation | total |", "|" + "---|" * 9, *rows,
+            f"| all | | | | | | | | {total:.0f} ({total / 3600:.1f} h) |", "",
+            ("CPU seconds, the simulator workers' included. Stage 1, shared by every arm of a task "
+             "and algorithm, is counted in the headline run's row; the demos are not counted; a "
+             "resumed stage's training counts its last part only.")]
+
+
 def _shown(path: Path) -> str:
     """`path` relative to the repository when inside it (summaries name no machine's checkout)."""
     try:
@@ -615,6 +649,9 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
     if any(n not in (HEADLINE, PAPER) for _, _, n in results):
         lines += ["", "## Ablations (stage 2; same stage 1 as the headline run)", ""]
         lines += _ablations(results, out, reps)
+    cost = _cost(results)
+    if cost:
+        lines += ["", "## What it cost", ""] + cost
     path = out / "summary.md"
     with atomic_open(path, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
