@@ -1,5 +1,6 @@
 """BC and CQL losses and update steps on tiny networks."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 import twostage_jax as tj
 from tests._tiny import TINY_NET, tiny_config, tiny_dataset
+from twostage_jax.networks import TwinQ
 
 
 def _fixed_batch(stage=1, key=0):
@@ -73,6 +75,113 @@ def test_cql_regularizer_hand_worked():
     lse = np.log(np.exp(7 * np.log(2.0)) + 2.0)  # uniform density 2^-7 -> weight 2^7
     np.testing.assert_allclose(reg, (lse - 1.0) + (lse - 2.0), rtol=1e-6)
     np.testing.assert_allclose(aux.logsumexp_q, lse, rtol=1e-6)
+
+
+class _Head(nn.Module):
+    hidden: tuple
+
+    @nn.compact
+    def __call__(self, x):
+        for i, h in enumerate(self.hidden):
+            x = nn.Dense(h)(x)
+            x = nn.relu(x) if i < len(self.hidden) - 1 else x
+        return x[..., 0]
+
+
+class _BroadcastTwinQ(nn.Module):
+    """The critic as first written, the reference: features broadcast to the actions' leading
+    shape [..., F], concatenated with the actions, through plain `nn.Dense` layers."""
+
+    hidden: tuple
+
+    @nn.compact
+    def __call__(self, feat, action):
+        feat = jnp.broadcast_to(feat, action.shape[:-1] + feat.shape[-1:])
+        x = jnp.concatenate([feat, action], axis=-1)
+        return jnp.stack([_Head(self.hidden + (1,), name=f"q{i}")(x) for i in range(2)])
+
+
+def _assert_trees_close(new, ref, rtol=1e-5):
+    """Leaf by leaf; atol relative to each leaf's largest magnitude (sums that cancel)."""
+    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(ref)
+    for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(ref)):
+        b = np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b), initial=0.0)))
+
+
+def test_critic_on_sampled_actions_equals_the_broadcast_form():
+    # TwinQ adds feat @ W_feat [B, H] to actions @ W_act [N, B, H] instead of broadcasting the
+    # features to [N, B, F]: the same parameters (names, shapes, initial values) and outputs.
+    hidden = TINY_NET.head_hidden
+    kf, ka, kb, ki = jax.random.split(jax.random.PRNGKey(0), 4)
+    feat = jax.random.normal(kf, (5, 12))
+    actions = jax.random.uniform(ka, (3, 5, 7), minval=-1, maxval=1)
+    params = TwinQ(hidden).init(ki, feat, actions[0])
+    ref = _BroadcastTwinQ(tuple(hidden))
+    ref_params = ref.init(ki, feat, actions[0])
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(ref_params)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
+        np.testing.assert_array_equal(a, b)  # a checkpoint of either loads into the other
+    # Trained-looking weights (zero biases would hide a misplaced bias).
+    params = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(kb, x.shape), params)
+    q = TwinQ(hidden).apply(params, feat, actions)
+    assert q.shape == (2, 3, 5)
+    np.testing.assert_allclose(q, ref.apply(params, feat, actions), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(TwinQ(hidden).apply(params, feat, actions[1]), q[:, 1], rtol=1e-5, atol=1e-6)
+
+
+def _reference_critic_loss(params, batch, key, networks, config):
+    """Eq. 3 with the Monte Carlo target as first written: each of the 3 proposals' N actions
+    through its own critic call (`networks.critic` broadcasting the features), same keys."""
+    k_rand, k_pi, k_next, _ = jax.random.split(key, 4)
+    sg = jax.lax.stop_gradient
+    feat = networks.encode(params, batch.obs)
+    next_feat = sg(networks.encode(params, batch.next_obs))
+    frozen = sg(params)
+
+    def policy_samples(f, k):
+        mean, log_std = networks.actor(frozen, f)
+        return jax.vmap(lambda kk: tj.tanh_gaussian_sample(kk, mean, log_std))(
+            jax.random.split(k, config.num_samples))
+
+    q_data = networks.critic(params, feat, batch.action)
+    td = jnp.sum(jnp.mean((q_data - batch.mc_return[None]) ** 2, axis=-1))
+    rand_a = jax.random.uniform(k_rand, (config.num_samples,) + batch.action.shape, minval=-1.0, maxval=1.0)
+    pi_a, pi_logp = policy_samples(sg(feat), k_pi)
+    nx_a, nx_logp = policy_samples(next_feat, k_next)
+    reg, reg_aux = tj.cql_regularizer(
+        q_data, networks.critic(params, feat, rand_a), networks.critic(params, feat, sg(pi_a)),
+        sg(pi_logp), networks.critic(params, feat, sg(nx_a)), sg(nx_logp), config.temperature)
+    return td + config.cql_weight * reg, (td, reg, reg_aux)
+
+
+def test_cql_losses_and_gradients_equal_the_broadcast_critic():
+    # The critic loss (one critic call on all 3N actions, features not broadcast) and the actor
+    # loss against the reference: values, metrics and gradients of every parameter.
+    _, batch = _fixed_batch(1)
+    nets = tj.make_networks(TINY_NET, 1, "cql")
+    ref_module = _BroadcastTwinQ(tuple(TINY_NET.head_hidden))
+    ref_nets = nets._replace(critic=lambda p, f, a: ref_module.apply(p["critic"], f, a))
+    config = tj.CQLConfig()
+    params = tj.init_cql_params(nets.init(jax.random.PRNGKey(0), batch.obs), config)
+    key, alpha = jax.random.PRNGKey(1), jnp.float32(0.1)
+
+    def new(p):
+        c, c_aux = tj.cql_critic_loss(p, batch, key, alpha, None, nets, config)
+        a, a_aux = tj.actor_loss(p, batch, key, alpha, nets)
+        return c + a, (c, (c_aux.td_loss, c_aux.cql_regularizer, c_aux.regularizer), a_aux)
+
+    def ref(p):
+        c, c_aux = _reference_critic_loss(p, batch, key, ref_nets, config)
+        a, a_aux = tj.actor_loss(p, batch, key, alpha, ref_nets)
+        return c + a, (c, c_aux, a_aux)
+
+    (loss, aux), grads = jax.jit(jax.value_and_grad(new, has_aux=True))(params)
+    (ref_loss, ref_aux), ref_grads = jax.jit(jax.value_and_grad(ref, has_aux=True))(params)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    _assert_trees_close(aux, ref_aux)
+    _assert_trees_close(grads, ref_grads)
+    assert all(np.any(g != 0) for g in jax.tree_util.tree_leaves(grads["critic"]))
 
 
 def test_tanh_gaussian_log_prob_is_exact_and_stable():

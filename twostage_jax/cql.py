@@ -205,9 +205,23 @@ def _policy_samples(
 
 
 def _q_many(networks: Networks, params: dict, feat: jnp.ndarray, actions: jnp.ndarray) -> jnp.ndarray:
-    """Q(s, a_j) for actions [N, B, 7] -> [2, N, B]."""
-    feat_n = jnp.broadcast_to(feat, actions.shape[:-1] + feat.shape[-1:])
-    return networks.critic(params, feat_n, actions)
+    """Q(s, a_j) of N actions per state.
+
+    The features are not broadcast to [N, B, F]: the critic's first layer broadcasts
+    feat @ W_feat [B, H] against actions @ W_action [N, B, H] (`networks.TwinQ`), so the
+    features' share, most of that layer's work, is computed once per state rather than N times
+    (forward and backward). Equal to the critic on the broadcast features up to float rounding.
+
+    Args:
+      networks: stochastic ('cql') networks.
+      params: parameters holding 'critic'.
+      feat: [B, F] features of the states.
+      actions: [N, B, 7] actions.
+
+    Returns:
+      [2, N, B] Q values of both heads.
+    """
+    return networks.critic(params, feat, actions)
 
 
 def cql_critic_loss(
@@ -269,12 +283,15 @@ def cql_critic_loss(
     rand_a = jax.random.uniform(k_rand, (n, b, ACTION_DIM), minval=-1.0, maxval=1.0)
     pi_a, pi_logp = _policy_samples(networks, frozen, jax.lax.stop_gradient(feat), k_pi, n)
     nx_a, nx_logp = _policy_samples(networks, frozen, next_feat, k_next, n)
+    # One critic call on all 3N actions of each state: [2, 3N, B], split per proposal.
+    actions = jnp.concatenate([rand_a, jax.lax.stop_gradient(pi_a), jax.lax.stop_gradient(nx_a)], axis=0)
+    q_rand, q_pi, q_nx = jnp.split(_q_many(networks, params, feat, actions), 3, axis=1)
     reg, reg_aux = cql_regularizer(
         q_data,
-        _q_many(networks, params, feat, rand_a),
-        _q_many(networks, params, feat, jax.lax.stop_gradient(pi_a)),
+        q_rand,
+        q_pi,
         jax.lax.stop_gradient(pi_logp),
-        _q_many(networks, params, feat, jax.lax.stop_gradient(nx_a)),
+        q_nx,
         jax.lax.stop_gradient(nx_logp),
         config.temperature,
     )

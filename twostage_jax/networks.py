@@ -243,16 +243,58 @@ class CNN(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
+class ConcatDense(nn.Module):
+    """`nn.Dense` over the concatenation of several inputs, without forming it.
+
+    The kernel [sum D_i, features] is split by rows and each input multiplied by its own
+    block: x_0 @ W_0 + x_1 @ W_1 + ... + bias, equal to `nn.Dense` on `concatenate(inputs, -1)`
+    up to float rounding, with the same parameters (names, shapes, initialisers: a checkpoint
+    of either loads into the other). The inputs' leading dimensions broadcast, so an input that
+    repeats along a leading axis (a state's features against N actions of that state) is
+    multiplied once, not N times.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, inputs: Sequence[jnp.ndarray]) -> jnp.ndarray:
+        """Applies the layer.
+
+        Args:
+          inputs: arrays [..., D_i] whose leading dimensions broadcast against each other.
+
+        Returns:
+          [*broadcast leading dims, features].
+        """
+        sizes = [x.shape[-1] for x in inputs]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (sum(sizes), self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        y, start = None, 0
+        for x, n in zip(inputs, sizes):
+            part = jax.lax.dot_general(x, kernel[start:start + n], (((x.ndim - 1,), (0,)), ((), ())))
+            y = part if y is None else y + part
+            start += n
+        return y + bias
+
+
 class MLP(nn.Module):
-    """Dense layers with ReLU; the last layer is activated only if `activate_final`."""
+    """Dense layers with ReLU; the last layer is activated only if `activate_final`.
+
+    The input is one array [..., D], or a tuple of arrays [..., D_i] whose leading dimensions
+    broadcast: the first layer then reads their concatenation through `ConcatDense` (same
+    parameters as `nn.Dense` on the concatenated array), e.g. features [B, F] and actions
+    [N, B, 7] give [N, B, out] with the features' share of the first layer computed once per
+    state. Layers are named `Dense_0`, `Dense_1`, ... either way.
+    """
 
     hidden: Sequence[int]
     activate_final: bool = True
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray | tuple[jnp.ndarray, ...]) -> jnp.ndarray:
         for i, h in enumerate(self.hidden):
-            x = nn.Dense(h)(x)
+            layer = ConcatDense if i == 0 and isinstance(x, tuple) else nn.Dense
+            x = layer(h, name=f"Dense_{i}")(x)
             if i < len(self.hidden) - 1 or self.activate_final:
                 x = nn.relu(x)
         return x
@@ -315,14 +357,28 @@ class GaussianActor(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Two independent Q heads on concat(features, action). Returns [2, ...]."""
+    """Two independent Q heads on concat(features, action).
+
+    The concatenation is never formed (`MLP` on a tuple, `ConcatDense`): the first layer adds
+    feat @ W_feat to action @ W_action, so features [B, F] against N sampled actions per state
+    [N, B, 7] cost one [B, F] matmul, not N (CQL's regulariser evaluates 3N actions per state).
+    """
 
     hidden: Sequence[int]
 
     @nn.compact
     def __call__(self, feat: jnp.ndarray, action: jnp.ndarray) -> jnp.ndarray:
-        x = jnp.concatenate([feat, action], axis=-1)
-        qs = [MLP(tuple(self.hidden) + (1,), activate_final=False, name=f"q{i}")(x)[..., 0]
+        """Q values of both heads.
+
+        Args:
+          feat: [..., F] features.
+          action: [..., 7] actions; the leading dimensions of feat and action broadcast
+            (e.g. feat [B, F] with action [N, B, 7]).
+
+        Returns:
+          [2, *broadcast leading dims].
+        """
+        qs = [MLP(tuple(self.hidden) + (1,), activate_final=False, name=f"q{i}")((feat, action))[..., 0]
               for i in range(2)]
         return jnp.stack(qs, axis=0)
 
@@ -344,7 +400,8 @@ class Networks(NamedTuple):
       init: (key, example_obs) -> params.
       encode: (params, obs [B, ...]) -> features [B, F].
       actor: (params, features [B, F]) -> action [B, 7] (BC) or (mean, log_std) [B, 7] each.
-      critic: (params, features [..., F], action [..., 7]) -> q [2, ...] (None for BC).
+      critic: (params, features [..., F], action [..., 7]) -> q [2, ...] (None for BC); the
+        leading dimensions broadcast (features [B, F] with actions [N, B, 7] -> [2, N, B]).
       stochastic: True for the tanh-Gaussian actor.
     """
 

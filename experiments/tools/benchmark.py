@@ -19,7 +19,9 @@ Sizes (synthetic dataset from `twostage_jax.testing`, 128x128 frames, so no simu
 
 Rows:
   train_step/*       samples/s of one update step (stage 1/2, BC/CQL, paper/quickstart), with
-                     the networks' default conv_impl ('auto').
+                     the networks' default conv_impl ('auto'); `.../cql_over_bc` is the CQL
+                     step's time over the BC step's at that size and stage, the two compiled
+                     programs timed alternately in the same run.
   seeds/*            S = 1, 2, 5, 10 seeds of the quickstart stage-1 BC step: 'sequential' (the
                      single-seed program dispatched S times) vs 'vmap' (one program); `ratio` is
                      total seed-steps/s over one seed's seed-steps/s. Also conv_impl='xla' at
@@ -240,18 +242,38 @@ def _steady_run(trainer, data: TrainData, key: jax.Array, steps: int, repeats: i
     return {"step_s": t["median_s"] / steps, "compile_s": compile_s, "call": call, **t}
 
 
-def bench_train_steps(b: Bench, ds, steps: int, repeats: int) -> None:
-    """train_step/* rows: samples/s of each (size, stage, algo) update step."""
+def bench_train_steps(b: Bench, ds, steps: int, repeats: int) -> dict[str, float]:
+    """train_step/* rows: samples/s of each (size, stage, algo) update step, and the CQL step's
+    time over the BC step's at the same size and stage.
+
+    Each `cql_over_bc` ratio comes from one run: the compiled BC and CQL programs timed
+    alternately (`timed_interleaved`), so a neighbour's load hits both; 3 x `repeats` times
+    each at paper size, 10 x `repeats` at quickstart size (its steps are ~40x shorter, so a
+    few repeats of them are noise).
+
+    Returns:
+      {'<size>_stage<k>': CQL step time / BC step time} for each size and stage.
+    """
+    ratios = {}
     for size in ("quickstart", "paper"):
         for stage in (1, 2):
+            calls = {}
             for algo in ("bc", "cql"):
                 cfg = size_config(size, stage, algo)
                 trainer = make_train(cfg, stage)
                 r = _steady_run(trainer, prepare_data(ds, cfg), jax.random.PRNGKey(0), steps, repeats)
+                calls[algo] = r["call"]
                 b.add(f"train_step/{size}/stage{stage}/{algo}", cfg.batch_size / r["step_s"],
                       "samples/s", step_ms=1e3 * r["step_s"], batch=cfg.batch_size,
                       compile_s=r["compile_s"], repeats=repeats, steps_per_run=steps)
+            n = (3 if size == "paper" else 10) * repeats
+            t = timed_interleaved(calls, n)
+            ratios[f"{size}_stage{stage}"] = t["cql"] / t["bc"]
+            b.add(f"train_step/{size}/stage{stage}/cql_over_bc", t["cql"] / t["bc"], "ratio",
+                  bc_step_ms=1e3 * t["bc"] / steps, cql_step_ms=1e3 * t["cql"] / steps,
+                  repeats=n, steps_per_run=steps, note="timed alternately")
         b.write()
+    return ratios
 
 
 def bench_seeds(b: Bench, ds, steps: int, repeats: int, xla_steps: int) -> dict[str, float]:
@@ -768,7 +790,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     targets: dict[str, Any] = {}
     auto = resolve_conv_impl("auto")
     if "train_steps" in sections:
-        bench_train_steps(b, ds, steps, repeats)
+        for k, v in bench_train_steps(b, ds, steps, repeats).items():
+            targets[f"cql_over_bc_{k} (<= 2)"] = v
     if "seeds" in sections:
         seeds = bench_seeds(b, ds, 20 if args.quick else 50, repeats + 2, steps)
         targets["vmap5_over_sequential5 (>= 1.2)"] = seeds.get(f"{auto}_vmap_5_over_seq_5")
