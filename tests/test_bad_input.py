@@ -139,6 +139,28 @@ def test_prepare_data_refuses_non_finite_returns(field):
         tj.prepare_data(dataclasses.replace(ds, **{field: bad}), tiny_config("cql"))
 
 
+def test_prepare_data_refuses_cameras_that_cannot_be_right():
+    # NaN intrinsics trained stage 2 to NaN parameters; a stretched rotation projected wrongly
+    ds, config = tiny_dataset(), tiny_config("bc")
+    k = np.array(ds.intrinsics, np.float32)
+    k[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"`dataset\.intrinsics` must be finite; got NaN or inf in frame\(s\) \[1\]"):
+        tj.prepare_data(dataclasses.replace(ds, intrinsics=k), config)
+    t = np.array(ds.cam_to_world, np.float32)
+    t[0, :3, :3] *= 3.0
+    with pytest.raises(ValueError, match=r"`dataset\.cam_to_world` must be a rigid .* frame 0 has max \|R\^T R - I\| = 8"):
+        tj.prepare_data(dataclasses.replace(ds, cam_to_world=t), config)
+    # a camera turned around sees none of the end-effector positions
+    assert tj.visible_share(ds) > 0.9
+    flipped = np.array(ds.cam_to_world, np.float32)
+    flipped[:, :3, :3] = flipped[:, :3, :3] @ np.diag([-1.0, 1.0, -1.0]).astype(np.float32)  # about y: still rigid
+    turned = dataclasses.replace(ds, cam_to_world=flipped)
+    assert tj.visible_share(turned) == 0.0
+    tj.validate_dataset(turned)  # the library's own check leaves visibility to the caller
+    with pytest.raises(ValueError, match=r"the camera sees 0% of the demos' end-effector positions"):
+        tj.validate_dataset(turned, min_visible=tj.MIN_VISIBLE)
+
+
 # Issue 24: errors that say what is wrong, and images the networks can misread.
 
 

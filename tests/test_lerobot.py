@@ -149,6 +149,19 @@ def _rewrite(path, edit):
     pq.write_table(edit(pq.read_table(path)), path)
 
 
+def test_orientations_that_cannot_be_in_the_convention_are_named():
+    # roll/pitch/yaw and a gripper read as a quaternion: norm ~3, not 1
+    rpy = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 3.0, 1.0]])
+    with pytest.raises(ValueError, match=r"'xyz_quat_xyzw': the quaternions must have unit norm .* norm 3.2.* "
+                                         r"look like angles in radians"):
+        lerobot_pose(rpy, "xyz_quat_xyzw")
+    with pytest.raises(ValueError, match=r"'xyz_euler_xyz': Euler angles must be radians .* look like degrees"):
+        lerobot_pose(np.array([[0.1, 0.2, 0.3, 90.0, 0.0, 45.0]]), "xyz_euler_xyz")
+    with pytest.raises(ValueError, match=r"'xyz_quat_wxyz': the quaternions must have unit norm"):
+        lerobot_pose(np.zeros((1, 7)), "xyz_quat_wxyz")
+    lerobot_pose(np.array([[0.1, 0.2, 0.3, 0.0, 0.0, 0.6, 0.8]]), "xyz_quat_xyzw")  # unit: fine
+
+
 def test_checking_decodes_nothing(copy):
     assert check_lerobot_dataset(copy, SPEC, CALIBRATION) == [0, 1, 2]
     assert check_lerobot_dataset(copy, SPEC, CALIBRATION, episodes=[2, 0]) == [2, 0]
@@ -335,3 +348,23 @@ def test_the_launcher_refuses_a_bad_lerobot_source_before_any_work(tmp_path, mon
         refused(f"--mode={mode}", f"--workdir={wd}", *LAUNCH,
                 expect=[f"--mode={mode} rolls out in the simulator", "twostage_jax.make_policy"])
     assert not wd.exists(), "work started despite a bad LeRobot source"
+
+
+def test_a_calibration_whose_camera_sees_no_demo_is_refused(tmp_path, monkeypatch):
+    # its y translation flipped puts every end-effector position behind the camera: the demos
+    # decoded, nothing is written, and the one error line names the file and the share
+    from tests._launcher import launch_in_process
+
+    monkeypatch.chdir(REPO)
+    doc = json.loads(CALIBRATION.read_text())
+    doc["cameras"][fx.IMAGE_KEY]["cam_to_world"][1][3] *= -1
+    calibration = tmp_path / "behind.json"
+    calibration.write_text(json.dumps(doc))
+    wd = tmp_path / "wd"
+    flags = [f for f in LAUNCH if not f.startswith("--config.data.calibration=")]
+    out = launch_in_process("--mode=demos", f"--workdir={wd}", *flags, f"--config.data.calibration={calibration}")
+    errors = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"config.data.calibration ({calibration}) sees 0% of the demos' end-effector" in errors[0]
+    assert "config.data.min_visible" in errors[0]
+    assert not (wd / "demos" / "dataset.npz").exists()

@@ -92,6 +92,9 @@ from twostage_jax.types import (
     Workspace,
     flatten_metrics,
     validate_dataset,
+    visible_share,
+    check_camera_values,
+    MIN_VISIBLE,
 )
 
 __version__ = "0.1.0"
@@ -186,4 +189,7 @@ __all__ = [
     "train_seeds",
     "transform_state",
     "validate_dataset",
+    "visible_share",
+    "check_camera_values",
+    "MIN_VISIBLE",
 ]

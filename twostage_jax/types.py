@@ -363,8 +363,76 @@ class Dataset:
         )
 
 
-def validate_dataset(dataset: Dataset) -> None:
-    """Checks shapes, dtypes and ranges of every field; raises ValueError naming the field."""
+MIN_VISIBLE = 0.9
+"""The share of the demos' end-effector positions that must project in front of their frame's
+camera and inside its image where a dataset enters the launcher (`DataConfig.min_visible`)."""
+RIGID_TOLERANCE = 1e-3
+"""How far a `cam_to_world` rotation may be from orthonormal (max |R^T R - I|, |det R - 1|)."""
+
+
+def check_camera_values(intrinsics: Any, cam_to_world: Any, name: str = "dataset") -> None:
+    """Checks concrete camera values: finite intrinsics with positive focal lengths, and a rigid
+    `cam_to_world` (finite, an orthonormal rotation with determinant +1 within
+    `RIGID_TOLERANCE`, bottom row [0, 0, 0, 1]); raises ValueError naming the field.
+
+    Args:
+      intrinsics: [..., 3, 3].
+      cam_to_world: [..., 4, 4].
+      name: the owner, for messages ("dataset" -> "dataset.intrinsics").
+    """
+    k = np.asarray(intrinsics, np.float64).reshape(-1, 3, 3)
+    t = np.asarray(cam_to_world, np.float64).reshape(-1, 4, 4)
+    if not np.all(np.isfinite(k)):
+        raise ValueError(f"`{name}.intrinsics` must be finite; got NaN or inf in frame(s) "
+                         f"{np.flatnonzero(~np.isfinite(k).all(axis=(1, 2)))[:5].tolist()}.")
+    focal = k[:, [0, 1], [0, 1]]
+    if not np.all(focal > 0):
+        bad = int(np.flatnonzero(~(focal > 0).all(axis=1))[0])
+        raise ValueError(f"`{name}.intrinsics` must have positive focal lengths K[0,0], K[1,1]; got "
+                         f"{focal[bad].tolist()} in frame {bad}.")
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"`{name}.cam_to_world` must be finite; got NaN or inf in frame(s) "
+                         f"{np.flatnonzero(~np.isfinite(t).all(axis=(1, 2)))[:5].tolist()}.")
+    rot = t[:, :3, :3]
+    off = np.abs(np.einsum("nji,njk->nik", rot, rot) - np.eye(3)).max(axis=(1, 2))
+    det = np.linalg.det(rot)
+    rows = np.abs(t[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=1)
+    bad = np.flatnonzero((off > RIGID_TOLERANCE) | (np.abs(det - 1.0) > RIGID_TOLERANCE) | (rows > 1e-6))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"`{name}.cam_to_world` must be a rigid camera-to-world pose (an orthonormal "
+                         f"rotation with determinant +1, bottom row [0, 0, 0, 1]); frame {i} has "
+                         f"max |R^T R - I| = {off[i]:.3g}, det R = {det[i]:.4g}, bottom row "
+                         f"{t[i, 3].tolist()} ({bad.size} such frame(s)).")
+
+
+def visible_share(dataset: Dataset) -> float:
+    """The share of transitions whose end-effector position (`dataset.pose`) projects in front
+    of its frame's camera and inside its image (numpy, on concrete values)."""
+    idx = np.asarray(dataset.obs_index)
+    k = np.asarray(dataset.intrinsics, np.float64)[idx]
+    t = np.asarray(dataset.cam_to_world, np.float64)[idx]
+    lo, hi = np.asarray(dataset.workspace.low, np.float64), np.asarray(dataset.workspace.high, np.float64)
+    pos = lo + (np.asarray(dataset.pose, np.float64)[:, :3] + 1.0) * 0.5 * (hi - lo)  # actions.action_to_pose
+    p_cam = np.einsum("nij,ni->nj", t[:, :3, :3], pos - t[:, :3, 3])  # R^T (p - t)
+    depth = p_cam[:, 2]
+    safe = np.where(np.abs(depth) < 1e-9, 1e-9, depth)
+    u = k[:, 0, 0] * p_cam[:, 0] / safe + k[:, 0, 1] * p_cam[:, 1] / safe + k[:, 0, 2]
+    v = k[:, 1, 1] * p_cam[:, 1] / safe + k[:, 1, 2]
+    height, width = np.shape(dataset.images)[1:3]
+    inside = (depth > 0) & (u >= 0) & (u <= width) & (v >= 0) & (v <= height)
+    return float(inside.mean()) if inside.size else 1.0
+
+
+def validate_dataset(dataset: Dataset, min_visible: float = 0.0) -> None:
+    """Checks shapes, dtypes and ranges of every field and the cameras' values
+    (`check_camera_values`); raises ValueError naming the field.
+
+    Args:
+      dataset: the dataset.
+      min_visible: also refuse cameras that see fewer than this share of the end-effector
+        positions (`visible_share`; the launcher passes `MIN_VISIBLE`); 0 skips that check.
+    """
     n_img = np.shape(dataset.images)[0] if np.ndim(dataset.images) == 4 else -1
     _checks.check_rank("dataset.images", dataset.images, 4)
     _checks.check_shape("dataset.images", dataset.images, (None, None, None, 3))
@@ -388,3 +456,12 @@ def validate_dataset(dataset: Dataset) -> None:
     for name, (low, high, what) in {"reward": (-np.inf, np.inf, ""), "mc_return": (-np.inf, np.inf, ""),
                                     "done": (0.0, 1.0, "a 0/1 episode-end flag")}.items():
         _checks.check_range(f"dataset.{name}", getattr(dataset, name), low, high, what)
+    check_camera_values(dataset.intrinsics, dataset.cam_to_world)
+    share = visible_share(dataset) if min_visible > 0 else 1.0
+    if share < min_visible:
+        raise ValueError(
+            f"the camera sees {100 * share:.0f}% of the demos' end-effector positions (in front of "
+            f"it and inside its {np.shape(dataset.images)[2]}x{np.shape(dataset.images)[1]} image); "
+            f"at least {100 * min_visible:.0f}% must be seen: check `dataset.cam_to_world` (the "
+            "camera-to-world pose, axes x right, y down, z forward), `dataset.intrinsics` and the "
+            "workspace bounds.")

@@ -524,15 +524,47 @@ def lerobot_pose(values: Any, convention: str | PoseConverter) -> tuple[np.ndarr
     if v.shape[1] != need:
         raise ValueError(f"pose convention {convention!r} takes {need} components; got {v.shape[1]}.")
     pos, rest = v[:, :3], v[:, 3:]
+    _check_orientations(rest, convention)
     if convention == "xyz_euler_xyz":
         rot = Rotation.from_euler("xyz", rest)
     elif convention == "xyz_rotvec":
         rot = Rotation.from_rotvec(rest)
     else:
-        if np.any(np.linalg.norm(rest, axis=1) < 1e-6):
-            raise ValueError(f"pose convention {convention!r}: a quaternion is zero.")
         rot = Rotation.from_quat(rest if convention == "xyz_quat_xyzw" else rest[:, [1, 2, 3, 0]])
     return pos, rot.as_quat()
+
+
+QUAT_NORM_TOLERANCE = 0.01
+"""How far a stored quaternion's norm may be from 1 (float32 storage and rounding stay far below)."""
+
+
+def _check_orientations(rest: np.ndarray, convention: str) -> None:
+    """Refuses orientation components that cannot be in `convention`: quaternions whose norm is
+    not 1, Euler angles beyond pi or a rotation vector beyond 2 pi (degrees, or another
+    convention), naming the convention and what the values look like."""
+    if not np.all(np.isfinite(rest)):
+        raise ValueError(f"pose convention {convention!r}: the orientation components must be finite; "
+                         "got NaN or inf.")
+    if convention.startswith("xyz_quat"):
+        norms = np.linalg.norm(rest, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > QUAT_NORM_TOLERANCE)
+        if bad.size:
+            looks = ("; the first three look like angles in radians (xyz_euler_xyz or xyz_rotvec, "
+                     "with config.data.pose_indices naming 6 components)"
+                     if np.all(np.abs(rest[:, :3]) <= np.pi + 1e-3) else "")
+            raise ValueError(f"pose convention {convention!r}: the quaternions must have unit norm (within "
+                             f"{QUAT_NORM_TOLERANCE}); {bad.size} of {len(norms)} do not (e.g. norm "
+                             f"{norms[bad[0]]:.3g} at frame {int(bad[0])}){looks}.")
+    else:
+        limit = np.pi if convention == "xyz_euler_xyz" else 2 * np.pi
+        size = np.abs(rest).max(axis=1) if convention == "xyz_euler_xyz" else np.linalg.norm(rest, axis=1)
+        bad = np.flatnonzero(size > limit + 1e-3)
+        if bad.size:
+            what = "Euler angles" if convention == "xyz_euler_xyz" else "rotation vectors' angles"
+            looks = ("; they look like degrees" if np.all(np.abs(rest) <= 360.0 + 1e-3) else "")
+            raise ValueError(f"pose convention {convention!r}: {what} must be radians within "
+                             f"[-{limit:.4g}, {limit:.4g}]; {bad.size} frame(s) are not (e.g. "
+                             f"{np.round(rest[bad[0]], 3).tolist()} at frame {int(bad[0])}){looks}.")
 
 
 def read_lerobot_episode(root: str | os.PathLike[str], episode: int,

@@ -202,7 +202,8 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
         f"{name}.min_move": float(s.min_move), "data.source": config.data.source}
     if config.data.source == "lerobot":  # which dataset, and how it is read
         for f in dataclasses.fields(config.data):
-            fields[f"data.{f.name}"] = _plain(getattr(config.data, f.name))
+            if f.name != "min_visible":  # a check on the demos, not what trains
+                fields[f"data.{f.name}"] = _plain(getattr(config.data, f.name))
     if s.algo == "bc":
         fields[f"{name}.learning_rate"] = float(s.learning_rate)
     if stage == 1:  # None: the frames' size

@@ -137,6 +137,9 @@ class DataConfig:
       neutral_quat: (x, y, z, w), the orientation whose Euler angles are 0.
       episodes: the episode indices to use, in order (None: all); the last
         `demos.num_validation` of them are the held-out validation demos.
+      min_visible: the demos are refused unless their camera sees at least this share of the
+        end-effector positions, in front of it and inside the image (`tj.visible_share`): a
+        wrong calibration would train stage 2 on empty crops.
     """
 
     source: str = "sim"
@@ -152,8 +155,11 @@ class DataConfig:
     gripper_open_above: float = 0.0
     neutral_quat: tuple[float, ...] = (0.0, 0.0, 0.0, 1.0)
     episodes: tuple[int, ...] | None = None
+    min_visible: float = tj.MIN_VISIBLE
 
     def __post_init__(self) -> None:
+        if isinstance(self.min_visible, bool) or not 0.0 <= float(self.min_visible) <= 1.0:
+            raise ConfigError("DataConfig", "min_visible", f"must lie in [0, 1]; got {self.min_visible!r}.")
         if self.source not in SOURCES:
             raise ConfigError("DataConfig", "source", f"must be one of {SOURCES}; got {self.source!r}.")
         for name in ("root", "calibration", "image_key", "pose_key", "pose_convention", "action_key"):

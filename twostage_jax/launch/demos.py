@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from absl import logging
 
@@ -54,6 +55,9 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
         ds, val_ds, info = _read_lerobot(config)
     else:
         ds, val_ds, info = _sim_demos(config)
+    for name, data in (("demos", ds), ("held-out demos", val_ds)):
+        if data is not None:
+            _check_camera_sees(config, data, name)
     info.update(task=config.task, transitions=int(ds.action.shape[0]),
                 images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
                 total_seconds=time.perf_counter() - start)
@@ -63,6 +67,27 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
                  info["kept"], info["transitions"], info["images"],
                  info["dataset_mib"], info["total_seconds"])
     return info
+
+
+def _check_camera_sees(config: LaunchConfig, ds: Any, name: str) -> None:
+    """Refuses demos whose camera sees under `config.data.min_visible` of the end-effector
+    positions, naming where the camera came from and the share."""
+    import twostage_jax as tj
+
+    share = tj.visible_share(ds)
+    if share >= float(config.data.min_visible):
+        return
+    if config.data.source == "lerobot":
+        where = f"the camera of config.data.calibration ({config.data.calibration})"
+    elif config.env == "rlbench":
+        where = f"the cameras recorded in config.rlbench_root ({config.rlbench_root})"
+    else:
+        where = f"the {config.env} camera"
+    raise PipelineError(
+        f"{where} sees {100 * share:.0f}% of the {name}' end-effector positions (in front of it and "
+        f"inside the image); at least {100 * float(config.data.min_visible):.0f}% must be seen "
+        "(config.data.min_visible). Check the camera pose (cam_to_world: x right, y down, z "
+        "forward), its intrinsics and the workspace bounds.")
 
 
 def _sim_demos(config: LaunchConfig) -> tuple:
@@ -127,7 +152,8 @@ def _read_lerobot(config: LaunchConfig) -> tuple:
     except (ValueError, OSError) as e:  # a check (when main did not run them), or a frame that
         # fails to decode: the reader's message names the file and the episode
         message = str(e)
-        raise PipelineError(message if message.startswith("config.") else f"config.data.root: {message}") from e
+        field = "config.data.pose_convention" if message.startswith("pose convention") else "config.data.root"
+        raise PipelineError(message if message.startswith("config.") else f"{field}: {message}") from e
     return ds, val_ds, {"source": "lerobot", "demo_seeds": train, "validation_seeds": val,
                         "kept": len(train)}
 
