@@ -118,6 +118,7 @@ def test_mode_all_end_to_end(tmp_path):
     cal = json.loads((tmp_path / "stage2" / "calibration.json").read_text())
     assert cal["crop_size"] % 4 == 0 and 8 <= cal["crop_size"] <= 128 and cal["stage1_step"] == 8
     assert len(cal["sigma"]) == 7 and cal["sigma"][6] == 1.0 and min(cal["sigma"][:6]) >= 0.02
+    assert cal["settings"]["calibrate"]["sigma_floor"] == 0.02 and cal["inputs"]["stage1"] == [8, 8]
     assert res["stage2_crop_size"] == cal["crop_size"] and res["stage2_sigma"] == cal["sigma"]
     stats = json.loads((tmp_path / "demos" / "stats.json").read_text())
     assert not set(stats["validation_seeds"]) & set(stats["demo_seeds"])
@@ -509,6 +510,10 @@ def test_method_options_are_validated_before_work():
     check("validation_seed", demos__num_validation=5, demos__validation_seed=100_001)
     check("validation_seed", demos__num_validation=5, demos__validation_seed=2)
     check("sigma_floor", demos__num_validation=2, calibrate__sigma=True, calibrate__sigma_floor=0.0)
+    check("sigma_floor must be a finite number", calibrate__sigma_floor=float("inf"))
+    check(r"select\.first_share must lie in \(0, 1\]", select__first_share=0.0)
+    check(r"select\.keep must be one of", select__keep="best")
+    check(r"data\.min_visible must lie in \[0, 1\]", data__min_visible=1.5)
     check("crop_coverage", demos__num_validation=2, calibrate__crop_size=True, calibrate__crop_coverage=1.5)
     check("min_move", stage2__min_move=-0.01)
     check("gripper_clip", stage2__stage2__gripper_clip=1.5)
@@ -734,6 +739,22 @@ def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path
     assert out.returncode == 2 and "evaluation is not what this test is about" in out.stderr, out.stderr[-3000:]
     assert out.stderr.count("nothing to do") == 2 and "reusing the dataset" in out.stderr, out.stderr[-3000:]
     assert _files(wd) == before
+
+
+def test_a_leftover_calibration_made_with_other_settings_is_made_anew(trained, tmp_path):
+    # a stage2/ emptied but for calibration.json, trained again with a higher sigma floor: the
+    # old sigma (below the floor) was reused while stage2/config.json recorded the new floor
+    from twostage_jax.launch.train_stage import ensure_calibration
+    from twostage_jax.launch.workdir import load_demos
+
+    wd = _copy(trained, tmp_path / "wd")
+    path = wd / "stage2" / "calibration.json"
+    old = json.loads(path.read_text())
+    assert min(old["sigma"][:6]) < 0.2
+    assert ensure_calibration(_smoke(), wd, load_demos(wd), fresh=True) == old  # same settings: kept
+    new = ensure_calibration(_smoke(**{"calibrate.sigma_floor": 0.2}), wd, load_demos(wd), fresh=True)
+    assert min(new["sigma"][:6]) >= 0.2 and new["settings"]["calibrate"]["sigma_floor"] == 0.2
+    assert json.loads(path.read_text()) == new
 
 
 def test_a_resume_on_changed_inputs_is_refused_naming_both_unless_accepted(trained, tmp_path):

@@ -274,8 +274,9 @@ class CalibrationConfig:
         for name in ("sigma", "crop_size"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError("CalibrationConfig", name, f"must be True or False; got {getattr(self, name)!r}.")
-        if not float(self.sigma_floor) > 0:
-            raise ConfigError("CalibrationConfig", "sigma_floor", f"must be > 0; got {self.sigma_floor!r}.")
+        if isinstance(self.sigma_floor, bool) or not 0 < float(self.sigma_floor) < math.inf:
+            raise ConfigError("CalibrationConfig", "sigma_floor", f"must be a finite number > 0; got "
+                              f"{self.sigma_floor!r}.")
         if not 0.0 < float(self.crop_coverage) <= 1.0:
             raise ConfigError("CalibrationConfig", "crop_coverage", f"must lie in (0, 1]; got {self.crop_coverage!r}.")
 

@@ -4,6 +4,7 @@ calibration of stage 2 on stage 1's held-out errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -25,6 +26,7 @@ from twostage_jax.launch.workdir import (config_record, cpu_seconds, ensure_writ
                                          load_demos, load_params, load_validation, progress, reporting_disk_full,
                                          stage1_pairing, stage_dir, stage_record, validation_path)
 from twostage_jax import sharding
+from twostage_jax.data.dataset import dataset_checksum
 from twostage_jax._io import atomic_open
 from twostage_jax._io import write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
@@ -159,7 +161,6 @@ def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
       (one phrase per change, the dataset's checksum now). Stages whose records predate a field
       are not compared on it.
     """
-    from twostage_jax.data.dataset import dataset_checksum
     from twostage_jax.launch.workdir import dataset_path
 
     out_dir = stage_dir(workdir, stage, config)
@@ -211,10 +212,8 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     dataset = load_demos(workdir)
     check_memory(config, stage, dataset, out_dir)
     repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
-    if stage == 2 and needs_calibration(config) and (
-            repaired or not calibration_path(workdir, config).exists()):
-        calibrate_stage2(config, workdir, dataset,
-                         keep_crop_size=_trained_crop_size(workdir, config) if repaired else None)
+    if stage == 2 and needs_calibration(config):
+        ensure_calibration(config, workdir, dataset, fresh=latest is None, repaired=repaired)
     tcfg = train_config(config, stage, workdir)
     train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
     keys = seed_keys(config, stage)
@@ -516,8 +515,6 @@ def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset
     transitions, and for stage 2 one fixed Algo. 1 draw each), so the training budget can be
     read off the held-out curve in metrics.jsonl instead of from evaluation episodes.
     """
-    import dataclasses
-
     if validation is None:
         return None
     data = tj.prepare_data(validation, dataclasses.replace(tcfg, min_move=0.0))
@@ -548,6 +545,41 @@ def stage1_actions(config: LaunchConfig, params1: Any, ds: tj.Dataset) -> np.nda
             rows.append(np.asarray(o.tentative))
         out.append(np.concatenate(rows))
     return np.stack(out)
+
+
+def ensure_calibration(config: LaunchConfig, workdir: Path, dataset: tj.Dataset, fresh: bool,
+                       repaired: bool = False) -> dict:
+    """Stage 2's calibration: calibration.json as recorded, or made now (`calibrate_stage2`)
+    where there is none, where stage 1 changed under a resumed stage 2 (`repaired`: the crop
+    size is kept), or where a stage 2 with no checkpoint yet (`fresh`) finds one made with
+    other settings (`calibration_settings`), left by another stage 2."""
+    recorded = _recorded_calibration(workdir, config)
+    if fresh and recorded is not None and recorded.get("settings") != calibration_settings(config):
+        logging.warning("%s: %s was made with other calibration settings; calibrating again",
+                        config.stage2_name, calibration_path(workdir, config).name)
+        recorded = None
+    if repaired or recorded is None:
+        return calibrate_stage2(config, workdir, dataset,
+                                keep_crop_size=_trained_crop_size(workdir, config) if repaired else None)
+    return recorded
+
+
+def calibration_settings(config: LaunchConfig) -> dict:
+    """What a stage 2's calibration.json is made with besides its inputs (recorded as
+    `settings`): the `calibrate` fields and the stage-2 method's sigma, crop size and rotation."""
+    method = config.stage2.stage2
+    return json.loads(json.dumps({"calibrate": dataclasses.asdict(config.calibrate),
+                                  "sigma": list(method.sigma), "crop_size": int(method.crop_size),
+                                  "rotate": bool(method.rotate)}))
+
+
+def _recorded_calibration(workdir: Path, config: LaunchConfig) -> dict | None:
+    """The stage 2's calibration.json, or None where there is none (or it cannot be read)."""
+    try:
+        record = json.loads(calibration_path(workdir, config).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _trained_crop_size(workdir: Path, config: LaunchConfig) -> int | None:
@@ -604,8 +636,15 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
             f"re-calibrating {config.stage2_name} on stage 1 as it acts now gives crop size {crop} "
             f"px, but its checkpoints were trained with {keep_crop_size} px; train a new stage 2 "
             "with --config.stage2_name=NAME instead.")
+    if not (np.all(np.isfinite(sigma)) and np.all(np.asarray(sigma) > 0) and 0 < crop):
+        raise PipelineError(f"calibrating {config.stage2_name} gave sigma {sigma} and crop size {crop}: "
+                            "not finite and positive; check config.calibrate and the held-out demos "
+                            "(nothing was written).")
     dist = np.max(np.abs(offsets), axis=1)
-    result = {"sigma": sigma, "crop_size": crop, "stage1_step": max(steps1, default=None),
+    result = {"settings": calibration_settings(config),
+              "inputs": {"validation_sha256": dataset_checksum(validation_path(workdir)),
+                         "stage1": config.stage1.source or steps1},
+              "sigma": sigma, "crop_size": crop, "stage1_step": max(steps1, default=None),
               "stage1_steps": steps1, **({"stage1_source": config.stage1.source}
                                          if config.stage1.source else {}),
               "transitions": int(a.shape[0]), "num_seeds": int(config.num_seeds),
