@@ -161,6 +161,25 @@ def test_prepare_data_refuses_cameras_that_cannot_be_right():
         tj.validate_dataset(turned, min_visible=tj.MIN_VISIBLE)
 
 
+def test_sizes_no_machine_holds_are_refused_by_the_library(tiny_trained, monkeypatch):
+    ds, c1, c2, _, _ = tiny_trained
+    with pytest.raises(ValueError, match=r"`size` asks for at least .* TiB \(one 1000000x1000000 float32 crop\)"):
+        tj.crop_at_pixel(jnp.zeros((8, 8, 3)), jnp.array([3.0, 3.0]), jnp.array(0.0), size=10**6)
+    with pytest.raises(ValueError, match=r"`correction_passes` must be an integer in \[1, 16\]"):
+        tj.make_policy(c1, c2, ds.workspace, correction_passes=10**6)
+    with pytest.raises(tj.ConfigError, match=r"TrainConfig\.batch_size must be a positive int below 2\*\*31"):
+        tj.TrainConfig(batch_size=2**40)
+    # the launcher caps its simulators at the episodes and the cores
+    from twostage_jax.launch import config as launch_config
+    from twostage_jax.launch.rollouts import pool_workers
+    from tests._launcher import smoke
+
+    monkeypatch.setattr(launch_config, "num_cores", lambda: 2)
+    assert pool_workers(smoke(**{"eval.workers": 12}), 4) == 2
+    assert pool_workers(smoke(**{"eval.workers": 12}), 1) == 1
+    assert pool_workers(smoke(**{"eval.workers": 1}), 100) == 1
+
+
 # Issue 24: errors that say what is wrong, and images the networks can misread.
 
 

@@ -511,6 +511,15 @@ def test_method_options_are_validated_before_work():
     check("validation_seed", demos__num_validation=5, demos__validation_seed=2)
     check("sigma_floor", demos__num_validation=2, calibrate__sigma=True, calibrate__sigma_floor=0.0)
     check("sigma_floor must be a finite number", calibrate__sigma_floor=float("inf"))
+    # sizes no machine holds: refused in one line naming the field, before anything is allocated
+    check(r"config\.num_seeds \(10+\) x the stage-1 networks .* need at least .* TiB", num_seeds=10**18)
+    check(r"config\.eval\.num_episodes makes 4,000,0[0,]+ episodes", eval__num_episodes=10**18)
+    check(r"config\.select\.episodes makes .* episodes in all, whose bookkeeping alone needs",
+          stage1__select="validation", select__episodes=10**9)
+    check(r"config\.stage1\.network\) at least|config\.stage1\.network, at least", stage1__network__mlp_hidden=10**18)
+    check(r"correction_passes must be at most 16", eval__correction_passes=10**18)
+    check(r"num_steps must be a positive int below 2\*\*31", stage1__num_steps=10**12)
+    check(r"learning_rate must be a number in \(0, 10\]", stage1__learning_rate=1e300)
     check(r"select\.first_share must lie in \(0, 1\]", select__first_share=0.0)
     check(r"select\.keep must be one of", select__keep="best")
     check(r"data\.min_visible must lie in \[0, 1\]", data__min_visible=1.5)

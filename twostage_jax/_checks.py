@@ -198,3 +198,46 @@ def check_key(name: str, key: Any) -> None:
     if dtype != jnp.uint32:
         raise TypeError(f"`{name}` must be a PRNG key (uint32 [2] from jax.random.PRNGKey, or a typed "
                         f"key from jax.random.key); got dtype {dtype}.")
+
+
+def available_memory() -> tuple[int, str] | None:
+    """(bytes, 'GPU device' / 'host') free on the first local device: the device's limit less
+    what is in use where it reports them, else the host's MemAvailable; None if unknown."""
+    device = jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # not every backend implements it
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform.upper()} device"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "host"
+    except OSError:
+        pass
+    return None
+
+
+def human_bytes(n: float) -> str:
+    """A byte count as KiB, MiB, GiB or TiB, for messages."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if unit != "MiB" else f"{n / size:.0f} MiB"
+    return f"{n / 2**10:.0f} KiB"
+
+
+def check_fits(name: str, nbytes: float, what: str) -> None:
+    """Refuses, naming `name`, an allocation of at least `nbytes` that the machine cannot hold
+    (`available_memory`); nothing is refused where the free memory is unknown.
+
+    Args:
+      name: the argument or field that sets the size ("size", "config.eval.num_episodes").
+      nbytes: a lower bound of the bytes it would take.
+      what: what they hold, for the message ("the (S, S, 3) float32 crop").
+    """
+    found = available_memory()
+    if found is not None and nbytes > found[0]:
+        raise ValueError(f"`{name}` asks for at least {human_bytes(nbytes)} ({what}), but "
+                         f"{human_bytes(found[0])} of {found[1]} memory is available.")

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax.types import Camera
@@ -193,6 +194,8 @@ def crop_at_pixel(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: 
     _checks.check_shape("center_uv", center_uv, (2,), "one (u, v) pixel coordinate; vmap for a batch")
     _checks.check_rank("angle", angle, 0)
     _checks.check_positive_int("size", size)
+    _checks.check_fits("size", 4.0 * size * size * max(int(np.shape(image)[-1]), 1),
+                       f"one {size}x{size} float32 crop")
     return _crop(image, jnp.asarray(center_uv, jnp.float32), jnp.asarray(angle, jnp.float32), size)
 
 

@@ -163,6 +163,11 @@ def check_observation(image: Any, pose: Any, camera: Camera) -> None:
     _checks.check_range("pose", pose, -1.0, 1.0, "poses are normalised like actions")
 
 
+MAX_CORRECTION_PASSES = 16
+"""`make_policy`'s bound on `correction_passes`: each pass is one more stage-2 network unrolled
+into the compiled policy (the paper corrects once)."""
+
+
 def make_policy(
     stage1: TrainConfig | None,
     stage2: TrainConfig | None,
@@ -215,8 +220,10 @@ def make_policy(
       must be those their stage's config builds (a ValueError names the argument, and says
       when the two look swapped).
     """
-    if isinstance(correction_passes, bool) or not isinstance(correction_passes, int) or correction_passes < 1:
-        raise ValueError(f"`correction_passes` must be an integer >= 1; got {correction_passes!r}.")
+    if (isinstance(correction_passes, bool) or not isinstance(correction_passes, int)
+            or not 1 <= correction_passes <= MAX_CORRECTION_PASSES):
+        raise ValueError(f"`correction_passes` must be an integer in [1, {MAX_CORRECTION_PASSES}] (each pass "
+                         f"is unrolled into the compiled policy); got {correction_passes!r}.")
     mask = None if corrected_dims is None else check_corrected_dims(corrected_dims)
     if stage1 is None and stage2 is None:
         raise ValueError("`stage1` and `stage2` are both None: a policy needs stage 1, stage 2 or both.")

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 import twostage_jax as tj
 from twostage_jax import sharding
+from twostage_jax.launch.bounds import check_bounds
 from twostage_jax.launch.config import LaunchConfig, from_dict
 
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
@@ -119,6 +120,7 @@ def validate_config(config: LaunchConfig) -> None:
     if config.env == "rlbench" and not config.rlbench_root and not lerobot:
         raise ValueError("config.env='rlbench' needs config.rlbench_root: the folder holding "
                          "TASK/variation0/episodes/ from RLBench's dataset generator.")
+    check_bounds(config)  # sizes no machine holds (seeds, episodes, steps)
 
 
 def split_episodes(config: LaunchConfig, episodes: list[int]) -> tuple[list[int], list[int]]:

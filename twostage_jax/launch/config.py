@@ -38,6 +38,7 @@ from typing import Any
 
 import twostage_jax as tj
 from twostage_jax.data.lerobot import POSE_CONVENTIONS, LeRobotSpec
+from twostage_jax.policy import MAX_CORRECTION_PASSES
 from twostage_jax.transform import PAPER_CROP_SIZE
 from twostage_jax.launch.migrate import CONFIG_VERSION, migrate
 
@@ -58,7 +59,7 @@ LEROBOT_REQUIRED = {
 """The `DataConfig` fields a LeRobot source must set (the others have defaults), and what each is."""
 
 
-def _num_cores() -> int:
+def num_cores() -> int:
     """CPU cores this process may run on: the default number of evaluation workers."""
     try:
         return len(os.sched_getaffinity(0))
@@ -374,7 +375,7 @@ class EvalConfig:
     seed: int = 100_000
     record_episodes: int = 1
     bootstrap_reps: int = 2000
-    workers: int = dataclasses.field(default_factory=_num_cores)
+    workers: int = dataclasses.field(default_factory=num_cores)
     curve_steps: tuple[int, ...] = ()
     correction_passes: int = 1
     corrected_dims: tuple[int, ...] | None = None
@@ -387,6 +388,9 @@ class EvalConfig:
             raise ConfigError("EvalConfig", "workers", "must be a positive int (1 = episodes one after "
                               f"another in this process); got {self.workers!r}.")
         _steps("EvalConfig", "curve_steps", self.curve_steps)
+        if self.correction_passes > MAX_CORRECTION_PASSES:
+            raise ConfigError("EvalConfig", "correction_passes", f"must be at most {MAX_CORRECTION_PASSES} (each "
+                              f"pass is unrolled into the compiled policy); got {self.correction_passes!r}.")
         if self.corrected_dims is not None:
             try:
                 tj.check_corrected_dims(self.corrected_dims)

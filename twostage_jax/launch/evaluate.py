@@ -127,7 +127,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     bar = progress(0, 0, "eval", unit="episode")
     start, cpu = time.perf_counter(), cpu_seconds()
     try:
-        with evaluation.EnvPool(env_fn, config.eval.workers) as pool:
+        with evaluation.EnvPool(env_fn, rollouts.pool_workers(config, ev.episodes())) as pool:
             by_tag, recorded = ev.run(pool, bar)
             camera = pool.camera
     finally:

@@ -25,6 +25,9 @@ import jax
 import numpy as np
 
 import twostage_jax as tj
+from absl import logging
+
+from twostage_jax.launch import config as tj_config
 from twostage_jax.launch.config import LaunchConfig
 from twostage_jax._io import write_json_atomic
 from twostage_jax.evaluation import Episode, EnvPool, Job
@@ -68,6 +71,16 @@ def env_factory(config: LaunchConfig) -> Callable[[], Any]:
 
     return functools.partial(RLBenchEnv, str(config.task), image_size=size,
                              max_keyframes=int(config.demos.max_keyframes))
+
+
+def pool_workers(config: LaunchConfig, episodes: int) -> int:
+    """`config.eval.workers`, capped at the episodes to roll out and the cores this process may
+    use (more simulators than either only cost memory and start-up), saying so when it caps."""
+    workers = max(1, min(int(config.eval.workers), int(episodes), tj_config.num_cores()))
+    if workers < int(config.eval.workers):
+        logging.info("rolling out %d episode(s) with %d simulator(s) (config.eval.workers=%d; %d core(s))",
+                     episodes, workers, config.eval.workers, tj_config.num_cores())
+    return workers
 
 
 def params_fingerprint(params: Any) -> str:
@@ -187,6 +200,12 @@ class Evaluation:
           seeds: the training seeds to roll out (default: all; the others' rows stay False).
         """
         self._entries.append((tag, params1, params2, record, layouts, seeds))
+
+    def episodes(self) -> int:
+        """Episodes `run` rolls out at most (before the stage-1 cache is consulted)."""
+        return sum(len(self.seeds if layouts is None else layouts) *
+                   (self.num_seeds if seeds is None else len(seeds)) * len(self.policies)
+                   for _, _, _, _, layouts, seeds in self._entries)
 
     def run(self, pool: EnvPool, progress: Any = None
             ) -> tuple[dict[Any, dict[str, np.ndarray]], dict[str, list[Episode]]]:

@@ -432,7 +432,8 @@ class ValidationRollouts:
                if self.progress else None)
         start, cpu = time.perf_counter(), cpu_seconds()
         try:
-            with evaluation.EnvPool(rollouts.env_factory(self.config), self.config.eval.workers) as pool:
+            workers = rollouts.pool_workers(self.config, ev.episodes())
+            with evaluation.EnvPool(rollouts.env_factory(self.config), workers) as pool:
                 success, _ = ev.run(pool, bar)
         finally:
             if bar is not None:

@@ -27,6 +27,7 @@ from twostage_jax.launch.workdir import (config_record, cpu_seconds, ensure_writ
                                          stage1_pairing, stage_dir, stage_record, validation_path)
 from twostage_jax import sharding
 from twostage_jax.data.dataset import dataset_checksum
+from twostage_jax._checks import available_memory, human_bytes
 from twostage_jax._io import atomic_open
 from twostage_jax._io import write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
@@ -315,27 +316,6 @@ ACTIVATION_FACTOR = 8
 at least (the first convolution's output alone, forward and backward, is about that)."""
 
 
-def available_memory() -> tuple[int, str] | None:
-    """(bytes, 'GPU device' / 'host') free for training on the first local device: the device's
-    limit less what is in use where it reports them, else the host's MemAvailable; None if
-    unknown."""
-    device = jax.local_devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # not every backend implements it
-        stats = None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform.upper()} device"
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "host"
-    except OSError:
-        pass
-    return None
-
-
 def check_memory(config: LaunchConfig, stage: int, dataset: tj.Dataset, out_dir: Path) -> None:
     """Refuses a stage whose lower-bound memory clearly exceeds what is available, before
     training: the dataset on the device, plus each seed trained at once (vmapped, per device)
@@ -345,7 +325,6 @@ def check_memory(config: LaunchConfig, stage: int, dataset: tj.Dataset, out_dir:
       PipelineError: naming the estimate, its parts, what is available, and the fields to lower.
     """
     from twostage_jax.data.dataset import dataset_nbytes
-    from twostage_jax.launch.workdir import human_bytes
     from twostage_jax.training.seeds import _resolve_seed_strategy
 
     found = available_memory()

@@ -53,6 +53,7 @@ from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, check_traine
                                          train_config)
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
+from twostage_jax._checks import human_bytes
 
 
 def dataset_path(workdir: Path) -> Path:
@@ -126,13 +127,6 @@ def is_disk_full(error: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
-
-
-def human_bytes(n: float) -> str:
-    """A byte count as MiB or GiB, for messages."""
-    if n >= 2**30:
-        return f"{n / 2**30:.1f} GiB"
-    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def free_space(path: Path) -> str:

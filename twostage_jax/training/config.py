@@ -71,18 +71,28 @@ class TrainConfig:
             raise ConfigError("TrainConfig", "algo", f"must be one of {ALGOS}; got {self.algo!r}.")
         for name in ("num_steps", "batch_size"):
             val = getattr(self, name)
-            if not isinstance(val, (int, np.integer)) or val <= 0:
-                raise ConfigError("TrainConfig", name, f"must be a positive int; got {val!r}.")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError("TrainConfig", "learning_rate", f"must be a finite number > 0; got "
-                             f"{self.learning_rate!r}.")
-        if self.image_size is not None and self.image_size <= 0:
-            raise ConfigError("TrainConfig", "image_size", f"must be a positive int or None; got {self.image_size!r}.")
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or not 0 < val < MAX_INT32:
+                raise ConfigError("TrainConfig", name, f"must be a positive int below 2**31 (the step counter "
+                                  f"and the batch's indices are int32); got {val!r}.")
+        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= MAX_LEARNING_RATE):
+            raise ConfigError("TrainConfig", "learning_rate", f"must be a number in (0, {MAX_LEARNING_RATE:g}] "
+                             f"(Adam steps of that size already diverge); got {self.learning_rate!r}.")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or self.image_size <= 0
+                                            or self.image_size > MAX_IMAGE_SIZE):
+            raise ConfigError("TrainConfig", "image_size", f"must be a positive int up to {MAX_IMAGE_SIZE}, or "
+                              f"None; got {self.image_size!r}.")
         if not isinstance(self.stage2, Stage2Config):
             raise TypeError(f"TrainConfig.stage2 must be a Stage2Config; got {type(self.stage2).__name__}.")
         if self.stage2.crop_size is None:  # follow the algorithm: the paper's 64 (BC) / 32 (CQL)
             object.__setattr__(self, "stage2", self.stage2.with_crop_size_for(self.algo))
 
+
+
+MAX_INT32 = 2**31
+MAX_LEARNING_RATE = 10.0
+MAX_IMAGE_SIZE = 4096
+"""Bounds no run can meaningfully exceed: the int32 step counter, a rate far past divergence,
+and a side no camera here records."""
 
 
 def check_stage(stage: Any) -> None:

@@ -1,0 +1,90 @@
+"""Sizes no machine holds, refused before any work: lower bounds of what a config allocates and
+how long it runs, each naming the field that sets it.
+
+The estimates are lower bounds, so only what cannot fit is refused: the training state of every
+seed (parameters and Adam's two moments, from the networks' smallest layers), the bookkeeping
+of every evaluation and validation episode, and the time of the training steps and the
+episodes at rates faster than any machine here reaches. Sizes within reach but too large for
+this machine's memory are `train_stage.check_memory`'s, when the dataset is known.
+"""
+
+from __future__ import annotations
+
+import math
+
+import twostage_jax as tj
+from twostage_jax._checks import available_memory, human_bytes
+from twostage_jax.launch.config import LaunchConfig
+
+EPISODE_BYTES = 256
+"""Bytes of host bookkeeping per episode, at least (its job and its outcome)."""
+MIN_STEP_SECONDS = 1e-5
+"""Seconds of one training step of one seed, at least (the tiniest networks on a GPU)."""
+MIN_EPISODE_SECONDS = 1e-3
+"""Seconds of one episode, at least (one simulator step and one policy call)."""
+MAX_SECONDS = 365 * 24 * 3600.0
+"""A run estimated to take longer than a year, at those rates, is refused."""
+
+
+class BoundsError(ValueError):
+    """A config whose lower-bound memory or time no machine holds; the message names the field."""
+
+
+def parameter_lower_bound(network: tj.NetworkConfig, stage: int) -> int:
+    """Parameters of one stage's policy network, at least: its convolutions (3x3), the pose MLP
+    and the head's dense layers (the encoders' flattening layer, the largest, left out)."""
+    channels = network.conv_channels if stage == 1 else network.crop_conv_channels
+    convs = sum(9 * c_in * c_out for c_in, c_out in zip((3, *channels[:-1]), channels))
+    head = (*network.head_hidden, tj.ACTION_DIM)
+    return convs + tj.ACTION_DIM * network.mlp_hidden + sum(a * b for a, b in zip(head[:-1], head[1:]))
+
+
+def _episodes(config: LaunchConfig) -> dict[str, int]:
+    """Episodes each field drives: evaluation (both policies, the final checkpoints and every
+    curve step) and checkpoint selection (every candidate of each selecting stage)."""
+    seeds = int(config.num_seeds)
+    out = {"config.eval.num_episodes": seeds * int(config.eval.num_episodes) * 2 * (1 + len(config.eval.curve_steps))}
+    candidates = 0
+    for stage in (1, 2):
+        s = config.stage(stage)
+        if s.select == "validation":
+            candidates += len(s.select_steps) or max(1, int(s.num_steps) // int(config.train.checkpoint_every))
+    if candidates:
+        out["config.select.episodes"] = seeds * int(config.select.episodes) * candidates
+    return out
+
+
+def check_bounds(config: LaunchConfig) -> None:
+    """Refuses a config whose lower-bound memory or time no machine holds.
+
+    Raises:
+      BoundsError: one line naming the field, the estimate and what is available.
+    """
+    found = available_memory()
+    free, where = found if found is not None else (math.inf, "")
+    seeds = int(config.num_seeds)
+    for stage in (1, 2):
+        s = config.stage(stage)
+        params = parameter_lower_bound(s.network, stage)
+        state = 3 * 4 * params * seeds  # float32 parameters and Adam's two moments
+        if state > free:
+            raise BoundsError(
+                f"config.num_seeds ({seeds}) x the stage-{stage} networks (config.stage{stage}.network, at "
+                f"least {params:,} parameters each) need at least {human_bytes(state)} for their training "
+                f"state, but {human_bytes(free)} of {where} memory is available.")
+        seconds = MIN_STEP_SECONDS * seeds * int(s.num_steps)
+        if seconds > MAX_SECONDS:
+            raise BoundsError(
+                f"config.stage{stage}.num_steps ({s.num_steps}) x config.num_seeds ({seeds}) would train "
+                f"for more than {seconds / 86400:,.0f} days even at {MIN_STEP_SECONDS:g} s a step.")
+    for field, episodes in _episodes(config).items():
+        if episodes * EPISODE_BYTES > free:
+            raise BoundsError(
+                f"{field} makes {episodes:,} episodes in all, whose bookkeeping alone needs at least "
+                f"{human_bytes(episodes * EPISODE_BYTES)}, but {human_bytes(free)} of {where} memory is "
+                "available.")
+        if episodes * MIN_EPISODE_SECONDS > MAX_SECONDS:
+            raise BoundsError(
+                f"{field} makes {episodes:,} episodes in all: more than "
+                f"{episodes * MIN_EPISODE_SECONDS / 86400:,.0f} days of rollouts even at "
+                f"{MIN_EPISODE_SECONDS:g} s an episode.")
