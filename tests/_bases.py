@@ -61,6 +61,14 @@ def not_a_policy(context):
     return 42
 
 
+def raising(context):
+    """A base policy that raises when called, as a user's model may."""
+    def act(image, pose):
+        raise ValueError("CUDA out of memory in user model")
+
+    return act
+
+
 def failing_factory(context):
     raise RuntimeError("no weights at /nowhere")
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import twostage_jax as tj
+from tests import _bases
 from tests._tiny import tiny_config, tiny_dataset
 from twostage_jax.base_policy import check_sim_base_action
 from twostage_jax.envs.base import Observation
@@ -115,6 +116,24 @@ def test_a_bad_base_output_names_the_base_policy(base, match):
         corrected({}, image, pose, _camera(ds))  # raised before stage 2 runs
     with pytest.raises(ValueError, match=base.__qualname__):
         tj.calibrate_to_base_policy(base, ds, batch_size=3)
+
+
+def test_a_base_policy_that_raises_is_named_in_one_line(trained, tmp_path):
+    import shutil
+
+    from tests._launcher import launch_in_process
+
+    raises = _bases.raising(None)
+    with pytest.raises(tj.BasePolicyError, match=r"base policy .*raising.*act raised ValueError: CUDA out of memory"):
+        tj.call_base_policy(raises, np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 7), np.float32))
+    # the launcher: stage 2 calibrated to it fails in one line naming the source
+    wd = tmp_path / "wd"
+    shutil.copytree(trained, wd, ignore=shutil.ignore_patterns("stage2"))
+    out = launch_in_process("--mode=stage2", f"--workdir={wd}", "--config.stage1.source=tests._bases:raising")
+    errors = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(errors) == 1, out.stderr[-3000:]
+    assert errors[0].startswith("error: config.stage1.source (tests._bases:raising): base policy ")
+    assert "raised ValueError: CUDA out of memory in user model" in errors[0]
 
 
 def test_bad_arguments_are_named():

@@ -18,6 +18,7 @@ from twostage_jax.actions import (
 from twostage_jax.base_policy import (
     BaseContext,
     BasePolicy,
+    BasePolicyError,
     SimBasePolicy,
     base_policy_actions,
     call_base_policy,
@@ -145,6 +146,7 @@ __all__ = [
     "bootstrap_interval",
     "calibrate_to_base_policy",
     "call_base_policy",
+    "BasePolicyError",
     "check_base_output",
     "compose_correction",
     "compose_direct",

@@ -56,6 +56,11 @@ def base_policy_name(base: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+class BasePolicyError(ValueError):
+    """A base policy of the user's raised, or returned actions it must not; the message names
+    the base policy."""
+
+
 def check_base_output(base: Any, output: Any, batch_size: int) -> np.ndarray:
     """A base policy's output as a [B, 7] float32 array, or a ValueError naming the base policy.
 
@@ -68,33 +73,33 @@ def check_base_output(base: Any, output: Any, batch_size: int) -> np.ndarray:
       [B, 7] float32 actions in [-1, 1].
 
     Raises:
-      ValueError: the output is not a numeric [B, 7] array, holds NaN or inf, or leaves [-1, 1].
+      BasePolicyError: the output is not a numeric [B, 7] array, holds NaN or inf, or leaves [-1, 1].
     """
     name = base_policy_name(base)
     try:
         arr = np.asarray(output)
     except Exception as err:  # e.g. a ragged list, or an object np.asarray cannot read
-        raise ValueError(f"base policy {name} must return a [B, 7] array of actions in [-1, 1]; "
+        raise BasePolicyError(f"base policy {name} must return a [B, 7] array of actions in [-1, 1]; "
                          f"got {type(output).__name__}, which is not an array ({err}).") from err
     want = f"[{batch_size}, {ACTION_DIM}]"
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating)
                                  or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"base policy {name} must return a numeric {want} array of actions in "
+        raise BasePolicyError(f"base policy {name} must return a numeric {want} array of actions in "
                          f"[-1, 1]; got {type(output).__name__} with dtype {arr.dtype} and shape "
                          f"{arr.shape}.")
     if arr.shape != (batch_size, ACTION_DIM):
-        raise ValueError(f"base policy {name} must return actions of shape {want} (one row of 7 = "
+        raise BasePolicyError(f"base policy {name} must return actions of shape {want} (one row of 7 = "
                          f"xyz, Euler xyz, gripper per observation); got shape {arr.shape}.")
     arr = arr.astype(np.float32)
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0]).tolist()
-        raise ValueError(f"base policy {name} must return finite actions in [-1, 1]; got NaN or "
+        raise BasePolicyError(f"base policy {name} must return finite actions in [-1, 1]; got NaN or "
                          f"inf in row(s) {rows[:10]} of its {want} output.")
     lo, hi = float(arr.min()), float(arr.max())
     if lo < -1.0 or hi > 1.0:
         rows = np.unique(np.nonzero(np.abs(arr) > 1.0)[0]).tolist()
-        raise ValueError(f"base policy {name} must return actions in [-1, 1] (tanh space: position "
+        raise BasePolicyError(f"base policy {name} must return actions in [-1, 1] (tanh space: position "
                          f"normalised by the workspace, Euler angles / pi, gripper); got values in "
                          f"[{lo:.4g}, {hi:.4g}] (row(s) {rows[:10]}).")
     return arr
@@ -116,7 +121,11 @@ def call_base_policy(base: BasePolicy, image: Any, pose: Any) -> np.ndarray:
                         f"{type(base).__name__}.")
     image = np.asarray(image)
     pose = np.asarray(pose, np.float32)
-    return check_base_output(base, base(image, pose), image.shape[0])
+    try:
+        output = base(image, pose)
+    except Exception as err:  # the user's code: say whose it was, in one line
+        raise BasePolicyError(f"base policy {base_policy_name(base)} raised {type(err).__name__}: {err}") from err
+    return check_base_output(base, output, image.shape[0])
 
 
 def base_policy_actions(base: BasePolicy, dataset: Dataset, batch_size: int = 64) -> np.ndarray:
@@ -234,7 +243,7 @@ def check_sim_base_action(base: Any, action: Any) -> np.ndarray:
     checks a batch (the error names the base policy)."""
     shape = np.shape(action) if not isinstance(action, (str, bytes)) else None
     if shape != (ACTION_DIM,):
-        raise ValueError(f"base policy {base_policy_name(base)} must return one action of shape "
+        raise BasePolicyError(f"base policy {base_policy_name(base)} must return one action of shape "
                          f"[{ACTION_DIM}] (xyz, Euler xyz, gripper) from act(env, observation); got "
                          f"{type(action).__name__} of shape {shape}.")
     return check_base_output(base, np.asarray(action)[None], 1)[0]

@@ -54,7 +54,12 @@ class BaseActingEnv:
         return self.env.max_keyframes
 
     def _propose(self, obs: Observation) -> Observation:
-        return obs._replace(tentative=check_sim_base_action(self.base, self.base.act(self.env, obs)))
+        try:
+            action = self.base.act(self.env, obs)
+        except Exception as err:  # the user's code: say whose it was, in one line
+            raise BasePolicyError(f"base policy {base_policy_name(self.base)} raised "
+                                  f"{type(err).__name__}: {err}") from err
+        return obs._replace(tentative=check_sim_base_action(self.base, action))
 
     def reset(self, seed: int) -> Observation:
         """The base policy's `reset`, then the env's, then its first proposal."""

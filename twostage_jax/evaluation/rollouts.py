@@ -17,6 +17,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from twostage_jax.base_policy import BasePolicyError
+
 
 class Episode(NamedTuple):
     """One rollout.
@@ -131,8 +133,8 @@ def _worker_main(conn: Connection, env_fn: Callable[[], Any]) -> None:
     try:
         env = env_fn()
         conn.send(("ready", jax.tree_util.tree_map(np.asarray, env.camera)))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-        conn.send(("error", traceback.format_exc()))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send(("error", traceback.format_exc(), _one_line(err)))
         return
     try:
         while True:
@@ -148,13 +150,19 @@ def _worker_main(conn: Connection, env_fn: Callable[[], Any]) -> None:
                        bool(done), clipped, obs.tentative))
     except (EOFError, KeyboardInterrupt):  # the parent went away or was interrupted
         pass
-    except BaseException:  # noqa: BLE001
+    except BaseException as err:  # noqa: BLE001
         try:
-            conn.send(("error", traceback.format_exc()))
+            conn.send(("error", traceback.format_exc(), _one_line(err)))
         except OSError:
             pass
     finally:
         env.close()
+
+
+def _one_line(err: BaseException) -> BasePolicyError | None:
+    """A worker's error the parent re-raises as it is (a base policy's, which names it), or None
+    for any other, which the parent reports with the worker's traceback."""
+    return BasePolicyError(str(err)) if isinstance(err, BasePolicyError) else None
 
 
 class _Running:
@@ -261,6 +269,8 @@ class EnvPool:
             raise RuntimeError(f"evaluation worker {w} died (exit code {self._procs[w].exitcode}) "
                                f"while {what}.") from e
         if msg[0] == "error":
+            if msg[2] is not None:  # a base policy of the user's failed: its own one-line error
+                raise msg[2]
             raise RuntimeError(f"evaluation worker {w} failed while {what}:\n{msg[1]}")
         return msg
 

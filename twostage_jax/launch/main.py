@@ -261,6 +261,7 @@ def _run_modes(config: LaunchConfig, workdir: Path, distributed: tuple[str, int,
     """Runs the mode's phases in order (each under its locks with --mode=all); 2 on a refusal."""
     import jax
 
+    from twostage_jax.base_policy import BasePolicyError
     from twostage_jax.checkpoint import CheckpointError
     from twostage_jax.data.dataset import DatasetFormatError
     from twostage_jax.launch.checks import PipelineError, seed_mesh
@@ -282,6 +283,9 @@ def _run_modes(config: LaunchConfig, workdir: Path, distributed: tuple[str, int,
             _run_phase(config, workdir, phase)
     except (PipelineError, CheckpointError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BasePolicyError as e:  # the user's base policy (config.stage1.source), named in `e`
+        print(f"error: config.stage1.source ({config.stage1.source}): {e}", file=sys.stderr)
         return 2
     except DatasetFormatError as e:
         print(f"error: {e} Re-record it with --mode=demos --force and the settings it was made "
