@@ -134,6 +134,9 @@ def test_mode_all_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "eval_direct" / "results.json").read_text())
     assert res["stage2_mode"] == "direct" and res["stage1_step"] == 8
+    # stage 1's rollouts came from the cache, and its recorded episode was rolled out again
+    assert (tmp_path / "eval_direct" / "rollout_stage1.gif").exists()
+    assert res["modes"]["stage1"] == json.loads((tmp_path / "eval" / "results.json").read_text())["modes"]["stage1"]
     # stage 1 alone is not re-rolled for an ablation that shares it: same per-episode results
     first = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert res["modes"]["stage1"]["episodes"] == first["modes"]["stage1"]["episodes"]
@@ -748,6 +751,18 @@ def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path
     assert out.returncode == 2 and "evaluation is not what this test is about" in out.stderr, out.stderr[-3000:]
     assert out.stderr.count("nothing to do") == 2 and "reusing the dataset" in out.stderr, out.stderr[-3000:]
     assert _files(wd) == before
+
+
+def test_records_hold_no_machine_path_of_the_program(tmp_path, monkeypatch):
+    import sys
+
+    from twostage_jax.launch.workdir import config_record
+
+    monkeypatch.setattr(sys, "argv", [str(Path(__file__).parents[1] / "twostage_jax" / "launch" / "__main__.py"),
+                                      f"--workdir={tmp_path}"])
+    assert config_record(_smoke(), tmp_path)["argv"] == ["twostage_jax.launch", "--workdir=."]
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/twostage", "--mode=eval"])
+    assert config_record(_smoke())["argv"] == ["twostage", "--mode=eval"]
 
 
 def test_a_leftover_calibration_made_with_other_settings_is_made_anew(trained, tmp_path):

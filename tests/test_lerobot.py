@@ -274,6 +274,14 @@ def test_other_bad_datasets_are_named(copy, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="episode 0 .*'observation.state': positions span .* outside the "
                                          "workspace"):
         load_lerobot_dataset(copy, SPEC, small)
+    # truncated parquet files are named, as truncated (the episode table's error said the video)
+    for path, what in ((copy / EPISODES.relative_to(ROOT), "episode table"),
+                       (copy / DATA.relative_to(ROOT), "data file of episode 0")):
+        whole = path.read_bytes()
+        path.write_bytes(whole[:100])
+        with pytest.raises(ValueError, match=rf"^{what} '{path}' cannot be read: it is truncated or corrupted"):
+            load_lerobot_demos(copy, SPEC, _camera())
+        path.write_bytes(whole)
     # without pyarrow / av, the error names the extra
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(ImportError, match=r"the `lerobot` extra: pip install 'twostage_jax\[lerobot\]'"):

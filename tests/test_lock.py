@@ -44,3 +44,17 @@ def test_readers_share_and_block_a_writer(tmp_path):
     with PartLock(tmp_path, "stage1", True, "--mode=stage1"):
         pass
     os.sync()
+
+
+def test_a_locks_path_that_cannot_hold_locks_is_named(tmp_path):
+    (tmp_path / ".locks").write_text("x")  # a file where the lock folder goes
+    with pytest.raises(LockError, match=r"\.locks is not a folder; the launcher keeps its workdir locks there"):
+        with locked(tmp_path, "--mode=eval", write=["eval"]):
+            pass
+    (tmp_path / ".locks").unlink()
+    (tmp_path / ".locks").mkdir()
+    if os.geteuid() != 0:  # root writes anyway
+        (tmp_path / ".locks").chmod(0o500)
+        with pytest.raises(LockError, match=r"\.locks cannot hold lock files \(Permission denied\)"):
+            with locked(tmp_path, "--mode=eval", write=["eval"]):
+                pass

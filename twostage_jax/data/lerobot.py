@@ -220,6 +220,14 @@ def _read_info(root: str) -> _Info:
     return _Info(root, float(fps), features, data_path, video_path)
 
 
+def _parquet(pq: Any, file: str, what: str) -> Any:
+    """`pq.ParquetFile(file)`, or a ValueError naming the file (pyarrow's errors name none)."""
+    try:
+        return pq.ParquetFile(file)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{what} {file!r} cannot be read: it is truncated or corrupted ({e}).") from e
+
+
 def _read_episode_table(root: str, required: Sequence[str],
                         optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """The episode table's `required` (and present `optional`) columns, ordered by episode_index."""
@@ -228,7 +236,7 @@ def _read_episode_table(root: str, required: Sequence[str],
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".parquet"))
     if not files:
         raise FileNotFoundError(f"{root!r} has no episode table (meta/episodes/chunk-*/file-*.parquet).")
-    readers = [pq.ParquetFile(file) for file in files]  # (pq.read_table imports pyarrow.dataset: 2 s)
+    readers = [_parquet(pq, file, "episode table") for file in files]  # (pq.read_table imports pyarrow.dataset: 2 s)
     schemas = [r.schema_arrow.names for r in readers]
     for file, names in zip(files, schemas):
         missing = [c for c in required if c not in names]
@@ -398,12 +406,16 @@ def _plan_episodes(info: _Info, table: dict[str, Any], episodes: Sequence[int], 
         if file not in files:
             if not os.path.isfile(file):
                 raise FileNotFoundError(f"episode {episode} of {root!r}: its data file {rel!r} is missing.")
-            reader = pq.ParquetFile(file)
+            reader = _parquet(pq, file, f"data file of episode {episode}")
             names = reader.schema_arrow.names
             missing = [k for k in (*_INDEX_COLUMNS, *keys) if k not in names]
             if missing:
                 raise ValueError(f"data file {file!r} lacks the column(s) {missing}.")
-            files[file] = reader.read(columns=list(dict.fromkeys((*_INDEX_COLUMNS, *keys))))
+            try:
+                files[file] = reader.read(columns=list(dict.fromkeys((*_INDEX_COLUMNS, *keys))))
+            except (OSError, ValueError) as e:  # pyarrow's errors name no file
+                raise ValueError(f"data file of episode {episode} {file!r} cannot be read: it is truncated "
+                                 f"or corrupted ({e}).") from e
         data = files[file]
         mask = np.asarray(data.column("episode_index").to_numpy(zero_copy_only=False)) == episode
         rows = data.filter(pa.array(mask))
@@ -612,6 +624,8 @@ def _prepare(root: str | os.PathLike[str], spec: LeRobotSpec, camera: Camera,
     try:
         table = _read_episode_table(info.root, _TABLE_COLUMNS + _video_columns(spec.image_key), ("tasks",))
     except ValueError as err:
+        if "lacks the column" not in str(err):  # e.g. a truncated file: its own message says it
+            raise
         raise ValueError(f"{err} (needed for image key {spec.image_key!r})") from err
     wanted = table["episode_index"].tolist() if episodes is None else [int(e) for e in episodes]
     keys = list(dict.fromkeys(k for k in (spec.pose_key, spec.action_key, spec.gripper_feature,

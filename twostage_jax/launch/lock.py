@@ -91,8 +91,14 @@ class PartLock:
         """
         if self._fd is not None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / f"{self.part}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / f"{self.part}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:  # .locks is a file, or not writable
+            what = ("is not a folder" if self.directory.exists() and not self.directory.is_dir()
+                    else f"cannot hold lock files ({e.strerror or e})")
+            raise LockError(f"{self.directory} {what}; the launcher keeps its workdir locks there: "
+                            "remove it or make it a writable folder, or use another --workdir.") from e
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError as e:

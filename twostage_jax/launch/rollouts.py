@@ -225,15 +225,20 @@ class Evaluation:
                 p1 = None if params1 is None else seed_params(params1, s)
                 p2 = None if params2 is None else seed_params(params2, s)
                 for mode, policy in self.policies.items():
+                    act = functools.partial(_call, policy, p1, p2 if mode == "two_stage" else None)
                     if mode == "stage1" and self.cache is not None and layouts is None:
                         fp = params_fingerprint(p1)
                         hit = self.cache.get(fp)
                         if hit is not None and len(hit) == len(self.seeds):
                             success[tag][mode][s] = hit
                             self.reused += 1
+                            # the recorded episodes are rolled out again for their frames (the
+                            # same outcomes: an episode depends on the parameters and its layout)
+                            for e in range(min(record, len(self.seeds)) if s == 0 else 0):
+                                jobs.append(Job(act, self.seeds[e], record=True))
+                                where.append((tag, mode, s, e))
                             continue
                         fresh[fp] = (tag, s)
-                    act = functools.partial(_call, policy, p1, p2 if mode == "two_stage" else None)
                     for e, layout in enumerate(self.seeds if layouts is None else layouts):
                         jobs.append(Job(act, layout, record=s == 0 and e < record))
                         where.append((tag, mode, s, e))

@@ -230,9 +230,15 @@ def config_record(config: LaunchConfig, workdir: Path | None = None) -> dict:
     software and host (`environment_record`), the config.
 
     The workdir's own absolute path in the command line is written as '.' (the records'
-    paths are relative to the workdir, so a moved or copied workdir's records still hold).
+    paths are relative to the workdir, so a moved or copied workdir's records still hold), and
+    the program (`argv[0]`, absolute under `python -m`) as its module or file name.
     """
     argv = list(sys.argv)
+    if argv and os.path.isabs(argv[0]):
+        program = Path(argv[0])
+        module = [p for p in (program.with_suffix(""),) if "twostage_jax" in p.parts]
+        argv[0] = (".".join(module[0].parts[module[0].parts.index("twostage_jax"):]).removesuffix(".__main__")
+                   if module else program.name)
     if workdir is not None:
         root = str(Path(workdir).absolute())
         argv = [a.replace(root, ".") for a in argv]
