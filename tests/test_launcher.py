@@ -264,7 +264,8 @@ def test_clear_errors_for_bad_usage(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"stage1.network.mlp_hidden": 0}, "config.stage1.network.mlp_hidden must be a positive int; got 0."),
-    ({"stage2.learning_rate": float("nan")}, "config.stage2.learning_rate must be a finite number > 0; got nan."),
+    ({"stage2.learning_rate": float("nan")},
+         "config.stage2.learning_rate must be a number in (0, 10] (Adam steps of that size already diverge); got nan."),
     ({"stage2.cql.critic_lr": float("nan")}, "config.stage2.cql.critic_lr must be a finite number > 0; got nan."),
     ({"eval.bootstrap_reps": 0}, "config.eval.bootstrap_reps must be a positive int; got 0."),
     ({"eval.record_episodes": -1}, "config.eval.record_episodes must be an int >= 0; got -1."),

@@ -49,7 +49,7 @@ def test_correction_passes_correct_the_previous_pass(tiny_trained):
     np.testing.assert_allclose(twice.correction, again.correction, atol=1e-6)
     assert not np.allclose(twice.action, once.action, atol=1e-4)
     for bad in (0, 1.5, True):
-        with pytest.raises(ValueError, match="`correction_passes` must be an integer >= 1"):
+        with pytest.raises(ValueError, match=r"`correction_passes` must be an integer in \[1, 16\]"):
             tj.make_policy(c1, c2, ds.workspace, correction_passes=bad)
 
 

@@ -200,16 +200,23 @@ def check_key(name: str, key: Any) -> None:
                         f"key from jax.random.key); got dtype {dtype}.")
 
 
-def available_memory() -> tuple[int, str] | None:
+def available_memory(device: bool = True) -> tuple[int, str] | None:
     """(bytes, 'GPU device' / 'host') free on the first local device: the device's limit less
-    what is in use where it reports them, else the host's MemAvailable; None if unknown."""
-    device = jax.local_devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # not every backend implements it
-        stats = None
+    what is in use where it reports them, else the host's MemAvailable; None if unknown.
+
+    Args:
+      device: ask the device; False reads the host's alone, without starting JAX's backend
+        (which must wait for `jax.distributed.initialize` in a multi-process run).
+    """
+    stats = None
+    if device:
+        try:
+            stats = jax.local_devices()[0].memory_stats()
+        except Exception:  # not every backend implements it
+            stats = None
     if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform.upper()} device"
+        return (int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)),
+                f"{jax.local_devices()[0].platform.upper()} device")
     try:
         with open("/proc/meminfo") as f:
             for line in f:

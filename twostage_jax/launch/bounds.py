@@ -5,7 +5,8 @@ The estimates are lower bounds, so only what cannot fit is refused: the training
 seed (parameters and Adam's two moments, from the networks' smallest layers), the bookkeeping
 of every evaluation and validation episode, and the time of the training steps and the
 episodes at rates faster than any machine here reaches. Sizes within reach but too large for
-this machine's memory are `train_stage.check_memory`'s, when the dataset is known.
+this machine's memory are `train_stage.check_memory`'s, when the dataset is known; these read
+the host's memory alone, before JAX starts (a device's, where it has less, is checked there).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def check_bounds(config: LaunchConfig) -> None:
     Raises:
       BoundsError: one line naming the field, the estimate and what is available.
     """
-    found = available_memory()
+    found = available_memory(device=False)  # before any JAX work (a multi-process run's init)
     free, where = found if found is not None else (math.inf, "")
     seeds = int(config.num_seeds)
     for stage in (1, 2):

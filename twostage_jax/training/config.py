@@ -65,8 +65,8 @@ class TrainConfig:
         if isinstance(self.shift_pad, bool) or not isinstance(self.shift_pad, (int, np.integer)) \
                 or self.shift_pad < 0:
             raise ConfigError("TrainConfig", "shift_pad", f"must be an int >= 0; got {self.shift_pad!r}.")
-        if not float(self.min_move) >= 0.0:
-            raise ConfigError("TrainConfig", "min_move", f"must be >= 0 metres; got {self.min_move!r}.")
+        if not 0.0 <= float(self.min_move) < math.inf:
+            raise ConfigError("TrainConfig", "min_move", f"must be a finite number >= 0 metres; got {self.min_move!r}.")
         if self.algo not in ALGOS:
             raise ConfigError("TrainConfig", "algo", f"must be one of {ALGOS}; got {self.algo!r}.")
         for name in ("num_steps", "batch_size"):
