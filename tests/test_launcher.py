@@ -923,3 +923,21 @@ def test_a_batch_clearly_too_big_for_memory_is_refused_before_training(trained, 
                             "config.stage1.batch_size or config.stage1.image_size, train the seeds one "
                             "after another (--config.seed_strategy=sequential), or record fewer demos.")
     assert _files(wd) == before
+
+
+def test_orbax_reports_of_a_full_disk_are_left_to_the_one_line_error():
+    # orbax's writer threads log a traceback each when the disk fills (20 of them once) before
+    # the save raises, which the launcher reports in one line
+    import logging
+
+    from twostage_jax.launch.main import _DropLibraryInfo
+
+    def record(path, level, message):
+        return logging.LogRecord("absl", level, path, 1, message, None, None)
+
+    keep = _DropLibraryInfo().filter
+    orbax = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+    assert not keep(record(orbax, logging.ERROR, "raised an exception: RESOURCE_EXHAUSTED: Error writing"))
+    assert keep(record(orbax, logging.ERROR, "raised an exception: PERMISSION_DENIED"))  # others stay
+    assert not keep(record(orbax, logging.INFO, "saving"))
+    assert keep(record("/twostage_jax/launch/main.py", logging.INFO, "JAX on cpu"))

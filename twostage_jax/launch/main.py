@@ -337,11 +337,19 @@ def _run_phase(config: LaunchConfig, workdir: Path, phase: str) -> None:
         print(f"results, plots and rollout frames: {eval_dir(workdir, config)}")
 
 
+_DISK_FULL = ("RESOURCE_EXHAUSTED", "No space left", "Errno 28")
+
+
 class _DropLibraryInfo(pylogging.Filter):
     """Hides orbax, rliable and PyOpenGL INFO lines so progress bars, errors and the results
-    table stay readable."""
+    table stay readable, and orbax's own reports of a full disk from its writer threads (a
+    traceback each): the save raises the same error here, which the launcher reports in one
+    line naming what was being written and the space left."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
+        if "orbax" in record.pathname and record.levelno >= pylogging.ERROR:
+            text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+            return not any(marker in text for marker in _DISK_FULL)
         return record.levelno > pylogging.INFO or not any(
             lib in record.pathname for lib in ("orbax", "rliable", "OpenGL"))
 
