@@ -161,6 +161,14 @@ def test_prepare_data_refuses_cameras_that_cannot_be_right():
         tj.validate_dataset(turned, min_visible=tj.MIN_VISIBLE)
 
 
+def test_a_workspace_beyond_any_cell_is_refused():
+    # a calibration with low = -1e308 was blamed on the dataset's poses (overflow to inf)
+    with pytest.raises(ValueError, match=r"Workspace `low` must be finite metres within 1000 m"):
+        tj.Workspace.create([-1e308, 0.0, 0.0], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"Workspace `high` must be finite"):
+        tj.Workspace.create([0.0, 0.0, 0.0], [1.0, np.nan, 1.0])
+
+
 def test_sizes_no_machine_holds_are_refused_by_the_library(tiny_trained, monkeypatch):
     ds, c1, c2, _, _ = tiny_trained
     with pytest.raises(ValueError, match=r"`size` asks for at least .* TiB \(one 1000000x1000000 float32 crop\)"):

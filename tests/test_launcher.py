@@ -754,6 +754,20 @@ def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path
     assert _files(wd) == before
 
 
+def test_a_stage_2_started_on_a_base_policy_resumed_without_it_names_the_base(tmp_path):
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.workdir import stage1_pairing
+
+    (tmp_path / "stage2").mkdir()
+    (tmp_path / "stage2" / "pairing.json").write_text(json.dumps({"source": "tests._bases:nudged_pose"}))
+    with pytest.raises(PipelineError, match=r"stage2 was started on the base policy tests\._bases:nudged_pose, "
+                                            r"and this run names none; pass --config\.stage1\.source="):
+        stage1_pairing(_smoke(), tmp_path)
+    (tmp_path / "stage2" / "pairing.json").unlink()
+    with pytest.raises(PipelineError, match="stage 2 needs a trained stage 1"):
+        stage1_pairing(_smoke(), tmp_path)
+
+
 def test_records_hold_no_machine_path_of_the_program(tmp_path, monkeypatch):
     import sys
 

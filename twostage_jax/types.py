@@ -164,10 +164,15 @@ class Workspace:
 
     @classmethod
     def create(cls, low: Any, high: Any) -> "Workspace":
-        """Validating constructor: `low` and `high` are [3] with low < high."""
+        """Validating constructor: `low` and `high` are [3] finite metres within
+        `MAX_WORKSPACE_M` of the origin, with low < high."""
         _checks.check_shape("low", low, (3,))
         _checks.check_shape("high", high, (3,))
         lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        for name, bound in (("low", lo), ("high", hi)):
+            if not np.all(np.abs(bound) <= MAX_WORKSPACE_M):  # NaN fails too
+                raise ValueError(f"Workspace `{name}` must be finite metres within {MAX_WORKSPACE_M:g} m of "
+                                 f"the world origin; got {bound.tolist()}.")
         if not np.all(hi > lo):
             raise ValueError(f"Workspace needs `low` < `high` on every axis; got low={lo.tolist()}, "
                              f"high={hi.tolist()}.")
@@ -362,6 +367,10 @@ class Dataset:
             height=int(self.images.shape[1]),
         )
 
+
+MAX_WORKSPACE_M = 1000.0
+"""A workspace bound further than this from the world origin is a unit or sign error, not a robot
+cell (float32 positions would lose their millimetres out there)."""
 
 MIN_VISIBLE = 0.9
 """The share of the demos' end-effector positions that must project in front of their frame's

@@ -211,6 +211,7 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if changes:
         logging.warning("%s: --accept_new_inputs: %s", out_dir.name, "; ".join(changes))
     dataset = load_demos(workdir)
+    validation = load_validation(workdir)  # read (and checked) before anything is written
     check_memory(config, stage, dataset, out_dir)
     repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
     if stage == 2 and needs_calibration(config):
@@ -251,7 +252,7 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
         return json.loads(summary_path.read_text())
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
-    held_out = _held_out_evaluator(tcfg, stage, load_validation(workdir), mesh)
+    held_out = _held_out_evaluator(tcfg, stage, validation, mesh)
     plateau, stopped = None, None
     if selection.stops_at_plateau(config, stage):  # candidates trained before a resume first
         plateau = selection.PlateauStop(config, workdir, stage, dataset)

@@ -341,6 +341,14 @@ def stage1_pairing(config: LaunchConfig, workdir: Path) -> dict:
         return {"source": config.stage1.source, "step": None, "steps": None}
     directory = stage_dir(workdir, 1, config) / "checkpoints"
     if not directory.exists():
+        try:  # a stage 2 started on a base policy of the user's, resumed without it
+            source = json.loads((stage_dir(workdir, 2, config) / "pairing.json").read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if source:
+            raise PipelineError(f"{config.stage2_name} was started on the base policy {source}, and this "
+                                f"run names none; pass --config.stage1.source={source} (stage 1 is that "
+                                "policy, not one trained here).")
         raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} does not exist; run "
                             "--mode=stage1 first (or --mode=all).")
     ckpt = Checkpointer(directory)
