@@ -649,7 +649,8 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
 
 def _fake_rollouts(monkeypatch, outcome) -> list:
     """Stubs the simulator out of validation and evaluation rollouts: an episode succeeds
-    when `outcome(stage-1 params, layout)` is true. Returns the list of layouts rolled out."""
+    when `outcome(stage-1 params, layout)` is true (or `outcome(act, layout, True)`, given the
+    whole act: partial(_call, policy, params1, params2)). Returns the list of layouts rolled out."""
     from twostage_jax import evaluation
     from twostage_jax.evaluation import rollouts as eval_rollouts
     from twostage_jax.launch import rollouts
@@ -665,11 +666,41 @@ def _fake_rollouts(monkeypatch, outcome) -> list:
     def fake_rollout(env, act, layout, record=False):
         rolled.append(layout)
         empty = np.zeros((0, 7), np.float32)  # act = partial(_call, policy, p1, p2)
-        return evaluation.Episode(outcome(act.args[1], layout), 1, np.zeros((0,), np.uint8), empty, empty, 0)
+        ok = outcome(act.args[1], layout) if outcome.__code__.co_argcount == 2 else outcome(act, layout)
+        return evaluation.Episode(ok, 1, np.zeros((0,), np.uint8), empty, empty, 0)
 
     monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
     monkeypatch.setattr(eval_rollouts, "rollout", fake_rollout)
     return rolled
+
+
+def test_no_correction_is_a_stage_2_candidate_and_its_seeds_act_with_stage_1_alone(trained, tmp_path,
+                                                                                   monkeypatch):
+    # seed 0's stage 2 fails every validation layout where its stage 1 alone succeeds; seed 1's
+    # the other way round: seed 0 acts without correction, seed 1 with its stage 2
+    from twostage_jax.launch import rollouts, selection
+    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.evaluate import run_eval
+
+    workdir = _copy(trained, tmp_path / "wd")
+    config = _smoke(**{"stage2.select": "validation", "select.no_correction": True, "select.episodes": 4,
+                       "eval.workers": 1, "eval.record_episodes": 0})
+    params1, _ = selection.policy_params(config, workdir, 1)
+    seed0 = rollouts.params_fingerprint(rollouts.seed_params(params1, 0))
+
+    def outcome(act, layout, whole=True):
+        return (act.args[2] is None) == (rollouts.params_fingerprint(act.args[1]) == seed0)
+
+    _fake_rollouts(monkeypatch, outcome)
+    record = selection.ensure_selection(config, workdir, 2, progress=False)
+    assert record["steps"] == [selection.NO_CORRECTION, 4, 8] and record["chosen_steps"] == [0, 4]
+    assert record["success"][0] == [1.0, 0.0]  # no correction: stage 1 alone on the validation layouts
+    with pytest.raises(PipelineError, match=r"chose no correction for seed\(s\) \[0\]"):
+        selection.policy_params(config, workdir, 2)
+    results = run_eval(config, workdir)
+    assert list(results.stage2_steps) == [0, 4]
+    assert results.modes["stage1"].per_seed == (1.0, 0.0)
+    assert results.modes["two_stage"].per_seed == (1.0, 1.0)  # seed 0 as stage 1, seed 1 corrected
 
 
 def test_training_stops_at_the_validation_plateau_and_a_resume_extends_it(trained, tmp_path, monkeypatch):

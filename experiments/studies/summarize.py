@@ -165,8 +165,11 @@ def _stage_steps(runs: Runs, algo: str, stage: int, name: str = HEADLINE) -> str
                      for s in getattr(d, f"stage{stage}_steps")})
     if not chosen:
         return budget
+    seeds = [k for d in runs_ if f"stage{stage}" in d.selection for k in getattr(d, f"stage{stage}_steps")]
+    plain = sum(k == 0 for k in seeds)  # stage 2's no-correction candidate (select.no_correction)
     return (f"up to {budget}, each seed acting with its checkpoint chosen on validation layouts "
-            f"(chosen steps {'/'.join(map(str, chosen))})")
+            f"(chosen steps {'/'.join(map(str, (k for k in chosen if k)))}" +
+            (f"; no correction for {plain} of {len(seeds)} seeds" if plain else "") + ")")
 
 
 def _arm(study: str, value: Any) -> str:

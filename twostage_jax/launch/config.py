@@ -305,6 +305,9 @@ class SelectConfig:
         (on the first share of the layouts) has not improved by more than `min_delta` for
         this many candidates, for every seed (0: train to num_steps).
       min_delta: the improvement in success rate that resets the patience.
+      no_correction: stage 2's selection has one more candidate, step 0: no correction, the
+        tentative action executed as it is (stage 1 alone), so a seed whose stage 2 does not
+        beat its stage 1 on validation acts without it.
     """
 
     episodes: int = 20
@@ -314,6 +317,7 @@ class SelectConfig:
     keep: str = "half"
     patience: int = 0
     min_delta: float = 0.0
+    no_correction: bool = False
 
     def __post_init__(self) -> None:
         _int_at_least("SelectConfig", "episodes", self.episodes, 1)
@@ -326,6 +330,8 @@ class SelectConfig:
         if self.keep not in KEEP_RULES:
             raise ConfigError("SelectConfig", "keep", f"must be one of {KEEP_RULES}; got {self.keep!r}.")
         _int_at_least("SelectConfig", "patience", self.patience, 0)
+        if not isinstance(self.no_correction, bool):
+            raise ConfigError("SelectConfig", "no_correction", f"must be True or False; got {self.no_correction!r}.")
         if isinstance(self.min_delta, bool) or not 0.0 <= float(self.min_delta) < 1.0:
             raise ConfigError("SelectConfig", "min_delta", f"must lie in [0, 1); got {self.min_delta!r}.")
 

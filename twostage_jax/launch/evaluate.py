@@ -89,7 +89,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
                             "at config.demos.image_size; use the size the dataset was recorded at.")
     base = base_source.load(config) if foreign else None  # the factory's errors before any rollout
     params1, steps1 = (None, []) if foreign else selection.policy_params(config, workdir, 1, dataset)
-    params2, steps2 = selection.policy_params(config, workdir, 2, dataset)
+    params2, steps2 = selection.policy_params(config, workdir, 2, dataset, uncorrected=True)
     step1 = 0 if foreign else _latest_step(config, workdir, 1)
     step2 = _latest_step(config, workdir, 2)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
@@ -115,10 +115,13 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     env_fn = rollouts.env_factory(config)
     if in_env:  # it acts beside the simulator, in each worker
         env_fn = base_source.acting_env_factory(config, env_fn)
+    uncorrected = tuple(s for s, k in enumerate(steps2) if k == selection.NO_CORRECTION)
+    if uncorrected:
+        logging.info("stage 2's selection chose no correction for seed(s) %s: they act with stage 1 alone",
+                     list(uncorrected))
     ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
-                             corrected_dims=dims,
-                             base=rollouts.ENV_BASE if in_env else base)
-    ev.add("final", params1, params2, record=int(config.eval.record_episodes))
+                             corrected_dims=dims, base=rollouts.ENV_BASE if in_env else base)
+    ev.add("final", params1, params2, record=int(config.eval.record_episodes), uncorrected=uncorrected)
     final = (steps1, steps2) == ([step1] * num_seeds, [step2] * num_seeds)
     curve = [k for k in rollouts.curve_steps(config) if not (final and (k, k) == (step1, step2))]
     for k in curve:

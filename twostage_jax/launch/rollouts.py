@@ -176,9 +176,12 @@ class Evaluation:
         self.policies = {}
         if base is not None:
             tentative = _env_tentative if isinstance(base, str) else functools.partial(_host_tentative, base)
+        # stage 1 (or the base) alone; built lazily by make_policy, compiled on its first call
+        self._alone = (None if stage1 is None and base is None else
+                       tj.make_policy(stage1, None, workspace, row_by_row=True) if base is None
+                       else functools.partial(_base_alone, tentative))
         if "stage1" in modes:
-            self.policies["stage1"] = (tj.make_policy(stage1, None, workspace, row_by_row=True)
-                                       if base is None else functools.partial(_base_alone, tentative))
+            self.policies["stage1"] = self._alone
         if "two_stage" in modes:
             act = tj.make_policy(None if base is not None else stage1, stage2, workspace,
                                  row_by_row=True, correction_passes=correction_passes,
@@ -186,11 +189,12 @@ class Evaluation:
             self.policies["two_stage"] = (act if base is None else
                                           functools.partial(_base_corrected, act, tentative))
         self.seeds, self.num_seeds, self.cache = seeds, num_seeds, cache
-        self._entries: list[tuple[Any, Any, Any, int]] = []  # (tag, params1, params2, record)
+        self._entries: list[tuple] = []  # (tag, params1, params2, record, layouts, seeds, uncorrected)
         self.reused = 0
 
     def add(self, tag: Any, params1: Any, params2: Any, record: int = 0,
-            layouts: list[int] | None = None, seeds: list[int] | None = None) -> None:
+            layouts: list[int] | None = None, seeds: list[int] | None = None,
+            uncorrected: tuple[int, ...] = ()) -> None:
         """Evaluates both modes for every seed of `params1`/`params2` ([S, ...] leaves);
         `record` first episodes of seed 0 keep their frames.
 
@@ -198,14 +202,16 @@ class Evaluation:
           layouts: this entry's layout seeds (default: the evaluation's; others bypass the
             stage-1 cache, whose entries are keyed by the evaluation's layouts).
           seeds: the training seeds to roll out (default: all; the others' rows stay False).
+          uncorrected: training seeds whose 'two_stage' policy is stage 1 (or the base) alone:
+            stage 2's selection chose no correction for them (`SelectConfig.no_correction`).
         """
-        self._entries.append((tag, params1, params2, record, layouts, seeds))
+        self._entries.append((tag, params1, params2, record, layouts, seeds, frozenset(uncorrected)))
 
     def episodes(self) -> int:
         """Episodes `run` rolls out at most (before the stage-1 cache is consulted)."""
         return sum(len(self.seeds if layouts is None else layouts) *
                    (self.num_seeds if seeds is None else len(seeds)) * len(self.policies)
-                   for _, _, _, _, layouts, seeds in self._entries)
+                   for _, _, _, _, layouts, seeds, _ in self._entries)
 
     def run(self, pool: EnvPool, progress: Any = None
             ) -> tuple[dict[Any, dict[str, np.ndarray]], dict[str, list[Episode]]]:
@@ -216,15 +222,17 @@ class Evaluation:
         """
         success = {tag: {m: np.zeros((self.num_seeds, len(self.seeds if layouts is None else layouts)), bool)
                          for m in self.policies}
-                   for tag, _, _, _, layouts, _ in self._entries}
+                   for tag, _, _, _, layouts, _, _ in self._entries}
         jobs: list[Job] = []
         where: list[tuple[Any, str, int, int]] = []
         fresh: dict[str, tuple[Any, int]] = {}  # fingerprint -> (tag, seed) evaluated now
-        for tag, params1, params2, record, layouts, seeds in self._entries:
+        for tag, params1, params2, record, layouts, seeds, uncorrected in self._entries:
             for s in range(self.num_seeds) if seeds is None else seeds:
                 p1 = None if params1 is None else seed_params(params1, s)
                 p2 = None if params2 is None else seed_params(params2, s)
                 for mode, policy in self.policies.items():
+                    if mode == "two_stage" and s in uncorrected:  # the tentative action as it is
+                        policy, p2 = self._alone, None
                     act = functools.partial(_call, policy, p1, p2 if mode == "two_stage" else None)
                     if mode == "stage1" and self.cache is not None and layouts is None:
                         fp = params_fingerprint(p1)

@@ -39,6 +39,8 @@ from twostage_jax._io import write_json_atomic
 SELECTION_VERSION = 2
 """2: successive halving, per-episode outcomes and the rollouts spent in the record."""
 EPISODES_FILE = "validation_episodes.json"
+NO_CORRECTION = 0
+"""Stage 2's candidate step for acting without it (`SelectConfig.no_correction`)."""
 
 
 def selects(config: LaunchConfig, stage: int) -> bool:
@@ -283,19 +285,32 @@ def _stack_seeds(per_seed: list[Any]) -> Any:
 
 
 def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any = None,
-                  progress: bool = True) -> tuple[Any, list[int]]:
+                  progress: bool = True, uncorrected: bool = False) -> tuple[Any, list[int]]:
     """The parameters a stage acts with (leading seed axis), and the step of each seed.
 
     The latest checkpoint when the stage does not select; else each seed's validation-selected
     checkpoint (selected now if STAGE/selection.json is missing or stale).
+
+    Args:
+      uncorrected: stage 2: accept seeds for which the selection chose no correction
+        (`NO_CORRECTION`, `config.select.no_correction`); their parameters are another
+        candidate's and must not act (`rollouts.Evaluation`'s `uncorrected`). Without it such a
+        choice raises PipelineError.
     """
     num = int(config.num_seeds)
     if not selects(config, stage):
         params, step = load_params(config, workdir, stage, dataset)
         return params, [step] * num
     chosen = ensure_selection(config, workdir, stage, dataset, progress=progress)["chosen_steps"]
-    loaded = {k: load_params(config, workdir, stage, dataset, k)[0] for k in sorted(set(chosen))}
-    return _stack_seeds([rollouts.seed_params(loaded[k], s) for s, k in enumerate(chosen)]), chosen
+    plain = [s for s, k in enumerate(chosen) if k == NO_CORRECTION]
+    if plain and not uncorrected:
+        raise PipelineError(f"stage 2's selection chose no correction for seed(s) {plain} "
+                            "(config.select.no_correction): there is no stage 2 for them to act with here.")
+    steps = [k for k in candidate_steps(config, stage) if k in chosen] or [candidate_steps(config, stage)[-1]]
+    loaded = {k: load_params(config, workdir, stage, dataset, k)[0] for k in sorted(set(chosen) | {steps[0]})
+              if k != NO_CORRECTION}
+    return _stack_seeds([rollouts.seed_params(loaded.get(k, loaded[steps[0]]), s)
+                         for s, k in enumerate(chosen)]), chosen
 
 
 def _setting(config: LaunchConfig, stage: int, fingerprints: dict[int, list[str]],
@@ -375,7 +390,12 @@ class ValidationRollouts:
         self.rolled = 0
 
     def add(self, step: int, params: Any) -> None:
-        """Adds candidate `step` with its parameters ([S, ...] leaves)."""
+        """Adds candidate `step` with its parameters ([S, ...] leaves); stage 2's `NO_CORRECTION`
+        takes None (stage 1 acts alone)."""
+        if step == NO_CORRECTION and self.stage == 2:  # each seed's stage 1 alone
+            self.params[step] = None
+            self.fingerprints[step] = [f"no correction on {fp}" for fp in self.setting["stage1_params_sha256"]]
+            return
         params = sharding.to_host(params)
         self.params[step] = params
         self.fingerprints[step] = [rollouts.params_fingerprint(rollouts.seed_params(params, s))
@@ -409,32 +429,41 @@ class ValidationRollouts:
     def roll(self, requests: dict[tuple[int, int], int]) -> None:
         """Rolls out the first n layouts of each (step, seed) not rolled out yet."""
         table = {k: self.table([k])[0] for k in {k for k, _ in requests}}
-        ev = None
+        config = self.config
+        mode = "stage1" if self.stage == 1 else "two_stage"
+        # stage 2's no-correction candidate: the two-stage policy with no stage 2 for any seed
+        ev = rollouts.Evaluation(train_config(config, 1),
+                                 train_config(config, 2, self.workdir) if self.stage == 2 else None,
+                                 self.dataset.workspace, self.layouts, self.num_seeds, None,
+                                 modes=(mode,), correction_passes=config.eval.correction_passes,
+                                 corrected_dims=config.eval.corrected_dims)
+        alone = rollouts.Evaluation(train_config(config, 1), None, self.dataset.workspace, self.layouts,
+                                    self.num_seeds, None, modes=("stage1",)) if self.stage == 2 else None
+        empty = True
         for (k, s), n in sorted(requests.items()):
             missing = [layout for e, layout in enumerate(self.layouts[:n]) if np.isnan(table[k][s, e])]
             if not missing:
                 continue
-            if ev is None:
-                config = self.config
-                mode = "stage1" if self.stage == 1 else "two_stage"
-                ev = rollouts.Evaluation(train_config(config, 1),
-                                         train_config(config, 2, self.workdir) if self.stage == 2 else None,
-                                         self.dataset.workspace, self.layouts, self.num_seeds, None,
-                                         modes=(mode,), correction_passes=config.eval.correction_passes,
-                                         corrected_dims=config.eval.corrected_dims)
+            empty = False
+            if self.stage == 2 and k == NO_CORRECTION:
+                alone.add((k, s, tuple(missing)), self.params1, None, layouts=missing, seeds=[s])
+                continue
             p1 = self.params[k] if self.stage == 1 else self.params1
             ev.add((k, s, tuple(missing)), p1, self.params[k] if self.stage == 2 else None,
                    layouts=missing, seeds=[s])
-        if ev is None:
+        if empty:
             return
         name = STAGE_NAMES[self.stage]
         bar = (progress_bar(0, 0, f"validate {name} candidates", unit="episode")
                if self.progress else None)
         start, cpu = time.perf_counter(), cpu_seconds()
         try:
-            workers = rollouts.pool_workers(self.config, ev.episodes())
+            extra = alone.episodes() if alone is not None else 0
+            workers = rollouts.pool_workers(self.config, ev.episodes() + extra)
             with evaluation.EnvPool(rollouts.env_factory(self.config), workers) as pool:
-                success, _ = ev.run(pool, bar)
+                success, _ = ev.run(pool, bar) if ev.episodes() else ({}, None)
+                if extra:
+                    success.update(alone.run(pool, bar)[0])
         finally:
             if bar is not None:
                 bar.close()
@@ -477,6 +506,9 @@ def ensure_selection(config: LaunchConfig, workdir: Path, stage: int, dataset: A
         params1, _ = policy_params(config, workdir, 1, dataset, progress)
         under = [rollouts.params_fingerprint(rollouts.seed_params(params1, s)) for s in range(num)]
     runs = ValidationRollouts(config, workdir, stage, dataset, params1, progress)
+    if stage == 2 and config.select.no_correction:
+        steps = [NO_CORRECTION, *steps]
+        params[NO_CORRECTION] = None
     for k in steps:
         runs.add(k, params[k])
     setting = _setting(config, stage, runs.fingerprints, under)
