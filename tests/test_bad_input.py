@@ -175,6 +175,8 @@ def test_sizes_no_machine_holds_are_refused_by_the_library(tiny_trained, monkeyp
         tj.crop_at_pixel(jnp.zeros((8, 8, 3)), jnp.array([3.0, 3.0]), jnp.array(0.0), size=10**6)
     with pytest.raises(ValueError, match=r"`correction_passes` must be an integer in \[1, 16\]"):
         tj.make_policy(c1, c2, ds.workspace, correction_passes=10**6)
+    with pytest.raises(TypeError, match=r"`workspace` must be the dataset's Workspace .* got NoneType"):
+        tj.make_policy(c1, c2, None)
     with pytest.raises(tj.ConfigError, match=r"TrainConfig\.batch_size must be a positive int below 2\*\*31"):
         tj.TrainConfig(batch_size=2**40)
     # the launcher caps its simulators at the episodes and the cores

@@ -522,6 +522,8 @@ def test_method_options_are_validated_before_work():
           stage1__select="validation", select__episodes=10**9)
     check(r"config\.stage1\.network\) at least|config\.stage1\.network, at least", stage1__network__mlp_hidden=10**18)
     check(r"correction_passes must be at most 16", eval__correction_passes=10**18)
+    check(r"config\.eval\.bootstrap_reps \(10+\) x config\.num_seeds", eval__bootstrap_reps=10**18)
+    check(r"config\.demos\.num_demos \(3\) x max_keyframes \(10+\) keyframe images", demos__max_keyframes=10**15)
     check(r"num_steps must be a positive int below 2\*\*31", stage1__num_steps=10**12)
     check(r"learning_rate must be a number in \(0, 10\]", stage1__learning_rate=1e300)
     check(r"select\.first_share must lie in \(0, 1\]", select__first_share=0.0)

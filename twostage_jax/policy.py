@@ -225,6 +225,9 @@ def make_policy(
         raise ValueError(f"`correction_passes` must be an integer in [1, {MAX_CORRECTION_PASSES}] (each pass "
                          f"is unrolled into the compiled policy); got {correction_passes!r}.")
     mask = None if corrected_dims is None else check_corrected_dims(corrected_dims)
+    if not isinstance(workspace, Workspace):
+        raise TypeError(f"`workspace` must be the dataset's Workspace (the action's position bounds); got "
+                        f"{type(workspace).__name__}.")
     if stage1 is None and stage2 is None:
         raise ValueError("`stage1` and `stage2` are both None: a policy needs stage 1, stage 2 or both.")
     nets1 = make_networks(stage1.network, 1, stage1.algo) if stage1 is not None else None

@@ -2,9 +2,10 @@
 how long it runs, each naming the field that sets it.
 
 The estimates are lower bounds, so only what cannot fit is refused: the training state of every
-seed (parameters and Adam's two moments, from the networks' smallest layers), the bookkeeping
-of every evaluation and validation episode, and the time of the training steps and the
-episodes at rates faster than any machine here reaches. Sizes within reach but too large for
+seed (parameters and Adam's two moments, from the networks' smallest layers), the bootstrap's
+resamples, the recorded demos' keyframe images, the bookkeeping of every evaluation and
+validation episode, and the time of the training steps, the demos and the episodes at rates
+faster than any machine here reaches. Sizes within reach but too large for
 this machine's memory are `train_stage.check_memory`'s, when the dataset is known; these read
 the host's memory alone, before JAX starts (a device's, where it has less, is checked there).
 """
@@ -78,6 +79,24 @@ def check_bounds(config: LaunchConfig) -> None:
             raise BoundsError(
                 f"config.stage{stage}.num_steps ({s.num_steps}) x config.num_seeds ({seeds}) would train "
                 f"for more than {seconds / 86400:,.0f} days even at {MIN_STEP_SECONDS:g} s a step.")
+    # the bootstrap's resampled means (float64, per resample and seed, a few arrays at once)
+    boot = 8 * 4 * int(config.eval.bootstrap_reps) * seeds
+    if boot > free:
+        raise BoundsError(f"config.eval.bootstrap_reps ({config.eval.bootstrap_reps}) x config.num_seeds "
+                          f"({seeds}) need at least {human_bytes(boot)} for the intervals, but "
+                          f"{human_bytes(free)} of {where} memory is available.")
+    d = config.demos
+    if config.data.source == "sim" and config.env == "metaworld":  # the demos are recorded
+        frames = (int(d.num_demos) + int(d.num_validation)) * int(d.max_keyframes)
+        image = 3 * int(d.image_size) ** 2
+        if frames * image > free:
+            raise BoundsError(f"config.demos.num_demos ({d.num_demos}) x max_keyframes ({d.max_keyframes}) "
+                              f"keyframe images of {d.image_size}x{d.image_size} need at least "
+                              f"{human_bytes(frames * image)}, but {human_bytes(free)} of {where} memory "
+                              "is available.")
+        if frames * MIN_EPISODE_SECONDS > MAX_SECONDS:
+            raise BoundsError(f"config.demos.num_demos ({d.num_demos}) x max_keyframes ({d.max_keyframes}) "
+                              f"would record for more than {frames * MIN_EPISODE_SECONDS / 86400:,.0f} days.")
     for field, episodes in _episodes(config).items():
         if episodes * EPISODE_BYTES > free:
             raise BoundsError(
@@ -89,3 +108,7 @@ def check_bounds(config: LaunchConfig) -> None:
                 f"{field} makes {episodes:,} episodes in all: more than "
                 f"{episodes * MIN_EPISODE_SECONDS / 86400:,.0f} days of rollouts even at "
                 f"{MIN_EPISODE_SECONDS:g} s an episode.")
+    keyframes = int(d.max_keyframes) * sum(_episodes(config).values())
+    if keyframes * MIN_EPISODE_SECONDS > MAX_SECONDS:
+        raise BoundsError(f"config.demos.max_keyframes ({d.max_keyframes}) lets the evaluation and validation "
+                          f"episodes run more than {keyframes * MIN_EPISODE_SECONDS / 86400:,.0f} days.")
