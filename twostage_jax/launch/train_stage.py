@@ -292,7 +292,8 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
                         cleanup=lambda: _remove_partial_checkpoints(ckpt.directory)):
                     ckpt.save(step, states, _checkpoint_meta(config, stage, extra))
             if plateau is not None and step in selection.candidate_steps(config, stage):
-                if plateau.add(step, states.params):
+                # (the last candidate is rolled out too, for the selection; training ends there anyway)
+                if plateau.add(step, states.params) and step < total:
                     stopped = plateau.record(step)
     finally:
         bar.close()
