@@ -11,6 +11,7 @@ from twostage_jax.envs.base import Observation
 from twostage_jax.evaluation import EnvPool
 from twostage_jax.policy import PolicyOutput
 from twostage_jax.testing import synthetic_camera
+from twostage_jax.types import Workspace
 
 from tests._tiny import tiny_config
 
@@ -49,7 +50,8 @@ def _policy(p1, p2, image, pose, camera):
 def _evaluate(tmp_path, params1, layouts=LAYOUTS):
     c = smoke.get_config()
     cache = rollouts.Stage1Cache(tmp_path / "eval_cache.json", rollouts.cache_setting(c, layouts))
-    ev = rollouts.Evaluation(tiny_config(), tiny_config(), None, layouts, 2, cache)
+    workspace = Workspace.create([-1.0, -1.0, 0.0], [1.0, 1.0, 1.0])  # unused: the policies are stubs
+    ev = rollouts.Evaluation(tiny_config(), tiny_config(), workspace, layouts, 2, cache)
     ev.policies = {"stage1": _policy, "two_stage": _policy}
     ev.add("final", params1, {"w": np.zeros(2)})
     _CountingEnv.resets = 0
