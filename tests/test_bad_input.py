@@ -150,6 +150,10 @@ def test_prepare_data_refuses_cameras_that_cannot_be_right():
     t[0, :3, :3] *= 3.0
     with pytest.raises(ValueError, match=r"`dataset\.cam_to_world` must be a rigid .* frame 0 has max \|R\^T R - I\| = 8"):
         tj.prepare_data(dataclasses.replace(ds, cam_to_world=t), config)
+    episode = np.array(ds.episode)
+    episode[0] = -5
+    with pytest.raises(ValueError, match=r"`dataset\.episode` must hold episode indices >= 0; got values from -5"):
+        tj.prepare_data(dataclasses.replace(ds, episode=episode), config)
     # a camera turned around sees none of the end-effector positions
     assert tj.visible_share(ds) > 0.9
     flipped = np.array(ds.cam_to_world, np.float32)

@@ -465,6 +465,10 @@ def validate_dataset(dataset: Dataset, min_visible: float = 0.0) -> None:
     for name, (low, high, what) in {"reward": (-np.inf, np.inf, ""), "mc_return": (-np.inf, np.inf, ""),
                                     "done": (0.0, 1.0, "a 0/1 episode-end flag")}.items():
         _checks.check_range(f"dataset.{name}", getattr(dataset, name), low, high, what)
+    episode = np.asarray(dataset.episode)
+    if episode.size and (not np.issubdtype(episode.dtype, np.integer) or episode.min() < 0):
+        raise ValueError(f"`dataset.episode` must hold episode indices >= 0; got values from "
+                         f"{episode.min()} (dtype {episode.dtype}).")
     check_camera_values(dataset.intrinsics, dataset.cam_to_world)
     share = visible_share(dataset) if min_visible > 0 else 1.0
     if share < min_visible:
