@@ -649,10 +649,11 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     assert "setting" not in saved["selection"]["stage1"]
 
 
-def _fake_rollouts(monkeypatch, outcome) -> list:
+def _fake_rollouts(monkeypatch, outcome, whole_act: bool = False) -> list:
     """Stubs the simulator out of validation and evaluation rollouts: an episode succeeds
-    when `outcome(stage-1 params, layout)` is true (or `outcome(act, layout, True)`, given the
-    whole act: partial(_call, policy, params1, params2)). Returns the list of layouts rolled out."""
+    when `outcome(stage-1 params, layout)` is true (with `whole_act`, `outcome(act, layout)`,
+    given the whole act: partial(_call, policy, params1, params2)). Returns the list of layouts
+    rolled out."""
     from twostage_jax import evaluation
     from twostage_jax.evaluation import rollouts as eval_rollouts
     from twostage_jax.launch import rollouts
@@ -668,7 +669,7 @@ def _fake_rollouts(monkeypatch, outcome) -> list:
     def fake_rollout(env, act, layout, record=False):
         rolled.append(layout)
         empty = np.zeros((0, 7), np.float32)  # act = partial(_call, policy, p1, p2)
-        ok = outcome(act.args[1], layout) if outcome.__code__.co_argcount == 2 else outcome(act, layout)
+        ok = outcome(act if whole_act else act.args[1], layout)
         return evaluation.Episode(ok, 1, np.zeros((0,), np.uint8), empty, empty, 0)
 
     monkeypatch.setattr(rollouts, "env_factory", lambda config: Env)
@@ -690,10 +691,10 @@ def test_no_correction_is_a_stage_2_candidate_and_its_seeds_act_with_stage_1_alo
     params1, _ = selection.policy_params(config, workdir, 1)
     seed0 = rollouts.params_fingerprint(rollouts.seed_params(params1, 0))
 
-    def outcome(act, layout, whole=True):
+    def outcome(act, layout):
         return (act.args[2] is None) == (rollouts.params_fingerprint(act.args[1]) == seed0)
 
-    _fake_rollouts(monkeypatch, outcome)
+    _fake_rollouts(monkeypatch, outcome, whole_act=True)
     record = selection.ensure_selection(config, workdir, 2, progress=False)
     assert record["steps"] == [selection.NO_CORRECTION, 4, 8] and record["chosen_steps"] == [0, 4]
     assert record["success"][0] == [1.0, 0.0]  # no correction: stage 1 alone on the validation layouts

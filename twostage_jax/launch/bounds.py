@@ -97,7 +97,8 @@ def check_bounds(config: LaunchConfig) -> None:
         if frames * MIN_EPISODE_SECONDS > MAX_SECONDS:
             raise BoundsError(f"config.demos.num_demos ({d.num_demos}) x max_keyframes ({d.max_keyframes}) "
                               f"would record for more than {frames * MIN_EPISODE_SECONDS / 86400:,.0f} days.")
-    for field, episodes in _episodes(config).items():
+    episodes_by_field = _episodes(config)
+    for field, episodes in episodes_by_field.items():
         if episodes * EPISODE_BYTES > free:
             raise BoundsError(
                 f"{field} makes {episodes:,} episodes in all, whose bookkeeping alone needs at least "
@@ -108,7 +109,7 @@ def check_bounds(config: LaunchConfig) -> None:
                 f"{field} makes {episodes:,} episodes in all: more than "
                 f"{episodes * MIN_EPISODE_SECONDS / 86400:,.0f} days of rollouts even at "
                 f"{MIN_EPISODE_SECONDS:g} s an episode.")
-    keyframes = int(d.max_keyframes) * sum(_episodes(config).values())
+    keyframes = int(d.max_keyframes) * sum(episodes_by_field.values())
     if keyframes * MIN_EPISODE_SECONDS > MAX_SECONDS:
         raise BoundsError(f"config.demos.max_keyframes ({d.max_keyframes}) lets the evaluation and validation "
                           f"episodes run more than {keyframes * MIN_EPISODE_SECONDS / 86400:,.0f} days.")

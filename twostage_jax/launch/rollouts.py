@@ -207,6 +207,10 @@ class Evaluation:
         """
         self._entries.append((tag, params1, params2, record, layouts, seeds, frozenset(uncorrected)))
 
+    def clear(self) -> None:
+        """Forgets the entries added, keeping the policies (and what they compiled)."""
+        self._entries = []
+
     def episodes(self) -> int:
         """Episodes `run` rolls out at most (before the stage-1 cache is consulted)."""
         return sum(len(self.seeds if layouts is None else layouts) *

@@ -306,10 +306,11 @@ def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any 
     if plain and not uncorrected:
         raise PipelineError(f"stage 2's selection chose no correction for seed(s) {plain} "
                             "(config.select.no_correction): there is no stage 2 for them to act with here.")
-    steps = [k for k in candidate_steps(config, stage) if k in chosen] or [candidate_steps(config, stage)[-1]]
-    loaded = {k: load_params(config, workdir, stage, dataset, k)[0] for k in sorted(set(chosen) | {steps[0]})
-              if k != NO_CORRECTION}
-    return _stack_seeds([rollouts.seed_params(loaded.get(k, loaded[steps[0]]), s)
+    # a seed without correction gets another candidate's parameters as a placeholder
+    filler = max(chosen) if max(chosen) != NO_CORRECTION else candidate_steps(config, stage)[-1]
+    loaded = {k: load_params(config, workdir, stage, dataset, k)[0]
+              for k in {filler, *chosen} - {NO_CORRECTION}}
+    return _stack_seeds([rollouts.seed_params(loaded[filler if k == NO_CORRECTION else k], s)
                          for s, k in enumerate(chosen)]), chosen
 
 
@@ -388,6 +389,8 @@ class ValidationRollouts:
         self.fingerprints: dict[int, list[str]] = {}
         self.seconds = self.cpu_seconds = 0.0
         self.rolled = 0
+        self._ev: rollouts.Evaluation | None = None
+        self._alone: rollouts.Evaluation | None = None
 
     def add(self, step: int, params: Any) -> None:
         """Adds candidate `step` with its parameters ([S, ...] leaves); stage 2's `NO_CORRECTION`
@@ -426,19 +429,28 @@ class ValidationRollouts:
 
         return fill
 
+    def _evaluations(self) -> tuple[rollouts.Evaluation, rollouts.Evaluation | None]:
+        """The stage's `Evaluation` and, for stage 2, stage 1 alone's (its no-correction
+        candidate), built once so their policies compile once; emptied for each `roll`."""
+        if self._ev is None:
+            config = self.config
+            self._ev = rollouts.Evaluation(
+                train_config(config, 1), train_config(config, 2, self.workdir) if self.stage == 2 else None,
+                self.dataset.workspace, self.layouts, self.num_seeds, None,
+                modes=("stage1" if self.stage == 1 else "two_stage",),
+                correction_passes=config.eval.correction_passes, corrected_dims=config.eval.corrected_dims)
+            if self.stage == 2:
+                self._alone = rollouts.Evaluation(train_config(config, 1), None, self.dataset.workspace,
+                                                  self.layouts, self.num_seeds, None, modes=("stage1",))
+        for ev in (self._ev, self._alone):
+            if ev is not None:
+                ev.clear()
+        return self._ev, self._alone
+
     def roll(self, requests: dict[tuple[int, int], int]) -> None:
         """Rolls out the first n layouts of each (step, seed) not rolled out yet."""
         table = {k: self.table([k])[0] for k in {k for k, _ in requests}}
-        config = self.config
-        mode = "stage1" if self.stage == 1 else "two_stage"
-        # stage 2's no-correction candidate: the two-stage policy with no stage 2 for any seed
-        ev = rollouts.Evaluation(train_config(config, 1),
-                                 train_config(config, 2, self.workdir) if self.stage == 2 else None,
-                                 self.dataset.workspace, self.layouts, self.num_seeds, None,
-                                 modes=(mode,), correction_passes=config.eval.correction_passes,
-                                 corrected_dims=config.eval.corrected_dims)
-        alone = rollouts.Evaluation(train_config(config, 1), None, self.dataset.workspace, self.layouts,
-                                    self.num_seeds, None, modes=("stage1",)) if self.stage == 2 else None
+        ev, alone = self._evaluations()
         empty = True
         for (k, s), n in sorted(requests.items()):
             missing = [layout for e, layout in enumerate(self.layouts[:n]) if np.isnan(table[k][s, e])]
@@ -501,11 +513,9 @@ def ensure_selection(config: LaunchConfig, workdir: Path, stage: int, dataset: A
     steps = list(trained_candidates(config, workdir, stage))
     params = {k: load_params(config, workdir, stage, dataset, k)[0] for k in steps}
     num = int(config.num_seeds)
-    params1, under = None, None
-    if stage == 2:
-        params1, _ = policy_params(config, workdir, 1, dataset, progress)
-        under = [rollouts.params_fingerprint(rollouts.seed_params(params1, s)) for s in range(num)]
+    params1 = policy_params(config, workdir, 1, dataset, progress)[0] if stage == 2 else None
     runs = ValidationRollouts(config, workdir, stage, dataset, params1, progress)
+    under = runs.setting.get("stage1_params_sha256")
     if stage == 2 and config.select.no_correction:
         steps = [NO_CORRECTION, *steps]
         params[NO_CORRECTION] = None

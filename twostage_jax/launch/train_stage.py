@@ -566,8 +566,8 @@ def _recorded_calibration(workdir: Path, config: LaunchConfig) -> dict | None:
 def _trained_crop_size(workdir: Path, config: LaunchConfig) -> int | None:
     """The crop size in a stage 2's calibration.json (what its checkpoints were trained with)."""
     try:
-        return int(json.loads(calibration_path(workdir, config).read_text())["crop_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int((_recorded_calibration(workdir, config) or {})["crop_size"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 
