@@ -163,9 +163,3 @@ def test_transform_state_centres_crops_on_projections():
     del centre
 
 
-def test_crop_by_projection_is_a_deprecated_alias_of_crop_at_pixel():
-    img = jnp.arange(8 * 8 * 3, dtype=jnp.float32).reshape(8, 8, 3)
-    uv, angle = jnp.array([3.0, 4.5]), jnp.array(0.2)
-    with pytest.warns(DeprecationWarning, match="use crop_at_pixel"):
-        old = tj.crop_by_projection(img, uv, angle, 4)
-    np.testing.assert_array_equal(old, tj.crop_at_pixel(img, uv, angle, 4))

@@ -1,8 +1,6 @@
-"""The launcher's config: one schema of frozen dataclasses, its command-line overrides, and the
-migration of stored configs written by older launchers (no training here, except by reusing the
-session's `trained` workdir)."""
+"""The launcher's config: one schema of frozen dataclasses, its command-line overrides, and
+stored configs (no training here, except by reusing the session's `trained` workdir)."""
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,12 +11,10 @@ import twostage_jax as tj
 from tests._launcher import smoke
 from twostage_jax.launch import config_flags
 from twostage_jax.launch.checks import PipelineError, config_differences, program_fields
-from twostage_jax.launch.config import UnknownFieldError, from_dict, replace_path, to_dict
-from twostage_jax.launch.migrate import CONFIG_VERSION, migrate
+from twostage_jax.launch.config import CONFIG_VERSION, UnknownFieldError, from_dict, replace_path, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW = ROOT / "experiments" / "results" / "archive" / "eight_tasks_short_stage1" / "raw"  # old-format configs
-V1_SMOKE = Path(__file__).parent / "data" / "v1_smoke_config.json"  # written by the ml_collections launcher
+RAW = ROOT / "experiments" / "results" / "archive" / "eight_tasks_short_stage1" / "raw"
 
 
 def _flags(*pairs):
@@ -40,8 +36,10 @@ def test_to_dict_round_trips_and_carries_the_version():
                                        "stage2.stage2.gripper_clip": 0.9})
     d = json.loads(json.dumps(to_dict(c)))
     assert d["version"] == CONFIG_VERSION and from_dict(d) == c
-    with pytest.raises(ValueError, match="newer than this launcher's"):
-        from_dict({**d, "version": CONFIG_VERSION + 1})
+    for version in (CONFIG_VERSION + 1, CONFIG_VERSION - 1, None):
+        with pytest.raises(ValueError, match=f"the stored config has version {version!r}; this launcher "
+                                             f"reads version {CONFIG_VERSION}: re-run"):
+            from_dict({**d, "version": version})
     with pytest.raises(UnknownFieldError, match=r"config\.stage1\.network\.mlp_hiden: .*did you mean 'mlp_hidden'"):
         from_dict({**d, "stage1": {**d["stage1"], "network": {"mlp_hiden": 3}}})
 
@@ -94,78 +92,37 @@ def test_the_data_source_is_stored_and_compared():
         replace_path(lerobot, {"data.pose_indices": (0, 1, 2, 3, 4, 5)})
 
 
-def test_an_old_ml_collections_config_migrates_to_todays_repro_config():
-    # A results file the ml_collections launcher wrote (BC, push-v3), and the same settings today.
+def test_the_committed_study_configs_are_todays_repro_config():
+    # A results file of the study (BC, push-v3), and the same settings today.
     old = json.loads((RAW / "push-v3" / "bc_stage2.json").read_text())["config"]
-    assert "version" not in old and "calibrate_sigma" in old["stage2"]
     from experiments.configs import repro
 
     now = replace_path(repro.get_config("bc"), {"task": "push-v3"})
-    migrated = from_dict(old)
+    stored = from_dict(old)
     for stage in (1, 2):
-        assert program_fields(migrated, stage) == program_fields(now, stage)
+        assert program_fields(stored, stage) == program_fields(now, stage)
         assert config_differences(old, now, stage) == []
-    assert migrated.stage1.num_steps == 2000 and now.stage1.num_steps == 20_000  # not compared
-    # the stage-1 rollout cache (and checkpoint selection's records) keep their keys
-    from twostage_jax.launch.rollouts import EVAL_VERSION, cache_setting
-
-    assert json.loads(json.dumps(cache_setting(migrated, [1, 2]))) == {
-        "version": EVAL_VERSION, "task": "push-v3", "env": "metaworld", "eval_seeds": [1, 2],
-        "max_keyframes": 20, "image_size": 128, "algo": "bc", "stage1_image_size": 64,
-        "stage1_network": old["stage1"]["network"]}
+    assert stored.stage1.num_steps == 2000 and now.stage1.num_steps == 20_000  # not compared
     # the paper arm: its stage 2 was the paper's method
     old = json.loads((RAW / "push-v3" / "cql_paper.json").read_text())["config"]
     now = replace_path(repro.get_config("cql,paper"), {"task": "push-v3", "stage2_name": "paper"})
     assert config_differences(old, now, 2) == []
-    # stage1.cql_actor_lr became stage 1's own; the study's stage 1 has since moved to the paper's rates
+    # the study's stage 1 has since moved to the paper's rates
     assert from_dict(old).stage1.cql.actor_lr == 1e-3
     assert config_differences(old, now, 1) == ["config.stage1.cql.actor_lr: trained 0.001, now 0.0001",
                                                "config.stage1.cql.critic_lr: trained 0.001, now 0.0003"]
 
 
-def test_fields_older_configs_lack_migrate_to_their_old_meaning():
-    old = json.loads(V1_SMOKE.read_text())
-    for key in ("loss_weighting", "gripper_clip", "calibrate_sigma", "cql_target", "cql_actor_lr",
-                "cql_bc_weight", "select", "select_steps", "min_move"):
-        old["stage2"].pop(key)
-    old["stage2"]["network"].pop("crop_conv_strides")
-    old["stage2"]["crop_size"] = 0  # 'auto': calibrated
-    old["algo"], old["cql"]["target"] = "cql", "td"
-    for key in ("correction_passes", "corrected_dims", "curve_steps", "workers"):
-        old["eval"].pop(key)
-    old.pop("seed_devices")
-    new = migrate(old)
-    assert new["version"] == CONFIG_VERSION and "version" not in old  # the input is not changed
-    c = from_dict(old)
-    assert c.stage2.stage2.loss_weighting == "none" and c.stage2.stage2.gripper_clip is None
-    assert c.calibrate == dataclasses.replace(c.calibrate, sigma=False, crop_size=True)
-    assert c.stage2.cql.target == "td" and c.stage1.algo == c.stage2.algo == "cql"
-    assert c.stage2.network.crop_conv_strides is None and c.stage2.select == "last"
-    assert c.eval.workers == 1 and c.eval.curve_steps == () and c.seed_devices == "all"
-
-
-def _as_v1(workdir: Path) -> None:
-    """Rewrites a workdir's stored configs as the ml_collections launcher wrote them."""
-    old = json.loads(V1_SMOKE.read_text())
-    for meta in workdir.glob("stage*/checkpoints/*/meta/metadata"):
-        record = json.loads(meta.read_text())
-        assert record["config"]["version"] == CONFIG_VERSION
-        meta.write_text(json.dumps({**record, "config": old}))
-    for record in workdir.glob("*/config.json"):
-        record.write_text(json.dumps({**json.loads(record.read_text()), "config": old}))
-
-
-def test_a_workdir_of_the_old_launcher_resumes_and_loads(trained, tmp_path):
+def test_a_workdir_of_another_config_version_is_refused_in_one_line(trained, tmp_path):
     from twostage_jax.launch.train_stage import run_stage
-    from twostage_jax.launch.workdir import load_params
 
     wd = Path(shutil.copytree(trained, tmp_path / "wd"))
-    _as_v1(wd)
-    assert run_stage(smoke(), wd, 2, resume=True)["final_step"] == 8  # trained: nothing to do
-    params, step = load_params(smoke(), wd, 2)
-    assert step == 8 and jax_leaves(params)
-    with pytest.raises(PipelineError, match=r"config\.stage2\.stage2\.rotate: trained True, now False"):
-        load_params(smoke(**{"stage2.stage2.rotate": False}), wd, 2)
+    for meta in wd.glob("stage2/checkpoints/*/meta/metadata"):
+        record = json.loads(meta.read_text())
+        meta.write_text(json.dumps({**record, "config": {**record["config"], "version": 1}}))
+    with pytest.raises(PipelineError, match=r"the stored config cannot be read \(ValueError: the stored "
+                                            r"config has version 1; this launcher reads version 2"):
+        run_stage(smoke(), wd, 2, resume=True)
 
 
 def jax_leaves(tree):

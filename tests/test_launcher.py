@@ -200,9 +200,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_tensorboard_events_reach_the_disk_at_each_chunk(tmp_path):
-    from twostage_jax.launch.train_stage import _MetricsLog
+    from twostage_jax.training.metrics_log import MetricsLog
 
-    log = _MetricsLog(tmp_path, resume_step=0)
+    log = MetricsLog(tmp_path, resume_step=0)
     try:
         for step in (2, 4, 6):
             log.write(step, {"bc_loss": np.array([1.0, 2.0])})
@@ -414,8 +414,9 @@ def test_a_users_base_policy_is_evaluated_alone_and_corrected(trained, tmp_path)
 
 
 def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch, caplog):
-    from twostage_jax.launch import plots, rollouts
-    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.evaluation import plots
+    from twostage_jax.launch import rollouts
+    from twostage_jax._io import DiskFullError
     from twostage_jax.launch.evaluate import run_eval
     from twostage_jax import evaluation
     from twostage_jax.evaluation import rollouts as eval_rollouts
@@ -444,7 +445,7 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
 
     monkeypatch.setattr(plots, "learning_curves", disk_full)
     config = _smoke(**{"eval.record_episodes": 0, "eval.bootstrap_reps": 10, "eval.workers": 1})
-    with pytest.raises(PipelineError) as e:
+    with pytest.raises(DiskFullError) as e:
         run_eval(config, wd)
     assert str(e.value).startswith(f"no space left on the device while writing the evaluation results "
                                    f"(eval/) to {wd} (")
@@ -484,7 +485,8 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, ca
         summary = run_stage(_smoke(), wd, 1, resume=True)
     assert summary["final_step"] == 8
     assert "falling back to step 4, the newest intact checkpoint" in caplog.text
-    from twostage_jax.launch.workdir import environment_record, trained_on
+    from twostage_jax.launch.workdir import trained_on
+    from twostage_jax.provenance import environment_record
     record = json.loads((wd / "stage1" / "config.json").read_text())
     assert [r["from_step"] for r in record["resumed"]] == [4] and record["config"]["stage1"]["num_steps"] == 8
     assert trained_on(wd / "stage1")[-1] == environment_record()  # the start's, then the resume's
@@ -599,6 +601,7 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     # checkpoint of each seed gets its own validation success.
     import jax
 
+    from twostage_jax.evaluation import halving
     from twostage_jax.launch import selection
     from twostage_jax.launch.evaluate import run_eval
     from twostage_jax.launch.train_stage import run_stage
@@ -618,7 +621,7 @@ def test_selection_records_its_choice_and_a_repeated_run_makes_the_same(trained,
     record = json.loads(path.read_text())
     assert record["steps"] == [4, 8] and np.shape(record["success"]) == (2, 2)
     assert record["layouts"] == [200_000, 200_003] and record["policy"] == "stage1"
-    assert record["chosen_steps"] == selection.choose_steps(record["steps"], record["success"])
+    assert record["chosen_steps"] == halving.choose_steps(record["steps"], record["success"])
     assert summary["selection"]["chosen_steps"] == record["chosen_steps"]
 
     # the policy acts with each seed's chosen checkpoint
@@ -709,7 +712,6 @@ def test_no_correction_is_a_stage_2_candidate_and_its_seeds_act_with_stage_1_alo
 def test_training_stops_at_the_validation_plateau_and_a_resume_extends_it(trained, tmp_path, monkeypatch):
     # Every candidate succeeds on the same layouts, so none improves on the first: with
     # patience P, training stops at the (P+1)-th candidate. Stage 1 of `trained` holds steps 4, 8.
-    from twostage_jax.launch import selection
     from twostage_jax.launch.train_stage import run_stage, trained_to_the_end
 
     rolled = _fake_rollouts(monkeypatch, lambda params1, layout: layout % 2 == 0)
@@ -875,15 +877,13 @@ def test_a_resume_on_changed_inputs_is_refused_naming_both_unless_accepted(train
 def test_records_hold_paths_relative_to_the_workdir(trained, monkeypatch):
     import sys
 
-    from twostage_jax.launch.workdir import config_record, resolve_recorded
+    from twostage_jax.launch.workdir import config_record
 
     records = [p for p in trained.glob("*/*.json")]
     assert records and not [p for p in records if str(trained) in p.read_text()]
     pairing = json.loads((trained / "stage2" / "pairing.json").read_text())
     assert pairing["path"] == "stage1/checkpoints/8"
-    assert resolve_recorded(trained, pairing["path"]) == trained / "stage1" / "checkpoints" / "8"
-    # an older record's absolute path, from where the workdir was before it was moved
-    assert resolve_recorded(trained, "/gone/runs/wd/stage1/checkpoints/8") == trained / "stage1" / "checkpoints" / "8"
+    assert (trained / pairing["path"]).is_dir()
     monkeypatch.setattr(sys, "argv", ["twostage", f"--workdir={trained}", "--mode=stage1"])
     assert config_record(_smoke(), trained)["argv"] == ["twostage", "--workdir=.", "--mode=stage1"]
 

@@ -200,11 +200,11 @@ def test_camera_conversion_and_lazy_import():
 
 
 # ---------------------------------------------------------------------------------------------
-# Conventions (twostage_jax.envs.rlbench_conventions), checked against RLBench / ARM / PerAct sources
+# Conventions (twostage_jax.data.rlbench_conventions), checked against RLBench / ARM / PerAct sources
 
 
 def test_workspace_is_arm_and_peracts_scene_bounds():
-    from twostage_jax.envs import rlbench_conventions as rc
+    from twostage_jax.data import rlbench_conventions as rc
 
     # stepjam/ARM arm/c2farm/launch_utils.py (depth_0bounds) and peract/peract conf/config.yaml
     assert rc.SCENE_BOUNDS == (-0.3, -0.5, 0.6, 0.7, 0.5, 1.6)
@@ -217,7 +217,7 @@ def test_workspace_is_arm_and_peracts_scene_bounds():
 def test_neutral_points_the_approach_axis_down():
     from scipy.spatial.transform import Rotation
 
-    from twostage_jax.envs import rlbench_conventions as rc
+    from twostage_jax.data import rlbench_conventions as rc
 
     # The tip's z column is the approach axis (NVlabs/M2T2 m2t2/rlbench_utils.py).
     np.testing.assert_allclose(Rotation.from_quat(rc.NEUTRAL_QUAT).as_matrix()[:, 2], [0, 0, -1],
@@ -229,7 +229,7 @@ def test_yaw_wrap_average_is_a_half_turn_of_the_gripper():
     half-turn symmetry that is as close to both as the two demos are to each other."""
     from scipy.spatial.transform import Rotation
 
-    from twostage_jax.envs import rlbench_conventions as rc
+    from twostage_jax.data import rlbench_conventions as rc
 
     d = 0.1
     neutral = Rotation.from_quat(rc.NEUTRAL_QUAT)
@@ -249,7 +249,7 @@ def test_yaw_wrap_average_is_a_half_turn_of_the_gripper():
 
 
 def test_camera_from_misc_keys_are_rlbenchs():
-    from twostage_jax.envs import rlbench_conventions as rc
+    from twostage_jax.data import rlbench_conventions as rc
 
     # rlbench/backend/scene.py _get_misc: '%s_extrinsics' etc. with name 'front_camera'
     assert [k.format(camera="front") for k in rc.CAMERA_MISC_KEYS] == [
@@ -269,13 +269,13 @@ def test_reader_does_not_import_the_simulator_adapter():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "twostage_jax.envs.rlbench" not in imported
-    assert "twostage_jax.envs.rlbench_conventions" in imported
+    assert "twostage_jax.data.rlbench_conventions" in imported
 
 
 def test_light_imports_load_no_simulator_orbax_or_rliable():
     import subprocess
 
-    code = ("import sys, twostage_jax, twostage_jax.data, twostage_jax.envs.rlbench_conventions, "
+    code = ("import sys, twostage_jax, twostage_jax.data, twostage_jax.data.rlbench_conventions, "
             "twostage_jax.data.rlbench_io, twostage_jax.envs.rlbench, twostage_jax.envs.metaworld_demos; print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'mujoco', 'metaworld', 'rlbench', 'pyrep', 'orbax', 'rliable'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from twostage_jax.evaluation import halving
 from twostage_jax.launch import selection
 from twostage_jax.launch.checks import validate_config
 
@@ -15,12 +16,12 @@ def test_choose_steps_picks_the_best_step_on_a_hand_made_curve():
     steps = [2, 4, 6, 8]
     success = [[0.1, 0.5], [0.6, 0.5], [0.6, 0.9], [0.4, 0.2]]  # [K steps, S seeds]
     # seed 0 ties at steps 4 and 6: the earliest; seed 1 peaks at 6
-    assert selection.choose_steps(steps, success) == [4, 6]
+    assert halving.choose_steps(steps, success) == [4, 6]
     # one step for all seeds: the best mean (0.3, 0.55, 0.75, 0.3)
-    assert selection.choose_steps(steps, success, per_seed=False) == [6, 6]
-    assert selection.choose_steps([8], [[0.0, 1.0]]) == [8, 8]
+    assert halving.choose_steps(steps, success, per_seed=False) == [6, 6]
+    assert halving.choose_steps([8], [[0.0, 1.0]]) == [8, 8]
     with pytest.raises(ValueError, match=r"steps \[K\] and success \[K, S\]"):
-        selection.choose_steps([2, 4], [[0.1, 0.2]])
+        halving.choose_steps([2, 4], [[0.1, 0.2]])
 
 
 def test_candidates_default_to_every_checkpoint_and_include_the_last_step():
@@ -71,10 +72,10 @@ def test_validation_curves_table_and_convergence_rule(tmp_path):
 
 
 def test_halving_rungs_double_from_the_first_share():
-    assert selection.halving_rungs(20, 0.25) == [5, 10, 20]
-    assert selection.halving_rungs(20, 1.0) == [20]
-    assert selection.halving_rungs(20, 0.3) == [6, 12, 20]
-    assert selection.halving_rungs(3, 0.01) == [1, 2, 3]
+    assert halving.halving_rungs(20, 0.25) == [5, 10, 20]
+    assert halving.halving_rungs(20, 1.0) == [20]
+    assert halving.halving_rungs(20, 0.3) == [6, 12, 20]
+    assert halving.halving_rungs(3, 0.01) == [1, 2, 3]
 
 
 def _table_outcomes(table):
@@ -95,7 +96,7 @@ def test_successive_halving_spends_rollouts_on_the_candidates_that_can_still_win
                       [[1, 1, 1, 1, 1, 1, 0, 0]],    # 1.0, 1.0: wins
                       [[1, 0, 1, 1, 0, 0, 0, 0]]], float)  # 0.5: out after rung 1
     outcomes, asked = _table_outcomes(table)
-    result = selection.successive_halving(outcomes, 4, 1, 8, first_share=0.25, keep="half")
+    result = halving.successive_halving(outcomes, 4, 1, 8, first_share=0.25, keep="half")
     assert result.chosen == [2]
     assert asked[0] == {(0, 0): 2, (1, 0): 2, (2, 0): 2, (3, 0): 2}
     assert asked[1] == {(1, 0): 4, (2, 0): 4}  # the best half
@@ -103,10 +104,10 @@ def test_successive_halving_spends_rollouts_on_the_candidates_that_can_still_win
     assert result.episodes.tolist() == [[2], [4], [4], [2]] and result.spent == 12
     assert result.success[2, 0] == 1.0 and result.success[1, 0] == 0.75 and result.success[0, 0] == 0.0
     # every layout for every candidate is today's rule: the best full-layout rate, earliest on ties
-    full = selection.successive_halving(outcomes, 4, 1, 8, first_share=1.0)
+    full = halving.successive_halving(outcomes, 4, 1, 8, first_share=1.0)
     assert full.chosen == [int(np.argmax(table.mean(axis=2)[:, 0]))] == [2] and full.spent == 32
     # 'overlap' keeps whatever the leader's interval cannot tell apart after 2 episodes
-    wide = selection.successive_halving(_table_outcomes(table)[0], 4, 1, 8, first_share=0.25, keep="overlap")
+    wide = halving.successive_halving(_table_outcomes(table)[0], 4, 1, 8, first_share=0.25, keep="overlap")
     assert wide.spent > result.spent and wide.chosen == [2]
 
 
@@ -114,18 +115,18 @@ def test_successive_halving_with_one_choice_for_all_seeds_and_tied_candidates():
     rng = np.random.default_rng(0)
     table = (rng.random((3, 2, 8)) < 0.5).astype(float)
     outcomes, _ = _table_outcomes(table)
-    result = selection.successive_halving(outcomes, 3, 2, 8, first_share=1.0, per_seed=False)
-    assert result.chosen == selection.choose_steps([0, 1, 2], table.mean(axis=2), per_seed=False)
+    result = halving.successive_halving(outcomes, 3, 2, 8, first_share=1.0, per_seed=False)
+    assert result.chosen == halving.choose_steps([0, 1, 2], table.mean(axis=2), per_seed=False)
     tied = np.ones((3, 1, 4))
-    result = selection.successive_halving(_table_outcomes(tied)[0], 3, 1, 4, first_share=0.25)
+    result = halving.successive_halving(_table_outcomes(tied)[0], 3, 1, 4, first_share=0.25)
     assert result.chosen == [0] and result.spent == 3 * 4  # ties are kept, and go to the earliest
-    assert selection.keep_candidates(np.array([0.5, 0.5, 0.2, 0.1]), 4, "half").tolist() == [True, True, False, False]
+    assert halving.keep_candidates(np.array([0.5, 0.5, 0.2, 0.1]), 4, "half").tolist() == [True, True, False, False]
 
 
 def test_plateau_is_reached_when_no_seed_improved_for_patience_candidates():
     scores = np.array([[0.2, 0.5], [0.4, 0.5], [0.4, 0.5], [0.45, 0.5]])
-    assert not selection.plateau_reached(scores, patience=0)
-    assert selection.plateau_reached(scores[:3], patience=1)  # seed 0 flat at 0.4, seed 1 since the start
-    assert not selection.plateau_reached(scores, patience=1)  # seed 0 improved at the last
-    assert selection.plateau_reached(scores, patience=1, min_delta=0.1)  # by no more than 0.1
-    assert not selection.plateau_reached(scores[:2], patience=2)  # too few candidates to tell
+    assert not halving.plateau_reached(scores, patience=0)
+    assert halving.plateau_reached(scores[:3], patience=1)  # seed 0 flat at 0.4, seed 1 since the start
+    assert not halving.plateau_reached(scores, patience=1)  # seed 0 improved at the last
+    assert halving.plateau_reached(scores, patience=1, min_delta=0.1)  # by no more than 0.1
+    assert not halving.plateau_reached(scores[:2], patience=2)  # too few candidates to tell

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from experiments.studies.summarize import SummaryError, _cost, load_raw, summarize
+from tests._launcher import smoke
+from twostage_jax.launch.config import replace_path, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, EPISODES = 5, 10
@@ -31,11 +33,13 @@ def _mode(per_seed: list[float]) -> dict:
 
 
 def _result(task: str, algo: str, name: str, stage1: list[float], two: list[float], **over) -> dict:
-    d = {"task": task, "algo": algo, "env": "metaworld", "num_seeds": SEEDS, "episodes_per_seed": EPISODES,
+    d = {"version": 2, "task": task, "algo": algo, "env": "metaworld", "num_seeds": SEEDS, "episodes_per_seed": EPISODES,
          "eval_seeds": [100000, 100000 + EPISODES - 1], "stage1_step": 300, "stage2_step": 200,
          "stage2_mode": "correction", "crop_size": 64 if algo == "bc" else 32, "stage2_name": name,
          "stage2_q_target": "mc" if algo == "cql" else None, "eval_seconds": 1.0,
          "gain": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0},
+         "stage1_steps": [300] * SEEDS, "stage2_steps": [200] * SEEDS,
+         "stage2_loss_weighting": "auto" if algo == "bc" else "none",
          "modes": {"stage1": _mode(stage1), "two_stage": _mode(two)}}
     d.update(over)
     return d
@@ -172,15 +176,13 @@ def test_paper_arm_with_another_stage2_budget_is_flagged(fake_raw, tmp_path):
     # another stage-2 learning rate is said too (CQL: actor / critic, from the resolved config)
     path = raw / "push-v3" / "cql_stage2.json"
     d = json.loads(path.read_text())
-    d["config"] = {"stage2": {"cql_actor_lr": 1e-3, "cql_critic_lr": 0.0},
-                   "cql": {"actor_lr": 1e-4, "critic_lr": 3e-4}}
+    d["config"] = to_dict(replace_path(smoke("cql"), {"stage2.cql.actor_lr": 1e-3}))
     path.write_text(json.dumps(d))
     for task in ("push-v3", "reach-v3"):
         path = raw / task / "cql_paper.json"
         if path.exists():
             p = json.loads(path.read_text())
-            p["config"] = {"stage2": {"cql_actor_lr": 0.0, "cql_critic_lr": 0.0},
-                           "cql": {"actor_lr": 1e-4, "critic_lr": 3e-4}}
+            p["config"] = to_dict(smoke("cql"))
             path.write_text(json.dumps(p))
     text = summarize(raw, tmp_path / "third", reps=50).read_text()
     assert ("**CQL: the paper arm's stage 2 learned at 0.0001 / 0.0003, the headline's at "

@@ -46,7 +46,6 @@ from twostage_jax.envs.base import Env, Observation
 from twostage_jax.evaluation import Episode, Interval, bootstrap_interval, difference_interval, rollout
 from twostage_jax.geometry import (
     crop_at_pixel,
-    crop_by_projection,
     euler_to_matrix,
     euler_to_quat,
     look_at,
@@ -156,7 +155,6 @@ __all__ = [
     "cql_regularizer",
     "crop_at_action",
     "crop_at_pixel",
-    "crop_by_projection",
     "deterministic_action",
     "difference_interval",
     "euler_to_matrix",

@@ -5,18 +5,21 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import jax
 import numpy as np
+
+from twostage_jax._checks import human_bytes
 
 
 def _umask() -> int:
@@ -180,3 +183,61 @@ def read_json_file(path: str | os.PathLike[str], what: str, error: type[Exceptio
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise error(f"{what} {path!r} is not valid JSON: {err}") from err
+
+
+class DiskFullError(RuntimeError):
+    """A write failed for want of space; the message names what, where, and what to do."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from: orbax and tensorstore wrap them) is a
+    full disk or an exhausted quota."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quot" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_space(path: Path) -> str:
+    """The free space on the filesystem of `path` (or of its nearest existing folder), as text."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{human_bytes(shutil.disk_usage(path).free)} free there"
+    except OSError:
+        return "free space unknown"
+
+
+@contextlib.contextmanager
+def reporting_disk_full(what: str, where: Path, after: str,
+                        cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turns a full disk while writing `what` into one DiskFullError line.
+
+    Args:
+      what: what was being written ("the stage1 checkpoint of step 12").
+      where: the folder written to (its filesystem's free space is reported).
+      after: the state left and what to do ("free some space and continue with --resume.").
+      cleanup: removes what the failed write left, run before the error is raised.
+
+    Raises:
+      DiskFullError: naming `what`, `where` and the free space, for ENOSPC / EDQUOT; any other
+        error passes through unchanged.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise  # already reported (by an inner, more precise, report)
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        if cleanup is not None:
+            cleanup()
+        raise DiskFullError(f"no space left on the device while writing {what} to {where} "
+                            f"({free_space(where)}); {after}") from e

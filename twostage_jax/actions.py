@@ -206,6 +206,3 @@ def correction_target_variance(sigma: Any) -> np.ndarray:
     return (np.tanh(sig[:, None] * x[None, :]) ** 2 * w).sum(axis=1)
 
 
-def default_sigma() -> np.ndarray:
-    """Algo. 1's default per-dimension noise std as a [7] numpy array."""
-    return np.asarray(DEFAULT_SIGMA, np.float32)

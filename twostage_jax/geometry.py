@@ -6,7 +6,6 @@ vmapped by callers. See `twostage_jax.types` for the pixel and frame conventions
 
 from __future__ import annotations
 
-import warnings
 from functools import partial
 from typing import Any
 
@@ -197,14 +196,6 @@ def crop_at_pixel(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: 
     _checks.check_fits("size", 4.0 * size * size * max(int(np.shape(image)[-1]), 1),
                        f"one {size}x{size} float32 crop")
     return _crop(image, jnp.asarray(center_uv, jnp.float32), jnp.asarray(angle, jnp.float32), size)
-
-
-def crop_by_projection(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: int) -> jnp.ndarray:
-    """Deprecated alias of `crop_at_pixel` (the old name; it takes a pixel and does not project)."""
-    warnings.warn("crop_by_projection is deprecated: it takes a pixel centre and does not project; "
-                  "use crop_at_pixel (same arguments), or crop_at_action to project an action.",
-                  DeprecationWarning, stacklevel=2)
-    return crop_at_pixel(image, center_uv, angle, size)
 
 
 def look_at(eye: Any, target: Any, up: Any = (0.0, 0.0, 1.0)) -> jnp.ndarray:

@@ -133,11 +133,6 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(lambda x: _global(x, replicated(mesh)), tree)
 
 
-def put_seeds(tree: Any, mesh: Mesh) -> Any:
-    """Every leaf [S, ...] sharded over 'seeds' (S must divide evenly; see `padded_count`)."""
-    return jax.tree_util.tree_map(lambda x: _global(x, seed_sharding(mesh)), tree)
-
-
 def state_sharding(num_seeds: int, mesh: Mesh) -> NamedSharding:
     """How a [num_seeds, ...] state is laid out: seed-sharded if the count divides, else
     replicated (a padded run's kept seeds)."""

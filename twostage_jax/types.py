@@ -230,7 +230,6 @@ class Batch(NamedTuple):
     done: jnp.ndarray
 
 
-BATCH_FIELDS = Batch._fields
 
 
 def _check_obs(name: str, obs: Any, batch_size: int) -> None:
@@ -353,10 +352,6 @@ class Dataset:
     @property
     def num_transitions(self) -> int:
         return int(self.action.shape[0])
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def camera(self, index: Any) -> Camera:
         """The `Camera` of frame `index` (works on tracers)."""

@@ -251,10 +251,8 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     record = workdir / stage2_name / "config.json"  # the config stage 2 was started with
     if "config" in results:  # the exact config the run was evaluated with
         config = from_dict(results["config"])
-    elif record.exists():
+    else:
         config = from_dict(json.loads(record.read_text())["config"])
-    else:  # a workdir of an older launcher: its last invocation's config.json
-        config = from_dict(json.loads((workdir / "config.json").read_text())["config"])
     try:
         check_unused_layouts(config, workdir, held_out_seed, held_out, f"--held_out_seed={held_out_seed}")
     except PipelineError as e:

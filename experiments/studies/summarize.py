@@ -27,8 +27,8 @@ import numpy as np
 from absl import app, flags
 
 from twostage_jax.launch.config import DEFAULT_TASKS, from_dict
-from twostage_jax.launch.plots import plt, save_figure
-from twostage_jax.launch.results import ALGOS, MODES, EvalResults, ResultsError
+from twostage_jax.evaluation.plots import plt, save_figure
+from twostage_jax.evaluation.report import ALGOS, MODES, EvalResults, ResultsError
 from twostage_jax._io import atomic_open
 from experiments.studies.validation_curves import is_selection_record
 from twostage_jax.evaluation import (
@@ -520,8 +520,8 @@ def _learning_curves(runs_dir: Path, tasks: list[str], out: Path) -> list[str]:
 
 
 def _stage2_rates(d: EvalResults) -> tuple[float, ...] | None:
-    """The stage-2 learning rates of a run (BC: one; CQL: actor, critic), from its config (any
-    version, migrated), or None when the results file has no config."""
+    """The stage-2 learning rates of a run (BC: one; CQL: actor, critic), from its config, or
+    None when the results file has no config."""
     if not d.config:
         return None
     stage2 = from_dict(d.config).stage2

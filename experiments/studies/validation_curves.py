@@ -107,7 +107,7 @@ def table(curves: dict[tuple[str, str], dict], tolerance: float, solved: float,
 
 def plot(curves: dict[tuple[str, str], dict], algo: str, path: Path, stage: int = 1) -> None:
     """One panel per task: each seed's curve, their mean, and each seed's chosen step."""
-    from twostage_jax.launch.plots import plt, save_figure
+    from twostage_jax.evaluation.plots import plt, save_figure
 
     rows = sorted((t, r) for (t, a), r in curves.items() if a == algo)
     cols = min(4, len(rows))

@@ -2,7 +2,7 @@
 
 Reads every `TASK/ALGO_stageN_selection.json` under `--raw` (the validation success of each
 candidate step for each training seed, as the 8-task study recorded it) and replays
-`selection.plateau_reached` for each patience and margin asked: training would have stopped at
+`evaluation.halving.plateau_reached` for each patience and margin asked: training would have stopped at
 the first candidate where every seed's best had not improved by more than the margin for P
 candidates, and each seed then takes its best candidate up to there (ties to the earliest, as
 selection does). It prints, per setting, how often that is the recorded choice (per task, seed
@@ -27,7 +27,7 @@ from absl import flags
 
 from experiments.tools import parse_tool_flags, usage_error
 from twostage_jax._io import atomic_open
-from twostage_jax.launch.selection import plateau_reached
+from twostage_jax.evaluation.halving import plateau_reached
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("raw", "experiments/results/current/eight_tasks/raw",

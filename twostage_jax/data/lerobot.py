@@ -24,7 +24,7 @@ What we take from it, and how (`LeRobotSpec` names the features):
     `pose_indices` hold the pose in the stated `pose_convention` (see `POSE_CONVENTIONS`, or a
     converter of your own): positions in metres in the calibration's world frame, orientations
     made relative to `neutral_quat` as for RLBench (extrinsic xyz Euler angles of
-    R @ R_neutral^T; `twostage_jax.envs.rlbench_conventions.gripper_pose_to_euler`);
+    R @ R_neutral^T; `twostage_jax.data.rlbench_conventions.gripper_pose_to_euler`);
   * the gripper state: component `gripper_index` of the feature `gripper_key` (default: the
     action feature `action_key`, i.e. the gripper command), open when > `gripper_open_above`.
 
@@ -58,7 +58,7 @@ from twostage_jax.data.camera_file import Calibration, load_calibration
 from twostage_jax.data.dataset import build_dataset
 from twostage_jax.data.demos import Trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
-from twostage_jax.envs.rlbench_conventions import gripper_pose_to_euler
+from twostage_jax.data.rlbench_conventions import gripper_pose_to_euler
 from twostage_jax.types import Camera, Dataset, Workspace
 
 LEROBOT_KEYFRAMES = KeyframeConfig(stop_threshold=0.02, refractory=4, min_distance=0.01)

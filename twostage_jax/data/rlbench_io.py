@@ -16,7 +16,7 @@ globals (`ALLOWED_GLOBALS`): those stand-ins, numpy's array, dtype and scalar re
 A file that names anything else is refused with a ValueError naming the global and the file,
 before that global is called. Per frame we use `gripper_pose` (xyz + quaternion xyzw), `gripper_open`,
 `joint_velocities` and `misc['front_camera_intrinsics' / 'front_camera_extrinsics']`. The pose,
-camera and Euler conventions come from the simulator-free `twostage_jax.envs.rlbench_conventions`.
+camera and Euler conventions come from the simulator-free `twostage_jax.data.rlbench_conventions`.
 
 Keyframes: ARM's rules with ARM's joint-velocity threshold 0.1 rad/s, plus the paper's 1 cm rule
 (`RLBENCH_KEYFRAMES`). Only the PNGs the dataset needs are decoded (frame 0, keyframes, every
@@ -35,8 +35,8 @@ import numpy as np
 
 from twostage_jax.data.demos import Trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
-from twostage_jax.envs.rlbench_conventions import NEUTRAL_QUAT as DEFAULT_NEUTRAL_QUAT
-from twostage_jax.envs.rlbench_conventions import camera_from_misc, gripper_pose_to_euler
+from twostage_jax.data.rlbench_conventions import NEUTRAL_QUAT as DEFAULT_NEUTRAL_QUAT
+from twostage_jax.data.rlbench_conventions import camera_from_misc, gripper_pose_to_euler
 from twostage_jax.types import Camera
 
 RLBENCH_KEYFRAMES = KeyframeConfig(stop_threshold=0.1, refractory=4, min_distance=0.01)

@@ -5,7 +5,7 @@
 so does its scripted-expert recorder when called (`record_demos`, `replay_keyframes`, `DemoStats`, in
 `twostage_jax.envs.metaworld_demos`). The RLBench adapter lives in `twostage_jax.envs.rlbench` and
 imports RLBench only when an env is made; RLBench's conventions
-(`twostage_jax.envs.rlbench_conventions`) need no simulator at all.
+(`twostage_jax.data.rlbench_conventions`) need no simulator at all.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Action mode: `MoveArmThenGripper(EndEffectorPoseViaPlanning(), Discrete())`, who
 `front` camera and `misc['front_camera_intrinsics' / 'front_camera_extrinsics']`.
 
 The conventions (neutral gripper orientation, workspace bounds, camera, Euler conversion) live in
-the simulator-free `twostage_jax.envs.rlbench_conventions`, shared with the on-disk demo reader; the
+the simulator-free `twostage_jax.data.rlbench_conventions`, shared with the on-disk demo reader; the
 names below are re-exported from there.
 
 Planning failures (`InvalidActionError`, `IKError`, `ConfigurationPathError`) end the episode as a
@@ -21,7 +21,7 @@ import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax.envs.base import Observation
-from twostage_jax.envs.rlbench_conventions import (
+from twostage_jax.data.rlbench_conventions import (
     NEUTRAL_QUAT,
     WORKSPACE_HIGH,
     WORKSPACE_LOW,

@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from twostage_jax.base_policy import BaseContext, SimBasePolicy, check_sim_base_action, load_base_policy
+from twostage_jax.base_policy import (BaseContext, BasePolicyError, SimBasePolicy, base_policy_name,
+                                      check_sim_base_action, load_base_policy)
 from twostage_jax.envs.base import Observation
 from twostage_jax.types import ACTION_DIM, Camera, Dataset, Workspace, validate_dataset
 

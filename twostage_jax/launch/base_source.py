@@ -33,7 +33,7 @@ def context(config: LaunchConfig) -> BaseContext:
     if config.env == "metaworld":
         from twostage_jax.envs.metaworld import default_workspace
     else:
-        from twostage_jax.envs.rlbench_conventions import default_workspace
+        from twostage_jax.data.rlbench_conventions import default_workspace
     return BaseContext(task=config.task, env=config.env, workspace=default_workspace())
 
 

@@ -236,12 +236,12 @@ def config_differences(trained: Mapping[str, Any], config: LaunchConfig, stage: 
     """'config.FIELD: trained X, now Y' for each `program_fields` entry that differs.
 
     Args:
-      trained: a stored config dict of any version (migrated by `config.from_dict`).
+      trained: a stored config dict (`config.to_dict`'s).
       config: the config of this invocation.
       stage: which stage's fields to compare.
     """
     try:
-        old = program_fields(from_dict(dict(trained)), stage)
+        old = program_fields(from_dict(trained), stage)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         return [f"the stored config cannot be read ({type(e).__name__}: {e})"]
     new = program_fields(config, stage)
@@ -261,12 +261,7 @@ def check_trained_with(config: LaunchConfig, meta: dict, stage: int, where: str,
       action: what is refused, for the message ("cannot evaluate").
       advice: what to do instead.
     """
-    if "config" in meta:
-        diffs = config_differences(meta["config"], config, stage)
-    else:  # written before checkpoints stored their config: what the metadata has
-        now = {"num_seeds": config.num_seeds, "algo": config.algo}
-        diffs = [f"config.{k}: trained {meta[k]!r}, now {v!r}" for k, v in now.items()
-                 if k in meta and meta[k] != v]
+    diffs = config_differences(meta.get("config"), config, stage)
     if diffs:
         raise PipelineError(f"{action}: the config differs from the one {STAGE_NAMES[stage]} was "
                             f"trained with ({where}): {'; '.join(diffs)}. {advice}")

@@ -22,7 +22,7 @@ library's stage-2 method; `experiments/configs/*.py` reduce them. The variants o
 option the library adds back to the paper's choice.
 
 A stored config (checkpoint metadata, STAGE/config.json, results.json) is `to_dict`'s plain dict,
-with its `version`; `from_dict` reads any older one through `migrate.migrate`.
+with its `version`; `from_dict` reads it back.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ import twostage_jax as tj
 from twostage_jax.data.lerobot import POSE_CONVENTIONS, LeRobotSpec
 from twostage_jax.policy import MAX_CORRECTION_PASSES
 from twostage_jax.transform import PAPER_CROP_SIZE
-from twostage_jax.launch.migrate import CONFIG_VERSION, migrate
 
 ConfigError = tj.ConfigError
+CONFIG_VERSION = 2
+"""The stored config's schema version (`to_dict`); `from_dict` reads this version only."""
 DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3",
                  "drawer-open-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3")
 VARIANTS = ("bc", "cql", "correction", "direct", "mc", "td", "paper")
@@ -297,7 +298,7 @@ class SelectConfig:
       per_seed: each seed its own step (else one step for all seeds).
       first_share: successive halving: every candidate is rolled out on this share of the
         layouts first (at least one), then the layouts double for the candidates kept, until
-        one is left or all layouts are used (`selection.successive_halving`); 1.0 rolls every
+        one is left or all layouts are used (`evaluation.halving.successive_halving`); 1.0 rolls every
         candidate out on every layout.
       keep: which candidates a halving round keeps: 'half' (the best half, ties kept) or
         'overlap' (those whose 95% Wilson interval overlaps the leader's).
@@ -642,7 +643,7 @@ def _build(cls: type, d: dict[str, Any], path: str) -> Any:
 
 
 def to_dict(config: LaunchConfig) -> dict[str, Any]:
-    """The config as a plain (JSON-ready) dict, with `version` = `migrate.CONFIG_VERSION`."""
+    """The config as a plain (JSON-ready) dict, with `version` = `CONFIG_VERSION`."""
     def plain(x: Any) -> Any:
         if dataclasses.is_dataclass(x):
             return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
@@ -652,12 +653,17 @@ def to_dict(config: LaunchConfig) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> LaunchConfig:
-    """A stored config (`to_dict`'s, or an older launcher's) as a `LaunchConfig`.
+    """A stored config (`to_dict`'s) as a `LaunchConfig`.
 
     Raises:
       ConfigError: a field the current schema does not have, or a value it refuses.
-      ValueError: a config written by a newer launcher.
+      ValueError: not a dict, or another version than `CONFIG_VERSION`.
     """
-    d = dict(migrate(d))
-    d.pop("version")
+    if not isinstance(d, dict):
+        raise ValueError(f"a stored config must be a dict; got {type(d).__name__}.")
+    d = dict(d)
+    version = d.pop("version", None)
+    if version != CONFIG_VERSION:
+        raise ValueError(f"the stored config has version {version!r}; this launcher reads version "
+                         f"{CONFIG_VERSION}: re-run the stage with this launcher in a fresh --workdir.")
     return _build(LaunchConfig, d, "")

@@ -15,7 +15,8 @@ from absl import logging
 
 from twostage_jax.launch.checks import PipelineError
 from twostage_jax.launch.config import LaunchConfig
-from twostage_jax.launch.workdir import config_record, dataset_path, reporting_disk_full, trained_stages
+from twostage_jax._io import reporting_disk_full
+from twostage_jax.launch.workdir import config_record, dataset_path, trained_stages
 from twostage_jax._io import write_json_atomic
 
 
@@ -108,7 +109,7 @@ def _sim_demos(config: LaunchConfig) -> tuple:
         info = {"demo_seeds": [int(t.seed) for t in trajs], **stats._asdict()}
     else:
         trajs, val_episodes = _read_rlbench(config)
-        from twostage_jax.envs.rlbench_conventions import default_workspace
+        from twostage_jax.data.rlbench_conventions import default_workspace
 
         workspace = default_workspace()
         info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}

@@ -12,10 +12,12 @@ from absl import logging
 from twostage_jax.launch import selection
 from twostage_jax.launch.checks import LEROBOT_EVALUATION, STAGE_NAMES, PipelineError, train_config
 from twostage_jax.launch.config import LaunchConfig, to_dict
-from twostage_jax.launch.results import Curve, EvalResults, Interval, ModeResult
-from twostage_jax.launch.workdir import (cpu_seconds, ensure_writable, environment_record, eval_dir,
-                                         load_demos, load_params, progress, reporting_disk_full,
-                                         resolve_recorded, stage_dir, trained_on)
+from twostage_jax.evaluation.report import Curve, EvalResults, MeanInterval, ModeResult
+from twostage_jax._io import reporting_disk_full
+from twostage_jax.provenance import cpu_seconds, environment_record
+from twostage_jax.launch.workdir import (ensure_writable, eval_dir,
+                                         load_demos, load_params, progress,
+                                         stage_dir, trained_on)
 import twostage_jax as tj
 from twostage_jax import evaluation
 from twostage_jax._io import atomic_folder, recover_atomic_folder
@@ -57,7 +59,8 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
     results whole.
     """
-    from twostage_jax.launch import plots, rollouts
+    from twostage_jax.evaluation import plots
+    from twostage_jax.launch import rollouts
 
     from twostage_jax.launch import base_source
 
@@ -99,7 +102,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     paired = recorded_stage1(stage_dir(workdir, 2, config), int(config.num_seeds)) if pairing else None
     now = config.stage1.source or steps1
     if paired is not None and paired != now:  # e.g. a stage 2 calibrated on our stage 1, now
-        where = (f" ({resolve_recorded(workdir, pairing['path'])})" if pairing.get("path") else "")
+        where = (f" ({workdir / pairing['path']})" if pairing.get("path") else "")
         logging.warning("stage 2 was trained against %s%s but stage 1 now is %s", describe_stage1(paired),
                         where, describe_stage1(now))  # correcting a base policy of the user's
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
@@ -171,7 +174,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         correction_passes=passes, corrected_dims=dims,
         eval_seconds=eval_cost["seconds"], config=to_dict(config),
         cost=run_cost(config, workdir, selections, eval_cost, stages=(2,) if foreign else (1, 2)),
-        modes=modes, gain=Interval(gain.mean, gain.low, gain.high), curves=curves,
+        modes=modes, gain=MeanInterval(gain.mean, gain.low, gain.high), curves=curves,
         stage1_source=config.stage1.source,
         environment={"evaluation": environment_record(),
                      **{STAGE_NAMES[s]: trained_on(stage_dir(workdir, s, config)) for s in (1, 2)}})

@@ -262,6 +262,7 @@ def _run_modes(config: LaunchConfig, workdir: Path, distributed: tuple[str, int,
     import jax
 
     from twostage_jax.base_policy import BasePolicyError
+    from twostage_jax._io import DiskFullError
     from twostage_jax.checkpoint import CheckpointError
     from twostage_jax.data.dataset import DatasetFormatError
     from twostage_jax.launch.checks import PipelineError, seed_mesh
@@ -281,7 +282,7 @@ def _run_modes(config: LaunchConfig, workdir: Path, distributed: tuple[str, int,
     try:
         for phase in phases:
             _run_phase(config, workdir, phase)
-    except (PipelineError, CheckpointError, LockError) as e:
+    except (PipelineError, CheckpointError, DiskFullError, LockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BasePolicyError as e:  # the user's base policy (config.stage1.source), named in `e`

@@ -135,15 +135,7 @@ def cache_setting(config: LaunchConfig, seeds: list[int]) -> dict:
             "max_keyframes": int(config.demos.max_keyframes),
             "image_size": int(config.demos.image_size), "algo": config.algo,
             "stage1_image_size": config.stage1.image_size or config.demos.image_size,
-            "stage1_network": _network_record(config.stage1.network)}
-
-
-def _network_record(network: tj.NetworkConfig) -> dict:
-    """The stage-1 network as the cache keys record it (as the ml_collections launcher did:
-    `crop_conv_strides` () for None), so caches of workdirs trained before stay valid."""
-    record = dataclasses.asdict(network)
-    record["crop_conv_strides"] = list(network.crop_conv_strides or ())
-    return json.loads(json.dumps(record))
+            "stage1_network": json.loads(json.dumps(dataclasses.asdict(config.stage1.network)))}
 
 
 def seed_params(params: Any, s: int) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,15 @@ from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_
                                          check_trained_with, needs_calibration, seed_keys,
                                          seed_mesh, train_config)
 from twostage_jax.launch.config import LaunchConfig, to_dict
-from twostage_jax.launch.workdir import (config_record, cpu_seconds, ensure_writable, is_writer,
-                                         load_demos, load_params, load_validation, progress, reporting_disk_full,
+from twostage_jax._io import reporting_disk_full
+from twostage_jax.provenance import cpu_seconds
+from twostage_jax.launch.workdir import (config_record, ensure_writable, is_writer,
+                                         load_demos, load_params, load_validation, progress,
                                          stage1_pairing, stage_dir, stage_record, validation_path)
 from twostage_jax import sharding
 from twostage_jax.data.dataset import dataset_checksum
 from twostage_jax._checks import available_memory, human_bytes
-from twostage_jax._io import atomic_open
+from twostage_jax.training.metrics_log import MetricsLog, NoLog
 from twostage_jax._io import write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 
@@ -42,7 +43,7 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
     from the newest intact checkpoint (damaged newer ones are moved to
     STAGE/damaged_checkpoints/) if that was trained with the same `program_fields`, and keeps
     STAGE/config.json's start record, adding under `resumed` when, how and on what
-    (`workdir.environment_record`) each resume that trains further ran; a resume whose inputs
+    (`provenance.environment_record`) each resume that trains further ran; a resume whose inputs
     changed since the stage started (the dataset, or for stage 2 the stage-1 steps it acts
     with, in pairing.json) is refused, naming both, unless `accept_new_inputs`: then stage 2 is re-calibrated, the new pairing recorded, and
     the new dataset checksum recorded in STAGE/config.json under `accepted_inputs`.
@@ -260,7 +261,7 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
             if plateau.add(k, load_params(config, workdir, stage, dataset, k)[0]):
                 stopped = plateau.record(k)
                 break
-    log = _MetricsLog(out_dir, start_step) if is_writer() else _NoLog()
+    log = MetricsLog(out_dir, start_step) if is_writer() else NoLog()
     bar = progress(total, start_step, f"{STAGE_NAMES[stage]} {config.algo} x{config.num_seeds} seeds")
     step = start_step
     wall, cpu = time.perf_counter(), cpu_seconds()
@@ -363,78 +364,6 @@ def _remove_partial_checkpoints(directory: Path) -> None:
 
     for partial in directory.glob("*.orbax-checkpoint-tmp*"):
         shutil.rmtree(partial, ignore_errors=True)
-
-
-class _NoLog:
-    """Stands in for `_MetricsLog` on processes other than 0."""
-
-    def write(self, step: int, means: dict[str, np.ndarray]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _MetricsLog:
-    """Per-chunk metrics to JSONL (atomic rewrite on resume) and TensorBoard, both flushed per chunk.
-
-    TensorBoard events go through tensorboardX's own `EventsWriter`, synchronously, rather than
-    its `SummaryWriter`: that one queues events for a writer thread, and its `flush()` flushes
-    the file but not the queue (tensorboardX 2.6.5), so the events of a killed run's last chunks
-    were lost (test_launcher's SIGKILL and per-chunk TensorBoard tests).
-    """
-
-    def __init__(self, directory: Path, resume_step: int):
-        self.path = directory / "metrics.jsonl"
-        lines = []
-        if self.path.exists() and resume_step > 0:
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        if json.loads(line)["step"] <= resume_step:
-                            lines.append(line if line.endswith("\n") else line + "\n")
-                    except (json.JSONDecodeError, KeyError):
-                        break  # a line cut by a kill: drop it and everything after
-        with atomic_open(self.path, "w") as f:
-            f.writelines(lines)
-        self._file = open(self.path, "a")
-        try:
-            from tensorboardX.event_file_writer import EventsWriter
-            from tensorboardX.proto.event_pb2 import Event, SessionLog
-            from tensorboardX.proto.summary_pb2 import Summary
-        except ImportError:  # pragma: no cover - tensorboardX is a core dependency
-            self._tb = None
-            return
-        self._event, self._summary = Event, Summary
-        (directory / "tb").mkdir(parents=True, exist_ok=True)
-        self._tb = EventsWriter(str(directory / "tb" / "events"))
-        if resume_step:  # TensorBoard hides the events of steps > resume_step written before a kill
-            self._tb.write_event(Event(wall_time=time.time(), step=resume_step + 1,
-                                       session_log=SessionLog(status=SessionLog.START)))
-            self._tb.flush()
-
-    def write(self, step: int, means: dict[str, np.ndarray]) -> None:
-        """Appends one chunk's per-seed means; TensorBoard first, so whatever a kill leaves in
-        metrics.jsonl is in the event file too."""
-        num_seeds = len(next(iter(means.values())))
-        if self._tb is not None:
-            now = time.time()
-            for i in range(num_seeds):
-                values = [self._summary.Value(tag=f"seed{i}/{k}", simple_value=float(v[i]))
-                          for k, v in means.items()]
-                self._tb.write_event(self._event(wall_time=now, step=int(step),
-                                                 summary=self._summary(value=values)))
-            self._tb.flush()
-        for i in range(num_seeds):
-            row = {"step": int(step), "seed": i, **{k: float(v[i]) for k, v in means.items()}}
-            self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
 
 
 def _checkpoint_meta(config: LaunchConfig, stage: int, extra: dict | None = None) -> dict:

@@ -32,17 +32,11 @@ The launcher's stages live beside this module: `demos.run_demos`, `train_stage.r
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import importlib.metadata
 import json
 import os
-import platform
-import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +47,7 @@ from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, check_traine
                                          train_config)
 from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
-from twostage_jax._checks import human_bytes
+from twostage_jax.provenance import environment_record
 
 
 def dataset_path(workdir: Path) -> Path:
@@ -114,115 +108,9 @@ def ensure_writable(folder: Path, why: str) -> None:
     os.unlink(probe)
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """Whether `error` (or an error it was raised from: orbax and tensorstore wrap them) is a
-    full disk or an exhausted quota."""
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(e) or "Disk quot" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def free_space(path: Path) -> str:
-    """The free space on the filesystem of `path` (or of its nearest existing folder), as text."""
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        return f"{human_bytes(shutil.disk_usage(path).free)} free there"
-    except OSError:
-        return "free space unknown"
-
-
-@contextlib.contextmanager
-def reporting_disk_full(what: str, where: Path, after: str,
-                        cleanup: Callable[[], None] | None = None) -> Iterator[None]:
-    """Turns a full disk while writing `what` into one PipelineError line.
-
-    Args:
-      what: what was being written ("the stage1 checkpoint of step 12").
-      where: the folder written to (its filesystem's free space is reported).
-      after: the state left and what to do ("free some space and continue with --resume.").
-      cleanup: removes what the failed write left, run before the error is raised.
-
-    Raises:
-      PipelineError: naming `what`, `where` and the free space, for ENOSPC / EDQUOT; any other
-        error passes through unchanged.
-    """
-    try:
-        yield
-    except PipelineError:
-        raise  # already reported (by an inner, more precise, report)
-    except Exception as e:
-        if not is_disk_full(e):
-            raise
-        if cleanup is not None:
-            cleanup()
-        raise PipelineError(f"no space left on the device while writing {what} to {where} "
-                            f"({free_space(where)}); {after}") from e
-
-
 def is_writer() -> bool:
     """True on the process that writes logs and results (process 0; the only one usually)."""
     return jax.process_index() == 0
-
-
-RECORDED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "mujoco", "metaworld")
-"""The packages whose versions `environment_record` keeps: those that decide the float rounding
-of training and the simulator's dynamics."""
-_CPU_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
-
-
-def _cpu() -> tuple[str, list[str]]:
-    """The CPU's model name and which of `_CPU_FEATURES` it has (Linux's /proc/cpuinfo; elsewhere
-    `platform.processor()` and no features)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor(), []
-    first = info.split("\n\n", 1)[0]  # the first processor's block
-    fields = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
-    flags = set(fields.get("flags", "").split())
-    return fields.get("model name", platform.processor()), [f for f in _CPU_FEATURES if f in flags]
-
-
-def cpu_seconds() -> float:
-    """CPU seconds (user + system) of this process and of its child processes that have ended:
-    the difference around a block that closes its workers (an `EnvPool`) is the block's CPU
-    cost, its simulators included."""
-    import resource  # POSIX-only; imported here so the module loads elsewhere
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def environment_record() -> dict[str, Any]:
-    """What a run trained or evaluated on, beyond its config: the package versions
-    (`RECORDED_PACKAGES`, None when absent), Python, the JAX backend and device kind, the CPU's
-    model and vector features, and XLA_FLAGS.
-
-    XLA compiles for the host's instruction set, so one program can round differently on
-    another CPU or package version; a fixed program on a fixed machine is bitwise reproducible
-    (docs/results.md, "Run-to-run variation"). Two runs whose records differ here may differ
-    in float rounding alone.
-    """
-    versions = {}
-    for name in RECORDED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    model, features = _cpu()
-    device = jax.local_devices()[0]
-    return {"python": platform.python_version(), **versions, "backend": jax.default_backend(),
-            "device_kind": device.device_kind, "local_devices": jax.local_device_count(),
-            "cpu": model, "cpu_features": features, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def config_record(config: LaunchConfig, workdir: Path | None = None) -> dict:
@@ -271,22 +159,6 @@ def relative_to_workdir(workdir: Path, path: Path) -> str:
         return Path(path).absolute().relative_to(Path(workdir).absolute()).as_posix()
     except ValueError:
         return str(path)
-
-
-def resolve_recorded(workdir: Path, recorded: str) -> Path:
-    """A path read from a workdir's record: a relative one (written since records hold relative
-    paths) against the workdir; an absolute one (older records) as it is if it exists, else its
-    longest tail that exists inside the workdir (the workdir was moved or copied)."""
-    path = Path(recorded)
-    if not path.is_absolute():
-        return Path(workdir) / path
-    if path.exists():
-        return path
-    for i in range(1, len(path.parts)):
-        candidate = Path(workdir).joinpath(*path.parts[i:])
-        if candidate.exists():
-            return candidate
-    return path
 
 
 def check_unused_layouts(config: LaunchConfig, workdir: Path, first: int, num: int, what: str) -> None:

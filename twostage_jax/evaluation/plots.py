@@ -16,9 +16,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 from twostage_jax._io import atomic_open  # noqa: E402
 from twostage_jax.actions import action_to_pose  # noqa: E402
 from twostage_jax.geometry import project_points  # noqa: E402
-from twostage_jax.launch.results import EvalResults  # noqa: E402
+from twostage_jax.evaluation.report import EvalResults  # noqa: E402
 
-LABELS = {"stage1": "stage 1 alone", "two_stage": "two-stage"}
 
 
 def save_figure(fig: Any, path: Path) -> None:

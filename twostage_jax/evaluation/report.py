@@ -1,10 +1,8 @@
-"""An evaluation's results: the typed record `evaluate.run_eval` writes to results.json
-(`EvalResults.to_dict`) and `experiments/summarize.py` reads back (`EvalResults.from_dict`).
+"""An evaluation's results: the typed record the launcher writes to results.json
+(`EvalResults.to_dict`) and `experiments/studies/summarize.py` reads back (`EvalResults.from_dict`).
 
-results.json carries `version` (`RESULTS_VERSION`); a file without one was written before the
-record had a class, and `from_dict` fills what such a file may lack with what it meant. A field
-without a default must be present in any version; `from_dict` names the file and the field of
-whatever is missing or inconsistent.
+results.json carries `version` (`RESULTS_VERSION`); `from_dict` refuses another version, and
+names the file and the field of whatever is missing or inconsistent.
 """
 
 from __future__ import annotations
@@ -12,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from twostage_jax.training.config import ALGOS
+
 RESULTS_VERSION = 2
-"""1: the untyped dict (no `version`); 2: `EvalResults`."""
 MODES = ("stage1", "two_stage")
-ALGOS = ("bc", "cql")
 
 
 class ResultsError(ValueError):
@@ -23,7 +21,7 @@ class ResultsError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Interval:
+class MeanInterval:
     """A mean with its 95% bootstrap interval [ci_low, ci_high]."""
 
     mean: float
@@ -83,7 +81,7 @@ class EvalResults:
       curves: {mode: Curve} when `config.eval.curve_steps` were evaluated, else None.
       stage1_source: '' (our stage 1), or the base policy of the user's that stood in for it
         (`config.stage1.source`): then 'stage1' is that policy alone and 'two_stage' corrected.
-      environment: what the run ran on (`workdir.environment_record`): 'evaluation' this
+      environment: what the run ran on (`provenance.environment_record`): 'evaluation' this
         evaluation's, 'stage1' and 'stage2' a list each, where the stage started and then each
         resume that trained it further (empty for a record written before these were kept).
       cost: what the run cost (`evaluate.run_cost`): per stage its training's wall and CPU
@@ -105,7 +103,7 @@ class EvalResults:
     stage2_name: str
     stage2_q_target: str | None
     modes: dict[str, ModeResult]
-    gain: Interval | None = None
+    gain: MeanInterval | None = None
     env: str = "metaworld"
     stage1_steps: tuple[int, ...] = ()
     stage2_steps: tuple[int, ...] = ()
@@ -149,7 +147,11 @@ class EvalResults:
         """
         if not isinstance(d, dict):
             raise ResultsError(f"{where}: expected a JSON object, got {type(d).__name__}.")
-        d = _migrate(d, where)
+        d = dict(d)
+        version = d.pop("version", None)
+        if version != RESULTS_VERSION:
+            raise ResultsError(f"{where}: results version {version!r}; this launcher reads version "
+                               f"{RESULTS_VERSION}: evaluate again with --mode=eval.")
         required = [f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         missing = [k for k in required if k not in d]
@@ -189,30 +191,9 @@ class EvalResults:
         gain = d.get("gain")
         tuples = lambda v: None if v is None else tuple(v)
         return cls(**{**d, "modes": parsed, "curves": curves,
-                      "gain": None if gain is None else Interval(float(gain["mean"]), float(gain["ci_low"]),
+                      "gain": None if gain is None else MeanInterval(float(gain["mean"]), float(gain["ci_low"]),
                                                                  float(gain["ci_high"])),
                       "eval_seeds": tuple(d["eval_seeds"]), "stage1_steps": tuple(d.get("stage1_steps", ())),
                       "stage2_steps": tuple(d.get("stage2_steps", ())),
                       "stage2_sigma": tuples(d.get("stage2_sigma")),
                       "corrected_dims": tuples(d.get("corrected_dims"))})
-
-
-def _migrate(d: dict[str, Any], where: str) -> dict[str, Any]:
-    """A results dict of any version as the current version's (without `version`)."""
-    d = dict(d)
-    version = d.pop("version", 1)
-    if not isinstance(version, int) or version > RESULTS_VERSION:
-        raise ResultsError(f"{where}: version {version!r} is newer than this launcher's "
-                           f"{RESULTS_VERSION}; read it with the launcher that wrote it.")
-    if version == 1:  # the untyped dict: fields added over time, with what their absence meant
-        n = d.get("num_seeds", 0)
-        d.setdefault("stage1_steps", [d.get("stage1_step")] * n if isinstance(n, int) else [])
-        d.setdefault("stage2_steps", [d.get("stage2_step")] * n if isinstance(n, int) else [])
-        config = d.get("config") if isinstance(d.get("config"), dict) else {}
-        stage2 = config.get("stage2") if isinstance(config.get("stage2"), dict) else {}
-        d.setdefault("stage2_loss_weighting", stage2.get("loss_weighting", "none"))  # absent: Eq. 1
-        for key, default in (("selection", {}), ("stage2_sigma", None), ("stage2_crop_size", None),
-                             ("correction_passes", 1), ("corrected_dims", None), ("config", {}),
-                             ("env", "metaworld"), ("eval_seconds", 0.0)):
-            d.setdefault(key, default)
-    return d
