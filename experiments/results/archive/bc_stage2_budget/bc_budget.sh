@@ -1,4 +1,5 @@
 #!/bin/bash
+# Written for an earlier launcher; today: python -m twostage_jax.launch (was experiments.main), the same flags; repro.py:bc has changed since, so it does not rerun the study as it was.
 # BC stage-2 training budget, dev: the study's BC stage 2 (2000 steps) continued on a copy to 8000
 # steps (held-out curve every 250); closed-loop validation (layouts 200000+) of 2000 and 8000, and of
 # 2000 with two correction passes.

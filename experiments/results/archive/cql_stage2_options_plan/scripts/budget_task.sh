@@ -1,4 +1,5 @@
 #!/bin/bash
+# Written for an earlier launcher; today: python -m twostage_jax.launch (was experiments.main), the same flags; the configs have changed since, so it does not rerun the study as it was.
 # CQL stage-2 training budget, dev: the study's stage 2 (1500 steps) continued on copies to 3000 and
 # 6000 steps, held-out curves logged; closed-loop validation on layouts 200000+ only.
 set -e

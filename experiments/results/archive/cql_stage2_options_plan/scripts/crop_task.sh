@@ -1,4 +1,5 @@
 #!/bin/bash
+# Written for an earlier launcher; today: python -m twostage_jax.launch (was experiments.main), --config.stage2.stage2.crop_size=64; the configs have changed since, so it does not rerun the study as it was.
 # CQL stage 2 with a 64-px crop (BC's default; CQL's is the paper's 32), dev; validation 200000+.
 # Run from the repository root with its virtual environment active.
 cd "$(git rev-parse --show-toplevel)"

@@ -1,5 +1,6 @@
 #!/bin/bash
-# CQL stage-2 encoder options, dev (issue 11 levers 5 and 6): one flag each on the study's stage 1,
+# Written for an earlier launcher; today: python -m twostage_jax.launch (was experiments.main), --config.stage2.cql.actor_encoder_grad (was stage2.cql_actor_encoder_grad); the configs have changed since, so it does not rerun the study as it was.
+# CQL stage-2 encoder options, dev: one flag each on the study's stage 1,
 # 1500 steps as the headline; closed-loop validation on layouts 200000+ only.
 set -e
 T=$1

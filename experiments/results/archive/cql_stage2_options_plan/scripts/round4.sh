@@ -1,4 +1,5 @@
 #!/bin/bash
+# Written for an earlier launcher; today: python -m twostage_jax.launch (was experiments.main), --config.stage2.cql.bc_weight and --config.stage2.cql.actor_encoder_grad (were stage2.cql_bc_weight, stage2.cql_actor_encoder_grad); the configs have changed since, so it does not rerun the study as it was.
 # Round 4 (plan.md): CQL stage 2 with the BC term *and* the actor's gradient into the encoder,
 # beside bcw3, on the study's stage 1; closed-loop validation on layouts 200000+ only.
 # Runs from a frozen worktree of the code (STUDY), writing into the main checkout (MAIN).

@@ -1,4 +1,5 @@
 #!/bin/bash
+# Written for an earlier launcher; today: python -m twostage_jax.launch (was experiments.main), --config.stage2.cql.actor_lr (was stage2.cql_actor_lr); the configs have changed since, so it does not rerun the study as it was.
 # Round 6 (plan.md): CQL stage 2 with the actor's learning rate alone at 1e-3, on the study's stage 1;
 # closed-loop validation on layouts 200000+ only.
 set -e

@@ -1,4 +1,5 @@
 #!/bin/bash
+# Written for an earlier launcher; today: python -m twostage_jax.launch (was experiments.main), --config.stage1.cql.bc_weight and --config.stage1.cql.actor_encoder_grad (were stage1.cql_bc_weight, stage1.cql_actor_encoder_grad); the configs have changed since, so it does not rerun the study as it was.
 # CQL stage 1 with a BC term in the actor (stage1.cql_bc_weight=W), dev, on the study's demos;
 # stage 2 as repro.py:cql; closed-loop validation on layouts 200000+ only.
 set -e

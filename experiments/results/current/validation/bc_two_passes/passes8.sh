@@ -1,5 +1,5 @@
 #!/bin/bash
-# BC headline stage 2 with 1 and 2 correction passes on the 8 tasks (plan.md); closed loop only.
+# BC headline stage 2 with 1 and 2 correction passes on the 8 tasks (the plan: experiments/results/archive/bc_stage2_budget/plan.md); closed loop only.
 set -e
 # MAIN: the checkout holding runs/ and the results (default: this one); STUDY: a checkout of the
 # code to run (default: MAIN). Run with the virtual environment active.
