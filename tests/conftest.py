@@ -15,12 +15,11 @@ import pytest
 
 # The suite is bound by XLA's CPU compile time (hundreds of tiny programs, each run for a few
 # steps), not by running them: LLVM optimisation level 0 compiles much faster than the default
-# (test_training + test_seed_parallel on the busy 2-core machine: 122 s at level 1, the level
-# the suite used before, 76 s at level 0). Level 0 rounds differently, enough to tell apart
-# programs that level 1 rounds alike (the policy's row-by-row batches against batch-1 calls,
-# bitwise; im2col against XLA convolutions, to 1e-4): those checks compile their programs at
-# level 1 (tests/_tiny.py: `LEVEL_1`, `jit_at_level_1`). Set before JAX starts its backend;
-# launcher subprocesses inherit it.
+# (docs/testing.md). Level 0 rounds differently, enough to tell apart programs that level 1
+# rounds alike (the policy's row-by-row batches against batch-1 calls, bitwise; im2col against
+# XLA convolutions, to 1e-4): those checks compile their programs at level 1 (tests/_tiny.py:
+# `LEVEL_1`, `jit_at_level_1`). Set before JAX starts its backend; launcher subprocesses
+# inherit it.
 _FAST_COMPILE = "--xla_backend_optimization_level=0"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
@@ -35,11 +34,10 @@ def _xla_accepts(flags: str) -> bool:
 
 
 # XLA's classic CPU emitters instead of its newer fusion emitters (the default): the same
-# operations, compiled about 30% faster on these programs (test_training + test_seed_parallel:
-# 153 s -> 111 s on the 2-core machine), and every tolerance of the suite holds, the 1e-4 of
-# test_seed_parallel's im2col-against-XLA convolutions included. A jaxlib that no longer knows
-# the flag gets the default emitters (checked once per session, in a subprocess: XLA would
-# abort this process).
+# operations, compiled about 30% faster on these programs, and every tolerance of the suite
+# holds, the 1e-4 of test_seed_parallel's im2col-against-XLA convolutions included. A jaxlib
+# that no longer knows the flag gets the default emitters (checked once per session, in a
+# subprocess: XLA would abort this process).
 _CLASSIC_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
     if _xla_accepts(f"{os.environ['XLA_FLAGS']} {_CLASSIC_EMITTERS}"):

@@ -1,4 +1,4 @@
-"""Issue 12's bad-input probe: each case fails with an error naming the argument and what was
+"""Bad inputs to the library: each case fails with an error naming the argument and what was
 expected, at the boundary for values (prepare_data, act) and in the core ops for shapes/dtypes."""
 
 import dataclasses
@@ -194,7 +194,7 @@ def test_sizes_no_machine_holds_are_refused_by_the_library(tiny_trained, monkeyp
     assert pool_workers(smoke(**{"eval.workers": 1}), 100) == 1
 
 
-# Issue 24: errors that say what is wrong, and images the networks can misread.
+# Errors that say what is wrong, and images the networks can misread.
 
 
 def test_act_names_an_empty_batch_and_swapped_params(tiny_trained):

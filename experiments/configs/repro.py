@@ -17,7 +17,8 @@ per stage on 2 CPU cores, so this config keeps the quickstart's networks and inp
     steps and acts with each seed's best checkpoint of `SELECT_STEPS` on validation layouts.
     At 1e-3 it peaked at 7k steps and fell on push and pick-place, and the paper's rates were
     not worse held out (experiments/results/current/stage1_study/cql_lr1e-3/); at the paper's
-    rates only peg-insert-side's validation curve still rises at 30k (.../cql_paper_rates/).
+    rates only peg-insert-side's validation curve still rises at 30k
+    (experiments/results/current/eight_tasks/curves/).
     Stage 2 trains up to 12,000 steps: its former fixed 1,500 was chosen over a short-trained
     stage 1 and is too short over this one (pick-place's two-stage validation success rises
     0.07 -> 0.50 from 1.5k to 12k; experiments/results/current/cql_stage2_budget/), and 500

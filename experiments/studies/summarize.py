@@ -10,7 +10,7 @@ headline run is the one named 'stage2'.
 
 Usage:
   python -m experiments.studies.summarize     # runs/repro/raw -> runs/repro/summary/
-  # the committed 8-task summary (experiments/results/README.md):
+  # the committed 8-task summary (experiments/results/current/eight_tasks/README.md):
   python -m experiments.studies.summarize --raw=experiments/results/current/eight_tasks/raw \
       --out=experiments/results/current/eight_tasks --runs=runs/repro
 """

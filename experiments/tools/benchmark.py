@@ -5,7 +5,7 @@ row, the median over repeated timed runs after a warm-up call (always `block_unt
 Compile time is reported separately wherever it is measured; it is never inside a median.
 
     python -m experiments.tools.benchmark --quick     # writes runs/benchmark/benchmark_cpu.json
-    # the committed measurement (experiments/results/README.md):
+    # the committed measurement (experiments/results/current/performance/README.md):
     python -m experiments.tools.benchmark --quick --out experiments/results/current/performance/benchmark_cpu.json
     python -m experiments.tools.benchmark --quick --sections=crop_cost --out runs/benchmark/crop.json  # a subset
 

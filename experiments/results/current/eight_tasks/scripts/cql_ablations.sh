@@ -6,7 +6,7 @@
 # stage-2 ablations: two single-threaded at a time, crop64 (4x the default crop's pixels, the
 # slowest) last and on both cores. Each finished run's results.json is copied to
 # runs/cql_ablations/raw/TASK/cql_NAME.json, to be copied into
-# experiments/results/current/eight_tasks/raw/ and summarised (experiments/results/README.md).
+# experiments/results/current/eight_tasks/raw/ and summarised (experiments/results/current/eight_tasks/README.md).
 # Resumable: a finished run is skipped, and so is one whose raw is already committed in
 # experiments/results/current/eight_tasks/raw/ (so a new machine runs only what is missing; a
 # task whose five are all committed is skipped whole); an unfinished stage resumes from its last
