@@ -133,3 +133,94 @@ def test_algo1_with_a_tentative_gripper_bound_recovers_the_gripper_sign():
     with pytest.raises(ValueError, match="gripper_clip"):
         tj.Stage2Config(gripper_clip=1.0)
     assert tj.Stage2Config().tentative_limit() is None  # the paper's Algo. 1 and composition
+
+
+def _papers_algo1(key, a, sigma=tj.DEFAULT_SIGMA):
+    # Algo. 1 as written before `scales` and `residuals` existed, the reference for bitwise checks.
+    eps = jax.random.normal(key, a.shape, jnp.float32) * jnp.asarray(sigma, jnp.float32)
+    return jnp.tanh(tj.atanh_clipped(a, 0.99) - eps), jnp.tanh(eps)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_single_unit_scale_reproduces_the_papers_draws_bitwise(variant):
+    a = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (64, 7)), jnp.float32)
+    key = jax.random.PRNGKey(9)
+    want = variant(_papers_algo1)(key, a)
+    for kwargs in (dict(), dict(scales=(1.0,)), dict(scales=[1])):
+        got = variant(lambda k, x: tj.sample_tentative(k, x, **kwargs))(key, a)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    # The config normalises its multipliers, so (1,) and [1.0] are the default config (same program).
+    assert tj.Stage2Config(sigma_scales=[1]) == tj.Stage2Config() and tj.Stage2Config().sigma_scales == (1.0,)
+    # One other multiplier scales the pose noise and leaves the gripper's draw alone.
+    eps = tj.sample_perturbation(key, (64, 7), scales=(3.0,))
+    ref = jax.random.normal(key, (64, 7)) * jnp.asarray(tj.DEFAULT_SIGMA)
+    np.testing.assert_allclose(eps[:, :6], 3.0 * ref[:, :6], rtol=1e-6)
+    np.testing.assert_array_equal(eps[:, 6], ref[:, 6])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scale_mixture_draws_one_scale_per_sample_with_the_right_std(variant):
+    sigma = (0.1,) * 6 + (1.0,)
+    eps = np.asarray(variant(lambda k: tj.sample_perturbation(k, (40_000, 7), sigma, scales=(1.0, 10.0)))(
+        jax.random.PRNGKey(0)))
+    # The scale is shared by a sample's 6 pose dimensions, so its pose norm tells the two apart:
+    # 0.1 * chi_6 against 1.0 * chi_6, split at 0.1 * sqrt(6 * 10) (misread for < 0.1% of draws).
+    # With one scale per dimension the groups would mix and neither std would match.
+    big = np.linalg.norm(eps[:, :6], axis=1) > 0.1 * np.sqrt(60.0)
+    assert abs(big.mean() - 0.5) < 0.015  # uniform over the two scales
+    np.testing.assert_allclose(eps[~big, :6].std(0), 0.1, rtol=0.04)
+    np.testing.assert_allclose(eps[big, :6].std(0), 1.0, rtol=0.04)
+    # The gripper is not scaled: N(0, 1) in both groups.
+    for group in (big, ~big):
+        assert abs(eps[group, 6].std() - 1.0) < 0.03
+    # The config's target variance (for loss_weighting='whiten') is the mixture's.
+    cfg = tj.Stage2Config(sigma=sigma, sigma_scales=(1.0, 10.0))
+    np.testing.assert_allclose(cfg.correction_target_variance(), np.tanh(eps).var(0), rtol=0.04)
+    np.testing.assert_array_equal(tj.Stage2Config(sigma=sigma).correction_target_variance(),
+                                  tj.correction_target_variance(sigma))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_residual_bank_draws_each_pose_column_from_its_own_values(variant):
+    # Column d of the bank holds 5 values no other column holds.
+    bank = (np.arange(5)[:, None] * 0.05 + np.arange(7)[None, :] * 0.3 - 0.9).astype(np.float32)
+    def draw(key, bank, scales=(1.0,)):  # the bank is traced under jit; the scales are static
+        return variant(lambda k, b: tj.sample_perturbation(k, (6000, 7), residuals=b, scales=scales))(key, bank)
+
+    eps = np.asarray(draw(jax.random.PRNGKey(1), bank))
+    for d in range(6):
+        values, counts = np.unique(eps[:, d], return_counts=True)
+        np.testing.assert_array_equal(values, np.sort(bank[:, d]))  # its own values, every one
+        assert np.all(np.abs(counts / len(eps) - 0.2) < 0.025)
+    # Each axis draws its own row (a bootstrap per axis, not whole rows): the row of x and the
+    # row of z agree for ~1/5 of the samples, not all of them.
+    row = lambda d: np.rint((eps[:, d] + 0.9 - 0.3 * d) / 0.05).astype(int)
+    assert abs((row(0) == row(2)).mean() - 0.2) < 0.03
+    # The gripper keeps its Gaussian sigma (column 6 is not read).
+    assert not np.isin(eps[:, 6], bank[:, 6]).any() and abs(eps[:, 6].std() - 1.0) < 0.05
+    # Scales multiply the bank's values, one per sample.
+    mixed = np.asarray(draw(jax.random.PRNGKey(2), bank, scales=(1.0, 2.0)))
+    assert set(np.unique(mixed[:, 0])) <= set(bank[:, 0]) | set(2.0 * bank[:, 0])
+    # Vmapped over seeds with one bank, as training vmaps its seeds over one copy of the data.
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    many = jax.vmap(lambda k: tj.sample_perturbation(k, (8, 7), residuals=bank))(keys)
+    for i in range(3):
+        np.testing.assert_array_equal(many[i], tj.sample_perturbation(keys[i], (8, 7), residuals=bank))
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(scales=()), ValueError, "`scales` must hold at least one"),
+    (dict(scales=(1.0, 0.0)), ValueError, "`scales` must hold finite multipliers > 0"),
+    (dict(scales=(-1.0,)), ValueError, "`scales` must hold finite multipliers > 0"),
+    (dict(scales=(float("nan"),)), ValueError, "`scales` must hold finite multipliers > 0"),
+    (dict(scales=2.0), ValueError, "`scales` must be a sequence"),
+    (dict(scales=jnp.ones(2)), TypeError, "`scales` must be static"),
+    (dict(residuals=np.zeros((4, 6), np.float32)), ValueError, "`residuals` must have shape \\[\\*, 7\\]"),
+    (dict(residuals=np.zeros((0, 7), np.float32)), ValueError, "`residuals` is empty"),
+    (dict(residuals=np.full((4, 7), np.nan, np.float32)), ValueError, "`residuals` must be finite"),
+    (dict(residuals=np.zeros((4, 7), np.int32)), TypeError, "`residuals` must be a floating-point"),
+])
+def test_perturbation_options_are_checked_naming_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tj.sample_tentative(jax.random.PRNGKey(0), jnp.zeros((3, 7)), **kwargs)

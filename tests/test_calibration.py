@@ -1,4 +1,7 @@
-"""Calibrating Algo. 1's sigma and the crop size on synthetic residuals with known answers."""
+"""Calibrating Algo. 1's sigma, its residual bank and the crop size on synthetic residuals with known
+answers."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -94,3 +97,74 @@ def test_crop_offsets_match_the_crop_geometry():
     back = np.stack([c * off[:, 0] - s * off[:, 1], s * off[:, 0] + c * off[:, 1]], axis=-1)
     np.testing.assert_allclose(uv1 + back, uv, atol=1e-3)
     np.testing.assert_allclose(crop_offsets(cam, ws, a1, a, rotate=False), uv - uv1, atol=1e-3)
+
+
+def test_residual_bank_keeps_every_residual_and_its_tails():
+    from twostage_jax.calibration import residual_bank
+
+    rng = np.random.default_rng(2)
+    u = rng.uniform(-1.0, 1.0, (2000, 7))
+    eps = rng.standard_t(2, size=u.shape) * 0.05  # heavy-tailed, as stage 1's closed-loop errors
+    a, a1 = np.tanh(u), np.tanh(u - eps)
+    bank = residual_bank(a1, a)
+    assert bank.dtype == np.float32 and bank.shape == (2000, 7)
+    inside = np.abs(u - eps) < np.arctanh(0.99)  # where the clip did not cut a1
+    np.testing.assert_allclose(bank[inside], eps[inside], atol=2e-5)
+    # The tails are kept: the bank's extremes are the data's, far beyond what calibrate_sigma's
+    # Gaussian of the same median magnitude would draw.
+    sigma = calibrate_sigma(a1, a, floor=1e-3)
+    assert np.abs(bank[:, 0]).max() > 8 * sigma[0]
+    np.testing.assert_allclose(np.median(np.abs(bank[:, :6]), 0) * 1.4826, sigma[:6], rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(tentative=np.zeros((4, 6))), "tentative"),
+    (dict(target=np.zeros((3, 7))), "target"),
+    (dict(tentative=np.full((4, 7), np.nan)), "`tentative` must be finite"),
+    (dict(tentative=np.zeros((0, 7)), target=np.zeros((0, 7))), "empty"),
+])
+def test_residual_bank_bad_input_names_the_argument(bad, match):
+    from twostage_jax.calibration import residual_bank
+
+    with pytest.raises(ValueError, match=match):
+        residual_bank(**(dict(tentative=np.zeros((4, 7)), target=np.zeros((4, 7))) | bad))
+
+
+def test_sampled_crop_size_covers_what_stage_2_trains_on():
+    import jax
+
+    import twostage_jax as tj
+    from twostage_jax.calibration import (calibrate_sampled_crop_size, dataset_crop_offsets,
+                                          sampled_crop_offsets)
+    from tests._tiny import tiny_dataset
+
+    ds = tiny_dataset()
+    s2 = tj.Stage2Config(crop_size=8, ee_crop_size=4)
+    key = jax.random.PRNGKey(0)
+    # The draws are Algo. 1's own: the offsets of the tentative actions sample_tentative draws.
+    off = sampled_crop_offsets(key, ds, s2, draws=2)
+    a = np.broadcast_to(np.asarray(ds.action), (2,) + ds.action.shape)
+    a1 = np.asarray(tj.sample_tentative(key, a)[0])
+    np.testing.assert_array_equal(off, np.concatenate([dataset_crop_offsets(ds, x) for x in a1]))
+    # A bank of one residual moves every draw by it: each draw's offsets are that of a1.
+    row = np.array([[0.2, -0.1, 0.15, 0.05, 0.0, 0.1, 0.0]], np.float32)
+    bank_s2 = dataclasses.replace(s2, perturbation="residuals")
+    fixed = np.tanh(np.arctanh(np.clip(np.asarray(ds.action), -0.99, 0.99)) - row)
+    want = dataset_crop_offsets(ds, fixed)
+    np.testing.assert_allclose(sampled_crop_offsets(key, ds, bank_s2, residuals=row, draws=2),
+                               np.concatenate([want, want]), atol=1e-3)
+    assert calibrate_sampled_crop_size(key, ds, bank_s2, residuals=np.repeat(row, 3, 0), draws=2,
+                                       multiple=2, min_size=2) == calibrate_crop_size(want, multiple=2,
+                                                                                      min_size=2)
+    # Wider perturbations need a wider crop: a mixture with 3x draws, and 3x alone.
+    sizes = [calibrate_sampled_crop_size(key, ds, dataclasses.replace(s2, sigma_scales=s), draws=8,
+                                         multiple=2, min_size=2) for s in [(1.0,), (1.0, 3.0), (3.0,)]]
+    assert sizes[0] < sizes[1] <= sizes[2] <= 32, sizes
+    with pytest.raises(ValueError, match="`residuals` must be given exactly when"):
+        sampled_crop_offsets(key, ds, bank_s2)
+    with pytest.raises(ValueError, match="`residuals` must be given exactly when"):
+        sampled_crop_offsets(key, ds, s2, residuals=row)
+    with pytest.raises(ValueError, match="`residuals` must be finite"):
+        sampled_crop_offsets(key, ds, bank_s2, residuals=row * np.nan)
+    with pytest.raises(ValueError, match="draws"):
+        sampled_crop_offsets(key, ds, s2, draws=0)

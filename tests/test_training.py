@@ -263,3 +263,58 @@ def test_train_rejects_bad_keys_and_data():
         train(jax.random.PRNGKey(0), tiny_dataset())
     with pytest.raises(TypeError, match="`keys` must be PRNG keys"):
         tj.train_seeds(cfg, data, jnp.zeros((2, 2), jnp.float32))
+
+
+def _bank(rows=5):
+    # Column d holds values no other column holds, small enough that tanh/atanh round-trips.
+    return (np.arange(rows)[:, None] * 0.02 + np.arange(7)[None, :] * 0.1 - 0.35).astype(np.float32)
+
+
+def test_stage2_batches_draw_from_the_residual_bank_in_the_data():
+    s2 = dataclasses.replace(_tiny.TINY_S2, perturbation="residuals", sigma_scales=(1.0, 2.0))
+    cfg = dataclasses.replace(tiny_config("bc"), stage2=s2)
+    bank = _bank()
+    data = tj.prepare_data(tiny_dataset(), cfg, residuals=bank.tolist())  # any array-like, stored float32
+    assert data.residuals.dtype == jnp.float32 and data.residuals.shape == (5, 7)
+    fn = jax.jit(lambda d, k: tj.sample_batch(d, k, 64, 2, s2))
+    batch = fn(data, jax.random.PRNGKey(0))
+    eps = np.arctanh(np.asarray(batch.action, np.float64))  # the target is tanh(eps)
+    allowed = np.concatenate([bank, 2.0 * bank])
+    for d in range(6):
+        assert np.abs(eps[:, d, None] - allowed[None, :, d]).min(1).max() < 1e-5, d
+    # The bank is an argument, not a constant: another bank of the same size reuses the program.
+    other = fn(data._replace(residuals=data.residuals + 0.01), jax.random.PRNGKey(0))
+    assert fn._cache_size() == 1 and not np.allclose(other.action[:, :6], batch.action[:, :6])
+    # Seeds vmap over one copy of the data (bank included) and equal single-key draws.
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    many = jax.jit(jax.vmap(fn, in_axes=(None, 0)))(data, keys)
+    for i in range(2):
+        np.testing.assert_allclose(many.action[i], fn(data, keys[i]).action, atol=1e-6)
+
+
+def test_perturbation_options_are_refused_before_any_work():
+    for bad in [(), (0.0,), (1.0, -2.0), (float("nan"),), "1.0", 2.0]:
+        with pytest.raises(tj.ConfigError, match="Stage2Config.sigma_scales"):
+            tj.Stage2Config(sigma_scales=bad)
+    with pytest.raises(tj.ConfigError, match="Stage2Config.perturbation must be one of"):
+        tj.Stage2Config(perturbation="laplace")
+    with pytest.raises(tj.ConfigError, match="Stage2Config.loss_weighting='whiten' needs perturbation='gaussian'"):
+        tj.Stage2Config(perturbation="residuals", loss_weighting="whiten")
+    assert tj.Stage2Config(perturbation="residuals", loss_weighting="auto").bc_weights() is None
+    s2 = dataclasses.replace(_tiny.TINY_S2, perturbation="residuals")
+    cfg = dataclasses.replace(tiny_config("bc"), stage2=s2)
+    # A bad bank is refused before the dataset is even looked at (this dataset is bad too).
+    ds = tiny_dataset()
+    broken = ds.replace(action=np.asarray(ds.action) * 2)
+    for bank, match in [(np.zeros((5, 6)), "`residuals` must have shape \\[\\*, 7\\]"),
+                        (np.full((5, 7), np.nan), "`residuals` must be finite"),
+                        (np.zeros((0, 7)), "`residuals` is empty")]:
+        with pytest.raises(ValueError, match=match):
+            tj.prepare_data(broken, cfg, residuals=bank)
+    with pytest.raises(tj.ConfigError, match="Stage2Config.perturbation='gaussian' ignores the `residuals`"):
+        tj.prepare_data(broken, tiny_config("bc"), residuals=_bank())
+    # Stage 2 without a bank stops at init, before a step; stage 1 ignores the option.
+    data = tj.prepare_data(ds, cfg)
+    with pytest.raises(ValueError, match="perturbation='residuals' needs the residual bank"):
+        tj.make_train(cfg, 2).init(jax.random.PRNGKey(0), data)
+    assert tj.sample_batch(data, jax.random.PRNGKey(0), 2, 1, s2).obs.image.shape[0] == 2

@@ -13,6 +13,7 @@ from twostage_jax.actions import (
     compose_direct,
     correction_target_variance,
     pose_to_action,
+    sample_perturbation,
     sample_tentative,
 )
 from twostage_jax.base_policy import (
@@ -184,6 +185,7 @@ __all__ = [
     "resolve_conv_impl",
     "rollout",
     "sample_batch",
+    "sample_perturbation",
     "sample_tentative",
     "tanh_gaussian_sample",
     "train_seeds",

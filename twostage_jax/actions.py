@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from twostage_jax import _checks
+from twostage_jax._checks import ConfigError
 from twostage_jax.types import ACTION_DIM, Workspace
 
 DEFAULT_CLIP = 0.99
@@ -109,14 +110,149 @@ def _sigma_vector(sigma: Any) -> jnp.ndarray:
     return sig
 
 
+POSE_DIMS = ACTION_DIM - 1
+"""The pose dimensions (position, orientation) come first; the gripper is the last."""
+
+
+def check_scales(name: str, scales: Any, owner: str = "") -> tuple[float, ...]:
+    """A non-empty sequence of finite positive noise multipliers, as a tuple of floats.
+
+    Args:
+      name: the argument's (or field's) name, for the error.
+      scales: a sequence of numbers (`Stage2Config.sigma_scales`).
+      owner: the config class the field belongs to ("" for a plain argument).
+
+    Returns:
+      The scales as a tuple of Python floats (hashable: a static jit argument).
+
+    Raises:
+      ConfigError (a ValueError) naming `owner.name`; TypeError for a JAX array (traced under
+      jit, where the number of scales must be known).
+    """
+    def fail(message: str) -> ConfigError:
+        return ConfigError(owner, name, message)
+
+    if isinstance(scales, jax.Array):
+        raise TypeError(f"`{name}` must be static Python numbers (a tuple of floats: they choose the "
+                        f"program), not a JAX array; got {type(scales).__name__}.")
+    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__len__") or np.ndim(scales) != 1:
+        raise fail(f"must be a sequence of noise multipliers, e.g. (1.0,); got {scales!r}.")
+    try:
+        out = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise fail(f"must hold numbers; got {scales!r}.") from None
+    if not out:
+        raise fail("must hold at least one multiplier ((1.0,) is the paper's Algo. 1); got ().")
+    if not all(np.isfinite(s) and s > 0 for s in out):
+        raise fail(f"must hold finite multipliers > 0; got {scales!r}.")
+    return out
+
+
+def check_residual_bank(name: str, bank: Any) -> None:
+    """Checks a bank of Algo. 1 perturbations: [M, 7] floats, M >= 1, finite when concrete.
+
+    Shape and dtype are checked at trace time; the values (finite) only when `bank` holds
+    them, i.e. where it enters from the host (`prepare_data`), not inside jit.
+    """
+    _checks.check_shape(name, bank, (None, ACTION_DIM), "[M, 7] residuals atanh(a) - atanh(a1), one row per "
+                        "held-out transition")
+    _checks.check_floating(name, bank)
+    if np.shape(bank)[0] < 1:
+        raise ValueError(f"`{name}` is empty; build it from at least one held-out transition "
+                         "(calibration.residual_bank).")
+    if _checks.is_concrete(bank) and not np.all(np.isfinite(np.asarray(bank))):
+        raise ValueError(f"`{name}` must be finite; got NaN or inf in an array of shape {np.shape(bank)}.")
+
+
+def sample_perturbation(key: jax.Array, shape: tuple[int, ...], sigma: Any = DEFAULT_SIGMA,
+                        scales: Any = (1.0,), residuals: Any = None) -> jnp.ndarray:
+    """Algo. 1's perturbation eps, in atanh space: Gaussian (the paper), a scale mixture, or
+    drawn from a bank of stage 1's residuals.
+
+      * `residuals=None`: eps_d ~ N(0, (sigma_d * s)^2) for the pose dimensions and
+        N(0, sigma_6^2) for the gripper, with one multiplier s per sample drawn uniformly from
+        `scales`. The multiplier is shared by the 6 pose dimensions of a sample: closed-loop
+        errors come as whole states (the arm drifted, a phase went wrong), so large errors come
+        in several axes at once, and a shared scale makes such jointly large draws (a Gaussian
+        scale mixture: heavy-tailed marginals, and tails that are jointly large), where one
+        scale per dimension would give the same marginals but rarely several large axes
+        together. The gripper, a binary command whose sigma is not an error measurement
+        (`calibration.calibrate_sigma` keeps it too), is not scaled.
+      * `residuals` [M, 7]: each pose dimension d independently draws a row i ~ U{0..M-1} and
+        takes eps_d = residuals[i, d] * s (a bootstrap per axis, s as above). Per axis rather
+        than whole rows: each marginal (bias and heavy tails included) is exactly the
+        bank's, and a bank of a few hundred held-out transitions yields M^6 distinct
+        perturbations rather than M, which stage 2 could otherwise learn by heart; what is
+        lost is the correlation between axes. The gripper keeps eps_6 ~ N(0, sigma_6^2), as
+        the calibrated sigma keeps the gripper's (column 6 of the bank is not read).
+
+    With `scales=(1.0,)` and no bank this is `jax.random.normal(key, shape) * sigma`, bitwise:
+    the same key use as the paper's Algo. 1 before these options existed.
+
+    Args:
+      key: PRNG key.
+      shape: (..., 7) the shape of the actions perturbed (static).
+      sigma: scalar or [7] noise std (the gripper's is used with a bank too).
+      scales: a non-empty sequence of positive multipliers of the pose dimensions' noise
+        (static: a tuple of Python floats).
+      residuals: None, or an [M, 7] bank of residuals atanh(a) - atanh(a1)
+        (`calibration.residual_bank`).
+
+    Returns:
+      [..., 7] float32 eps.
+    """
+    shape = tuple(shape)
+    if not shape or shape[-1] != ACTION_DIM:
+        raise ValueError(f"`shape` must end in {ACTION_DIM} (one eps per action dimension); got {shape}.")
+    sig = _sigma_vector(sigma)
+    scales = check_scales("scales", scales)
+    if residuals is None and len(scales) == 1:  # one multiplier: no draw, the paper's key use
+        if scales[0] != 1.0:
+            sig = sig * jnp.asarray((scales[0],) * POSE_DIMS + (1.0,), jnp.float32)
+        return jax.random.normal(key, shape, jnp.float32) * sig
+    k_eps, k_scale, k_grip = jax.random.split(key, 3)
+    if len(scales) == 1:
+        s = jnp.full(shape[:-1] + (1,), scales[0], jnp.float32)
+    else:
+        pick = jax.random.randint(k_scale, shape[:-1] + (1,), 0, len(scales))
+        s = jnp.asarray(scales, jnp.float32)[pick]  # [..., 1]: one multiplier per sample
+    if residuals is None:
+        eps = jax.random.normal(k_eps, shape, jnp.float32) * sig
+        return jnp.concatenate([eps[..., :POSE_DIMS] * s, eps[..., POSE_DIMS:]], axis=-1)
+    check_residual_bank("residuals", residuals)
+    bank = jnp.asarray(residuals, jnp.float32)
+    rows = jax.random.randint(k_eps, shape[:-1] + (POSE_DIMS,), 0, bank.shape[0])
+    pose = bank[rows, jnp.arange(POSE_DIMS)] * s  # [..., 6]: column d's value of row rows[..., d]
+    grip = jax.random.normal(k_grip, shape[:-1] + (1,), jnp.float32) * sig[POSE_DIMS]
+    return jnp.concatenate([pose, grip], axis=-1)
+
+
+def tentative_from_perturbation(a: jnp.ndarray, eps: jnp.ndarray, limit: float = DEFAULT_CLIP,
+                                tentative_limit: Any = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Algorithm 1's pair for a given perturbation: a1 = tanh(atanh(a) - eps), a2 = tanh(eps).
+
+    Args and returns as `sample_tentative`, with eps [..., 7] (broadcastable to a's shape)
+    given instead of drawn.
+    """
+    _check_action("a", a)
+    if tentative_limit is None:
+        return jnp.tanh(atanh_clipped(a, limit) - eps), jnp.tanh(eps)
+    lim1 = _check_limit("tentative_limit", tentative_limit)
+    u = atanh_clipped(a, jnp.minimum(_check_limit("limit", limit), lim1))
+    u1 = u - eps
+    return jnp.tanh(u1), jnp.tanh(u - atanh_clipped(jnp.tanh(u1), lim1))
+
+
 def sample_tentative(
     key: jax.Array, a: jnp.ndarray, sigma: Any = DEFAULT_SIGMA, limit: float = DEFAULT_CLIP,
-    tentative_limit: Any = None,
+    tentative_limit: Any = None, scales: Any = (1.0,), residuals: Any = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Algorithm 1: a synthetic tentative action and the correction that undoes it.
 
     eps ~ N(0, sigma^2) per dimension; a1 = tanh(atanh(a) - eps) and a2 = tanh(eps), so that
-    compose_correction(a1, a2) recovers a (up to the atanh clipping).
+    compose_correction(a1, a2) recovers a (up to the atanh clipping). With `scales` or
+    `residuals`, eps is drawn from a scale mixture or a bank of stage 1's residuals instead
+    (`sample_perturbation`); the defaults are the paper's Gaussian, bitwise.
 
     With `tentative_limit` (the bound `compose_correction` applies to a1), a2 is instead the
     exact inverse of that clipped composition: with u = atanh(a) clipped to the bound and
@@ -130,19 +266,17 @@ def sample_tentative(
       sigma: scalar or [7] noise std (default: 0.1 for pose, 1.0 for gripper).
       limit: atanh clip bound of a (and of a2 in the composition).
       tentative_limit: None (the paper's Algo. 1), or a scalar or [7] clip bound of a1.
+      scales: multipliers of the pose dimensions' noise, one drawn per sample
+        (`Stage2Config.sigma_scales`; (1.0,): the paper's).
+      residuals: None (Gaussian), or an [M, 7] bank of stage 1's residuals
+        (`Stage2Config.perturbation='residuals'`).
 
     Returns:
       (a1, a2): each [..., 7], in (-1, 1).
     """
     _check_action("a", a)
-    sig = _sigma_vector(sigma)
-    eps = jax.random.normal(key, jnp.shape(a), jnp.float32) * sig
-    if tentative_limit is None:
-        return jnp.tanh(atanh_clipped(a, limit) - eps), jnp.tanh(eps)
-    lim1 = _check_limit("tentative_limit", tentative_limit)
-    u = atanh_clipped(a, jnp.minimum(_check_limit("limit", limit), lim1))
-    u1 = u - eps
-    return jnp.tanh(u1), jnp.tanh(u - atanh_clipped(jnp.tanh(u1), lim1))
+    eps = sample_perturbation(key, jnp.shape(a), sigma, scales, residuals)
+    return tentative_from_perturbation(a, eps, limit, tentative_limit)
 
 
 def pose_to_action(

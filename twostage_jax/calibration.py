@@ -9,9 +9,13 @@ on. These functions turn such residuals into settings:
   * `calibrate_sigma`: per action dimension, a robust scale of the residual in atanh space,
     eps = atanh(a) - atanh(a^1) (the quantity Algo. 1 samples), with a floor;
   * `calibrate_crop_size`: the smallest crop that keeps the demonstrated target inside the crop
-    centred on the tentative action for a given share of the residuals.
+    centred on the tentative action for a given share of the residuals;
+  * `residual_bank`: the residuals themselves, [N, 7], for Algo. 1 to draw from
+    (`Stage2Config.perturbation='residuals'`, heavy tails kept);
+  * `calibrate_sampled_crop_size`: the crop that covers Algo. 1's own *sampled* perturbations
+    (a scale mixture or the bank), to take together with stage 1's.
 
-Both are host-side numpy functions (they run once, between stage 1 and stage 2).
+All are host-side numpy functions (they run once, between stage 1 and stage 2).
 `calibrate_to_base_policy` runs a base policy (stage 1, or any host-side callable; see
 `twostage_jax.base_policy`) over held-out demos and applies both.
 """
@@ -26,9 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from twostage_jax import _checks
-from twostage_jax.actions import DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose
+from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose, check_residual_bank,
+                                  sample_tentative)
 from twostage_jax.base_policy import BasePolicy, base_policy_actions
 from twostage_jax.geometry import optical_axis_angle, project_points
+from twostage_jax.transform import Stage2Config
 from twostage_jax.types import ACTION_DIM, Camera, Dataset, Workspace
 
 MAD_TO_STD = 1.4826
@@ -58,6 +64,19 @@ def calibrate_sigma(tentative: Any, target: Any, floor: Any = 0.02, calibrate: A
     Returns:
       [7] float32 standard deviations.
     """
+    eps = _residuals(tentative, target, limit)
+    fl = np.broadcast_to(np.asarray(floor, np.float64), (ACTION_DIM,))
+    if not np.all(fl > 0):
+        raise ValueError(f"`floor` must be > 0; got {floor!r}.")
+    mask = np.asarray([True] * 6 + [False] if calibrate is None else calibrate, bool)
+    _checks.check_shape("calibrate", mask, (ACTION_DIM,), "one bool per action dimension")
+    scale = np.maximum(fl, MAD_TO_STD * np.median(np.abs(eps), axis=0))
+    keep = np.broadcast_to(np.asarray(sigma, np.float64), (ACTION_DIM,))
+    return np.where(mask, scale, keep).astype(np.float32)
+
+
+def _residuals(tentative: Any, target: Any, limit: float) -> np.ndarray:
+    """[N, 7] float64 atanh(a) - atanh(a1), both clipped to `limit`, after checking both."""
     a1 = np.asarray(tentative, np.float64)
     a = np.asarray(target, np.float64)
     _checks.check_shape("tentative", a1, (None, ACTION_DIM), "[N, 7] stage-1 actions")
@@ -66,15 +85,29 @@ def calibrate_sigma(tentative: Any, target: Any, floor: Any = 0.02, calibrate: A
         raise ValueError("`tentative` is empty; calibrate on at least one held-out transition.")
     for name, x in (("tentative", a1), ("target", a)):
         _checks.check_range(name, x, -1.0, 1.0, "normalised actions")
-    fl = np.broadcast_to(np.asarray(floor, np.float64), (ACTION_DIM,))
-    if not np.all(fl > 0):
-        raise ValueError(f"`floor` must be > 0; got {floor!r}.")
-    mask = np.asarray([True] * 6 + [False] if calibrate is None else calibrate, bool)
-    _checks.check_shape("calibrate", mask, (ACTION_DIM,), "one bool per action dimension")
-    eps = np.arctanh(np.clip(a, -limit, limit)) - np.arctanh(np.clip(a1, -limit, limit))
-    scale = np.maximum(fl, MAD_TO_STD * np.median(np.abs(eps), axis=0))
-    keep = np.broadcast_to(np.asarray(sigma, np.float64), (ACTION_DIM,))
-    return np.where(mask, scale, keep).astype(np.float32)
+    return np.arctanh(np.clip(a, -limit, limit)) - np.arctanh(np.clip(a1, -limit, limit))
+
+
+def residual_bank(tentative: Any, target: Any, limit: float = DEFAULT_CLIP) -> np.ndarray:
+    """Stage 1's residuals on held-out transitions, as a bank for Algo. 1 to draw from.
+
+    eps = atanh(a) - atanh(a^1) (both clipped to `limit`), the quantity Algo. 1 samples, as
+    `calibrate_sigma` measures it, but every value kept rather than summarised by a scale:
+    heavy tails, bias and skew are what `Stage2Config.perturbation='residuals'` trains on
+    (each pose column bootstrapped on its own, `actions.sample_perturbation`). Column 6 holds
+    the gripper's residuals for inspection; the sampler does not read it and draws the gripper
+    from N(0, sigma_6^2), as `calibrate_sigma` keeps the gripper's sigma.
+
+    Args:
+      tentative: [N, 7] stage 1's actions a^1 on held-out states.
+      target: [N, 7] the demonstrated actions a there.
+      limit: atanh clip bound.
+
+    Returns:
+      [N, 7] float32 residuals, finite (|eps| <= 2 atanh(limit)): the `residuals` of
+      `prepare_data(dataset, config, residuals=...)`.
+    """
+    return _residuals(tentative, target, limit).astype(np.float32)
 
 
 def calibrate_crop_size(offsets: Any, coverage: float = 0.95, multiple: int = 4, min_size: int = 8,
@@ -224,3 +257,72 @@ def calibrate_to_base_policy(base: BasePolicy, dataset: Dataset, floor: Any = 0.
     size = calibrate_crop_size(offsets, coverage=coverage, multiple=multiple, min_size=min_size,
                                max_size=max_size, margin=margin)
     return BaseCalibration(sigma=s, crop_size=size, tentative=a1, offsets=offsets)
+
+
+def sampled_crop_offsets(key: jax.Array, dataset: Dataset, stage2: Stage2Config, residuals: Any = None,
+                         draws: int = 8) -> np.ndarray:
+    """Pixel offsets of each target from crops centred on Algo. 1's sampled tentative actions.
+
+    What `crop_offsets` measures for stage 1's actions, measured for the perturbations stage 2
+    trains on: `draws` tentative actions per transition of `dataset`, drawn as training draws
+    them (`stage2.sigma`, `sigma_scales`, `perturbation`, `gripper_clip`), each seen by its own
+    frame's camera (`dataset_crop_offsets`).
+
+    Args:
+      key: PRNG key of the draws.
+      dataset: the demos stage 2 trains on (their `action` is the target a).
+      stage2: the stage-2 settings whose perturbations are measured (`rotate` too).
+      residuals: the [R, 7] bank (`residual_bank`) when `stage2.perturbation='residuals'`,
+        else None.
+      draws: perturbations per transition.
+
+    Returns:
+      [draws * N, 2] float64 offsets (x, y) in pixels, draw-major.
+    """
+    if not isinstance(stage2, Stage2Config):
+        raise TypeError(f"`stage2` must be a Stage2Config; got {type(stage2).__name__}.")
+    _checks.check_positive_int("draws", draws)
+    if (residuals is None) != (stage2.perturbation != "residuals"):
+        raise ValueError(f"`residuals` must be given exactly when Stage2Config.perturbation='residuals'; got "
+                         f"perturbation={stage2.perturbation!r} and residuals "
+                         f"{'None' if residuals is None else 'given'}.")
+    if residuals is not None:
+        residuals = np.asarray(residuals, np.float32)
+        check_residual_bank("residuals", residuals)
+    _checks.check_key("key", key)
+    a = jnp.asarray(dataset.action, jnp.float32)
+    a1, _ = sample_tentative(key, jnp.broadcast_to(a, (draws,) + a.shape), stage2.sigma,
+                             tentative_limit=stage2.tentative_limit(), scales=stage2.sigma_scales,
+                             residuals=residuals)
+    a1 = np.asarray(a1)
+    return np.concatenate([dataset_crop_offsets(dataset, a1[d], stage2.rotate) for d in range(draws)])
+
+
+def calibrate_sampled_crop_size(key: jax.Array, dataset: Dataset, stage2: Stage2Config,
+                                residuals: Any = None, draws: int = 8, coverage: float = 0.95,
+                                multiple: int = 4, min_size: int = 8, max_size: int | None = None,
+                                margin: float = 0.0) -> int:
+    """The crop side that holds the target for a `coverage` share of Algo. 1's sampled draws.
+
+    `calibrate_crop_size` on `sampled_crop_offsets`: the crop a stage 2 trained with
+    `stage2`'s perturbations (a scale mixture, or the residual bank) needs to see its targets.
+    The calibrated crop (`calibrate_to_base_policy`, on stage 1's own offsets) covers stage 1's
+    errors; a caller that trains on wider perturbations takes the larger of the two.
+
+    Args:
+      key: PRNG key of the draws.
+      dataset: the demos stage 2 trains on.
+      stage2: the stage-2 settings (sigma, sigma_scales, perturbation, gripper_clip, rotate).
+      residuals: the [R, 7] bank when `stage2.perturbation='residuals'`, else None.
+      draws: perturbations per transition.
+      coverage, multiple, min_size, margin: as in `calibrate_crop_size`.
+      max_size: largest crop side (default: the image's smaller side).
+
+    Returns:
+      The crop side in pixels.
+    """
+    offsets = sampled_crop_offsets(key, dataset, stage2, residuals, draws)
+    if max_size is None:
+        max_size = int(min(np.shape(dataset.images)[1:3]))
+    return calibrate_crop_size(offsets, coverage=coverage, multiple=multiple, min_size=min_size,
+                               max_size=max_size, margin=margin)

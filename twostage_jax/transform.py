@@ -12,13 +12,16 @@ import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax._checks import ConfigError
-from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, _check_action, action_to_pose,
-                                  compose_correction, compose_direct, correction_target_variance)
+from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, POSE_DIMS, _check_action, action_to_pose,
+                                  check_scales, compose_correction, compose_direct,
+                                  correction_target_variance)
 from twostage_jax.geometry import crop_at_pixel, optical_axis_angle, project_points
 from twostage_jax.types import ACTION_DIM, Camera, Stage2Obs, Workspace
 
 STAGE2_MODES = ("correction", "direct")
 LOSS_WEIGHTINGS = ("none", "whiten", "auto")
+PERTURBATIONS = ("gaussian", "residuals")
+"""Algo. 1's perturbation distributions (`Stage2Config.perturbation`)."""
 PAPER_CROP_SIZE = {"bc": 64, "cql": 32}
 """Side of o^2 per algorithm in the paper (Sec. V): 64 px for BC, 32 px for CQL."""
 
@@ -50,6 +53,19 @@ class Stage2Config:
         atanh = 1.47) for the tentative gripper in the composition, so that a correction of
         magnitude above atanh(gripper_clip) flips it either way (`compose_correction`); Algo. 1
         then uses the exact inverse of that composition as its target (`sample_tentative`).
+      sigma_scales: multipliers of the pose dimensions' sigma, one drawn uniformly per sample
+        and shared by its 6 pose dimensions (a scale mixture: heavy tails, and large errors in
+        several axes at once, as stage 1's closed-loop errors come; `sample_perturbation`
+        says why shared). The gripper's sigma is not scaled. (1.0,), the default, is the
+        paper's Algo. 1, bitwise; e.g. (1.0, 2.0, 4.0) also trains on errors 2x and 4x the
+        calibrated sigma.
+      perturbation: 'gaussian' (the paper: eps ~ N(0, sigma^2)) or 'residuals': each pose
+        dimension's eps drawn from a bank of stage 1's held-out residuals (bootstrap per axis,
+        heavy tails and bias kept; multiplied by `sigma_scales`), the gripper's from
+        N(0, sigma_6^2). The bank is data, not config: `prepare_data(dataset, config,
+        residuals=calibration.residual_bank(tentative, target))`; a stage-2 trainer without
+        one refuses to start. Its target variance depends on that data, so
+        loss_weighting='whiten' is refused and 'auto' resolves to 'none'.
     """
 
     crop_size: int | None = None
@@ -59,6 +75,8 @@ class Stage2Config:
     rotate: bool = True
     loss_weighting: str = "none"
     gripper_clip: float | None = None
+    sigma_scales: tuple[float, ...] = (1.0,)
+    perturbation: str = "gaussian"
 
     def __post_init__(self) -> None:
         if self.crop_size is not None and (isinstance(self.crop_size, bool) or
@@ -80,6 +98,15 @@ class Stage2Config:
         if self.gripper_clip is not None and not 0.0 < float(self.gripper_clip) <= DEFAULT_CLIP:
             raise ConfigError("Stage2Config", "gripper_clip", f"must be None or lie in (0, {DEFAULT_CLIP}]; "
                              f"got {self.gripper_clip!r}.")
+        scales = check_scales("sigma_scales", self.sigma_scales, "Stage2Config")
+        object.__setattr__(self, "sigma_scales", scales)  # a tuple of floats: hashable
+        if self.perturbation not in PERTURBATIONS:
+            raise ConfigError("Stage2Config", "perturbation", f"must be one of {PERTURBATIONS}; got "
+                             f"{self.perturbation!r}.")
+        if self.loss_weighting == "whiten" and self.perturbation == "residuals":
+            raise ConfigError("Stage2Config", "loss_weighting", "='whiten' needs perturbation='gaussian' (the "
+                             "residual bank's target variance is data, not config); got "
+                             "perturbation='residuals'.")
         if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
             raise ConfigError("Stage2Config", "loss_weighting", "='whiten' needs mode='correction' and every "
                              f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")
@@ -108,14 +135,24 @@ class Stage2Config:
         """'none' or 'whiten' ('auto' resolved for this mode and sigma)."""
         if self.loss_weighting != "auto":
             return self.loss_weighting
-        return "whiten" if self.mode == "correction" and min(self.sigma) > 0 else "none"
+        whiten = self.mode == "correction" and min(self.sigma) > 0 and self.perturbation == "gaussian"
+        return "whiten" if whiten else "none"
 
     def bc_weights(self) -> np.ndarray | None:
         """[7] per-dimension BC loss weights for stage 2 (None for 'none')."""
         if self.resolved_loss_weighting() == "none":
             return None
-        w = 1.0 / correction_target_variance(self.sigma)
+        w = 1.0 / self.correction_target_variance()
         return (w / w.mean()).astype(np.float32)
+
+    def correction_target_variance(self) -> np.ndarray:
+        """[7] float64 Var of Algo. 1's correction target tanh(eps) under the Gaussian
+        perturbation: `correction_target_variance(sigma)`, averaged over `sigma_scales` (the
+        mixture's variance; each scale multiplies the pose dimensions' sigma)."""
+        sig = np.asarray(self.sigma, np.float64)
+        per_scale = [correction_target_variance(sig * np.asarray((s,) * POSE_DIMS + (1.0,)))
+                     for s in self.sigma_scales]
+        return per_scale[0] if len(per_scale) == 1 else np.mean(per_scale, axis=0)
 
 
 def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:

@@ -1,7 +1,8 @@
 """Training: configuration, device data and Algorithm 1's batches, the trainer, and seeds.
 
   * `config`: `TrainConfig` (one stage's run), `ALGOS`, `SEED_STRATEGIES`;
-  * `data`: `prepare_data(dataset, config) -> TrainData` (on device, once), `sample_batch` and
+  * `data`: `prepare_data(dataset, config, residuals=None) -> TrainData` (on device, once; with
+    the residual bank of `Stage2Config.perturbation='residuals'`), `sample_batch` and
     `batch_at` (Algorithm 1 for stage 2), `moving_transitions`;
   * `held_out`: `make_held_out_eval(config, stage) -> evaluate(params, data, key)`;
   * `trainer`: `make_train(config, stage)` returns `train(key, data) -> (AgentState, metrics)`,

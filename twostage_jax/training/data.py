@@ -16,7 +16,7 @@ import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax._checks import ConfigError
-from twostage_jax.actions import action_to_pose, sample_tentative
+from twostage_jax.actions import action_to_pose, check_residual_bank, sample_tentative
 from twostage_jax.training.config import TrainConfig, check_stage
 from twostage_jax.transform import Stage2Config, resize_images, transform_state
 from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
@@ -31,12 +31,17 @@ class TrainData(NamedTuple):
       dataset: the `Dataset` (its transition arrays).
       index: [M] int32 indices of the transitions batches are drawn from (all of them unless
         `TrainConfig.min_move` > 0).
+      residuals: None, or [R, 7] float32 stage 1's held-out residuals atanh(a) - atanh(a1)
+        (`calibration.residual_bank`), the bank Algo. 1 draws from with
+        `Stage2Config.perturbation='residuals'`. Data rather than config, so one compiled
+        program serves any bank of the same size and seeds vmap over one copy.
     """
 
     images: jnp.ndarray
     stage1_images: jnp.ndarray
     dataset: Dataset
     index: jnp.ndarray
+    residuals: jnp.ndarray | None = None
 
 
 def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
@@ -63,7 +68,7 @@ def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
     return keep
 
 
-def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
+def prepare_data(dataset: Dataset, config: TrainConfig, residuals: Any = None) -> TrainData:
     """Validates `dataset` and moves it to the device once: the `data` of `train(key, data)`.
 
     This is the value boundary of training: `validate_dataset` checks every field's shape,
@@ -72,14 +77,26 @@ def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
 
     Args:
       dataset: the offline `Dataset` (numpy or device arrays).
-      config: the stage's config (reads `image_size` and `min_move`).
+      config: the stage's config (reads `image_size`, `min_move` and `stage2.perturbation`).
+      residuals: None, or the [R, 7] bank of stage 1's held-out residuals
+        (`calibration.residual_bank`) for `config.stage2.perturbation='residuals'`: checked
+        here (shape, finite) and moved to the device. Refused with the Gaussian perturbation,
+        which would ignore it.
 
     Returns:
       `TrainData`: images [N_img, H, W, 3] uint8, stage1_images [N_img, h, w, 3] uint8, the
-      dataset on device and the [M] int32 transition index batches are drawn from.
+      dataset on device, the [M] int32 transition index batches are drawn from, and the
+      [R, 7] float32 residual bank (or None).
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"`dataset` must be a twostage_jax Dataset; got {type(dataset).__name__}.")
+    if residuals is not None:  # before any work on the dataset
+        if config.stage2.perturbation != "residuals":
+            raise ConfigError("Stage2Config", "perturbation", f"={config.stage2.perturbation!r} ignores the "
+                             "`residuals` bank given to prepare_data; set perturbation='residuals' or pass "
+                             "no bank.")
+        residuals = np.asarray(residuals, np.float32)
+        check_residual_bank("residuals", residuals)
     validate_dataset(dataset)
     index = moving_transitions(dataset, float(config.min_move))
     ds = jax.device_put(jax.tree_util.tree_map(jnp.asarray, dataset))
@@ -88,7 +105,9 @@ def prepare_data(dataset: Dataset, config: TrainConfig) -> TrainData:
         raise ConfigError("TrainConfig", "image_size", f"({size}) exceeds the dataset's frame size "
                          f"{tuple(ds.images.shape[1:3])}.")
     small = jax.jit(resize_images, static_argnums=1)(ds.images, size)
-    return TrainData(images=ds.images, stage1_images=small, dataset=ds, index=jnp.asarray(index))
+    bank = None if residuals is None else jax.device_put(jnp.asarray(residuals, jnp.float32))
+    return TrainData(images=ds.images, stage1_images=small, dataset=ds, index=jnp.asarray(index),
+                     residuals=bank)
 
 
 def _stage2_obs(data: TrainData, img_idx: jnp.ndarray, pose: jnp.ndarray, tentative: jnp.ndarray,
@@ -105,9 +124,10 @@ def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
                  stage2: Stage2Config = Stage2Config(), with_next: bool = True) -> Batch:
     """Samples a training batch on device; pure, usable inside `lax.scan`.
 
-    Stage 1 returns the stored transitions. Stage 2 applies Algorithm 1: eps ~ N(0, sigma^2),
-    a^1 = tanh(atanh(a) - eps), target a^2 = tanh(eps) ('correction') or a ('direct'), and the
-    states s^2 = f(s, a^1), s'^2 = f(s', a'^1) with a'^1 built the same way from a'.
+    Stage 1 returns the stored transitions. Stage 2 applies Algorithm 1: eps ~ N(0, sigma^2)
+    (or as `stage2.sigma_scales` and `stage2.perturbation` say; the residual bank is
+    `data.residuals`), a^1 = tanh(atanh(a) - eps), target a^2 = tanh(eps) ('correction') or a
+    ('direct'), and the states s^2 = f(s, a^1), s'^2 = f(s', a'^1) with a'^1 built the same way from a'.
 
     Args:
       data: `TrainData` from `prepare_data`.
@@ -154,12 +174,28 @@ def batch_at(data: TrainData, idx: jnp.ndarray, key: jax.Array, stage: int,
         return Batch(obs=Stage1Obs(data.stage1_images[oi], ds.pose[idx]), action=action,
                      next_obs=next_obs, **common)
     limit = stage2.tentative_limit()
-    a1, a2 = sample_tentative(k_eps, action, stage2.sigma, tentative_limit=limit)
-    next_a1, _ = sample_tentative(k_next, ds.next_action[idx], stage2.sigma, tentative_limit=limit)
+    draw = dict(tentative_limit=limit, scales=stage2.sigma_scales, residuals=perturbation_bank(data, stage2))
+    a1, a2 = sample_tentative(k_eps, action, stage2.sigma, **draw)
+    next_a1, _ = sample_tentative(k_next, ds.next_action[idx], stage2.sigma, **draw)
     obs = _stage2_obs(data, oi, ds.pose[idx], a1, stage2)
     next_obs = _stage2_obs(data, ni, ds.next_pose[idx], next_a1, stage2) if with_next else None
     target = a2 if stage2.mode == "correction" else action
     return Batch(obs=obs, action=target, next_obs=next_obs, **common)
+
+
+def perturbation_bank(data: TrainData, stage2: Stage2Config) -> jnp.ndarray | None:
+    """The [R, 7] residual bank Algo. 1 draws from under `stage2` (None for 'gaussian').
+
+    Raises (at trace time, so before any step) a ValueError when `stage2.perturbation` is
+    'residuals' and `data` holds no bank.
+    """
+    if stage2.perturbation != "residuals":
+        return None
+    if data.residuals is None:
+        raise ValueError("Stage2Config.perturbation='residuals' needs the residual bank in the training data: "
+                         "prepare_data(dataset, config, residuals=calibration.residual_bank(tentative, "
+                         "target)) with stage 1's actions on held-out demos.")
+    return data.residuals
 
 
 def check_data(data: Any) -> None:
