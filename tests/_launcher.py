@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "configs" / "smoke.py")
+SMOKE = "smoke"
 
 
 class Launched(NamedTuple):
@@ -108,7 +108,7 @@ def synthetic_workdir(path: Path) -> Path:
 def smoke(variants: str | None = None, **overrides):
     """The smoke config (with `variants`) for the 32-pixel synthetic dataset, with dotted-name
     overrides (`config.replace_path`: a bad value raises the ConfigError naming its field)."""
-    from experiments.configs import smoke as smoke_config
+    from twostage_jax.configs import smoke as smoke_config
     from twostage_jax.launch.config import replace_path
 
     return replace_path(smoke_config.get_config(variants), {"demos.image_size": 32, **overrides})

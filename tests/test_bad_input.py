@@ -184,11 +184,11 @@ def test_sizes_no_machine_holds_are_refused_by_the_library(tiny_trained, monkeyp
     with pytest.raises(tj.ConfigError, match=r"TrainConfig\.batch_size must be a positive int below 2\*\*31"):
         tj.TrainConfig(batch_size=2**40)
     # the launcher caps its simulators at the episodes and the cores
-    from twostage_jax.launch import config as launch_config
+    from twostage_jax.evaluation import rollouts as eval_rollouts
     from twostage_jax.launch.rollouts import pool_workers
     from tests._launcher import smoke
 
-    monkeypatch.setattr(launch_config, "num_cores", lambda: 2)
+    monkeypatch.setattr(eval_rollouts, "default_workers", lambda: 2)
     assert pool_workers(smoke(**{"eval.workers": 12}), 4) == 2
     assert pool_workers(smoke(**{"eval.workers": 12}), 1) == 1
     assert pool_workers(smoke(**{"eval.workers": 1}), 100) == 1

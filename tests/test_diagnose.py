@@ -5,8 +5,8 @@ import numpy as np
 
 import twostage_jax as tj
 from experiments.studies import diagnose
-from twostage_jax.launch.checks import train_config
-from experiments.configs import smoke
+from twostage_jax.launch.workdir import train_config
+from twostage_jax.configs import smoke
 from twostage_jax.testing import make_synthetic_dataset
 
 

@@ -9,16 +9,26 @@ import pytest
 
 import twostage_jax as tj
 from tests._launcher import smoke
-from twostage_jax.launch import config_flags
-from twostage_jax.launch.checks import PipelineError, config_differences, program_fields
+from twostage_jax.launch import overrides
+from twostage_jax.launch.errors import PipelineError
+from twostage_jax.launch.workdir import config_differences, program_fields
 from twostage_jax.launch.config import CONFIG_VERSION, UnknownFieldError, from_dict, replace_path, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "experiments" / "results" / "archive" / "eight_tasks_short_stage1" / "raw"
 
 
-def _flags(*pairs):
-    return config_flags.parse_overrides([(f"config.{k}", v) for k, v in pairs])
+def _flags(config, *pairs):
+    """`config` with `--config.K=V` for each (K, V), as the launcher parses them."""
+    return replace_path(config, {}) if not pairs else overrides.replace_path(config, {
+        k: overrides.parse_value(v, overrides.field_type(k), k) for k, v in pairs})
+
+
+def _refused(*pairs):
+    """The error of the launcher's flags `--config.K=V` on the smoke config."""
+    argv = [f"--config.{k}={v}" for k, v in pairs]
+    _, found = overrides.split_overrides(argv)
+    return overrides.config_from_flags("smoke", found, {})
 
 
 def test_stages_are_the_library_train_config():
@@ -45,11 +55,11 @@ def test_to_dict_round_trips_and_carries_the_version():
 
 
 def test_command_line_values_are_parsed_by_their_fields_type():
-    c = config_flags.apply_overrides(smoke(), _flags(
-        ("eval.curve_steps", "(2,)"), ("stage2.crop_size", "8"), ("stage1.learning_rate", "1e-3"),
+    c = _flags(smoke(),
+        ("eval.curve_steps", "(2,)"), ("stage2.stage2.crop_size", "8"), ("stage1.learning_rate", "1e-3"),
         ("calibrate.sigma", "False"), ("stage2.stage2.gripper_clip", "None"), ("seed_devices", "2"),
-        ("stage2_name", "wide"), ("eval.corrected_dims", "(1, 1, 1, 0, 0, 0, 1)")))
-    assert c.eval.curve_steps == (2,) and c.stage2.stage2.crop_size == 8  # stage2.X: stage2.stage2.X
+        ("stage2_name", "wide"), ("eval.corrected_dims", "(1, 1, 1, 0, 0, 0, 1)"))
+    assert c.eval.curve_steps == (2,) and c.stage2.stage2.crop_size == 8
     assert c.stage1.learning_rate == 1e-3 and c.calibrate.sigma is False and c.seed_devices == 2
     assert c.stage2.stage2.gripper_clip is None and c.stage2_name == "wide"
     assert c.eval.corrected_dims == (1, 1, 1, 0, 0, 0, 1)
@@ -60,12 +70,14 @@ def test_command_line_values_are_parsed_by_their_fields_type():
             (("stage1.network", "3"), "config.stage1.network is a group of fields; set one of them"),
             (("algo", "cql"), "--config.algo: the config has no field 'algo'; did you mean "
                               "'stage1.algo' or 'stage2.algo'?"),
-            (("stage1.crop_size", "8"), "--config.stage1.crop_size: the config has no field 'crop_size'")]:
+            (("stage1.crop_size", "8"), "--config.stage1.crop_size: the config has no field 'crop_size'"),
+            (("stage2.crop_size", "8"), "--config.stage2.crop_size: the config has no field 'crop_size'; "
+                                        "did you mean 'stage2.stage2.crop_size'?")]:
         with pytest.raises(ValueError) as e:
-            _flags((path, text))
+            _refused((path, text))
         assert str(e.value).startswith(message), str(e.value)
     with pytest.raises(tj.ConfigError) as e:  # a value the library's dataclass refuses
-        config_flags.apply_overrides(smoke(), _flags(("stage1.network.mlp_hidden", "0")))
+        _refused(("stage1.network.mlp_hidden", "0"))
     assert str(e.value) == "config.stage1.network.mlp_hidden must be a positive int; got 0."
     assert e.value.field == "mlp_hidden"
 
@@ -75,11 +87,11 @@ def test_the_data_source_is_stored_and_compared():
     before = to_dict(c)
     before.pop("data")  # stored by a launcher before config.data: the simulator's demos
     assert from_dict(before) == c and c.data.source == "sim"
-    lerobot = config_flags.apply_overrides(c, _flags(
-        ("data.source", "lerobot"), ("data.root", "datasets/pick"), ("data.calibration", "pick.json"),
+    lerobot = _flags(c,
+        ("data.source", "lerobot"), ("data.root", "datasets/pick"), ("data.camera_file", "pick.json"),
         ("data.image_key", "observation.images.front"), ("data.pose_key", "observation.state"),
         ("data.pose_convention", "xyz_quat_wxyz"), ("data.episodes", "(0, 2)"),
-        ("data.gripper_key", "None"), ("data.neutral_quat", "(1, 0, 0, 0)")))
+        ("data.gripper_key", "None"), ("data.neutral_quat", "(1, 0, 0, 0)"))
     assert lerobot.data.episodes == (0, 2) and lerobot.data.neutral_quat == (1.0, 0.0, 0.0, 0.0)
     assert from_dict(json.loads(json.dumps(to_dict(lerobot)))) == lerobot
     # a stage trained on another source (or another LeRobot spec) is not resumed or paired
@@ -95,7 +107,7 @@ def test_the_data_source_is_stored_and_compared():
 def test_the_committed_study_configs_are_todays_repro_config():
     # A results file of the study (BC, push-v3), and the same settings today.
     old = json.loads((RAW / "push-v3" / "bc_stage2.json").read_text())["config"]
-    from experiments.configs import repro
+    from twostage_jax.configs import repro
 
     now = replace_path(repro.get_config("bc"), {"task": "push-v3"})
     stored = from_dict(old)

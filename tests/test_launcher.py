@@ -126,7 +126,7 @@ def test_mode_all_end_to_end(tmp_path):
 
     # A named stage-2 ablation shares the stage 1 and the dataset of the workdir (the launcher
     # in this process from here: the console path was just shown).
-    named = ["--config.stage2_name=direct", "--config.stage2.mode=direct", *calibrated]
+    named = ["--config.stage2_name=direct", "--config.stage2.stage2.mode=direct", *calibrated]
     out = launch_in_process("--mode=stage2", f"--workdir={tmp_path}", *named)
     assert out.returncode == 0, out.stderr[-3000:]
     # (one worker: the 2 worker processes were shown above, and episodes do not depend on them)
@@ -222,8 +222,12 @@ def test_clear_errors_for_bad_usage(tmp_path):
     refused("--mode=eval", f"--workdir={tmp_path / 'missing'}", expect=["does not exist", "--mode=demos"])
     refused("--mode=all", workdir, "--config.train.checkpoint_every=3",
             expect=["checkpoint_every (3) must be a multiple"])
-    refused("--mode=all", workdir, "--config.stage2.crop_sise=3",
-            expect=["--config.stage2.crop_sise: the config has no field 'crop_sise'; did you mean 'crop_size'?"])
+    refused("--mode=all", workdir, "--config.stage2.stage2.crop_sise=3",
+            expect=["--config.stage2.stage2.crop_sise: the config has no field 'crop_sise'; did you mean "
+                    "'crop_size'?"])
+    refused("--mode=all", workdir, "--config.stage2.crop_size=3",  # a field of stage 2's method
+            expect=["--config.stage2.crop_size: the config has no field 'crop_size'; did you mean "
+                    "'stage2.stage2.crop_size'?"])
     refused("--mode=all", workdir, "--task=reach-v9", expect=["unknown MetaWorld task 'reach-v9'"])
     refused("--mode=all", workdir, "--force", expect=["--force only applies to --mode=demos"])
     refused("--mode=all", workdir, config=str(tmp_path / "missing.py"),
@@ -231,9 +235,9 @@ def test_clear_errors_for_bad_usage(tmp_path):
     (tmp_path / "broken.py").write_text("def get_config(arg):\n    return (\n")
     refused("--mode=all", workdir, config=str(tmp_path / "broken.py"),
             expect=[f"--config: {tmp_path / 'broken.py'} failed to load (SyntaxError: "])
-    refused("--mode=all", workdir, "--config.stage2.sigma=(0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)",
-            expect=["config.stage2.stage2.sigma (set by --config.stage2.sigma) must be 7 finite "
-                    "non-negative stds; got (0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)."])
+    refused("--mode=all", workdir, "--config.stage2.stage2.sigma=(0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)",
+            expect=["config.stage2.stage2.sigma must be 7 finite non-negative stds; got "
+                    "(0.1, nan, 0.1, 0.1, 0.1, 0.1, 1.0)."])
     refused("--mode=stage1", workdir, "--accept_new_inputs",
             expect=["--accept_new_inputs only applies with --resume"])
     base = "--config.stage1.source=tests._bases:nudged_pose"
@@ -274,10 +278,10 @@ def test_clear_errors_for_bad_usage(tmp_path):
      "roll, pitch, yaw, gripper), at least one 1; got (1, 1, 1)."),
 ])
 def test_config_validation_names_the_field(overrides, message):
-    from twostage_jax.launch.checks import validate_config
+    from twostage_jax.launch.config import check_config
 
     with pytest.raises(ValueError) as e:  # the dataclass refuses the value when it is built
-        validate_config(_smoke(**overrides))
+        check_config(_smoke(**overrides))
     assert str(e.value) == message
 
 
@@ -292,7 +296,7 @@ def test_stage2_without_stage1_and_a_second_fresh_stage1_are_refused(trained, tm
 
 def test_eval_and_resume_refuse_a_config_other_than_the_trained_one(trained, tmp_path):
     from twostage_jax.launch.evaluate import run_eval
-    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.errors import PipelineError
     from twostage_jax.launch.train_stage import run_stage
 
     wd = _copy(trained, tmp_path / "wd")
@@ -346,7 +350,7 @@ def test_demos_refuses_to_replace_a_dataset_and_the_advice_is_safe(trained, tmp_
 @pytest.mark.sim
 def test_demos_force_replaces_the_dataset_and_records_its_config(tmp_path):
     from twostage_jax.launch.demos import run_demos
-    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.errors import PipelineError
     from twostage_jax.launch.workdir import dataset_path, load_demos
 
     wd = _synthetic_workdir(tmp_path / "wd")
@@ -465,7 +469,7 @@ def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monk
 
 
 def test_stage2_refuses_a_damaged_stage1_checkpoint(trained, tmp_path):
-    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.errors import PipelineError
     from twostage_jax.launch.train_stage import run_stage
 
     wd = _copy(trained, tmp_path / "wd")
@@ -504,11 +508,14 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, ca
 
 
 def test_method_options_are_validated_before_work():
-    from twostage_jax.launch.checks import validate_config
+    from twostage_jax.launch.bounds import check_bounds
+    from twostage_jax.launch.config import check_config
 
     def check(match, **fields):
-        with pytest.raises(ValueError, match=match):  # when the config is built, or by validate_config
-            validate_config(_smoke(**{k.replace("__", "."): v for k, v in fields.items()}))
+        with pytest.raises(ValueError, match=match):  # when the config is built, or by its checks
+            config = _smoke(**{k.replace("__", "."): v for k, v in fields.items()})
+            check_config(config)
+            check_bounds(config)
 
     check("num_validation", demos__num_validation=0)  # the default stage 2 is calibrated
     check("num_validation", demos__num_validation=0, calibrate__sigma=False, calibrate__crop_size=True)
@@ -537,12 +544,12 @@ def test_method_options_are_validated_before_work():
     check("crop_encoder", stage2__network__crop_encoder="attention")
     check(r"config\.stage2\.algo \('cql'\) must equal config\.stage1\.algo", stage2__algo="cql")
     # RLBench holds out its folder's last episodes as validation demos: the defaults validate
-    validate_config(_smoke(env="rlbench", rlbench_root="/demos"))
+    check_config(_smoke(env="rlbench", rlbench_root="/demos"))
 
 
 def test_paper_variant_restores_the_papers_method():
-    from twostage_jax.launch.checks import needs_calibration, train_config
-    from experiments.configs import quickstart
+    from twostage_jax.launch.workdir import train_config
+    from twostage_jax.configs import quickstart
 
     # Whatever the defaults are, :paper builds the paper's method (Sec. IV-V).
     c = quickstart.get_config("paper")
@@ -551,13 +558,13 @@ def test_paper_variant_restores_the_papers_method():
     assert t2.stage2.loss_weighting == "none" and t2.stage2.gripper_clip is None
     assert t2.min_move == 0.0 and train_config(c, 1).min_move == 0.0
     assert t2.network.crop_encoder == "flatten" and t2.network.stage2_pose_input
-    assert not t2.network.coord_channels and not needs_calibration(c)
-    assert quickstart.get_config("cql,paper").stage2.stage2.crop_size == 32
+    assert not t2.network.coord_channels and not c.calibrate.any
+    assert quickstart.get_config("cql,paper").stage2.train_config().stage2.crop_size == 32
 
 
 def test_each_stage_has_its_own_cql_config():
-    from experiments.configs import repro
-    from twostage_jax.launch.checks import config_differences, program_fields, train_config
+    from twostage_jax.configs import repro
+    from twostage_jax.launch.workdir import config_differences, program_fields, train_config
     from twostage_jax.launch.config import to_dict
 
     base = _smoke("cql")
@@ -685,7 +692,7 @@ def test_no_correction_is_a_stage_2_candidate_and_its_seeds_act_with_stage_1_alo
     # seed 0's stage 2 fails every validation layout where its stage 1 alone succeeds; seed 1's
     # the other way round: seed 0 acts without correction, seed 1 with its stage 2
     from twostage_jax.launch import rollouts, selection
-    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.errors import PipelineError
     from twostage_jax.launch.evaluate import run_eval
 
     workdir = _copy(trained, tmp_path / "wd")
@@ -772,7 +779,7 @@ def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path
     # Ablations sharing a stage 1 (experiments/studies/reproduce.py) resume side by side: a stage
     # trained to its num_steps is confirmed under a shared lock, and skipped.
     from twostage_jax.launch import evaluate
-    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.errors import PipelineError
 
     def stop(config, workdir):
         raise PipelineError("(evaluation is not what this test is about)")
@@ -791,8 +798,8 @@ def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path
 
 
 def test_a_stage_2_started_on_a_base_policy_resumed_without_it_names_the_base(tmp_path):
-    from twostage_jax.launch.checks import PipelineError
-    from twostage_jax.launch.workdir import stage1_pairing
+    from twostage_jax.launch.errors import PipelineError
+    from twostage_jax.launch.selection import stage1_pairing
 
     (tmp_path / "stage2").mkdir()
     (tmp_path / "stage2" / "pairing.json").write_text(json.dumps({"source": "tests._bases:nudged_pose"}))
@@ -957,7 +964,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_check
 
 def test_a_batch_clearly_too_big_for_memory_is_refused_before_training(trained, tmp_path, monkeypatch):
     from twostage_jax.launch import train_stage
-    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.errors import PipelineError
 
     wd = _copy(trained, tmp_path / "wd")
     before = _files(wd)

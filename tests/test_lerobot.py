@@ -292,7 +292,7 @@ def test_other_bad_datasets_are_named(copy, tmp_path, monkeypatch):
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = ["--config.data.source=lerobot", f"--config.data.root={ROOT.relative_to(REPO)}",
-          f"--config.data.calibration={CALIBRATION.relative_to(REPO)}",
+          f"--config.data.camera_file={CALIBRATION.relative_to(REPO)}",
           f"--config.data.image_key={fx.IMAGE_KEY}", "--config.data.pose_key=observation.state",
           "--config.data.pose_convention=xyz_euler_xyz", f"--config.data.neutral_quat={fx.NEUTRAL_QUAT}",
           f"--config.demos.image_size={fx.SIZE}", "--config.demos.num_validation=1",
@@ -341,7 +341,7 @@ def test_the_launcher_refuses_a_bad_lerobot_source_before_any_work(tmp_path, mon
     refused(*demos, "--config.data.image_key=observation.images.wrist",
             expect=["error: config.data.image_key 'observation.images.wrist' is not a feature of ",
                     "meta/info.json'; its features are ['action', 'observation.images.front'"])
-    refused(*demos, "--config.data.calibration=missing.json", expect=["error: config.data.calibration: "])
+    refused(*demos, "--config.data.camera_file=missing.json", expect=["error: config.data.camera_file: "])
     refused(*demos, "--config.data.episodes=(0, 7)",
             expect=["error: config.data.episodes: episode 7 is not in the episode table"])
     refused(*demos, "--config.demos.image_size=128", expect=["--config.demos.image_size=64"])
@@ -369,10 +369,10 @@ def test_a_calibration_whose_camera_sees_no_demo_is_refused(tmp_path, monkeypatc
     calibration = tmp_path / "behind.json"
     calibration.write_text(json.dumps(doc))
     wd = tmp_path / "wd"
-    flags = [f for f in LAUNCH if not f.startswith("--config.data.calibration=")]
-    out = launch_in_process("--mode=demos", f"--workdir={wd}", *flags, f"--config.data.calibration={calibration}")
+    flags = [f for f in LAUNCH if not f.startswith("--config.data.camera_file=")]
+    out = launch_in_process("--mode=demos", f"--workdir={wd}", *flags, f"--config.data.camera_file={calibration}")
     errors = [x for x in out.stderr.splitlines() if x.startswith("error:")]
     assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert f"config.data.calibration ({calibration}) sees 0% of the demos' end-effector" in errors[0]
+    assert f"config.data.camera_file ({calibration}) sees 0% of the demos' end-effector" in errors[0]
     assert "config.data.min_visible" in errors[0]
     assert not (wd / "demos" / "dataset.npz").exists()

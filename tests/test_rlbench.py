@@ -384,9 +384,10 @@ def test_launcher_demos_stage1_stage2_on_rlbench_demos(tmp_path):
 
 
 def test_rlbench_demos_errors_name_the_field(tmp_path):
-    from experiments.configs import smoke
+    from twostage_jax.configs import smoke
     from twostage_jax.launch.demos import run_demos
-    from twostage_jax.launch.checks import PipelineError, validate_config
+    from twostage_jax.launch.config import check_config
+    from twostage_jax.launch.errors import PipelineError
 
     _write_fixture(tmp_path / "data", n=24, episodes=2, size=32)
 
@@ -399,7 +400,7 @@ def test_rlbench_demos_errors_name_the_field(tmp_path):
     def demos(**fields):
         c = rlbench("reach_target", **{f"demos.{k}": v for k, v in
                                        {"image_size": 32, "num_validation": 1, **fields}.items()})
-        validate_config(c)
+        check_config(c)
         return run_demos(c, tmp_path / "wd", force=True)
 
     with pytest.raises(PipelineError, match=r"config.demos.num_validation \(2\) .* has 2;"):
@@ -450,6 +451,7 @@ def test_a_full_disk_while_writing_demos_leaves_demos_as_it_was(tmp_path, monkey
     import errno
 
     from twostage_jax.data import dataset
+    from twostage_jax.launch import demos
 
     _write_fixture(tmp_path / "data", n=24, episodes=3, size=32)
     save = dataset.save_dataset
@@ -459,7 +461,7 @@ def test_a_full_disk_while_writing_demos_leaves_demos_as_it_was(tmp_path, monkey
             raise OSError(errno.ENOSPC, "No space left on device")
         save(path, ds)
 
-    monkeypatch.setattr(dataset, "save_dataset", disk_full)
+    monkeypatch.setattr(demos, "save_dataset", disk_full)
     wd, line = _refused_demos(tmp_path)
     assert line.startswith(f"error: no space left on the device while writing demos/dataset.npz to "
                            f"{wd / 'demos'} ("), line

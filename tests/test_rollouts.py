@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from twostage_jax.launch import rollouts
-from experiments.configs import smoke
+from twostage_jax.configs import smoke
 from twostage_jax.checkpoint import Checkpointer
 from twostage_jax.envs.base import Observation
 from twostage_jax.evaluation import EnvPool
@@ -96,10 +96,10 @@ def test_fingerprint_sees_values_shapes_and_names():
     ("curve_steps", (4, 2), "config.eval.curve_steps must be increasing"),
 ])
 def test_eval_config_errors_name_the_field(field, value, match):
-    from twostage_jax.launch.config import replace_path
+    from twostage_jax.launch.config import check_config, replace_path
 
     with pytest.raises(ValueError, match=match):  # when the EvalConfig is built, or across fields
-        rollouts.validate_eval_config(replace_path(smoke.get_config(), {f"eval.{field}": value}))
+        check_config(replace_path(smoke.get_config(), {f"eval.{field}": value}))
 
 
 def test_checkpointer_keeps_curve_steps(tmp_path):

@@ -15,7 +15,7 @@ from twostage_jax.networks import (
     CNN, NetworkConfig, conv2d_patches, make_networks, resolve_conv_impl)
 from twostage_jax.testing import make_synthetic_dataset
 from twostage_jax.training import Stage2Config, TrainConfig, prepare_data, sample_batch, train_seeds
-from twostage_jax.training.seeds import _resolve_seed_strategy
+from twostage_jax.training.seeds import resolve_seed_strategy
 
 TINY = NetworkConfig(conv_channels=(4, 4), crop_conv_channels=(4,), conv_strides=(2, 2),
                      mlp_hidden=8, head_hidden=(16,))
@@ -103,9 +103,9 @@ def test_resolve_conv_impl_and_bad_names() -> None:
     assert resolve_conv_impl("xla", "cpu") == "xla"
     with pytest.raises(ValueError, match="conv_impl.*'grouped'"):
         NetworkConfig(conv_impl="grouped")
-    assert _resolve_seed_strategy("auto", "cpu") == "sequential"
-    assert _resolve_seed_strategy("auto", "gpu") == "vmap"
-    assert _resolve_seed_strategy("vmap", "cpu") == "vmap"
+    assert resolve_seed_strategy("auto", "cpu") == "sequential"
+    assert resolve_seed_strategy("auto", "gpu") == "vmap"
+    assert resolve_seed_strategy("vmap", "cpu") == "vmap"
     # (the trainer of test_train_seeds_same_params_across_impls_and_strategies: train_seeds
     # initialises the seeds before it reads the strategy, with that test's compiled program)
     with pytest.raises(ValueError, match="strategy.*'auto', 'vmap', 'sequential'.*'parallel'"):

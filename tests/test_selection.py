@@ -7,7 +7,7 @@ import pytest
 
 from twostage_jax.evaluation import halving
 from twostage_jax.launch import selection
-from twostage_jax.launch.checks import validate_config
+from twostage_jax.launch.config import check_config
 
 from tests._launcher import smoke
 
@@ -44,7 +44,7 @@ def test_candidates_default_to_every_checkpoint_and_include_the_last_step():
 ])
 def test_selection_refuses_evaluation_layouts_and_bad_fields(overrides, message):
     with pytest.raises(ValueError) as e:
-        validate_config(smoke(**{"stage1.select": "validation", **overrides}))
+        check_config(smoke(**{"stage1.select": "validation", **overrides}))
     assert str(e.value).startswith(message)
 
 

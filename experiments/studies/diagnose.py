@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from twostage_jax.launch.config import DEFAULT_TASKS
+from twostage_jax.envs.metaworld import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 FLAGS = flags.FLAGS
@@ -111,7 +111,7 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
     import jax.numpy as jnp
 
     import twostage_jax as tj
-    from twostage_jax.launch.checks import train_config
+    from twostage_jax.launch.workdir import train_config
 
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
     s2 = c2.stage2
@@ -236,7 +236,8 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
     """Runs `measure` for every seed of one workdir on held-out and training transitions."""
     import jax
 
-    from twostage_jax.launch.checks import PipelineError, train_config
+    from twostage_jax.launch.errors import PipelineError
+    from twostage_jax.launch.workdir import train_config
     from twostage_jax.launch.config import from_dict
     from twostage_jax.launch.selection import policy_params
     from twostage_jax.launch.workdir import check_unused_layouts, load_demos

@@ -47,23 +47,23 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments.studies.validation_curves import SELECTION_SUFFIXES
-from twostage_jax.launch.config import DEFAULT_TASKS
+from twostage_jax.envs.metaworld import DEFAULT_TASKS
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = "experiments/configs/repro.py"
+CONFIG = "repro"
 ABLATION_TASKS = ("push-v3", "pick-place-v3", "drawer-open-v3")  # fixed before any result was seen
 # name -> (algo, config variants, extra overrides)
 ABLATIONS = {
-    "crop16": ("cql", "cql", ["--config.stage2.crop_size=16"]),
-    "crop64": ("cql", "cql", ["--config.stage2.crop_size=64"]),
+    "crop16": ("cql", "cql", ["--config.stage2.stage2.crop_size=16"]),
+    "crop64": ("cql", "cql", ["--config.stage2.stage2.crop_size=64"]),
     "direct": ("cql", "cql,direct", []),
     "auto": ("cql", "cql", ["--config.calibrate.crop_size=true"]),
     "td": ("cql", "cql", ["--config.stage2.cql.target=td"]),
-    "bc_crop16": ("bc", "bc", ["--config.stage2.crop_size=16"]),
-    "bc_crop32": ("bc", "bc", ["--config.stage2.crop_size=32"]),
+    "bc_crop16": ("bc", "bc", ["--config.stage2.stage2.crop_size=16"]),
+    "bc_crop32": ("bc", "bc", ["--config.stage2.stage2.crop_size=32"]),
     "bc_auto": ("bc", "bc", ["--config.calibrate.crop_size=true"]),
     "bc_direct": ("bc", "bc,direct", []),
-    "bc_whiten": ("bc", "bc", ["--config.stage2.loss_weighting=whiten"]),
+    "bc_whiten": ("bc", "bc", ["--config.stage2.stage2.loss_weighting=whiten"]),
 }
 
 # `--scale=paper`: the paper's network sizes, 128x128 stage-1 input and batch 128 (Sec. V) on

@@ -83,7 +83,7 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
 
     import twostage_jax as tj
     from twostage_jax.launch import rollouts
-    from twostage_jax.launch.checks import train_config
+    from twostage_jax.launch.workdir import train_config
     from twostage_jax import evaluation
 
     c1 = train_config(config, 1)
@@ -134,7 +134,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
 
     from experiments.studies import diagnose
     from twostage_jax.launch.evaluate import eval_seeds
-    from twostage_jax.launch.checks import train_config
+    from twostage_jax.launch.workdir import train_config
     from twostage_jax.launch.selection import policy_params
     from twostage_jax._io import write_json_atomic
     from twostage_jax.launch.config import to_dict
@@ -279,7 +279,7 @@ def read_own(path: Path, workdir: Path) -> dict | None:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
-    from twostage_jax.launch.checks import PipelineError
+    from twostage_jax.launch.errors import PipelineError
 
     if FLAGS.summary_of:
         if not Path(FLAGS.summary_of).is_dir():

@@ -21,16 +21,16 @@ from pathlib import Path
 
 from absl import app, flags
 
-CONFIG = "experiments/configs/quickstart.py"
+CONFIG = "quickstart"
 DEMOS = ["--config.demos.num_validation=10", "--config.demos.validation_seed=60000"]
 # arm -> (config variants, extra launcher flags for stage 2)
 ARMS = {
     "paper": ("paper", []),
     "stage2": ("", []),  # the config's defaults
-    "whiten": ("paper", ["--config.stage2.loss_weighting=whiten"]),
-    "noz_whiten": ("paper", ["--config.stage2.loss_weighting=whiten",
+    "whiten": ("paper", ["--config.stage2.stage2.loss_weighting=whiten"]),
+    "noz_whiten": ("paper", ["--config.stage2.stage2.loss_weighting=whiten",
                              "--config.stage2.network.stage2_pose_input=False"]),
-    "cal": ("paper", ["--config.stage2.loss_weighting=whiten", "--config.calibrate.sigma=True"]),
+    "cal": ("paper", ["--config.stage2.stage2.loss_weighting=whiten", "--config.calibrate.sigma=True"]),
 }
 
 FLAGS = flags.FLAGS

@@ -15,7 +15,7 @@ Sizes (synthetic dataset from `twostage_jax.testing`, 128x128 frames, so no simu
               crop, 3 conv layers x 32 channels, batch 128.
   quickstart: stage 1 on frames downscaled to 64x64, batch 32, 4 conv layers x 16 channels, MLP
               32, heads (128, 128); stage 2 on the same crops as the paper, 3 x 16 channels,
-              batch 32; 3000 steps per stage (mirrors experiments/configs/quickstart.py).
+              batch 32; 3000 steps per stage (mirrors twostage_jax/configs/quickstart.py).
 
 Rows:
   train_step/*       samples/s of one update step (stage 1/2, BC/CQL, paper/quickstart), with

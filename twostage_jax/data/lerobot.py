@@ -46,6 +46,7 @@ the file, the episode and the field. Parquet is read with pyarrow and video with
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import string
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from twostage_jax._checks import ConfigError
 from twostage_jax._io import read_json_file
 from twostage_jax.data.camera_file import Calibration, load_calibration
 from twostage_jax.data.dataset import build_dataset
@@ -120,28 +122,42 @@ class LeRobotSpec:
     velocity_key: str | None = None
 
     def __post_init__(self) -> None:
+        def bad(name: str, message: str) -> ConfigError:
+            return ConfigError("LeRobotSpec", name, message)
+
         for name in ("image_key", "pose_key", "action_key"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"LeRobotSpec.{name} must be a feature name; got {getattr(self, name)!r}.")
+                raise bad(name, f"must be a feature name; got {getattr(self, name)!r}.")
+        for name in ("gripper_key", "velocity_key"):
+            if getattr(self, name) is not None and (not isinstance(getattr(self, name), str)
+                                                    or not getattr(self, name)):
+                raise bad(name, f"must be a feature name, or None; got {getattr(self, name)!r}.")
         conv = self.pose_convention
         if isinstance(conv, str):
             if conv not in POSE_CONVENTIONS:
-                raise ValueError(f"LeRobotSpec.pose_convention must be one of {sorted(POSE_CONVENTIONS)} "
-                                 f"or a converter function; got {conv!r}.")
+                raise bad("pose_convention", f"must be one of {sorted(POSE_CONVENTIONS)} or a converter "
+                          f"function; got {conv!r}.")
         elif not callable(conv):
-            raise ValueError(f"LeRobotSpec.pose_convention must be one of {sorted(POSE_CONVENTIONS)} or "
-                             f"a converter values [T, D] -> (positions [T, 3], quaternions xyzw [T, 4]); "
-                             f"got {type(conv).__name__}.")
+            raise bad("pose_convention", f"must be one of {sorted(POSE_CONVENTIONS)} or a converter values "
+                      f"[T, D] -> (positions [T, 3], quaternions xyzw [T, 4]); got {type(conv).__name__}.")
         if self.pose_indices is not None:
-            idx = tuple(self.pose_indices)
-            if not idx or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
-                raise ValueError(f"LeRobotSpec.pose_indices must be a tuple of ints; got "
-                                 f"{self.pose_indices!r}.")
+            idx = self.pose_indices
+            if (not isinstance(idx, (tuple, list)) or not idx
+                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx)):
+                raise bad("pose_indices", f"must be a tuple of ints; got {self.pose_indices!r}.")
             if isinstance(conv, str) and len(idx) != POSE_CONVENTIONS[conv]:
-                raise ValueError(f"LeRobotSpec.pose_indices has {len(idx)} entries; pose_convention "
-                                 f"{conv!r} takes {POSE_CONVENTIONS[conv]}.")
+                raise bad("pose_indices", f"has {len(idx)} entries; pose_convention {conv!r} takes "
+                          f"{POSE_CONVENTIONS[conv]}.")
         if isinstance(self.gripper_index, bool) or not isinstance(self.gripper_index, int):
-            raise ValueError(f"LeRobotSpec.gripper_index must be an int; got {self.gripper_index!r}.")
+            raise bad("gripper_index", f"must be an int; got {self.gripper_index!r}.")
+        if (isinstance(self.gripper_open_above, bool) or not isinstance(self.gripper_open_above, (int, float))
+                or not math.isfinite(self.gripper_open_above)):
+            raise bad("gripper_open_above", f"must be a finite number; got {self.gripper_open_above!r}.")
+        q = self.neutral_quat
+        if (not isinstance(q, (tuple, list)) or len(q) != 4
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in q)
+                or not math.fsum(float(v) ** 2 for v in q) > 1e-12):
+            raise bad("neutral_quat", f"must be a non-zero quaternion (x, y, z, w) of 4 finite numbers; got {q!r}.")
 
     @property
     def gripper_feature(self) -> str:

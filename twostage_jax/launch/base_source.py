@@ -18,9 +18,12 @@ from typing import Any, Callable
 import numpy as np
 
 from twostage_jax.base_policy import (BaseContext, SimBasePolicy, base_policy_actions,
-                                      check_base_source, load_base_policy)
-from twostage_jax.launch.checks import PipelineError
+                                      load_base_policy)
+from twostage_jax.data import rlbench_conventions
+from twostage_jax.envs.with_base import BaseActingEnv, make_base_acting_env, replay_validation
 from twostage_jax.launch.config import LaunchConfig
+from twostage_jax.launch.errors import PipelineError
+from twostage_jax.launch.rollouts import env_factory
 
 
 def uses_base(config: LaunchConfig) -> bool:
@@ -31,34 +34,10 @@ def uses_base(config: LaunchConfig) -> bool:
 def context(config: LaunchConfig) -> BaseContext:
     """What the factory is told: the task, the simulator and the workspace."""
     if config.env == "metaworld":
-        from twostage_jax.envs.metaworld import default_workspace
+        from twostage_jax.envs.metaworld import default_workspace  # lazy: imports MuJoCo
     else:
-        from twostage_jax.data.rlbench_conventions import default_workspace
+        default_workspace = rlbench_conventions.default_workspace
     return BaseContext(task=config.task, env=config.env, workspace=default_workspace())
-
-
-def validate_base_config(config: LaunchConfig) -> None:
-    """Checks `config.stage1.source` against the rest of the config and imports its factory
-    (nothing is called); raises ValueError naming the fields."""
-    if config.stage2.source:
-        raise ValueError(f"config.stage2.source ({config.stage2.source!r}) must be empty: only stage 1 "
-                         "can be a base policy of yours (config.stage1.source).")
-    if not uses_base(config):
-        return
-    if config.stage2.select != "last":  # (stage 1's selection does not apply: selection.selects)
-        raise ValueError("config.stage2.select='validation' rolls out stage 2 on our stage 1; with "
-                         "a base policy of yours (config.stage1.source) set it to 'last'.")
-    if config.eval.curve_steps:
-        raise ValueError("config.stage1.source: learning curves (config.eval.curve_steps) evaluate "
-                         "stage 1 at training steps; a base policy of yours has none, so leave them empty.")
-    if config.calibrate.any and config.demos.num_validation <= 0:
-        raise ValueError("config.stage1.source: stage 2 is calibrated to the base policy's errors on "
-                         "held-out demos: set config.demos.num_validation > 0 (or turn "
-                         "config.calibrate.sigma and crop_size off).")
-    try:
-        check_base_source(config.stage1.source)
-    except ValueError as e:
-        raise ValueError(f"config.stage1.source: {e}") from e
 
 
 def load(config: LaunchConfig) -> Any:
@@ -75,8 +54,6 @@ def load(config: LaunchConfig) -> Any:
 
 def acting_env_factory(config: LaunchConfig, env_fn: Callable[[], Any]) -> Callable[[], Any]:
     """A picklable env constructor whose observations carry the `SimBasePolicy`'s actions."""
-    from twostage_jax.envs.with_base import make_base_acting_env
-
     return functools.partial(make_base_acting_env, env_fn, config.stage1.source, context(config))
 
 
@@ -89,8 +66,6 @@ def validation_actions(config: LaunchConfig, workdir: Path, validation: Any
     base = load(config)
     if not isinstance(base, SimBasePolicy):
         return base_policy_actions(base, validation), np.asarray(validation.action, np.float32)
-    from twostage_jax.envs.with_base import BaseActingEnv, replay_validation
-    from twostage_jax.launch.rollouts import env_factory
 
     if config.env != "metaworld" or config.data.source != "sim":
         raise PipelineError(f"config.stage1.source {config.stage1.source} acts beside the simulator "

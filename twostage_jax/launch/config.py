@@ -17,7 +17,7 @@
 Every field and its default is written once, in its dataclass; the library's dataclasses check
 their own fields (raising `tj.ConfigError`), the launcher's check theirs here, and checks across
 fields run in `checks.validate_config`. The defaults are the paper's scale (Sec. V) with the
-library's stage-2 method; `experiments/configs/*.py` reduce them. The variants of a config file
+library's stage-2 method; `twostage_jax/configs/*.py` reduce them. The variants of a config file
 (`--config=FILE:bc,direct,td,paper`) are `apply_variants`; `paper_method` sets every method
 option the library adds back to the paper's choice.
 
@@ -28,24 +28,25 @@ with its `version`; `from_dict` reads it back.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import json
 import math
-import os
 import re
 import types
 import typing
 from typing import Any
 
 import twostage_jax as tj
+from twostage_jax.base_policy import SOURCE_PATTERN, check_base_source
 from twostage_jax.data.lerobot import POSE_CONVENTIONS, LeRobotSpec
 from twostage_jax.policy import MAX_CORRECTION_PASSES
-from twostage_jax.transform import PAPER_CROP_SIZE
+from twostage_jax.evaluation.rollouts import default_workers
 
 ConfigError = tj.ConfigError
 CONFIG_VERSION = 2
 """The stored config's schema version (`to_dict`); `from_dict` reads this version only."""
-DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3",
-                 "drawer-open-v3", "door-open-v3", "peg-insert-side-v3", "basketball-v3")
+STAGE_NAMES = {1: "stage1", 2: "stage2"}
 VARIANTS = ("bc", "cql", "correction", "direct", "mc", "td", "paper")
 SELECT_MODES = ("last", "validation")
 KEEP_RULES = ("half", "overlap")
@@ -53,19 +54,11 @@ ENVS = ("metaworld", "rlbench")
 SOURCES = ("sim", "lerobot")
 LEROBOT_REQUIRED = {
     "root": "the dataset's folder, holding meta/info.json",
-    "calibration": "the calibration file of the camera and the workspace",
+    "camera_file": "the camera file: the camera's intrinsics and pose, and the workspace",
     "image_key": "the camera's video feature, e.g. 'observation.images.front'",
     "pose_key": "the end-effector pose's feature, e.g. 'observation.state'",
     "pose_convention": f"one of {sorted(POSE_CONVENTIONS)}"}
 """The `DataConfig` fields a LeRobot source must set (the others have defaults), and what each is."""
-
-
-def num_cores() -> int:
-    """CPU cores this process may run on: the default number of evaluation workers."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _int_at_least(owner: str, name: str, value: Any, low: int) -> None:
@@ -117,36 +110,29 @@ class DemosConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the demonstrations come from: the simulator, or a LeRobot v3 dataset
-    (`twostage_jax.data.lerobot`; its fields from `image_key` on are `LeRobotSpec`'s).
+    (`twostage_jax.data.lerobot`). The fields from `image_key` on are `LeRobotSpec`'s, which
+    checks them (`spec()`); here `pose_convention` is a name in `lerobot.POSE_CONVENTIONS`.
 
     Attributes:
       source: 'sim' (recorded in `LaunchConfig.env`'s simulator; for RLBench, read from
-        `rlbench_root`) or 'lerobot' (read from `root`; trains stages 1 and 2, and evaluation
-        in the simulator is refused: act on the robot with `tj.make_policy`).
-      root: the LeRobot dataset's folder (holding meta/info.json). A relative path is resolved
-        against the current directory at launch, and recorded as given.
-      calibration: the calibration file (`twostage_jax.data.camera_file`): the camera of
-        `image_key` and the workspace; relative as `root`.
-      image_key: the video feature of the camera, e.g. "observation.images.front".
-      pose_key: the feature holding the end-effector pose, e.g. "observation.state".
-      pose_convention: its convention, a name in `lerobot.POSE_CONVENTIONS` (no default: a wrong
-        guess would train on wrong poses).
-      action_key: the recorded action feature.
-      pose_indices: the components of `pose_key` holding the pose (None: the first 6 or 7).
-      gripper_key: the feature holding the gripper state (None: `action_key`).
-      gripper_index: its component (-1: the last).
-      gripper_open_above: the gripper counts as open where that component exceeds this.
-      neutral_quat: (x, y, z, w), the orientation whose Euler angles are 0.
+        `rlbench_root`) or 'lerobot' (read from `root`; trains stages 1 and 2; act on the robot
+        with `tj.make_policy`, as evaluation in the simulator is refused).
+      root: the LeRobot dataset's folder (holding meta/info.json); relative to the current
+        directory at launch, and recorded as given.
+      camera_file: the camera file (`twostage_jax.data.camera_file`): the camera of `image_key`
+        and the workspace; relative as `root`.
       episodes: the episode indices to use, in order (None: all); the last
-        `demos.num_validation` of them are the held-out validation demos.
+        `demos.num_validation` of them are the held-out demos.
       min_visible: the demos are refused unless their camera sees at least this share of the
-        end-effector positions, in front of it and inside the image (`tj.visible_share`): a
-        wrong calibration would train stage 2 on empty crops.
+        end-effector positions (`tj.visible_share`): a wrong camera file would train stage 2 on
+        empty crops.
     """
 
     source: str = "sim"
     root: str = ""
-    calibration: str = ""
+    camera_file: str = ""
+    episodes: tuple[int, ...] | None = None
+    min_visible: float = tj.MIN_VISIBLE
     image_key: str = ""
     pose_key: str = ""
     pose_convention: str = ""
@@ -156,64 +142,36 @@ class DataConfig:
     gripper_index: int = -1
     gripper_open_above: float = 0.0
     neutral_quat: tuple[float, ...] = (0.0, 0.0, 0.0, 1.0)
-    episodes: tuple[int, ...] | None = None
-    min_visible: float = tj.MIN_VISIBLE
+    velocity_key: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_visible, bool) or not 0.0 <= float(self.min_visible) <= 1.0:
-            raise ConfigError("DataConfig", "min_visible", f"must lie in [0, 1]; got {self.min_visible!r}.")
         if self.source not in SOURCES:
             raise ConfigError("DataConfig", "source", f"must be one of {SOURCES}; got {self.source!r}.")
-        for name in ("root", "calibration", "image_key", "pose_key", "pose_convention", "action_key"):
+        for name in ("root", "camera_file"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError("DataConfig", name, f"must be a string; got {getattr(self, name)!r}.")
-        if not self.action_key:
-            raise ConfigError("DataConfig", "action_key", "must be a feature name, e.g. 'action'; got ''.")
-        if self.gripper_key is not None and (not isinstance(self.gripper_key, str) or not self.gripper_key):
-            raise ConfigError("DataConfig", "gripper_key", "must be a feature name, or None for "
-                              f"config.data.action_key; got {self.gripper_key!r}.")
-        if self.pose_convention and self.pose_convention not in POSE_CONVENTIONS:
-            raise ConfigError("DataConfig", "pose_convention", f"must be one of {sorted(POSE_CONVENTIONS)}; "
-                              f"got {self.pose_convention!r}.")
-        if self.pose_indices is not None:
-            idx = self.pose_indices
-            if (not isinstance(idx, tuple) or not idx
-                    or any(isinstance(i, bool) or not isinstance(i, int) for i in idx)):
-                raise ConfigError("DataConfig", "pose_indices", f"must be None or a tuple of ints; got {idx!r}.")
-            if self.pose_convention and len(idx) != POSE_CONVENTIONS[self.pose_convention]:
-                raise ConfigError("DataConfig", "pose_indices", f"has {len(idx)} entries; pose_convention "
-                                  f"{self.pose_convention!r} takes {POSE_CONVENTIONS[self.pose_convention]}.")
-        if isinstance(self.gripper_index, bool) or not isinstance(self.gripper_index, int):
-            raise ConfigError("DataConfig", "gripper_index", f"must be an int; got {self.gripper_index!r}.")
-        if (isinstance(self.gripper_open_above, bool) or not isinstance(self.gripper_open_above, (int, float))
-                or not math.isfinite(self.gripper_open_above)):
-            raise ConfigError("DataConfig", "gripper_open_above", f"must be a finite number; got "
-                              f"{self.gripper_open_above!r}.")
-        q = self.neutral_quat
-        if (not isinstance(q, tuple) or len(q) != 4
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in q)
-                or not math.fsum(float(v) ** 2 for v in q) > 1e-12):
-            raise ConfigError("DataConfig", "neutral_quat", f"must be a non-zero quaternion (x, y, z, w) of 4 "
-                              f"finite numbers; got {q!r}.")
+        if isinstance(self.min_visible, bool) or not 0.0 <= float(self.min_visible) <= 1.0:
+            raise ConfigError("DataConfig", "min_visible", f"must lie in [0, 1]; got {self.min_visible!r}.")
         ep = self.episodes
         if ep is not None and (not isinstance(ep, tuple) or not ep or len(set(ep)) != len(ep) or any(
                 isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in ep)):
             raise ConfigError("DataConfig", "episodes", "must be None (all) or a tuple of distinct episode "
                               f"indices >= 0; got {ep!r}.")
-        if self.source == "lerobot":
-            for name, what in LEROBOT_REQUIRED.items():
-                if not getattr(self, name):
-                    raise ConfigError("DataConfig", name, f"must be set with config.data.source='lerobot': "
-                                      f"{what}; got {getattr(self, name)!r}.")
+        if self.source != "lerobot":
+            return
+        for name, what in LEROBOT_REQUIRED.items():
+            if not getattr(self, name):
+                raise ConfigError("DataConfig", name, f"must be set with config.data.source='lerobot': "
+                                  f"{what}; got {getattr(self, name)!r}.")
+        try:
+            self.spec()
+        except ConfigError as e:
+            raise ConfigError("DataConfig", e.field, e.message) from e
 
     def spec(self) -> LeRobotSpec:
-        """The LeRobot dataset's `LeRobotSpec` (source 'lerobot')."""
-        return LeRobotSpec(image_key=self.image_key, pose_key=self.pose_key,
-                           pose_convention=self.pose_convention, action_key=self.action_key,
-                           pose_indices=self.pose_indices, gripper_key=self.gripper_key,
-                           gripper_index=self.gripper_index,
-                           gripper_open_above=float(self.gripper_open_above),
-                           neutral_quat=tuple(float(v) for v in self.neutral_quat))
+        """The LeRobot dataset's `LeRobotSpec`."""
+        names = [f.name for f in dataclasses.fields(LeRobotSpec)]
+        return LeRobotSpec(**{name: getattr(self, name) for name in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,18 +195,20 @@ class StageConfig(tj.TrainConfig):
     source: str = ""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        crop = self.stage2.crop_size if isinstance(self.stage2, tj.Stage2Config) else None
+        super().__post_init__()  # (resolves a crop size of None for the algorithm)
+        object.__setattr__(self, "stage2", dataclasses.replace(self.stage2, crop_size=crop))
         if self.select not in SELECT_MODES:
             raise ConfigError("StageConfig", "select", f"must be one of {SELECT_MODES}; got {self.select!r}.")
         _steps("StageConfig", "select_steps", self.select_steps)
-        from twostage_jax.base_policy import SOURCE_PATTERN
-
         if not isinstance(self.source, str) or (self.source and not SOURCE_PATTERN.fullmatch(self.source)):
             raise ConfigError("StageConfig", "source", "must be '' (our stage 1) or 'module.path:function' "
                               f"(a factory of a base policy); got {self.source!r}.")
 
     def train_config(self, **changes: Any) -> tj.TrainConfig:
-        """This stage as the library's `TrainConfig` (with `changes` replaced)."""
+        """This stage as the library's `TrainConfig` (with `changes` replaced); a crop size of
+        None is kept here and resolved for the algorithm there, so a variant or flag that
+        changes the algorithm changes the crop with it."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(tj.TrainConfig)}
         return tj.TrainConfig(**{**fields, **changes})
 
@@ -382,7 +342,7 @@ class EvalConfig:
     seed: int = 100_000
     record_episodes: int = 1
     bootstrap_reps: int = 2000
-    workers: int = dataclasses.field(default_factory=num_cores)
+    workers: int = dataclasses.field(default_factory=default_workers)
     curve_steps: tuple[int, ...] = ()
     correction_passes: int = 1
     corrected_dims: tuple[int, ...] | None = None
@@ -432,8 +392,7 @@ class LaunchConfig:
     data: DataConfig = DataConfig()
     demos: DemosConfig = DemosConfig()
     stage1: StageConfig = StageConfig(num_steps=300_000)
-    stage2: StageConfig = StageConfig(num_steps=300_000, stage2=tj.Stage2Config(
-        crop_size=PAPER_CROP_SIZE["bc"], loss_weighting="auto"))
+    stage2: StageConfig = StageConfig(num_steps=300_000, stage2=tj.Stage2Config(loss_weighting="auto"))
     calibrate: CalibrationConfig = CalibrationConfig()
     select: SelectConfig = SelectConfig()
     train: CadenceConfig = CadenceConfig()
@@ -469,13 +428,131 @@ class LaunchConfig:
         return self.stage1 if stage == 1 else self.stage2
 
 
+# --- checks across fields ---------------------------------------------------------------------
+
+
+def selects(config: LaunchConfig, stage: int) -> bool:
+    """Whether `stage` acts with a checkpoint chosen on validation layouts (else its latest);
+    never stage 1 when it is a base policy of the user's (`config.stage1.source`)."""
+    return not (stage == 1 and config.stage1.source) and config.stage(stage).select == "validation"
+
+
+def _check_kept_steps(name: str, steps: tuple[int, ...], every: int, last: int, last_name: str) -> None:
+    """Steps whose checkpoints training keeps: increasing positive multiples of `every` up to `last`."""
+    for i, k in enumerate(steps):
+        if not 0 < k <= last or k % every:
+            raise ValueError(f"{name}[{i}] must be a positive multiple of config.train.log_every "
+                             f"({every}) and at most {last_name} ({last}); got {k!r}.")
+        if i and k <= steps[i - 1]:
+            raise ValueError(f"{name} must be increasing; got {tuple(steps)}.")
+
+
+def split_episodes(config: LaunchConfig, episodes: list[int]) -> tuple[list[int], list[int]]:
+    """A LeRobot source's episodes as (training, held-out): the last `demos.num_validation`.
+
+    Raises:
+      ValueError: naming config.demos.num_validation when no training episode would be left.
+    """
+    n = int(config.demos.num_validation)
+    if n >= len(episodes):
+        which = ("config.data.episodes" if config.data.episodes is not None
+                 else f"the dataset at {config.data.root}")
+        raise ValueError(f"config.demos.num_validation ({n}) holds out the last {n} LeRobot episodes as "
+                         f"validation demos, but {which} holds {len(episodes)}, leaving none to train on; "
+                         "lower config.demos.num_validation (0 needs --config.calibrate.sigma=False and "
+                         "--config.calibrate.crop_size=False) or choose more episodes.")
+    return episodes[:len(episodes) - n], episodes[len(episodes) - n:]
+
+
+def check_config(config: LaunchConfig) -> None:
+    """Checks across fields, before any work (each dataclass checked its own when built).
+
+    Layouts: the held-out demos, selection's validation layouts and evaluation's must not overlap
+    each other or the training demos' (a choice made on evaluation episodes would bias the
+    result). A base policy of yours (`stage1.source`) is imported, not called.
+
+    Raises:
+      ValueError: naming the fields.
+    """
+    s1, s2, d, ev, sel = config.stage1, config.stage2, config.demos, config.eval, config.select
+    lerobot = config.data.source == "lerobot"
+    if s2.algo != s1.algo:
+        raise ValueError(f"config.stage2.algo ({s2.algo!r}) must equal config.stage1.algo ({s1.algo!r}); "
+                         "set both with the :bc or :cql config variant.")
+    if config.calibrate.any and d.num_validation <= 0:
+        raise ValueError("config.calibrate.sigma / config.calibrate.crop_size calibrate stage 2 on "
+                         "held-out demos: set config.demos.num_validation > 0 (e.g. 10).")
+    if (s1.image_size or d.image_size) > d.image_size:
+        raise ValueError(f"config.stage1.image_size ({s1.image_size}) must not exceed "
+                         f"config.demos.image_size ({d.image_size}).")
+    method = s2.train_config().stage2
+    for name in ("ee_crop_size",) if config.calibrate.crop_size else ("crop_size", "ee_crop_size"):
+        if getattr(method, name) > d.image_size:
+            raise ValueError(f"config.stage2.stage2.{name} ({getattr(method, name)}) must not exceed "
+                             f"the image size ({d.image_size}).")
+    if lerobot:
+        for stage in (1, 2):
+            if config.stage(stage).select == "validation":
+                raise ValueError(f"config.stage{stage}.select='validation' chooses checkpoints by rolling "
+                                 "out in the simulator, which a LeRobot dataset's camera and workspace "
+                                 "are not; use 'last' with config.data.source='lerobot'.")
+        if config.data.episodes is not None:
+            split_episodes(config, list(config.data.episodes))
+    elif config.env == "rlbench" and not config.rlbench_root:
+        raise ValueError("config.env='rlbench' needs config.rlbench_root: the folder holding "
+                         "TASK/variation0/episodes/ from RLBench's dataset generator.")
+    demo_hi = d.seed + 3 * d.num_demos + 10  # demos skip failed layouts: room for retries
+    if d.num_validation and not lerobot:
+        lo = d.validation_seed
+        if lo < demo_hi or (lo < ev.seed + ev.num_episodes and ev.seed < lo + 3 * d.num_validation + 10):
+            raise ValueError(f"config.demos.validation_seed ({lo}) must start beyond the training demo "
+                             "layouts and not overlap the evaluation layouts config.eval.seed.. ; "
+                             "e.g. 60000 with the defaults.")
+    _check_kept_steps("config.eval.curve_steps", ev.curve_steps, config.train.log_every,
+                      min(s1.num_steps, s2.num_steps), "both stages' num_steps")
+    for stage in (1, 2):
+        s = config.stage(stage)
+        _check_kept_steps(f"config.stage{stage}.select_steps", s.select_steps, config.train.log_every,
+                          s.num_steps, f"config.stage{stage}.num_steps")
+    if any(selects(config, stage) for stage in (1, 2)):
+        lo, hi = sel.seed, sel.seed + sel.episodes
+        if lo < ev.seed + ev.num_episodes and ev.seed < hi:
+            raise ValueError(f"config.select.seed: the validation layouts {lo}..{hi - 1} overlap the "
+                             f"evaluation layouts {ev.seed}..{ev.seed + ev.num_episodes - 1} (config.eval.seed); "
+                             "choose checkpoints on layouts evaluation never uses, e.g. 200000.")
+        if lo < demo_hi:
+            raise ValueError(f"config.select.seed ({lo}) must start beyond the training demos' layouts "
+                             f"(config.demos.seed {d.seed} .. about {demo_hi}).")
+        if d.num_validation and lo < d.validation_seed + 3 * d.num_validation + 10 and d.validation_seed < hi:
+            raise ValueError(f"config.select.seed: the validation layouts {lo}..{hi - 1} overlap the "
+                             f"held-out demos' layouts from config.demos.validation_seed ({d.validation_seed}).")
+    if s2.source:
+        raise ValueError(f"config.stage2.source ({s2.source!r}) must be empty: only stage 1 can be a base "
+                         "policy of yours (config.stage1.source).")
+    if s1.source:
+        if s2.select != "last":
+            raise ValueError("config.stage2.select='validation' rolls out stage 2 on our stage 1; with "
+                             "a base policy of yours (config.stage1.source) set it to 'last'.")
+        if ev.curve_steps:
+            raise ValueError("config.stage1.source: learning curves (config.eval.curve_steps) evaluate "
+                             "stage 1 at training steps; a base policy of yours has none, so leave them empty.")
+        if config.calibrate.any and d.num_validation <= 0:
+            raise ValueError("config.stage1.source: stage 2 is calibrated to the base policy's errors on "
+                             "held-out demos: set config.demos.num_validation > 0 (or turn "
+                             "config.calibrate.sigma and crop_size off).")
+        try:
+            check_base_source(s1.source)
+        except ValueError as e:
+            raise ValueError(f"config.stage1.source: {e}") from e
+
+
 # --- variants ------------------------------------------------------------------------------
 
 
 def paper_method(c: LaunchConfig) -> LaunchConfig:
     """Sets every method option the paper does not have back to the paper's choice (Sec. IV-V)."""
     s2 = c.stage2
-    method = dataclasses.replace(s2.stage2, sigma=tj.DEFAULT_SIGMA, crop_size=PAPER_CROP_SIZE[c.algo],
+    method = dataclasses.replace(s2.stage2, sigma=tj.DEFAULT_SIGMA, crop_size=None,
                                  ee_crop_size=16, loss_weighting="none", gripper_clip=None)
     network = dataclasses.replace(s2.network, crop_encoder="flatten", coord_channels=False,
                                   crop_conv_strides=None, stage2_pose_input=True)
@@ -503,7 +580,7 @@ def variant_parts(arg: str | None) -> list[str]:
 def apply_variants(c: LaunchConfig, arg: str | None) -> LaunchConfig:
     """Applies a config file's variants (`--config=FILE:VARIANTS`):
 
-      * `bc` | `cql`: the algorithm of both stages (and the paper's crop: 64 for BC, 32 for CQL);
+      * `bc` | `cql`: the algorithm of both stages (a crop size left None follows it: 64 BC, 32 CQL);
       * `correction` | `direct`: stage 2 predicts a correction (Eq. 6) or the final action;
       * `mc` | `td`: CQL's Q target, both stages (`--config.stage2.cql.target=td`: stage 2 only);
       * `paper`: the paper's method exactly (`paper_method`), whatever the config's defaults.
@@ -511,10 +588,7 @@ def apply_variants(c: LaunchConfig, arg: str | None) -> LaunchConfig:
     parts = variant_parts(arg)
     for p in parts:
         if p in ("bc", "cql"):
-            c = dataclasses.replace(
-                c, stage1=dataclasses.replace(c.stage1, algo=p),
-                stage2=dataclasses.replace(c.stage2, algo=p, stage2=dataclasses.replace(
-                    c.stage2.stage2, crop_size=PAPER_CROP_SIZE[p])))
+            c = replace_path(c, {"stage1.algo": p, "stage2.algo": p})
         elif p in ("correction", "direct"):
             c = replace_path(c, {"stage2.stage2.mode": p})
         elif p in ("mc", "td"):
@@ -522,7 +596,23 @@ def apply_variants(c: LaunchConfig, arg: str | None) -> LaunchConfig:
     return paper_method(c) if "paper" in parts else c
 
 
-# --- nested replacement, and plain dicts -----------------------------------------------------
+# --- replacing fields by dotted path; stored configs --------------------------------------------
+
+
+class UnknownFieldError(ConfigError):
+    """A dotted path naming no field: `path` (as given) and `suggestions` (the fields of that name
+    one level down, by full path, else the closest name that could stand there)."""
+
+    def __init__(self, path: str, name: str, suggestions: tuple[str, ...]) -> None:
+        self.path, self.name, self.suggestions = path, name, suggestions
+        hint = f"; did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else "."
+        super().__init__("config", path, f"the config has no field {name!r}{hint}")
+
+    def __str__(self) -> str:
+        return f"config.{self.path}: {self.message}"
+
+    def __reduce__(self):
+        return type(self), (self.path, self.name, self.suggestions)
 
 
 @functools.cache
@@ -532,64 +622,42 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-class UnknownFieldError(ConfigError):
-    """A dotted path naming no field of the config: `path` (the dotted name given), `known`
-    (the names that could stand there), and `suggestions`: the closest of them, else the
-    `child.NAME` fields one level down (e.g. `stage1.algo` for `algo`)."""
-
-    def __init__(self, path: str, name: str, known: list[str], nested: tuple[str, ...] = ()) -> None:
-        import difflib
-
-        close = difflib.get_close_matches(name, known, n=1)
-        self.path, self.name, self.known, self.nested = path, name, known, nested
-        self.suggestions = (close[0],) if close else tuple(nested)
-        hint = (f"; did you mean {' or '.join(repr(n) for n in self.suggestions)}?"
-                if self.suggestions else ".")
-        super().__init__("config", path, f"the config has no field {name!r}{hint}")
-        self.args = (f"config.{path}: the config has no field {name!r}{hint}",)
-
-    def __str__(self) -> str:
-        return self.args[0]
-
-    def __reduce__(self):
-        return type(self), (self.path, self.name, self.known, self.nested)
+def field_type(path: str) -> Any:
+    """The annotation of the `LaunchConfig` field at dotted `path`; raises UnknownFieldError."""
+    cls: Any = LaunchConfig
+    for i, name in enumerate(names := path.split(".")):
+        known = field_types(cls) if dataclasses.is_dataclass(cls) else {}
+        if name not in known:
+            nested = tuple(".".join([*names[:i], c, name]) for c, k in known.items()
+                           if dataclasses.is_dataclass(k) and name in field_types(k))
+            close = tuple(difflib.get_close_matches(name, list(known), n=1))
+            raise UnknownFieldError(".".join(names[:i + 1]), name, nested or close)
+        cls = known[name]
+    return cls
 
 
-def nested_names(cls: type, name: str) -> tuple[str, ...]:
-    """'child.NAME' for each dataclass field of `cls` whose class has a field NAME."""
-    return tuple(f"{child}.{name}" for child, kind in field_types(cls).items()
-                 if dataclasses.is_dataclass(kind) and name in field_types(kind))
-
-
-def _unknown(path: str, cls: type, name: str) -> UnknownFieldError:
-    return UnknownFieldError(f"{path}.{name}" if path else name, name, list(field_types(cls)),
-                             nested_names(cls, name))
-
-
-def _as_tree(changes: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"config.{dotted}: {p} is given both as a value and as a group.")
-        node[leaf] = value
-    return tree
+def _coerce(value: Any, kind: Any) -> Any:
+    """`value` as `kind` where that is unambiguous (a JSON list to a tuple, an int to a float);
+    anything else is left to the dataclass's own check."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return value if value is None else _coerce(value, args[0])
+    if typing.get_origin(kind) is tuple and isinstance(value, (list, tuple)):
+        return tuple(_coerce(v, args[0] if args else Any) for v in value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _replace(node: Any, tree: dict[str, Any], path: str) -> Any:
-    types = field_types(type(node))
     changes = {}
     for name, value in tree.items():
-        if name not in types:
-            raise _unknown(path, type(node), name)
         where = f"{path}.{name}" if path else name
-        if isinstance(value, dict) and dataclasses.is_dataclass(getattr(node, name)):
+        kind = field_type(where)
+        if isinstance(value, dict) and dataclasses.is_dataclass(kind):
             changes[name] = _replace(getattr(node, name), value, where)
         else:
-            changes[name] = coerce(value, types[name], where)
+            changes[name] = _coerce(value, kind)
     try:
         return dataclasses.replace(node, **changes)
     except ConfigError as e:  # name the field by its path in the launcher's config
@@ -599,71 +667,38 @@ def _replace(node: Any, tree: dict[str, Any], path: str) -> Any:
 def replace_path(config: LaunchConfig, changes: dict[str, Any]) -> LaunchConfig:
     """`config` with fields replaced by dotted path, e.g. {'stage1.network.mlp_hidden': 16}.
 
-    Every dataclass on the way is rebuilt with `dataclasses.replace` (once, with all of its
-    changes), so it checks its fields.
+    Each dataclass on the way is rebuilt once, with all of its changes, so it checks its fields.
 
     Raises:
-      ConfigError: naming the field by its dotted path (`config.stage1.network.mlp_hidden`), for
-        an unknown field (with the closest known name) or a value its dataclass refuses.
+      ConfigError: naming the field by its dotted path, for an unknown field (with the closest
+        known name) or a value its dataclass refuses.
     """
-    return _replace(config, _as_tree(changes), "")
-
-
-def coerce(value: Any, kind: Any, path: str) -> Any:
-    """`value` as the annotation `kind` wants where that is unambiguous: a list (from JSON or
-    a literal) to a tuple, an int to a float; everything else is left to the dataclass's check."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        for arg in args:
-            if arg is not type(None):
-                return coerce(value, arg, path)
-    if origin is tuple and isinstance(value, (list, tuple)):
-        inner = args[0] if args else Any
-        return tuple(coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-        return _build(kind, value, path)
-    return value
-
-
-def _build(cls: type, d: dict[str, Any], path: str) -> Any:
-    types = field_types(cls)
-    for name in d:
-        if name not in types:
-            raise _unknown(path, cls, name)
-    kwargs = {name: coerce(value, types[name], f"{path}.{name}" if path else name)
-              for name, value in d.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"config.{path}" if path else "config", e.field, e.message) from e
+    tree: dict[str, Any] = {}
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return _replace(config, tree, "")
 
 
 def to_dict(config: LaunchConfig) -> dict[str, Any]:
     """The config as a plain (JSON-ready) dict, with `version` = `CONFIG_VERSION`."""
-    def plain(x: Any) -> Any:
-        if dataclasses.is_dataclass(x):
-            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
-        return [plain(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-    return {"version": CONFIG_VERSION, **plain(config)}
+    return {"version": CONFIG_VERSION, **json.loads(json.dumps(dataclasses.asdict(config)))}
 
 
-def from_dict(d: dict[str, Any]) -> LaunchConfig:
+def from_dict(d: Any) -> LaunchConfig:
     """A stored config (`to_dict`'s) as a `LaunchConfig`.
 
     Raises:
-      ConfigError: a field the current schema does not have, or a value it refuses.
+      ConfigError: a field the schema does not have, or a value it refuses.
       ValueError: not a dict, or another version than `CONFIG_VERSION`.
     """
     if not isinstance(d, dict):
         raise ValueError(f"a stored config must be a dict; got {type(d).__name__}.")
-    d = dict(d)
-    version = d.pop("version", None)
+    version = d.get("version")
     if version != CONFIG_VERSION:
         raise ValueError(f"the stored config has version {version!r}; this launcher reads version "
                          f"{CONFIG_VERSION}: re-run the stage with this launcher in a fresh --workdir.")
-    return _build(LaunchConfig, d, "")
+    return _replace(LaunchConfig(), {k: v for k, v in d.items() if k != "version"}, "")

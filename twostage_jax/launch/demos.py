@@ -13,11 +13,17 @@ from typing import Any
 
 from absl import logging
 
-from twostage_jax.launch.checks import PipelineError
-from twostage_jax.launch.config import LaunchConfig
-from twostage_jax._io import reporting_disk_full
+import twostage_jax as tj
+from twostage_jax._io import reporting_disk_full, write_json_atomic
+from twostage_jax.data.camera_file import CalibrationFileError, load_calibration
+from twostage_jax.data.dataset import build_dataset, dataset_nbytes, save_dataset
+from twostage_jax.data.lerobot import check_lerobot_dataset, load_lerobot_dataset
+from twostage_jax.data.rlbench_conventions import default_workspace as rlbench_workspace
+from twostage_jax.data.rlbench_io import list_rlbench_episodes, load_rlbench_demos
+from twostage_jax.envs.metaworld_demos import record_demos
+from twostage_jax.launch.config import LaunchConfig, split_episodes
+from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import config_record, dataset_path, trained_stages
-from twostage_jax._io import write_json_atomic
 
 
 def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
@@ -39,7 +45,6 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
     Raises:
       PipelineError: a dataset exists and `force` is False; a LeRobot dataset that fails a check.
     """
-    from twostage_jax.data.dataset import dataset_nbytes
 
     path = dataset_path(workdir)
     if path.exists() or path.is_symlink():
@@ -73,13 +78,12 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
 def _check_camera_sees(config: LaunchConfig, ds: Any, name: str) -> None:
     """Refuses demos whose camera sees under `config.data.min_visible` of the end-effector
     positions, naming where the camera came from and the share."""
-    import twostage_jax as tj
 
     share = tj.visible_share(ds)
     if share >= float(config.data.min_visible):
         return
     if config.data.source == "lerobot":
-        where = f"the camera of config.data.calibration ({config.data.calibration})"
+        where = f"the camera of config.data.camera_file ({config.data.camera_file})"
     elif config.env == "rlbench":
         where = f"the cameras recorded in config.rlbench_root ({config.rlbench_root})"
     else:
@@ -94,12 +98,9 @@ def _check_camera_sees(config: LaunchConfig, ds: Any, name: str) -> None:
 def _sim_demos(config: LaunchConfig) -> tuple:
     """(dataset, validation dataset or None, stats) of the simulator's demos: recorded in
     MetaWorld, or read from RLBench's folder."""
-    from twostage_jax.data.dataset import build_dataset
-
     d = config.demos
     if config.env == "metaworld":
-        from twostage_jax.envs.metaworld_demos import record_demos
-        from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace
+        from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace  # lazy: imports MuJoCo
 
         env_cfg = MetaWorldConfig(width=int(d.image_size), height=int(d.image_size),
                                   max_keyframes=int(d.max_keyframes))
@@ -109,9 +110,7 @@ def _sim_demos(config: LaunchConfig) -> tuple:
         info = {"demo_seeds": [int(t.seed) for t in trajs], **stats._asdict()}
     else:
         trajs, val_episodes = _read_rlbench(config)
-        from twostage_jax.data.rlbench_conventions import default_workspace
-
-        workspace = default_workspace()
+        workspace = rlbench_workspace()
         info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}
     ds = build_dataset(trajs, workspace, gamma=float(d.gamma), augment_every=int(d.augment_every))
     num_val = d.num_validation
@@ -140,15 +139,13 @@ def _read_lerobot(config: LaunchConfig) -> tuple:
     last `config.demos.num_validation` of its chosen episodes are the held-out demos
     (keyframe-to-keyframe chains only, as the simulator's), the others the training dataset.
     `demo_seeds` and `validation_seeds` in the stats are their episode indices."""
-    from twostage_jax.data.lerobot import load_lerobot_dataset
-    from twostage_jax.launch.checks import check_data_source
 
     d, data = config.demos, config.data
     try:
         train, val = check_data_source(config)  # every check before any frame is decoded
-        ds = load_lerobot_dataset(data.root, data.spec(), data.calibration, episodes=train,
+        ds = load_lerobot_dataset(data.root, data.spec(), data.camera_file, episodes=train,
                                   augment_every=int(d.augment_every), gamma=float(d.gamma))
-        val_ds = (load_lerobot_dataset(data.root, data.spec(), data.calibration, episodes=val,
+        val_ds = (load_lerobot_dataset(data.root, data.spec(), data.camera_file, episodes=val,
                                        augment_every=10**6, gamma=float(d.gamma)) if val else None)
     except (ValueError, OSError) as e:  # a check (when main did not run them), or a frame that
         # fails to decode: the reader's message names the file and the episode
@@ -164,7 +161,6 @@ def _write_demos(workdir: Path, files: dict) -> None:
     renamed into place in order (the dataset last, as `--mode=all` takes it for done); a file
     given as None is removed (no validation demos). A full disk while staging leaves demos/ as
     it was, and the staging folder is removed (as is any a killed run left)."""
-    from twostage_jax.data.dataset import save_dataset
 
     folder = dataset_path(workdir).parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +194,6 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
     as validation demos (RLBench's dataset generator records no separate layouts for them); the
     first `config.demos.num_demos` of the others are the training demos.
     """
-    from twostage_jax.data.rlbench_io import list_rlbench_episodes
 
     d = config.demos
     root = str(config.rlbench_root)
@@ -231,7 +226,6 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
 def _load_rlbench(config: LaunchConfig, episodes: list[int], augment_every: int) -> list:
     """`load_rlbench_demos` of config.task's `episodes`, a malformed episode (a truncated or
     foreign pickle, a missing low_dim_obs.pkl or PNG) reported as a PipelineError naming it."""
-    from twostage_jax.data.rlbench_io import load_rlbench_demos
 
     try:
         return load_rlbench_demos(str(config.rlbench_root), config.task, episodes=episodes,
@@ -239,3 +233,41 @@ def _load_rlbench(config: LaunchConfig, episodes: list[int], augment_every: int)
     except (ValueError, OSError) as e:  # the reader's ValueError; FileNotFoundError; PIL's OSError
         raise PipelineError(f"config.rlbench_root: a malformed RLBench episode: {e} Record it again "
                             "with RLBench's dataset generator, or remove its episode folder.") from e
+
+
+def check_data_source(config: LaunchConfig) -> tuple[list[int], list[int]]:
+    """Checks a LeRobot source (`config.data`) before any work: every check
+    `load_lerobot_dataset` makes (keys, the camera's calibration, lengths, each video against its
+    index), without decoding a frame, then `config.demos.image_size` against its frames and
+    `config.demos.num_validation` against its episodes.
+
+    Returns:
+      (training, validation) episode indices (`split_episodes`).
+
+    Raises:
+      ValueError: one line naming the config field (and the file) at fault.
+      ImportError: pyarrow or PyAV is missing (the message names the `lerobot` extra).
+    """
+
+    data = config.data
+    try:
+        calibration = load_calibration(data.camera_file)
+    except (ValueError, OSError) as e:  # missing, not JSON, malformed
+        raise ValueError(f"config.data.camera_file: {e}") from e
+    try:
+        episodes = check_lerobot_dataset(data.root, data.spec(), calibration,
+                                         None if data.episodes is None else list(data.episodes))
+    except (ValueError, OSError) as e:  # the reader names LeRobotSpec's fields: ours have their names
+        message = str(e).replace("LeRobotSpec.", "config.data.")
+        if not message.startswith("config.data."):
+            field = ("calibration" if isinstance(e, CalibrationFileError) or "is calibrated for" in message
+                     else "episodes" if data.episodes is not None and "is not in the episode table" in message
+                     else "root")
+            message = f"config.data.{field}: {message}"
+        raise ValueError(message) from e
+    camera = calibration.camera(data.image_key)
+    if int(config.demos.image_size) != int(camera.height):
+        raise ValueError(f"config.demos.image_size ({config.demos.image_size}) must be the height of the "
+                         f"frames of {data.image_key!r} ({camera.width}x{camera.height} px); pass "
+                         f"--config.demos.image_size={camera.height}.")
+    return split_episodes(config, episodes)

@@ -9,19 +9,26 @@ from pathlib import Path
 
 from absl import logging
 
-from twostage_jax.launch import selection
-from twostage_jax.launch.checks import LEROBOT_EVALUATION, STAGE_NAMES, PipelineError, train_config
-from twostage_jax.launch.config import LaunchConfig, to_dict
-from twostage_jax.evaluation.report import Curve, EvalResults, MeanInterval, ModeResult
-from twostage_jax._io import reporting_disk_full
-from twostage_jax.provenance import cpu_seconds, environment_record
-from twostage_jax.launch.workdir import (ensure_writable, eval_dir,
-                                         load_demos, load_params, progress,
-                                         stage_dir, trained_on)
 import twostage_jax as tj
 from twostage_jax import evaluation
-from twostage_jax._io import atomic_folder, recover_atomic_folder
-from twostage_jax._io import write_json_atomic
+from twostage_jax._io import atomic_folder, recover_atomic_folder, reporting_disk_full, write_json_atomic
+from twostage_jax.checkpoint import Checkpointer
+from twostage_jax.evaluation import plots
+from twostage_jax.evaluation.report import Curve, EvalResults, MeanInterval, ModeResult
+from twostage_jax.launch import base_source, rollouts, selection
+from twostage_jax.launch.config import STAGE_NAMES, LaunchConfig, selects, to_dict
+from twostage_jax.launch.errors import PipelineError
+from twostage_jax.launch.train_stage import describe_stage1, recorded_stage1
+from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
+                                         stage_dir, train_config, trained_on)
+from twostage_jax.provenance import cpu_seconds, environment_record
+
+LEROBOT_EVALUATION = (
+    "rolls out in the simulator (config.env), whose camera and workspace are not those of the "
+    "LeRobot dataset (config.data.source='lerobot'): train with --mode=demos, --mode=stage1 and "
+    "--mode=stage2, and act on your robot with the library (twostage_jax.make_policy / "
+    "correct_base_policy).")
+"""Why evaluation (and --mode=all) refuses a LeRobot source, after what refuses it."""
 
 
 def eval_seeds(config: LaunchConfig, workdir: Path) -> list[int]:
@@ -39,8 +46,6 @@ def eval_seeds(config: LaunchConfig, workdir: Path) -> list[int]:
 
 def _latest_step(config: LaunchConfig, workdir: Path, stage: int) -> int:
     """The stage's newest checkpoint step (how far it trained)."""
-    from twostage_jax.checkpoint import Checkpointer
-
     ckpt = Checkpointer(stage_dir(workdir, stage, config) / "checkpoints")
     try:
         return int(ckpt.latest_step())
@@ -59,11 +64,6 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
     results whole.
     """
-    from twostage_jax.evaluation import plots
-    from twostage_jax.launch import rollouts
-
-    from twostage_jax.launch import base_source
-
     if config.data.source == "lerobot":
         raise PipelineError(f"evaluation {LEROBOT_EVALUATION}")
     out_dir = eval_dir(workdir, config)
@@ -97,7 +97,6 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     step2 = _latest_step(config, workdir, 2)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
     pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
-    from twostage_jax.launch.train_stage import describe_stage1, recorded_stage1
 
     paired = recorded_stage1(stage_dir(workdir, 2, config), int(config.num_seeds)) if pairing else None
     now = config.stage1.source or steps1
@@ -126,7 +125,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
                              corrected_dims=dims, base=rollouts.ENV_BASE if in_env else base)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes), uncorrected=uncorrected)
     final = (steps1, steps2) == ([step1] * num_seeds, [step2] * num_seeds)
-    curve = [k for k in rollouts.curve_steps(config) if not (final and (k, k) == (step1, step2))]
+    curve = [k for k in config.eval.curve_steps if not (final and (k, k) == (step1, step2))]
     for k in curve:
         ev.add(k, load_params(config, workdir, 1, dataset, k)[0],
                load_params(config, workdir, 2, dataset, k)[0])
@@ -151,7 +150,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
                               tuple(tuple(row) for row in success[m].astype(int).tolist()))
     gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
     curves = None
-    if rollouts.curve_steps(config):  # [steps][seeds] success rates, the final checkpoint last
+    if config.eval.curve_steps:  # [steps][seeds] success rates, the final checkpoint last
         # (a validation-selected policy is no single step: its curve is the kept checkpoints')
         tags = curve + (["final"] if final else [])
         curves = {m: Curve(tuple(curve + ([step1 if m == "stage1" else step2] if final else [])),
@@ -159,14 +158,14 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
                   for m in policies}
     selections = {STAGE_NAMES[s]: selection.summary(selection.ensure_selection(config, workdir, s,
                                                                               dataset, False))
-                  for s in (1, 2) if selection.selects(config, s)}
+                  for s in (1, 2) if selects(config, s)}
     results = EvalResults(
         task=config.task, algo=config.algo, env=config.env, num_seeds=num_seeds,
         episodes_per_seed=len(seeds), eval_seeds=(seeds[0], seeds[-1]),
         stage1_step=step1, stage2_step=step2, stage1_steps=tuple(steps1), stage2_steps=tuple(steps2),
         selection=selections,
         stage2_mode=config.stage2.stage2.mode,
-        crop_size=0 if config.calibrate.crop_size else config.stage2.stage2.crop_size,
+        crop_size=0 if config.calibrate.crop_size else config.stage2.train_config().stage2.crop_size,
         stage2_name=config.stage2_name,
         stage2_q_target=c2.cql.target if config.algo == "cql" else None,
         stage2_sigma=tuple(c2.stage2.sigma), stage2_crop_size=c2.stage2.crop_size,

@@ -3,8 +3,8 @@
 Examples (from the repository root; `twostage` is the same command):
   python -m twostage_jax.launch --mode=all --workdir=runs/quickstart
   python -m twostage_jax.launch --mode=all --workdir=runs/paper_cql \
-      --config=experiments/configs/paper.py:cql --task=drawer-open-v3
-  python -m twostage_jax.launch --mode=stage2 --workdir=runs/q --config.stage2.crop_size=16
+      --config=paper:cql --task=drawer-open-v3
+  python -m twostage_jax.launch --mode=stage2 --workdir=runs/q --config.stage2.stage2.crop_size=16
   python -m twostage_jax.launch --mode=all --workdir=runs/push_expert --task=push-v3 \
       --config.stage1.source=twostage_jax.envs.metaworld_expert:imprecise_expert
 
@@ -32,31 +32,54 @@ import logging as pylogging
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 
-from twostage_jax.launch import config_flags
-from twostage_jax.launch.config import LaunchConfig, replace_path
+from twostage_jax._io import DiskFullError
+from twostage_jax.base_policy import BasePolicyError
+from twostage_jax.checkpoint import CheckpointError
+from twostage_jax.data.dataset import DatasetFormatError
+from twostage_jax.envs.rlbench import rlbench_missing
+from twostage_jax.launch import overrides
+from twostage_jax.launch.bounds import check_bounds
+from twostage_jax.launch.config import LaunchConfig, check_config
+from twostage_jax.launch.demos import check_data_source, run_demos
+from twostage_jax.launch.errors import PipelineError
+from twostage_jax.launch.evaluate import LEROBOT_EVALUATION, format_results_table, run_eval
+from twostage_jax.launch.lock import LockError, locked
+from twostage_jax.launch.train_stage import run_stage, seed_mesh, trained_to_the_end
+from twostage_jax.launch.workdir import dataset_path, ensure_writable, eval_dir, phase_parts
+from twostage_jax.sharding import initialize_distributed
 
 MODES = ("demos", "stage1", "stage2", "eval", "all")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("mode", "all", MODES, "Which part of the pipeline to run.")
-flags.DEFINE_string("workdir", None, "Directory for the dataset, checkpoints, logs and results.")
-flags.DEFINE_string("task", None, "Task name (overrides config.task), e.g. drawer-open-v3.")
-flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_seeds).")
-flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).")
-flags.DEFINE_bool("resume", False, "Continue a stage from its newest intact checkpoint.")
-flags.DEFINE_bool("force", False, "With --mode=demos: replace an existing dataset.")
-flags.DEFINE_bool("accept_new_inputs", False, "With --resume: continue a stage whose inputs changed "
-                  "since it started (the dataset; for stage 2, the stage-1 steps it acts with), "
-                  "re-calibrating stage 2 and recording the new pairing.")
-flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0 "
-                    "(calls jax.distributed.initialize).")
-flags.DEFINE_integer("num_processes", None, "Several processes: how many take part.")
-flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0 .. num_processes-1.")
-flags.DEFINE_string("config", str(config_flags.DEFAULT_CONFIG), "Config file[:variants] (a Python "
-                    "file with get_config(variants) -> LaunchConfig); override fields with --config.a.b=v.")
-_OVERRIDES: list[config_flags.Override] = []  # this invocation's --config.a.b=v, parsed with the flags
+
+
+def define_flags(values: flags.FlagValues = FLAGS) -> None:
+    """Defines the launcher's flags on `values` (absl's global FLAGS, or a fresh set for a dry parse)."""
+    kw = {"flag_values": values}
+    flags.DEFINE_enum("mode", "all", MODES, "Which part of the pipeline to run.", **kw)
+    flags.DEFINE_string("workdir", None, "Directory for the dataset, checkpoints, logs and results.", **kw)
+    flags.DEFINE_string("config", overrides.DEFAULT_CONFIG, "A built-in config (quickstart, paper, "
+                        "repro, smoke) or a Python file with get_config(variants) -> LaunchConfig, then "
+                        "':variants'; override fields with --config.a.b=VALUE.", **kw)
+    flags.DEFINE_string("task", None, "Task name (overrides config.task), e.g. drawer-open-v3.", **kw)
+    flags.DEFINE_integer("num_seeds", None, "Number of seeds (overrides config.num_seeds).", **kw)
+    flags.DEFINE_integer("num_demos", None, "Demonstrations to record (overrides config.demos.num_demos).", **kw)
+    flags.DEFINE_bool("resume", False, "Continue a stage from its newest intact checkpoint.", **kw)
+    flags.DEFINE_bool("force", False, "With --mode=demos: replace an existing dataset.", **kw)
+    flags.DEFINE_bool("accept_new_inputs", False, "With --resume: continue a stage whose inputs changed "
+                      "since it started (the dataset; for stage 2, the stage-1 steps it acts with), "
+                      "re-calibrating stage 2 and recording the new pairing.", **kw)
+    flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT of process 0 "
+                        "(calls jax.distributed.initialize).", **kw)
+    flags.DEFINE_integer("num_processes", None, "Several processes: how many take part.", **kw)
+    flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0 .. num_processes-1.", **kw)
+
+
+define_flags()
+_OVERRIDES: list[tuple[str, str]] = []  # this invocation's --config.a.b=VALUE, split off before absl
 
 
 class UsageError(app.UsageError):
@@ -65,36 +88,52 @@ class UsageError(app.UsageError):
 
 def _exit_usage(message: str) -> None:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    if len(lines) > 2:  # e.g. a config file's traceback: its first and last lines say it all
-        lines = [lines[0], lines[-1]]
-    print(f"error: {' '.join(lines)}", file=sys.stderr)
+    print(f"error: {' '.join(lines[:1] + lines[-1:] if len(lines) > 2 else lines)}", file=sys.stderr)
     sys.exit(1)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, and the `--config.a.b=v` overrides (parsed by their fields' types),
-    with every error reported in one line (exit status 1)."""
+    """absl's flags, with the `--config.a.b=VALUE` overrides split off first; errors in one line."""
     global _OVERRIDES
     try:
-        rest, overrides = config_flags.split_overrides(argv)
-        _OVERRIDES = config_flags.parse_overrides(overrides)
+        rest, _OVERRIDES = overrides.split_overrides(argv)
         return FLAGS(rest)
-    except flags.Error as e:
-        _exit_usage(str(e))
-    except ValueError as e:  # ConfigError included: the field's dotted name, expected and got
+    except (flags.Error, ValueError) as e:
         _exit_usage(str(e))
     raise AssertionError("unreachable")
 
 
-def _resolve_config() -> LaunchConfig:
-    """The --config file's config with --task, --num_seeds, --num_demos and the overrides."""
+def config_of(values: flags.FlagValues, found: list[tuple[str, str]]) -> LaunchConfig:
+    """The config of parsed flags `values` and the `--config.a.b=VALUE` overrides `found`,
+    checked across fields and against what a machine holds.
+
+    Raises:
+      UsageError: one line naming the flag or field at fault.
+    """
+    changes = {"task": values.task, "num_seeds": values.num_seeds, "demos.num_demos": values.num_demos}
     try:
-        config = config_flags.load_config_file(FLAGS.config)
-        changes = {"task": FLAGS.task, "num_seeds": FLAGS.num_seeds, "demos.num_demos": FLAGS.num_demos}
-        config = replace_path(config, {k: v for k, v in changes.items() if v is not None})
-        return config_flags.apply_overrides(config, _OVERRIDES)
+        config = overrides.config_from_flags(values.config, found,
+                                             {k: v for k, v in changes.items() if v is not None})
+        check_config(config)
+        check_bounds(config)  # sizes no machine holds
     except ValueError as e:
         raise UsageError(str(e)) from e
+    return config
+
+
+def dry_parse(argv: list[str]) -> LaunchConfig:
+    """The checked config of a command line (`argv` without the program), doing no work: how the
+    tests check every launcher command written in the docs and results against today's flags."""
+    values = flags.FlagValues()
+    define_flags(values)
+    try:
+        rest, found = overrides.split_overrides(list(argv))
+        values(["twostage", *rest])
+    except (flags.Error, ValueError) as e:
+        raise UsageError(str(e)) from e
+    if len(rest) > 0 and values.workdir is None:
+        raise UsageError("--workdir is required.")
+    return config_of(values, found)
 
 
 def _check_task(config) -> None:
@@ -103,7 +142,8 @@ def _check_task(config) -> None:
     if config.env == "rlbench":
         _check_rlbench_installed(config)
         return
-    from twostage_jax.envs.metaworld import task_names
+
+    from twostage_jax.envs.metaworld import task_names  # lazy: imports MuJoCo
 
     names = task_names()
     if config.task not in names:
@@ -116,7 +156,6 @@ def _check_data_source(config) -> None:
     decoding) before any work."""
     if config.data.source != "lerobot":
         return
-    from twostage_jax.launch.checks import LEROBOT_EVALUATION, check_data_source
 
     if FLAGS.mode in ("eval", "all"):
         raise UsageError(f"--mode={FLAGS.mode} {LEROBOT_EVALUATION}")
@@ -136,7 +175,6 @@ def _check_rlbench_installed(config) -> None:
     (demos, stage1 and stage2 read RLBench's on-disk demos and need no RLBench.)"""
     if FLAGS.mode not in ("eval", "all"):
         return
-    from twostage_jax.envs.rlbench import rlbench_missing
 
     missing = rlbench_missing()
     if missing:
@@ -146,8 +184,6 @@ def _check_rlbench_installed(config) -> None:
 
 def _check_workdir(workdir: Path) -> None:
     """Refuses a --workdir that is a file, is missing where it must exist, or is not writable."""
-    from twostage_jax.launch.checks import PipelineError
-    from twostage_jax.launch.workdir import ensure_writable
 
     if workdir.exists() and not workdir.is_dir():
         raise UsageError(f"--workdir {workdir} is a file; expected a folder (existing, or one to "
@@ -178,8 +214,6 @@ def _distributed_flags() -> tuple[str, int, int] | None:
     if FLAGS.mode not in ("stage1", "stage2"):
         raise UsageError(f"--mode={FLAGS.mode}: several processes train a stage together; use "
                          "--mode=stage1 or --mode=stage2 (record demos and evaluate from one process).")
-    from twostage_jax.sharding import initialize_distributed
-
     args = (given["coordinator_address"], given["num_processes"], given["process_id"])
     try:
         initialize_distributed(*args, check_only=True)
@@ -203,13 +237,7 @@ def _main(argv: list[str]) -> int:
     if not FLAGS.workdir:
         raise UsageError("--workdir is required: the directory for datasets, checkpoints and results.")
     distributed = _distributed_flags()
-    from twostage_jax.launch.checks import validate_config
-
-    config = _resolve_config()
-    try:
-        validate_config(config)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+    config = config_of(FLAGS, _OVERRIDES)
     if FLAGS.force and FLAGS.mode != "demos":
         raise UsageError(f"--force only applies to --mode=demos (it lets it replace an existing "
                          f"dataset); got --mode={FLAGS.mode}.")
@@ -225,7 +253,6 @@ def _main(argv: list[str]) -> int:
     workdir = Path(FLAGS.workdir).absolute()
     _check_workdir(workdir)
 
-    from twostage_jax.launch.lock import LockError
 
     # A part of the workdir has one writer, and no reader while it is written. A single mode
     # takes its locks now, before any work; --mode=all each phase's as the phase starts.
@@ -245,8 +272,6 @@ def _phase_lock(config: LaunchConfig, workdir: Path, phase: str,
     """The workdir locks of one phase (`workdir.phase_parts`): its output part exclusive (shared
     with `read_only`: to confirm a stage is trained) and its inputs shared. Processes other
     than 0 of a multi-process run take none: process 0 holds them for the run."""
-    from twostage_jax.launch.lock import locked
-    from twostage_jax.launch.workdir import phase_parts
 
     if FLAGS.process_id not in (None, 0):
         return contextlib.nullcontext()
@@ -259,18 +284,7 @@ def _phase_lock(config: LaunchConfig, workdir: Path, phase: str,
 
 def _run_modes(config: LaunchConfig, workdir: Path, distributed: tuple[str, int, int] | None) -> int:
     """Runs the mode's phases in order (each under its locks with --mode=all); 2 on a refusal."""
-    import jax
-
-    from twostage_jax.base_policy import BasePolicyError
-    from twostage_jax._io import DiskFullError
-    from twostage_jax.checkpoint import CheckpointError
-    from twostage_jax.data.dataset import DatasetFormatError
-    from twostage_jax.launch.checks import PipelineError, seed_mesh
-    from twostage_jax.launch.lock import LockError
-
     if distributed is not None:  # before any other JAX work
-        from twostage_jax.sharding import initialize_distributed
-
         initialize_distributed(*distributed)
         logging.info("process %d of %d", jax.process_index(), jax.process_count())
     logging.info("JAX %s on %s: %s", jax.__version__, jax.default_backend(), jax.devices())
@@ -298,10 +312,6 @@ def _run_modes(config: LaunchConfig, workdir: Path, distributed: tuple[str, int,
 def _run_phase(config: LaunchConfig, workdir: Path, phase: str) -> None:
     """One phase; with --mode=all under its own locks, a trained stage confirmed under shared
     ones (so runs sharing a stage 1 resume side by side) and a recorded dataset reused."""
-    from twostage_jax.launch.demos import run_demos
-    from twostage_jax.launch.evaluate import format_results_table, run_eval
-    from twostage_jax.launch.train_stage import run_stage, trained_to_the_end
-    from twostage_jax.launch.workdir import dataset_path, eval_dir
 
     whole = FLAGS.mode == "all"
 

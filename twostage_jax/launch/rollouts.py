@@ -23,42 +23,20 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-
-import twostage_jax as tj
 from absl import logging
 
-from twostage_jax.launch import config as tj_config
-from twostage_jax.launch.config import LaunchConfig
+import twostage_jax as tj
 from twostage_jax._io import write_json_atomic
+from twostage_jax.envs.rlbench import RLBenchEnv
 from twostage_jax.evaluation import Episode, EnvPool, Job
+from twostage_jax.evaluation import rollouts as eval_rollouts
+from twostage_jax.launch.config import LaunchConfig
+
 
 MODES = ("stage1", "two_stage")
 EVAL_VERSION = 2
 """Bumped when what a cached stage-1 rollout means changes (2: parameter fingerprints and
 row-by-row policy calls)."""
-
-
-def validate_eval_config(config: LaunchConfig) -> None:
-    """Checks config.eval.curve_steps against the stages and the cadence; raises ValueError
-    naming them (the EvalConfig checked its own fields when built)."""
-    check_kept_steps("config.eval.curve_steps", config.eval.curve_steps, config.train.log_every,
-                     min(config.stage1.num_steps, config.stage2.num_steps), "both stages' num_steps")
-
-
-def check_kept_steps(name: str, steps: tuple[int, ...], every: int, last: int, last_name: str) -> None:
-    """Checks steps whose checkpoints training keeps: increasing positive multiples of `every`
-    (the logging cadence) up to `last`; raises ValueError naming `name`."""
-    for i, k in enumerate(steps):
-        if not 0 < k <= last or k % every:
-            raise ValueError(f"{name}[{i}] must be a positive multiple of config.train.log_every "
-                             f"({every}) and at most {last_name} ({last}); got {k!r}.")
-        if i and k <= steps[i - 1]:
-            raise ValueError(f"{name} must be increasing; got {tuple(steps)}.")
-
-
-def curve_steps(config: LaunchConfig) -> tuple[int, ...]:
-    """The learning-curve steps of `config`."""
-    return config.eval.curve_steps
 
 
 def env_factory(config: LaunchConfig) -> Callable[[], Any]:
@@ -67,8 +45,6 @@ def env_factory(config: LaunchConfig) -> Callable[[], Any]:
     if config.env == "metaworld":
         return functools.partial(tj.envs.make_env, str(config.task), width=size, height=size,
                                  max_keyframes=int(config.demos.max_keyframes))
-    from twostage_jax.envs.rlbench import RLBenchEnv
-
     return functools.partial(RLBenchEnv, str(config.task), image_size=size,
                              max_keyframes=int(config.demos.max_keyframes))
 
@@ -76,10 +52,10 @@ def env_factory(config: LaunchConfig) -> Callable[[], Any]:
 def pool_workers(config: LaunchConfig, episodes: int) -> int:
     """`config.eval.workers`, capped at the episodes to roll out and the cores this process may
     use (more simulators than either only cost memory and start-up), saying so when it caps."""
-    workers = max(1, min(int(config.eval.workers), int(episodes), tj_config.num_cores()))
+    workers = max(1, min(int(config.eval.workers), int(episodes), eval_rollouts.default_workers()))
     if workers < int(config.eval.workers):
         logging.info("rolling out %d episode(s) with %d simulator(s) (config.eval.workers=%d; %d core(s))",
-                     episodes, workers, config.eval.workers, tj_config.num_cores())
+                     episodes, workers, config.eval.workers, eval_rollouts.default_workers())
     return workers
 
 

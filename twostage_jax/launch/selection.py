@@ -27,29 +27,24 @@ import jax
 import numpy as np
 from absl import logging
 
-from twostage_jax.launch import rollouts
-from twostage_jax.launch.config import LaunchConfig
-from twostage_jax.launch.checks import STAGE_NAMES, PipelineError, train_config
 from twostage_jax import evaluation, sharding
-from twostage_jax.provenance import cpu_seconds
-from twostage_jax.launch.workdir import (ensure_writable, load_demos, load_params,
-                                         progress as progress_bar, stage_dir)
 from twostage_jax._io import write_json_atomic
+from twostage_jax.checkpoint import CheckpointError, Checkpointer
 from twostage_jax.evaluation.halving import halving_rungs, plateau_reached, successive_halving
+from twostage_jax.launch import rollouts
+from twostage_jax.launch.config import STAGE_NAMES, LaunchConfig, selects
+from twostage_jax.launch.errors import PipelineError
+from twostage_jax.launch.workdir import (check_trained_with, ensure_writable, load_demos, load_params,
+                                         progress as progress_bar, relative_to_workdir, stage_dir,
+                                         train_config)
+from twostage_jax.provenance import cpu_seconds
+
 
 SELECTION_VERSION = 2
 """2: successive halving, per-episode outcomes and the rollouts spent in the record."""
 EPISODES_FILE = "validation_episodes.json"
 NO_CORRECTION = 0
 """Stage 2's candidate step for acting without it (`SelectConfig.no_correction`)."""
-
-
-def selects(config: LaunchConfig, stage: int) -> bool:
-    """Whether `stage` acts with a validation-selected checkpoint (else its latest); never
-    stage 1 when it is a base policy of the user's (`config.stage1.source`)."""
-    if stage == 1 and config.stage1.source:
-        return False
-    return config.stage(stage).select == "validation"
 
 
 def candidate_steps(config: LaunchConfig, stage: int) -> tuple[int, ...]:
@@ -69,34 +64,6 @@ def candidate_steps(config: LaunchConfig, stage: int) -> tuple[int, ...]:
 def validation_layouts(config: LaunchConfig) -> list[int]:
     """The validation layout seeds of checkpoint selection."""
     return list(range(config.select.seed, config.select.seed + config.select.episodes))
-
-
-def validate_select_config(config: LaunchConfig) -> None:
-    """Checks config.stageN.select_steps and config.select's layouts; raises ValueError naming them.
-
-    The validation layouts must not overlap the evaluation layouts, the training demos' or the
-    held-out demos' layouts: a checkpoint chosen on evaluation episodes would bias the result.
-    """
-    for stage in (1, 2):
-        name, s = STAGE_NAMES[stage], config.stage(stage)
-        rollouts.check_kept_steps(f"config.{name}.select_steps", s.select_steps, config.train.log_every,
-                                  s.num_steps, f"config.{name}.num_steps")
-    if not any(selects(config, stage) for stage in (1, 2)):
-        return
-    sel, d = config.select, config.demos
-    lo, hi = sel.seed, sel.seed + sel.episodes
-    ev_lo, ev_hi = config.eval.seed, config.eval.seed + config.eval.num_episodes
-    if lo < ev_hi and ev_lo < hi:
-        raise ValueError(f"config.select.seed: the validation layouts {lo}..{hi - 1} overlap the "
-                         f"evaluation layouts {ev_lo}..{ev_hi - 1} (config.eval.seed); choose "
-                         "checkpoints on layouts evaluation never uses, e.g. 200000.")
-    demo_hi = d.seed + 3 * d.num_demos + 10  # failed layouts retried
-    if lo < demo_hi:
-        raise ValueError(f"config.select.seed ({lo}) must start beyond the training demos' layouts "
-                         f"(config.demos.seed {d.seed} .. about {demo_hi}).")
-    if d.num_validation and lo < d.validation_seed + 3 * d.num_validation + 10 and d.validation_seed < hi:
-        raise ValueError(f"config.select.seed: the validation layouts {lo}..{hi - 1} overlap the "
-                         f"held-out demos' layouts from config.demos.validation_seed ({d.validation_seed}).")
 
 
 def stops_at_plateau(config: LaunchConfig, stage: int) -> bool:
@@ -430,3 +397,47 @@ class PlateauStop:
 def summary(record: dict) -> dict:
     """A selection record without its keying setting (what results.json keeps)."""
     return {k: v for k, v in record.items() if k != "setting"}
+
+
+def stage1_pairing(config: LaunchConfig, workdir: Path) -> dict:
+    """The stage-1 checkpoint a stage-2 run pairs with: the latest, checked to be intact and
+    trained with this config's stage-1 fields; or the base policy `config.stage1.source`
+    ({'source': ..., 'steps': None})."""
+    if config.stage1.source:
+        return {"source": config.stage1.source, "step": None, "steps": None}
+    directory = stage_dir(workdir, 1, config) / "checkpoints"
+    if not directory.exists():
+        try:  # a stage 2 started on a base policy of the user's, resumed without it
+            source = json.loads((stage_dir(workdir, 2, config) / "pairing.json").read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        if source:
+            raise PipelineError(f"{config.stage2_name} was started on the base policy {source}, and this "
+                                f"run names none; pass --config.stage1.source={source} (stage 1 is that "
+                                "policy, not one trained here).")
+        raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} does not exist; run "
+                            "--mode=stage1 first (or --mode=all).")
+    ckpt = Checkpointer(directory)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} has no checkpoint; "
+                                "run --mode=stage1 first.")
+        try:
+            meta = ckpt.read_meta(step)
+            ckpt.verify(step)
+        except CheckpointError as e:
+            raise PipelineError(
+                f"stage 2 needs an intact stage 1, but {e} Run --mode=stage1 --resume: it falls back "
+                "to the newest intact checkpoint and trains stage 1 to the end.") from e
+    finally:
+        ckpt.close()
+    check_trained_with(config, meta, 1, str(directory / str(step)), "cannot pair stage 2 with stage 1",
+                       "Give stage 1's fields as it was trained (recorded in stage1/config.json), or "
+                       "train the change in a fresh --workdir.")
+    # the checkpoint of each seed that stage 2 is calibrated on and evaluated with
+    steps = (policy_params(config, workdir, 1)[1] if selects(config, 1)
+             else [int(step)] * int(config.num_seeds))
+    return {"path": relative_to_workdir(workdir, directory / str(step)), "step": int(step),
+            "algo": meta.get("algo"),
+            "steps": steps}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,22 +17,23 @@ import numpy as np
 from absl import logging
 
 import twostage_jax as tj
-from twostage_jax.launch import selection
-from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, calibration_path,
-                                         check_trained_with, needs_calibration, seed_keys,
-                                         seed_mesh, train_config)
-from twostage_jax.launch.config import LaunchConfig, to_dict
-from twostage_jax._io import reporting_disk_full
-from twostage_jax.provenance import cpu_seconds
-from twostage_jax.launch.workdir import (config_record, ensure_writable, is_writer,
-                                         load_demos, load_params, load_validation, progress,
-                                         stage1_pairing, stage_dir, stage_record, validation_path)
+from twostage_jax import calibration as cal
 from twostage_jax import sharding
-from twostage_jax.data.dataset import dataset_checksum
 from twostage_jax._checks import available_memory, human_bytes
-from twostage_jax.training.metrics_log import MetricsLog, NoLog
-from twostage_jax._io import write_json_atomic
+from twostage_jax._io import reporting_disk_full, write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
+from twostage_jax.data.dataset import dataset_checksum, dataset_nbytes
+from twostage_jax.launch import selection
+from twostage_jax.launch.base_source import validation_actions
+from twostage_jax.launch.config import STAGE_NAMES, LaunchConfig, selects, to_dict
+from twostage_jax.launch.errors import PipelineError
+from twostage_jax.launch.workdir import (calibration_path, check_trained_with, config_record,
+                                         dataset_path, ensure_writable, is_writer, load_demos,
+                                         load_params, load_validation, progress, seed_keys,
+                                         stage_dir, stage_record, train_config, validation_path)
+from twostage_jax.provenance import cpu_seconds
+from twostage_jax.training.metrics_log import MetricsLog, NoLog
+from twostage_jax.training.seeds import resolve_seed_strategy
 
 
 def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = False,
@@ -55,8 +57,6 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
       A summary dict (final step, wall time, final metric means per seed).
     """
     out_dir = stage_dir(workdir, stage, config)
-    from twostage_jax.launch.rollouts import curve_steps
-
     for folder in (out_dir, out_dir / "checkpoints"):  # before any work
         if folder.is_dir():
             ensure_writable(folder, f"{'--resume continues' if resume else 'training writes'} "
@@ -64,7 +64,7 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
 
     # the learning curves' checkpoints (config.eval.curve_steps) and checkpoint selection's
     # candidates are kept beside the latest ones
-    keep = sorted({*curve_steps(config), *selection.candidate_steps(config, stage)})
+    keep = sorted({*config.eval.curve_steps, *selection.candidate_steps(config, stage)})
     ckpt = Checkpointer(out_dir / "checkpoints", keep=int(config.train.keep_checkpoints),
                         keep_steps=tuple(keep))
     try:
@@ -73,7 +73,7 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
             summary = _train_stage(config, workdir, stage, resume, out_dir, ckpt, accept_new_inputs)
     finally:
         ckpt.close()
-    if selection.selects(config, stage) and is_writer():
+    if selects(config, stage) and is_writer():
         summary["selection"] = selection.summary(selection.ensure_selection(config, workdir, stage))
     return summary
 
@@ -112,7 +112,7 @@ def trained_to_the_end(config: LaunchConfig, workdir: Path, stage: int) -> int |
         ckpt.close()
     check_trained_with(config, meta, stage, str(directory / str(latest)),
                        f"cannot resume {out_dir.name}", _resume_advice(stage, config))
-    pairing = stage1_pairing(config, workdir) if stage == 2 else None
+    pairing = selection.stage1_pairing(config, workdir) if stage == 2 else None
     if stage == 2 and recorded_stage1(out_dir, int(config.num_seeds)) is None:
         return None
     if changed_inputs(config, workdir, stage, pairing)[0]:
@@ -163,8 +163,6 @@ def changed_inputs(config: LaunchConfig, workdir: Path, stage: int,
       (one phrase per change, the dataset's checksum now). Stages whose records predate a field
       are not compared on it.
     """
-    from twostage_jax.launch.workdir import dataset_path
-
     out_dir = stage_dir(workdir, stage, config)
     changes = []
     if stage == 2 and pairing is not None:
@@ -199,7 +197,7 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
                            f"cannot resume {out_dir.name}", _resume_advice(stage, config))
     extra: dict = {}
     if stage == 2:
-        extra["stage1_checkpoint"] = stage1_pairing(config, workdir)
+        extra["stage1_checkpoint"] = selection.stage1_pairing(config, workdir)
     changes, checksum = changed_inputs(config, workdir, stage, extra.get("stage1_checkpoint"))
     changes = changes if latest is not None else []
     if changes and not accept_new_inputs:
@@ -215,7 +213,7 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     validation = load_validation(workdir)  # read (and checked) before anything is written
     check_memory(config, stage, dataset, out_dir)
     repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
-    if stage == 2 and needs_calibration(config):
+    if stage == 2 and config.calibrate.any:
         ensure_calibration(config, workdir, dataset, fresh=latest is None, repaired=repaired)
     tcfg = train_config(config, stage, workdir)
     train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
@@ -327,9 +325,6 @@ def check_memory(config: LaunchConfig, stage: int, dataset: tj.Dataset, out_dir:
     Raises:
       PipelineError: naming the estimate, its parts, what is available, and the fields to lower.
     """
-    from twostage_jax.data.dataset import dataset_nbytes
-    from twostage_jax.training.seeds import _resolve_seed_strategy
-
     found = available_memory()
     if found is None:
         return
@@ -341,10 +336,11 @@ def check_memory(config: LaunchConfig, stage: int, dataset: tj.Dataset, out_dir:
     if stage == 1:
         pixels, field, what = small * small, f"config.{name}.image_size", f"{small}x{small} images"
     else:
-        crop, ee = int(s.stage2.crop_size), int(s.stage2.ee_crop_size)
+        method = s.train_config().stage2
+        crop, ee = int(method.crop_size), int(method.ee_crop_size)
         pixels, field, what = crop * crop + ee * ee, "config.stage2.stage2.crop_size", f"{crop}-px crops"
     parallel = 1
-    if _resolve_seed_strategy(config.seed_strategy, jax.default_backend()) == "vmap":
+    if resolve_seed_strategy(config.seed_strategy, jax.default_backend()) == "vmap":
         mesh = seed_mesh(config)
         shards = sharding.num_seed_shards(mesh) if mesh is not None else 1
         parallel = -(-int(config.num_seeds) // shards)
@@ -360,8 +356,6 @@ def check_memory(config: LaunchConfig, stage: int, dataset: tj.Dataset, out_dir:
 
 def _remove_partial_checkpoints(directory: Path) -> None:
     """Removes the temporary folders of orbax saves that did not finish (`*.orbax-checkpoint-tmp*`)."""
-    import shutil
-
     for partial in directory.glob("*.orbax-checkpoint-tmp*"):
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -477,7 +471,7 @@ def ensure_calibration(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
 def calibration_settings(config: LaunchConfig) -> dict:
     """What a stage 2's calibration.json is made with besides its inputs (recorded as
     `settings`): the `calibrate` fields and the stage-2 method's sigma, crop size and rotation."""
-    method = config.stage2.stage2
+    method = config.stage2.train_config().stage2
     return json.loads(json.dumps({"calibrate": dataclasses.asdict(config.calibrate),
                                   "sigma": list(method.sigma), "crop_size": int(method.crop_size),
                                   "rotate": bool(method.rotate)}))
@@ -517,22 +511,18 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
     Raises:
       PipelineError: no validation demos; the crop size would change from `keep_crop_size`.
     """
-    from twostage_jax import calibration as cal
-
     validation = load_validation(workdir)
     if validation is None:
         raise PipelineError(f"calibrating stage 2 needs held-out demos at {validation_path(workdir)}; "
                             "re-run --mode=demos with config.demos.num_validation > 0.")
     if config.stage1.source:  # a base policy of the user's: its errors, once for all seeds
-        from twostage_jax.launch.base_source import validation_actions
-
         a1, a = validation_actions(config, workdir, validation)
         steps1: list = []
     else:
         params1, steps1 = selection.policy_params(config, workdir, 1, dataset)
         a1 = stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
         a = np.tile(np.asarray(validation.action), (int(config.num_seeds), 1))
-    method, settings = config.stage2.stage2, config.calibrate
+    method, settings = config.stage2.train_config().stage2, config.calibrate
     sigma = list(method.sigma)
     if settings.sigma:
         sigma = cal.calibrate_sigma(a1, a, floor=float(settings.sigma_floor), sigma=sigma).tolist()
@@ -567,3 +557,15 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
                  "targets inside)", result["transitions"], np.round(sigma, 3).tolist(), crop,
                  100 * result["share_inside_crop"])
     return result
+
+
+def seed_mesh(config: LaunchConfig) -> Any:
+    """The mesh the seeds shard over (`config.seed_devices`), or None for one device.
+
+    Raises:
+      PipelineError: more devices asked for than there are.
+    """
+    try:
+        return sharding.seed_mesh(config.seed_devices)
+    except ValueError as e:
+        raise PipelineError(f"config.{e}") from e

@@ -32,22 +32,30 @@ The launcher's stages live beside this module: `demos.run_demos`, `train_stage.r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+from tqdm import tqdm
 
 import twostage_jax as tj
-from twostage_jax.launch.checks import (STAGE_NAMES, PipelineError, check_trained_with, seed_keys,
-                                         train_config)
-from twostage_jax.launch.config import LaunchConfig, to_dict
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
+from twostage_jax.data.dataset import load_dataset
+from twostage_jax.launch.config import STAGE_NAMES, LaunchConfig, from_dict, to_dict
+from twostage_jax.launch.errors import PipelineError
 from twostage_jax.provenance import environment_record
+
+
+def calibration_path(workdir: Path, config: LaunchConfig) -> Path:
+    return workdir / config.stage2_name / "calibration.json"
 
 
 def dataset_path(workdir: Path) -> Path:
@@ -182,15 +190,11 @@ def check_unused_layouts(config: LaunchConfig, workdir: Path, first: int, num: i
 
 def progress(total: int, initial: int, desc: str, unit: str = "step"):
     """The launcher's tqdm progress bar (training steps, evaluation episodes)."""
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                 mininterval=2.0, smoothing=0.1)
 
 
 def load_demos(workdir: Path) -> tj.Dataset:
-    from twostage_jax.data.dataset import load_dataset
-
     path = dataset_path(workdir)
     if not path.exists():
         raise PipelineError(f"no dataset at {path}; run --mode=demos (or --mode=all) first.")
@@ -199,56 +203,8 @@ def load_demos(workdir: Path) -> tj.Dataset:
 
 def load_validation(workdir: Path) -> tj.Dataset | None:
     """The workdir's held-out validation demos, or None if it has none."""
-    from twostage_jax.data.dataset import load_dataset
-
     path = validation_path(workdir)
     return load_dataset(path) if path.exists() else None
-
-
-def stage1_pairing(config: LaunchConfig, workdir: Path) -> dict:
-    """The stage-1 checkpoint a stage-2 run pairs with: the latest, checked to be intact and
-    trained with this config's stage-1 fields; or the base policy `config.stage1.source`
-    ({'source': ..., 'steps': None})."""
-    if config.stage1.source:
-        return {"source": config.stage1.source, "step": None, "steps": None}
-    directory = stage_dir(workdir, 1, config) / "checkpoints"
-    if not directory.exists():
-        try:  # a stage 2 started on a base policy of the user's, resumed without it
-            source = json.loads((stage_dir(workdir, 2, config) / "pairing.json").read_text()).get("source")
-        except (OSError, ValueError, AttributeError):
-            source = None
-        if source:
-            raise PipelineError(f"{config.stage2_name} was started on the base policy {source}, and this "
-                                f"run names none; pass --config.stage1.source={source} (stage 1 is that "
-                                "policy, not one trained here).")
-        raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} does not exist; run "
-                            "--mode=stage1 first (or --mode=all).")
-    ckpt = Checkpointer(directory)
-    try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise PipelineError(f"stage 2 needs a trained stage 1, but {directory} has no checkpoint; "
-                                "run --mode=stage1 first.")
-        try:
-            meta = ckpt.read_meta(step)
-            ckpt.verify(step)
-        except CheckpointError as e:
-            raise PipelineError(
-                f"stage 2 needs an intact stage 1, but {e} Run --mode=stage1 --resume: it falls back "
-                "to the newest intact checkpoint and trains stage 1 to the end.") from e
-    finally:
-        ckpt.close()
-    check_trained_with(config, meta, 1, str(directory / str(step)), "cannot pair stage 2 with stage 1",
-                       "Give stage 1's fields as it was trained (recorded in stage1/config.json), or "
-                       "train the change in a fresh --workdir.")
-    from twostage_jax.launch import selection
-
-    # the checkpoint of each seed that stage 2 is calibrated on and evaluated with
-    steps = (selection.policy_params(config, workdir, 1)[1] if selection.selects(config, 1)
-             else [int(step)] * int(config.num_seeds))
-    return {"path": relative_to_workdir(workdir, directory / str(step)), "step": int(step),
-            "algo": meta.get("algo"),
-            "steps": steps}
 
 
 def load_params(config: LaunchConfig, workdir: Path, stage: int,
@@ -299,3 +255,119 @@ def load_params(config: LaunchConfig, workdir: Path, stage: int,
     finally:
         ckpt.close()
     return state.params, int(meta["step"])
+
+
+def train_config(config: LaunchConfig, stage: int, workdir: Path | None = None,
+                 calibration: dict | None = None) -> tj.TrainConfig:
+    """The library `TrainConfig` of one stage.
+
+    A calibrated stage 2 (`config.calibrate`) takes sigma and the crop size from `calibration`,
+    or else from the run's calibration.json in `workdir`, which `run_stage` writes when stage 2
+    starts.
+    """
+    s = config.stage(stage)
+    if stage == 1 or not config.calibrate.any:
+        return s.train_config()
+    if calibration is None:
+        path = calibration_path(workdir, config) if workdir is not None else None
+        if path is None or not path.exists():
+            raise PipelineError(
+                f"stage 2 '{config.stage2_name}' is calibrated from stage 1 when it trains, and "
+                f"{path or 'its calibration.json'} does not exist yet; run --mode=stage2 first.")
+        calibration = json.loads(path.read_text())
+    method = dataclasses.replace(s.stage2, sigma=tuple(float(x) for x in calibration["sigma"]),
+                                 crop_size=int(calibration["crop_size"]))
+    return s.train_config(stage2=method)
+
+
+def _plain(x: Any) -> Any:
+    return [_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
+    """The config fields that change what `stage` trains, by dotted name, with their values.
+
+    Resuming a stage, pairing stage 2 with stage 1 and evaluating compare these with the config
+    the checkpoint was trained with. Left out: `num_steps` (a resume may extend a run), the
+    logging and checkpoint cadence, checkpoint selection, `seed_strategy`, `seed_devices` and
+    `conv_impl` (the same parameters up to float rounding), and fields the stage's algorithm
+    ignores. A calibrated stage 2 is compared by its calibration settings (the values it derives
+    are fixed in its calibration.json). The demos' source is compared too, and a LeRobot
+    source's every `data` field (which dataset, which episodes, and how they are read).
+    """
+    s = config.stage(stage)
+    name = STAGE_NAMES[stage]
+    fields: dict[str, Any] = {
+        "env": config.env, "task": config.task, f"{name}.algo": s.algo, "seed": config.seed,
+        "num_seeds": config.num_seeds, f"{name}.batch_size": s.batch_size,
+        f"{name}.min_move": float(s.min_move), "data.source": config.data.source}
+    if config.data.source == "lerobot":  # which dataset, and how it is read
+        for f in dataclasses.fields(config.data):
+            if f.name != "min_visible":  # a check on the demos, not what trains
+                fields[f"data.{f.name}"] = _plain(getattr(config.data, f.name))
+    if s.algo == "bc":
+        fields[f"{name}.learning_rate"] = float(s.learning_rate)
+    if stage == 1:  # None: the frames' size
+        fields["stage1.image_size"] = s.image_size or config.demos.image_size
+        fields["stage1.augment"] = s.augment
+        if s.augment != "none":
+            fields["stage1.shift_pad"] = int(s.shift_pad)
+    for f in dataclasses.fields(s.network):
+        if f.name != "conv_impl":
+            fields[f"{name}.network.{f.name}"] = _plain(getattr(s.network, f.name))
+    if stage == 2:
+        cal = config.calibrate
+        fields["calibrate.sigma"] = cal.sigma
+        fields["calibrate.crop_size"] = cal.crop_size
+        if cal.any:
+            fields.update({"calibrate.sigma_floor": float(cal.sigma_floor),
+                           "calibrate.crop_coverage": float(cal.crop_coverage)})
+        method = s.train_config().stage2  # a crop size of None resolved for the algorithm
+        for f in dataclasses.fields(method):
+            if not (f.name == "crop_size" and cal.crop_size):
+                fields[f"stage2.stage2.{f.name}"] = _plain(getattr(method, f.name))
+    if s.algo == "cql":
+        for f in dataclasses.fields(s.cql):
+            fields[f"{name}.cql.{f.name}"] = _plain(getattr(s.cql, f.name))
+    return fields
+
+
+def config_differences(trained: Mapping[str, Any], config: LaunchConfig, stage: int) -> list[str]:
+    """'config.FIELD: trained X, now Y' for each `program_fields` entry that differs.
+
+    Args:
+      trained: a stored config dict (`config.to_dict`'s).
+      config: the config of this invocation.
+      stage: which stage's fields to compare.
+    """
+    try:
+        old = program_fields(from_dict(trained), stage)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        return [f"the stored config cannot be read ({type(e).__name__}: {e})"]
+    new = program_fields(config, stage)
+    return [f"config.{k}: trained {old.get(k, '(absent)')!r}, now {v!r}"
+            for k, v in new.items() if old.get(k, "(absent)") != v]
+
+
+def check_trained_with(config: LaunchConfig, meta: dict, stage: int, where: str,
+                       action: str, advice: str) -> None:
+    """Raises PipelineError naming every differing field unless `config` trains what `meta` did.
+
+    Args:
+      config: the config of this invocation.
+      meta: a checkpoint's metadata (its `config` is the one the stage was trained with).
+      stage: which stage's fields to compare.
+      where: the checkpoint, for the message.
+      action: what is refused, for the message ("cannot evaluate").
+      advice: what to do instead.
+    """
+    diffs = config_differences(meta.get("config"), config, stage)
+    if diffs:
+        raise PipelineError(f"{action}: the config differs from the one {STAGE_NAMES[stage]} was "
+                            f"trained with ({where}): {'; '.join(diffs)}. {advice}")
+
+
+def seed_keys(config: LaunchConfig, stage: int) -> jax.Array:
+    """[S, 2] keys; seed i of stage s always gets the same key, whatever num_seeds is."""
+    base = jax.random.fold_in(jax.random.PRNGKey(config.seed), stage)
+    return jnp.stack([jax.random.fold_in(base, i) for i in range(config.num_seeds)])

@@ -150,9 +150,9 @@ def run_seeds(train: Train, states: AgentState, data: TrainData, num_steps: int,
         from twostage_jax import sharding
 
         sharding.check_seed_mesh(mesh)
-        program = _sharded_program(train, int(num_steps), _resolve_seed_strategy(strategy), mesh)
+        program = _sharded_program(train, int(num_steps), resolve_seed_strategy(strategy), mesh)
         return program(states, sharding.put_replicated(data, mesh))
-    if _resolve_seed_strategy(strategy) == "vmap":
+    if resolve_seed_strategy(strategy) == "vmap":
         return _run_vmapped(states, data, train, int(num_steps))
     num = jax.tree_util.tree_leaves(states)[0].shape[0]
     if num == 0:
@@ -170,7 +170,7 @@ def _sharded_program(train: Train, num_steps: int, strategy: str, mesh: Any) -> 
     return sharding.shard_seeds(lambda s, d: train.run(s, d, num_steps), mesh, strategy)
 
 
-def _resolve_seed_strategy(strategy: str = "auto", backend: str | None = None) -> str:
+def resolve_seed_strategy(strategy: str = "auto", backend: str | None = None) -> str:
     """Maps 'auto' to 'sequential' on CPU and 'vmap' elsewhere; checks the name."""
     if strategy not in SEED_STRATEGIES:
         raise ValueError(f"`strategy` must be one of {SEED_STRATEGIES}; got {strategy!r}.")

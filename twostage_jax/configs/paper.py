@@ -3,7 +3,7 @@
 
 With the library's default stage-2 method; add the `paper` variant for the paper's exact method.
 
-Usage: --config=experiments/configs/paper.py[:bc|cql[,correction|direct][,mc|td][,paper]]
+Usage: --config=paper[:bc|cql[,correction|direct][,mc|td][,paper]]
 """
 
 from twostage_jax.launch.config import LaunchConfig, apply_variants, replace_path

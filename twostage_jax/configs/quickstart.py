@@ -8,7 +8,7 @@ stage 2); stage 1 sees the 128x128 frames downscaled to 64x64; 16-channel convol
 paper (64x64 for BC, 32x32 for CQL, and 16x16 around the end-effector) and uses the library's
 default method (whitened loss, sigma calibrated to stage 1); `:paper` runs the paper's method.
 
-Usage: --config=experiments/configs/quickstart.py[:bc|cql[,correction|direct][,mc|td][,paper]]
+Usage: --config=quickstart[:bc|cql[,correction|direct][,mc|td][,paper]]
 (the launcher's default config).
 """
 

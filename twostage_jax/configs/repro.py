@@ -33,11 +33,11 @@ Kept as in the paper: 100 demonstrations per task, 128x128 camera frames, stage-
 full-resolution frame (64x64 for BC, 32x32 for CQL, 16x16 around the end-effector), Algo. 1 with
 sigma = 0.1 (pose) and 1 (gripper), MC returns for CQL, 20-keyframe episode budget.
 
-Usage: --config=experiments/configs/repro.py[:bc|cql[,correction|direct][,mc|td][,paper]]
+Usage: --config=repro[:bc|cql[,correction|direct][,mc|td][,paper]]
 Driven for all tasks, arms and ablations by `python -m experiments.studies.reproduce`.
 """
 
-from experiments.configs import quickstart
+from twostage_jax.configs import quickstart
 from twostage_jax.launch.config import LaunchConfig, replace_path, variant_parts
 
 STEPS = {"bc": (20_000, 8000), "cql": (30_000, 1500)}  # (stage 1, the ':paper' arm's stage 2)
