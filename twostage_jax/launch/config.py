@@ -510,10 +510,11 @@ def check_config(config: LaunchConfig) -> None:
                              "e.g. 60000 with the defaults.")
     _check_kept_steps("config.eval.curve_steps", ev.curve_steps, config.train.log_every,
                       min(s1.num_steps, s2.num_steps), "both stages' num_steps")
-    for stage in (1, 2):
+    for stage in (1, 2):  # (a stage acting with its latest checkpoint has no candidates)
         s = config.stage(stage)
-        _check_kept_steps(f"config.stage{stage}.select_steps", s.select_steps, config.train.log_every,
-                          s.num_steps, f"config.stage{stage}.num_steps")
+        if selects(config, stage):
+            _check_kept_steps(f"config.stage{stage}.select_steps", s.select_steps, config.train.log_every,
+                              s.num_steps, f"config.stage{stage}.num_steps")
     if any(selects(config, stage) for stage in (1, 2)):
         lo, hi = sel.seed, sel.seed + sel.episodes
         if lo < ev.seed + ev.num_episodes and ev.seed < hi:
