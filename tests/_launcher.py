@@ -109,7 +109,7 @@ def smoke(variants: str | None = None, **overrides):
     """The smoke config (with `variants`) for the 32-pixel synthetic dataset, with dotted-name
     overrides (`config.replace_path`: a bad value raises the ConfigError naming its field)."""
     from twostage_jax.configs import smoke as smoke_config
-    from twostage_jax.launch.config import replace_path
+    from twostage_jax.launch.launch_config import replace_path
 
     return replace_path(smoke_config.get_config(variants), {"demos.image_size": 32, **overrides})
 

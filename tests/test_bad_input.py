@@ -185,7 +185,7 @@ def test_sizes_no_machine_holds_are_refused_by_the_library(tiny_trained, monkeyp
         tj.TrainConfig(batch_size=2**40)
     # the launcher caps its simulators at the episodes and the cores
     from twostage_jax.evaluation import rollouts as eval_rollouts
-    from twostage_jax.launch.rollouts import pool_workers
+    from twostage_jax.launch.eval_jobs import pool_workers
     from tests._launcher import smoke
 
     monkeypatch.setattr(eval_rollouts, "default_workers", lambda: 2)

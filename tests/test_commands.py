@@ -83,7 +83,7 @@ _DRIVER = """
 import importlib, json, sys
 from twostage_jax.launch import overrides
 from twostage_jax.launch.bounds import check_bounds
-from twostage_jax.launch.config import check_config
+from twostage_jax.launch.launch_config import check_config
 driver = importlib.import_module(sys.argv[1])
 runs = ([(f"{driver.CONFIG}:{v}", extra) for _, v, extra in driver.ABLATIONS.values()]
         + [(f"{driver.CONFIG}:cql", driver.PAPER_SIZE)] if hasattr(driver, "ABLATIONS") else

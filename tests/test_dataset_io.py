@@ -7,7 +7,7 @@ import pytest
 
 from twostage_jax.data.dataset import (FORMAT_VERSION, DatasetFormatError, build_dataset,
                                        load_dataset, save_dataset)
-from twostage_jax.data.demos import Trajectory, frames_to_render
+from twostage_jax.data.trajectory import Trajectory, frames_to_render
 from twostage_jax.types import Camera, Workspace
 
 WS = Workspace.create([-1.0, -1.0, -1.0], [1.0, 1.0, 1.0])

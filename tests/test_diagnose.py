@@ -49,7 +49,7 @@ def test_orientation_error_is_the_angle_between_the_hand_rotations():
 
 
 def test_measure_shapes_and_zero_noise_perturbation():
-    from twostage_jax.launch.config import replace_path
+    from twostage_jax.launch.launch_config import replace_path
 
     # a fixed (zero) sigma, not one calibrated to stage 1
     cfg = replace_path(smoke.get_config(), {"num_seeds": 1, "stage2.stage2.sigma": (0.0,) * 7,

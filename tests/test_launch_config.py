@@ -12,7 +12,7 @@ from tests._launcher import smoke
 from twostage_jax.launch import overrides
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import config_differences, program_fields
-from twostage_jax.launch.config import CONFIG_VERSION, UnknownFieldError, from_dict, replace_path, to_dict
+from twostage_jax.launch.launch_config import CONFIG_VERSION, UnknownFieldError, from_dict, replace_path, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "experiments" / "results" / "archive" / "eight_tasks_short_stage1" / "raw"

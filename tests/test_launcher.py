@@ -278,7 +278,7 @@ def test_clear_errors_for_bad_usage(tmp_path):
      "roll, pitch, yaw, gripper), at least one 1; got (1, 1, 1)."),
 ])
 def test_config_validation_names_the_field(overrides, message):
-    from twostage_jax.launch.config import check_config
+    from twostage_jax.launch.launch_config import check_config
 
     with pytest.raises(ValueError) as e:  # the dataclass refuses the value when it is built
         check_config(_smoke(**overrides))
@@ -419,7 +419,7 @@ def test_a_users_base_policy_is_evaluated_alone_and_corrected(trained, tmp_path)
 
 def test_a_failed_eval_leaves_the_previous_results_whole(trained, tmp_path, monkeypatch, caplog):
     from twostage_jax.evaluation import plots
-    from twostage_jax.launch import rollouts
+    from twostage_jax.launch import eval_jobs as rollouts
     from twostage_jax._io import DiskFullError
     from twostage_jax.launch.evaluate import run_eval
     from twostage_jax import evaluation
@@ -509,7 +509,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(trained, tmp_path, ca
 
 def test_method_options_are_validated_before_work():
     from twostage_jax.launch.bounds import check_bounds
-    from twostage_jax.launch.config import check_config
+    from twostage_jax.launch.launch_config import check_config
 
     def check(match, **fields):
         with pytest.raises(ValueError, match=match):  # when the config is built, or by its checks
@@ -565,7 +565,7 @@ def test_paper_variant_restores_the_papers_method():
 def test_each_stage_has_its_own_cql_config():
     from twostage_jax.configs import repro
     from twostage_jax.launch.workdir import config_differences, program_fields, train_config
-    from twostage_jax.launch.config import to_dict
+    from twostage_jax.launch.launch_config import to_dict
 
     base = _smoke("cql")
     c = _smoke("cql", **{"stage1.cql.actor_lr": 1e-3})  # stage 1 only; its critic and stage 2 keep theirs
@@ -666,7 +666,7 @@ def _fake_rollouts(monkeypatch, outcome, whole_act: bool = False) -> list:
     rolled out."""
     from twostage_jax import evaluation
     from twostage_jax.evaluation import rollouts as eval_rollouts
-    from twostage_jax.launch import rollouts
+    from twostage_jax.launch import eval_jobs as rollouts
 
     class Env:
         camera = None
@@ -691,7 +691,7 @@ def test_no_correction_is_a_stage_2_candidate_and_its_seeds_act_with_stage_1_alo
                                                                                    monkeypatch):
     # seed 0's stage 2 fails every validation layout where its stage 1 alone succeeds; seed 1's
     # the other way round: seed 0 acts without correction, seed 1 with its stage 2
-    from twostage_jax.launch import rollouts, selection
+    from twostage_jax.launch import eval_jobs as rollouts, selection
     from twostage_jax.launch.errors import PipelineError
     from twostage_jax.launch.evaluate import run_eval
 
@@ -778,13 +778,13 @@ def test_a_second_launcher_on_a_workdir_is_refused_naming_the_holder_before_writ
 def test_mode_all_resumes_beside_a_run_reading_the_same_stage1(trained, tmp_path, monkeypatch):
     # Ablations sharing a stage 1 (experiments/studies/reproduce.py) resume side by side: a stage
     # trained to its num_steps is confirmed under a shared lock, and skipped.
-    from twostage_jax.launch import evaluate
+    from twostage_jax.launch import main as launcher
     from twostage_jax.launch.errors import PipelineError
 
     def stop(config, workdir):
         raise PipelineError("(evaluation is not what this test is about)")
 
-    monkeypatch.setattr(evaluate, "run_eval", stop)
+    monkeypatch.setattr(launcher, "run_eval", stop)
     wd = _copy(trained, tmp_path / "wd")
     before = _files(wd)
     sibling = hold_lock(wd, "stage1", "read", "--mode=all: stage2")

@@ -386,12 +386,12 @@ def test_launcher_demos_stage1_stage2_on_rlbench_demos(tmp_path):
 def test_rlbench_demos_errors_name_the_field(tmp_path):
     from twostage_jax.configs import smoke
     from twostage_jax.launch.demos import run_demos
-    from twostage_jax.launch.config import check_config
+    from twostage_jax.launch.launch_config import check_config
     from twostage_jax.launch.errors import PipelineError
 
     _write_fixture(tmp_path / "data", n=24, episodes=2, size=32)
 
-    from twostage_jax.launch.config import replace_path
+    from twostage_jax.launch.launch_config import replace_path
 
     def rlbench(task, **fields):
         return replace_path(smoke.get_config(), {"env": "rlbench", "rlbench_root": str(tmp_path / "data"),

@@ -4,7 +4,7 @@ learning-curve checkpoints."""
 import numpy as np
 import pytest
 
-from twostage_jax.launch import rollouts
+from twostage_jax.launch import eval_jobs as rollouts
 from twostage_jax.configs import smoke
 from twostage_jax.checkpoint import Checkpointer
 from twostage_jax.envs.base import Observation
@@ -96,7 +96,7 @@ def test_fingerprint_sees_values_shapes_and_names():
     ("curve_steps", (4, 2), "config.eval.curve_steps must be increasing"),
 ])
 def test_eval_config_errors_name_the_field(field, value, match):
-    from twostage_jax.launch.config import check_config, replace_path
+    from twostage_jax.launch.launch_config import check_config, replace_path
 
     with pytest.raises(ValueError, match=match):  # when the EvalConfig is built, or across fields
         check_config(replace_path(smoke.get_config(), {f"eval.{field}": value}))

@@ -7,7 +7,7 @@ import pytest
 
 from twostage_jax.evaluation import halving
 from twostage_jax.launch import selection
-from twostage_jax.launch.config import check_config
+from twostage_jax.launch.launch_config import check_config
 
 from tests._launcher import smoke
 

@@ -12,7 +12,7 @@ import pytest
 
 from experiments.studies.summarize import SummaryError, _cost, load_raw, summarize
 from tests._launcher import smoke
-from twostage_jax.launch.config import replace_path, to_dict
+from twostage_jax.launch.launch_config import replace_path, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS, EPISODES = 5, 10

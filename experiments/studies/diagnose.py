@@ -238,7 +238,7 @@ def diagnose(root: Path, task: str, algo: str, stage2_name: str, held_out: int, 
 
     from twostage_jax.launch.errors import PipelineError
     from twostage_jax.launch.workdir import train_config
-    from twostage_jax.launch.config import from_dict
+    from twostage_jax.launch.launch_config import from_dict
     from twostage_jax.launch.selection import policy_params
     from twostage_jax.launch.workdir import check_unused_layouts, load_demos
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 
 from twostage_jax.envs.metaworld import DEFAULT_TASKS
-from twostage_jax.launch.config import from_dict
+from twostage_jax.launch.launch_config import from_dict
 from twostage_jax.evaluation.plots import plt, save_figure
 from twostage_jax.evaluation.report import ALGOS, MODES, EvalResults, ResultsError
 from twostage_jax._io import atomic_open

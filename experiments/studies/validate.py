@@ -62,7 +62,7 @@ def define_flags() -> None:
 def run_config(workdir: Path, name: str):
     """The launcher config a stage-2 run was trained with (from its checkpoint's metadata)."""
     from twostage_jax.checkpoint import Checkpointer
-    from twostage_jax.launch.config import from_dict
+    from twostage_jax.launch.launch_config import from_dict
 
     directory = workdir / name / "checkpoints"
     if not directory.exists():
@@ -82,7 +82,7 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     import jax
 
     import twostage_jax as tj
-    from twostage_jax.launch import rollouts
+    from twostage_jax.launch import eval_jobs as rollouts
     from twostage_jax.launch.workdir import train_config
     from twostage_jax import evaluation
 
@@ -137,7 +137,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     from twostage_jax.launch.workdir import train_config
     from twostage_jax.launch.selection import policy_params
     from twostage_jax._io import write_json_atomic
-    from twostage_jax.launch.config import to_dict
+    from twostage_jax.launch.launch_config import to_dict
     from twostage_jax.launch.workdir import check_unused_layouts, load_demos
 
     config = run_config(workdir, name)

@@ -6,7 +6,7 @@ With the library's default stage-2 method; add the `paper` variant for the paper
 Usage: --config=paper[:bc|cql[,correction|direct][,mc|td][,paper]]
 """
 
-from twostage_jax.launch.config import LaunchConfig, apply_variants, replace_path
+from twostage_jax.launch.launch_config import LaunchConfig, apply_variants, replace_path
 
 
 def get_config(arg: str | None = None) -> LaunchConfig:

@@ -12,7 +12,7 @@ Usage: --config=quickstart[:bc|cql[,correction|direct][,mc|td][,paper]]
 (the launcher's default config).
 """
 
-from twostage_jax.launch.config import LaunchConfig, apply_variants, replace_path
+from twostage_jax.launch.launch_config import LaunchConfig, apply_variants, replace_path
 
 SMALL = {"conv_channels": (16, 16, 16, 16), "crop_conv_channels": (16, 16, 16), "mlp_hidden": 32,
          "head_hidden": (128, 128)}

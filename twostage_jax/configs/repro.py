@@ -38,7 +38,7 @@ Driven for all tasks, arms and ablations by `python -m experiments.studies.repro
 """
 
 from twostage_jax.configs import quickstart
-from twostage_jax.launch.config import LaunchConfig, replace_path, variant_parts
+from twostage_jax.launch.launch_config import LaunchConfig, replace_path, variant_parts
 
 STEPS = {"bc": (20_000, 8000), "cql": (30_000, 1500)}  # (stage 1, the ':paper' arm's stage 2)
 # Stage 1 acts with each seed's best of these checkpoints on validation layouts 200000+.

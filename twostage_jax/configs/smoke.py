@@ -3,7 +3,7 @@
 Not for results: it checks that demos -> stage 1 -> stage 2 -> evaluation run end to end.
 """
 
-from twostage_jax.launch.config import LaunchConfig, apply_variants, replace_path
+from twostage_jax.launch.launch_config import LaunchConfig, apply_variants, replace_path
 
 TINY = {"conv_channels": (4, 4, 4, 4), "crop_conv_channels": (4, 4, 4), "mlp_hidden": 8,
         "head_hidden": (16, 16)}

@@ -19,7 +19,7 @@ from twostage_jax.data.dataset import (
     load_dataset,
     save_dataset,
 )
-from twostage_jax.data.demos import Trajectory, check_trajectory, frames_to_render
+from twostage_jax.data.trajectory import Trajectory, check_trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
 from twostage_jax.data.lerobot import (
     LEROBOT_KEYFRAMES,

@@ -41,7 +41,7 @@ import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax._io import atomic_open
-from twostage_jax.data.demos import Trajectory, check_trajectory
+from twostage_jax.data.trajectory import Trajectory, check_trajectory
 from twostage_jax.types import Dataset, Workspace, validate_dataset
 
 FORMAT_VERSION = 1

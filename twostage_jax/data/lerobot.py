@@ -58,7 +58,7 @@ from twostage_jax._checks import ConfigError
 from twostage_jax._io import read_json_file
 from twostage_jax.data.camera_file import Calibration, load_calibration
 from twostage_jax.data.dataset import build_dataset
-from twostage_jax.data.demos import Trajectory, frames_to_render
+from twostage_jax.data.trajectory import Trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
 from twostage_jax.data.rlbench_conventions import gripper_pose_to_euler
 from twostage_jax.types import Camera, Dataset, Workspace

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from twostage_jax.data.demos import Trajectory, frames_to_render
+from twostage_jax.data.trajectory import Trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
 from twostage_jax.data.rlbench_conventions import NEUTRAL_QUAT as DEFAULT_NEUTRAL_QUAT
 from twostage_jax.data.rlbench_conventions import camera_from_misc, gripper_pose_to_euler

@@ -23,7 +23,7 @@ import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax.actions import pose_to_action
-from twostage_jax.data.demos import Trajectory, frames_to_render
+from twostage_jax.data.trajectory import Trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
 from twostage_jax.types import Camera
 

@@ -1,20 +1,20 @@
 """The launcher: demos -> stage 1 -> stage 2 -> evaluation in a workdir.
 
 Run it as `python -m twostage_jax.launch --mode=all --workdir=DIR` (or the console script
-`twostage`). Its modules, one job each:
-  main          absl flags, the checks before any work, and the modes' order
-  config        the config: `LaunchConfig`, frozen dataclasses embedding the library's; variants
-  config_flags  `--config=FILE[:variants]` and `--config.a.b=VALUE`, parsed by field type
-  migrate       stored configs of older launchers, to the current schema (`CONFIG_VERSION`)
-  checks        checks across fields, each stage's `TrainConfig`, comparison with a stored config
-  workdir       the workdir's layout; loading its dataset and checkpoints
-  demos         --mode=demos: record or read the demonstrations
-  train_stage   --mode=stage1 / stage2: chunked training, resume, stage 2's calibration
-  selection     checkpoint selection on validation layouts
-  rollouts      evaluation jobs on a process pool, with the stage-1 rollout cache
-  evaluate      --mode=eval: success rates with intervals, plots, frames
-  results       results.json's typed record (`EvalResults`), shared with experiments/summarize.py
-  plots         success bars, learning curves, rollout frames
+`twostage`). It reads top-down: flags -> one config -> its checks -> the modes. One job each:
+  main         absl flags, the checks before any work, and the modes' order
+  overrides    `--config=NAME[:variants]` and `--config.a.b=VALUE` into one `LaunchConfig`
+  launch_config the schema (frozen dataclasses embedding the library's), variants, checks across fields
+  bounds       sizes no machine holds, refused before any work
+  errors       `PipelineError`, the launcher's user-fixable error
+  workdir      the workdir's layout and records; loading its dataset and checkpoints
+  lock         who may write or read each part of a workdir
+  demos        --mode=demos: record or read the demonstrations
+  train_stage  --mode=stage1 / stage2: chunked training, resume, stage 2's calibration
+  selection    checkpoint selection on validation layouts
+  eval_jobs    evaluation jobs on a process pool, with the stage-1 rollout cache
+  evaluate     --mode=eval: success rates with intervals, plots, frames
+  base_source  a base policy of yours standing in for stage 1
 
-Nothing in the pure core (`twostage_jax/*.py`) imports this package.
+Nothing in the core imports this package.
 """

@@ -21,9 +21,9 @@ from twostage_jax.base_policy import (BaseContext, SimBasePolicy, base_policy_ac
                                       load_base_policy)
 from twostage_jax.data import rlbench_conventions
 from twostage_jax.envs.with_base import BaseActingEnv, make_base_acting_env, replay_validation
-from twostage_jax.launch.config import LaunchConfig
+from twostage_jax.launch.launch_config import LaunchConfig
 from twostage_jax.launch.errors import PipelineError
-from twostage_jax.launch.rollouts import env_factory
+from twostage_jax.launch.eval_jobs import env_factory
 
 
 def uses_base(config: LaunchConfig) -> bool:

@@ -16,7 +16,7 @@ import math
 
 import twostage_jax as tj
 from twostage_jax._checks import available_memory, human_bytes
-from twostage_jax.launch.config import LaunchConfig
+from twostage_jax.launch.launch_config import LaunchConfig
 
 EPISODE_BYTES = 256
 """Bytes of host bookkeeping per episode, at least (its job and its outcome)."""

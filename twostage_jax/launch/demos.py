@@ -21,7 +21,7 @@ from twostage_jax.data.lerobot import check_lerobot_dataset, load_lerobot_datase
 from twostage_jax.data.rlbench_conventions import default_workspace as rlbench_workspace
 from twostage_jax.data.rlbench_io import list_rlbench_episodes, load_rlbench_demos
 from twostage_jax.envs.metaworld_demos import record_demos
-from twostage_jax.launch.config import LaunchConfig, split_episodes
+from twostage_jax.launch.launch_config import LaunchConfig, split_episodes
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import config_record, dataset_path, trained_stages
 

@@ -15,8 +15,8 @@ from twostage_jax._io import atomic_folder, recover_atomic_folder, reporting_dis
 from twostage_jax.checkpoint import Checkpointer
 from twostage_jax.evaluation import plots
 from twostage_jax.evaluation.report import Curve, EvalResults, MeanInterval, ModeResult
-from twostage_jax.launch import base_source, rollouts, selection
-from twostage_jax.launch.config import STAGE_NAMES, LaunchConfig, selects, to_dict
+from twostage_jax.launch import base_source, eval_jobs, selection
+from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, selects, to_dict
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.train_stage import describe_stage1, recorded_stage1
 from twostage_jax.launch.workdir import (ensure_writable, eval_dir, load_demos, load_params, progress,
@@ -108,21 +108,21 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     workspace = dataset.workspace
     seeds = eval_seeds(config, workdir)
     num_seeds = int(config.num_seeds)
-    policies = rollouts.MODES
+    policies = eval_jobs.MODES
     # Stage 1 alone does not depend on stage 2: ablations sharing a stage 1 reuse its rollouts.
-    cache = None if foreign else rollouts.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
-                                                      rollouts.cache_setting(config, seeds))
+    cache = None if foreign else eval_jobs.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
+                                                      eval_jobs.cache_setting(config, seeds))
     passes, dims = config.eval.correction_passes, config.eval.corrected_dims
     in_env = isinstance(base, tj.SimBasePolicy)
-    env_fn = rollouts.env_factory(config)
+    env_fn = eval_jobs.env_factory(config)
     if in_env:  # it acts beside the simulator, in each worker
         env_fn = base_source.acting_env_factory(config, env_fn)
     uncorrected = tuple(s for s, k in enumerate(steps2) if k == selection.NO_CORRECTION)
     if uncorrected:
         logging.info("stage 2's selection chose no correction for seed(s) %s: they act with stage 1 alone",
                      list(uncorrected))
-    ev = rollouts.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
-                             corrected_dims=dims, base=rollouts.ENV_BASE if in_env else base)
+    ev = eval_jobs.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
+                             corrected_dims=dims, base=eval_jobs.ENV_BASE if in_env else base)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes), uncorrected=uncorrected)
     final = (steps1, steps2) == ([step1] * num_seeds, [step2] * num_seeds)
     curve = [k for k in config.eval.curve_steps if not (final and (k, k) == (step1, step2))]
@@ -132,7 +132,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     bar = progress(0, 0, "eval", unit="episode")
     start, cpu = time.perf_counter(), cpu_seconds()
     try:
-        with evaluation.EnvPool(env_fn, rollouts.pool_workers(config, ev.episodes())) as pool:
+        with evaluation.EnvPool(env_fn, eval_jobs.pool_workers(config, ev.episodes())) as pool:
             by_tag, recorded = ev.run(pool, bar)
             camera = pool.camera
     finally:

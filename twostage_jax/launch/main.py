@@ -42,7 +42,7 @@ from twostage_jax.data.dataset import DatasetFormatError
 from twostage_jax.envs.rlbench import rlbench_missing
 from twostage_jax.launch import overrides
 from twostage_jax.launch.bounds import check_bounds
-from twostage_jax.launch.config import LaunchConfig, check_config
+from twostage_jax.launch.launch_config import LaunchConfig, check_config
 from twostage_jax.launch.demos import check_data_source, run_demos
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.evaluate import LEROBOT_EVALUATION, format_results_table, run_eval

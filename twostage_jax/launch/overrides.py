@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from twostage_jax.launch.config import ConfigError, LaunchConfig, UnknownFieldError, field_type, replace_path
+from twostage_jax.launch.launch_config import ConfigError, LaunchConfig, UnknownFieldError, field_type, replace_path
 
 BUILT_IN = ("quickstart", "paper", "repro", "smoke")
 DEFAULT_CONFIG = "quickstart"

@@ -12,7 +12,7 @@ STAGE/selection.json and is what evaluation, stage 2's calibration and its pairi
 The record is keyed by what determines it (the candidates' parameter fingerprints, the
 layouts, and for stage 2 the stage-1 parameters under it), so a resumed or repeated run reads
 back the same choice, and a retrained stage is selected again. Stage 1's rollouts go through the
-stage-1 cache (`rollouts.Stage1Cache`), so ablations sharing a stage 1 never roll it out twice.
+stage-1 cache (`eval_jobs.Stage1Cache`), so ablations sharing a stage 1 never roll it out twice.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from twostage_jax import evaluation, sharding
 from twostage_jax._io import write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 from twostage_jax.evaluation.halving import halving_rungs, plateau_reached, successive_halving
-from twostage_jax.launch import rollouts
-from twostage_jax.launch.config import STAGE_NAMES, LaunchConfig, selects
+from twostage_jax.launch import eval_jobs
+from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, selects
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import (check_trained_with, ensure_writable, load_demos, load_params,
                                          progress as progress_bar, relative_to_workdir, stage_dir,
@@ -97,7 +97,7 @@ def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any 
     Args:
       uncorrected: stage 2: accept seeds for which the selection chose no correction
         (`NO_CORRECTION`, `config.select.no_correction`); their parameters are another
-        candidate's and must not act (`rollouts.Evaluation`'s `uncorrected`). Without it such a
+        candidate's and must not act (`eval_jobs.Evaluation`'s `uncorrected`). Without it such a
         choice raises PipelineError.
     """
     num = int(config.num_seeds)
@@ -113,7 +113,7 @@ def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any 
     filler = max(chosen) if max(chosen) != NO_CORRECTION else candidate_steps(config, stage)[-1]
     loaded = {k: load_params(config, workdir, stage, dataset, k)[0]
               for k in {filler, *chosen} - {NO_CORRECTION}}
-    return _stack_seeds([rollouts.seed_params(loaded[filler if k == NO_CORRECTION else k], s)
+    return _stack_seeds([eval_jobs.seed_params(loaded[filler if k == NO_CORRECTION else k], s)
                          for s, k in enumerate(chosen)]), chosen
 
 
@@ -130,7 +130,7 @@ def _setting(config: LaunchConfig, stage: int, fingerprints: dict[int, list[str]
 
 def _rollout_setting(config: LaunchConfig, stage: int, under: list[str] | None) -> dict:
     """What besides a candidate's parameters and the layout determines a validation episode."""
-    setting: dict[str, Any] = {"evaluation": rollouts.cache_setting(config, validation_layouts(config))}
+    setting: dict[str, Any] = {"evaluation": eval_jobs.cache_setting(config, validation_layouts(config))}
     if stage == 2:
         setting["stage1_params_sha256"] = under
         setting["correction_passes"] = config.eval.correction_passes
@@ -179,7 +179,7 @@ class ValidationRollouts:
         self.layouts = validation_layouts(config)
         under = None
         if stage == 2:
-            under = [rollouts.params_fingerprint(rollouts.seed_params(params1, s))
+            under = [eval_jobs.params_fingerprint(eval_jobs.seed_params(params1, s))
                      for s in range(self.num_seeds)]
         self.setting = json.loads(json.dumps(_rollout_setting(config, stage, under)))
         self.path = stage_dir(workdir, stage, config) / EPISODES_FILE
@@ -192,8 +192,8 @@ class ValidationRollouts:
         self.fingerprints: dict[int, list[str]] = {}
         self.seconds = self.cpu_seconds = 0.0
         self.rolled = 0
-        self._ev: rollouts.Evaluation | None = None
-        self._alone: rollouts.Evaluation | None = None
+        self._ev: eval_jobs.Evaluation | None = None
+        self._alone: eval_jobs.Evaluation | None = None
 
     def add(self, step: int, params: Any) -> None:
         """Adds candidate `step` with its parameters ([S, ...] leaves); stage 2's `NO_CORRECTION`
@@ -204,7 +204,7 @@ class ValidationRollouts:
             return
         params = sharding.to_host(params)
         self.params[step] = params
-        self.fingerprints[step] = [rollouts.params_fingerprint(rollouts.seed_params(params, s))
+        self.fingerprints[step] = [eval_jobs.params_fingerprint(eval_jobs.seed_params(params, s))
                                    for s in range(self.num_seeds)]
 
     def _name(self, step: int, seed: int) -> str:
@@ -232,18 +232,18 @@ class ValidationRollouts:
 
         return fill
 
-    def _evaluations(self) -> tuple[rollouts.Evaluation, rollouts.Evaluation | None]:
+    def _evaluations(self) -> tuple[eval_jobs.Evaluation, eval_jobs.Evaluation | None]:
         """The stage's `Evaluation` and, for stage 2, stage 1 alone's (its no-correction
         candidate), built once so their policies compile once; emptied for each `roll`."""
         if self._ev is None:
             config = self.config
-            self._ev = rollouts.Evaluation(
+            self._ev = eval_jobs.Evaluation(
                 train_config(config, 1), train_config(config, 2, self.workdir) if self.stage == 2 else None,
                 self.dataset.workspace, self.layouts, self.num_seeds, None,
                 modes=("stage1" if self.stage == 1 else "two_stage",),
                 correction_passes=config.eval.correction_passes, corrected_dims=config.eval.corrected_dims)
             if self.stage == 2:
-                self._alone = rollouts.Evaluation(train_config(config, 1), None, self.dataset.workspace,
+                self._alone = eval_jobs.Evaluation(train_config(config, 1), None, self.dataset.workspace,
                                                   self.layouts, self.num_seeds, None, modes=("stage1",))
         for ev in (self._ev, self._alone):
             if ev is not None:
@@ -274,8 +274,8 @@ class ValidationRollouts:
         start, cpu = time.perf_counter(), cpu_seconds()
         try:
             extra = alone.episodes() if alone is not None else 0
-            workers = rollouts.pool_workers(self.config, ev.episodes() + extra)
-            with evaluation.EnvPool(rollouts.env_factory(self.config), workers) as pool:
+            workers = eval_jobs.pool_workers(self.config, ev.episodes() + extra)
+            with evaluation.EnvPool(eval_jobs.env_factory(self.config), workers) as pool:
                 success, _ = ev.run(pool, bar) if ev.episodes() else ({}, None)
                 if extra:
                     success.update(alone.run(pool, bar)[0])

@@ -25,7 +25,7 @@ from twostage_jax.checkpoint import CheckpointError, Checkpointer
 from twostage_jax.data.dataset import dataset_checksum, dataset_nbytes
 from twostage_jax.launch import selection
 from twostage_jax.launch.base_source import validation_actions
-from twostage_jax.launch.config import STAGE_NAMES, LaunchConfig, selects, to_dict
+from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, selects, to_dict
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import (calibration_path, check_trained_with, config_record,
                                          dataset_path, ensure_writable, is_writer, load_demos,

@@ -49,7 +49,7 @@ from tqdm import tqdm
 import twostage_jax as tj
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 from twostage_jax.data.dataset import load_dataset
-from twostage_jax.launch.config import STAGE_NAMES, LaunchConfig, from_dict, to_dict
+from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, from_dict, to_dict
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.provenance import environment_record
 

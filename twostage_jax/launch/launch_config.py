@@ -38,6 +38,7 @@ import typing
 from typing import Any
 
 import twostage_jax as tj
+from twostage_jax import sharding
 from twostage_jax.base_policy import SOURCE_PATTERN, check_base_source
 from twostage_jax.data.lerobot import POSE_CONVENTIONS, LeRobotSpec
 from twostage_jax.policy import MAX_CORRECTION_PASSES
@@ -406,8 +407,6 @@ class LaunchConfig:
         if self.seed_strategy not in tj.SEED_STRATEGIES:
             raise ConfigError("LaunchConfig", "seed_strategy",
                               f"must be one of {tj.SEED_STRATEGIES}; got {self.seed_strategy!r}.")
-        from twostage_jax import sharding
-
         try:
             sharding.parse_seed_devices(self.seed_devices)
         except ConfigError as e:

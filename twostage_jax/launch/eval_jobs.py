@@ -30,7 +30,7 @@ from twostage_jax._io import write_json_atomic
 from twostage_jax.envs.rlbench import RLBenchEnv
 from twostage_jax.evaluation import Episode, EnvPool, Job
 from twostage_jax.evaluation import rollouts as eval_rollouts
-from twostage_jax.launch.config import LaunchConfig
+from twostage_jax.launch.launch_config import LaunchConfig
 
 
 MODES = ("stage1", "two_stage")
