@@ -92,7 +92,7 @@ def refused(*args: str, expect: list[str], prefix: tuple | list | None = None,
 
 
 def synthetic_workdir(path: Path) -> Path:
-    """A workdir with a tiny 32-pixel synthetic dataset and held-out validation demos."""
+    """A workdir with a tiny 32-pixel synthetic dataset and held-out demos."""
     from twostage_jax.data.dataset import save_dataset
     from twostage_jax.testing import make_synthetic_dataset
 
@@ -100,7 +100,7 @@ def synthetic_workdir(path: Path) -> Path:
     save_dataset(path / "demos" / "dataset.npz",
                  make_synthetic_dataset(num_episodes=6, steps_per_episode=3, image_size=32))
     # held-out demos, which the default (calibrated) stage 2 needs
-    save_dataset(path / "demos" / "validation.npz",
+    save_dataset(path / "demos" / "held_out.npz",
                  make_synthetic_dataset(num_episodes=2, steps_per_episode=3, image_size=32, seed=1))
     return path
 

@@ -77,15 +77,15 @@ def _final_params(workdir: Path, stage: int = 1):
 @pytest.mark.sim
 @pytest.mark.render
 def test_mode_all_end_to_end(tmp_path):
-    # Held-out validation demos, and a stage 2 calibrated on them (sigma and crop size 'auto');
+    # Held-out held-out demos, and a stage 2 calibrated on them (sigma and crop size 'auto');
     # evaluation on 2 worker processes, with a learning-curve checkpoint.
-    calibrated = ["--config.demos.num_validation=2", "--config.calibrate.sigma=True",
+    calibrated = ["--config.demos.num_held_out=2", "--config.calibrate.sigma=True",
                   "--config.calibrate.crop_size=True"]
     out = launch_in_process("--mode=all", f"--workdir={tmp_path}", *calibrated, "--config.eval.curve_steps=(2,)",
                   "--config.eval.workers=2")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for rel in ("demos/config.json", "stage1/config.json", "stage2/config.json",
-                "demos/dataset.npz", "demos/validation.npz", "stage2/calibration.json",
+                "demos/dataset.npz", "demos/held_out.npz", "stage2/calibration.json",
                 "demos/stats.json", "stage1/metrics.jsonl",
                 "stage2/metrics.jsonl", "stage2/pairing.json", "eval/results.json", "eval/success.png",
                 "eval/learning_curves.png", "eval/rollout_two_stage.png", "eval/rollout_stage1.gif"):
@@ -121,7 +121,7 @@ def test_mode_all_end_to_end(tmp_path):
     assert cal["settings"]["calibrate"]["sigma_floor"] == 0.02 and cal["inputs"]["stage1"] == [8, 8]
     assert res["stage2_crop_size"] == cal["crop_size"] and res["stage2_sigma"] == cal["sigma"]
     stats = json.loads((tmp_path / "demos" / "stats.json").read_text())
-    assert not set(stats["validation_seeds"]) & set(stats["demo_seeds"])
+    assert not set(stats["held_out_seeds"]) & set(stats["demo_seeds"])
 
 
     # A named stage-2 ablation shares the stage 1 and the dataset of the workdir (the launcher
@@ -390,7 +390,7 @@ def test_a_users_base_policy_is_evaluated_alone_and_corrected(trained, tmp_path)
     # stage 2 (trained beside our stage 1: evaluation says so), on the same layouts.
     from tests._bases import STEP
     from twostage_jax.launch import base_source
-    from twostage_jax.launch.workdir import load_validation
+    from twostage_jax.launch.workdir import load_held_out
 
     wd = _copy(trained, tmp_path / "wd")
     source = "tests._bases:nudged_pose"
@@ -411,7 +411,7 @@ def test_a_users_base_policy_is_evaluated_alone_and_corrected(trained, tmp_path)
     assert (f"stage 2 was started on stage-1 step(s) [8, 8]; stage 1 now is the base policy {source}"
             in out.stderr)
     # calibrating to it: a host-side base is shown every held-out transition
-    validation = load_validation(wd)
+    validation = load_held_out(wd)
     a1, a = base_source.validation_actions(_smoke(**{"stage1.source": source}), wd, validation)
     np.testing.assert_allclose(a1, np.clip(np.asarray(validation.pose) + STEP, -1, 1))
     np.testing.assert_array_equal(a, np.asarray(validation.action))
@@ -517,12 +517,12 @@ def test_method_options_are_validated_before_work():
             check_config(config)
             check_bounds(config)
 
-    check("num_validation", demos__num_validation=0)  # the default stage 2 is calibrated
-    check("num_validation", demos__num_validation=0, calibrate__sigma=False, calibrate__crop_size=True)
+    check("num_held_out", demos__num_held_out=0)  # the default stage 2 is calibrated
+    check("num_held_out", demos__num_held_out=0, calibrate__sigma=False, calibrate__crop_size=True)
     check("crop_size", stage2__stage2__crop_size=-4)
-    check("validation_seed", demos__num_validation=5, demos__validation_seed=100_001)
-    check("validation_seed", demos__num_validation=5, demos__validation_seed=2)
-    check("sigma_floor", demos__num_validation=2, calibrate__sigma=True, calibrate__sigma_floor=0.0)
+    check("held_out_seed", demos__num_held_out=5, demos__held_out_seed=100_001)
+    check("held_out_seed", demos__num_held_out=5, demos__held_out_seed=2)
+    check("sigma_floor", demos__num_held_out=2, calibrate__sigma=True, calibrate__sigma_floor=0.0)
     check("sigma_floor must be a finite number", calibrate__sigma_floor=float("inf"))
     # sizes no machine holds: refused in one line naming the field, before anything is allocated
     check(r"config\.num_seeds \(10+\) x the stage-1 networks .* need at least .* TiB", num_seeds=10**18)
@@ -538,12 +538,12 @@ def test_method_options_are_validated_before_work():
     check(r"select\.first_share must lie in \(0, 1\]", select__first_share=0.0)
     check(r"select\.keep must be one of", select__keep="best")
     check(r"data\.min_visible must lie in \[0, 1\]", data__min_visible=1.5)
-    check("crop_coverage", demos__num_validation=2, calibrate__crop_size=True, calibrate__crop_coverage=1.5)
+    check("crop_coverage", demos__num_held_out=2, calibrate__crop_size=True, calibrate__crop_coverage=1.5)
     check("min_move", stage2__min_move=-0.01)
     check("gripper_clip", stage2__stage2__gripper_clip=1.5)
     check("crop_encoder", stage2__network__crop_encoder="attention")
     check(r"config\.stage2\.algo \('cql'\) must equal config\.stage1\.algo", stage2__algo="cql")
-    # RLBench holds out its folder's last episodes as validation demos: the defaults validate
+    # RLBench holds out its folder's last episodes as held-out demos: the defaults validate
     check_config(_smoke(env="rlbench", rlbench_root="/demos"))
 
 

@@ -295,7 +295,7 @@ LAUNCH = ["--config.data.source=lerobot", f"--config.data.root={ROOT.relative_to
           f"--config.data.camera_file={CALIBRATION.relative_to(REPO)}",
           f"--config.data.image_key={fx.IMAGE_KEY}", "--config.data.pose_key=observation.state",
           "--config.data.pose_convention=xyz_euler_xyz", f"--config.data.neutral_quat={fx.NEUTRAL_QUAT}",
-          f"--config.demos.image_size={fx.SIZE}", "--config.demos.num_validation=1",
+          f"--config.demos.image_size={fx.SIZE}", "--config.demos.num_held_out=1",
           "--task=pick up the object"]
 """The smoke config's flags for the fixture (its last episode held out), its paths relative to
 the repository (as a user gives them, from where the launcher runs)."""
@@ -314,8 +314,8 @@ def test_the_launcher_reads_a_lerobot_dataset_and_trains_on_it(tmp_path, monkeyp
         out = launch_in_process(f"--mode={mode}", f"--workdir={wd}", *LAUNCH, *tiny)
         assert out.returncode == 0, f"--mode={mode}: {out.stderr[-3000:]}"
     stats = json.loads((wd / "demos" / "stats.json").read_text())
-    assert stats["source"] == "lerobot" and stats["demo_seeds"] == [0, 1] and stats["validation_seeds"] == [2]
-    ds, val = load_dataset(wd / "demos" / "dataset.npz"), load_dataset(wd / "demos" / "validation.npz")
+    assert stats["source"] == "lerobot" and stats["demo_seeds"] == [0, 1] and stats["held_out_seeds"] == [2]
+    ds, val = load_dataset(wd / "demos" / "dataset.npz"), load_dataset(wd / "demos" / "held_out.npz")
     assert ds.images.shape[1:] == (fx.SIZE, fx.SIZE, 3) and ds.num_transitions == 2 * 5  # as above
     assert val.num_transitions == 3  # keyframe to keyframe only: 0 -> 6 -> 11 -> last
     np.testing.assert_allclose(np.asarray(val.workspace.high), fx.WORKSPACE_HIGH)
@@ -345,10 +345,10 @@ def test_the_launcher_refuses_a_bad_lerobot_source_before_any_work(tmp_path, mon
     refused(*demos, "--config.data.episodes=(0, 7)",
             expect=["error: config.data.episodes: episode 7 is not in the episode table"])
     refused(*demos, "--config.demos.image_size=128", expect=["--config.demos.image_size=64"])
-    refused(*demos, "--config.demos.num_validation=3",  # all 3 episodes
-            expect=["config.demos.num_validation (3) holds out the last 3", "holds 3, leaving none"])
-    refused(*demos, "--config.data.episodes=(0, 1)", "--config.demos.num_validation=2",
-            expect=["config.demos.num_validation (2)", "config.data.episodes holds 2"])
+    refused(*demos, "--config.demos.num_held_out=3",  # all 3 episodes
+            expect=["config.demos.num_held_out (3) holds out the last 3", "holds 3, leaving none"])
+    refused(*demos, "--config.data.episodes=(0, 1)", "--config.demos.num_held_out=2",
+            expect=["config.demos.num_held_out (2)", "config.data.episodes holds 2"])
     refused(*demos, "--num_demos=2", expect=["--num_demos does not apply", "--config.data.episodes"])
     refused(*demos, "--config.stage1.select=validation", expect=["config.stage1.select='validation' "
                                                                  "chooses checkpoints by rolling out"])

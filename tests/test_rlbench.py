@@ -366,14 +366,14 @@ def test_launcher_demos_stage1_stage2_on_rlbench_demos(tmp_path):
     wd = tmp_path / "wd"
     common = [f"--workdir={wd}", "--config.env=rlbench", f"--config.rlbench_root={tmp_path / 'data'}",
               "--task=reach_target", "--config.demos.image_size=32", "--num_demos=3",
-              "--config.demos.num_validation=1", "--num_seeds=1", "--config.stage1.num_steps=4",
+              "--config.demos.num_held_out=1", "--num_seeds=1", "--config.stage1.num_steps=4",
               "--config.stage2.num_steps=4", "--config.train.checkpoint_every=4"]
     for mode in ("demos", "stage1", "stage2"):  # the launcher's rlbench defaults: calibrated stage 2
         out = _launch(f"--mode={mode}", *common)
         assert out.returncode == 0, f"--mode={mode}: {out.stderr[-3000:]}"
     stats = json.loads((wd / "demos" / "stats.json").read_text())
     assert stats["env"] == "rlbench" and stats["demo_seeds"] == [0, 1, 2]
-    assert stats["validation_seeds"] == [3]  # the folder's last episode is held out
+    assert stats["held_out_seeds"] == [3]  # the folder's last episode is held out
     from twostage_jax.data.dataset import load_dataset
 
     ds = load_dataset(wd / "demos" / "dataset.npz")
@@ -399,18 +399,18 @@ def test_rlbench_demos_errors_name_the_field(tmp_path):
 
     def demos(**fields):
         c = rlbench("reach_target", **{f"demos.{k}": v for k, v in
-                                       {"image_size": 32, "num_validation": 1, **fields}.items()})
+                                       {"image_size": 32, "num_held_out": 1, **fields}.items()})
         check_config(c)
         return run_demos(c, tmp_path / "wd", force=True)
 
-    with pytest.raises(PipelineError, match=r"config.demos.num_validation \(2\) .* has 2;"):
-        demos(num_validation=2)  # nothing left to train on
+    with pytest.raises(PipelineError, match=r"config.demos.num_held_out \(2\) .* has 2;"):
+        demos(num_held_out=2)  # nothing left to train on
     with pytest.raises(PipelineError, match="--config.demos.image_size=32"):
         demos(image_size=64)
     with pytest.raises(PipelineError, match="config.rlbench_root: No RLBench episodes"):
         run_demos(rlbench("no_task"), tmp_path / "wd2")
     info = demos(num_demos=5)  # fewer episodes than asked for: what there is, and a warning
-    assert info["demo_seeds"] == [0] and info["validation_seeds"] == [1]
+    assert info["demo_seeds"] == [0] and info["held_out_seeds"] == [1]
 
 
 @pytest.mark.skipif(_rlbench_installed(), reason="checks the error without RLBench")
@@ -457,7 +457,7 @@ def test_a_full_disk_while_writing_demos_leaves_demos_as_it_was(tmp_path, monkey
     save = dataset.save_dataset
 
     def disk_full(path, ds):
-        if path.name == "dataset.npz":  # validation.npz was written before it
+        if path.name == "dataset.npz":  # held_out.npz was written before it
             raise OSError(errno.ENOSPC, "No space left on device")
         save(path, ds)
 
@@ -474,7 +474,7 @@ def _refused_demos(tmp_path):
     wd = tmp_path / "wd"
     out = _launch("--mode=demos", f"--workdir={wd}", "--config.env=rlbench", "--task=reach_target",
                   f"--config.rlbench_root={tmp_path / 'data'}", "--config.demos.image_size=32",
-                  "--config.demos.num_validation=1")
+                  "--config.demos.num_held_out=1")
     lines = [x for x in out.stderr.splitlines() if x.startswith("error:")]  # (and log lines)
     assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     return wd, lines[0]

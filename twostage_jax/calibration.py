@@ -239,7 +239,7 @@ def calibrate_to_base_policy(base: BasePolicy, dataset: Dataset, floor: Any = 0.
     Args:
       base: `base(image [B, H, W, 3] uint8, pose [B, 7]) -> [B, 7]` actions in [-1, 1]; a bad
         output is a ValueError naming it (`check_base_output`).
-      dataset: demos the base policy did not train on (validation demos).
+      dataset: demos the base policy did not train on (held-out demos).
       floor, calibrate, sigma: as in `calibrate_sigma`.
       coverage, multiple, min_size, margin: as in `calibrate_crop_size`.
       batch_size: observations per call of `base`.

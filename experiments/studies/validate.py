@@ -154,7 +154,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     report: dict[str, Any] = {"workdir": recorded_path(workdir), "task": config.task, "algo": config.algo,
                               "stage2_name": name, "stage1_step": max(step1), "stage2_step": max(step2),
                               "stage1_steps": step1, "stage2_steps": step2,
-                              "num_seeds": int(config.num_seeds), "validation_seeds": [seeds[0], seeds[-1]],
+                              "num_seeds": int(config.num_seeds), "held_out_seeds": [seeds[0], seeds[-1]],
                               "config": to_dict(config)}
     if held_out > 0:
         check_unused_layouts(config, workdir, held_out_seed, held_out, f"--held_out_seed={held_out_seed}")

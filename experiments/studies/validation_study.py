@@ -1,6 +1,6 @@
 """The held-out validation study behind the correction stage's defaults.
 
-For each task: one workdir (quickstart config: 30 demos, 10 validation demos from layout seed
+For each task: one workdir (quickstart config: 30 demos, 10 held-out demos from layout seed
 60000, stage 1 trained once), then one stage 2 per arm sharing that stage 1, then
 `experiments/studies/validate.py` on each arm (open-loop diagnostics on held-out demos from layout seed
 50000, closed-loop rollouts on validation layouts 200000+). No evaluation layout (100000+) is
@@ -22,7 +22,7 @@ from pathlib import Path
 from absl import app, flags
 
 CONFIG = "quickstart"
-DEMOS = ["--config.demos.num_validation=10", "--config.demos.validation_seed=60000"]
+DEMOS = ["--config.demos.num_held_out=10", "--config.demos.held_out_seed=60000"]
 # arm -> (config variants, extra launcher flags for stage 2)
 ARMS = {
     "paper": ("paper", []),
@@ -50,7 +50,7 @@ def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[st
         return [sys.executable, "-m", "twostage_jax.launch", f"--mode={mode}", f"--workdir={wd}",
                 f"--task={task}", config, *DEMOS, *extra]
 
-    steps = [(wd / "demos" / "validation.npz", launch("demos")),
+    steps = [(wd / "demos" / "held_out.npz", launch("demos")),
              (wd / "stage1" / "summary.json", launch("stage1", "", "--resume"))]
     for arm in arms:
         variants, extra = ARMS[arm]

@@ -2,7 +2,7 @@
 
 The task is push-v3, where a BC stage 1 trained this briefly is imprecise (it lands a median
 ~3.4 cm from the demonstrated target on held-out states), which is the situation the correction
-stage is for. Reduced from the paper: 30 demos (+ 10 held-out validation demos that calibrate
+stage is for. Reduced from the paper: 30 demos (+ 10 held-out demos that calibrate
 stage 2); stage 1 sees the 128x128 frames downscaled to 64x64; 16-channel convolutions; batch 32;
 2 seeds; 20 evaluation episodes per seed. Stage 2 crops the full-resolution frames as in the
 paper (64x64 for BC, 32x32 for CQL, and 16x16 around the end-effector) and uses the library's

@@ -12,7 +12,7 @@ TINY = {"conv_channels": (4, 4, 4, 4), "crop_conv_channels": (4, 4, 4), "mlp_hid
 def get_config(arg: str | None = None) -> LaunchConfig:
     c = replace_path(LaunchConfig(), {
         "task": "reach-v3", "num_seeds": 2,
-        "demos.num_demos": 3, "demos.max_keyframes": 4, "demos.num_validation": 2,
+        "demos.num_demos": 3, "demos.max_keyframes": 4, "demos.num_held_out": 2,
         "stage1.image_size": 32, "stage1.batch_size": 8, "stage1.num_steps": 8,
         "stage2.batch_size": 8, "stage2.num_steps": 8,
         "stage2.stage2.crop_size": 16, "stage2.stage2.ee_crop_size": 8,

@@ -743,7 +743,7 @@ def check_lerobot_dataset(root: str | os.PathLike[str], spec: LeRobotSpec,
 
     Returns:
       The episode indices checked, in order (all of the dataset's when `episodes` is None), e.g.
-      to split them into training and validation demos.
+      to split them into training and held-out demos.
 
     Raises:
       FileNotFoundError, CalibrationFileError, ValueError: as `load_lerobot_dataset` would.

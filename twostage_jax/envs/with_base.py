@@ -96,7 +96,7 @@ def replay_validation(env: BaseActingEnv, demos: Dataset, seeds: Sequence[int]
     """The base policy's actions at the keyframe states of held-out demos, and the demos' own.
 
     Demo e (`demos.episode == e`, its transitions in order: a keyframe-to-keyframe chain, as
-    the launcher's validation demos are) is replayed from layout `seeds[e]`: at each of its
+    the launcher's held-out demos are) is replayed from layout `seeds[e]`: at each of its
     states the base policy proposes an action, then the demo's action is executed. A replay
     that ends early (success, or the episode's keyframe budget) stops that demo there.
 

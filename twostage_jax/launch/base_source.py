@@ -62,7 +62,7 @@ def validation_actions(config: LaunchConfig, workdir: Path, validation: Any
     """(tentative [N, 7], target [N, 7]): the base policy's actions on the held-out demos and
     the demos' own. A callable is shown each transition's image and pose; a `SimBasePolicy`
     proposes along a replay of each demo in the simulator, from its layout
-    (demos/stats.json's `validation_seeds`)."""
+    (demos/stats.json's `held_out_seeds`)."""
     base = load(config)
     if not isinstance(base, SimBasePolicy):
         return base_policy_actions(base, validation), np.asarray(validation.action, np.float32)
@@ -75,12 +75,12 @@ def validation_actions(config: LaunchConfig, workdir: Path, validation: Any
                             "base(image, pose).")
 
     try:
-        seeds = json.loads((workdir / "demos" / "stats.json").read_text())["validation_seeds"]
+        seeds = json.loads((workdir / "demos" / "stats.json").read_text())["held_out_seeds"]
     except (OSError, ValueError, KeyError) as e:
         raise PipelineError(f"calibrating stage 2 to {config.stage1.source}, which acts in the "
                             "simulator, replays the held-out demos from their layouts, but "
                             f"{workdir / 'demos' / 'stats.json'} does not list them "
-                            f"(validation_seeds): re-record with --mode=demos --force ({e}).") from e
+                            f"(held_out_seeds): re-record with --mode=demos --force ({e}).") from e
     env = BaseActingEnv(env_factory(config)(), base)
     try:
         return replay_validation(env, validation, [int(s) for s in seeds])

@@ -87,7 +87,7 @@ def check_bounds(config: LaunchConfig) -> None:
                           f"{human_bytes(free)} of {where} memory is available.")
     d = config.demos
     if config.data.source == "sim" and config.env == "metaworld":  # the demos are recorded
-        frames = (int(d.num_demos) + int(d.num_validation)) * int(d.max_keyframes)
+        frames = (int(d.num_demos) + int(d.num_held_out)) * int(d.max_keyframes)
         image = 3 * int(d.image_size) ** 2
         if frames * image > free:
             raise BoundsError(f"config.demos.num_demos ({d.num_demos}) x max_keyframes ({d.max_keyframes}) "

@@ -34,13 +34,13 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
         dataset's episodes).
       workdir: the workdir; the dataset goes to demos/dataset.npz, with demos/stats.json and
         demos/config.json (the config that made it), and the held-out demos
-        (`config.demos.num_validation`) to demos/validation.npz.
+        (`config.demos.num_held_out`) to demos/held_out.npz.
       force: replace an existing dataset. Without it an existing dataset is refused before
         any work, since the stages trained on it would no longer match it.
 
     Returns:
       What demos/stats.json holds: `demo_seeds` (the training demos' layouts, or episode
-      indices), `validation_seeds`, sizes and timings.
+      indices), `held_out_seeds`, sizes and timings.
 
     Raises:
       PipelineError: a dataset exists and `force` is False; a LeRobot dataset that fails a check.
@@ -67,7 +67,7 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
     info.update(task=config.task, transitions=int(ds.action.shape[0]),
                 images=int(ds.images.shape[0]), dataset_mib=dataset_nbytes(ds) / 2**20,
                 total_seconds=time.perf_counter() - start)
-    _write_demos(workdir, {"validation.npz": val_ds, "stats.json": info,
+    _write_demos(workdir, {"held_out.npz": val_ds, "stats.json": info,
                            "config.json": config_record(config, workdir), "dataset.npz": ds})
     logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
                  info["kept"], info["transitions"], info["images"],
@@ -113,32 +113,32 @@ def _sim_demos(config: LaunchConfig) -> tuple:
         workspace = rlbench_workspace()
         info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}
     ds = build_dataset(trajs, workspace, gamma=float(d.gamma), augment_every=int(d.augment_every))
-    num_val = d.num_validation
+    num_val = d.num_held_out
     val_ds = None
     if num_val > 0 and config.env == "metaworld":
         # Keyframe-to-keyframe chains only (no augmentation): the states a policy meets when it
         # acts keyframe by keyframe.
-        val, _ = record_demos(config.task, num_val, seed=int(d.validation_seed), augment_every=10**6,
+        val, _ = record_demos(config.task, num_val, seed=int(d.held_out_seed), augment_every=10**6,
                               env_config=env_cfg)
         clash = set(info["demo_seeds"]).intersection(int(t.seed) for t in val)
         if clash:
             raise PipelineError(f"validation demo seeds {sorted(clash)[:5]} were used for training "
-                                "demos; set config.demos.validation_seed beyond them.")
+                                "demos; set config.demos.held_out_seed beyond them.")
         val_ds = build_dataset(val, workspace, gamma=float(d.gamma), augment_every=10**6)
-        info["validation_seeds"] = [int(t.seed) for t in val]
-    elif num_val > 0:  # RLBench: the folder's last num_validation episodes, keyframe chains only
+        info["held_out_seeds"] = [int(t.seed) for t in val]
+    elif num_val > 0:  # RLBench: the folder's last num_held_out episodes, keyframe chains only
         val = _load_rlbench(config, val_episodes, augment_every=10**6)
         val_ds = build_dataset(val, workspace, gamma=float(d.gamma), augment_every=10**6)
-        info["validation_seeds"] = [int(t.seed) for t in val]
+        info["held_out_seeds"] = [int(t.seed) for t in val]
     info.setdefault("kept", len(trajs))
     return ds, val_ds, {**info, "env": config.env}
 
 
 def _read_lerobot(config: LaunchConfig) -> tuple:
     """(dataset, validation dataset or None, stats) of a LeRobot dataset (`config.data`): the
-    last `config.demos.num_validation` of its chosen episodes are the held-out demos
+    last `config.demos.num_held_out` of its chosen episodes are the held-out demos
     (keyframe-to-keyframe chains only, as the simulator's), the others the training dataset.
-    `demo_seeds` and `validation_seeds` in the stats are their episode indices."""
+    `demo_seeds` and `held_out_seeds` in the stats are their episode indices."""
 
     d, data = config.demos, config.data
     try:
@@ -152,14 +152,14 @@ def _read_lerobot(config: LaunchConfig) -> tuple:
         message = str(e)
         field = "config.data.pose_convention" if message.startswith("pose convention") else "config.data.root"
         raise PipelineError(message if message.startswith("config.") else f"{field}: {message}") from e
-    return ds, val_ds, {"source": "lerobot", "demo_seeds": train, "validation_seeds": val,
+    return ds, val_ds, {"source": "lerobot", "demo_seeds": train, "held_out_seeds": val,
                         "kept": len(train)}
 
 
 def _write_demos(workdir: Path, files: dict) -> None:
     """Writes demos/'s files all or none: each into a hidden staging folder in demos/, then
     renamed into place in order (the dataset last, as `--mode=all` takes it for done); a file
-    given as None is removed (no validation demos). A full disk while staging leaves demos/ as
+    given as None is removed (no held-out demos). A full disk while staging leaves demos/ as
     it was, and the staging folder is removed (as is any a killed run left)."""
 
     folder = dataset_path(workdir).parent
@@ -181,7 +181,7 @@ def _write_demos(workdir: Path, files: dict) -> None:
         for name, content in files.items():
             if content is not None:
                 os.replace(staging / name, folder / name)
-            elif (folder / name).exists():  # --force without validation demos: drop the old ones
+            elif (folder / name).exists():  # --force without held-out demos: drop the old ones
                 (folder / name).unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -190,8 +190,8 @@ def _write_demos(workdir: Path, files: dict) -> None:
 def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
     """RLBench's on-disk demos of config.task: (training trajectories, validation episode numbers).
 
-    The last `config.demos.num_validation` episodes of ROOT/TASK/variation0/episodes are held out
-    as validation demos (RLBench's dataset generator records no separate layouts for them); the
+    The last `config.demos.num_held_out` episodes of ROOT/TASK/variation0/episodes are held out
+    as held-out demos (RLBench's dataset generator records no separate layouts for them); the
     first `config.demos.num_demos` of the others are the training demos.
     """
 
@@ -202,12 +202,12 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
     except FileNotFoundError as e:
         raise PipelineError(f"config.rlbench_root: {e} Point it at the folder RLBench's dataset "
                             "generator wrote (its --save_path) and --task at a task folder in it.") from e
-    num_val = d.num_validation
+    num_val = d.num_held_out
     if len(episodes) <= num_val:
         raise PipelineError(
-            f"config.demos.num_validation ({num_val}) holds out the last {num_val} RLBench episodes "
-            f"as validation demos, but {root}/{config.task}/variation0/episodes has {len(episodes)}; "
-            "record more episodes, or lower config.demos.num_validation (0 needs "
+            f"config.demos.num_held_out ({num_val}) holds out the last {num_val} RLBench episodes "
+            f"as held-out demos, but {root}/{config.task}/variation0/episodes has {len(episodes)}; "
+            "record more episodes, or lower config.demos.num_held_out (0 needs "
             "--config.calibrate.sigma=False and --config.calibrate.crop_size=False).")
     train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
     trajs = _load_rlbench(config, train_episodes, augment_every=int(d.augment_every))
@@ -239,7 +239,7 @@ def check_data_source(config: LaunchConfig) -> tuple[list[int], list[int]]:
     """Checks a LeRobot source (`config.data`) before any work: every check
     `load_lerobot_dataset` makes (keys, the camera's calibration, lengths, each video against its
     index), without decoding a frame, then `config.demos.image_size` against its frames and
-    `config.demos.num_validation` against its episodes.
+    `config.demos.num_held_out` against its episodes.
 
     Returns:
       (training, validation) episode indices (`split_episodes`).

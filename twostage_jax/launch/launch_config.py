@@ -86,9 +86,9 @@ class DemosConfig:
       image_size: side of the recorded (and evaluated) camera frames (RLBench, LeRobot: the
         stored frames' height, checked when the demos are read).
       max_keyframes: the episode budget in keyframes.
-      num_validation: held-out demos for calibration and per-chunk validation curves (0: none;
+      num_held_out: held-out demos for calibration and per-chunk validation curves (0: none;
         RLBench and LeRobot: the last episodes).
-      validation_seed: their first layout (diagnose/validate use 50000+, evaluation 100000+).
+      held_out_seed: their first layout (diagnose/validate use 50000+, evaluation 100000+).
     """
 
     num_demos: int = 100
@@ -97,12 +97,12 @@ class DemosConfig:
     gamma: float = 0.99
     image_size: int = 128
     max_keyframes: int = 20
-    num_validation: int = 10
-    validation_seed: int = 60_000
+    num_held_out: int = 10
+    held_out_seed: int = 60_000
 
     def __post_init__(self) -> None:
         for name, low in (("num_demos", 1), ("seed", 0), ("augment_every", 1), ("image_size", 1),
-                          ("max_keyframes", 1), ("num_validation", 0), ("validation_seed", 0)):
+                          ("max_keyframes", 1), ("num_held_out", 0), ("held_out_seed", 0)):
             _int_at_least("DemosConfig", name, getattr(self, name), low)
         if isinstance(self.gamma, bool) or not 0.0 <= float(self.gamma) < 1.0:  # NaN fails too
             raise ConfigError("DemosConfig", "gamma", f"must lie in [0, 1); got {self.gamma!r}.")
@@ -123,7 +123,7 @@ class DataConfig:
       camera_file: the camera file (`twostage_jax.data.camera_file`): the camera of `image_key`
         and the workspace; relative as `root`.
       episodes: the episode indices to use, in order (None: all); the last
-        `demos.num_validation` of them are the held-out demos.
+        `demos.num_held_out` of them are the held-out demos.
       min_visible: the demos are refused unless their camera sees at least this share of the
         end-effector positions (`tj.visible_share`): a wrong camera file would train stage 2 on
         empty crops.
@@ -217,7 +217,7 @@ class StageConfig(tj.TrainConfig):
 @dataclasses.dataclass(frozen=True)
 class CalibrationConfig:
     """Stage 2 calibrated to stage 1's residuals on the held-out demos (needs
-    `demos.num_validation` > 0), when stage 2 starts; kept in STAGE2/calibration.json.
+    `demos.num_held_out` > 0), when stage 2 starts; kept in STAGE2/calibration.json.
 
     Attributes:
       sigma: Algo. 1's sigma of the 6 pose dimensions from stage 1's errors
@@ -447,18 +447,18 @@ def _check_kept_steps(name: str, steps: tuple[int, ...], every: int, last: int, 
 
 
 def split_episodes(config: LaunchConfig, episodes: list[int]) -> tuple[list[int], list[int]]:
-    """A LeRobot source's episodes as (training, held-out): the last `demos.num_validation`.
+    """A LeRobot source's episodes as (training, held-out): the last `demos.num_held_out`.
 
     Raises:
-      ValueError: naming config.demos.num_validation when no training episode would be left.
+      ValueError: naming config.demos.num_held_out when no training episode would be left.
     """
-    n = int(config.demos.num_validation)
+    n = int(config.demos.num_held_out)
     if n >= len(episodes):
         which = ("config.data.episodes" if config.data.episodes is not None
                  else f"the dataset at {config.data.root}")
-        raise ValueError(f"config.demos.num_validation ({n}) holds out the last {n} LeRobot episodes as "
-                         f"validation demos, but {which} holds {len(episodes)}, leaving none to train on; "
-                         "lower config.demos.num_validation (0 needs --config.calibrate.sigma=False and "
+        raise ValueError(f"config.demos.num_held_out ({n}) holds out the last {n} LeRobot episodes as "
+                         f"held-out demos, but {which} holds {len(episodes)}, leaving none to train on; "
+                         "lower config.demos.num_held_out (0 needs --config.calibrate.sigma=False and "
                          "--config.calibrate.crop_size=False) or choose more episodes.")
     return episodes[:len(episodes) - n], episodes[len(episodes) - n:]
 
@@ -478,9 +478,9 @@ def check_config(config: LaunchConfig) -> None:
     if s2.algo != s1.algo:
         raise ValueError(f"config.stage2.algo ({s2.algo!r}) must equal config.stage1.algo ({s1.algo!r}); "
                          "set both with the :bc or :cql config variant.")
-    if config.calibrate.any and d.num_validation <= 0:
+    if config.calibrate.any and d.num_held_out <= 0:
         raise ValueError("config.calibrate.sigma / config.calibrate.crop_size calibrate stage 2 on "
-                         "held-out demos: set config.demos.num_validation > 0 (e.g. 10).")
+                         "held-out demos: set config.demos.num_held_out > 0 (e.g. 10).")
     if (s1.image_size or d.image_size) > d.image_size:
         raise ValueError(f"config.stage1.image_size ({s1.image_size}) must not exceed "
                          f"config.demos.image_size ({d.image_size}).")
@@ -501,10 +501,10 @@ def check_config(config: LaunchConfig) -> None:
         raise ValueError("config.env='rlbench' needs config.rlbench_root: the folder holding "
                          "TASK/variation0/episodes/ from RLBench's dataset generator.")
     demo_hi = d.seed + 3 * d.num_demos + 10  # demos skip failed layouts: room for retries
-    if d.num_validation and not lerobot:
-        lo = d.validation_seed
-        if lo < demo_hi or (lo < ev.seed + ev.num_episodes and ev.seed < lo + 3 * d.num_validation + 10):
-            raise ValueError(f"config.demos.validation_seed ({lo}) must start beyond the training demo "
+    if d.num_held_out and not lerobot:
+        lo = d.held_out_seed
+        if lo < demo_hi or (lo < ev.seed + ev.num_episodes and ev.seed < lo + 3 * d.num_held_out + 10):
+            raise ValueError(f"config.demos.held_out_seed ({lo}) must start beyond the training demo "
                              "layouts and not overlap the evaluation layouts config.eval.seed.. ; "
                              "e.g. 60000 with the defaults.")
     _check_kept_steps("config.eval.curve_steps", ev.curve_steps, config.train.log_every,
@@ -523,9 +523,9 @@ def check_config(config: LaunchConfig) -> None:
         if lo < demo_hi:
             raise ValueError(f"config.select.seed ({lo}) must start beyond the training demos' layouts "
                              f"(config.demos.seed {d.seed} .. about {demo_hi}).")
-        if d.num_validation and lo < d.validation_seed + 3 * d.num_validation + 10 and d.validation_seed < hi:
+        if d.num_held_out and lo < d.held_out_seed + 3 * d.num_held_out + 10 and d.held_out_seed < hi:
             raise ValueError(f"config.select.seed: the validation layouts {lo}..{hi - 1} overlap the "
-                             f"held-out demos' layouts from config.demos.validation_seed ({d.validation_seed}).")
+                             f"held-out demos' layouts from config.demos.held_out_seed ({d.held_out_seed}).")
     if s2.source:
         raise ValueError(f"config.stage2.source ({s2.source!r}) must be empty: only stage 1 can be a base "
                          "policy of yours (config.stage1.source).")
@@ -536,9 +536,9 @@ def check_config(config: LaunchConfig) -> None:
         if ev.curve_steps:
             raise ValueError("config.stage1.source: learning curves (config.eval.curve_steps) evaluate "
                              "stage 1 at training steps; a base policy of yours has none, so leave them empty.")
-        if config.calibrate.any and d.num_validation <= 0:
+        if config.calibrate.any and d.num_held_out <= 0:
             raise ValueError("config.stage1.source: stage 2 is calibrated to the base policy's errors on "
-                             "held-out demos: set config.demos.num_validation > 0 (or turn "
+                             "held-out demos: set config.demos.num_held_out > 0 (or turn "
                              "config.calibrate.sigma and crop_size off).")
         try:
             check_base_source(s1.source)

@@ -29,8 +29,8 @@ from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, selects
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import (calibration_path, check_trained_with, config_record,
                                          dataset_path, ensure_writable, is_writer, load_demos,
-                                         load_params, load_validation, progress, seed_keys,
-                                         stage_dir, stage_record, train_config, validation_path)
+                                         load_params, load_held_out, progress, seed_keys,
+                                         stage_dir, stage_record, train_config, held_out_path)
 from twostage_jax.provenance import cpu_seconds
 from twostage_jax.training.metrics_log import MetricsLog, NoLog
 from twostage_jax.training.seeds import resolve_seed_strategy
@@ -210,7 +210,7 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if changes:
         logging.warning("%s: --accept_new_inputs: %s", out_dir.name, "; ".join(changes))
     dataset = load_demos(workdir)
-    validation = load_validation(workdir)  # read (and checked) before anything is written
+    validation = load_held_out(workdir)  # read (and checked) before anything is written
     check_memory(config, stage, dataset, out_dir)
     repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
     if stage == 2 and config.calibrate.any:
@@ -415,7 +415,7 @@ def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset
                         mesh: Any = None):
     """params [S, ...] -> {'val_position_cm': [S], 'val_gripper_agreement': [S]}, or None.
 
-    Every log chunk, the stage is measured on the workdir's validation demos (all of their
+    Every log chunk, the stage is measured on the workdir's held-out demos (all of their
     transitions, and for stage 2 one fixed Algo. 1 draw each), so the training budget can be
     read off the held-out curve in metrics.jsonl instead of from evaluation episodes.
     """
@@ -496,7 +496,7 @@ def _trained_crop_size(workdir: Path, config: LaunchConfig) -> int | None:
 
 def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
                      keep_crop_size: int | None = None) -> dict:
-    """Calibrates stage 2's sigma and/or crop size to stage 1's errors on the validation demos.
+    """Calibrates stage 2's sigma and/or crop size to stage 1's errors on the held-out demos.
 
     Stage 1 (its latest checkpoint, all seeds pooled; or the base policy `config.stage1.source`,
     `base_source.validation_actions`) acts on every validation transition; sigma
@@ -509,12 +509,12 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
         new calibration must keep (the networks' shapes depend on it); None for a new stage 2.
 
     Raises:
-      PipelineError: no validation demos; the crop size would change from `keep_crop_size`.
+      PipelineError: no held-out demos; the crop size would change from `keep_crop_size`.
     """
-    validation = load_validation(workdir)
+    validation = load_held_out(workdir)
     if validation is None:
-        raise PipelineError(f"calibrating stage 2 needs held-out demos at {validation_path(workdir)}; "
-                            "re-run --mode=demos with config.demos.num_validation > 0.")
+        raise PipelineError(f"calibrating stage 2 needs held-out demos at {held_out_path(workdir)}; "
+                            "re-run --mode=demos with config.demos.num_held_out > 0.")
     if config.stage1.source:  # a base policy of the user's: its errors, once for all seeds
         a1, a = validation_actions(config, workdir, validation)
         steps1: list = []
@@ -542,7 +542,7 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
                             "(nothing was written).")
     dist = np.max(np.abs(offsets), axis=1)
     result = {"settings": calibration_settings(config),
-              "inputs": {"validation_sha256": dataset_checksum(validation_path(workdir)),
+              "inputs": {"held_out_sha256": dataset_checksum(held_out_path(workdir)),
                          "stage1": config.stage1.source or steps1},
               "sigma": sigma, "crop_size": crop, "stage1_step": max(steps1, default=None),
               "stage1_steps": steps1, **({"stage1_source": config.stage1.source}

@@ -2,7 +2,7 @@
 
 Workdir layout:
   demos/dataset.npz, stats.json    the offline dataset and how it was made
-  demos/validation.npz             held-out demos (config.demos.num_validation > 0): layouts used
+  demos/held_out.npz             held-out demos (config.demos.num_held_out > 0): layouts used
                                    neither for training nor for evaluation
   demos/config.json                the config that recorded the dataset
   stage{1,2}/config.json           the config a stage was started with (kept on --resume)
@@ -62,8 +62,8 @@ def dataset_path(workdir: Path) -> Path:
     return workdir / "demos" / "dataset.npz"
 
 
-def validation_path(workdir: Path) -> Path:
-    return workdir / "demos" / "validation.npz"
+def held_out_path(workdir: Path) -> Path:
+    return workdir / "demos" / "held_out.npz"
 
 
 def stage_dir(workdir: Path, stage: int, config: LaunchConfig) -> Path:
@@ -180,7 +180,7 @@ def check_unused_layouts(config: LaunchConfig, workdir: Path, first: int, num: i
       what: the setting that chose them, for the message (e.g. "--held_out_seed=50000").
     """
     stats = json.loads((workdir / "demos" / "stats.json").read_text())
-    used = set(stats["demo_seeds"]) | set(stats.get("validation_seeds", []))
+    used = set(stats["demo_seeds"]) | set(stats.get("held_out_seeds", []))
     used |= set(range(config.eval.seed, config.eval.seed + config.eval.num_episodes))
     clash = used.intersection(range(first, first + 3 * num + 10))
     if clash:
@@ -201,9 +201,9 @@ def load_demos(workdir: Path) -> tj.Dataset:
     return load_dataset(path)
 
 
-def load_validation(workdir: Path) -> tj.Dataset | None:
-    """The workdir's held-out validation demos, or None if it has none."""
-    path = validation_path(workdir)
+def load_held_out(workdir: Path) -> tj.Dataset | None:
+    """The workdir's held-out demos, or None if it has none."""
+    path = held_out_path(workdir)
     return load_dataset(path) if path.exists() else None
 
 
