@@ -541,6 +541,10 @@ def test_method_options_are_validated_before_work():
     check("crop_coverage", demos__num_held_out=2, calibrate__crop_size=True, calibrate__crop_coverage=1.5)
     check("min_move", stage2__min_move=-0.01)
     check("gripper_clip", stage2__stage2__gripper_clip=1.5)
+    check(r"perturbation='residuals' draws from stage 1's held-out residuals, kept when stage 2 is "
+          r"calibrated: set config\.calibrate\.sigma=True", calibrate__sigma=False,
+          stage2__stage2__perturbation="residuals")
+    check("sigma_scales", stage2__stage2__sigma_scales=())
     check("crop_encoder", stage2__network__crop_encoder="attention")
     check(r"config\.stage2\.algo \('cql'\) must equal config\.stage1\.algo", stage2__algo="cql")
     # RLBench holds out its folder's last episodes as held-out demos: the defaults validate
@@ -996,3 +1000,27 @@ def test_orbax_reports_of_a_full_disk_are_left_to_the_one_line_error():
     assert keep(record(orbax, logging.ERROR, "raised an exception: PERMISSION_DENIED"))  # others stay
     assert not keep(record(orbax, logging.INFO, "saving"))
     assert keep(record("/twostage_jax/launch/main.py", logging.INFO, "JAX on cpu"))
+
+
+def test_a_stage2_drawing_from_stage1s_residuals_keeps_its_bank_and_trains_on_it(trained, tmp_path):
+    from twostage_jax import calibration as cal
+    from twostage_jax.launch.errors import PipelineError
+    from twostage_jax.launch.train_stage import run_stage, stage1_actions
+    from twostage_jax.launch.workdir import load_held_out, load_params, residual_bank
+
+    wd = _copy(trained, tmp_path / "wd")
+    config = _smoke(stage2_name="residuals", **{"stage2.stage2.perturbation": "residuals",
+                                                "stage2.stage2.sigma_scales": (1.0, 2.0)})
+    assert run_stage(config, wd, 2)["final_step"] == 8
+    record = json.loads((wd / "residuals" / "calibration.json").read_text())
+    held_out = load_held_out(wd)
+    params1, _ = load_params(config, wd, 1)
+    a1 = stage1_actions(config, params1, held_out).reshape(-1, 7)
+    expected = cal.residual_bank(a1, np.tile(np.asarray(held_out.action), (2, 1)))
+    np.testing.assert_array_equal(residual_bank(config, wd, 2), expected)  # both seeds' residuals
+    assert record["residual_bank"] == {"file": "residuals.npy", "rows": expected.shape[0]}
+    assert record["settings"]["perturbation"] == "residuals" and record["settings"]["sigma_scales"] == [1.0, 2.0]
+    assert load_params(config, wd, 2)[1] == 8  # the bank is the data's: loading needs it too
+    (wd / "residuals" / "residuals.npy").unlink()
+    with pytest.raises(PipelineError, match=r"residuals\.npy cannot be read .* run --mode=stage2"):
+        load_params(config, wd, 2)

@@ -1,28 +1,15 @@
 """The launcher's config: one tree of frozen dataclasses that embeds the library's own.
 
-  LaunchConfig                      env, rlbench_root, task, seed, num_seeds, seed_strategy,
-  |                                 seed_devices, stage2_name
-  |- data: DataConfig               where the demos come from: the simulator, or a LeRobot dataset
-  |- demos: DemosConfig             recording the demonstrations and the held-out demos
-  |- stage1: StageConfig            a `tj.TrainConfig` (num_steps, batch_size, learning_rate,
-  |- stage2: StageConfig            image_size, min_move, algo, network: NetworkConfig, cql:
-  |                                 CQLConfig, stage2: Stage2Config) plus checkpoint selection
-  |                                 (select, select_steps); stage 1 ignores its `stage2`, and
-  |                                 `stage1.source` names a base policy of yours instead
-  |- calibrate: CalibrationConfig   stage 2's sigma / crop size from stage 1's held-out errors
-  |- select: SelectConfig           the validation layouts of checkpoint selection
-  |- train: CadenceConfig           logging and checkpoint cadence
-  `- eval: EvalConfig               evaluation episodes, workers, learning curves, acting options
+  LaunchConfig        env, task, seeds, stage2_name
+  |- data, demos      where the demonstrations come from; how many, on which layouts
+  |- stage1, stage2   each a `tj.TrainConfig` plus checkpoint selection (stage 1 may be a base policy)
+  |- calibrate        stage 2's sigma / crop size from stage 1's held-out errors
+  |- select, train    the validation layouts of selection; logging and checkpoint cadence
+  `- eval             evaluation episodes, workers, learning curves, acting options
 
-Every field and its default is written once, in its dataclass; the library's dataclasses check
-their own fields (raising `tj.ConfigError`), the launcher's check theirs here, and checks across
-fields run in `checks.validate_config`. The defaults are the paper's scale (Sec. V) with the
-library's stage-2 method; `twostage_jax/configs/*.py` reduce them. The variants of a config file
-(`--config=FILE:bc,direct,td,paper`) are `apply_variants`; `paper_method` sets every method
-option the library adds back to the paper's choice.
-
-A stored config (checkpoint metadata, STAGE/config.json, results.json) is `to_dict`'s plain dict,
-with its `version`; `from_dict` reads it back.
+Each dataclass checks its own fields; `check_config` checks across them. Variants
+(`--config=NAME:bc,direct,td,paper`) are `apply_variants`. A stored config is `to_dict`'s
+plain dict with its `version`; `from_dict` reads it back.
 """
 
 from __future__ import annotations
@@ -478,6 +465,9 @@ def check_config(config: LaunchConfig) -> None:
     if s2.algo != s1.algo:
         raise ValueError(f"config.stage2.algo ({s2.algo!r}) must equal config.stage1.algo ({s1.algo!r}); "
                          "set both with the :bc or :cql config variant.")
+    if s2.stage2.perturbation == "residuals" and not config.calibrate.any:
+        raise ValueError("config.stage2.stage2.perturbation='residuals' draws from stage 1's held-out "
+                         "residuals, kept when stage 2 is calibrated: set config.calibrate.sigma=True.")
     if config.calibrate.any and d.num_held_out <= 0:
         raise ValueError("config.calibrate.sigma / config.calibrate.crop_size calibrate stage 2 on "
                          "held-out demos: set config.demos.num_held_out > 0 (e.g. 10).")

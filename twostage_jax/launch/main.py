@@ -1,28 +1,10 @@
-"""The twostage_jax launcher: demos -> stage 1 -> stage 2 -> evaluation.
+"""The launcher's entry point: flags -> one checked config -> the modes, each under its locks.
 
-Examples (from the repository root; `twostage` is the same command):
   python -m twostage_jax.launch --mode=all --workdir=runs/quickstart
-  python -m twostage_jax.launch --mode=all --workdir=runs/paper_cql \
-      --config=paper:cql --task=drawer-open-v3
-  python -m twostage_jax.launch --mode=stage2 --workdir=runs/q --config.stage2.stage2.crop_size=16
-  python -m twostage_jax.launch --mode=all --workdir=runs/push_expert --task=push-v3 \
-      --config.stage1.source=twostage_jax.envs.metaworld_expert:imprecise_expert
+  python -m twostage_jax.launch --mode=all --workdir=runs/paper_cql --config=paper:cql --task=drawer-open-v3
 
-Several hosts (or processes) train one run's seeds together, each its share, on the mesh of
-all their devices; process 0 writes the logs and results. Start the same command on each with
-  --coordinator_address=HOST0:PORT --num_processes=P --process_id=I   (I = 0 .. P-1)
-with --mode=stage1 or stage2, a --workdir every process can read (its dataset recorded
-beforehand), and evaluate afterwards from one process.
-
-Modes: demos | stage1 | stage2 | eval | all; a LeRobot dataset (`config.data.source='lerobot'`)
-is read by --mode=demos and trains with stage1 and stage2 (eval and all are refused). `--resume`
-continues a killed stage from its newest intact checkpoint; `--accept_new_inputs` lets it
-continue on inputs that changed since it started (a new dataset; for stage 2, stage 1 acting
-at other steps). `--force` lets --mode=demos replace an existing dataset. Every flag and config
-field is checked before any work starts; a bad one gets a one-line error (exit status 1), a
-refusal to touch the workdir one too (exit status 2). Each mode locks the parts of the workdir
-it writes and reads (`workdir.phase_parts`, `lock.locked`), so a second launcher writing the
-same part, or reading one being written, is refused at once, naming the holder.
+Bad usage gets one `error:` line before any work (exit status 1), a refusal to touch the
+workdir one too (exit status 2). Modes, resume, locks and several processes: docs/launcher.md.
 """
 
 from __future__ import annotations
@@ -131,8 +113,6 @@ def dry_parse(argv: list[str]) -> LaunchConfig:
         values(["twostage", *rest])
     except (flags.Error, ValueError) as e:
         raise UsageError(str(e)) from e
-    if len(rest) > 0 and values.workdir is None:
-        raise UsageError("--workdir is required.")
     return config_of(values, found)
 
 
@@ -142,9 +122,7 @@ def _check_task(config) -> None:
     if config.env == "rlbench":
         _check_rlbench_installed(config)
         return
-
     from twostage_jax.envs.metaworld import task_names  # lazy: imports MuJoCo
-
     names = task_names()
     if config.task not in names:
         raise UsageError(f"--task / config.task: unknown MetaWorld task {config.task!r}; expected one "
@@ -156,7 +134,6 @@ def _check_data_source(config) -> None:
     decoding) before any work."""
     if config.data.source != "lerobot":
         return
-
     if FLAGS.mode in ("eval", "all"):
         raise UsageError(f"--mode={FLAGS.mode} {LEROBOT_EVALUATION}")
     if FLAGS.num_demos is not None:
@@ -175,7 +152,6 @@ def _check_rlbench_installed(config) -> None:
     (demos, stage1 and stage2 read RLBench's on-disk demos and need no RLBench.)"""
     if FLAGS.mode not in ("eval", "all"):
         return
-
     missing = rlbench_missing()
     if missing:
         raise UsageError(f"--mode={FLAGS.mode} with config.env='rlbench' rolls out in RLBench: "
@@ -184,7 +160,6 @@ def _check_rlbench_installed(config) -> None:
 
 def _check_workdir(workdir: Path) -> None:
     """Refuses a --workdir that is a file, is missing where it must exist, or is not writable."""
-
     if workdir.exists() and not workdir.is_dir():
         raise UsageError(f"--workdir {workdir} is a file; expected a folder (existing, or one to "
                          "create).")
@@ -252,8 +227,6 @@ def _main(argv: list[str]) -> int:
     _check_data_source(config)
     workdir = Path(FLAGS.workdir).absolute()
     _check_workdir(workdir)
-
-
     # A part of the workdir has one writer, and no reader while it is written. A single mode
     # takes its locks now, before any work; --mode=all each phase's as the phase starts.
     holding = contextlib.ExitStack()
@@ -272,7 +245,6 @@ def _phase_lock(config: LaunchConfig, workdir: Path, phase: str,
     """The workdir locks of one phase (`workdir.phase_parts`): its output part exclusive (shared
     with `read_only`: to confirm a stage is trained) and its inputs shared. Processes other
     than 0 of a multi-process run take none: process 0 holds them for the run."""
-
     if FLAGS.process_id not in (None, 0):
         return contextlib.nullcontext()
     write, read = phase_parts(config, phase)

@@ -1,18 +1,10 @@
 """Checkpoint selection on validation layouts: the step of each stage that a policy acts with.
 
-With `config.stageN.select='validation'`, training keeps the checkpoints at the stage's
-candidate steps (`candidate_steps`), and each candidate is rolled out on the validation layouts
-`config.select.seed ..` (`config.select.episodes` per training seed), never on the evaluation
-layouts. Stage 1 is judged alone; stage 2 as the two-stage policy on top of the selected stage 1.
-The step with the highest validation success is chosen for each training seed
-(`config.select.per_seed`, the default) or for all seeds together; ties go to the earliest such
-step (early stopping). The choice, with the validation curve it came from, is written to
-STAGE/selection.json and is what evaluation, stage 2's calibration and its pairing use.
-
-The record is keyed by what determines it (the candidates' parameter fingerprints, the
-layouts, and for stage 2 the stage-1 parameters under it), so a resumed or repeated run reads
-back the same choice, and a retrained stage is selected again. Stage 1's rollouts go through the
-stage-1 cache (`eval_jobs.Stage1Cache`), so ablations sharing a stage 1 never roll it out twice.
+Each candidate is rolled out on `config.select`'s layouts, never the evaluation layouts (stage 1
+alone, stage 2 on top of the selected stage 1), spending rollouts only where they decide
+(`evaluation.halving`); the choice and its curve go to STAGE/selection.json, keyed by the
+candidates' parameter fingerprints, so a repeated run reads it back and a retrained stage is
+selected again.
 """
 
 from __future__ import annotations

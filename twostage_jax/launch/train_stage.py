@@ -1,6 +1,5 @@
-"""Training one stage of the launcher for all seeds: the chunked loop with its metrics log,
-held-out validation and checkpoints, resuming from the newest intact checkpoint, and the
-calibration of stage 2 on stage 1's held-out errors."""
+"""Training one stage for all seeds: the chunked loop with its metrics, held-out curve and
+checkpoints; resuming from the newest intact checkpoint; stage 2's calibration."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ import twostage_jax as tj
 from twostage_jax import calibration as cal
 from twostage_jax import sharding
 from twostage_jax._checks import available_memory, human_bytes
-from twostage_jax._io import reporting_disk_full, write_json_atomic
+from twostage_jax._io import atomic_open, reporting_disk_full, write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 from twostage_jax.data.dataset import dataset_checksum, dataset_nbytes
 from twostage_jax.launch import selection
@@ -29,8 +28,9 @@ from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, selects
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import (calibration_path, check_trained_with, config_record,
                                          dataset_path, ensure_writable, is_writer, load_demos,
-                                         load_params, load_held_out, progress, seed_keys,
-                                         stage_dir, stage_record, train_config, held_out_path)
+                                         load_params, load_held_out, progress, residual_bank,
+                                         residuals_path, seed_keys, stage_dir, stage_record,
+                                         train_config, held_out_path)
 from twostage_jax.provenance import cpu_seconds
 from twostage_jax.training.metrics_log import MetricsLog, NoLog
 from twostage_jax.training.seeds import resolve_seed_strategy
@@ -40,21 +40,17 @@ def run_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool = Fa
               accept_new_inputs: bool = False) -> dict:
     """Trains one stage for all seeds, with chunked logging and periodic checkpoints.
 
-    A fresh stage refuses a folder that already holds checkpoints and writes its config to
-    STAGE/config.json, with the checksum of the dataset it starts on. With `resume` it continues
-    from the newest intact checkpoint (damaged newer ones are moved to
-    STAGE/damaged_checkpoints/) if that was trained with the same `program_fields`, and keeps
-    STAGE/config.json's start record, adding under `resumed` when, how and on what
-    (`provenance.environment_record`) each resume that trains further ran; a resume whose inputs
-    changed since the stage started (the dataset, or for stage 2 the stage-1 steps it acts
-    with, in pairing.json) is refused, naming both, unless `accept_new_inputs`: then stage 2 is re-calibrated, the new pairing recorded, and
-    the new dataset checksum recorded in STAGE/config.json under `accepted_inputs`.
+    A fresh stage records its config and dataset checksum in STAGE/config.json. `resume`
+    continues from the newest intact checkpoint trained with the same `program_fields`
+    (damaged newer ones are moved aside) and records where each resume ran; inputs changed
+    since the start (the dataset; for stage 2, the stage-1 steps it acts with) are refused
+    unless `accept_new_inputs`, which re-calibrates stage 2 and records the new inputs.
+
+    Returns:
+      A summary dict (final step, wall and CPU time, final metric means per seed).
 
     Raises:
       PipelineError: checkpoints exist without `resume`; another config; changed inputs.
-
-    Returns:
-      A summary dict (final step, wall time, final metric means per seed).
     """
     out_dir = stage_dir(workdir, stage, config)
     for folder in (out_dir, out_dir / "checkpoints"):  # before any work
@@ -216,7 +212,8 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     if stage == 2 and config.calibrate.any:
         ensure_calibration(config, workdir, dataset, fresh=latest is None, repaired=repaired)
     tcfg = train_config(config, stage, workdir)
-    train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg)
+    bank = residual_bank(config, workdir, stage)
+    train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg, residuals=bank)
     keys = seed_keys(config, stage)
     mesh = seed_mesh(config)  # seeds sharded over devices (and processes), or None
     if mesh is not None:  # replicate once, not in every chunk's run_seeds (a host copy per chunk
@@ -251,7 +248,7 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
         return json.loads(summary_path.read_text())
     log_every = int(config.train.log_every)
     ckpt_every = int(config.train.checkpoint_every)
-    held_out = _held_out_evaluator(tcfg, stage, validation, mesh)
+    held_out = _held_out_evaluator(tcfg, stage, validation, mesh, bank)
     plateau, stopped = None, None
     if selection.stops_at_plateau(config, stage):  # candidates trained before a resume first
         plateau = selection.PlateauStop(config, workdir, stage, dataset)
@@ -412,7 +409,7 @@ def _restore_newest_intact(ckpt: Checkpointer, like: Any, config: LaunchConfig,
 
 
 def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset | None,
-                        mesh: Any = None):
+                        mesh: Any = None, bank: np.ndarray | None = None):
     """params [S, ...] -> {'val_position_cm': [S], 'val_gripper_agreement': [S]}, or None.
 
     Every log chunk, the stage is measured on the workdir's held-out demos (all of their
@@ -421,7 +418,7 @@ def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset
     """
     if validation is None:
         return None
-    data = tj.prepare_data(validation, dataclasses.replace(tcfg, min_move=0.0))
+    data = tj.prepare_data(validation, dataclasses.replace(tcfg, min_move=0.0), residuals=bank)
     evaluate = jax.vmap(tj.make_held_out_eval(tcfg, stage), in_axes=(0, None, None))
     key = jax.random.PRNGKey(0)
     if mesh is not None:  # params are seed-sharded: the data and key go on every device
@@ -474,7 +471,8 @@ def calibration_settings(config: LaunchConfig) -> dict:
     method = config.stage2.train_config().stage2
     return json.loads(json.dumps({"calibrate": dataclasses.asdict(config.calibrate),
                                   "sigma": list(method.sigma), "crop_size": int(method.crop_size),
-                                  "rotate": bool(method.rotate)}))
+                                  "rotate": bool(method.rotate), "perturbation": method.perturbation,
+                                  "sigma_scales": list(method.sigma_scales)}))
 
 
 def _recorded_calibration(workdir: Path, config: LaunchConfig) -> dict | None:
@@ -531,6 +529,13 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
     crop = method.crop_size
     if settings.crop_size:
         crop = cal.calibrate_crop_size(offsets, coverage=coverage, max_size=int(validation.images.shape[1]))
+    bank = cal.residual_bank(a1, a) if method.perturbation == "residuals" else None
+    if settings.crop_size and (bank is not None or tuple(method.sigma_scales) != (1.0,)):
+        # the crop also covers the wider perturbations stage 2 trains on (a scale mixture, the bank)
+        drawn = dataclasses.replace(method, sigma=tuple(float(x) for x in sigma))
+        crop = max(crop, cal.calibrate_sampled_crop_size(
+            jax.random.PRNGKey(0), validation, drawn, residuals=bank, coverage=coverage,
+            max_size=int(validation.images.shape[1])))
     if keep_crop_size is not None and crop != keep_crop_size:
         raise PipelineError(
             f"re-calibrating {config.stage2_name} on stage 1 as it acts now gives crop size {crop} "
@@ -552,6 +557,10 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
               "offset_px_quantiles": {q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")},
               "share_inside_crop": float(np.mean(dist < crop / 2))}
     calibration_path(workdir, config).parent.mkdir(parents=True, exist_ok=True)
+    if bank is not None:  # written before calibration.json, which records it
+        with atomic_open(residuals_path(workdir, config), "wb") as f:
+            np.save(f, bank, allow_pickle=False)
+        result["residual_bank"] = {"file": residuals_path(workdir, config).name, "rows": int(bank.shape[0])}
     write_json_atomic(calibration_path(workdir, config), result)
     logging.info("stage 2 calibrated on %d held-out transitions: sigma %s, crop %d px (%.0f%% of "
                  "targets inside)", result["transitions"], np.round(sigma, 3).tolist(), crop,

@@ -1,33 +1,8 @@
-"""A launcher workdir: where each stage reads and writes, and loading what it holds.
+"""A launcher workdir: its layout and records, and loading the dataset and checkpoints it holds.
 
-Workdir layout:
-  demos/dataset.npz, stats.json    the offline dataset and how it was made
-  demos/held_out.npz             held-out demos (config.demos.num_held_out > 0): layouts used
-                                   neither for training nor for evaluation
-  demos/config.json                the config that recorded the dataset
-  stage{1,2}/config.json           the config a stage was started with (kept on --resume)
-  stage{1,2}/checkpoints/          orbax checkpoints (AgentState with a leading seed axis)
-  stage{1,2}/damaged_checkpoints/  checkpoints --resume found damaged and moved aside
-  stage{1,2}/metrics.jsonl         per-chunk mean metrics, one line per (step, seed)
-  stage{1,2}/tb/                   TensorBoard event files
-  stage2/pairing.json              the stage-1 checkpoint stage 2 pairs with
-  stage2/calibration.json          a calibrated stage 2's sigma and crop size, fixed when it starts
-                                   (`checks.calibration_path`)
-  eval/results.json, *.png, *.gif  success rates, intervals, plots and rollout frames
-  .locks/                          who writes or reads each part now (`lock.py`)
-
-With `config.stage2_name=NAME`, stage 2 lives in NAME/ and its evaluation in eval_NAME/, so
-ablations of stage 2 (crop size, direct vs correction, MC vs TD) share one stage 1.
-
-What a workdir guarantees: the dataset is never replaced without `force`; a stage's
-checkpoints are only extended by a resume with the config they were trained with (compared
-field by field, see `checks.program_fields`), and damaged ones are moved aside, never
-deleted; one launcher writes a part at a time, and none reads a part being written
-(`phase_parts`, `lock.locked`); an evaluation only runs with the config its stages were trained with and replaces its
-folder as a unit, so a failure leaves the previous results whole.
-
-The launcher's stages live beside this module: `demos.run_demos`, `train_stage.run_stage` and
-`evaluate.run_eval`.
+The layout and what a workdir guarantees are in docs/launcher.md ("The workdir"). A stage's
+checkpoints are only extended, loaded or paired with the config they were trained with,
+compared field by field (`program_fields`).
 """
 
 from __future__ import annotations
@@ -44,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 import twostage_jax as tj
@@ -56,6 +32,29 @@ from twostage_jax.provenance import environment_record
 
 def calibration_path(workdir: Path, config: LaunchConfig) -> Path:
     return workdir / config.stage2_name / "calibration.json"
+
+
+def residuals_path(workdir: Path, config: LaunchConfig) -> Path:
+    """Stage 1's held-out residuals a stage 2 with perturbation='residuals' draws from."""
+    return workdir / config.stage2_name / "residuals.npy"
+
+
+def residual_bank(config: LaunchConfig, workdir: Path, stage: int) -> np.ndarray | None:
+    """The [R, 7] residual bank `tj.prepare_data` takes for this stage, or None (stage 1, or
+    stage 2's Gaussian perturbation); made when stage 2 is calibrated.
+
+    Raises:
+      PipelineError: the bank is needed but missing or unreadable.
+    """
+    if stage == 1 or config.stage2.stage2.perturbation != "residuals":
+        return None
+    path = residuals_path(workdir, config)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path} cannot be read ({e}); stage 2 draws its perturbations from it "
+                            "(config.stage2.stage2.perturbation='residuals'): run --mode=stage2 to "
+                            "calibrate it.") from e
 
 
 def dataset_path(workdir: Path) -> Path:
@@ -246,7 +245,8 @@ def load_params(config: LaunchConfig, workdir: Path, stage: int,
         dataset = load_demos(workdir) if dataset is None else dataset
         tcfg = train_config(config, stage, workdir)
         like = jax.eval_shape(jax.vmap(tj.make_train(tcfg, stage).init, in_axes=(0, None)),
-                              seed_keys(config, stage), tj.prepare_data(dataset, tcfg))
+                              seed_keys(config, stage),
+                              tj.prepare_data(dataset, tcfg, residuals=residual_bank(config, workdir, stage)))
         try:
             state, meta = ckpt.restore(like, step)
         except CheckpointError as e:
