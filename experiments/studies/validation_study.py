@@ -1,6 +1,6 @@
 """The held-out validation study behind the correction stage's defaults.
 
-For each task: one workdir (quickstart config: 30 demos, 10 held-out demos from layout seed
+For each task: one workdir (`--config`, quickstart by default; 10 held-out demos from layout seed
 60000, stage 1 trained once), then one stage 2 per arm sharing that stage 1, then
 `experiments/studies/validate.py` on each arm (open-loop diagnostics on held-out demos from layout seed
 50000, closed-loop rollouts on validation layouts 200000+). No evaluation layout (100000+) is
@@ -31,6 +31,9 @@ ARMS = {
     "noz_whiten": ("paper", ["--config.stage2.stage2.loss_weighting=whiten",
                              "--config.stage2.network.stage2_pose_input=False"]),
     "cal": ("paper", ["--config.stage2.stage2.loss_weighting=whiten", "--config.calibrate.sigma=True"]),
+    # Algorithm 1's perturbations shaped like stage 1's real errors
+    "scales": ("", ["--config.stage2.stage2.sigma_scales=(1, 2, 4)"]),
+    "residuals": ("", ["--config.stage2.stage2.perturbation=residuals"]),
 }
 
 FLAGS = flags.FLAGS
@@ -40,15 +43,21 @@ flags.DEFINE_list("arms", ["paper", "stage2"], f"Stage-2 arms, from {sorted(ARMS
 flags.DEFINE_integer("episodes", 20, "Validation episodes per seed and policy.")
 flags.DEFINE_string("out", "runs/validation", "Folder of the reports (OUT/TASK/ARM.json) and summary.md.")
 flags.DEFINE_bool("dry_run", False, "Print the commands only.")
+flags.DEFINE_string("config", CONFIG, "The launcher config NAME[:variants] every step runs with "
+                    "(an arm's variants are added to these).")
+flags.DEFINE_list("launch_flags", [], "Launcher flags added to every step, e.g. "
+                  "--config.stage2.select=last,--config.stage2.num_steps=8000.")
 
 
 def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[str]]]:
     """(file that exists when the step is done, command) for every step of one task."""
     wd = root / task
     def launch(mode: str, variants: str = "", *extra: str) -> list[str]:
-        config = f"--config={CONFIG}:{variants}" if variants else f"--config={CONFIG}"
+        name, _, base = FLAGS.config.partition(":")
+        both = ",".join(v for v in (base, variants) if v)
+        config = f"--config={name}:{both}" if both else f"--config={name}"
         return [sys.executable, "-m", "twostage_jax.launch", f"--mode={mode}", f"--workdir={wd}",
-                f"--task={task}", config, *DEMOS, *extra]
+                f"--task={task}", config, *DEMOS, *FLAGS.launch_flags, *extra]
 
     steps = [(wd / "demos" / "held_out.npz", launch("demos")),
              (wd / "stage1" / "summary.json", launch("stage1", "", "--resume"))]
