@@ -1,12 +1,6 @@
-"""The launcher's foreign stage 1: a base policy of yours, named by `config.stage1.source`.
-
-With `--config.stage1.source=module.path:function` stage 1 is not trained: the factory builds
-a base policy (`twostage_jax.base_policy`), stage 2 trains from the demos as always, is
-calibrated to the base policy's errors on the held-out demos, and evaluation rolls out the base
-policy alone and corrected, on the same layouts. A callable base(image, pose) acts in the
-evaluating process; a `SimBasePolicy` acts beside the simulator, in each evaluation worker
-(`twostage_jax.envs.with_base`).
-"""
+"""The launcher's foreign stage 1: a base policy of yours (`config.stage1.source`), not trained,
+which stage 2 is calibrated to and corrects. A callable base(image, pose) acts in the evaluating
+process; a `SimBasePolicy` acts beside the simulator, in each evaluation worker."""
 
 from __future__ import annotations
 
@@ -17,8 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from twostage_jax.base_policy import (BaseContext, SimBasePolicy, base_policy_actions,
-                                      load_base_policy)
+from twostage_jax.base_policy import BaseContext, SimBasePolicy, base_policy_actions, load_base_policy
 from twostage_jax.data import rlbench_conventions
 from twostage_jax.envs.with_base import BaseActingEnv, make_base_acting_env, replay_validation
 from twostage_jax.launch.launch_config import LaunchConfig
@@ -59,21 +52,17 @@ def acting_env_factory(config: LaunchConfig, env_fn: Callable[[], Any]) -> Calla
 
 def validation_actions(config: LaunchConfig, workdir: Path, validation: Any
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """(tentative [N, 7], target [N, 7]): the base policy's actions on the held-out demos and
-    the demos' own. A callable is shown each transition's image and pose; a `SimBasePolicy`
-    proposes along a replay of each demo in the simulator, from its layout
-    (demos/stats.json's `held_out_seeds`)."""
+    """(tentative [N, 7], target [N, 7]): the base policy's actions on the held-out demos (a
+    `SimBasePolicy`'s along a replay of each from its layout) and the demos' own."""
     base = load(config)
     if not isinstance(base, SimBasePolicy):
         return base_policy_actions(base, validation), np.asarray(validation.action, np.float32)
-
     if config.env != "metaworld" or config.data.source != "sim":
         raise PipelineError(f"config.stage1.source {config.stage1.source} acts beside the simulator "
                             "(a SimBasePolicy), and calibrating stage 2 to it replays the held-out "
                             "demos from their layouts, which only MetaWorld's recorded demos have; "
                             "turn calibration off (--config.calibrate.sigma=False) or give a callable "
                             "base(image, pose).")
-
     try:
         seeds = json.loads((workdir / "demos" / "stats.json").read_text())["held_out_seeds"]
     except (OSError, ValueError, KeyError) as e:

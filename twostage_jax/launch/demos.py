@@ -1,6 +1,5 @@
-"""The launcher's first stage: record demonstrations (MetaWorld) or read them (RLBench's
-on-disk demos, a LeRobot dataset), and write the keyframe dataset and the held-out validation
-demos to the workdir."""
+"""The launcher's first stage: record demos (MetaWorld) or read them (RLBench's folder, a LeRobot
+dataset), and write the keyframe dataset and the held-out demos to WORKDIR/demos/."""
 
 from __future__ import annotations
 
@@ -27,40 +26,26 @@ from twostage_jax.launch.workdir import config_record, dataset_path, trained_sta
 
 
 def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
-    """Records (or reads) demonstrations, builds the keyframe dataset and writes it atomically.
-
-    Args:
-      config: the launcher config (`config.data.source`: the simulator's demos, or a LeRobot
-        dataset's episodes).
-      workdir: the workdir; the dataset goes to demos/dataset.npz, with demos/stats.json and
-        demos/config.json (the config that made it), and the held-out demos
-        (`config.demos.num_held_out`) to demos/held_out.npz.
-      force: replace an existing dataset. Without it an existing dataset is refused before
-        any work, since the stages trained on it would no longer match it.
+    """Records (or reads) the demos and writes demos/dataset.npz, held_out.npz, stats.json and
+    config.json, all or none; `force` replaces an existing dataset (else refused before any work).
 
     Returns:
-      What demos/stats.json holds: `demo_seeds` (the training demos' layouts, or episode
-      indices), `held_out_seeds`, sizes and timings.
+      What demos/stats.json holds: `demo_seeds`, `held_out_seeds`, sizes and timings.
 
     Raises:
-      PipelineError: a dataset exists and `force` is False; a LeRobot dataset that fails a check.
+      PipelineError: a dataset exists and `force` is False; demos that fail a check.
     """
-
     path = dataset_path(workdir)
     if path.exists() or path.is_symlink():
-        stages = trained_stages(workdir)
-        trained = f"; {', '.join(stages)} {'was' if len(stages) == 1 else 'were'} trained on it" \
-            if stages else ""
+        trained = (f"; {', '.join(stages)} {'was' if len(stages) == 1 else 'were'} trained on it"
+                   if (stages := trained_stages(workdir)) else "")
         if not force:
             raise PipelineError(
                 f"{path} already exists{trained}. --mode=demos would replace it: use a fresh "
                 "--workdir, or pass --force to replace it anyway.")
         logging.warning("--force: replacing %s%s", path, trained)
     start = time.perf_counter()
-    if config.data.source == "lerobot":
-        ds, val_ds, info = _read_lerobot(config)
-    else:
-        ds, val_ds, info = _sim_demos(config)
+    ds, val_ds, info = _read_lerobot(config) if config.data.source == "lerobot" else _sim_demos(config)
     for name, data in (("demos", ds), ("held-out demos", val_ds)):
         if data is not None:
             _check_camera_sees(config, data, name)
@@ -69,25 +54,19 @@ def run_demos(config: LaunchConfig, workdir: Path, force: bool = False) -> dict:
                 total_seconds=time.perf_counter() - start)
     _write_demos(workdir, {"held_out.npz": val_ds, "stats.json": info,
                            "config.json": config_record(config, workdir), "dataset.npz": ds})
-    logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s",
-                 info["kept"], info["transitions"], info["images"],
-                 info["dataset_mib"], info["total_seconds"])
+    logging.info("demos: kept %d, %d transitions, %d images (%.1f MiB) in %.0f s", info["kept"],
+                 info["transitions"], info["images"], info["dataset_mib"], info["total_seconds"])
     return info
 
 
 def _check_camera_sees(config: LaunchConfig, ds: Any, name: str) -> None:
-    """Refuses demos whose camera sees under `config.data.min_visible` of the end-effector
-    positions, naming where the camera came from and the share."""
-
-    share = tj.visible_share(ds)
-    if share >= float(config.data.min_visible):
+    """Refuses demos whose camera sees under `config.data.min_visible` of the end-effector positions."""
+    if (share := tj.visible_share(ds)) >= float(config.data.min_visible):
         return
-    if config.data.source == "lerobot":
-        where = f"the camera of config.data.camera_file ({config.data.camera_file})"
-    elif config.env == "rlbench":
-        where = f"the cameras recorded in config.rlbench_root ({config.rlbench_root})"
-    else:
-        where = f"the {config.env} camera"
+    where = (f"the camera of config.data.camera_file ({config.data.camera_file})"
+             if config.data.source == "lerobot" else
+             f"the cameras recorded in config.rlbench_root ({config.rlbench_root})"
+             if config.env == "rlbench" else f"the {config.env} camera")
     raise PipelineError(
         f"{where} sees {100 * share:.0f}% of the {name}' end-effector positions (in front of it and "
         f"inside the image); at least {100 * float(config.data.min_visible):.0f}% must be seen "
@@ -96,8 +75,7 @@ def _check_camera_sees(config: LaunchConfig, ds: Any, name: str) -> None:
 
 
 def _sim_demos(config: LaunchConfig) -> tuple:
-    """(dataset, validation dataset or None, stats) of the simulator's demos: recorded in
-    MetaWorld, or read from RLBench's folder."""
+    """(dataset, held-out dataset or None, stats) of MetaWorld's recorded or RLBench's read demos."""
     d = config.demos
     if config.env == "metaworld":
         from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace  # lazy: imports MuJoCo
@@ -106,40 +84,30 @@ def _sim_demos(config: LaunchConfig) -> tuple:
                                   max_keyframes=int(d.max_keyframes))
         trajs, stats = record_demos(config.task, int(d.num_demos), seed=int(d.seed),
                                     augment_every=int(d.augment_every), env_config=env_cfg)
-        workspace = default_workspace()
-        info = {"demo_seeds": [int(t.seed) for t in trajs], **stats._asdict()}
+        workspace, extra = default_workspace(), stats._asdict()
     else:
         trajs, val_episodes = _read_rlbench(config)
-        workspace = rlbench_workspace()
-        info = {"demo_seeds": [int(t.seed) for t in trajs], "kept": len(trajs)}
+        workspace, extra = rlbench_workspace(), {"kept": len(trajs)}
+    info = {"demo_seeds": [int(t.seed) for t in trajs], **extra}
     ds = build_dataset(trajs, workspace, gamma=float(d.gamma), augment_every=int(d.augment_every))
-    num_val = d.num_held_out
     val_ds = None
-    if num_val > 0 and config.env == "metaworld":
-        # Keyframe-to-keyframe chains only (no augmentation): the states a policy meets when it
-        # acts keyframe by keyframe.
-        val, _ = record_demos(config.task, num_val, seed=int(d.held_out_seed), augment_every=10**6,
-                              env_config=env_cfg)
-        clash = set(info["demo_seeds"]).intersection(int(t.seed) for t in val)
-        if clash:
-            raise PipelineError(f"validation demo seeds {sorted(clash)[:5]} were used for training "
-                                "demos; set config.demos.held_out_seed beyond them.")
+    if d.num_held_out > 0:  # keyframe-to-keyframe chains only: the states a policy acting meets
+        if config.env == "metaworld":
+            val, _ = record_demos(config.task, d.num_held_out, seed=int(d.held_out_seed),
+                                  augment_every=10**6, env_config=env_cfg)
+            clash = set(info["demo_seeds"]).intersection(int(t.seed) for t in val)
+            if clash:
+                raise PipelineError(f"validation demo seeds {sorted(clash)[:5]} were used for training "
+                                    "demos; set config.demos.held_out_seed beyond them.")
+        else:  # RLBench: the folder's last num_held_out episodes
+            val = _load_rlbench(config, val_episodes, augment_every=10**6)
         val_ds = build_dataset(val, workspace, gamma=float(d.gamma), augment_every=10**6)
         info["held_out_seeds"] = [int(t.seed) for t in val]
-    elif num_val > 0:  # RLBench: the folder's last num_held_out episodes, keyframe chains only
-        val = _load_rlbench(config, val_episodes, augment_every=10**6)
-        val_ds = build_dataset(val, workspace, gamma=float(d.gamma), augment_every=10**6)
-        info["held_out_seeds"] = [int(t.seed) for t in val]
-    info.setdefault("kept", len(trajs))
     return ds, val_ds, {**info, "env": config.env}
 
 
 def _read_lerobot(config: LaunchConfig) -> tuple:
-    """(dataset, validation dataset or None, stats) of a LeRobot dataset (`config.data`): the
-    last `config.demos.num_held_out` of its chosen episodes are the held-out demos
-    (keyframe-to-keyframe chains only, as the simulator's), the others the training dataset.
-    `demo_seeds` and `held_out_seeds` in the stats are their episode indices."""
-
+    """(dataset, held-out dataset or None, stats) of a LeRobot dataset; the seeds are episode indices."""
     d, data = config.demos, config.data
     try:
         train, val = check_data_source(config)  # every check before any frame is decoded
@@ -157,11 +125,8 @@ def _read_lerobot(config: LaunchConfig) -> tuple:
 
 
 def _write_demos(workdir: Path, files: dict) -> None:
-    """Writes demos/'s files all or none: each into a hidden staging folder in demos/, then
-    renamed into place in order (the dataset last, as `--mode=all` takes it for done); a file
-    given as None is removed (no held-out demos). A full disk while staging leaves demos/ as
-    it was, and the staging folder is removed (as is any a killed run left)."""
-
+    """Writes demos/'s files all or none, staged then renamed in order (the dataset, last, marks
+    them done); a file given as None is removed."""
     folder = dataset_path(workdir).parent
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".staging-*"):
@@ -170,14 +135,10 @@ def _write_demos(workdir: Path, files: dict) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
     try:
         for name, content in files.items():
-            if content is None:
-                continue
-            with reporting_disk_full(f"demos/{name}", folder, "demos/ is as it was; free some space "
-                                     "and record the demos again."):
-                if name.endswith(".npz"):
-                    save_dataset(staging / name, content)
-                else:
-                    write_json_atomic(staging / name, content)
+            if content is not None:
+                with reporting_disk_full(f"demos/{name}", folder, "demos/ is as it was; free some "
+                                         "space and record the demos again."):
+                    (save_dataset if name.endswith(".npz") else write_json_atomic)(staging / name, content)
         for name, content in files.items():
             if content is not None:
                 os.replace(staging / name, folder / name)
@@ -188,15 +149,8 @@ def _write_demos(workdir: Path, files: dict) -> None:
 
 
 def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
-    """RLBench's on-disk demos of config.task: (training trajectories, validation episode numbers).
-
-    The last `config.demos.num_held_out` episodes of ROOT/TASK/variation0/episodes are held out
-    as held-out demos (RLBench's dataset generator records no separate layouts for them); the
-    first `config.demos.num_demos` of the others are the training demos.
-    """
-
-    d = config.demos
-    root = str(config.rlbench_root)
+    """RLBench's demos of config.task: (training trajectories, held-out episode numbers: the last)."""
+    d, root = config.demos, str(config.rlbench_root)
     try:
         episodes = list_rlbench_episodes(root, config.task)
     except FileNotFoundError as e:
@@ -211,22 +165,18 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
             "--config.calibrate.sigma=False and --config.calibrate.crop_size=False).")
     train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
     trajs = _load_rlbench(config, train_episodes, augment_every=int(d.augment_every))
-    size = int(trajs[0].images.shape[1])
-    if trajs[0].images.shape[1:3] != (int(d.image_size),) * 2:
+    height, width = trajs[0].images.shape[1:3]
+    if (height, width) != (int(d.image_size),) * 2:
         raise PipelineError(f"config.demos.image_size ({d.image_size}) must match the RLBench images "
-                            f"({trajs[0].images.shape[2]}x{trajs[0].images.shape[1]} px); pass "
-                            f"--config.demos.image_size={size}.")
+                            f"({width}x{height} px); pass --config.demos.image_size={height}.")
     if len(train_episodes) < int(d.num_demos):
-        logging.warning("demos: the RLBench folder has %d training episodes (after %d held out), "
-                        "fewer than config.demos.num_demos=%d", len(train_episodes), num_val,
-                        int(d.num_demos))
+        logging.warning("demos: the RLBench folder has %d training episodes (after %d held out), fewer "
+                        "than config.demos.num_demos=%d", len(train_episodes), num_val, int(d.num_demos))
     return trajs, episodes[len(episodes) - num_val:]
 
 
 def _load_rlbench(config: LaunchConfig, episodes: list[int], augment_every: int) -> list:
-    """`load_rlbench_demos` of config.task's `episodes`, a malformed episode (a truncated or
-    foreign pickle, a missing low_dim_obs.pkl or PNG) reported as a PipelineError naming it."""
-
+    """`load_rlbench_demos` of config.task's `episodes`, a malformed one a PipelineError naming it."""
     try:
         return load_rlbench_demos(str(config.rlbench_root), config.task, episodes=episodes,
                                   augment_every=augment_every)
@@ -236,19 +186,15 @@ def _load_rlbench(config: LaunchConfig, episodes: list[int], augment_every: int)
 
 
 def check_data_source(config: LaunchConfig) -> tuple[list[int], list[int]]:
-    """Checks a LeRobot source (`config.data`) before any work: every check
-    `load_lerobot_dataset` makes (keys, the camera's calibration, lengths, each video against its
-    index), without decoding a frame, then `config.demos.image_size` against its frames and
-    `config.demos.num_held_out` against its episodes.
+    """Checks a LeRobot source (`config.data`) without decoding a frame.
 
     Returns:
-      (training, validation) episode indices (`split_episodes`).
+      (training, held-out) episode indices (`split_episodes`).
 
     Raises:
       ValueError: one line naming the config field (and the file) at fault.
-      ImportError: pyarrow or PyAV is missing (the message names the `lerobot` extra).
+      ImportError: pyarrow or PyAV is missing.
     """
-
     data = config.data
     try:
         calibration = load_calibration(data.camera_file)

@@ -1,16 +1,6 @@
-"""The launcher's evaluation jobs: stage 1 alone and the two-stage policy, per seed, at the final
-checkpoint and at the learning-curve steps, on one `EnvPool`, with the stage-1 results cached.
-
-Stage 1 alone does not depend on stage 2, so ablations sharing a stage 1 reuse its rollouts
-from `stage1/eval_cache.json`. Each entry is keyed by what determines the episodes: the
-evaluation layouts and env settings, stage 1's policy config and a fingerprint (SHA-256) of that
-seed's parameters, so a stage 1 retrained in the same workdir, even to the same step, is
-rolled out again.
-
-`config.eval.curve_steps` lists training steps whose checkpoints training keeps; the learning
-curves (the paper's Fig. 4) evaluate stage 1 alone at step k and the two-stage policy made of
-stage 1 and stage 2 both at step k.
-"""
+"""The launcher's evaluation jobs: stage 1 alone and the two-stage policy, per seed and checkpoint,
+on one `EnvPool`; stage 1's results are cached in stage1/eval_cache.json, keyed by the evaluation
+setting and a fingerprint of the parameters, so ablations sharing a stage 1 reuse its rollouts."""
 
 from __future__ import annotations
 
@@ -32,26 +22,21 @@ from twostage_jax.evaluation import Episode, EnvPool, Job
 from twostage_jax.evaluation import rollouts as eval_rollouts
 from twostage_jax.launch.launch_config import LaunchConfig
 
-
 MODES = ("stage1", "two_stage")
-EVAL_VERSION = 2
-"""Bumped when what a cached stage-1 rollout means changes (2: parameter fingerprints and
-row-by-row policy calls)."""
+EVAL_VERSION = 2  # bumped when what a cached stage-1 rollout means changes
 
 
 def env_factory(config: LaunchConfig) -> Callable[[], Any]:
     """A picklable zero-argument constructor of the evaluation env (one per worker)."""
-    size = int(config.demos.image_size)
+    size, keyframes = int(config.demos.image_size), int(config.demos.max_keyframes)
     if config.env == "metaworld":
         return functools.partial(tj.envs.make_env, str(config.task), width=size, height=size,
-                                 max_keyframes=int(config.demos.max_keyframes))
-    return functools.partial(RLBenchEnv, str(config.task), image_size=size,
-                             max_keyframes=int(config.demos.max_keyframes))
+                                 max_keyframes=keyframes)
+    return functools.partial(RLBenchEnv, str(config.task), image_size=size, max_keyframes=keyframes)
 
 
 def pool_workers(config: LaunchConfig, episodes: int) -> int:
-    """`config.eval.workers`, capped at the episodes to roll out and the cores this process may
-    use (more simulators than either only cost memory and start-up), saying so when it caps."""
+    """`config.eval.workers`, capped (saying so) at the episodes to roll out and the usable cores."""
     workers = max(1, min(int(config.eval.workers), int(episodes), eval_rollouts.default_workers()))
     if workers < int(config.eval.workers):
         logging.info("rolling out %d episode(s) with %d simulator(s) (config.eval.workers=%d; %d core(s))",
@@ -70,12 +55,7 @@ def params_fingerprint(params: Any) -> str:
 
 
 class Stage1Cache:
-    """Stage-1 success lists in a JSON file, one entry per (evaluation setting, parameters).
-
-    Args:
-      path: the JSON file (created on `save`; unreadable or old-format files count as empty).
-      setting: everything besides the parameters that determines the episodes.
-    """
+    """Stage-1 success lists in a JSON file (unreadable: empty), one per (`setting`, parameters)."""
 
     def __init__(self, path: Path, setting: dict) -> None:
         self.path, self.setting = Path(path), setting
@@ -93,9 +73,8 @@ class Stage1Cache:
         """The cached success list of parameters with this fingerprint, or None."""
         name, key = self._key(fingerprint)
         entry = self._entries.get(name)
-        if isinstance(entry, dict) and entry.get("key") == key:
-            return [bool(x) for x in entry["success"]]
-        return None
+        return ([bool(x) for x in entry["success"]]
+                if isinstance(entry, dict) and entry.get("key") == key else None)
 
     def put(self, fingerprint: str, success: list[bool]) -> None:
         name, key = self._key(fingerprint)
@@ -123,18 +102,11 @@ class Evaluation:
     """Collects (tag, params) to evaluate, then runs all their episodes on one `EnvPool`.
 
     Args:
-      stage1, stage2: the stages' `TrainConfig`s.
-      workspace: the dataset's workspace.
       seeds: evaluation layout seeds.
       num_seeds: training seeds (leading axis of the parameters).
-      cache: the stage-1 cache, or None.
-      correction_passes, corrected_dims: `make_policy`'s, for the two-stage policy (stage 1's
-        rollouts, and so the cache, do not depend on them).
-      modes: the policies to roll out, a subset of `MODES` (`stage2` may be None without
-        'two_stage').
-      base: a base policy of the user's in place of stage 1 (`params1` are then ignored): a
-        callable base(image, pose), called here, or `ENV_BASE` when the env's observations
-        carry the base's actions (`envs.with_base`); 'stage1' is then the base policy alone.
+      modes: the policies to roll out, a subset of `MODES`.
+      base: a base policy in place of stage 1: a callable base(image, pose), or `ENV_BASE` when
+        the env's observations carry its actions.
     """
 
     def __init__(self, stage1: tj.TrainConfig | None, stage2: tj.TrainConfig | None,
@@ -142,12 +114,9 @@ class Evaluation:
                  correction_passes: int = 1, corrected_dims: Any = None,
                  modes: tuple[str, ...] = MODES, base: Any = None) -> None:
         self.policies = {}
-        if base is not None:
-            tentative = _env_tentative if isinstance(base, str) else functools.partial(_host_tentative, base)
-        # stage 1 (or the base) alone; built lazily by make_policy, compiled on its first call
-        self._alone = (None if stage1 is None and base is None else
-                       tj.make_policy(stage1, None, workspace, row_by_row=True) if base is None
-                       else functools.partial(_base_alone, tentative))
+        tentative = functools.partial(_tentative, base)
+        self._alone = (functools.partial(_base_alone, tentative) if base is not None else
+                       None if stage1 is None else tj.make_policy(stage1, None, workspace, row_by_row=True))
         if "stage1" in modes:
             self.policies["stage1"] = self._alone
         if "two_stage" in modes:
@@ -163,15 +132,13 @@ class Evaluation:
     def add(self, tag: Any, params1: Any, params2: Any, record: int = 0,
             layouts: list[int] | None = None, seeds: list[int] | None = None,
             uncorrected: tuple[int, ...] = ()) -> None:
-        """Evaluates both modes for every seed of `params1`/`params2` ([S, ...] leaves);
-        `record` first episodes of seed 0 keep their frames.
+        """Evaluates every mode for every seed of `params1`/`params2` ([S, ...] leaves).
 
         Args:
-          layouts: this entry's layout seeds (default: the evaluation's; others bypass the
-            stage-1 cache, whose entries are keyed by the evaluation's layouts).
+          record: how many first episodes of seed 0 keep their frames.
+          layouts: this entry's layout seeds (default: the evaluation's, the only ones cached).
           seeds: the training seeds to roll out (default: all; the others' rows stay False).
-          uncorrected: training seeds whose 'two_stage' policy is stage 1 (or the base) alone:
-            stage 2's selection chose no correction for them (`SelectConfig.no_correction`).
+          uncorrected: training seeds whose 'two_stage' policy is stage 1 (or the base) alone.
         """
         self._entries.append((tag, params1, params2, record, layouts, seeds, frozenset(uncorrected)))
 
@@ -195,8 +162,7 @@ class Evaluation:
         success = {tag: {m: np.zeros((self.num_seeds, len(self.seeds if layouts is None else layouts)), bool)
                          for m in self.policies}
                    for tag, _, _, _, layouts, _, _ in self._entries}
-        jobs: list[Job] = []
-        where: list[tuple[Any, str, int, int]] = []
+        jobs: list[tuple[Job, tuple[Any, str, int, int]]] = []  # (job, (tag, mode, seed, layout index))
         fresh: dict[str, tuple[Any, int]] = {}  # fingerprint -> (tag, seed) evaluated now
         for tag, params1, params2, record, layouts, seeds, uncorrected in self._entries:
             for s in range(self.num_seeds) if seeds is None else seeds:
@@ -212,20 +178,17 @@ class Evaluation:
                         if hit is not None and len(hit) == len(self.seeds):
                             success[tag][mode][s] = hit
                             self.reused += 1
-                            # the recorded episodes are rolled out again for their frames (the
-                            # same outcomes: an episode depends on the parameters and its layout)
+                            # the recorded episodes are rolled out again for their frames
                             for e in range(min(record, len(self.seeds)) if s == 0 else 0):
-                                jobs.append(Job(act, self.seeds[e], record=True))
-                                where.append((tag, mode, s, e))
+                                jobs.append((Job(act, self.seeds[e], record=True), (tag, mode, s, e)))
                             continue
                         fresh[fp] = (tag, s)
                     for e, layout in enumerate(self.seeds if layouts is None else layouts):
-                        jobs.append(Job(act, layout, record=s == 0 and e < record))
-                        where.append((tag, mode, s, e))
+                        jobs.append((Job(act, layout, record=s == 0 and e < record), (tag, mode, s, e)))
         recorded: dict[str, list[tuple[int, Episode]]] = {}
 
         def done(i: int, ep: Episode) -> None:
-            tag, mode, s, e = where[i]
+            tag, mode, s, e = jobs[i][1]
             success[tag][mode][s, e] = ep.success
             if ep.frames.size:
                 recorded.setdefault(mode, []).append((e, ep))
@@ -235,7 +198,7 @@ class Evaluation:
         if progress is not None:
             progress.total = len(jobs)
             progress.refresh()
-        pool.run(jobs, on_episode=done)
+        pool.run([job for job, _ in jobs], on_episode=done)
         if self.cache is not None and fresh:
             for fp, (tag, s) in fresh.items():
                 self.cache.put(fp, success[tag]["stage1"][s].tolist())
@@ -244,8 +207,7 @@ class Evaluation:
                          for m, eps in recorded.items()}
 
 
-ENV_BASE = "env"
-"""`Evaluation`'s `base` when the base policy acts beside the simulator."""
+ENV_BASE = "env"  # `Evaluation`'s `base` when the base policy acts beside the simulator
 
 
 def _call(policy: Callable[..., Any], p1: Any, p2: Any, image: np.ndarray, pose: np.ndarray,
@@ -255,20 +217,17 @@ def _call(policy: Callable[..., Any], p1: Any, p2: Any, image: np.ndarray, pose:
     return policy(p1, p2, image, pose, camera, tentative=tentative)
 
 
-def _env_tentative(image: np.ndarray, pose: np.ndarray, tentative: np.ndarray | None) -> np.ndarray:
+def _tentative(base: Any, image: np.ndarray, pose: np.ndarray, tentative: np.ndarray | None) -> np.ndarray:
+    if not isinstance(base, str):
+        return tj.call_base_policy(base, image, pose)
     if tentative is None:
         raise RuntimeError("the base policy acts beside the simulator, but the env's observations "
                            "carry no tentative action (is the env a BaseActingEnv?).")
     return tentative
 
 
-def _host_tentative(base: Any, image: np.ndarray, pose: np.ndarray, tentative: Any) -> np.ndarray:
-    return tj.call_base_policy(base, image, pose)
-
-
 def _base_alone(tentative_of: Callable[..., np.ndarray], p1: Any, p2: Any, image: np.ndarray,
                 pose: np.ndarray, camera: Any, tentative: np.ndarray | None = None) -> tj.PolicyOutput:
-    """The base policy alone: its action, executed as it is."""
     a1 = np.asarray(tentative_of(image, pose, tentative), np.float32)
     return tj.PolicyOutput(action=a1, tentative=a1, correction=np.zeros_like(a1))
 
@@ -276,5 +235,4 @@ def _base_alone(tentative_of: Callable[..., np.ndarray], p1: Any, p2: Any, image
 def _base_corrected(act: Callable[..., Any], tentative_of: Callable[..., np.ndarray], p1: Any, p2: Any,
                     image: np.ndarray, pose: np.ndarray, camera: Any,
                     tentative: np.ndarray | None = None) -> Any:
-    """The base policy's action corrected by stage 2 (`make_policy(None, stage2)`'s act)."""
     return act(None, p2, image, pose, camera, tentative=tentative_of(image, pose, tentative))

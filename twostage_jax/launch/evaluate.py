@@ -27,8 +27,7 @@ LEROBOT_EVALUATION = (
     "rolls out in the simulator (config.env), whose camera and workspace are not those of the "
     "LeRobot dataset (config.data.source='lerobot'): train with --mode=demos, --mode=stage1 and "
     "--mode=stage2, and act on your robot with the library (twostage_jax.make_policy / "
-    "correct_base_policy).")
-"""Why evaluation (and --mode=all) refuses a LeRobot source, after what refuses it."""
+    "correct_base_policy).")  # why evaluation (and --mode=all) refuses a LeRobot source
 
 
 def eval_seeds(config: LaunchConfig, workdir: Path) -> list[int]:
@@ -54,22 +53,19 @@ def _latest_step(config: LaunchConfig, workdir: Path, stage: int) -> int:
 
 
 def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
-    """Rolls out stage 1 alone and the two-stage policy for every seed; writes results and plots.
+    """Rolls out stage 1 (or the base policy) alone and the two-stage policy for every seed, and
+    replaces eval/ (or eval_NAME/) with the results, plots and frames as a unit.
 
-    Before any rollout it checks that both stages were trained with this config and that the
-    output folders are writable; a LeRobot source is refused (its camera is not the
-    simulator's). With `config.stage1.source` the user's base policy stands in for stage 1:
-    'stage1' is then that policy alone and 'two_stage' the policy corrected. The results,
-    plots and frames are written to a temporary
-    folder that then replaces eval/ (or eval_NAME/) as a unit, so a failure leaves the previous
-    results whole.
+    Raises:
+      PipelineError: a LeRobot source, a stage not trained, an unwritable folder, before any rollout.
     """
     if config.data.source == "lerobot":
         raise PipelineError(f"evaluation {LEROBOT_EVALUATION}")
     out_dir = eval_dir(workdir, config)
     ensure_writable(workdir, f"evaluation writes {out_dir.name}/ there.")
     foreign = base_source.uses_base(config)
-    for stage in (2,) if foreign else (1, 2):  # what is missing, before what is unwritable
+    stages = (2,) if foreign else (1, 2)
+    for stage in stages:  # what is missing, before what is unwritable
         folder = stage_dir(workdir, stage, config) / "checkpoints"
         if not folder.is_dir():
             mode = f"--mode={STAGE_NAMES[stage]}" + (
@@ -77,8 +73,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
                 if stage == 2 and config.stage2_name != STAGE_NAMES[2] else "")
             raise PipelineError(f"evaluation needs a trained {STAGE_NAMES[stage]}, but {folder} does "
                                 f"not exist; run {mode} first (or --mode=all).")
-    recovered = recover_atomic_folder(out_dir)  # what an evaluation killed while replacing it left
-    if recovered:
+    if recovered := recover_atomic_folder(out_dir):  # what an evaluation killed while replacing it left
         logging.warning("%s: an earlier evaluation was stopped while replacing it: %s.", out_dir.name,
                         "; ".join(recovered))
     if out_dir.exists():
@@ -95,33 +90,27 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     params2, steps2 = selection.policy_params(config, workdir, 2, dataset, uncorrected=True)
     step1 = 0 if foreign else _latest_step(config, workdir, 1)
     step2 = _latest_step(config, workdir, 2)
+    num_seeds = int(config.num_seeds)
     pairing_path = stage_dir(workdir, 2, config) / "pairing.json"
     pairing = json.loads(pairing_path.read_text()) if pairing_path.exists() else {}
-
-    paired = recorded_stage1(stage_dir(workdir, 2, config), int(config.num_seeds)) if pairing else None
+    paired = recorded_stage1(stage_dir(workdir, 2, config), num_seeds) if pairing else None
     now = config.stage1.source or steps1
     if paired is not None and paired != now:  # e.g. a stage 2 calibrated on our stage 1, now
         where = (f" ({workdir / pairing['path']})" if pairing.get("path") else "")
         logging.warning("stage 2 was trained against %s%s but stage 1 now is %s", describe_stage1(paired),
                         where, describe_stage1(now))  # correcting a base policy of the user's
     c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
-    workspace = dataset.workspace
     seeds = eval_seeds(config, workdir)
-    num_seeds = int(config.num_seeds)
-    policies = eval_jobs.MODES
-    # Stage 1 alone does not depend on stage 2: ablations sharing a stage 1 reuse its rollouts.
     cache = None if foreign else eval_jobs.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
                                                       eval_jobs.cache_setting(config, seeds))
     passes, dims = config.eval.correction_passes, config.eval.corrected_dims
-    in_env = isinstance(base, tj.SimBasePolicy)
     env_fn = eval_jobs.env_factory(config)
-    if in_env:  # it acts beside the simulator, in each worker
+    if in_env := isinstance(base, tj.SimBasePolicy):  # it acts beside the simulator, in each worker
         env_fn = base_source.acting_env_factory(config, env_fn)
-    uncorrected = tuple(s for s, k in enumerate(steps2) if k == selection.NO_CORRECTION)
-    if uncorrected:
+    if uncorrected := tuple(s for s, k in enumerate(steps2) if k == selection.NO_CORRECTION):
         logging.info("stage 2's selection chose no correction for seed(s) %s: they act with stage 1 alone",
                      list(uncorrected))
-    ev = eval_jobs.Evaluation(c1, c2, workspace, seeds, num_seeds, cache, correction_passes=passes,
+    ev = eval_jobs.Evaluation(c1, c2, dataset.workspace, seeds, num_seeds, cache, correction_passes=passes,
                              corrected_dims=dims, base=eval_jobs.ENV_BASE if in_env else base)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes), uncorrected=uncorrected)
     final = (steps1, steps2) == ([step1] * num_seeds, [step2] * num_seeds)
@@ -140,22 +129,20 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
     eval_cost = {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
     if ev.reused:
         logging.info("reusing stage-1 rollouts of %d seed checkpoint(s) from %s", ev.reused, cache.path)
-    success = by_tag["final"]
-    rates = {m: success[m].mean(axis=1) for m in policies}
-    reps = config.eval.bootstrap_reps
+    success, reps = by_tag["final"], config.eval.bootstrap_reps
+    rates = {m: success[m].mean(axis=1) for m in eval_jobs.MODES}
     modes = {}
-    for m in policies:
+    for m in eval_jobs.MODES:
         ci = evaluation.bootstrap_interval(rates[m], reps=reps)
         modes[m] = ModeResult(tuple(rates[m].tolist()), ci.mean, ci.low, ci.high,
                               tuple(tuple(row) for row in success[m].astype(int).tolist()))
     gain = evaluation.difference_interval(rates["stage1"], rates["two_stage"], reps=reps)
     curves = None
     if config.eval.curve_steps:  # [steps][seeds] success rates, the final checkpoint last
-        # (a validation-selected policy is no single step: its curve is the kept checkpoints')
         tags = curve + (["final"] if final else [])
         curves = {m: Curve(tuple(curve + ([step1 if m == "stage1" else step2] if final else [])),
                            tuple(tuple(by_tag[t][m].mean(axis=1).tolist()) for t in tags))
-                  for m in policies}
+                  for m in eval_jobs.MODES}
     selections = {STAGE_NAMES[s]: selection.summary(selection.ensure_selection(config, workdir, s,
                                                                               dataset, False))
                   for s in (1, 2) if selects(config, s)}
@@ -163,16 +150,13 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         task=config.task, algo=config.algo, env=config.env, num_seeds=num_seeds,
         episodes_per_seed=len(seeds), eval_seeds=(seeds[0], seeds[-1]),
         stage1_step=step1, stage2_step=step2, stage1_steps=tuple(steps1), stage2_steps=tuple(steps2),
-        selection=selections,
-        stage2_mode=config.stage2.stage2.mode,
+        selection=selections, stage2_mode=config.stage2.stage2.mode,
         crop_size=0 if config.calibrate.crop_size else config.stage2.train_config().stage2.crop_size,
-        stage2_name=config.stage2_name,
-        stage2_q_target=c2.cql.target if config.algo == "cql" else None,
+        stage2_name=config.stage2_name, stage2_q_target=c2.cql.target if config.algo == "cql" else None,
         stage2_sigma=tuple(c2.stage2.sigma), stage2_crop_size=c2.stage2.crop_size,
         stage2_loss_weighting=c2.stage2.resolved_loss_weighting() if config.algo == "bc" else "none",
-        correction_passes=passes, corrected_dims=dims,
-        eval_seconds=eval_cost["seconds"], config=to_dict(config),
-        cost=run_cost(config, workdir, selections, eval_cost, stages=(2,) if foreign else (1, 2)),
+        correction_passes=passes, corrected_dims=dims, eval_seconds=eval_cost["seconds"],
+        config=to_dict(config), cost=run_cost(config, workdir, selections, eval_cost, stages=stages),
         modes=modes, gain=MeanInterval(gain.mean, gain.low, gain.high), curves=curves,
         stage1_source=config.stage1.source,
         environment={"evaluation": environment_record(),
@@ -183,18 +167,16 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
             atomic_folder(out_dir) as tmp:
         write_json_atomic(tmp / "results.json", results.to_dict())
         plots.success_bars(results, tmp / "success.png")
-        plots.learning_curves([stage_dir(workdir, s, config) for s in ((2,) if foreign else (1, 2))],
-                              tmp / "learning_curves.png")
+        plots.learning_curves([stage_dir(workdir, s, config) for s in stages], tmp / "learning_curves.png")
         for mode, eps in recorded.items():
-            plots.rollout_frames(eps[0], camera, workspace, tmp / f"rollout_{mode}.png")
+            plots.rollout_frames(eps[0], camera, dataset.workspace, tmp / f"rollout_{mode}.png")
     return results
 
 
 def run_cost(config: LaunchConfig, workdir: Path, selections: dict[str, dict], evaluation_cost: dict,
              stages: tuple[int, ...] = (1, 2)) -> dict:
-    """results.json's `cost`: each stage's training (STAGE/summary.json) and validation
-    rollouts (a plateau stop's and its selection's), and this evaluation's, in wall and CPU
-    seconds."""
+    """results.json's `cost`: wall and CPU seconds of each stage's training and validation
+    rollouts, and of this evaluation."""
     cost: dict = {}
     for stage in stages:
         name = STAGE_NAMES[stage]
@@ -209,7 +191,7 @@ def run_cost(config: LaunchConfig, workdir: Path, selections: dict[str, dict], e
                  "plateau_validation_seconds": summary.get("validation_seconds", 0.0),
                  "plateau_validation_cpu_seconds": summary.get("validation_cpu_seconds", 0.0)}
         sel = selections.get(name)
-        if sel is not None:
+        if sel is not None:  # its selection's validation rollouts
             entry.update(selection_seconds=sel.get("seconds"), selection_cpu_seconds=sel.get("cpu_seconds"),
                          episodes_spent=sel.get("episodes_spent"), episodes_full=sel.get("episodes_full"))
         cost[name] = entry
@@ -219,8 +201,7 @@ def run_cost(config: LaunchConfig, workdir: Path, selections: dict[str, dict], e
 
 def format_results_table(results: EvalResults) -> str:
     """A plain-text table of stage-1 vs two-stage success with intervals."""
-    rows = [f"{'policy':<12} {'success':>8}  {'95% CI':>15}  per-seed",
-            "-" * 60]
+    rows = [f"{'policy':<12} {'success':>8}  {'95% CI':>15}  per-seed", "-" * 60]
     names = {"stage1": "base", "two_stage": "corrected"} if results.stage1_source else {}
     for mode, r in results.modes.items():
         per = " ".join(f"{x:.2f}" for x in r.per_seed)

@@ -1,20 +1,7 @@
-"""Workdir locks: one launcher writes a part of a workdir at a time, and none reads what another writes.
-
-Each part of a workdir (demos/, stage1/, a stage 2's folder, an evaluation folder) has a lock,
-taken exclusive to write it and shared to read it. The locks live in WORKDIR/.locks/, so a
-folder replaced as a unit (an evaluation's) keeps its lock. A refused launcher stops at once,
-with one line naming the holder: pid, host, mode and start time.
-
-`fcntl.flock` is hand-used here rather than the `filelock` library because shared (reader)
-locks are needed: filelock's FileLock is exclusive only, and its ReadWriteLock keeps its state
-in SQLite, which network filesystems break. The kernel releases a flock when its holder dies,
-however it dies, so a lock is never left held by a dead launcher; the record a dead holder left
-is found stale when the lock is next taken, removed, and reported. On network filesystems
-flock works where the mount supports it: NFS (as POSIX record locks, through the NFS lock
-manager), Lustre with the `flock` mount option, GPFS/Spectrum Scale and BeeGFS; where the
-filesystem refuses it, taking a lock raises `LockError` saying so, rather than running
-unlocked.
-"""
+"""Workdir locks: each part of a workdir (demos/, stage1/, a stage 2's folder, an evaluation
+folder) is locked exclusive to write it and shared to read it, with `fcntl.flock` on files in
+WORKDIR/.locks/ (the kernel releases a dead holder's lock). A refused launcher stops at once,
+naming the holder; a filesystem that refuses locks raises `LockError` rather than run unlocked."""
 
 from __future__ import annotations
 
@@ -53,7 +40,7 @@ def _describe(record: dict) -> str:
 
 
 class PartLock:
-    """An exclusive or shared lock on one part of a workdir (a context manager).
+    """An exclusive (to write) or shared (to read) lock on one part of a workdir; a context manager.
 
     Args:
       workdir: the launcher's workdir.
@@ -75,12 +62,11 @@ class PartLock:
     def _records(self) -> list[tuple[Path, dict]]:
         out = []
         for path in sorted(self.directory.glob(f"{self.part}.*.json")):
-            if path == self.record_path:
-                continue
-            try:
-                out.append((path, json.loads(path.read_text())))
-            except (OSError, ValueError):  # half-written by a killed holder, or just removed
-                continue
+            if path != self.record_path:
+                try:
+                    out.append((path, json.loads(path.read_text())))
+                except (OSError, ValueError):  # half-written by a killed holder, or just removed
+                    pass
         return out
 
     def acquire(self) -> None:
@@ -115,24 +101,19 @@ class PartLock:
             raise LockError(f"{self.part}/ in {self.directory.parent} is in use: {who} is {action} it. "
                             f"Wait for it to finish (or stop it), or use another --workdir.") from None
         self._fd = fd
-        self._clear_stale()
-        record = {"pid": self.pid, "host": self.host, "mode": self.mode, "exclusive": self.exclusive,
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp = self.record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.record_path)
-
-    def _clear_stale(self) -> None:
-        """Removes the records of holders that no longer hold the lock, saying so."""
-        for path, record in self._records():
+        for path, record in self._records():  # the records of holders that no longer hold it
             # holding it exclusive, nobody else holds it; holding it shared, no writer does
-            stale = self.exclusive or record.get("exclusive") or (
-                record.get("host") == self.host and not _alive(int(record.get("pid", -1))))
-            if stale:
+            if self.exclusive or record.get("exclusive") or (
+                    record.get("host") == self.host and not _alive(int(record.get("pid", -1)))):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 logging.warning("%s/: took over from %s, which no longer holds its lock (it was "
                                 "stopped or died).", self.part, _describe(record))
+        tmp = self.record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": self.pid, "host": self.host, "mode": self.mode,
+                                   "exclusive": self.exclusive,
+                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        os.replace(tmp, self.record_path)
 
     def release(self) -> None:
         """Releases the lock and removes this holder's record."""
