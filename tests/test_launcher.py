@@ -545,6 +545,8 @@ def test_method_options_are_validated_before_work():
           r"calibrated: set config\.calibrate\.sigma=True", calibrate__sigma=False,
           stage2__stage2__perturbation="residuals")
     check("sigma_scales", stage2__stage2__sigma_scales=())
+    check(r"config\.eval\.critic_samples \(2\) lets stage 2's critic choose the correction: it needs CQL",
+          eval__critic_samples=2)
     check("crop_encoder", stage2__network__crop_encoder="attention")
     check(r"config\.stage2\.algo \('cql'\) must equal config\.stage1\.algo", stage2__algo="cql")
     # RLBench holds out its folder's last episodes as held-out demos: the defaults validate

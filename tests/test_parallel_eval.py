@@ -34,6 +34,14 @@ def _sweep(images, poses, camera, tentative=None):
     return PolicyOutput(action=action, tentative=action, correction=np.zeros_like(action))
 
 
+def _sweep_choosing(images, poses, camera, tentative=None):
+    """`_sweep`, saying which waypoint it chose (as a critic-choosing policy says its choice)."""
+    out = _sweep(images, poses, camera)
+    targets = reach_waypoints(mw.default_workspace())
+    choice = np.abs(out.action[:, None, :3] - targets[None, :, :3]).sum(-1).argmin(axis=1)
+    return out._replace(choice=choice.astype(np.int32))
+
+
 def _execute_base(images, poses, camera, tentative=None):
     """Executes the base policy's action, given with each observation."""
     assert tentative is not None and tentative.shape == (images.shape[0], 7)
@@ -53,7 +61,7 @@ def _tiny_policy():
 def test_parallel_episodes_equal_sequential():
     net = _tiny_policy()
     jobs = ([Job(_sweep, s, record=s in (1, 3)) for s in range(6)] + [Job(net, s, record=s == 1) for s in range(3)]
-            + [Job(_execute_base, s, record=s == 1) for s in range(3)])
+            + [Job(_execute_base, s, record=s == 1) for s in range(3)] + [Job(_sweep_choosing, s) for s in range(2)])
     with EnvPool(BASE_ENV_FN, 1) as pool:
         seq = pool.run(jobs)
     ended = []
@@ -66,13 +74,16 @@ def test_parallel_episodes_equal_sequential():
     assert 0 < sum(successes[:6]) < 6, successes  # the sweep solves some layouts, not all
     for i, (a, b) in enumerate(zip(seq, par)):
         assert (a.num_steps, a.clipped) == (b.num_steps, b.clipped), i
-        for field in ("frames", "tentative", "actions"):
+        for field in ("frames", "tentative", "actions", "choices"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{i} {field}")
     assert seq[3].frames.shape == (seq[3].num_steps + 1, SIZE, SIZE, 3)
     assert seq[7].actions.shape == (5, 7) and not seq[7].success  # the untrained net: 5 steps
     for a, b in zip(seq[:3], seq[9:]):  # the base policy's sweep, read from the simulator, is the
         assert a.success == b.success and a.num_steps == b.num_steps  # host-side sweep's
     np.testing.assert_array_equal(seq[1].actions, seq[10].actions)
+    for e in seq[12:]:  # each step's choice is kept; a policy that makes none keeps none
+        assert e.choices.shape == (e.num_steps,) and e.choices.dtype == np.int32 and e.choices.max() > 0
+    assert seq[0].choices.size == 0 and seq[12].success == seq[0].success
 
 
 def test_pool_errors_name_the_problem():

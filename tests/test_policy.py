@@ -68,6 +68,40 @@ def test_corrected_dims_keep_the_tentative_value_on_the_other_dims(tiny_trained)
             tj.make_policy(c1, c2, ds.workspace, corrected_dims=bad)
 
 
+def test_the_critic_chooses_among_no_correction_the_mode_and_samples(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
+    image, pose, cam = _inputs(ds, 3)
+    mode = tj.make_policy(c1, c2, ds.workspace)(p1, p2, image, pose, cam)
+    chosen = tj.make_policy(c1, c2, ds.workspace, critic_samples=4)
+    out = chosen(p1, p2, image, pose, cam)
+    choice = np.asarray(out.choice)
+    assert choice.shape == (3,) and np.all((choice >= 0) & (choice <= 5)) and mode.choice is None
+    np.testing.assert_allclose(out.tentative, mode.tentative, atol=1e-6)
+    np.testing.assert_allclose(out.action, tj.compose_correction(out.tentative, out.correction), atol=1e-6)
+    # the executed correction scores at least as high as no correction and the actor's mode
+    nets = tj.make_networks(c2.network, 2, "cql")
+    obs2 = jax.vmap(lambda im, z, t: tj.transform_state(
+        im, z, t, cam, ds.workspace, c2.stage2.crop_size, c2.stage2.ee_crop_size, c2.stage2.rotate))(
+            jnp.asarray(image), jnp.asarray(pose), out.tentative)
+    feat = nets.encode(p2, obs2)
+
+    def q(a2):
+        return np.asarray(jnp.min(nets.critic(p2, feat, a2), axis=0))
+
+    best = q(out.correction)
+    assert np.all(best >= q(jnp.zeros_like(out.correction)) - 1e-5) and np.all(best >= q(mode.correction) - 1e-5)
+    for rows, a2 in ((choice == 0, np.zeros((3, 7))), (choice == 1, mode.correction)):
+        np.testing.assert_allclose(np.asarray(out.correction)[rows], np.asarray(a2)[rows], atol=1e-6)
+    # a function of the observation: the same call gives the same choice
+    np.testing.assert_array_equal(chosen(p1, p2, image, pose, cam).action, out.action)
+    with pytest.raises(ValueError, match="needs a CQL stage 2"):
+        tj.make_policy(c1, c1, ds.workspace, critic_samples=2)
+    with pytest.raises(ValueError, match="correction_passes=1"):
+        tj.make_policy(c1, c2, ds.workspace, critic_samples=2, correction_passes=2)
+    with pytest.raises(ValueError, match="holds no 'critic'"):
+        chosen(p1, {k: v for k, v in p2.items() if k != "critic"}, image, pose, cam)
+
+
 def test_direct_mode_returns_stage2_action(tiny_trained):
     ds, c1, c2, p1, p2 = tiny_trained
     c2d = tj.TrainConfig(**{**c2.__dict__, "stage2": tj.Stage2Config(crop_size=8, ee_crop_size=4, mode="direct")})

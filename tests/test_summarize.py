@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.studies.summarize import SummaryError, _cost, load_raw, summarize
+from experiments.studies.summarize import SummaryError, _cost, _critic_choices, load_raw, summarize
 from tests._launcher import smoke
 from twostage_jax.launch.launch_config import replace_path, to_dict
 
@@ -268,3 +269,14 @@ def test_cost_table_counts_a_shared_stage_1_once(tmp_path):
     assert "| push-v3 | bc | stage2 | 100, stopped at 4000 | 11 (30/60 episodes) | 50, stopped at 4000 " in table
     assert "| push-v3 | bc | paper | (shared) | (shared) | 30 | 0 | 20 | 50 |" in table
     assert "| all | | | | | | | | 237 (0.1 h) |" in table
+
+
+def test_the_critics_choices_are_counted_per_algorithm_and_arm(fake_raw):
+    raw, _ = fake_raw
+    runs = load_raw(raw)
+    assert _critic_choices(runs) == []  # no run let the critic choose
+    key = next(k for k in runs if k[1] == "cql" and k[2] == "stage2")
+    runs[key] = dataclasses.replace(runs[key], critic_choices={"no_correction": [3, 1], "mode": [4, 4],
+                                                               "sample": [1, 3]})
+    lines = _critic_choices(runs)
+    assert lines[-1] == "| CQL | stage2 | 0.25 | 0.50 | 0.25 |" and len(lines) == 8

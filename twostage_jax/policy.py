@@ -30,11 +30,14 @@ class PolicyOutput(NamedTuple):
       action: the executed action a = g(a^1, a^2) (or a^1 in stage-1-only mode).
       tentative: a^1 from stage 1.
       correction: a^2 from stage 2 (zeros in stage-1-only mode).
+      choice: [B] int32, with `critic_samples`: which candidate the critic chose (0 no
+        correction, 1 the actor's mode, 2.. its samples); else None.
     """
 
     action: jnp.ndarray
     tentative: jnp.ndarray
     correction: jnp.ndarray
+    choice: jnp.ndarray | None = None
 
 
 def _act_one_stage(networks: Networks, params: dict, obs: Any, key: jax.Array, deterministic: bool) -> jnp.ndarray:
@@ -176,6 +179,7 @@ def make_policy(
     row_by_row: bool = False,
     correction_passes: int = 1,
     corrected_dims: Sequence[int] | None = None,
+    critic_samples: int = 0,
 ) -> Callable[..., PolicyOutput]:
     """Builds the jitted, batched two-stage policy.
 
@@ -206,6 +210,12 @@ def make_policy(
         (0 / 1, `check_corrected_dims`) naming the action dimensions the correction changes;
         the others keep the tentative action's value exactly, e.g. (1, 1, 1, 0, 0, 0, 1) keeps
         stage 1's orientation. Stage 2's inputs and training are unchanged.
+      critic_samples: 0 (the paper), or K > 0 with a CQL stage 2: its critic (the minimum of
+        its two heads) scores K + 2 candidate corrections on the same crops, no correction
+        (stage 1's action as it is), the actor's mode and K samples of the actor, and the best
+        is executed (ties go to no correction, then the mode). The samples' noise comes from
+        `key` folded with the observation, so a deterministic policy stays a function of
+        what it sees. One correction pass only.
 
     Returns:
       `act(params1, params2, image, pose, camera, key, tentative) -> PolicyOutput`, where image
@@ -225,6 +235,12 @@ def make_policy(
         raise ValueError(f"`correction_passes` must be an integer in [1, {MAX_CORRECTION_PASSES}] (each pass "
                          f"is unrolled into the compiled policy); got {correction_passes!r}.")
     mask = None if corrected_dims is None else check_corrected_dims(corrected_dims)
+    if isinstance(critic_samples, bool) or not isinstance(critic_samples, int) or critic_samples < 0:
+        raise ValueError(f"`critic_samples` must be an int >= 0; got {critic_samples!r}.")
+    if critic_samples and (stage2 is None or stage2.algo != "cql" or correction_passes != 1):
+        raise ValueError("`critic_samples` > 0 lets stage 2's critic choose the correction: it needs a "
+                         "CQL stage 2 (stage2.algo='cql') and correction_passes=1; got "
+                         f"{None if stage2 is None else stage2.algo!r} and {correction_passes}.")
     if not isinstance(workspace, Workspace):
         raise TypeError(f"`workspace` must be the dataset's Workspace (the action's position bounds); got "
                         f"{type(workspace).__name__}.")
@@ -247,6 +263,8 @@ def make_policy(
             a1 = tentative
         if nets2 is None:
             return PolicyOutput(action=a1, tentative=a1, correction=jnp.zeros_like(a1))
+        if critic_samples:
+            return _critic_choice(params2, image, pose, camera, k2, a1)
         action = a1
         for k in jax.random.split(k2, correction_passes) if correction_passes > 1 else [k2]:
             obs2 = jax.vmap(lambda im, z, t: transform_state(
@@ -255,6 +273,25 @@ def make_policy(
             composed = s2.compose(action, a2)
             action = composed if mask is None else jnp.where(mask, composed, action)
         return PolicyOutput(action=action, tentative=a1, correction=a2)
+
+    def _critic_choice(params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
+                       key: jax.Array, a1: jnp.ndarray) -> PolicyOutput:
+        obs2 = jax.vmap(lambda im, z, t: transform_state(
+            im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, a1)
+        feat = nets2.encode(params2, obs2)
+        mean, log_std = nets2.actor(params2, feat)
+        seen = jnp.sum(jax.lax.bitcast_convert_type(pose.astype(jnp.float32), jnp.int32))
+        keys = jax.random.split(jax.random.fold_in(key, seen), critic_samples)
+        samples = jax.vmap(lambda k: tanh_gaussian_sample(k, mean, log_std)[0])(keys)  # [K, B, 7]
+        none = jnp.zeros_like(a1) if s2.mode == "correction" else a1  # composes to a1 itself
+        candidates = jnp.concatenate([none[None], jnp.tanh(mean)[None], samples])  # [K + 2, B, 7]
+        q = jnp.min(nets2.critic(params2, feat, candidates), axis=0)  # [K + 2, B]
+        choice = jnp.argmax(q, axis=0)  # the first maximum: no correction on a tie
+        a2 = jnp.take_along_axis(candidates, choice[None, :, None], axis=0)[0]
+        action = s2.compose(a1, a2)
+        if mask is not None:
+            action = jnp.where(mask, action, a1)
+        return PolicyOutput(action=action, tentative=a1, correction=a2, choice=choice.astype(jnp.int32))
 
     @jax.jit
     def _act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
@@ -282,6 +319,9 @@ def make_policy(
             raise ValueError("`params2` is None but the policy was built with a stage-2 config; "
                              "pass stage 2's params or build with stage2=None.")
         check_params(params1, params2)
+        if critic_samples and "critic" not in params2:
+            raise ValueError("`params2` holds no 'critic', which `critic_samples` > 0 scores the "
+                             "candidate corrections with: pass stage 2's whole CQL params.")
         if tentative is not None:
             _checks.check_shape("tentative", tentative, (image.shape[0], ACTION_DIM), "[B, 7]")
             _checks.check_range("tentative", tentative, -1.0, 1.0, "a tanh-space action")

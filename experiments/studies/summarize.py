@@ -173,6 +173,26 @@ def _stage_steps(runs: Runs, algo: str, stage: int, name: str = HEADLINE) -> str
             (f"; no correction for {plain} of {len(seeds)} seeds" if plain else "") + ")")
 
 
+def _critic_choices(runs: Runs) -> list[str]:
+    """How often stage 2's critic chose no correction, the actor's mode or a sample
+    (`config.eval.critic_samples`), per algorithm and arm; empty when no run let it choose."""
+    totals: dict[tuple[str, str], np.ndarray] = {}
+    for (_, algo, name), d in sorted(runs.items()):
+        if d.critic_choices:
+            counts = np.array([sum(d.critic_choices[k]) for k in ("no_correction", "mode", "sample")], float)
+            totals[(algo, name)] = totals.get((algo, name), np.zeros(3)) + counts
+    if not totals:
+        return []
+    lines = ["", "## The critic's choices", "", ("With `config.eval.critic_samples`, stage 2's critic "
+             "chooses the executed correction at each step; share of the two-stage policy's "
+             "evaluation steps, all tasks and seeds:"), "",
+             "| algo | arm | no correction | the actor's mode | a sample |", "|---|---|---|---|---|"]
+    for (algo, name), c in totals.items():
+        share = c / max(c.sum(), 1.0)
+        lines.append(f"| {algo.upper()} | {name} | " + " | ".join(f"{x:.2f}" for x in share) + " |")
+    return lines
+
+
 def _arm(study: str, value: Any) -> str:
     if study == "crop" and value == 0:  # results.json's crop_size for a calibrated crop
         return "crop auto"
@@ -623,6 +643,7 @@ def summarize(raw: Path, out: Path, runs: Path | None = None, reps: int = 2000) 
                           f"headline's at {say(ours)}** (learning rates; CQL: actor / critic), so "
                           "its last column mixes the method with the learning rate.", ""]
         lines += _paper_arm(results, reps)
+    lines += _critic_choices(results)
     lines += ["", "## Aggregate statistics (rliable)", "",
               ("Over seeds × tasks of the headline runs: interquartile mean (IQM) and mean with "
                f"stratified bootstrap intervals ({reps} resamples), the probability of "

@@ -76,6 +76,8 @@ class EvalResults:
         (calibrated ones included).
       stage2_loss_weighting: 'none' or 'whiten' (resolved; 'none' for CQL).
       correction_passes, corrected_dims: how the two-stage policy acted (`make_policy`'s).
+      critic_choices: with `eval.critic_samples`: per seed, the steps on which stage 2's critic
+        chose `no_correction`, the actor's `mode`, or a `sample` ({} otherwise).
       eval_seconds: wall time of the rollouts.
       config: the launcher config (`config.to_dict`; an older file's in its older format).
       curves: {mode: Curve} when `config.eval.curve_steps` were evaluated, else None.
@@ -119,6 +121,7 @@ class EvalResults:
     stage1_source: str = ""
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     cost: dict[str, Any] = dataclasses.field(default_factory=dict)
+    critic_choices: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with `version`."""

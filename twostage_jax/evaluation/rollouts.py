@@ -30,6 +30,8 @@ class Episode(NamedTuple):
       tentative: [T, 7] tentative actions a^1 (empty unless recorded).
       actions: [T, 7] executed actions (empty unless recorded).
       clipped: keyframe actions the env had to clip.
+      choices: [T] int32 the policy's `choice` at each step (`make_policy`'s `critic_samples`),
+        or empty when it makes none.
     """
 
     success: bool
@@ -38,6 +40,7 @@ class Episode(NamedTuple):
     tentative: np.ndarray
     actions: np.ndarray
     clipped: int
+    choices: np.ndarray = np.zeros((0,), np.int32)
 
 
 def rollout(env: Any, act: Callable[[np.ndarray, np.ndarray, Any], Any], seed: int,
@@ -56,13 +59,15 @@ def rollout(env: Any, act: Callable[[np.ndarray, np.ndarray, Any], Any], seed: i
       The `Episode`.
     """
     obs = env.reset(seed)
-    frames, tentative, actions = [], [], []
+    frames, tentative, actions, choices = [], [], [], []
     success, steps, clipped = False, 0, 0
     done = False
     while not done:
         extra = {} if obs.tentative is None else {"tentative": np.asarray(obs.tentative)[None]}
         out = act(obs.image[None], np.asarray(obs.pose, np.float32)[None], obs.camera, **extra)
         action = np.asarray(jax.device_get(out.action))[0]
+        if getattr(out, "choice", None) is not None:
+            choices.append(int(np.asarray(out.choice)[0]))
         if record:
             frames.append(obs.image)
             tentative.append(np.asarray(out.tentative)[0])
@@ -79,7 +84,7 @@ def rollout(env: Any, act: Callable[[np.ndarray, np.ndarray, Any], Any], seed: i
         frames=np.stack(frames) if frames else np.zeros((0,), np.uint8),
         tentative=np.stack(tentative) if tentative else empty,
         actions=np.stack(actions) if actions else empty,
-        clipped=clipped,
+        clipped=clipped, choices=np.asarray(choices, np.int32),
     )
 
 
@@ -176,6 +181,7 @@ class _Running:
         self.frames: list[np.ndarray] = []
         self.tentative: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
+        self.choices: list[int] = []
         self.steps = self.clipped = 0
         self.success = False
 
@@ -186,7 +192,7 @@ class _Running:
             frames=np.stack(self.frames) if self.frames else np.zeros((0,), np.uint8),
             tentative=np.stack(self.tentative) if self.tentative else empty,
             actions=np.stack(self.actions) if self.actions else empty,
-            clipped=self.clipped)
+            clipped=self.clipped, choices=np.asarray(self.choices, np.int32))
 
 
 # Hand-written: no stdlib or gymnasium pool keeps a simulator per worker and batches the policy across them.
@@ -371,7 +377,10 @@ class EnvPool:
         out = rows[0].job.act(images, poses, self._camera, **extra)
         actions = np.asarray(jax.device_get(out.action))
         tentative = np.asarray(out.tentative) if any(r.job.record for r in rows) else None
+        choice = None if getattr(out, "choice", None) is None else np.asarray(out.choice)
         for i, (w, r) in enumerate(zip(ws, rows)):
+            if choice is not None:
+                r.choices.append(int(choice[i]))
             if r.job.record:
                 r.frames.append(r.image)
                 r.tentative.append(tentative[i])

@@ -112,7 +112,7 @@ class Evaluation:
     def __init__(self, stage1: tj.TrainConfig | None, stage2: tj.TrainConfig | None,
                  workspace: tj.Workspace, seeds: list[int], num_seeds: int, cache: Stage1Cache | None,
                  correction_passes: int = 1, corrected_dims: Any = None,
-                 modes: tuple[str, ...] = MODES, base: Any = None) -> None:
+                 modes: tuple[str, ...] = MODES, base: Any = None, critic_samples: int = 0) -> None:
         self.policies = {}
         tentative = functools.partial(_tentative, base)
         self._alone = (functools.partial(_base_alone, tentative) if base is not None else
@@ -122,10 +122,12 @@ class Evaluation:
         if "two_stage" in modes:
             act = tj.make_policy(None if base is not None else stage1, stage2, workspace,
                                  row_by_row=True, correction_passes=correction_passes,
-                                 corrected_dims=corrected_dims)
+                                 corrected_dims=corrected_dims, critic_samples=critic_samples)
             self.policies["two_stage"] = (act if base is None else
                                           functools.partial(_base_corrected, act, tentative))
         self.seeds, self.num_seeds, self.cache = seeds, num_seeds, cache
+        self.candidates = critic_samples + 2 if critic_samples else 0
+        self.choices: dict[Any, np.ndarray] = {}  # tag -> [num_seeds, candidates] the critic's choices
         self._entries: list[tuple] = []  # (tag, params1, params2, record, layouts, seeds, uncorrected)
         self.reused = 0
 
@@ -186,10 +188,13 @@ class Evaluation:
                     for e, layout in enumerate(self.seeds if layouts is None else layouts):
                         jobs.append((Job(act, layout, record=s == 0 and e < record), (tag, mode, s, e)))
         recorded: dict[str, list[tuple[int, Episode]]] = {}
+        self.choices = {tag: np.zeros((self.num_seeds, self.candidates), int) for tag in success}
 
         def done(i: int, ep: Episode) -> None:
             tag, mode, s, e = jobs[i][1]
             success[tag][mode][s, e] = ep.success
+            if mode == "two_stage" and ep.choices.size:
+                self.choices[tag][s] += np.bincount(ep.choices, minlength=self.candidates)
             if ep.frames.size:
                 recorded.setdefault(mode, []).append((e, ep))
             if progress is not None:

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from absl import logging
 
 import twostage_jax as tj
@@ -111,7 +112,8 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         logging.info("stage 2's selection chose no correction for seed(s) %s: they act with stage 1 alone",
                      list(uncorrected))
     ev = eval_jobs.Evaluation(c1, c2, dataset.workspace, seeds, num_seeds, cache, correction_passes=passes,
-                             corrected_dims=dims, base=eval_jobs.ENV_BASE if in_env else base)
+                             corrected_dims=dims, base=eval_jobs.ENV_BASE if in_env else base,
+                             critic_samples=config.eval.critic_samples)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes), uncorrected=uncorrected)
     final = (steps1, steps2) == ([step1] * num_seeds, [step2] * num_seeds)
     curve = [k for k in config.eval.curve_steps if not (final and (k, k) == (step1, step2))]
@@ -158,7 +160,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         correction_passes=passes, corrected_dims=dims, eval_seconds=eval_cost["seconds"],
         config=to_dict(config), cost=run_cost(config, workdir, selections, eval_cost, stages=stages),
         modes=modes, gain=MeanInterval(gain.mean, gain.low, gain.high), curves=curves,
-        stage1_source=config.stage1.source,
+        stage1_source=config.stage1.source, critic_choices=_critic_choices(ev.choices.get("final")),
         environment={"evaluation": environment_record(),
                      **{STAGE_NAMES[s]: trained_on(stage_dir(workdir, s, config)) for s in (1, 2)}})
     previous = "the previous results are intact" if out_dir.exists() else "nothing was written"
@@ -212,3 +214,12 @@ def format_results_table(results: EvalResults) -> str:
             f"episodes/seed={results.episodes_per_seed}" +
             (f" base={results.stage1_source}" if results.stage1_source else ""))
     return head + "\n" + "\n".join(rows)
+
+
+def _critic_choices(counts: np.ndarray | None) -> dict:
+    """results.json's `critic_choices` from [S, K + 2] counts: per seed, the steps on which the
+    critic chose no correction, the actor's mode, or one of its samples; {} without the choice."""
+    if counts is None or not counts.size:
+        return {}
+    return {"no_correction": counts[:, 0].tolist(), "mode": counts[:, 1].tolist(),
+            "sample": counts[:, 2:].sum(axis=1).tolist()}

@@ -324,6 +324,9 @@ class EvalConfig:
       correction_passes: times stage 2 corrects when acting (1, the paper; `make_policy`'s).
       corrected_dims: None (the paper: every dimension) or 7 flags of the dimensions the
         correction changes, e.g. (1, 1, 1, 0, 0, 0, 1) keeps stage 1's orientation.
+      critic_samples: CQL: 0 (the paper), or K: stage 2's critic chooses the executed correction
+        among none, the actor's mode and K of its samples (`make_policy`'s); counted in
+        results.json's `critic_choices`.
     """
 
     num_episodes: int = 100
@@ -334,10 +337,11 @@ class EvalConfig:
     curve_steps: tuple[int, ...] = ()
     correction_passes: int = 1
     corrected_dims: tuple[int, ...] | None = None
+    critic_samples: int = 0
 
     def __post_init__(self) -> None:
         for name, low in (("num_episodes", 1), ("seed", 0), ("record_episodes", 0),
-                          ("bootstrap_reps", 1), ("correction_passes", 1)):
+                          ("bootstrap_reps", 1), ("correction_passes", 1), ("critic_samples", 0)):
             _int_at_least("EvalConfig", name, getattr(self, name), low)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError("EvalConfig", "workers", "must be a positive int (1 = episodes one after "
@@ -468,6 +472,9 @@ def check_config(config: LaunchConfig) -> None:
     if s2.stage2.perturbation == "residuals" and not config.calibrate.any:
         raise ValueError("config.stage2.stage2.perturbation='residuals' draws from stage 1's held-out "
                          "residuals, kept when stage 2 is calibrated: set config.calibrate.sigma=True.")
+    if ev.critic_samples and (s2.algo != "cql" or ev.correction_passes != 1):
+        raise ValueError(f"config.eval.critic_samples ({ev.critic_samples}) lets stage 2's critic choose the "
+                         "correction: it needs CQL (the :cql variant) and config.eval.correction_passes=1.")
     if config.calibrate.any and d.num_held_out <= 0:
         raise ValueError("config.calibrate.sigma / config.calibrate.crop_size calibrate stage 2 on "
                          "held-out demos: set config.demos.num_held_out > 0 (e.g. 10).")
