@@ -128,6 +128,8 @@ def _rollout_setting(config: LaunchConfig, stage: int, under: list[str] | None) 
         setting["correction_passes"] = config.eval.correction_passes
         dims = config.eval.corrected_dims
         setting["corrected_dims"] = None if dims is None else list(dims)
+        if config.eval.critic_samples:  # (absent otherwise: the records of runs without it hold)
+            setting["critic_samples"] = int(config.eval.critic_samples)
     return setting
 
 
@@ -233,7 +235,8 @@ class ValidationRollouts:
                 train_config(config, 1), train_config(config, 2, self.workdir) if self.stage == 2 else None,
                 self.dataset.workspace, self.layouts, self.num_seeds, None,
                 modes=("stage1" if self.stage == 1 else "two_stage",),
-                correction_passes=config.eval.correction_passes, corrected_dims=config.eval.corrected_dims)
+                correction_passes=config.eval.correction_passes, corrected_dims=config.eval.corrected_dims,
+                critic_samples=config.eval.critic_samples if self.stage == 2 else 0)
             if self.stage == 2:
                 self._alone = eval_jobs.Evaluation(train_config(config, 1), None, self.dataset.workspace,
                                                   self.layouts, self.num_seeds, None, modes=("stage1",))
