@@ -43,6 +43,7 @@ flags.DEFINE_list("arms", ["paper", "stage2"], f"Stage-2 arms, from {sorted(ARMS
 flags.DEFINE_integer("episodes", 20, "Validation episodes per seed and policy.")
 flags.DEFINE_string("out", "runs/validation", "Folder of the reports (OUT/TASK/ARM.json) and summary.md.")
 flags.DEFINE_bool("dry_run", False, "Print the commands only.")
+flags.DEFINE_bool("summary_only", False, "Write OUT/summary.md from the reports there; run nothing.")
 flags.DEFINE_string("config", CONFIG, "The launcher config NAME[:variants] every step runs with "
                     "(an arm's variants are added to these).")
 flags.DEFINE_list("launch_flags", [], "Launcher flags added to every step, e.g. "
@@ -92,7 +93,33 @@ def summary(out: Path, tasks: list[str], arms: list[str]) -> str:
         if g:
             lines.append(f"- `{arm}`: mean validation gain over stage 1 {np.mean(g):+.3f} over "
                          f"{len(g)} task(s) ({', '.join(f'{x:+.2f}' for x in g)})")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + paired(out, tasks, arms, arms[0])) + "\n"
+
+
+def paired(out: Path, tasks: list[str], arms: list[str], base: str) -> list[str]:
+    """Each arm's two-stage validation success against `base`'s and stage 1's, paired by
+    training seed (95% bootstrap intervals of the per-seed differences, 2000 resamples)."""
+    import json
+
+    import numpy as np
+
+    from twostage_jax import evaluation
+
+    lines = [f"| task | arm | two-stage | minus `{base}` | minus stage 1 |", "|---|---|---|---|---|"]
+    for task in tasks:
+        reports = {a: json.loads((out / task / f"{a}.json").read_text())
+                   for a in arms if (out / task / f"{a}.json").exists()}
+        if base not in reports:
+            continue
+        ref = np.asarray(reports[base]["two_stage"]["success_per_seed"])
+        for arm, r in reports.items():
+            rate = np.asarray(r["two_stage"]["success_per_seed"])
+            cells = [f"{rate.mean():.2f}"]
+            for other in (ref, np.asarray(r["stage1"]["success_per_seed"])):
+                i = evaluation.difference_interval(other, rate, reps=2000)
+                cells.append(f"{i.mean:+.2f} [{i.low:+.2f}, {i.high:+.2f}]")
+            lines.append(f"| {task} | {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str]) -> int:
@@ -102,7 +129,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise app.UsageError(f"--arms: unknown {unknown}; expected names from {sorted(ARMS)}.")
     root = Path(FLAGS.root)
-    for task in FLAGS.tasks:
+    for task in [] if FLAGS.summary_only else FLAGS.tasks:
         for done, cmd in commands(root, task, FLAGS.arms):
             if done.exists():
                 continue
