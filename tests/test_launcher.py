@@ -1007,8 +1007,9 @@ def test_orbax_reports_of_a_full_disk_are_left_to_the_one_line_error():
 def test_a_stage2_drawing_from_stage1s_residuals_keeps_its_bank_and_trains_on_it(trained, tmp_path):
     from twostage_jax import calibration as cal
     from twostage_jax.launch.errors import PipelineError
-    from twostage_jax.launch.train_stage import run_stage, stage1_actions
-    from twostage_jax.launch.workdir import load_held_out, load_params, residual_bank
+    from twostage_jax.launch.predictions import stage1_actions
+    from twostage_jax.launch.train_stage import run_stage
+    from twostage_jax.launch.workdir import load_held_out, load_params, train_inputs
 
     wd = _copy(trained, tmp_path / "wd")
     config = _smoke(stage2_name="residuals", **{"stage2.stage2.perturbation": "residuals",
@@ -1019,10 +1020,67 @@ def test_a_stage2_drawing_from_stage1s_residuals_keeps_its_bank_and_trains_on_it
     params1, _ = load_params(config, wd, 1)
     a1 = stage1_actions(config, params1, held_out).reshape(-1, 7)
     expected = cal.residual_bank(a1, np.tile(np.asarray(held_out.action), (2, 1)))
-    np.testing.assert_array_equal(residual_bank(config, wd, 2), expected)  # both seeds' residuals
+    np.testing.assert_array_equal(train_inputs(config, wd, 2)["residuals"], expected)  # both seeds'
     assert record["residual_bank"] == {"file": "residuals.npy", "rows": expected.shape[0]}
     assert record["settings"]["perturbation"] == "residuals" and record["settings"]["sigma_scales"] == [1.0, 2.0]
     assert load_params(config, wd, 2)[1] == 8  # the bank is the data's: loading needs it too
     (wd / "residuals" / "residuals.npy").unlink()
     with pytest.raises(PipelineError, match=r"residuals\.npy cannot be read .* run --mode=stage2"):
         load_params(config, wd, 2)
+
+
+def test_a_stage2_trained_on_cross_fit_stage1_actions(trained, tmp_path):
+    from twostage_jax.launch import predictions
+    from twostage_jax.launch.errors import PipelineError
+    from twostage_jax.launch.train_stage import run_stage
+    from twostage_jax.launch.workdir import load_demos, load_params
+
+    wd = _copy(trained, tmp_path / "wd")
+    dataset = load_demos(wd)
+    fold = predictions.folds(dataset, 3, 0)
+    episodes = np.asarray(dataset.episode)
+    for e in np.unique(episodes):  # a demo lies in one fold; 6 demos deal 2 to each of 3 folds
+        assert len(set(fold[episodes == e])) == 1
+    assert np.bincount(predictions.fold_of_episodes(dataset, fold)).tolist() == [2, 2, 2]
+    with pytest.raises(PipelineError, match=r"crossfit_folds \(7\) exceeds the 6 training demos"):
+        predictions.folds(dataset, 7, 0)
+
+    config = _smoke(stage2_name="crossfit", **{"stage2.stage2.predicted_share": 0.5, "stage2.crossfit_folds": 3})
+    assert run_stage(config, wd, 2)["final_step"] == 8
+    predicted = np.load(wd / "crossfit" / "predicted.npy")
+    record = json.loads((wd / "crossfit" / "crossfit.json").read_text())
+    assert predicted.shape == (2, dataset.num_transitions, 2, 7) and np.all(np.abs(predicted) <= 1)
+    assert record["settings"]["stage1"] == [8, 8] and record["settings"]["folds"] == 3
+    assert record["folds"] == 3 and record["steps"] == 8 and record["demos_per_fold"] == [2, 2, 2]
+    assert record["cpu_seconds"] > 0 and record["position_error_cm_median"] > 0
+    # out of fold: other models than the stage 1 trained on every demo, so other actions
+    full = predictions.stage1_actions(config, load_params(config, wd, 1)[0], dataset)
+    assert not np.allclose(predicted[:, :, 0], full, atol=1e-4)
+    # kept while stage 1, the dataset and the folds are unchanged; loading needs it too
+    stamp = (wd / "crossfit" / "predicted.npy").stat().st_mtime_ns
+    np.testing.assert_array_equal(predictions.ensure_predictions(config, wd, dataset), predicted)
+    assert (wd / "crossfit" / "predicted.npy").stat().st_mtime_ns == stamp
+    assert load_params(config, wd, 2)[1] == 8
+    (wd / "crossfit" / "predicted.npy").unlink()
+    with pytest.raises(PipelineError, match=r"predicted\.npy cannot be read .* run --mode=stage2"):
+        load_params(config, wd, 2)
+    # another fold count trains another stage 2
+    other = _smoke(stage2_name="crossfit", **{"stage2.stage2.predicted_share": 0.5, "stage2.crossfit_folds": 2})
+    with pytest.raises(PipelineError, match="crossfit_folds"):
+        load_params(other, wd, 2)
+
+
+def test_a_base_policys_own_actions_are_its_predictions(tmp_path):
+    from tests._bases import STEP
+    from twostage_jax.launch.predictions import ensure_predictions
+    from twostage_jax.launch.workdir import load_demos
+
+    wd = _synthetic_workdir(tmp_path / "wd")
+    config = _smoke(stage2_name="based", **{"stage1.source": "tests._bases:nudged_pose",
+                                           "stage2.stage2.predicted_share": 1.0})
+    dataset = load_demos(wd)
+    predicted = ensure_predictions(config, wd, dataset)
+    assert predicted.shape == (1, dataset.num_transitions, 2, 7)
+    np.testing.assert_allclose(predicted[0, :, 0], np.clip(np.asarray(dataset.pose) + STEP, -1, 1))
+    np.testing.assert_allclose(predicted[0, :, 1], np.clip(np.asarray(dataset.next_pose) + STEP, -1, 1))
+    assert json.loads((wd / "based" / "crossfit.json").read_text())["source"] == "tests._bases:nudged_pose"

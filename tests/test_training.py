@@ -318,3 +318,53 @@ def test_perturbation_options_are_refused_before_any_work():
     with pytest.raises(ValueError, match="perturbation='residuals' needs the residual bank"):
         tj.make_train(cfg, 2).init(jax.random.PRNGKey(0), data)
     assert tj.sample_batch(data, jax.random.PRNGKey(0), 2, 1, s2).obs.image.shape[0] == 2
+
+
+def test_stage2_batches_take_a_share_of_tentative_actions_from_predictions():
+    ds = tiny_dataset()
+    n = ds.num_transitions
+    rng = np.random.default_rng(0)
+    pred = np.clip(np.asarray(ds.action)[None, :, None, :] + rng.normal(0, 0.05, (2, n, 2, 7)), -0.9, 0.9)
+    plain = tj.sample_batch(tj.prepare_data(ds, tiny_config("bc")), jax.random.PRNGKey(3), 64, 2, _tiny.TINY_S2)
+    for share in (0.5, 1.0):
+        s2 = dataclasses.replace(_tiny.TINY_S2, predicted_share=share)
+        cfg = dataclasses.replace(tiny_config("bc"), stage2=s2)
+        data = tj.prepare_data(ds, cfg, predicted=pred)
+        assert data.predicted.shape == (2, n, 2, 7)
+        idx = jnp.arange(n)
+        batch = tj.batch_at(data, idx, jax.random.PRNGKey(3), 2, s2)
+        a1, nxt = np.asarray(batch.obs.tentative), np.asarray(batch.next_obs.tentative)
+        # a sample's tentative action is one predictor's action there, or else Algo. 1's draw
+        hit = [np.abs(a1 - pred[p, :, 0]).max(1) < 1e-5 for p in range(2)]
+        taken = hit[0] | hit[1]
+        assert (taken.all() if share == 1.0 else 0.2 < taken.mean() < 0.8)
+        # its next state acts from the same predictor's next-state action
+        nhit = [np.abs(nxt - pred[p, :, 1]).max(1) < 1e-5 for p in range(2)]
+        assert np.all((hit[0] & nhit[0]) | (hit[1] & nhit[1]) | ~taken)
+        # and its target composes the prediction back to the demo action (up to the 0.99 clip)
+        composed = np.asarray(s2.compose(batch.obs.tentative, batch.action))
+        np.testing.assert_allclose(composed[taken], np.clip(ds.action, -0.99, 0.99)[taken], atol=1e-4)
+    # share 0 is the paper's Algo. 1, bitwise (the predictions' key is a key of its own)
+    s2 = dataclasses.replace(_tiny.TINY_S2, predicted_share=0.5)
+    mixed = tj.sample_batch(tj.prepare_data(ds, dataclasses.replace(tiny_config("bc"), stage2=s2), predicted=pred[0]),
+                            jax.random.PRNGKey(3), 64, 2, s2)
+    kept = np.all(np.asarray(mixed.obs.tentative) == np.asarray(plain.obs.tentative), axis=1)
+    assert 0 < kept.sum() < 64
+
+
+def test_predictions_are_refused_before_any_work():
+    ds = tiny_dataset()
+    n = ds.num_transitions
+    s2 = dataclasses.replace(_tiny.TINY_S2, predicted_share=0.5)
+    cfg = dataclasses.replace(tiny_config("bc"), stage2=s2)
+    for bad in [-0.1, 1.5, float("nan"), True, "0.5"]:
+        with pytest.raises(tj.ConfigError, match="Stage2Config.predicted_share must lie in"):
+            tj.Stage2Config(predicted_share=bad)
+    for pred, match in [(np.zeros((n, 7)), "must be \\[N, 2, 7\\]"), (np.zeros((1, n + 1, 2, 7)), f"N={n}"),
+                        (np.full((n, 2, 7), np.nan), "in \\[-1, 1\\]"), (np.full((n, 2, 7), 2.0), "in \\[-1, 1\\]")]:
+        with pytest.raises(ValueError, match=match):
+            tj.prepare_data(ds, cfg, predicted=pred)
+    with pytest.raises(tj.ConfigError, match="predicted_share=0 ignores"):
+        tj.prepare_data(ds, tiny_config("bc"), predicted=np.zeros((n, 2, 7)))
+    with pytest.raises(ValueError, match="predicted_share=0.5 needs a policy's actions"):
+        tj.make_train(cfg, 2).init(jax.random.PRNGKey(0), tj.prepare_data(ds, cfg))

@@ -15,6 +15,7 @@ from twostage_jax.actions import (
     pose_to_action,
     sample_perturbation,
     sample_tentative,
+    tentative_from_prediction,
 )
 from twostage_jax.base_policy import (
     BaseContext,
@@ -187,6 +188,7 @@ __all__ = [
     "sample_batch",
     "sample_perturbation",
     "sample_tentative",
+    "tentative_from_prediction",
     "tanh_gaussian_sample",
     "train_seeds",
     "transform_state",

@@ -243,6 +243,27 @@ def tentative_from_perturbation(a: jnp.ndarray, eps: jnp.ndarray, limit: float =
     return jnp.tanh(u1), jnp.tanh(u - atanh_clipped(jnp.tanh(u1), lim1))
 
 
+def tentative_from_prediction(a: jnp.ndarray, predicted: jnp.ndarray, limit: float = DEFAULT_CLIP,
+                              tentative_limit: Any = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Algorithm 1's pair with a real policy's action as the tentative one.
+
+    eps = atanh(a) - atanh(a_pred) (both clipped to `limit`), the error the policy made, goes
+    through `tentative_from_perturbation`: a1 is the prediction (clipped) and a2 the correction
+    that composes it back to the demo's action a.
+
+    Args:
+      a: [..., 7] demo actions in [-1, 1].
+      predicted: [..., 7] a policy's actions on the same states, in [-1, 1].
+      limit, tentative_limit: as in `sample_tentative`.
+
+    Returns:
+      (a1, a2): each [..., 7], in (-1, 1).
+    """
+    _check_action("predicted", predicted)
+    eps = atanh_clipped(a, limit) - atanh_clipped(predicted, limit)
+    return tentative_from_perturbation(a, eps, limit, tentative_limit)
+
+
 def sample_tentative(
     key: jax.Array, a: jnp.ndarray, sigma: Any = DEFAULT_SIGMA, limit: float = DEFAULT_CLIP,
     tentative_limit: Any = None, scales: Any = (1.0,), residuals: Any = None,

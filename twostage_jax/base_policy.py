@@ -128,16 +128,19 @@ def call_base_policy(base: BasePolicy, image: Any, pose: Any) -> np.ndarray:
     return check_base_output(base, output, image.shape[0])
 
 
-def base_policy_actions(base: BasePolicy, dataset: Dataset, batch_size: int = 64) -> np.ndarray:
+def base_policy_actions(base: BasePolicy, dataset: Dataset, batch_size: int = 64,
+                        next_obs: bool = False) -> np.ndarray:
     """The base policy's actions on every transition of a dataset, in batches.
 
     Transition i is shown the image `dataset.images[dataset.obs_index[i]]` and the pose
-    `dataset.pose[i]`; its target (for calibration) is `dataset.action[i]`.
+    `dataset.pose[i]`; its target (for calibration) is `dataset.action[i]`. With `next_obs`,
+    it is shown its next state instead (`next_obs_index[i]`, `next_pose[i]`).
 
     Args:
       base: the base policy.
       dataset: a valid `Dataset` (e.g. held-out demos).
       batch_size: observations per call (the last call may get fewer).
+      next_obs: act at each transition's next state.
 
     Returns:
       [N, 7] float32 actions, row i for transition i.
@@ -145,8 +148,8 @@ def base_policy_actions(base: BasePolicy, dataset: Dataset, batch_size: int = 64
     _checks.check_positive_int("batch_size", batch_size)
     validate_dataset(dataset)
     images = np.asarray(dataset.images)
-    index = np.asarray(dataset.obs_index)
-    pose = np.asarray(dataset.pose, np.float32)
+    index = np.asarray(dataset.next_obs_index if next_obs else dataset.obs_index)
+    pose = np.asarray(dataset.next_pose if next_obs else dataset.pose, np.float32)
     out = [call_base_policy(base, images[index[s:s + batch_size]], pose[s:s + batch_size])
            for s in range(0, index.shape[0], batch_size)]
     return np.concatenate(out, axis=0)

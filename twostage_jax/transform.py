@@ -66,6 +66,14 @@ class Stage2Config:
         residuals=calibration.residual_bank(tentative, target))`; a stage-2 trainer without
         one refuses to start. Its target variance depends on that data, so
         loss_weighting='whiten' is refused and 'auto' resolves to 'none'.
+      predicted_share: the share of stage-2 samples whose tentative action is a real policy's
+        prediction on that demo state instead of Algo. 1's draw (0.0, the default: the paper,
+        bitwise). The predictions are data, not config: `prepare_data(dataset, config,
+        predicted=...)` with [P, N, 2, 7] actions of P predictors at each transition's state and
+        next state, e.g. stage 1 models that did not train on that demo (cross-fitting) or the
+        base policy being corrected. The target is the correction from that prediction to the
+        demo's action, so stage 2 trains on the errors a stage 1 really makes. The loss
+        weights (`loss_weighting`) stay those of the Gaussian draws.
     """
 
     crop_size: int | None = None
@@ -77,6 +85,7 @@ class Stage2Config:
     gripper_clip: float | None = None
     sigma_scales: tuple[float, ...] = (1.0,)
     perturbation: str = "gaussian"
+    predicted_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.crop_size is not None and (isinstance(self.crop_size, bool) or
@@ -107,6 +116,11 @@ class Stage2Config:
             raise ConfigError("Stage2Config", "loss_weighting", "='whiten' needs perturbation='gaussian' (the "
                              "residual bank's target variance is data, not config); got "
                              "perturbation='residuals'.")
+        if isinstance(self.predicted_share, bool) or not isinstance(self.predicted_share, (int, float, np.number)) \
+                or not 0.0 <= float(self.predicted_share) <= 1.0:
+            raise ConfigError("Stage2Config", "predicted_share", f"must lie in [0, 1]; got "
+                             f"{self.predicted_share!r}.")
+        object.__setattr__(self, "predicted_share", float(self.predicted_share))
         if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
             raise ConfigError("Stage2Config", "loss_weighting", "='whiten' needs mode='correction' and every "
                              f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")

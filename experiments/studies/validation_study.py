@@ -34,6 +34,8 @@ ARMS = {
     # Algorithm 1's perturbations shaped like stage 1's real errors
     "scales": ("", ["--config.stage2.stage2.sigma_scales=(1, 2, 4)"]),
     "residuals": ("", ["--config.stage2.stage2.perturbation=residuals"]),
+    # Algorithm 1 mixed with cross-fit stage 1's real tentative actions
+    "crossfit": ("", ["--config.stage2.stage2.predicted_share=0.5"]),
 }
 
 FLAGS = flags.FLAGS

@@ -176,11 +176,17 @@ class StageConfig(tj.TrainConfig):
         base policy you already have (`twostage_jax.base_policy.load_base_policy`); stage 1 is
         then not trained (its other fields are unused), stage 2 is calibrated to that policy's
         errors and corrects it.
+      crossfit_folds: stage 2 only, with `stage2.predicted_share` > 0: the folds (K >= 2) the
+        training demos are dealt into by episode. For each, stage 1 is trained again on the
+        other K-1 folds, to the step it acts at, and predicts the tentative actions of the fold
+        it did not see (`launch/predictions.py`); K stage-1 trainings, once per stage 2. Unused
+        with a base policy (`stage1.source`), whose own actions are taken.
     """
 
     select: str = "last"
     select_steps: tuple[int, ...] = ()
     source: str = ""
+    crossfit_folds: int = 4
 
     def __post_init__(self) -> None:
         crop = self.stage2.crop_size if isinstance(self.stage2, tj.Stage2Config) else None
@@ -189,6 +195,7 @@ class StageConfig(tj.TrainConfig):
         if self.select not in SELECT_MODES:
             raise ConfigError("StageConfig", "select", f"must be one of {SELECT_MODES}; got {self.select!r}.")
         _steps("StageConfig", "select_steps", self.select_steps)
+        _int_at_least("StageConfig", "crossfit_folds", self.crossfit_folds, 2)
         if not isinstance(self.source, str) or (self.source and not SOURCE_PATTERN.fullmatch(self.source)):
             raise ConfigError("StageConfig", "source", "must be '' (our stage 1) or 'module.path:function' "
                               f"(a factory of a base policy); got {self.source!r}.")

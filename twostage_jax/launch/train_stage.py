@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -22,15 +21,15 @@ from twostage_jax._checks import available_memory, human_bytes
 from twostage_jax._io import atomic_open, reporting_disk_full, write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 from twostage_jax.data.dataset import dataset_checksum, dataset_nbytes
-from twostage_jax.launch import selection
+from twostage_jax.launch import predictions, selection
 from twostage_jax.launch.base_source import validation_actions
 from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, selects, to_dict
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import (calibration_path, check_trained_with, config_record,
                                          dataset_path, ensure_writable, is_writer, load_demos,
-                                         load_params, load_held_out, progress, residual_bank,
-                                         residuals_path, seed_keys, stage_dir, stage_record,
-                                         train_config, held_out_path)
+                                         load_params, load_held_out, progress, residuals_path,
+                                         seed_keys, stage_dir, stage_record, train_config,
+                                         train_inputs, held_out_path)
 from twostage_jax.provenance import cpu_seconds
 from twostage_jax.training.metrics_log import MetricsLog, NoLog
 from twostage_jax.training.seeds import resolve_seed_strategy
@@ -211,9 +210,12 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
     if stage == 2 and config.calibrate.any:
         ensure_calibration(config, workdir, dataset, fresh=latest is None, repaired=repaired)
+    made = (predictions.ensure_predictions(config, workdir, dataset)
+            if predictions.uses_predictions(config, stage) else None)
     tcfg = train_config(config, stage, workdir)
-    bank = residual_bank(config, workdir, stage)
-    train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg, residuals=bank)
+    inputs = train_inputs(config, workdir, stage, predicted=made)
+    bank = inputs["residuals"]
+    train, data = tj.make_train(tcfg, stage), tj.prepare_data(dataset, tcfg, **inputs)
     keys = seed_keys(config, stage)
     mesh = seed_mesh(config)  # seeds sharded over devices (and processes), or None
     if mesh is not None:  # replicate once, not in every chunk's run_seeds (a host copy per chunk
@@ -432,22 +434,6 @@ def _held_out_evaluator(tcfg: tj.TrainConfig, stage: int, validation: tj.Dataset
     return run
 
 
-def stage1_actions(config: LaunchConfig, params1: Any, ds: tj.Dataset) -> np.ndarray:
-    """[S, N, 7] stage 1's deterministic actions on every transition of `ds`, per seed."""
-    act = tj.make_policy(train_config(config, 1), None, ds.workspace)
-    cam = ds.camera(0)
-    out = []
-    for s in range(int(config.num_seeds)):
-        p1 = jax.tree_util.tree_map(lambda x, s=s: x[s], params1)
-        rows = []
-        for lo in range(0, ds.action.shape[0], 128):
-            idx = np.arange(lo, min(lo + 128, ds.action.shape[0]))
-            o = act(p1, None, jnp.asarray(ds.images[ds.obs_index[idx]]), jnp.asarray(ds.pose[idx]), cam)
-            rows.append(np.asarray(o.tentative))
-        out.append(np.concatenate(rows))
-    return np.stack(out)
-
-
 def ensure_calibration(config: LaunchConfig, workdir: Path, dataset: tj.Dataset, fresh: bool,
                        repaired: bool = False) -> dict:
     """Stage 2's calibration: calibration.json as recorded, or made now (`calibrate_stage2`)
@@ -518,7 +504,7 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
         steps1: list = []
     else:
         params1, steps1 = selection.policy_params(config, workdir, 1, dataset)
-        a1 = stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
+        a1 = predictions.stage1_actions(config, params1, validation).reshape(-1, tj.ACTION_DIM)
         a = np.tile(np.asarray(validation.action), (int(config.num_seeds), 1))
     method, settings = config.stage2.train_config().stage2, config.calibrate
     sigma = list(method.sigma)

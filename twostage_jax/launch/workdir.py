@@ -39,22 +39,37 @@ def residuals_path(workdir: Path, config: LaunchConfig) -> Path:
     return workdir / config.stage2_name / "residuals.npy"
 
 
-def residual_bank(config: LaunchConfig, workdir: Path, stage: int) -> np.ndarray | None:
-    """The [R, 7] residual bank `tj.prepare_data` takes for this stage, or None (stage 1, or
-    stage 2's Gaussian perturbation); made when stage 2 is calibrated.
+def predictions_path(workdir: Path, config: LaunchConfig) -> Path:
+    """Stage 1's actions on the training demos' states a stage 2 with a predicted_share trains on."""
+    return workdir / config.stage2_name / "predicted.npy"
+
+
+def train_inputs(config: LaunchConfig, workdir: Path, stage: int,
+                 predicted: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
+    """The data `tj.prepare_data` takes for this stage besides the dataset, as keyword arguments:
+    `residuals`, the [R, 7] residual bank of stage 2's perturbation='residuals' (made when stage
+    2 is calibrated), and `predicted`, the [S, N, 2, 7] stage-1 actions of stage 2's
+    predicted_share (made when stage 2 starts, `predictions.ensure_predictions`, whose result
+    `predicted` may give instead of the file); None where the stage does not use them.
 
     Raises:
-      PipelineError: the bank is needed but missing or unreadable.
+      PipelineError: one is needed but missing or unreadable.
     """
-    if stage == 1 or config.stage2.stage2.perturbation != "residuals":
-        return None
-    path = residuals_path(workdir, config)
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{path} cannot be read ({e}); stage 2 draws its perturbations from it "
-                            "(config.stage2.stage2.perturbation='residuals'): run --mode=stage2 to "
-                            "calibrate it.") from e
+    method = config.stage2.stage2
+    wanted = {"residuals": (residuals_path(workdir, config), "perturbation='residuals'",
+                            stage == 2 and method.perturbation == "residuals"),
+              "predicted": (predictions_path(workdir, config), f"predicted_share={method.predicted_share}",
+                            stage == 2 and method.predicted_share > 0)}
+    out: dict[str, np.ndarray | None] = {}
+    for name, (path, why, needed) in wanted.items():
+        out[name] = predicted if name == "predicted" and needed else None
+        if needed and out[name] is None:
+            try:
+                out[name] = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise PipelineError(f"{path} cannot be read ({e}); stage 2 trains on it "
+                                    f"(config.stage2.stage2.{why}): run --mode=stage2 to make it.") from e
+    return out
 
 
 def dataset_path(workdir: Path) -> Path:
@@ -246,7 +261,7 @@ def load_params(config: LaunchConfig, workdir: Path, stage: int,
         tcfg = train_config(config, stage, workdir)
         like = jax.eval_shape(jax.vmap(tj.make_train(tcfg, stage).init, in_axes=(0, None)),
                               seed_keys(config, stage),
-                              tj.prepare_data(dataset, tcfg, residuals=residual_bank(config, workdir, stage)))
+                              tj.prepare_data(dataset, tcfg, **train_inputs(config, workdir, stage)))
         try:
             state, meta = ckpt.restore(like, step)
         except CheckpointError as e:
@@ -326,6 +341,8 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
         for f in dataclasses.fields(method):
             if not (f.name == "crop_size" and cal.crop_size):
                 fields[f"stage2.stage2.{f.name}"] = _plain(getattr(method, f.name))
+        if method.predicted_share > 0 and not config.stage1.source:
+            fields["stage2.crossfit_folds"] = int(s.crossfit_folds)
     if s.algo == "cql":
         for f in dataclasses.fields(s.cql):
             fields[f"{name}.cql.{f.name}"] = _plain(getattr(s.cql, f.name))

@@ -16,7 +16,8 @@ import numpy as np
 
 from twostage_jax import _checks
 from twostage_jax._checks import ConfigError
-from twostage_jax.actions import action_to_pose, check_residual_bank, sample_tentative
+from twostage_jax.actions import (action_to_pose, check_residual_bank, sample_tentative,
+                                  tentative_from_prediction)
 from twostage_jax.training.config import TrainConfig, check_stage
 from twostage_jax.transform import Stage2Config, resize_images, transform_state
 from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
@@ -35,6 +36,9 @@ class TrainData(NamedTuple):
         (`calibration.residual_bank`), the bank Algo. 1 draws from with
         `Stage2Config.perturbation='residuals'`. Data rather than config, so one compiled
         program serves any bank of the same size and seeds vmap over one copy.
+      predicted: None, or [P, N, 2, 7] float32 actions of P predictors (e.g. cross-fit stage-1
+        models) at each transition's state ([..., 0, :]) and next state ([..., 1, :]), which a
+        `Stage2Config.predicted_share` of stage 2's samples take as their tentative action.
     """
 
     images: jnp.ndarray
@@ -42,6 +46,7 @@ class TrainData(NamedTuple):
     dataset: Dataset
     index: jnp.ndarray
     residuals: jnp.ndarray | None = None
+    predicted: jnp.ndarray | None = None
 
 
 def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
@@ -68,7 +73,8 @@ def moving_transitions(dataset: Dataset, min_move: float) -> np.ndarray:
     return keep
 
 
-def prepare_data(dataset: Dataset, config: TrainConfig, residuals: Any = None) -> TrainData:
+def prepare_data(dataset: Dataset, config: TrainConfig, residuals: Any = None,
+                 predicted: Any = None) -> TrainData:
     """Validates `dataset` and moves it to the device once: the `data` of `train(key, data)`.
 
     This is the value boundary of training: `validate_dataset` checks every field's shape,
@@ -82,11 +88,15 @@ def prepare_data(dataset: Dataset, config: TrainConfig, residuals: Any = None) -
         (`calibration.residual_bank`) for `config.stage2.perturbation='residuals'`: checked
         here (shape, finite) and moved to the device. Refused with the Gaussian perturbation,
         which would ignore it.
+      predicted: None, or a policy's actions on the dataset's states for
+        `config.stage2.predicted_share` > 0: [N, 2, 7] (one predictor) or [P, N, 2, 7] (P of
+        them, e.g. one per seed), at each transition's state and next state, in [-1, 1].
+        Checked here and moved to the device; refused with a share of 0, which would ignore them.
 
     Returns:
       `TrainData`: images [N_img, H, W, 3] uint8, stage1_images [N_img, h, w, 3] uint8, the
-      dataset on device, the [M] int32 transition index batches are drawn from, and the
-      [R, 7] float32 residual bank (or None).
+      dataset on device, the [M] int32 transition index batches are drawn from, the [R, 7]
+      float32 residual bank (or None) and the [P, N, 2, 7] float32 predictions (or None).
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"`dataset` must be a twostage_jax Dataset; got {type(dataset).__name__}.")
@@ -97,6 +107,11 @@ def prepare_data(dataset: Dataset, config: TrainConfig, residuals: Any = None) -
                              "no bank.")
         residuals = np.asarray(residuals, np.float32)
         check_residual_bank("residuals", residuals)
+    if predicted is not None:
+        if config.stage2.predicted_share <= 0:
+            raise ConfigError("Stage2Config", "predicted_share", "=0 ignores the `predicted` actions given "
+                             "to prepare_data; set a share in (0, 1] or pass none.")
+        predicted = check_predicted("predicted", predicted, int(dataset.action.shape[0]))
     validate_dataset(dataset)
     index = moving_transitions(dataset, float(config.min_move))
     ds = jax.device_put(jax.tree_util.tree_map(jnp.asarray, dataset))
@@ -106,8 +121,27 @@ def prepare_data(dataset: Dataset, config: TrainConfig, residuals: Any = None) -
                          f"{tuple(ds.images.shape[1:3])}.")
     small = jax.jit(resize_images, static_argnums=1)(ds.images, size)
     bank = None if residuals is None else jax.device_put(jnp.asarray(residuals, jnp.float32))
+    pred = None if predicted is None else jax.device_put(jnp.asarray(predicted))
     return TrainData(images=ds.images, stage1_images=small, dataset=ds, index=jnp.asarray(index),
-                     residuals=bank)
+                     residuals=bank, predicted=pred)
+
+
+def check_predicted(name: str, predicted: Any, num_transitions: int) -> np.ndarray:
+    """Checks a policy's actions on a dataset's states; returns them as [P, N, 2, 7] float32.
+
+    Raises:
+      ValueError: naming `name`, for a shape other than [N, 2, 7] or [P, N, 2, 7] with the
+        dataset's N, or values outside [-1, 1] (NaN included).
+    """
+    arr = np.asarray(predicted, np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[0] < 1 or arr.shape[1:] != (num_transitions, 2, 7):
+        raise ValueError(f"`{name}` must be [N, 2, 7] or [P, N, 2, 7] actions at each of the dataset's "
+                         f"N={num_transitions} transitions' state and next state; got shape {np.shape(predicted)}.")
+    if not np.all(np.abs(arr) <= 1.0):  # NaN fails too
+        raise ValueError(f"`{name}` must hold actions in [-1, 1]; got values outside (or NaN).")
+    return arr
 
 
 def _stage2_obs(data: TrainData, img_idx: jnp.ndarray, pose: jnp.ndarray, tentative: jnp.ndarray,
@@ -128,6 +162,8 @@ def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
     (or as `stage2.sigma_scales` and `stage2.perturbation` say; the residual bank is
     `data.residuals`), a^1 = tanh(atanh(a) - eps), target a^2 = tanh(eps) ('correction') or a
     ('direct'), and the states s^2 = f(s, a^1), s'^2 = f(s', a'^1) with a'^1 built the same way from a'.
+    A `stage2.predicted_share` of the samples take a^1 (and a'^1) from one predictor of
+    `data.predicted` instead, with eps the error it made (`tentative_from_prediction`).
 
     Args:
       data: `TrainData` from `prepare_data`.
@@ -177,6 +213,15 @@ def batch_at(data: TrainData, idx: jnp.ndarray, key: jax.Array, stage: int,
     draw = dict(tentative_limit=limit, scales=stage2.sigma_scales, residuals=perturbation_bank(data, stage2))
     a1, a2 = sample_tentative(k_eps, action, stage2.sigma, **draw)
     next_a1, _ = sample_tentative(k_next, ds.next_action[idx], stage2.sigma, **draw)
+    if stage2.predicted_share > 0:  # (a key of its own: the Gaussian draws above are unchanged)
+        k_use, k_which = jax.random.split(jax.random.fold_in(key, 1))
+        pred = predicted_actions(data, stage2)
+        use = jax.random.bernoulli(k_use, stage2.predicted_share, idx.shape + (1,))
+        rows = pred[jax.random.randint(k_which, idx.shape, 0, pred.shape[0]), idx]  # [B, 2, 7]
+        p1, p2 = tentative_from_prediction(action, rows[:, 0], tentative_limit=limit)
+        next_p1, _ = tentative_from_prediction(ds.next_action[idx], rows[:, 1], tentative_limit=limit)
+        a1, a2 = jnp.where(use, p1, a1), jnp.where(use, p2, a2)
+        next_a1 = jnp.where(use, next_p1, next_a1)
     obs = _stage2_obs(data, oi, ds.pose[idx], a1, stage2)
     next_obs = _stage2_obs(data, ni, ds.next_pose[idx], next_a1, stage2) if with_next else None
     target = a2 if stage2.mode == "correction" else action
@@ -196,6 +241,18 @@ def perturbation_bank(data: TrainData, stage2: Stage2Config) -> jnp.ndarray | No
                          "prepare_data(dataset, config, residuals=calibration.residual_bank(tentative, "
                          "target)) with stage 1's actions on held-out demos.")
     return data.residuals
+
+
+def predicted_actions(data: TrainData, stage2: Stage2Config) -> jnp.ndarray:
+    """The [P, N, 2, 7] predictions a `stage2.predicted_share` of stage-2 samples act from.
+
+    Raises (at trace time, so before any step) a ValueError when `data` holds none.
+    """
+    if data.predicted is None:
+        raise ValueError(f"Stage2Config.predicted_share={stage2.predicted_share} needs a policy's actions "
+                         "on the demo states in the training data: prepare_data(dataset, config, "
+                         "predicted=[P, N, 2, 7] actions), e.g. from cross-fit stage-1 models.")
+    return data.predicted
 
 
 def check_data(data: Any) -> None:

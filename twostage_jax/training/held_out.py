@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
@@ -32,7 +33,9 @@ def make_held_out_eval(config: TrainConfig, stage: int
     """Returns a jitted `evaluate(params, data, key) -> HeldOutMetrics` over every transition.
 
     For stage 2 each transition gets one Algo. 1 perturbation drawn from `key` (fix the key to
-    compare checkpoints on the same draws). Pure and cheap: meant for held-out demos every few
+    compare checkpoints on the same draws); never a prediction (`Stage2Config.predicted_share`
+    is set to 0 here), so the curve needs no predictions on the held-out demos and keeps one
+    meaning across stage-2 variants. Pure and cheap: meant for held-out demos every few
     hundred steps, to choose a training budget from the curve rather than from evaluation.
 
     Args:
@@ -40,7 +43,7 @@ def make_held_out_eval(config: TrainConfig, stage: int
       stage: 1 or 2.
     """
     networks = make_networks(config.network, stage, config.algo)
-    s2 = config.stage2
+    s2 = dataclasses.replace(config.stage2, predicted_share=0.0)
 
     @jax.jit
     def evaluate(params: dict, data: TrainData, key: jax.Array) -> HeldOutMetrics:
