@@ -186,7 +186,7 @@ class StageConfig(tj.TrainConfig):
     select: str = "last"
     select_steps: tuple[int, ...] = ()
     source: str = ""
-    crossfit_folds: int = 4
+    crossfit_folds: int = 3
 
     def __post_init__(self) -> None:
         crop = self.stage2.crop_size if isinstance(self.stage2, tj.Stage2Config) else None
