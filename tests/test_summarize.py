@@ -280,3 +280,14 @@ def test_the_critics_choices_are_counted_per_algorithm_and_arm(fake_raw):
                                                                "sample": [1, 3]})
     lines = _critic_choices(runs)
     assert lines[-1] == "| CQL | stage2 | 0.25 | 0.50 | 0.25 |" and len(lines) == 8
+
+
+def test_no_correction_is_chosen_on_one_half_of_the_layouts_and_scored_on_the_other():
+    from experiments.studies.validation_study import choose_by_halves
+
+    # first half: a tie, so no correction, and the second half is scored on stage 1 (1 of 4);
+    # second half: the two-stage policy wins, so the first half is scored on it (2 of 4)
+    s1 = [1, 1, 0, 0, 1, 0, 0, 0]
+    s2 = [1, 0, 0, 1, 1, 1, 1, 0]
+    assert choose_by_halves(s1, s2) == (np.mean([1, 0, 0, 0] + [1, 0, 0, 1]) * 1.0, 1)
+    assert choose_by_halves([1, 0, 1, 0], [1, 0, 1, 0]) == (0.5, 2)  # ties: no correction

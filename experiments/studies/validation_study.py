@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags
 
 CONFIG = "quickstart"
@@ -95,7 +96,8 @@ def summary(out: Path, tasks: list[str], arms: list[str]) -> str:
         if g:
             lines.append(f"- `{arm}`: mean validation gain over stage 1 {np.mean(g):+.3f} over "
                          f"{len(g)} task(s) ({', '.join(f'{x:+.2f}' for x in g)})")
-    return "\n".join(lines + [""] + paired(out, tasks, arms, arms[0])) + "\n"
+    return "\n".join(lines + [""] + paired(out, tasks, arms, arms[0]) + [""] +
+                     with_no_correction(out, tasks, arms)) + "\n"
 
 
 def paired(out: Path, tasks: list[str], arms: list[str], base: str) -> list[str]:
@@ -124,6 +126,59 @@ def paired(out: Path, tasks: list[str], arms: list[str], base: str) -> list[str]
     return lines
 
 
+def choose_by_halves(stage1: list[int], two_stage: list[int]) -> tuple[float, int]:
+    """One seed's success when it may act without correction, cross-validated on its layouts.
+
+    The seed chooses between stage 1 and the two-stage policy on one half of its validation
+    layouts (ties choose no correction, as `config.select.no_correction`'s selection does) and
+    is scored on the other half, both ways round.
+
+    Args:
+      stage1, two_stage: [E] per-layout successes (0/1) on the same layouts.
+
+    Returns:
+      (the success rate over both scored halves, how many of the 2 choices were no correction).
+    """
+    s1, s2 = np.asarray(stage1, float), np.asarray(two_stage, float)
+    half = len(s1) // 2
+    parts = [np.arange(half), np.arange(half, len(s1))]
+    scored, plain = [], 0
+    for choose, score in (parts, parts[::-1]):
+        keep = s2[choose].mean() <= s1[choose].mean()
+        plain += int(keep)
+        scored.append((s1 if keep else s2)[score])
+    return float(np.concatenate(scored).mean()), plain
+
+
+def with_no_correction(out: Path, tasks: list[str], arms: list[str]) -> list[str]:
+    """Each arm with no correction as a candidate (`choose_by_halves` per seed), paired by seed
+    against the arm itself and against stage 1 (95% bootstrap intervals, 2000 resamples)."""
+    import json
+
+    from twostage_jax import evaluation
+
+    lines = ["With no correction as a candidate: each seed chooses stage 1 or the two-stage policy on half "
+             "of its validation layouts and is scored on the other half, both ways round.", "",
+             "| task | arm | two-stage | with the choice | minus two-stage | minus stage 1 | choices of no correction |",
+             "|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        for arm in arms:
+            path = out / task / f"{arm}.json"
+            if not path.exists():
+                continue
+            r = json.loads(path.read_text())
+            s1, s2 = r["stage1"]["episodes"], r["two_stage"]["episodes"]
+            chosen = [choose_by_halves(a, b) for a, b in zip(s1, s2)]
+            rate = np.asarray([c[0] for c in chosen])
+            cells = [f"{np.mean(np.asarray(s2, float).mean(1)):.2f}", f"{rate.mean():.2f}"]
+            for other in (np.asarray(s2, float).mean(1), np.asarray(s1, float).mean(1)):
+                i = evaluation.difference_interval(other, rate, reps=2000)
+                cells.append(f"{i.mean:+.2f} [{i.low:+.2f}, {i.high:+.2f}]")
+            cells.append(f"{sum(c[1] for c in chosen)} of {2 * len(chosen)}")
+            lines.append(f"| {task} | {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments {argv[1:]}.")
@@ -142,6 +197,7 @@ def main(argv: list[str]) -> int:
         from twostage_jax._io import atomic_open
 
         out = Path(FLAGS.out)
+        out.mkdir(parents=True, exist_ok=True)
         text = summary(out, FLAGS.tasks, FLAGS.arms)
         with atomic_open(out / "summary.md", "w") as f:
             f.write(text)
