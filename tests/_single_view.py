@@ -50,5 +50,7 @@ def reference() -> dict[str, np.ndarray]:
 
 
 if __name__ == "__main__":
+    import tests.conftest  # noqa: F401  (the suite's XLA flags, set before the backend starts)
+
     np.savez(PATH, **reference())
     print(f"wrote {PATH}")
