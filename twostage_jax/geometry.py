@@ -133,10 +133,13 @@ def optical_axis_angle(camera: Camera, euler: jnp.ndarray) -> jnp.ndarray:
 
 
 @partial(jax.jit, static_argnames=("size",))
-def _crop(image: jnp.ndarray, center_uv: jnp.ndarray, angle: jnp.ndarray, size: int) -> jnp.ndarray:
+def _crop(image: jnp.ndarray, center_uv: jnp.ndarray, angle: jnp.ndarray, size: int,
+          scale: jnp.ndarray | None = None) -> jnp.ndarray:
     height, width = image.shape[0], image.shape[1]
     img = image.astype(jnp.float32)
     offsets = jnp.arange(size, dtype=jnp.float32) - (size // 2)
+    if scale is not None:  # (None, not 1.0: one camera's crops stay bitwise what they were)
+        offsets = offsets * scale
     dy, dx = jnp.meshgrid(offsets, offsets, indexing="ij")  # [S, S] crop row / column offsets
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     u = center_uv[0] + cos * dx - sin * dy
@@ -161,7 +164,8 @@ def _crop(image: jnp.ndarray, center_uv: jnp.ndarray, angle: jnp.ndarray, size: 
     return top * (1 - wy) + bottom * wy
 
 
-def crop_at_pixel(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: int) -> jnp.ndarray:
+def crop_at_pixel(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: int,
+                  scale: Any = None) -> jnp.ndarray:
     """Rotated, bilinearly sampled square crop of one image, centred at a pixel coordinate.
 
     It does not project: `crop_at_action` (twostage_jax.transform) projects an action's
@@ -169,7 +173,7 @@ def crop_at_pixel(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: 
 
     Crop pixel (row a, column b) samples the continuous image point
 
-        center_uv + R(angle) @ (b - size // 2, a - size // 2),
+        center_uv + scale * R(angle) @ (b - size // 2, a - size // 2),
 
     so the crop's centre pixel (size // 2, size // 2) samples exactly `center_uv`, and the crop's
     x axis points along `angle` (from +u towards +v). A feature that lies in the image along
@@ -184,6 +188,9 @@ def crop_at_pixel(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: 
       center_uv: [2] continuous pixel coordinate (u = column, v = row) of the crop centre.
       angle: [] rotation in radians.
       size: crop side length S in pixels (Python int).
+      scale: None (1), or [] image pixels per crop pixel: a crop of S pixels then spans
+        S * scale image pixels (a zoom out for scale > 1, sampled bilinearly without
+        anti-aliasing, so keep it below about 2; per-view crops of several cameras use it).
 
     Returns:
       [S, S, C] float32 crop, on the same value scale as `image` (uint8 stays 0..255).
@@ -195,7 +202,8 @@ def crop_at_pixel(image: jnp.ndarray, center_uv: jnp.ndarray, angle: Any, size: 
     _checks.check_positive_int("size", size)
     _checks.check_fits("size", 4.0 * size * size * max(int(np.shape(image)[-1]), 1),
                        f"one {size}x{size} float32 crop")
-    return _crop(image, jnp.asarray(center_uv, jnp.float32), jnp.asarray(angle, jnp.float32), size)
+    return _crop(image, jnp.asarray(center_uv, jnp.float32), jnp.asarray(angle, jnp.float32), size,
+                 None if scale is None else jnp.asarray(scale, jnp.float32))
 
 
 def look_at(eye: Any, target: Any, up: Any = (0.0, 0.0, 1.0)) -> jnp.ndarray:

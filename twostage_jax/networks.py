@@ -24,6 +24,7 @@ from twostage_jax.types import ACTION_DIM, Stage1Obs, Stage2Obs
 
 CONV_IMPLS = ("auto", "xla", "patches")
 CROP_ENCODERS = ("flatten", "spatial_softmax")
+VIEW_ENCODERS = ("shared", "separate")
 # Fastest conv implementation per backend, from experiments/tools/benchmark.py. On CPU, XLA's
 # convolution (and, under vmap over seeds, its grouped convolution) is several times slower
 # than im2col + matmul at these sizes, single seed and vmapped alike. No GPU/TPU measurement
@@ -64,6 +65,10 @@ class NetworkConfig:
         signal a regressor that sees z and a^1 shrinks its estimate of the target towards
         where targets usually are given z, i.e. near z itself; in closed loop that pull can
         make the current pose a fixed point (the arm stalls).
+      view_encoders: with several cameras, 'shared' (one CNN encodes every view, as one batch)
+        or 'separate' (a CNN per view). Either way each view's features are concatenated in
+        the cameras' order (stage 2 first multiplies each by its view's mask). One camera
+        uses one CNN either way.
     """
 
     conv_channels: tuple[int, ...] = (32, 32, 32, 32)
@@ -77,8 +82,12 @@ class NetworkConfig:
     keypoints: int = 32
     crop_conv_strides: tuple[int, ...] | None = None
     stage2_pose_input: bool = True
+    view_encoders: str = "shared"
 
     def __post_init__(self) -> None:
+        if self.view_encoders not in VIEW_ENCODERS:
+            raise ConfigError("NetworkConfig", "view_encoders", f"must be one of {VIEW_ENCODERS}; got "
+                             f"{self.view_encoders!r}.")
         if self.crop_encoder not in CROP_ENCODERS:
             raise ConfigError("NetworkConfig", "crop_encoder", f"must be one of {CROP_ENCODERS}; got "
                              f"{self.crop_encoder!r}.")
@@ -300,21 +309,54 @@ class MLP(nn.Module):
         return x
 
 
+def encode_views(x: jnp.ndarray, make: Callable[[str], nn.Module], name: str, separate: bool,
+                 mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """A CNN's features of one camera's images, or of each of V cameras' concatenated.
+
+    Call inside a compact module: `make(name)` builds the CNN. One camera is `make(name)(x)`,
+    exactly. With V cameras the shared CNN encodes the [B * V] images as one batch, or, with
+    `separate`, view v has its own CNN (`name`, then `name_view1`, ...).
+
+    Args:
+      x: [B, H, W, C] images of one camera, or [B, V, H, W, C] of V.
+      make: name -> the CNN module.
+      name: the (first) CNN's name.
+      separate: one CNN per view.
+      mask: None, or [B, V] weights of each view's features (0 for a view that does not see).
+
+    Returns:
+      [B, F] features, or [B, V * F] (view-major).
+    """
+    if x.ndim == 4:
+        return make(name)(x)
+    b, v = x.shape[:2]
+    if separate:
+        feats = jnp.stack([make(name if i == 0 else f"{name}_view{i}")(x[:, i]) for i in range(v)], axis=1)
+    else:
+        feats = make(name)(x.reshape((b * v,) + x.shape[2:])).reshape(b, v, -1)
+    if mask is not None:
+        feats = feats * mask[..., None].astype(feats.dtype)
+    return feats.reshape(b, -1)
+
+
 class Stage1Encoder(nn.Module):
-    """phi(o, z): 4-layer CNN over o, 2-layer MLP over z, concatenated."""
+    """phi(o, z): 4-layer CNN over o (each view's, with several cameras), 2-layer MLP over z,
+    concatenated."""
 
     config: NetworkConfig
 
     @nn.compact
     def __call__(self, obs: Stage1Obs) -> jnp.ndarray:
         c = self.config
-        img = CNN(c.conv_channels, c.conv_strides, c.conv_impl)(obs.image)
+        img = encode_views(obs.image, lambda n: CNN(c.conv_channels, c.conv_strides, c.conv_impl, name=n),
+                           "CNN_0", c.view_encoders == "separate")
         pose = MLP((c.mlp_hidden, c.mlp_hidden))(obs.pose)
         return jnp.concatenate([img, pose], axis=-1)
 
 
 class Stage2Encoder(nn.Module):
-    """phi(o^2, e^2, z, a^1): 3-layer CNNs over both crops, 2-layer MLPs over z and a^1."""
+    """phi(o^2, e^2, z, a^1): 3-layer CNNs over both crops (each view's, o^2's features times
+    the view's mask, with several cameras), 2-layer MLPs over z and a^1."""
 
     config: NetworkConfig
 
@@ -324,8 +366,9 @@ class Stage2Encoder(nn.Module):
         strides = c.crop_conv_strides if c.crop_conv_strides is not None else c.conv_strides
         cnn = dict(channels=c.crop_conv_channels, strides=strides, impl=c.conv_impl,
                    head=c.crop_encoder, coords=c.coord_channels, keypoints=c.keypoints)
-        crop = CNN(**cnn, name="crop_cnn")(obs.crop)
-        ee = CNN(**cnn, name="ee_cnn")(obs.ee_crop)
+        separate, mask = c.view_encoders == "separate", getattr(obs, "mask", None)
+        crop = encode_views(obs.crop, lambda n: CNN(**cnn, name=n), "crop_cnn", separate, mask)
+        ee = encode_views(obs.ee_crop, lambda n: CNN(**cnn, name=n), "ee_cnn", separate)
         tent = MLP((c.mlp_hidden, c.mlp_hidden), name="tentative_mlp")(obs.tentative)
         if not c.stage2_pose_input:
             return jnp.concatenate([crop, ee, tent], axis=-1)

@@ -16,7 +16,7 @@ import numpy as np
 from twostage_jax import _checks
 from twostage_jax.base_policy import BasePolicy, call_base_policy
 from twostage_jax.networks import Networks, make_networks, tanh_gaussian_sample
-from twostage_jax.transform import Stage2Config, resize_images, transform_state
+from twostage_jax.transform import Stage2Config, resize_images, transform_batch
 from twostage_jax.types import ACTION_DIM, Camera, Stage1Obs, Stage2Obs, Workspace
 
 if TYPE_CHECKING:  # annotations only: the policy does not import the training code
@@ -82,26 +82,29 @@ class _ParamsCheck:
 
     def __init__(self, nets1: Networks | None, nets2: Networks | None, s2: Stage2Config | None):
         self._nets1, self._nets2, self._s2 = nets1, nets2, s2
-        self._expected: tuple[frozenset | None, frozenset | None] | None = None
+        self._expected: dict[int, tuple[frozenset | None, frozenset | None]] = {}
 
-    def _expect(self) -> tuple[frozenset | None, frozenset | None]:
-        if self._expected is None:
+    def _expect(self, views: int) -> tuple[frozenset | None, frozenset | None]:
+        """The trees for observations of `views` cameras (0: one camera, no view axis)."""
+        if views not in self._expected:
             key = jax.ShapeDtypeStruct((2,), jnp.uint32)
             vec = jax.ShapeDtypeStruct((1, ACTION_DIM), jnp.float32)
-            obs1 = Stage1Obs(jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.uint8), vec)
+            v = (views,) if views else ()
+            obs1 = Stage1Obs(jax.ShapeDtypeStruct((1, *v, 32, 32, 3), jnp.uint8), vec)
             want1 = (None if self._nets1 is None else  # a base policy stands in for stage 1
                      _param_paths(jax.eval_shape(self._nets1.init, key, obs1)))
             want2 = None
             if self._nets2 is not None:
                 c, e = self._s2.crop_size, self._s2.ee_crop_size
-                obs2 = Stage2Obs(jax.ShapeDtypeStruct((1, c, c, 3), jnp.float32),
-                                 jax.ShapeDtypeStruct((1, e, e, 3), jnp.float32), vec, vec)
+                mask = jax.ShapeDtypeStruct((1, views), jnp.float32) if views else None
+                obs2 = Stage2Obs(jax.ShapeDtypeStruct((1, *v, c, c, 3), jnp.float32),
+                                 jax.ShapeDtypeStruct((1, *v, e, e, 3), jnp.float32), vec, vec, mask)
                 want2 = _param_paths(jax.eval_shape(self._nets2.init, key, obs2))
-            self._expected = (want1, want2)
-        return self._expected
+            self._expected[views] = (want1, want2)
+        return self._expected[views]
 
-    def __call__(self, params1: Any, params2: Any) -> None:
-        want1, want2 = self._expect()
+    def __call__(self, params1: Any, params2: Any, views: int = 0) -> None:
+        want1, want2 = self._expect(views)
         got1 = _param_paths(params1) if want1 is not None else None
         got2 = _param_paths(params2) if want2 is not None else None
         if got1 == want1 and got2 == want2:
@@ -144,16 +147,32 @@ def check_observation(image: Any, pose: Any, camera: Camera) -> None:
     """Checks a policy's observation batch where it enters from the host.
 
     Args:
-      image: [B, H, W, 3] uint8 frames at the camera's resolution.
+      image: [B, H, W, 3] uint8 frames at the camera's resolution, or [B, V, H, W, 3] from V
+        cameras.
       pose: [B, 7] floating poses in [-1, 1].
-      camera: the single `Camera` of the batch.
+      camera: the single `Camera` of the batch; with V cameras, intrinsics [V, 3, 3] and
+        cam_to_world [V, 4, 4] (shared by the batch) or [B, V, ...] (one set per row, e.g. a
+        wrist camera in several episodes).
 
     Raises:
-      ValueError / TypeError naming `image` or `pose`.
+      ValueError / TypeError naming `image`, `camera` or `pose`.
     """
-    _checks.check_rank("image", image, 4)
-    _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
-                        "[B, H, W, 3] at the camera's resolution")
+    if np.ndim(image) == 5:
+        b, v = np.shape(image)[:2]
+        _checks.check_shape("image", image, (None, v, camera.height, camera.width, 3),
+                            "[B, V, H, W, 3] at the cameras' resolution")
+        shared = np.ndim(camera.intrinsics) == 3
+        lead = (v,) if shared else (b, v)
+        _checks.check_shape("camera.intrinsics", camera.intrinsics, (*lead, 3, 3),
+                            f"one camera per view of the image's {v}: [V, 3, 3] or [B, V, 3, 3]")
+        _checks.check_shape("camera.cam_to_world", camera.cam_to_world, (*lead, 4, 4),
+                            "[V, 4, 4] or [B, V, 4, 4], as the intrinsics")
+    else:
+        _checks.check_rank("image", image, 4)
+        _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
+                            "[B, H, W, 3] at the camera's resolution")
+        _checks.check_shape("camera.intrinsics", camera.intrinsics, (3, 3),
+                            "a single camera for [B, H, W, 3] frames")
     if np.shape(image)[0] == 0:
         raise ValueError(f"`image` must hold at least one frame (batch size B >= 1); got batch "
                          f"size 0 (shape {np.shape(image)}).")
@@ -220,7 +239,9 @@ def make_policy(
     Returns:
       `act(params1, params2, image, pose, camera, key, tentative) -> PolicyOutput`, where image
       is [B, H, W, 3] uint8 at the camera's full resolution, pose [B, 7], camera a single
-      `Camera` shared by the batch, key a PRNG key (required when the policy samples, i.e.
+      `Camera` shared by the batch (with V cameras: image [B, V, H, W, 3] and the cameras'
+      intrinsics [V, 3, 3] / cam_to_world [V, 4, 4], or [B, V, ...] per row; stage 2 crops
+      every view, `transform.transform_views`), key a PRNG key (required when the policy samples, i.e.
       deterministic=False with a CQL stage: pass a fresh one per call; may be None
       otherwise), params1 is ignored (pass None) when stage1 is None, and params2 is ignored
       (pass None) in stage-1-only mode. Values are
@@ -256,7 +277,7 @@ def make_policy(
                key: jax.Array, tentative: jnp.ndarray | None) -> PolicyOutput:
         k1, k2 = jax.random.split(key)
         if tentative is None:
-            size = stage1.image_size or image.shape[1]
+            size = stage1.image_size or image.shape[-3]
             small = resize_images(image, size)
             a1 = _act_one_stage(nets1, params1, Stage1Obs(small, pose), k1, deterministic)
         else:
@@ -267,8 +288,7 @@ def make_policy(
             return _critic_choice(params2, image, pose, camera, k2, a1)
         action = a1
         for k in jax.random.split(k2, correction_passes) if correction_passes > 1 else [k2]:
-            obs2 = jax.vmap(lambda im, z, t: transform_state(
-                im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, action)
+            obs2 = transform_batch(image, pose, action, camera, workspace, s2)
             a2 = _act_one_stage(nets2, params2, obs2, k, deterministic)
             composed = s2.compose(action, a2)
             action = composed if mask is None else jnp.where(mask, composed, action)
@@ -276,8 +296,7 @@ def make_policy(
 
     def _critic_choice(params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
                        key: jax.Array, a1: jnp.ndarray) -> PolicyOutput:
-        obs2 = jax.vmap(lambda im, z, t: transform_state(
-            im, z, t, camera, workspace, s2.crop_size, s2.ee_crop_size, s2.rotate))(image, pose, a1)
+        obs2 = transform_batch(image, pose, a1, camera, workspace, s2)
         feat = nets2.encode(params2, obs2)
         mean, log_std = nets2.actor(params2, feat)
         seen = jnp.sum(jax.lax.bitcast_convert_type(pose.astype(jnp.float32), jnp.int32))
@@ -299,14 +318,17 @@ def make_policy(
         if not row_by_row:
             return _batch(params1, params2, image, pose, camera, key, tentative)
 
+        per_row = image.ndim == 5 and camera.intrinsics.ndim == 4  # a camera set per row
+
         def one(row: tuple) -> PolicyOutput:
-            im, z, t, k = row
-            out = _batch(params1, params2, im[None], z[None], camera, k,
+            im, z, t, k, cam = row
+            cam = jax.tree_util.tree_map(lambda x: x[None], cam) if per_row else camera
+            out = _batch(params1, params2, im[None], z[None], cam, k,
                          None if t is None else t[None])
             return jax.tree_util.tree_map(lambda x: x[0], out)
 
         keys = jax.random.split(key, image.shape[0])  # each row its own noise
-        return jax.lax.map(one, (image, pose, tentative, keys))
+        return jax.lax.map(one, (image, pose, tentative, keys, camera if per_row else None))
 
     def act(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
             key: jax.Array | None = None, tentative: jnp.ndarray | None = None) -> PolicyOutput:
@@ -318,7 +340,7 @@ def make_policy(
         if nets2 is not None and params2 is None:
             raise ValueError("`params2` is None but the policy was built with a stage-2 config; "
                              "pass stage 2's params or build with stage2=None.")
-        check_params(params1, params2)
+        check_params(params1, params2, int(np.shape(image)[1]) if np.ndim(image) == 5 else 0)
         if critic_samples and "critic" not in params2:
             raise ValueError("`params2` holds no 'critic', which `critic_samples` > 0 scores the "
                              "candidate corrections with: pass stage 2's whole CQL params.")

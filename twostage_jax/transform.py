@@ -86,6 +86,7 @@ class Stage2Config:
     sigma_scales: tuple[float, ...] = (1.0,)
     perturbation: str = "gaussian"
     predicted_share: float = 0.0
+    view_crop_scales: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.crop_size is not None and (isinstance(self.crop_size, bool) or
@@ -121,6 +122,9 @@ class Stage2Config:
             raise ConfigError("Stage2Config", "predicted_share", f"must lie in [0, 1]; got "
                              f"{self.predicted_share!r}.")
         object.__setattr__(self, "predicted_share", float(self.predicted_share))
+        if self.view_crop_scales is not None:
+            scales = check_scales("view_crop_scales", self.view_crop_scales, "Stage2Config")
+            object.__setattr__(self, "view_crop_scales", scales)
         if self.loss_weighting == "whiten" and (self.mode != "correction" or min(self.sigma) <= 0):
             raise ConfigError("Stage2Config", "loss_weighting", "='whiten' needs mode='correction' and every "
                              f"sigma > 0; got mode={self.mode!r}, sigma={self.sigma!r}.")
@@ -182,7 +186,7 @@ def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
 
 def crop_at_action(
     image: jnp.ndarray, action: jnp.ndarray, camera: Camera, workspace: Workspace, size: int,
-    rotate: bool = True,
+    rotate: bool = True, scale: Any = None,
 ) -> jnp.ndarray:
     """Crops `image` around the projection of an action's (or pose's) position.
 
@@ -193,6 +197,7 @@ def crop_at_action(
       workspace: position bounds of the action space.
       size: crop side (static).
       rotate: rotate the crop by the orientation's angle about the optical axis.
+      scale: None, or image pixels per crop pixel (`crop_at_pixel`).
 
     Returns:
       [size, size, 3] float32 crop scaled to [0, 1].
@@ -202,9 +207,8 @@ def crop_at_action(
     position, euler, _ = action_to_pose(action, workspace)
     uv, _ = project_points(camera, position)
     angle = optical_axis_angle(camera, euler) if rotate else jnp.zeros((), jnp.float32)
-    crop = crop_at_pixel(image, uv, angle, size)
-    scale = 1.0 / 255.0 if image.dtype == jnp.uint8 else 1.0
-    return crop * scale
+    crop = crop_at_pixel(image, uv, angle, size, scale)
+    return crop * (1.0 / 255.0 if image.dtype == jnp.uint8 else 1.0)
 
 
 def transform_state(
@@ -216,6 +220,7 @@ def transform_state(
     crop_size: int,
     ee_crop_size: int,
     rotate: bool = True,
+    crop_scale: Any = None,
 ) -> Stage2Obs:
     """The transformation f of Eq. 5 for one example.
 
@@ -233,6 +238,7 @@ def transform_state(
       crop_size: side of o^2 (32 for CQL, 64 for BC in the paper); static.
       ee_crop_size: side of e^2 (16 in the paper); static.
       rotate: rotate crops by the orientation (False crops axis-aligned).
+      crop_scale: None, or image pixels per pixel of o^2 (`crop_at_pixel`'s scale; e^2 keeps 1).
 
     Returns:
       `Stage2Obs` with crop [crop_size, crop_size, 3] and ee_crop [ee_crop_size,
@@ -248,7 +254,102 @@ def transform_state(
     _check_action("tentative", tentative)
     _checks.check_positive_int("crop_size", crop_size)
     _checks.check_positive_int("ee_crop_size", ee_crop_size)
-    o2 = crop_at_action(image, tentative, camera, workspace, crop_size, rotate)
+    o2 = crop_at_action(image, tentative, camera, workspace, crop_size, rotate, crop_scale)
     e2 = crop_at_action(image, pose, camera, workspace, ee_crop_size, rotate)
     return Stage2Obs(crop=o2, ee_crop=e2, pose=jnp.asarray(pose, jnp.float32),
                      tentative=jnp.asarray(tentative, jnp.float32))
+
+
+def in_view(camera: Camera, position: jnp.ndarray) -> jnp.ndarray:
+    """Whether a world point projects into a camera's image, in front of it.
+
+    Args:
+      camera: a single `Camera`.
+      position: [3] world point.
+
+    Returns:
+      [] float32: 1.0 when the point lies in front of the camera (depth > 0) and its pixel
+      inside the image ([0, W) x [0, H)), else 0.0.
+    """
+    uv, depth = project_points(camera, position)
+    inside = (depth > 0) & (uv[0] >= 0) & (uv[0] < camera.width) & (uv[1] >= 0) & (uv[1] < camera.height)
+    return inside.astype(jnp.float32)
+
+
+def transform_views(
+    images: jnp.ndarray,
+    pose: jnp.ndarray,
+    tentative: jnp.ndarray,
+    cameras: Camera,
+    workspace: Workspace,
+    crop_size: int,
+    ee_crop_size: int,
+    rotate: bool = True,
+    crop_scales: Any = None,
+) -> Stage2Obs:
+    """The transformation f of Eq. 5 in each of V views of one state.
+
+    Each view is cropped as `transform_state` crops one (rotated about that view's optical
+    axis). Where the tentative position projects outside a view or behind it, that view's
+    o^2 is zeros and `mask` says so; where the current position does, its e^2 is zeros.
+
+    Args:
+      images: [V, H, W, 3] uint8 or float frames of the same instant, one per camera.
+      pose: [7] current pose z.
+      tentative: [7] tentative action a^1.
+      cameras: the V cameras (intrinsics [V, 3, 3], cam_to_world [V, 4, 4]), e.g. a wrist
+        camera at its pose of that instant.
+      workspace, crop_size, ee_crop_size, rotate: as in `transform_state`.
+      crop_scales: None, or [V] image pixels per pixel of each view's o^2
+        (`Stage2Config.view_crop_scales`).
+
+    Returns:
+      `Stage2Obs` with crop [V, S, S, 3], ee_crop [V, E, E, 3], pose [7], tentative [7] and
+      mask [V] float32 (1.0 where the tentative position is seen).
+    """
+    _checks.check_rank("images", images, 4)
+    _checks.check_shape("cameras.intrinsics", cameras.intrinsics, (images.shape[0], 3, 3),
+                        "[V, 3, 3], one camera per view")
+    scales = jnp.ones(images.shape[0], jnp.float32) if crop_scales is None else jnp.asarray(crop_scales, jnp.float32)
+    one = lambda im, cam, sc: transform_state(im, pose, tentative, cam, workspace, crop_size, ee_crop_size,
+                                              rotate, sc)
+    obs = jax.vmap(one)(images, cameras, scales)
+    target = action_to_pose(tentative, workspace)[0]
+    here = action_to_pose(pose, workspace)[0]
+    mask = jax.vmap(in_view, in_axes=(0, None))(cameras, target)
+    ee_seen = jax.vmap(in_view, in_axes=(0, None))(cameras, here)
+    return Stage2Obs(crop=obs.crop * mask[:, None, None, None],
+                     ee_crop=obs.ee_crop * ee_seen[:, None, None, None],
+                     pose=obs.pose[0], tentative=obs.tentative[0], mask=mask)
+
+
+def transform_batch(images: jnp.ndarray, pose: jnp.ndarray, tentative: jnp.ndarray, camera: Camera,
+                    workspace: Workspace, stage2: Stage2Config) -> Stage2Obs:
+    """Stage 2's observations of a batch, from one camera or several.
+
+    Args:
+      images: [B, H, W, 3] frames of one camera, or [B, V, H, W, 3] of V cameras.
+      pose: [B, 7] current poses.
+      tentative: [B, 7] tentative actions.
+      camera: one camera: intrinsics [3, 3] (shared by the batch) or [B, 3, 3] (one per row);
+        V cameras: [V, 3, 3] or [B, V, 3, 3] (a moving camera's pose differs per row).
+      workspace: position bounds of the action space.
+      stage2: crop sizes and rotation (`crop_size` resolved).
+
+    Returns:
+      `Stage2Obs` batch: crops [B, S, S, 3] and no mask for one camera (`transform_state`,
+      exactly); [B, V, S, S, 3] with mask [B, V] for several (`transform_views`).
+    """
+    views = images.ndim == 5
+    per_row = camera.intrinsics.ndim == (4 if views else 3)
+    if views:
+        scales = stage2.view_crop_scales
+        if scales is not None and len(scales) != images.shape[1]:
+            raise ValueError(f"Stage2Config.view_crop_scales has {len(scales)} scales for the images' "
+                             f"{images.shape[1]} views.")
+        one = lambda im, z, t, cam: transform_views(im, z, t, cam, workspace, stage2.crop_size,
+                                                    stage2.ee_crop_size, stage2.rotate, scales)
+    else:
+        one = lambda im, z, t, cam: transform_state(im, z, t, cam, workspace, stage2.crop_size,
+                                                    stage2.ee_crop_size, stage2.rotate)
+    return jax.vmap(one, in_axes=(0, 0, 0, 0 if per_row else None))(images, pose, tentative, camera)

@@ -183,7 +183,7 @@ class Stage1Obs(NamedTuple):
     """Observation of the tentative policy pi^1.
 
     Attributes:
-      image: [..., H, W, 3] RGB, uint8 or float in [0, 1].
+      image: [..., H, W, 3] RGB, uint8 or float in [0, 1]; with several cameras [B, V, H, W, 3].
       pose: [..., 7] current end-effector pose z in the action's form.
     """
 
@@ -194,17 +194,25 @@ class Stage1Obs(NamedTuple):
 class Stage2Obs(NamedTuple):
     """Observation of the correction policy pi^2: s^2 = (o^2, e^2, z, a^1), the paper's Eq. 5.
 
+    With several cameras, each crop has a view axis V before its pixels, and `mask` says in
+    which views the tentative position is seen (`transform.transform_views`).
+
     Attributes:
-      crop: [..., S, S, 3] float crop o^2 centred on the projection of the tentative position.
-      ee_crop: [..., E, E, 3] float crop e^2 centred on the projection of the current position.
+      crop: [..., S, S, 3] (or [..., V, S, S, 3]) float crop o^2 centred on the projection of
+        the tentative position.
+      ee_crop: [..., E, E, 3] (or [..., V, E, E, 3]) float crop e^2 centred on the projection
+        of the current position.
       pose: [..., 7] current pose z.
       tentative: [..., 7] tentative action a^1.
+      mask: None (one camera), or [..., V] float: 1.0 where the view sees the tentative
+        position, 0.0 where it falls outside or behind (that view's crop is zeros).
     """
 
     crop: jnp.ndarray
     ee_crop: jnp.ndarray
     pose: jnp.ndarray
     tentative: jnp.ndarray
+    mask: jnp.ndarray | None = None
 
 
 class Batch(NamedTuple):
@@ -232,18 +240,29 @@ class Batch(NamedTuple):
 
 
 
+def _image_shape(batch_size: int, views: bool) -> tuple:
+    """[B, H, W, 3], or [B, V, H, W, 3] for several cameras."""
+    return (batch_size, None, None, None, 3) if views else (batch_size, None, None, 3)
+
+
 def _check_obs(name: str, obs: Any, batch_size: int) -> None:
-    """Shapes and dtypes of a `Stage1Obs` / `Stage2Obs` with leading [B] (other pytrees pass)."""
+    """Shapes and dtypes of a `Stage1Obs` / `Stage2Obs` with leading [B] (other pytrees pass);
+    images may carry a view axis V after B (several cameras)."""
     if isinstance(obs, Stage1Obs):
         _checks.check_fields(name, obs, Stage1Obs._fields)
-        _checks.check_shape(f"{name}.image", obs.image, (batch_size, None, None, 3), "[B, H, W, 3]")
+        views = len(getattr(obs.image, "shape", ())) == 5
+        _checks.check_shape(f"{name}.image", obs.image, _image_shape(batch_size, views),
+                            "[B, V, H, W, 3]" if views else "[B, H, W, 3]")
         _checks.check_image(f"{name}.image", obs.image)
     elif isinstance(obs, Stage2Obs):
-        _checks.check_fields(name, obs, Stage2Obs._fields)
+        _checks.check_fields(name, obs, Stage2Obs._fields[:4])  # (mask: one camera has none)
+        views = len(getattr(obs.crop, "shape", ())) == 5
         for crop in ("crop", "ee_crop"):
-            _checks.check_shape(f"{name}.{crop}", getattr(obs, crop), (batch_size, None, None, 3),
-                                "[B, S, S, 3]")
+            _checks.check_shape(f"{name}.{crop}", getattr(obs, crop), _image_shape(batch_size, views),
+                                "[B, V, S, S, 3]" if views else "[B, S, S, 3]")
             _checks.check_floating(f"{name}.{crop}", getattr(obs, crop))
+        if views and obs.mask is not None:
+            _checks.check_shape(f"{name}.mask", obs.mask, (batch_size, obs.crop.shape[1]), "[B, V]")
         _checks.check_shape(f"{name}.tentative", obs.tentative, (batch_size, ACTION_DIM), "[B, 7]")
         _checks.check_floating(f"{name}.tentative", obs.tentative)
     else:
@@ -316,12 +335,17 @@ def flatten_metrics(metrics: Any) -> dict[str, Any]:
 class Dataset:
     """An offline dataset of keyframe transitions; every image is stored once, by index.
 
+    With several cameras (`num_views` V > 1), each frame (instant) is V consecutive rows of
+    `images`, one per camera in a fixed order, each with its own intrinsics and camera pose
+    (a wrist camera's pose of that instant): view v of frame f is row f * V + v
+    (`view_rows`). With one camera a frame is one row, as it always was.
+
     Attributes:
-      images: [N_img, H, W, 3] uint8 frames.
-      intrinsics: [N_img, 3, 3] camera intrinsics of each frame (positive focal lengths).
-      cam_to_world: [N_img, 4, 4] camera pose of each frame (x right, y down, z forward).
-      obs_index: [N] int32 index into `images` of s_t.
-      next_obs_index: [N] int32 index of s_{t+1}.
+      images: [N_frames * V, H, W, 3] uint8 images.
+      intrinsics: [N_frames * V, 3, 3] camera intrinsics of each image (positive focal lengths).
+      cam_to_world: [N_frames * V, 4, 4] camera pose of each image (x right, y down, z forward).
+      obs_index: [N] int32 index of the frame of s_t.
+      next_obs_index: [N] int32 index of the frame of s_{t+1}.
       pose: [N, 7] z_t.
       next_pose: [N, 7] z_{t+1}.
       action: [N, 7] a_t.
@@ -332,6 +356,7 @@ class Dataset:
       done: [N] 1.0 at the final transition of a successful episode.
       episode: [N] int32 demo index of each transition (for held-out splits).
       workspace: position bounds of the action space.
+      num_views: V, the cameras per frame (static).
     """
 
     images: jnp.ndarray
@@ -348,13 +373,25 @@ class Dataset:
     done: jnp.ndarray
     episode: jnp.ndarray
     workspace: Workspace
+    num_views: int = struct.field(pytree_node=False, default=1)
 
     @property
     def num_transitions(self) -> int:
         return int(self.action.shape[0])
 
+    @property
+    def num_frames(self) -> int:
+        """Instants stored (each `num_views` images)."""
+        return int(self.images.shape[0]) // int(self.num_views)
+
+    def view_rows(self, frames: Any) -> Any:
+        """[..., V] rows of `images` of the frames [...] (works on tracers and numpy)."""
+        v = int(self.num_views)
+        offsets = np.arange(v, dtype=np.int32)
+        return frames[..., None] * v + (jnp.asarray(offsets) if isinstance(frames, jnp.ndarray) else offsets)
+
     def camera(self, index: Any) -> Camera:
-        """The `Camera` of frame `index` (works on tracers)."""
+        """The `Camera` of image row `index` (works on tracers); with one camera, a frame's."""
         return Camera(
             intrinsics=self.intrinsics[index],
             cam_to_world=self.cam_to_world[index],
@@ -412,8 +449,8 @@ def check_camera_values(intrinsics: Any, cam_to_world: Any, name: str = "dataset
 
 def visible_share(dataset: Dataset) -> float:
     """The share of transitions whose end-effector position (`dataset.pose`) projects in front
-    of its frame's camera and inside its image (numpy, on concrete values)."""
-    idx = np.asarray(dataset.obs_index)
+    of its frame's (first) camera and inside its image (numpy, on concrete values)."""
+    idx = np.asarray(dataset.obs_index) * int(dataset.num_views)
     k = np.asarray(dataset.intrinsics, np.float64)[idx]
     t = np.asarray(dataset.cam_to_world, np.float64)[idx]
     lo, hi = np.asarray(dataset.workspace.low, np.float64), np.asarray(dataset.workspace.high, np.float64)
@@ -438,7 +475,13 @@ def validate_dataset(dataset: Dataset, min_visible: float = 0.0) -> None:
         positions (`visible_share`; the launcher passes `MIN_VISIBLE`); 0 skips that check.
     """
     n_img = np.shape(dataset.images)[0] if np.ndim(dataset.images) == 4 else -1
+    views = dataset.num_views
+    if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or views < 1:
+        raise ValueError(f"`dataset.num_views` must be a positive int (cameras per frame); got {views!r}.")
     _checks.check_rank("dataset.images", dataset.images, 4)
+    if n_img % views:
+        raise ValueError(f"`dataset.images` holds {n_img} images, not a multiple of dataset.num_views "
+                         f"({views}): each frame is one image per camera.")
     _checks.check_shape("dataset.images", dataset.images, (None, None, None, 3))
     if np.asarray(dataset.images).dtype != np.uint8:
         raise TypeError(f"`dataset.images` must be uint8; got {np.asarray(dataset.images).dtype}.")
@@ -454,8 +497,9 @@ def validate_dataset(dataset: Dataset, min_visible: float = 0.0) -> None:
     for name in ("reward", "mc_return", "done", "obs_index", "next_obs_index", "episode"):
         _checks.check_shape(f"dataset.{name}", getattr(dataset, name), (n,))
     for name in ("obs_index", "next_obs_index"):
-        _checks.check_range(f"dataset.{name}", getattr(dataset, name), 0, n_img - 1,
-                            "indices into dataset.images")
+        _checks.check_range(f"dataset.{name}", getattr(dataset, name), 0, n_img // views - 1,
+                            "frame indices" + (f" ({views} images each)" if views > 1 else
+                                               " into dataset.images"))
     # CQL's Q targets: a NaN here would be a NaN loss
     for name, (low, high, what) in {"reward": (-np.inf, np.inf, ""), "mc_return": (-np.inf, np.inf, ""),
                                     "done": (0.0, 1.0, "a 0/1 episode-end flag")}.items():

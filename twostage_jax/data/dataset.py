@@ -14,9 +14,13 @@ transition m steps before the end is gamma^m. Chains from later start frames rep
 keyframe transitions, which weights them as in ARM. Each image is stored once and referenced by
 index.
 
-File format (version 1), written by `save_dataset`: one uncompressed `.npz` (a zip of `.npy`
+With several cameras, each frame is one image per camera (`Dataset.num_views`, view v of frame f
+at row f * V + v of `images`), each with its own intrinsics and pose.
+
+File format (version 2), written by `save_dataset`: one uncompressed `.npz` (a zip of `.npy`
 arrays, no pickles) holding
   * `format_version`: int64 scalar, `FORMAT_VERSION`;
+  * `num_views`: int64 scalar, the cameras per frame (checksummed with the arrays);
   * `checksum`: a 64-character SHA-256 hex digest (as a uint8 array) over the name, dtype,
     shape and bytes of every other array, in sorted name order;
   * `workspace_low`, `workspace_high`: [3] float32;
@@ -26,7 +30,8 @@ arrays, no pickles) holding
 The file is written to a temporary file in the destination directory, fsynced, then renamed over
 the destination (`os.replace`), so readers never see a partial file. `load_dataset` checks the
 version, the field set and the checksum, then `validate_dataset`, and raises `DatasetFormatError`
-otherwise: a truncated, corrupted or foreign file never yields a partial dataset.
+otherwise: a truncated, corrupted or foreign file never yields a partial dataset. Version 1 (the
+same without `num_views`) is still read, as one camera.
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ from twostage_jax._io import atomic_open
 from twostage_jax.data.trajectory import Trajectory, check_trajectory
 from twostage_jax.types import Dataset, Workspace, validate_dataset
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the on-disk format written by `save_dataset`."""
+READ_VERSIONS = (1, 2)
+"""Versions `load_dataset` reads: 1 is 2 without `num_views` (one camera)."""
 
 _ARRAY_FIELDS = ("images", "intrinsics", "cam_to_world", "obs_index", "next_obs_index", "pose",
                  "next_pose", "action", "next_action", "reward", "mc_return", "done", "episode")
@@ -83,15 +90,16 @@ def build_dataset(trajectories: Sequence[Trajectory], workspace: Workspace, gamm
     cols: dict[str, list[Any]] = {k: [] for k in ("obs_index", "next_obs_index", "pose",
                                                   "next_pose", "action", "next_action", "reward",
                                                   "mc_return", "done", "episode")}
-    shape = None
+    shape, views = None, 1
     for ep, traj in enumerate(trajectories):
         name = f"trajectories[{ep}]"
         check_trajectory(traj, name)
+        traj_views = traj.num_views
         if shape is None:
-            shape = traj.images.shape[1:]
-        elif traj.images.shape[1:] != shape:
-            raise ValueError(f"`{name}.images` has frames of shape {traj.images.shape[1:]}; "
-                             f"earlier demos have {shape}.")
+            shape, views = traj.images.shape[-3:], traj_views
+        elif traj.images.shape[-3:] != shape or traj_views != views:
+            raise ValueError(f"`{name}.images` has {traj_views} view(s) of shape {traj.images.shape[-3:]}; "
+                             f"earlier demos have {views} of {shape}.")
         poses = traj.poses(workspace)
         kf = [int(k) for k in traj.keyframes]
         slot = {int(f): i for i, f in enumerate(traj.image_frames)}
@@ -105,10 +113,10 @@ def build_dataset(trajectories: Sequence[Trajectory], workspace: Workspace, gamm
                         f"`{name}` has no image for frame {frame}, which the dataset needs "
                         f"(keyframes and every {augment_every}-th frame); frames with images: "
                         f"{sorted(slot)[:20]}...")
-                index[frame] = len(images)
-                images.append(traj.images[slot[frame]])
-                intrinsics.append(np.asarray(traj.camera.intrinsics)[slot[frame]])
-                cam_to_world.append(np.asarray(traj.camera.cam_to_world)[slot[frame]])
+                index[frame] = len(images) // views
+                images.extend(np.reshape(traj.images[slot[frame]], (views,) + shape))
+                intrinsics.extend(np.reshape(np.asarray(traj.camera.intrinsics)[slot[frame]], (views, 3, 3)))
+                cam_to_world.extend(np.reshape(np.asarray(traj.camera.cam_to_world)[slot[frame]], (views, 4, 4)))
             return index[frame]
 
         for start in range(0, kf[-1], augment_every):
@@ -142,6 +150,7 @@ def build_dataset(trajectories: Sequence[Trajectory], workspace: Workspace, gamm
         done=np.asarray(cols["done"], np.float32),
         episode=np.asarray(cols["episode"], np.int32),
         workspace=workspace,
+        num_views=views,
     )
     validate_dataset(ds)
     return ds
@@ -165,6 +174,7 @@ def _to_arrays(ds: Dataset) -> dict[str, np.ndarray]:
     arrays = {f: np.asarray(getattr(ds, f)) for f in _ARRAY_FIELDS}
     arrays["workspace_low"] = np.asarray(ds.workspace.low, np.float32)
     arrays["workspace_high"] = np.asarray(ds.workspace.high, np.float32)
+    arrays["num_views"] = np.asarray(int(ds.num_views), np.int64)
     return arrays
 
 
@@ -236,15 +246,15 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
                     f"{path!r} is not a twostage_jax dataset: no `format_version` entry (entries: "
                     f"{sorted(names)[:10]}).")
             version = int(npz["format_version"])
-            if version != FORMAT_VERSION:
+            if version not in READ_VERSIONS:
                 raise DatasetFormatError(
-                    f"{path!r} has dataset format_version {version}; this library reads version "
-                    f"{FORMAT_VERSION}. Rebuild the dataset with this version.")
+                    f"{path!r} has dataset format_version {version}; this library reads versions "
+                    f"{list(READ_VERSIONS)}. Rebuild the dataset with this version.")
             expected = set(_ARRAY_FIELDS) | {"workspace_low", "workspace_high", "checksum",
-                                             "format_version"}
+                                             "format_version"} | ({"num_views"} if version >= 2 else set())
             if names != expected:
                 raise DatasetFormatError(
-                    f"{path!r} has entries {sorted(names)}; format version {FORMAT_VERSION} "
+                    f"{path!r} has entries {sorted(names)}; format version {version} "
                     f"expects {sorted(expected)}.")
             arrays = {name: npz[name] for name in expected - {"checksum", "format_version"}}
             stored = bytes(npz["checksum"]).decode("ascii", errors="replace")
@@ -265,7 +275,8 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
                                      f"expected {np.dtype(dtype)}.")
     try:
         workspace = Workspace.create(arrays["workspace_low"], arrays["workspace_high"])
-        ds = Dataset(workspace=workspace, **{f: arrays[f] for f in _ARRAY_FIELDS})
+        views = int(arrays["num_views"]) if "num_views" in arrays else 1
+        ds = Dataset(workspace=workspace, num_views=views, **{f: arrays[f] for f in _ARRAY_FIELDS})
         validate_dataset(ds)
     except (ValueError, TypeError) as err:
         raise DatasetFormatError(f"{path!r} holds an inconsistent dataset: {err}") from err

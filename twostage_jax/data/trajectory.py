@@ -29,8 +29,9 @@ class Trajectory(NamedTuple):
         velocity in m/s; RLBench: joint velocities in rad/s).
       keyframes: [K] int32 increasing keyframe indices (never 0; the last is T - 1).
       image_frames: [M] int32 increasing indices of the frames that carry an image.
-      images: [M, H, W, 3] uint8 images of `image_frames`.
-      camera: `Camera` with intrinsics [M, 3, 3] and cam_to_world [M, 4, 4], one per image.
+      images: [M, H, W, 3] uint8 images of `image_frames`, or [M, V, H, W, 3] from V cameras.
+      camera: `Camera` with intrinsics [M, 3, 3] and cam_to_world [M, 4, 4], one per image
+        ([M, V, 3, 3] and [M, V, 4, 4] with V cameras: a moving camera's pose per frame).
       task: task name.
       seed: layout seed (MetaWorld) or episode number (RLBench).
     """
@@ -49,6 +50,11 @@ class Trajectory(NamedTuple):
     @property
     def num_frames(self) -> int:
         return int(self.positions.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        """V, the cameras each image frame holds (1 for [M, H, W, 3] images)."""
+        return int(self.images.shape[1]) if np.ndim(self.images) == 5 else 1
 
     def poses(self, workspace: Workspace) -> np.ndarray:
         """[T, 7] float32 poses z in the action form (gripper +1 open / -1 closed)."""
@@ -70,11 +76,14 @@ def check_trajectory(traj: Trajectory, name: str = "trajectory") -> None:
     _checks.check_rank(f"{name}.keyframes", traj.keyframes, 1)
     _checks.check_rank(f"{name}.image_frames", traj.image_frames, 1)
     m = np.shape(traj.image_frames)[0]
-    _checks.check_shape(f"{name}.images", traj.images, (m, None, None, 3))
+    views = np.ndim(traj.images) == 5
+    v = (np.shape(traj.images)[1],) if views else ()
+    _checks.check_shape(f"{name}.images", traj.images, (m, *v, None, None, 3),
+                        "[M, V, H, W, 3]" if views else "[M, H, W, 3] (or [M, V, H, W, 3])")
     if np.asarray(traj.images).dtype != np.uint8:
         raise TypeError(f"`{name}.images` must be uint8; got {np.asarray(traj.images).dtype}.")
-    _checks.check_shape(f"{name}.camera.intrinsics", traj.camera.intrinsics, (m, 3, 3))
-    _checks.check_shape(f"{name}.camera.cam_to_world", traj.camera.cam_to_world, (m, 4, 4))
+    _checks.check_shape(f"{name}.camera.intrinsics", traj.camera.intrinsics, (m, *v, 3, 3))
+    _checks.check_shape(f"{name}.camera.cam_to_world", traj.camera.cam_to_world, (m, *v, 4, 4))
     for field in ("keyframes", "image_frames"):
         idx = np.asarray(getattr(traj, field))
         if idx.size and (idx.min() < 0 or idx.max() >= t or np.any(np.diff(idx) <= 0)):

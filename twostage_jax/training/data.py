@@ -19,7 +19,7 @@ from twostage_jax._checks import ConfigError
 from twostage_jax.actions import (action_to_pose, check_residual_bank, sample_tentative,
                                   tentative_from_prediction)
 from twostage_jax.training.config import TrainConfig, check_stage
-from twostage_jax.transform import Stage2Config, resize_images, transform_state
+from twostage_jax.transform import Stage2Config, resize_images, transform_batch
 from twostage_jax.types import Batch, Camera, Dataset, Stage1Obs, Stage2Obs, validate_dataset
 
 
@@ -144,14 +144,18 @@ def check_predicted(name: str, predicted: Any, num_transitions: int) -> np.ndarr
     return arr
 
 
-def _stage2_obs(data: TrainData, img_idx: jnp.ndarray, pose: jnp.ndarray, tentative: jnp.ndarray,
+def _rows(ds: Dataset, frames: jnp.ndarray) -> jnp.ndarray:
+    """[B] image rows of the frames (one camera), or [B, V] (several)."""
+    return frames if ds.num_views == 1 else ds.view_rows(frames)
+
+
+def _stage2_obs(data: TrainData, frames: jnp.ndarray, pose: jnp.ndarray, tentative: jnp.ndarray,
                 cfg: Stage2Config) -> Stage2Obs:
     ds = data.dataset
-    cams = Camera(intrinsics=ds.intrinsics[img_idx], cam_to_world=ds.cam_to_world[img_idx],
+    rows = _rows(ds, frames)
+    cams = Camera(intrinsics=ds.intrinsics[rows], cam_to_world=ds.cam_to_world[rows],
                   width=int(data.images.shape[2]), height=int(data.images.shape[1]))
-    fn = lambda im, z, a1, cam: transform_state(im, z, a1, cam, ds.workspace, cfg.crop_size,
-                                                cfg.ee_crop_size, cfg.rotate)
-    return jax.vmap(fn)(data.images[img_idx], pose, tentative, cams)
+    return transform_batch(data.images[rows], pose, tentative, cams, ds.workspace, cfg)
 
 
 def sample_batch(data: TrainData, key: jax.Array, batch_size: int, stage: int,
@@ -205,9 +209,10 @@ def batch_at(data: TrainData, idx: jnp.ndarray, key: jax.Array, stage: int,
     oi, ni = ds.obs_index[idx], ds.next_obs_index[idx]
     action = ds.action[idx]
     common = dict(reward=ds.reward[idx], mc_return=ds.mc_return[idx], done=ds.done[idx])
-    if stage == 1:
-        next_obs = Stage1Obs(data.stage1_images[ni], ds.next_pose[idx]) if with_next else None
-        return Batch(obs=Stage1Obs(data.stage1_images[oi], ds.pose[idx]), action=action,
+    if stage == 1:  # [B, h, w, 3] frames, or [B, V, h, w, 3] with several cameras
+        small = data.stage1_images
+        next_obs = Stage1Obs(small[_rows(ds, ni)], ds.next_pose[idx]) if with_next else None
+        return Batch(obs=Stage1Obs(small[_rows(ds, oi)], ds.pose[idx]), action=action,
                      next_obs=next_obs, **common)
     limit = stage2.tentative_limit()
     draw = dict(tentative_limit=limit, scales=stage2.sigma_scales, residuals=perturbation_bank(data, stage2))
