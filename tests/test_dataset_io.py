@@ -93,7 +93,7 @@ def test_rejects_truncated_corrupted_and_wrong_version(tmp_path):
     payload["format_version"] = np.asarray(FORMAT_VERSION + 1, np.int64)
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, **payload)
-    with pytest.raises(DatasetFormatError, match="format_version 2"):
+    with pytest.raises(DatasetFormatError, match=f"format_version {FORMAT_VERSION + 1}; this library reads versions"):
         load_dataset(wrong)
     with pytest.raises(FileNotFoundError):
         load_dataset(tmp_path / "missing.npz")

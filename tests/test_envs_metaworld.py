@@ -146,3 +146,37 @@ def test_the_imprecise_expert_is_the_scripted_plan_moved_by_its_offset():
     np.testing.assert_array_equal(moved[0, 3:], exact[0, 3:])
     with pytest.raises(ValueError, match="`offset_m` must be 3 finite numbers"):
         ImpreciseExpert("reach-v3", offset_m=(0.1, float("nan"), 0))
+
+
+@pytest.mark.sim
+def test_a_wrist_camera_is_recorded_at_its_pose_of_every_frame_and_tracks_the_gripper():
+    """Demos recorded from the front and the wrist camera: the wrist camera's extrinsics change
+    between frames, and the end effector stays at one pixel of the wrist view (within 1.5 px)
+    while it crosses the front view."""
+    import jax
+
+    from twostage_jax.actions import action_to_pose
+    from twostage_jax.data.dataset import build_dataset
+    from twostage_jax.envs.metaworld_demos import record_demos
+
+    config = mw.MetaWorldConfig(cameras=("corner", "gripperPOV"))
+    trajs, _ = record_demos("reach-v3", 1, seed=300, env_config=config, progress=False)
+    assert trajs[0].images.shape[1:] == (2, 128, 128, 3)
+    ds = build_dataset(trajs, mw.default_workspace())
+    assert ds.num_views == 2 and ds.images.shape[0] == 2 * ds.num_frames
+    frames = np.unique(np.asarray(ds.obs_index))
+    pixels = {0: [], 1: []}
+    for f in frames:
+        pose = np.asarray(ds.pose)[np.asarray(ds.obs_index) == f][0]
+        here = action_to_pose(pose, ds.workspace)[0]
+        for v in (0, 1):
+            cam = jax.tree_util.tree_map(np.asarray, ds.camera(int(ds.view_rows(f)[v])))
+            uv, depth = project_points(cam, here)
+            assert float(depth) > 0
+            pixels[v].append(np.asarray(uv))
+    wrist_poses = np.asarray(ds.cam_to_world)[ds.view_rows(frames)[:, 1]]
+    assert np.ptp(wrist_poses[:, :3, 3], axis=0).max() > 0.05  # the wrist camera moved
+    assert np.ptp(np.asarray(ds.cam_to_world)[ds.view_rows(frames)[:, 0]], axis=0).max() == 0.0
+    front, wrist = np.stack(pixels[0]), np.stack(pixels[1])
+    assert np.ptp(front, axis=0).max() > 10.0, front
+    assert np.abs(wrist - wrist.mean(0)).max() < 1.5, wrist

@@ -150,9 +150,9 @@ def check_observation(image: Any, pose: Any, camera: Camera) -> None:
       image: [B, H, W, 3] uint8 frames at the camera's resolution, or [B, V, H, W, 3] from V
         cameras.
       pose: [B, 7] floating poses in [-1, 1].
-      camera: the single `Camera` of the batch; with V cameras, intrinsics [V, 3, 3] and
-        cam_to_world [V, 4, 4] (shared by the batch) or [B, V, ...] (one set per row, e.g. a
-        wrist camera in several episodes).
+      camera: the single `Camera` of the batch (or intrinsics [B, 3, 3] and cam_to_world
+        [B, 4, 4], one per row: a moving camera in several episodes); with V cameras,
+        intrinsics [V, 3, 3] and cam_to_world [V, 4, 4] (shared by the batch) or [B, V, ...].
 
     Raises:
       ValueError / TypeError naming `image`, `camera` or `pose`.
@@ -171,8 +171,11 @@ def check_observation(image: Any, pose: Any, camera: Camera) -> None:
         _checks.check_rank("image", image, 4)
         _checks.check_shape("image", image, (None, camera.height, camera.width, 3),
                             "[B, H, W, 3] at the camera's resolution")
-        _checks.check_shape("camera.intrinsics", camera.intrinsics, (3, 3),
-                            "a single camera for [B, H, W, 3] frames")
+        lead = () if np.ndim(camera.intrinsics) == 2 else (np.shape(image)[0],)
+        _checks.check_shape("camera.intrinsics", camera.intrinsics, (*lead, 3, 3),
+                            "one camera for [B, H, W, 3] frames: [3, 3], or [B, 3, 3] per row")
+        _checks.check_shape("camera.cam_to_world", camera.cam_to_world, (*lead, 4, 4),
+                            "[4, 4], or [B, 4, 4] as the intrinsics")
     if np.shape(image)[0] == 0:
         raise ValueError(f"`image` must hold at least one frame (batch size B >= 1); got batch "
                          f"size 0 (shape {np.shape(image)}).")
@@ -239,9 +242,9 @@ def make_policy(
     Returns:
       `act(params1, params2, image, pose, camera, key, tentative) -> PolicyOutput`, where image
       is [B, H, W, 3] uint8 at the camera's full resolution, pose [B, 7], camera a single
-      `Camera` shared by the batch (with V cameras: image [B, V, H, W, 3] and the cameras'
-      intrinsics [V, 3, 3] / cam_to_world [V, 4, 4], or [B, V, ...] per row; stage 2 crops
-      every view, `transform.transform_views`), key a PRNG key (required when the policy samples, i.e.
+      `Camera` shared by the batch or one per row (intrinsics [B, 3, 3]; with V cameras: image
+      [B, V, H, W, 3] and the cameras' intrinsics [V, 3, 3] / cam_to_world [V, 4, 4], or
+      [B, V, ...] per row; stage 2 crops every view, `transform.transform_views`), key a PRNG key (required when the policy samples, i.e.
       deterministic=False with a CQL stage: pass a fresh one per call; may be None
       otherwise), params1 is ignored (pass None) when stage1 is None, and params2 is ignored
       (pass None) in stage-1-only mode. Values are
@@ -318,7 +321,7 @@ def make_policy(
         if not row_by_row:
             return _batch(params1, params2, image, pose, camera, key, tentative)
 
-        per_row = image.ndim == 5 and camera.intrinsics.ndim == 4  # a camera set per row
+        per_row = camera.intrinsics.ndim == image.ndim - 1  # a camera (set) per row
 
         def one(row: tuple) -> PolicyOutput:
             im, z, t, k, cam = row

@@ -152,6 +152,11 @@ class MetaWorldConfig:
       max_tilt: bound on |roll| and |pitch| (radians) of the commanded orientation.
       shadows: render shadows (slow on CPU).
       reflections: render reflections (slow on CPU).
+      cameras: the cameras each observation holds, in order, from `CAMERAS`: 'corner' is the
+        front camera above (placed by `camera_position`, `camera_lookat`, `fovy`); the others
+        keep MetaWorld's placement and field of view. 'gripperPOV' and 'behindGripper' move
+        with the hand: their pose is read from the simulator at every frame. One camera gives
+        [H, W, 3] images, several [V, H, W, 3].
     """
 
     width: int = 128
@@ -167,8 +172,10 @@ class MetaWorldConfig:
     max_tilt: float = np.pi / 4
     shadows: bool = False
     reflections: bool = False
+    cameras: tuple[str, ...] = ("corner",)
 
     def __post_init__(self) -> None:
+        check_cameras(self.cameras)
         _checks.check_positive_int("width", self.width)
         _checks.check_positive_int("height", self.height)
         _checks.check_positive_int("max_keyframes", self.max_keyframes)
@@ -183,6 +190,25 @@ class MetaWorldConfig:
         for name in ("gain", "tolerance", "max_tilt"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0; got {getattr(self, name)!r}.")
+
+
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+"""The cameras of MetaWorld v3's scene ('corner' placed as `MetaWorldConfig` says)."""
+MOVING_CAMERAS = ("behindGripper", "gripperPOV")
+"""Those that move with the hand."""
+
+
+def check_cameras(cameras: Any) -> tuple[str, ...]:
+    """`MetaWorldConfig.cameras` as a tuple, or a ValueError naming the field and the valid names."""
+    if isinstance(cameras, str) or not isinstance(cameras, (tuple, list)) or not cameras:
+        raise ValueError(f"MetaWorldConfig.cameras must be a non-empty tuple of camera names from "
+                         f"{list(CAMERAS)}; got {cameras!r}.")
+    bad = [c for c in cameras if c not in CAMERAS]
+    if bad or len(set(cameras)) != len(cameras):
+        what = f"unknown {bad}" if bad else "a name repeated"
+        raise ValueError(f"MetaWorldConfig.cameras has {what}; choose distinct names from {list(CAMERAS)} "
+                         f"(got {list(cameras)}).")
+    return tuple(cameras)
 
 
 def task_names() -> list[str]:
@@ -294,11 +320,17 @@ class MetaWorldEnv:
         model.cam_fovy[cam_id] = self._config.fovy
         model.cam_mode[cam_id] = mujoco.mjtCamLight.mjCAMLIGHT_FIXED
         self._cam_id = cam_id
+        self._cam_ids = []
+        for name in self._config.cameras:
+            cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name)
+            if cid < 0:
+                have = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+                raise ValueError(f"MetaWorldConfig.cameras: the MetaWorld model of {task!r} has no camera "
+                                 f"{name!r}; it has {have}.")
+            self._cam_ids.append(cid)
         mujoco.mj_forward(model, env.data)
-        self._camera = Camera.from_mujoco(
-            self._config.fovy, env.data.cam_xpos[cam_id].copy(), env.data.cam_xmat[cam_id].copy(),
-            self._config.width, self._config.height,
-        )
+        self._fixed = [None if name in MOVING_CAMERAS else self._camera_now(cid)
+                       for name, cid in zip(self._config.cameras, self._cam_ids)]
         self._mocap_id = int(model.body_mocapid[env.data.body("mocap").id])
         self._goal_site = -1
         if task in GOAL_MARKER_TASKS:
@@ -331,7 +363,21 @@ class MetaWorldEnv:
 
     @property
     def camera(self) -> Camera:
-        return self._camera
+        """The cameras of the current state: one `Camera`, or with several cameras intrinsics
+        [V, 3, 3] and cam_to_world [V, 4, 4] (a moving camera where it is now)."""
+        cams = [fixed if fixed is not None else self._camera_now(cid)
+                for fixed, cid in zip(self._fixed, self._cam_ids)]
+        if len(cams) == 1:
+            return cams[0]
+        return Camera(intrinsics=np.stack([np.asarray(c.intrinsics) for c in cams]),
+                      cam_to_world=np.stack([np.asarray(c.cam_to_world) for c in cams]),
+                      width=self._config.width, height=self._config.height)
+
+    def _camera_now(self, cam_id: int) -> Camera:
+        """Camera `cam_id` at its pose in the current simulator state."""
+        d, m = self.sim.data, self.sim.model
+        return Camera.from_mujoco(float(m.cam_fovy[cam_id]), d.cam_xpos[cam_id].copy(),
+                                  d.cam_xmat[cam_id].copy(), self._config.width, self._config.height)
 
     @property
     def max_keyframes(self) -> int:
@@ -415,13 +461,17 @@ class MetaWorldEnv:
         return self.sim.data.site_xpos[self._goal_site].copy()
 
     def render(self) -> np.ndarray:
-        """[H, W, 3] uint8 image of the front camera in the current simulator state."""
+        """The current simulator state seen by `config.cameras`: [H, W, 3] uint8 from one
+        camera, [V, H, W, 3] from several."""
         if self._renderer is None:
             self._renderer = self._setup(_make_renderer(self.sim.model, self._config.height,
                                                         self._config.width))
-        self._renderer.update_scene(self.sim.data, camera=self._cam_id)
-        self._add_goal_stem(self._renderer.scene)
-        return self._renderer.render().copy()
+        views = []
+        for cid in self._cam_ids:
+            self._renderer.update_scene(self.sim.data, camera=cid)
+            self._add_goal_stem(self._renderer.scene)
+            views.append(self._renderer.render().copy())
+        return views[0] if len(views) == 1 else np.stack(views)
 
     def _add_goal_stem(self, scene: Any) -> None:
         """Draws the goal marker's vertical stem (table top to goal) into the scene."""
@@ -436,7 +486,7 @@ class MetaWorldEnv:
         scene.ngeom += 1
 
     def render_segmentation(self) -> np.ndarray:
-        """[H, W, 2] int32 segmentation (object id, object type) of the front camera view."""
+        """[H, W, 2] int32 segmentation (object id, object type) of the front camera's view."""
         if self._seg_renderer is None:
             self._seg_renderer = self._setup(_make_renderer(self.sim.model, self._config.height,
                                                             self._config.width))
@@ -458,7 +508,7 @@ class MetaWorldEnv:
 
     def observe(self) -> Observation:
         """The current `Observation` (renders one frame)."""
-        return Observation(image=self.render(), pose=self.pose(), camera=self._camera)
+        return Observation(image=self.render(), pose=self.pose(), camera=self.camera)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """A copy of the simulator state needed to re-render a frame (qpos, qvel, mocap)."""

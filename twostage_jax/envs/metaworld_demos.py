@@ -194,7 +194,6 @@ def record_demos(
     env = MetaWorldEnv(task, env_config)
     policy = ENV_POLICY_MAP[task]()
     workspace = env.workspace
-    cam = env.camera
     start = time.perf_counter()
     trajectories: list[Trajectory] = []
     attempts = expert_ok = 0
@@ -217,14 +216,14 @@ def record_demos(
             if not replay_keyframes(env, s, acts):
                 continue
             frames = frames_to_render(len(rec["positions"]), kf, augment_every)
-            images = []
+            images, cams = [], []
             for f in frames:
                 env.set_state(rec["states"][f])
                 images.append(env.render())
-            m = len(frames)
-            camera = Camera(intrinsics=np.broadcast_to(np.asarray(cam.intrinsics), (m, 3, 3)).copy(),
-                            cam_to_world=np.broadcast_to(np.asarray(cam.cam_to_world), (m, 4, 4)).copy(),
-                            width=cam.width, height=cam.height)
+                cams.append(env.camera)  # a moving camera's pose at this frame
+            camera = Camera(intrinsics=np.stack([np.asarray(c.intrinsics) for c in cams]),
+                            cam_to_world=np.stack([np.asarray(c.cam_to_world) for c in cams]),
+                            width=cams[0].width, height=cams[0].height)
             trajectories.append(Trajectory(
                 positions=rec["positions"], eulers=rec["eulers"],
                 gripper_open=rec["gripper_open"], velocities=rec["velocities"],

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
@@ -74,10 +75,14 @@ def learning_curves(stage_dirs: list[Path], path: Path) -> None:
 def rollout_frames(episode: Any, camera: Any, workspace: Any, path: Path, scale: int = 3) -> None:
     """A strip of rollout frames with the tentative (red) and executed (green) positions drawn.
 
-    Also writes an animated GIF beside the PNG.
+    Also writes an animated GIF beside the PNG. With several cameras, the first camera's frames
+    are drawn (its pose as `camera` holds it).
     """
+    if np.ndim(camera.intrinsics) == 3:  # several cameras: the first
+        camera = jax.tree_util.tree_map(lambda x: x[0], camera)
     frames = []
     for t, img in enumerate(episode.frames):
+        img = img[0] if np.ndim(img) == 4 else img
         im = Image.fromarray(np.asarray(img)).resize((img.shape[1] * scale, img.shape[0] * scale),
                                                       Image.NEAREST)
         draw = ImageDraw.Draw(im)

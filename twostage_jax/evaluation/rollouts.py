@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from twostage_jax.base_policy import BasePolicyError
+from twostage_jax.types import Camera
 
 
 class Episode(NamedTuple):
@@ -126,7 +127,8 @@ def default_workers() -> int:
 
 def _worker_main(conn: Connection, env_fn: Callable[[], Any]) -> None:
     """A worker process: builds its env, then answers ('reset', seed) / ('step', action) with
-    ('obs', image, pose, reward, done, clipped, tentative) until ('close', None) or a closed pipe."""
+    ('obs', image, pose, reward, done, clipped, tentative, camera) until ('close', None) or a
+    closed pipe (the camera of each observation: a moving camera's pose changes)."""
     # The env's few eager jnp ops need neither an accelerator (a GPU backend would preallocate
     # memory in every worker) nor a thread pool (XLA's would spin beside the simulators). Both
     # settings act before the first jnp op initialises a backend in this process.
@@ -152,7 +154,7 @@ def _worker_main(conn: Connection, env_fn: Callable[[], Any]) -> None:
                 obs, reward, done, info = env.step(arg)
                 clipped = bool(info.get("clipped", False))
             conn.send(("obs", obs.image, np.asarray(obs.pose, np.float32), float(reward),
-                       bool(done), clipped, obs.tentative))
+                       bool(done), clipped, obs.tentative, jax.tree_util.tree_map(np.asarray, obs.camera)))
     except (EOFError, KeyboardInterrupt):  # the parent went away or was interrupted
         pass
     except BaseException as err:  # noqa: BLE001
@@ -178,6 +180,7 @@ class _Running:
         self.image: np.ndarray | None = None
         self.pose: np.ndarray | None = None
         self.base_action: np.ndarray | None = None
+        self.camera: Any = None
         self.frames: list[np.ndarray] = []
         self.tentative: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
@@ -193,6 +196,18 @@ class _Running:
             tentative=np.stack(self.tentative) if self.tentative else empty,
             actions=np.stack(self.actions) if self.actions else empty,
             clipped=self.clipped, choices=np.asarray(self.choices, np.int32))
+
+
+def _batch_camera(cameras: list[Any]) -> Any:
+    """The rows' cameras as act takes them: the first when every row's is the same (fixed
+    cameras), else one per row (intrinsics [B, ...]: a moving camera differs between episodes)."""
+    first = cameras[0]
+    if all(np.array_equal(c.intrinsics, first.intrinsics) and np.array_equal(c.cam_to_world, first.cam_to_world)
+           for c in cameras[1:]):
+        return first
+    return Camera(intrinsics=np.stack([c.intrinsics for c in cameras]),
+                  cam_to_world=np.stack([c.cam_to_world for c in cameras]),
+                  width=first.width, height=first.height)
 
 
 # Hand-written: no stdlib or gymnasium pool keeps a simulator per worker and batches the policy across them.
@@ -340,7 +355,7 @@ class EnvPool:
                 w = self._conns.index(conn)
                 r = running[w]
                 stepped = r.image is not None
-                _, image, pose, reward, done, clipped, base_action = self._recv(
+                _, image, pose, reward, done, clipped, base_action, camera = self._recv(
                     w, f"running layout seed {r.job.seed}")
                 if stepped:
                     r.steps += 1
@@ -355,7 +370,7 @@ class EnvPool:
                         on_episode(r.index, results[r.index])
                     start(w)
                 else:
-                    r.image, r.pose, r.base_action = image, pose, base_action
+                    r.image, r.pose, r.base_action, r.camera = image, pose, base_action, camera
                     waiting.append(w)
             groups: dict[int, list[int]] = {}
             for w in waiting:
@@ -374,7 +389,7 @@ class EnvPool:
         extra = {}
         if rows[0].base_action is not None:
             extra["tentative"] = np.stack([r.base_action for r in rows + pad]).astype(np.float32)
-        out = rows[0].job.act(images, poses, self._camera, **extra)
+        out = rows[0].job.act(images, poses, _batch_camera([r.camera for r in rows + pad]), **extra)
         actions = np.asarray(jax.device_get(out.action))
         tentative = np.asarray(out.tentative) if any(r.job.record for r in rows) else None
         choice = None if getattr(out, "choice", None) is None else np.asarray(out.choice)
