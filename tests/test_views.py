@@ -100,7 +100,7 @@ def test_several_cameras_train_and_act_with_shared_or_separate_encoders(tmp_path
     back = load_dataset(path)
     assert back.num_views == 3 and back.num_frames == ds.num_frames
     for algo in ("bc", "cql"):
-        for encoders in ("shared", "separate"):
+        for encoders in ("shared", "separate", "stacked"):
             net = dataclasses.replace(TINY_NET, view_encoders=encoders)
             cfg = tj.TrainConfig(algo=algo, batch_size=4, network=net, stage2=TINY_S2, image_size=16)
             data = tj.prepare_data(back, cfg)
@@ -111,7 +111,9 @@ def test_several_cameras_train_and_act_with_shared_or_separate_encoders(tmp_path
             params = [tj.make_networks(net, s, algo).init(jax.random.PRNGKey(s), b.obs)
                       for s, b in ((1, b1), (2, b2))]
             cnns = sorted(k for k in params[1]["encoder"]["params"] if k.startswith("crop_cnn"))
-            assert cnns == (["crop_cnn"] if encoders == "shared" else ["crop_cnn", "crop_cnn_view1", "crop_cnn_view2"])
+            assert cnns == (["crop_cnn", "crop_cnn_view1", "crop_cnn_view2"] if encoders == "separate" else ["crop_cnn"])
+            first = params[1]["encoder"]["params"]["crop_cnn"]["Conv_0"]["kernel"]
+            assert first.shape[2] == (9 if encoders == "stacked" else 3)  # the views' channels, stacked
             state = tj.make_train(cfg, 2).init(jax.random.PRNGKey(0), data)
             state, metrics = tj.make_train(cfg, 2).run(state, data, 2)
             assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(metrics))

@@ -132,8 +132,9 @@ def base_policy_actions(base: BasePolicy, dataset: Dataset, batch_size: int = 64
                         next_obs: bool = False) -> np.ndarray:
     """The base policy's actions on every transition of a dataset, in batches.
 
-    Transition i is shown the image `dataset.images[dataset.obs_index[i]]` and the pose
-    `dataset.pose[i]`; its target (for calibration) is `dataset.action[i]`. With `next_obs`,
+    Transition i is shown the image of frame `dataset.obs_index[i]` ([H, W, 3], or [V, H, W, 3]
+    from V cameras: `Dataset.observed`) and the pose `dataset.pose[i]`; its target (for
+    calibration) is `dataset.action[i]`. With `next_obs`,
     it is shown its next state instead (`next_obs_index[i]`, `next_pose[i]`).
 
     Args:
@@ -147,10 +148,9 @@ def base_policy_actions(base: BasePolicy, dataset: Dataset, batch_size: int = 64
     """
     _checks.check_positive_int("batch_size", batch_size)
     validate_dataset(dataset)
-    images = np.asarray(dataset.images)
     index = np.asarray(dataset.next_obs_index if next_obs else dataset.obs_index)
     pose = np.asarray(dataset.next_pose if next_obs else dataset.pose, np.float32)
-    out = [call_base_policy(base, images[index[s:s + batch_size]], pose[s:s + batch_size])
+    out = [call_base_policy(base, dataset.observed(index[s:s + batch_size])[0], pose[s:s + batch_size])
            for s in range(0, index.shape[0], batch_size)]
     return np.concatenate(out, axis=0)
 

@@ -35,7 +35,7 @@ from twostage_jax.actions import (DEFAULT_CLIP, DEFAULT_SIGMA, action_to_pose, c
 from twostage_jax.base_policy import BasePolicy, base_policy_actions
 from twostage_jax.geometry import optical_axis_angle, project_points
 from twostage_jax.transform import Stage2Config
-from twostage_jax.types import ACTION_DIM, Camera, Dataset, Workspace
+from twostage_jax.types import ACTION_DIM, Camera, Dataset, Workspace, visible_rows
 
 MAD_TO_STD = 1.4826
 """Scale of the median absolute deviation that estimates a normal distribution's std."""
@@ -197,13 +197,14 @@ class BaseCalibration(NamedTuple):
     offsets: np.ndarray
 
 
-def dataset_crop_offsets(dataset: Dataset, tentative: Any, rotate: bool = True) -> np.ndarray:
+def dataset_crop_offsets(dataset: Dataset, tentative: Any, rotate: bool = True, view: int = 0) -> np.ndarray:
     """`crop_offsets` of a dataset's targets, each transition seen by its own frame's camera.
 
     Args:
       dataset: a `Dataset`; transition i is seen by the camera of frame `obs_index[i]`.
       tentative: [N, 7] tentative actions, one per transition.
       rotate: whether the crops are rotated (`Stage2Config.rotate`).
+      view: which of the dataset's cameras (`Dataset.num_views`) sees them.
 
     Returns:
       [N, 2] float64 offsets (x, y) in pixels.
@@ -211,7 +212,9 @@ def dataset_crop_offsets(dataset: Dataset, tentative: Any, rotate: bool = True) 
     a1 = np.asarray(tentative, np.float32)
     a = np.asarray(dataset.action, np.float32)
     _checks.check_shape("tentative", a1, (a.shape[0], ACTION_DIM), "[N, 7], one per transition")
-    index = np.asarray(dataset.obs_index)
+    if not 0 <= view < dataset.num_views:
+        raise ValueError(f"`view` must lie in [0, {dataset.num_views}) (the dataset's cameras); got {view!r}.")
+    index = np.asarray(dataset.obs_index) * int(dataset.num_views) + int(view)
     calib = np.concatenate([np.asarray(dataset.intrinsics, np.float32)[index].reshape(-1, 9),
                             np.asarray(dataset.cam_to_world, np.float32)[index].reshape(-1, 16)], 1)
     _, group = np.unique(calib, axis=0, return_inverse=True)
@@ -221,6 +224,39 @@ def dataset_crop_offsets(dataset: Dataset, tentative: Any, rotate: bool = True) 
         out[rows] = crop_offsets(dataset.camera(int(index[rows[0]])), dataset.workspace, a1[rows],
                                  a[rows], rotate)
     return out
+
+
+def calibrate_view_crop_sizes(dataset: Dataset, tentative: Any, coverage: float = 0.95, rotate: bool = True,
+                              multiple: int = 4, min_size: int = 8, max_size: int | None = None) -> list[int]:
+    """`calibrate_crop_size` in each of a dataset's cameras, on the transitions it sees.
+
+    Each view's offsets (`dataset_crop_offsets` with that view) are taken over the transitions
+    whose tentative and demonstrated positions both lie in front of that view's camera and
+    inside its image (`types.visible_rows`); a view that sees none gets `max_size`.
+
+    Args:
+      dataset: the (held-out) demos, with `num_views` cameras.
+      tentative: [N, 7] stage 1's actions on its transitions.
+      coverage, multiple, min_size: as in `calibrate_crop_size`.
+      rotate: whether the crops are rotated.
+      max_size: largest side (default: the image's smaller side).
+
+    Returns:
+      One crop side per view, in pixels of that view.
+    """
+    a1 = np.asarray(tentative, np.float32)
+    if max_size is None:
+        max_size = int(min(np.shape(dataset.images)[1:3]))
+    sizes = []
+    for v in range(int(dataset.num_views)):
+        seen = visible_rows(dataset, a1, v) & visible_rows(dataset, np.asarray(dataset.action), v)
+        if not seen.any():
+            sizes.append(max_size)
+            continue
+        offsets = dataset_crop_offsets(dataset, a1, rotate, v)[seen]
+        sizes.append(calibrate_crop_size(offsets, coverage=coverage, multiple=multiple, min_size=min_size,
+                                         max_size=max_size))
+    return sizes
 
 
 def calibrate_to_base_policy(base: BasePolicy, dataset: Dataset, floor: Any = 0.02,

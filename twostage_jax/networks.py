@@ -24,7 +24,7 @@ from twostage_jax.types import ACTION_DIM, Stage1Obs, Stage2Obs
 
 CONV_IMPLS = ("auto", "xla", "patches")
 CROP_ENCODERS = ("flatten", "spatial_softmax")
-VIEW_ENCODERS = ("shared", "separate")
+VIEW_ENCODERS = ("shared", "separate", "stacked")
 # Fastest conv implementation per backend, from experiments/tools/benchmark.py. On CPU, XLA's
 # convolution (and, under vmap over seeds, its grouped convolution) is several times slower
 # than im2col + matmul at these sizes, single seed and vmapped alike. No GPU/TPU measurement
@@ -65,10 +65,12 @@ class NetworkConfig:
         signal a regressor that sees z and a^1 shrinks its estimate of the target towards
         where targets usually are given z, i.e. near z itself; in closed loop that pull can
         make the current pose a fixed point (the arm stalls).
-      view_encoders: with several cameras, 'shared' (one CNN encodes every view, as one batch)
-        or 'separate' (a CNN per view). Either way each view's features are concatenated in
-        the cameras' order (stage 2 first multiplies each by its view's mask). One camera
-        uses one CNN either way.
+      view_encoders: with several cameras, 'shared' (one CNN encodes every view, as one batch),
+        'separate' (a CNN per view) or 'stacked' (the views' images stacked along the colour
+        channels into one CNN: early fusion, whose cost grows only in the first layer; stage
+        2's crops of a view that does not see the target are zeros). 'shared' and 'separate'
+        concatenate each view's features in the cameras' order (stage 2 first multiplies each
+        by its view's mask). One camera uses one CNN in every case.
     """
 
     conv_channels: tuple[int, ...] = (32, 32, 32, 32)
@@ -309,28 +311,32 @@ class MLP(nn.Module):
         return x
 
 
-def encode_views(x: jnp.ndarray, make: Callable[[str], nn.Module], name: str, separate: bool,
+def encode_views(x: jnp.ndarray, make: Callable[[str], nn.Module], name: str, how: str,
                  mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    """A CNN's features of one camera's images, or of each of V cameras' concatenated.
+    """A CNN's features of one camera's images, or of V cameras' (`NetworkConfig.view_encoders`).
 
     Call inside a compact module: `make(name)` builds the CNN. One camera is `make(name)(x)`,
-    exactly. With V cameras the shared CNN encodes the [B * V] images as one batch, or, with
-    `separate`, view v has its own CNN (`name`, then `name_view1`, ...).
+    exactly. With V cameras: 'shared' encodes the [B * V] images as one batch with one CNN,
+    'separate' gives view v its own CNN (`name`, then `name_view1`, ...), 'stacked' stacks the
+    views along the channels of one CNN's input.
 
     Args:
       x: [B, H, W, C] images of one camera, or [B, V, H, W, C] of V.
       make: name -> the CNN module.
       name: the (first) CNN's name.
-      separate: one CNN per view.
-      mask: None, or [B, V] weights of each view's features (0 for a view that does not see).
+      how: 'shared', 'separate' or 'stacked'.
+      mask: None, or [B, V] weights of each view's features (0 for a view that does not see);
+        'stacked' has no per-view features (a masked view's crop is zeros already).
 
     Returns:
-      [B, F] features, or [B, V * F] (view-major).
+      [B, F] features, or [B, V * F] (view-major) for 'shared' and 'separate'.
     """
     if x.ndim == 4:
         return make(name)(x)
     b, v = x.shape[:2]
-    if separate:
+    if how == "stacked":  # [B, V, H, W, C] -> [B, H, W, V * C], view-major channels
+        return make(name)(jnp.moveaxis(x, 1, 3).reshape(x.shape[:1] + x.shape[2:4] + (v * x.shape[-1],)))
+    if how == "separate":
         feats = jnp.stack([make(name if i == 0 else f"{name}_view{i}")(x[:, i]) for i in range(v)], axis=1)
     else:
         feats = make(name)(x.reshape((b * v,) + x.shape[2:])).reshape(b, v, -1)
@@ -349,7 +355,7 @@ class Stage1Encoder(nn.Module):
     def __call__(self, obs: Stage1Obs) -> jnp.ndarray:
         c = self.config
         img = encode_views(obs.image, lambda n: CNN(c.conv_channels, c.conv_strides, c.conv_impl, name=n),
-                           "CNN_0", c.view_encoders == "separate")
+                           "CNN_0", c.view_encoders)
         pose = MLP((c.mlp_hidden, c.mlp_hidden))(obs.pose)
         return jnp.concatenate([img, pose], axis=-1)
 
@@ -366,9 +372,9 @@ class Stage2Encoder(nn.Module):
         strides = c.crop_conv_strides if c.crop_conv_strides is not None else c.conv_strides
         cnn = dict(channels=c.crop_conv_channels, strides=strides, impl=c.conv_impl,
                    head=c.crop_encoder, coords=c.coord_channels, keypoints=c.keypoints)
-        separate, mask = c.view_encoders == "separate", getattr(obs, "mask", None)
-        crop = encode_views(obs.crop, lambda n: CNN(**cnn, name=n), "crop_cnn", separate, mask)
-        ee = encode_views(obs.ee_crop, lambda n: CNN(**cnn, name=n), "ee_cnn", separate)
+        how, mask = c.view_encoders, getattr(obs, "mask", None)
+        crop = encode_views(obs.crop, lambda n: CNN(**cnn, name=n), "crop_cnn", how, mask)
+        ee = encode_views(obs.ee_crop, lambda n: CNN(**cnn, name=n), "ee_cnn", how)
         tent = MLP((c.mlp_hidden, c.mlp_hidden), name="tentative_mlp")(obs.tentative)
         if not c.stage2_pose_input:
             return jnp.concatenate([crop, ee, tent], axis=-1)

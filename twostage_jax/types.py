@@ -390,6 +390,18 @@ class Dataset:
         offsets = np.arange(v, dtype=np.int32)
         return frames[..., None] * v + (jnp.asarray(offsets) if isinstance(frames, jnp.ndarray) else offsets)
 
+    def observed(self, frames: Any) -> tuple[Any, Camera]:
+        """What a policy is shown at `frames` [B] (numpy): one camera's images [B, H, W, 3]
+        with its (fixed) camera, the first image's; several cameras' images [B, V, H, W, 3]
+        with each frame's cameras (intrinsics [B, V, 3, 3], a moving camera's pose per frame)."""
+        frames = np.asarray(frames)
+        if int(self.num_views) == 1:
+            return np.asarray(self.images)[frames], self.camera(0)
+        rows = self.view_rows(frames)
+        return np.asarray(self.images)[rows], Camera(
+            intrinsics=np.asarray(self.intrinsics)[rows], cam_to_world=np.asarray(self.cam_to_world)[rows],
+            width=int(self.images.shape[2]), height=int(self.images.shape[1]))
+
     def camera(self, index: Any) -> Camera:
         """The `Camera` of image row `index` (works on tracers); with one camera, a frame's."""
         return Camera(
@@ -447,21 +459,33 @@ def check_camera_values(intrinsics: Any, cam_to_world: Any, name: str = "dataset
                          f"{t[i, 3].tolist()} ({bad.size} such frame(s)).")
 
 
-def visible_share(dataset: Dataset) -> float:
-    """The share of transitions whose end-effector position (`dataset.pose`) projects in front
-    of its frame's (first) camera and inside its image (numpy, on concrete values)."""
-    idx = np.asarray(dataset.obs_index) * int(dataset.num_views)
+def visible_rows(dataset: Dataset, positions: Any, view: int = 0) -> np.ndarray:
+    """[N] bool: whether each transition's position projects in front of the camera of `view`
+    at its frame (`obs_index`) and inside its image (numpy, on concrete values).
+
+    Args:
+      dataset: the dataset (its cameras, workspace and image size).
+      positions: [N, 7] actions or poses, one per transition (their first 3 entries are read).
+      view: which camera (of `dataset.num_views`).
+    """
+    idx = np.asarray(dataset.obs_index) * int(dataset.num_views) + int(view)
     k = np.asarray(dataset.intrinsics, np.float64)[idx]
     t = np.asarray(dataset.cam_to_world, np.float64)[idx]
     lo, hi = np.asarray(dataset.workspace.low, np.float64), np.asarray(dataset.workspace.high, np.float64)
-    pos = lo + (np.asarray(dataset.pose, np.float64)[:, :3] + 1.0) * 0.5 * (hi - lo)  # actions.action_to_pose
+    pos = lo + (np.asarray(positions, np.float64)[:, :3] + 1.0) * 0.5 * (hi - lo)  # actions.action_to_pose
     p_cam = np.einsum("nij,ni->nj", t[:, :3, :3], pos - t[:, :3, 3])  # R^T (p - t)
     depth = p_cam[:, 2]
     safe = np.where(np.abs(depth) < 1e-9, 1e-9, depth)
     u = k[:, 0, 0] * p_cam[:, 0] / safe + k[:, 0, 1] * p_cam[:, 1] / safe + k[:, 0, 2]
     v = k[:, 1, 1] * p_cam[:, 1] / safe + k[:, 1, 2]
     height, width = np.shape(dataset.images)[1:3]
-    inside = (depth > 0) & (u >= 0) & (u <= width) & (v >= 0) & (v <= height)
+    return (depth > 0) & (u >= 0) & (u <= width) & (v >= 0) & (v <= height)
+
+
+def visible_share(dataset: Dataset) -> float:
+    """The share of transitions whose end-effector position (`dataset.pose`) projects in front
+    of its frame's (first) camera and inside its image (numpy, on concrete values)."""
+    inside = visible_rows(dataset, dataset.pose, 0)
     return float(inside.mean()) if inside.size else 1.0
 
 

@@ -51,6 +51,12 @@ Rows:
                      alternately in one run: today's sequential loop (`rollout` with the plainly
                      batched policy), `EnvPool` with 1 worker and with N = the usable cores
                      (policy with row_by_row=True); worker start-up is reported separately.
+  views/*            several cameras: each (size, stage, algo) update step with 3 views (the
+                     synthetic front, side and top cameras) over the same step with 1, for each
+                     `NetworkConfig.view_encoders` ('shared', 'separate', 'stacked'), the four
+                     compiled programs timed alternately; the 3-view dataset's bytes over the 1-view's; and MetaWorld's
+                     render of 3 cameras (corner, topview, gripperPOV) over 1 ('unavailable'
+                     without the simulator).
   step_profile/*     one MetaWorld keyframe step (button-press-topdown-v3, 128x128, the same
                      random actions and layouts) split into physics (`do_simulation`), the
                      per-low-level-step observation and `evaluate_state` success checks,
@@ -80,10 +86,11 @@ from absl import flags
 
 from experiments.tools import parse_tool_flags, usage_error
 from twostage_jax._io import atomic_open
+from twostage_jax.data.dataset import dataset_nbytes
 from twostage_jax.bc import make_bc_update
 from twostage_jax.cql import make_cql_optimizer, make_cql_update
 from twostage_jax.geometry import crop_at_pixel
-from twostage_jax.networks import NetworkConfig, resolve_conv_impl
+from twostage_jax.networks import VIEW_ENCODERS, NetworkConfig, resolve_conv_impl
 from twostage_jax.policy import make_policy
 from twostage_jax.testing import make_synthetic_dataset, synthetic_camera
 from twostage_jax.training import (
@@ -756,8 +763,54 @@ def bench_step_profile(b: Bench, quick: bool) -> float | None:
     return out["after"] / out["before"]
 
 
+def bench_views(b: Bench, steps: int, repeats: int, quick: bool) -> dict[str, float]:
+    """views/* rows; returns {'<size>_stage<k>_<algo>': 3-view step time / 1-view step time}."""
+    one, three = bench_dataset(), make_synthetic_dataset(num_episodes=16, steps_per_episode=4,
+                                                         image_size=128, num_views=3)
+    b.add("views/dataset_bytes_3_over_1", dataset_nbytes(three) / dataset_nbytes(one), "ratio",
+          bytes_1=dataset_nbytes(one), bytes_3=dataset_nbytes(three))
+    ratios = {}
+    for size in ("quickstart",) if quick else ("quickstart", "paper"):
+        for stage in (1, 2):
+            for algo in ("bc", "cql"):
+                calls = {}
+                for name, ds, how in (("1", one, "shared"), *((f"3_{h}", three, h) for h in VIEW_ENCODERS)):
+                    cfg = size_config(size, stage, algo)
+                    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, view_encoders=how))
+                    r = _steady_run(make_train(cfg, stage), prepare_data(ds, cfg), jax.random.PRNGKey(0),
+                                    steps, repeats)
+                    calls[name] = r["call"]
+                n = (3 if size == "paper" else 10) * repeats
+                t = timed_interleaved(calls, n)
+                for how in VIEW_ENCODERS:
+                    ratio = t[f"3_{how}"] / t["1"]
+                    ratios[f"{size}_stage{stage}_{algo}_{how}"] = ratio
+                    b.add(f"views/{size}/stage{stage}/{algo}/{how}_3_over_1", ratio, "ratio",
+                          step_ms_1=1e3 * t["1"] / steps, step_ms_3=1e3 * t[f"3_{how}"] / steps,
+                          batch=cfg.batch_size, repeats=n, steps_per_run=steps, note="timed alternately")
+        b.write()
+    try:
+        from twostage_jax.envs.metaworld import MetaWorldConfig, MetaWorldEnv
+    except Exception as err:  # noqa: BLE001 - reported as a row
+        b.add("views/render_3_over_1", "unavailable", "", reason=f"{type(err).__name__}: {err}")
+        return ratios
+    envs = {name: MetaWorldEnv("button-press-topdown-v3", MetaWorldConfig(cameras=cams))
+            for name, cams in (("1", ("corner",)), ("3", ("corner", "topview", "gripperPOV")))}
+    try:
+        for env in envs.values():
+            env.reset(0)
+        t = timed_interleaved({k: (lambda e=e: e.observe()) for k, e in envs.items()}, 20 if quick else 50)
+        b.add("views/render_3_over_1", t["3"] / t["1"], "ratio", observe_ms_1=1e3 * t["1"],
+              observe_ms_3=1e3 * t["3"], note="one observation (renders and cameras), timed alternately")
+    finally:
+        for env in envs.values():
+            env.close()
+    b.write()
+    return ratios
+
+
 SECTIONS = ("train_steps", "seeds", "seed_sharding", "batch_scaling", "crops", "crop_cost", "host_sync",
-            "quickstart_train", "act", "sim", "eval", "step_profile")
+            "quickstart_train", "act", "sim", "eval", "step_profile", "views")
 
 
 _FLAGS = flags.FlagValues()  # this script's own: importing it beside other scripts defines nothing
@@ -818,6 +871,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         targets["eval_parallel_over_sequential (>= 1.7 on 2 cores)"] = bench_eval(b, ds, args.quick)
     if "step_profile" in sections:
         targets["step_profile_after_over_before"] = bench_step_profile(b, args.quick)
+    if "views" in sections:
+        for k, v in bench_views(b, steps, repeats, args.quick).items():
+            targets[f"views_3_over_1_{k} (<= 2.5)"] = v
     if "sim" in sections:
         bench_sim(b, args.quick)
     else:

@@ -64,6 +64,9 @@ SCENE_BOUNDS = (-0.3, -0.5, 0.6, 0.7, 0.5, 1.6)
 WORKSPACE_LOW = SCENE_BOUNDS[:3]
 WORKSPACE_HIGH = SCENE_BOUNDS[3:]
 
+RLBENCH_CAMERAS = ("front", "left_shoulder", "right_shoulder", "overhead", "wrist")
+"""RLBench's cameras (`ObservationConfig`'s `*_camera`); 'wrist' moves with the gripper."""
+
 CAMERA_MISC_KEYS = ("{camera}_camera_intrinsics", "{camera}_camera_extrinsics",
                     "{camera}_camera_near", "{camera}_camera_far")
 """Per-camera entries of `Observation.misc` (rlbench/backend/scene.py, `_get_misc`): 3x3

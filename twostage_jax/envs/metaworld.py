@@ -86,6 +86,7 @@ from scipy.spatial.transform import Rotation  # noqa: E402
 from twostage_jax import actions as _actions  # noqa: E402
 from twostage_jax import _checks  # noqa: E402
 from twostage_jax.envs.base import Observation, check_action  # noqa: E402
+from twostage_jax.envs.camera_names import METAWORLD_CAMERAS, METAWORLD_MOVING, check_camera_names  # noqa: E402
 from twostage_jax.types import Camera, Workspace  # noqa: E402
 
 DEFAULT_TASKS: tuple[str, ...] = (
@@ -152,7 +153,7 @@ class MetaWorldConfig:
       max_tilt: bound on |roll| and |pitch| (radians) of the commanded orientation.
       shadows: render shadows (slow on CPU).
       reflections: render reflections (slow on CPU).
-      cameras: the cameras each observation holds, in order, from `CAMERAS`: 'corner' is the
+      cameras: the cameras each observation holds, in order, from `METAWORLD_CAMERAS`: 'corner' is the
         front camera above (placed by `camera_position`, `camera_lookat`, `fovy`); the others
         keep MetaWorld's placement and field of view. 'gripperPOV' and 'behindGripper' move
         with the hand: their pose is read from the simulator at every frame. One camera gives
@@ -175,7 +176,8 @@ class MetaWorldConfig:
     cameras: tuple[str, ...] = ("corner",)
 
     def __post_init__(self) -> None:
-        check_cameras(self.cameras)
+        object.__setattr__(self, "cameras", check_camera_names("MetaWorldConfig.cameras", self.cameras,
+                                                                   METAWORLD_CAMERAS))
         _checks.check_positive_int("width", self.width)
         _checks.check_positive_int("height", self.height)
         _checks.check_positive_int("max_keyframes", self.max_keyframes)
@@ -190,25 +192,6 @@ class MetaWorldConfig:
         for name in ("gain", "tolerance", "max_tilt"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0; got {getattr(self, name)!r}.")
-
-
-CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
-"""The cameras of MetaWorld v3's scene ('corner' placed as `MetaWorldConfig` says)."""
-MOVING_CAMERAS = ("behindGripper", "gripperPOV")
-"""Those that move with the hand."""
-
-
-def check_cameras(cameras: Any) -> tuple[str, ...]:
-    """`MetaWorldConfig.cameras` as a tuple, or a ValueError naming the field and the valid names."""
-    if isinstance(cameras, str) or not isinstance(cameras, (tuple, list)) or not cameras:
-        raise ValueError(f"MetaWorldConfig.cameras must be a non-empty tuple of camera names from "
-                         f"{list(CAMERAS)}; got {cameras!r}.")
-    bad = [c for c in cameras if c not in CAMERAS]
-    if bad or len(set(cameras)) != len(cameras):
-        what = f"unknown {bad}" if bad else "a name repeated"
-        raise ValueError(f"MetaWorldConfig.cameras has {what}; choose distinct names from {list(CAMERAS)} "
-                         f"(got {list(cameras)}).")
-    return tuple(cameras)
 
 
 def task_names() -> list[str]:
@@ -329,7 +312,7 @@ class MetaWorldEnv:
                                  f"{name!r}; it has {have}.")
             self._cam_ids.append(cid)
         mujoco.mj_forward(model, env.data)
-        self._fixed = [None if name in MOVING_CAMERAS else self._camera_now(cid)
+        self._fixed = [None if name in METAWORLD_MOVING else self._camera_now(cid)
                        for name, cid in zip(self._config.cameras, self._cam_ids)]
         self._mocap_id = int(model.body_mocapid[env.data.body("mocap").id])
         self._goal_site = -1

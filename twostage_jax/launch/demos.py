@@ -81,7 +81,7 @@ def _sim_demos(config: LaunchConfig) -> tuple:
         from twostage_jax.envs.metaworld import MetaWorldConfig, default_workspace  # lazy: imports MuJoCo
 
         env_cfg = MetaWorldConfig(width=int(d.image_size), height=int(d.image_size),
-                                  max_keyframes=int(d.max_keyframes))
+                                  max_keyframes=int(d.max_keyframes), cameras=config.camera_names())
         trajs, stats = record_demos(config.task, int(d.num_demos), seed=int(d.seed),
                                     augment_every=int(d.augment_every), env_config=env_cfg)
         workspace, extra = default_workspace(), stats._asdict()

@@ -31,8 +31,9 @@ def env_factory(config: LaunchConfig) -> Callable[[], Any]:
     size, keyframes = int(config.demos.image_size), int(config.demos.max_keyframes)
     if config.env == "metaworld":
         return functools.partial(tj.envs.make_env, str(config.task), width=size, height=size,
-                                 max_keyframes=keyframes)
-    return functools.partial(RLBenchEnv, str(config.task), image_size=size, max_keyframes=keyframes)
+                                 max_keyframes=keyframes, cameras=config.camera_names())
+    views = {} if config.cameras is None else {"cameras": config.cameras}
+    return functools.partial(RLBenchEnv, str(config.task), image_size=size, max_keyframes=keyframes, **views)
 
 
 def pool_workers(config: LaunchConfig, episodes: int) -> int:

@@ -28,6 +28,9 @@ import twostage_jax as tj
 from twostage_jax import sharding
 from twostage_jax.base_policy import SOURCE_PATTERN, check_base_source
 from twostage_jax.data.lerobot import POSE_CONVENTIONS, LeRobotSpec
+from twostage_jax.data.rlbench_conventions import RLBENCH_CAMERAS
+from twostage_jax.envs.camera_names import (DEFAULT_CAMERAS, METAWORLD_CAMERAS, METAWORLD_MOVING,
+                                            check_camera_names)
 from twostage_jax.policy import MAX_CORRECTION_PASSES
 from twostage_jax.evaluation.rollouts import default_workers
 
@@ -378,6 +381,12 @@ class LaunchConfig:
       seed_devices: 'all' (shard the seeds over every device when there are several) or N
         (the first N devices; 1 = unsharded).
       stage2_name: stage 2's folder in the workdir; name ablations to share stage 1.
+      cameras: the cameras each observation holds, in order, e.g. ('corner', 'topview',
+        'gripperPOV'); None (the default) for the simulator's one camera (MetaWorld 'corner',
+        RLBench 'front'). Names: `envs.camera_names.METAWORLD_CAMERAS`, RLBench's
+        `rlbench_conventions.RLBENCH_CAMERAS`. Stage 1 encodes every view; stage 2 crops each
+        at the tentative action's projection (`tj.transform_views`). With a LeRobot source the
+        dataset's image keys choose the views instead.
     """
 
     env: str = "metaworld"
@@ -388,6 +397,7 @@ class LaunchConfig:
     seed_strategy: str = "auto"
     seed_devices: str | int = "all"
     stage2_name: str = "stage2"
+    cameras: tuple[str, ...] | None = None
     data: DataConfig = DataConfig()
     demos: DemosConfig = DemosConfig()
     stage1: StageConfig = StageConfig(num_steps=300_000)
@@ -409,6 +419,10 @@ class LaunchConfig:
             sharding.parse_seed_devices(self.seed_devices)
         except ConfigError as e:
             raise ConfigError("LaunchConfig", e.field, e.message) from e
+        if self.cameras is not None and (not isinstance(self.cameras, tuple) or not self.cameras or any(
+                not isinstance(c, str) or not c for c in self.cameras) or len(set(self.cameras)) != len(self.cameras)):
+            raise ConfigError("LaunchConfig", "cameras", "must be None (the simulator's one camera) or a "
+                              f"non-empty tuple of distinct camera names; got {self.cameras!r}.")
         name = self.stage2_name
         if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name)
                 or name in ("stage1", "demos") or name.startswith("eval")):
@@ -419,6 +433,10 @@ class LaunchConfig:
     def algo(self) -> str:
         """Both stages' algorithm ('bc' or 'cql'; `checks.validate_config` checks they agree)."""
         return self.stage1.algo
+
+    def camera_names(self) -> tuple[str, ...]:
+        """The simulator cameras observations hold (`cameras`, or the simulator's default one)."""
+        return self.cameras if self.cameras is not None else DEFAULT_CAMERAS[self.env]
 
     def stage(self, stage: int) -> StageConfig:
         """`stage1` or `stage2`."""
@@ -482,6 +500,16 @@ def check_config(config: LaunchConfig) -> None:
     if ev.critic_samples and (s2.algo != "cql" or ev.correction_passes != 1):
         raise ValueError(f"config.eval.critic_samples ({ev.critic_samples}) lets stage 2's critic choose the "
                          "correction: it needs CQL (the :cql variant) and config.eval.correction_passes=1.")
+    if config.cameras is not None:
+        if lerobot:
+            raise ValueError("config.cameras names a simulator's cameras; a LeRobot source's views are its "
+                             "image keys (config.data): leave config.cameras unset.")
+        valid = METAWORLD_CAMERAS if config.env == "metaworld" else RLBENCH_CAMERAS
+        check_camera_names("config.cameras", config.cameras, valid)
+        if config.cameras[0] in (*METAWORLD_MOVING, "wrist"):
+            raise ValueError(f"config.cameras: the first camera ({config.cameras[0]!r}) moves with the hand; "
+                             "put a fixed camera first (calibration, the visibility check and the plots "
+                             "read the first camera), e.g. corner,gripperPOV.")
     if config.calibrate.any and d.num_held_out <= 0:
         raise ValueError("config.calibrate.sigma / config.calibrate.crop_size calibrate stage 2 on "
                          "held-out demos: set config.demos.num_held_out > 0 (e.g. 10).")

@@ -99,6 +99,8 @@ def parse_value(text: str, kind: Any, path: str) -> Any:
                 literal = tuple(float(x) for x in text.strip().strip("()[]").split(",") if x.strip())
             except ValueError:
                 pass
+        if isinstance(literal, str) and inner is str:  # names without quotes: corner,topview
+            literal = tuple(x.strip() for x in text.strip().strip("()[]").split(",") if x.strip())
         if not isinstance(literal, (tuple, list)):
             raise bad("a tuple, e.g. (2,) or (1, 2)")
         if inner in (int, float) and not all(isinstance(v, inner if inner is int else (int, float))

@@ -50,16 +50,17 @@ def stage1_actions(config: LaunchConfig, params1: Any, ds: tj.Dataset, next_obs:
       rows: [R] the transitions (default: all of them, in order).
     """
     act = tj.make_policy(train_config(config, 1), None, ds.workspace)
-    cam = ds.camera(0)
     rows = np.arange(ds.action.shape[0]) if rows is None else np.asarray(rows)
     frames = np.asarray(ds.next_obs_index if next_obs else ds.obs_index)[rows]
     pose = np.asarray(ds.next_pose if next_obs else ds.pose)[rows]
     out = []
     for s in range(int(jax.tree_util.tree_leaves(params1)[0].shape[0])):
         p1 = jax.tree_util.tree_map(lambda x, s=s: x[s], params1)
-        parts = [np.asarray(act(p1, None, jnp.asarray(ds.images[frames[lo:lo + ACT_BATCH]]),
-                                jnp.asarray(pose[lo:lo + ACT_BATCH]), cam).tentative)
-                 for lo in range(0, rows.shape[0], ACT_BATCH)]
+        parts = []
+        for lo in range(0, rows.shape[0], ACT_BATCH):
+            images, cam = ds.observed(frames[lo:lo + ACT_BATCH])
+            parts.append(np.asarray(act(p1, None, jnp.asarray(images), jnp.asarray(pose[lo:lo + ACT_BATCH]),
+                                        cam).tentative))
         out.append(np.concatenate(parts) if parts else np.zeros((0, tj.ACTION_DIM), np.float32))
     return np.stack(out)
 

@@ -332,12 +332,15 @@ def check_memory(config: LaunchConfig, stage: int, dataset: tj.Dataset, out_dir:
     n, height = int(dataset.images.shape[0]), int(dataset.images.shape[1])
     small = int(config.stage1.image_size or height)
     data = dataset_nbytes(dataset) + (n * small * small * 3 if small != height else 0)
+    views = int(dataset.num_views)  # each view's image or crops
     if stage == 1:
-        pixels, field, what = small * small, f"config.{name}.image_size", f"{small}x{small} images"
+        pixels, field, what = views * small * small, f"config.{name}.image_size", f"{small}x{small} images"
     else:
         method = s.train_config().stage2
         crop, ee = int(method.crop_size), int(method.ee_crop_size)
-        pixels, field, what = crop * crop + ee * ee, "config.stage2.stage2.crop_size", f"{crop}-px crops"
+        pixels, field, what = views * (crop * crop + ee * ee), "config.stage2.stage2.crop_size", f"{crop}-px crops"
+    if views > 1:
+        what += f" in each of {views} views"
     parallel = 1
     if resolve_seed_strategy(config.seed_strategy, jax.default_backend()) == "vmap":
         mesh = seed_mesh(config)
@@ -510,11 +513,17 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
     sigma = list(method.sigma)
     if settings.sigma:
         sigma = cal.calibrate_sigma(a1, a, floor=float(settings.sigma_floor), sigma=sigma).tolist()
+    views = int(validation.num_views)
     offsets = cal.crop_offsets(validation.camera(0), validation.workspace, a1, a, method.rotate)
     coverage = float(settings.crop_coverage)
-    crop = method.crop_size
+    crop, view_sizes = method.crop_size, None
     if settings.crop_size:
         crop = cal.calibrate_crop_size(offsets, coverage=coverage, max_size=int(validation.images.shape[1]))
+    if settings.crop_size and views > 1:  # each view's own size; its crops zoom to the first's
+        rows = a1.reshape(-1, validation.action.shape[0], tj.ACTION_DIM)
+        per_seed = [cal.calibrate_view_crop_sizes(validation, r, coverage=coverage, rotate=method.rotate)
+                    for r in rows]
+        view_sizes = [int(max(sizes)) for sizes in zip(*per_seed)]
     bank = cal.residual_bank(a1, a) if method.perturbation == "residuals" else None
     if settings.crop_size and (bank is not None or tuple(method.sigma_scales) != (1.0,)):
         # the crop also covers the wider perturbations stage 2 trains on (a scale mixture, the bank)
@@ -532,6 +541,8 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
                             "not finite and positive; check config.calibrate and the held-out demos "
                             "(nothing was written).")
     dist = np.max(np.abs(offsets), axis=1)
+    if view_sizes is not None:
+        crop = view_sizes[0]
     result = {"settings": calibration_settings(config),
               "inputs": {"held_out_sha256": dataset_checksum(held_out_path(workdir)),
                          "stage1": config.stage1.source or steps1},
@@ -542,6 +553,8 @@ def calibrate_stage2(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
               "crop_coverage": coverage,
               "offset_px_quantiles": {q: float(np.quantile(dist, float(q))) for q in ("0.5", "0.9", "0.95", "0.99")},
               "share_inside_crop": float(np.mean(dist < crop / 2))}
+    if view_sizes is not None:  # view v's crops span its own size, sampled at the first's pixels
+        result.update(view_crop_sizes=view_sizes, view_crop_scales=[s / crop for s in view_sizes])
     calibration_path(workdir, config).parent.mkdir(parents=True, exist_ok=True)
     if bank is not None:  # written before calibration.json, which records it
         with atomic_open(residuals_path(workdir, config), "wb") as f:

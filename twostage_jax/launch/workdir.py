@@ -290,8 +290,10 @@ def train_config(config: LaunchConfig, stage: int, workdir: Path | None = None,
                 f"stage 2 '{config.stage2_name}' is calibrated from stage 1 when it trains, and "
                 f"{path or 'its calibration.json'} does not exist yet; run --mode=stage2 first.")
         calibration = json.loads(path.read_text())
+    scales = calibration.get("view_crop_scales")
     method = dataclasses.replace(s.stage2, sigma=tuple(float(x) for x in calibration["sigma"]),
-                                 crop_size=int(calibration["crop_size"]))
+                                 crop_size=int(calibration["crop_size"]),
+                                 **({"view_crop_scales": tuple(scales)} if scales else {}))
     return s.train_config(stage2=method)
 
 
@@ -316,6 +318,8 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
         "env": config.env, "task": config.task, f"{name}.algo": s.algo, "seed": config.seed,
         "num_seeds": config.num_seeds, f"{name}.batch_size": s.batch_size,
         f"{name}.min_move": float(s.min_move), "data.source": config.data.source}
+    if config.cameras is not None:  # (unset: the one camera every earlier run used)
+        fields["cameras"] = list(config.cameras)
     if config.data.source == "lerobot":  # which dataset, and how it is read
         for f in dataclasses.fields(config.data):
             if f.name != "min_visible":  # a check on the demos, not what trains
@@ -338,8 +342,8 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
             fields.update({"calibrate.sigma_floor": float(cal.sigma_floor),
                            "calibrate.crop_coverage": float(cal.crop_coverage)})
         method = s.train_config().stage2  # a crop size of None resolved for the algorithm
-        for f in dataclasses.fields(method):
-            if not (f.name == "crop_size" and cal.crop_size):
+        for f in dataclasses.fields(method):  # (a calibrated crop's sizes are calibration.json's)
+            if not (f.name in ("crop_size", "view_crop_scales") and cal.crop_size):
                 fields[f"stage2.stage2.{f.name}"] = _plain(getattr(method, f.name))
         if method.predicted_share > 0 and not config.stage1.source:
             fields["stage2.crossfit_folds"] = int(s.crossfit_folds)
