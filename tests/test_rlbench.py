@@ -369,26 +369,42 @@ def test_light_imports_load_no_simulator_orbax_or_rliable():
     assert out.stdout.strip() == "[]"
 
 
-def _fake_rlbench(monkeypatch, misc):
-    """Just enough of RLBench's API for RLBenchEnv, in sys.modules; counts task resets."""
+def _fake_observation(misc, size, x=0.2):
+    """An RLBench observation of every camera (`{camera}_rgb` filled with 40 v) with the gripper
+    at (x, 0, 1); `misc` a dict, or a function of the gripper position giving it."""
+    rgb = {f"{c}_rgb": np.full((size, size, 3), 40 * v, np.uint8) for v, c in enumerate(RLBENCH_CAMERAS)}
+    xyz = np.array([x, 0.0, 1.0])
+    return types.SimpleNamespace(misc=misc(xyz) if callable(misc) else misc, gripper_open=1.0,
+                                 gripper_pose=np.array([*xyz, *DOWN]), **rgb)
+
+
+def _fake_rlbench(monkeypatch, misc, size=32):
+    """Just enough of RLBench's API for RLBenchEnv, in sys.modules; counts task resets. Each step
+    moves the gripper 5 cm along x. Returns the resets and the environments' keyword arguments."""
     mods = {}
     for name in ("rlbench", "rlbench.action_modes", "rlbench.action_modes.action_mode",
                  "rlbench.action_modes.arm_action_modes", "rlbench.action_modes.gripper_action_modes",
-                 "rlbench.environment", "rlbench.observation_config", "rlbench.utils"):
+                 "rlbench.environment", "rlbench.observation_config", "rlbench.utils",
+                 "rlbench.backend", "rlbench.backend.exceptions", "pyrep", "pyrep.errors"):
         mods[name] = types.ModuleType(name)
         monkeypatch.setitem(sys.modules, name, mods[name])
-    resets = []
+    resets, made = [], []
 
     class Task:
+        x = 0.2
+
         def reset(self):
             resets.append(1)
-            obs = types.SimpleNamespace(misc=misc, gripper_pose=np.array([0.2, 0.0, 1.0, *DOWN]),
-                                        gripper_open=1.0, front_rgb=np.zeros((32, 32, 3), np.uint8))
-            return ["reach"], obs
+            self.x = 0.2
+            return ["reach"], _fake_observation(misc, size, self.x)
+
+        def step(self, action):
+            self.x += 0.05
+            return _fake_observation(misc, size, self.x), 0.0, False
 
     class Environment:
         def __init__(self, **kw):
-            pass
+            made.append(kw)
 
         def launch(self):
             pass
@@ -399,12 +415,17 @@ def _fake_rlbench(monkeypatch, misc):
         def shutdown(self):
             pass
 
-    class ObservationConfig:
+    class ObservationConfig:  # rlbench/observation_config.py: a CameraConfig per camera
         def __init__(self):
-            self.front_camera = types.SimpleNamespace()
+            for c in RLBENCH_CAMERAS:
+                setattr(self, f"{c}_camera", types.SimpleNamespace(rgb=True, image_size=(128, 128)))
 
         def set_all(self, value):
-            pass
+            for c in RLBENCH_CAMERAS:
+                getattr(self, f"{c}_camera").rgb = value
+
+    class Refused(Exception):
+        pass
 
     mods["rlbench.action_modes.action_mode"].MoveArmThenGripper = lambda *a: None
     mods["rlbench.action_modes.arm_action_modes"].EndEffectorPoseViaPlanning = lambda: None
@@ -412,7 +433,9 @@ def _fake_rlbench(monkeypatch, misc):
     mods["rlbench.environment"].Environment = Environment
     mods["rlbench.observation_config"].ObservationConfig = ObservationConfig
     mods["rlbench.utils"].name_to_task_class = lambda name: name
-    return resets
+    mods["rlbench.backend.exceptions"].InvalidActionError = Refused
+    mods["pyrep.errors"].ConfigurationPathError = mods["pyrep.errors"].IKError = Refused
+    return resets, made
 
 
 def test_env_camera_is_known_before_the_first_reset(monkeypatch):
@@ -420,7 +443,7 @@ def test_env_camera_is_known_before_the_first_reset(monkeypatch):
     from twostage_jax.evaluation import EnvPool
 
     k = K_RLBENCH * np.array([[0.25, 1, 0.25], [1, 0.25, 0.25], [1, 1, 1]])
-    resets = _fake_rlbench(monkeypatch, {"front_camera_intrinsics": k, "front_camera_extrinsics": EXTR})
+    resets, _ = _fake_rlbench(monkeypatch, {"front_camera_intrinsics": k, "front_camera_extrinsics": EXTR})
     with EnvPool(lambda: rb.RLBenchEnv("reach_target", image_size=32), 1) as pool:
         cam = pool.camera
     np.testing.assert_allclose(np.asarray(cam.intrinsics)[0, 0], 27.5)
@@ -428,6 +451,56 @@ def test_env_camera_is_known_before_the_first_reset(monkeypatch):
     env = rb.RLBenchEnv("reach_target", image_size=32)
     obs = env.reset(5)
     assert env.camera is obs.camera and len(resets) == 2  # no extra reset once known
+
+
+def test_env_observes_each_camera_and_the_wrist_camera_where_it_is_at_each_step(monkeypatch):
+    def misc(xyz):
+        out = {}
+        for c in RLBENCH_CAMERAS:
+            out.update(_camera_misc(c, 32, xyz))
+        return out
+
+    _, made = _fake_rlbench(monkeypatch, misc)
+    env = rb.RLBenchEnv("reach_target", image_size=32, cameras=("front", "wrist"))
+    assert env.cameras == ("front", "wrist")
+    config = made[-1]["obs_config"]  # the cameras asked for, and only those, render rgb at 32 px
+    assert [c for c in RLBENCH_CAMERAS if getattr(config, f"{c}_camera").rgb] == ["front", "wrist"]
+    assert config.wrist_camera.image_size == (32, 32)
+    first = env.reset(0)
+    assert first.image.shape == (2, 32, 32, 3) and first.image.dtype == np.uint8
+    np.testing.assert_array_equal(first.image[:, 0, 0, 0], [0, 160])  # front, then wrist
+    assert np.shape(first.camera.intrinsics) == (2, 3, 3) and np.shape(first.camera.cam_to_world) == (2, 4, 4)
+    np.testing.assert_allclose(np.asarray(first.camera.intrinsics)[:, 0, 0], [27.5, 37.5])  # (110, 150) / 4
+    second, *_ = env.step(np.zeros(7, np.float32))
+    before, after = np.asarray(first.camera.cam_to_world), np.asarray(second.camera.cam_to_world)
+    np.testing.assert_array_equal(after[0], before[0])  # the front camera is fixed
+    np.testing.assert_allclose(before[1, :3, 3], [0.2, 0.0, 1.1], atol=1e-6)  # gripper + WRIST_OFFSET
+    np.testing.assert_allclose(after[1, :3, 3], [0.25, 0.0, 1.1], atol=1e-6)  # where the step left it
+    assert env.camera is second.camera
+    # one camera: today's observation, no view axis
+    one = rb.RLBenchEnv("reach_target", image_size=32).reset(0)
+    assert one.image.shape == (32, 32, 3) and np.shape(one.camera.intrinsics) == (3, 3)
+    np.testing.assert_array_equal(one.camera.cam_to_world, first.camera.cam_to_world[0])
+
+
+def test_env_and_observation_name_a_bad_camera():
+    # checked before RLBench is imported: the names are RLBench's, listed
+    with pytest.raises(ValueError, match=r"`RLBenchEnv.cameras` has unknown \['gripper'\]; choose distinct "
+                                         r"names from \['front', 'left_shoulder', 'right_shoulder', 'overhead', "
+                                         r"'wrist'\]"):
+        rb.RLBenchEnv("reach_target", cameras=("front", "gripper"))
+    obs = _fake_observation(_camera_misc("front", 16, [0.2, 0, 1]), 16)
+    obs.wrist_rgb = None  # a camera RLBench was not asked to render
+    with pytest.raises(ValueError, match=r"no `wrist_rgb` image: enable the wrist camera's rgb"):
+        rb.observation_from_rlbench(obs, ("front", "wrist"), 16, WS)
+    with pytest.raises(ValueError, match=r"`front_rgb` has shape \(16, 16, 3\); expected \(32, 32, 3\)"):
+        rb.observation_from_rlbench(obs, ("front",), 32, WS)
+    obs.wrist_rgb = np.zeros((16, 16, 3), np.uint8)  # rendered, but misc lacks its calibration
+    with pytest.raises(ValueError, match=r"must hold \['wrist_camera_intrinsics', 'wrist_camera_extrinsics'\]"):
+        rb.observation_from_rlbench(obs, ("front", "wrist"), 16, WS)
+    out = rb.observation_from_rlbench(obs, ("front",), 16, WS)
+    np.testing.assert_allclose(np.asarray(out.camera.intrinsics)[0, 0], 13.75)
+    np.testing.assert_allclose(out.pose, rb.rlbench_pose_to_ours(obs.gripper_pose, 1.0, WS))
 
 
 # ---------------------------------------------------------------------------------------------
