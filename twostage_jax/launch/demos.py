@@ -165,7 +165,7 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
             "--config.calibrate.sigma=False and --config.calibrate.crop_size=False).")
     train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
     trajs = _load_rlbench(config, train_episodes, augment_every=int(d.augment_every))
-    height, width = trajs[0].images.shape[1:3]
+    height, width = trajs[0].images.shape[-3:-1]  # [M, H, W, 3], or [M, V, H, W, 3]
     if (height, width) != (int(d.image_size),) * 2:
         raise PipelineError(f"config.demos.image_size ({d.image_size}) must match the RLBench images "
                             f"({width}x{height} px); pass --config.demos.image_size={height}.")
