@@ -89,16 +89,43 @@ def test_the_data_source_is_stored_and_compared():
     assert from_dict(before) == c and c.data.source == "sim"
     lerobot = _flags(c,
         ("data.source", "lerobot"), ("data.root", "datasets/pick"), ("data.camera_file", "pick.json"),
-        ("data.image_key", "observation.images.front"), ("data.pose_key", "observation.state"),
+        ("data.image_keys", "observation.images.front"), ("data.pose_key", "observation.state"),
         ("data.pose_convention", "xyz_quat_wxyz"), ("data.episodes", "(0, 2)"),
         ("data.gripper_key", "None"), ("data.neutral_quat", "(1, 0, 0, 0)"))
     assert lerobot.data.episodes == (0, 2) and lerobot.data.neutral_quat == (1.0, 0.0, 0.0, 0.0)
+    assert lerobot.data.image_keys == ("observation.images.front",) and lerobot.data.extrinsics_keys == ()
     assert from_dict(json.loads(json.dumps(to_dict(lerobot)))) == lerobot
     # a stage trained on another source (or another LeRobot spec) is not resumed or paired
     assert "config.data.source: trained 'sim', now 'lerobot'" in config_differences(before, lerobot, 1)
-    other = replace_path(lerobot, {"data.image_key": "observation.images.wrist"})
+    other = replace_path(lerobot, {"data.image_keys": ("observation.images.wrist",)})
     assert config_differences(to_dict(lerobot), other, 2) == [
-        "config.data.image_key: trained 'observation.images.front', now 'observation.images.wrist'"]
+        "config.data.image_keys: trained ['observation.images.front'], now ['observation.images.wrist']"]
+    # several cameras, a moving one's poses given as a dict or as pairs, stored and read back
+    two = _flags(lerobot, ("data.image_keys", "observation.images.front, observation.images.wrist"),
+                 ("data.extrinsics_keys", "{'observation.images.wrist': 'observation.wrist_pose'}"))
+    assert two.data.image_keys == ("observation.images.front", "observation.images.wrist")
+    assert two.data.extrinsics_keys == (("observation.images.wrist", "observation.wrist_pose"),)
+    assert two.data.spec().extrinsics_keys == two.data.extrinsics_keys
+    assert _flags(lerobot, ("data.image_keys", "('observation.images.front', 'observation.images.wrist')"),
+                  ("data.extrinsics_keys", "(('observation.images.wrist', 'observation.wrist_pose'),)")) == two
+    assert from_dict(json.loads(json.dumps(to_dict(two)))) == two
+    assert config_differences(to_dict(two), lerobot, 1) == [
+        "config.data.image_keys: trained ['observation.images.front', 'observation.images.wrist'], now "
+        "['observation.images.front']",
+        "config.data.extrinsics_keys: trained [['observation.images.wrist', 'observation.wrist_pose']], now []"]
+    with pytest.raises(tj.ConfigError, match=r"config\.data\.extrinsics_keys must name each moving camera once, "
+                                             r"by one of image_keys \['observation.images.front'\]"):
+        _flags(lerobot, ("data.extrinsics_keys", "{'observation.images.wrist': 'observation.wrist_pose'}"))
+    with pytest.raises(ValueError, match=r"config\.data\.extrinsics_keys must be pairs"):
+        _flags(lerobot, ("data.extrinsics_keys", "('observation.images.wrist', 'observation.wrist_pose')"))
+    # a config stored with one camera's `data.image_key` reads as today's `data.image_keys`
+    stored = to_dict(lerobot)
+    stored["data"] = {**{k: v for k, v in stored["data"].items() if k != "image_keys"},
+                      "image_key": "observation.images.front"}
+    assert from_dict(stored) == lerobot and config_differences(stored, lerobot, 2) == []
+    stored = to_dict(c)
+    stored["data"] = {**{k: v for k, v in stored["data"].items() if k != "image_keys"}, "image_key": ""}
+    assert from_dict(stored) == c
     with pytest.raises(tj.ConfigError, match=r"config\.data\.pose_indices has 6 entries; pose_convention "
                                              "'xyz_quat_wxyz' takes 7"):
         replace_path(lerobot, {"data.pose_indices": (0, 1, 2, 3, 4, 5)})

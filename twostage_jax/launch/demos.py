@@ -63,7 +63,9 @@ def _check_camera_sees(config: LaunchConfig, ds: Any, name: str) -> None:
     """Refuses demos whose camera sees under `config.data.min_visible` of the end-effector positions."""
     if (share := tj.visible_share(ds)) >= float(config.data.min_visible):
         return
-    where = (f"the camera of config.data.camera_file ({config.data.camera_file})"
+    first = (f"{config.data.image_keys[0]!r} (the first of config.data.image_keys) in "
+             if len(config.data.image_keys) > 1 else "")
+    where = (f"the camera of {first}config.data.camera_file ({config.data.camera_file})"
              if config.data.source == "lerobot" else
              f"the cameras recorded in config.rlbench_root ({config.rlbench_root})"
              if config.env == "rlbench" else f"the {config.env} camera")
@@ -211,9 +213,10 @@ def check_data_source(config: LaunchConfig) -> tuple[list[int], list[int]]:
                      else "root")
             message = f"config.data.{field}: {message}"
         raise ValueError(message) from e
-    camera = calibration.camera(data.image_key)
-    if int(config.demos.image_size) != int(camera.height):
-        raise ValueError(f"config.demos.image_size ({config.demos.image_size}) must be the height of the "
-                         f"frames of {data.image_key!r} ({camera.width}x{camera.height} px); pass "
-                         f"--config.demos.image_size={camera.height}.")
+    for key in data.image_keys:  # (their videos share one size, checked above)
+        camera = calibration.camera(key)
+        if int(config.demos.image_size) != int(camera.height):
+            raise ValueError(f"config.demos.image_size ({config.demos.image_size}) must be the height of the "
+                             f"frames of {key!r} ({camera.width}x{camera.height} px); pass "
+                             f"--config.demos.image_size={camera.height}.")
     return split_episodes(config, episodes)

@@ -42,8 +42,8 @@ ENVS = ("metaworld", "rlbench")
 SOURCES = ("sim", "lerobot")
 LEROBOT_REQUIRED = {
     "root": "the dataset's folder, holding meta/info.json",
-    "camera_file": "the camera file: the camera's intrinsics and pose, and the workspace",
-    "image_key": "the camera's video feature, e.g. 'observation.images.front'",
+    "camera_file": "the camera file: each camera's intrinsics and pose, and the workspace",
+    "image_keys": "the cameras' video features, e.g. ('observation.images.front',)",
     "pose_key": "the end-effector pose's feature, e.g. 'observation.state'",
     "pose_convention": f"one of {sorted(POSE_CONVENTIONS)}"}
 """The `DataConfig` fields a LeRobot source must set (the others have defaults), and what each is."""
@@ -98,7 +98,7 @@ class DemosConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the demonstrations come from: the simulator, or a LeRobot v3 dataset
-    (`twostage_jax.data.lerobot`). The fields from `image_key` on are `LeRobotSpec`'s, which
+    (`twostage_jax.data.lerobot`). The fields from `image_keys` on are `LeRobotSpec`'s, which
     checks them (`spec()`); here `pose_convention` is a name in `lerobot.POSE_CONVENTIONS`.
 
     Attributes:
@@ -107,13 +107,13 @@ class DataConfig:
         with `tj.make_policy`, as evaluation in the simulator is refused).
       root: the LeRobot dataset's folder (holding meta/info.json); relative to the current
         directory at launch, and recorded as given.
-      camera_file: the camera file (`twostage_jax.data.camera_file`): the camera of `image_key`
-        and the workspace; relative as `root`.
+      camera_file: the camera file (`twostage_jax.data.camera_file`): the camera of each of
+        `image_keys` and the workspace; relative as `root`.
       episodes: the episode indices to use, in order (None: all); the last
         `demos.num_held_out` of them are the held-out demos.
-      min_visible: the demos are refused unless their camera sees at least this share of the
-        end-effector positions (`tj.visible_share`): a wrong camera file would train stage 2 on
-        empty crops.
+      min_visible: the demos are refused unless their (first) camera sees at least this share of
+        the end-effector positions (`tj.visible_share`): a wrong camera file would train stage 2
+        on empty crops.
     """
 
     source: str = "sim"
@@ -121,7 +121,7 @@ class DataConfig:
     camera_file: str = ""
     episodes: tuple[int, ...] | None = None
     min_visible: float = tj.MIN_VISIBLE
-    image_key: str = ""
+    image_keys: tuple[str, ...] = ()
     pose_key: str = ""
     pose_convention: str = ""
     action_key: str = "action"
@@ -131,6 +131,7 @@ class DataConfig:
     gripper_open_above: float = 0.0
     neutral_quat: tuple[float, ...] = (0.0, 0.0, 0.0, 1.0)
     velocity_key: str | None = None
+    extrinsics_keys: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -705,4 +706,16 @@ def from_dict(d: Any) -> LaunchConfig:
     if version != CONFIG_VERSION:
         raise ValueError(f"the stored config has version {version!r}; this launcher reads version "
                          f"{CONFIG_VERSION}: re-run the stage with this launcher in a fresh --workdir.")
-    return _replace(LaunchConfig(), {k: v for k, v in d.items() if k != "version"}, "")
+    return _replace(LaunchConfig(), _one_camera_key({k: v for k, v in d.items() if k != "version"}), "")
+
+
+def _one_camera_key(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored config's `data.image_key` (one camera: '' unset, else its video feature), written
+    before `data.image_keys` named several, read as that tuple: ('',) -> (), 'k' -> ('k',). The
+    two hold the same setting, so a workdir or results file stored with it compares equal."""
+    data = d.get("data")
+    if not isinstance(data, dict) or "image_key" not in data or "image_keys" in data:
+        return d
+    key = data["image_key"]
+    data = {k: v for k, v in data.items() if k != "image_key"}
+    return {**d, "data": {**data, "image_keys": [key] if key else []}}
