@@ -527,6 +527,11 @@ def test_the_launcher_refuses_a_bad_lerobot_source_before_any_work(tmp_path, mon
     refused(*demos, f"--config.data.image_keys={fx.IMAGE_KEY},{WRIST}",
             expect=[f"error: config.data.image_keys '{WRIST}' is not a feature of "])
     refused(*demos, "--config.data.camera_file=missing.json", expect=["error: config.data.camera_file: "])
+    doc = json.loads(CALIBRATION.read_text())
+    doc["cameras"][fx.IMAGE_KEY]["width"] = 128
+    (tmp_path / "wide.json").write_text(json.dumps(doc))
+    refused(*demos, f"--config.data.camera_file={tmp_path / 'wide.json'}",
+            expect=[f"error: config.data.camera_file: the camera of '{fx.IMAGE_KEY}' is calibrated for 128x64"])
     refused(*demos, "--config.data.episodes=(0, 7)",
             expect=["error: config.data.episodes: episode 7 is not in the episode table"])
     refused(*demos, "--config.demos.image_size=128", expect=["--config.demos.image_size=64"])

@@ -208,7 +208,7 @@ def check_data_source(config: LaunchConfig) -> tuple[list[int], list[int]]:
     except (ValueError, OSError) as e:  # the reader names LeRobotSpec's fields: ours have their names
         message = str(e).replace("LeRobotSpec.", "config.data.")
         if not message.startswith("config.data."):
-            field = ("calibration" if isinstance(e, CalibrationFileError) or "is calibrated for" in message
+            field = ("camera_file" if isinstance(e, CalibrationFileError) or "is calibrated for" in message
                      else "episodes" if data.episodes is not None and "is not in the episode table" in message
                      else "root")
             message = f"config.data.{field}: {message}"
