@@ -89,16 +89,35 @@ def test_the_data_source_is_stored_and_compared():
     assert from_dict(before) == c and c.data.source == "sim"
     lerobot = _flags(c,
         ("data.source", "lerobot"), ("data.root", "datasets/pick"), ("data.camera_file", "pick.json"),
-        ("data.image_key", "observation.images.front"), ("data.pose_key", "observation.state"),
+        ("data.image_keys", "observation.images.front"), ("data.pose_key", "observation.state"),
         ("data.pose_convention", "xyz_quat_wxyz"), ("data.episodes", "(0, 2)"),
         ("data.gripper_key", "None"), ("data.neutral_quat", "(1, 0, 0, 0)"))
     assert lerobot.data.episodes == (0, 2) and lerobot.data.neutral_quat == (1.0, 0.0, 0.0, 0.0)
+    assert lerobot.data.image_keys == ("observation.images.front",) and lerobot.data.extrinsics_keys == ()
     assert from_dict(json.loads(json.dumps(to_dict(lerobot)))) == lerobot
     # a stage trained on another source (or another LeRobot spec) is not resumed or paired
     assert "config.data.source: trained 'sim', now 'lerobot'" in config_differences(before, lerobot, 1)
-    other = replace_path(lerobot, {"data.image_key": "observation.images.wrist"})
+    other = replace_path(lerobot, {"data.image_keys": ("observation.images.wrist",)})
     assert config_differences(to_dict(lerobot), other, 2) == [
-        "config.data.image_key: trained 'observation.images.front', now 'observation.images.wrist'"]
+        "config.data.image_keys: trained ['observation.images.front'], now ['observation.images.wrist']"]
+    # several cameras, a moving one's poses given as a dict or as pairs, stored and read back
+    two = _flags(lerobot, ("data.image_keys", "observation.images.front, observation.images.wrist"),
+                 ("data.extrinsics_keys", "{'observation.images.wrist': 'observation.wrist_pose'}"))
+    assert two.data.image_keys == ("observation.images.front", "observation.images.wrist")
+    assert two.data.extrinsics_keys == (("observation.images.wrist", "observation.wrist_pose"),)
+    assert two.data.spec().extrinsics_keys == two.data.extrinsics_keys
+    assert _flags(lerobot, ("data.image_keys", "('observation.images.front', 'observation.images.wrist')"),
+                  ("data.extrinsics_keys", "(('observation.images.wrist', 'observation.wrist_pose'),)")) == two
+    assert from_dict(json.loads(json.dumps(to_dict(two)))) == two
+    assert config_differences(to_dict(two), lerobot, 1) == [
+        "config.data.image_keys: trained ['observation.images.front', 'observation.images.wrist'], now "
+        "['observation.images.front']",
+        "config.data.extrinsics_keys: trained [['observation.images.wrist', 'observation.wrist_pose']], now []"]
+    with pytest.raises(tj.ConfigError, match=r"config\.data\.extrinsics_keys must name each moving camera once, "
+                                             r"by one of image_keys \['observation.images.front'\]"):
+        _flags(lerobot, ("data.extrinsics_keys", "{'observation.images.wrist': 'observation.wrist_pose'}"))
+    with pytest.raises(ValueError, match=r"config\.data\.extrinsics_keys must be pairs"):
+        _flags(lerobot, ("data.extrinsics_keys", "('observation.images.wrist', 'observation.wrist_pose')"))
     with pytest.raises(tj.ConfigError, match=r"config\.data\.pose_indices has 6 entries; pose_convention "
                                              "'xyz_quat_wxyz' takes 7"):
         replace_path(lerobot, {"data.pose_indices": (0, 1, 2, 3, 4, 5)})
@@ -133,7 +152,7 @@ def test_a_workdir_of_another_config_version_is_refused_in_one_line(trained, tmp
         record = json.loads(meta.read_text())
         meta.write_text(json.dumps({**record, "config": {**record["config"], "version": 1}}))
     with pytest.raises(PipelineError, match=r"the stored config cannot be read \(ValueError: the stored "
-                                            r"config has version 1; this launcher reads version 2"):
+                                            r"config has version 1; this launcher reads version 3"):
         run_stage(smoke(), wd, 2, resume=True)
 
 

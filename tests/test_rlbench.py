@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from twostage_jax.data.dataset import build_dataset
+from twostage_jax.data.rlbench_conventions import RLBENCH_CAMERAS
 from twostage_jax.data.rlbench_io import load_rlbench_demos
 from twostage_jax.envs import rlbench as rb
 from twostage_jax.types import Workspace
@@ -18,6 +19,27 @@ WS = Workspace.create(rb.RLBENCH_WORKSPACE_LOW, rb.RLBENCH_WORKSPACE_HIGH)
 K_RLBENCH = np.array([[-110.0, 0, 64], [0, -110.0, 64], [0, 0, 1]])
 EXTR = np.array([[0.0, 0, -1, 1.8], [1, 0, 0, 0], [0, -1, 0, 1.5], [0, 0, 0, 1]])
 DOWN = [0.0, 1.0, 0.0, 0.0]
+WRIST_OFFSET = np.array([0.0, 0.0, 0.1])
+"""The fake wrist camera sits this far from the gripper's position (world frame)."""
+FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""RLBench's camera frame (x left, y up) to ours (`Camera.from_rlbench`)."""
+
+
+def _camera_misc(camera, size, gripper_xyz):
+    """misc entries of one fake RLBench camera: view v of `RLBENCH_CAMERAS` has focal length
+    -(110 + 10 v) at 128 px; the fixed cameras sit at EXTR moved 0.1 v m along y, the wrist
+    camera at the gripper's position + WRIST_OFFSET (EXTR's rotation). The front camera is
+    K_RLBENCH and EXTR exactly."""
+    v = RLBENCH_CAMERAS.index(camera)
+    k = K_RLBENCH * np.array([[size / 128, 1, size / 128], [1, size / 128, size / 128], [1, 1, 1]])
+    k[0, 0] = k[1, 1] = -(110.0 + 10 * v) * size / 128
+    extr = EXTR.copy()
+    if camera == "wrist":
+        extr[:3, 3] = np.asarray(gripper_xyz) + WRIST_OFFSET
+    else:
+        extr[1, 3] += 0.1 * v
+    return {f"{camera}_camera_intrinsics": k, f"{camera}_camera_extrinsics": extr,
+            f"{camera}_camera_near": 0.01, f"{camera}_camera_far": 4.5}
 
 
 def _rlbench_classes():
@@ -39,18 +61,23 @@ def _rlbench_classes():
     return Observation, Demo
 
 
-def _write_fixture(root, n=24, episodes=1, size=128, task="reach_target", protocol=None):
+def _write_fixture(root, n=24, episodes=1, size=128, task="reach_target", protocol=None,
+                   cameras=("front",), misc_cameras=None):
     """Writes episodes in RLBench's dataset-generator layout (rlbench/backend/const.py,
     tools/dataset_generator.py): TASK/variation0/variation_descriptions.pkl and
     TASK/variation0/episodes/episodeK/{low_dim_obs.pkl, front_rgb/i.png, ...}, with fake rlbench
-    modules in sys.modules only while pickling, so the pickles name RLBench's real classes."""
+    modules in sys.modules only while pickling, so the pickles name RLBench's real classes.
+
+    Each of `cameras` gets its {camera}_rgb/ folder, pixel values frame + 10 episode + 40 v (v its
+    index in `RLBENCH_CAMERAS`), and the misc entries of `_camera_misc` (for `misc_cameras`,
+    default `cameras`) in every frame."""
     names = ["rlbench", "rlbench.demo", "rlbench.backend", "rlbench.backend.observation"]
     assert not any(m in sys.modules for m in names)
     mods = {m: types.ModuleType(m) for m in names}
     Observation, Demo = _rlbench_classes()
     mods["rlbench.backend.observation"].Observation = Observation
     mods["rlbench.demo"].Demo = Demo
-    k = K_RLBENCH * np.array([[size / 128, 1, size / 128], [1, size / 128, size / 128], [1, 1, 1]])
+    misc_cameras = cameras if misc_cameras is None else misc_cameras
     var = root / task / "variation0"
     var.mkdir(parents=True)
     with open(var / "variation_descriptions.pkl", "wb") as f:
@@ -65,16 +92,18 @@ def _write_fixture(root, n=24, episodes=1, size=128, task="reach_target", protoc
             image_fields = {f"{c}_{m}": None for c in ("left_shoulder", "right_shoulder", "overhead",
                                                         "wrist", "front")
                             for m in ("rgb", "depth", "mask", "point_cloud")}
+            misc = {"variation_index": 0}
+            for c in misc_cameras:
+                misc.update(_camera_misc(c, size, [x, 0.05 * e, 1.0]))
             obs.append(Observation(
                 **image_fields, gripper_pose=np.array([x, 0.05 * e, 1.0, *DOWN]), gripper_open=g,
                 joint_velocities=jv, joint_positions=np.zeros(7), joint_forces=np.zeros(7),
                 gripper_matrix=np.eye(4), gripper_joint_positions=np.zeros(2),
-                gripper_touch_forces=np.zeros(6), task_low_dim_state=np.zeros(3),
-                misc={"front_camera_intrinsics": k, "front_camera_extrinsics": EXTR,
-                      "front_camera_near": 0.01, "front_camera_far": 4.5, "variation_index": 0}))
+                gripper_touch_forces=np.zeros(6), task_low_dim_state=np.zeros(3), misc=misc))
         ep = var / "episodes" / f"episode{e}"
-        for folder in ("front_rgb", "front_depth", "front_mask"):
-            (ep / folder).mkdir(parents=True)
+        for c in cameras:
+            for folder in ("rgb", "depth", "mask"):
+                (ep / f"{c}_{folder}").mkdir(parents=True)
         sys.modules.update(mods)
         try:
             with open(ep / "low_dim_obs.pkl", "wb") as f:
@@ -82,8 +111,10 @@ def _write_fixture(root, n=24, episodes=1, size=128, task="reach_target", protoc
         finally:
             for m in names:
                 del sys.modules[m]
-        for i in range(n):
-            Image.fromarray(np.full((size, size, 3), i + 10 * e, np.uint8)).save(ep / "front_rgb" / f"{i}.png")
+        for c in cameras:
+            value = 10 * e + 40 * RLBENCH_CAMERAS.index(c)
+            for i in range(n):
+                Image.fromarray(np.full((size, size, 3), i + value, np.uint8)).save(ep / f"{c}_rgb" / f"{i}.png")
     return var / "episodes" / "episode0"
 
 
@@ -164,6 +195,62 @@ def _write_root(root, protocol):
     root.mkdir()
     _write_fixture(root, size=16, protocol=protocol)
     return root
+
+
+def test_reader_reads_every_camera_with_its_pose_of_each_frame(tmp_path):
+    _write_fixture(tmp_path, size=16, cameras=RLBENCH_CAMERAS)
+    (traj,) = load_rlbench_demos(tmp_path, "reach_target", cameras=RLBENCH_CAMERAS)
+    # frames 0, 10, 20 (augment_every) and the keyframes 16, 23, each seen by the 5 cameras
+    assert traj.image_frames.tolist() == [0, 10, 16, 20, 23] and traj.num_views == 5
+    assert traj.images.shape == (5, 5, 16, 16, 3) and traj.images.dtype == np.uint8
+    assert np.asarray(traj.camera.intrinsics).shape == (5, 5, 3, 3)
+    assert np.asarray(traj.camera.cam_to_world).shape == (5, 5, 4, 4)
+    for v in range(5):  # each view is its own camera's PNG, with its own focal length
+        np.testing.assert_array_equal(traj.images[:, v, 0, 0, 0], np.array([0, 10, 16, 20, 23]) + 40 * v)
+        np.testing.assert_allclose(np.asarray(traj.camera.intrinsics)[:, v, 0, 0], (110 + 10 * v) / 8)
+    pose = np.asarray(traj.camera.cam_to_world, np.float64)
+    # the wrist camera moves with the gripper (x = 0.2, 0.3, 0.3, 0.38, 0.44 at these frames): its
+    # pose is each frame's own, not the first frame's plus an offset
+    wrist = RLBENCH_CAMERAS.index("wrist")
+    gripper = np.array([[0.2, 0, 1], [0.3, 0, 1], [0.3, 0, 1], [0.38, 0, 1], [0.44, 0, 1]])
+    np.testing.assert_allclose(pose[:, wrist, :3, 3], gripper + WRIST_OFFSET, atol=1e-6)
+    assert len(np.unique(pose[:, wrist, 0, 3].round(6))) == 4
+    # the fixed cameras do not move: the front camera is RLBench's EXTR in our frame, every frame
+    np.testing.assert_allclose(pose[:, 0], np.broadcast_to(EXTR @ FLIP, (5, 4, 4)), atol=1e-6)
+    for v in range(4):
+        assert np.ptp(pose[:, v], axis=0).max() == 0.0
+    ds = build_dataset([traj], WS)
+    assert ds.num_views == 5 and ds.images.shape == (5 * ds.num_frames, 16, 16, 3)
+    # the cameras in the order asked for
+    (two,) = load_rlbench_demos(tmp_path, "reach_target", cameras=("wrist", "front"))
+    np.testing.assert_array_equal(two.images, traj.images[:, [wrist, 0]])
+    np.testing.assert_array_equal(two.camera.cam_to_world, traj.camera.cam_to_world[:, [wrist, 0]])
+    # one camera: no view axis, the arrays of that view
+    (front,) = load_rlbench_demos(tmp_path, "reach_target")
+    assert front.images.shape == (5, 16, 16, 3) and front.num_views == 1
+    np.testing.assert_array_equal(front.images, traj.images[:, 0])
+    np.testing.assert_array_equal(front.camera.intrinsics, traj.camera.intrinsics[:, 0])
+    np.testing.assert_array_equal(front.camera.cam_to_world, traj.camera.cam_to_world[:, 0])
+
+
+def test_reader_names_a_bad_or_missing_camera(tmp_path):
+    ep = _write_fixture(tmp_path, n=12, size=8, cameras=("front", "wrist"), misc_cameras=("front",))
+    with pytest.raises(ValueError, match=r"`cameras` has unknown \['gripper'\]; choose distinct names "
+                                         r"from \['front', 'left_shoulder', 'right_shoulder', 'overhead', 'wrist'\]"):
+        load_rlbench_demos(tmp_path, "reach_target", cameras=("front", "gripper"))
+    with pytest.raises(ValueError, match="`cameras` has a name repeated"):
+        load_rlbench_demos(tmp_path, "reach_target", cameras=("front", "front"))
+    with pytest.raises(ValueError, match="`cameras` must be a non-empty tuple of RLBench camera names"):
+        load_rlbench_demos(tmp_path, "reach_target", cameras="front")
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(ep))}' has no folder overhead_rgb/ for the "
+                                                r"overhead camera \(it has \['front_rgb', 'wrist_rgb'\]\)"):
+        load_rlbench_demos(tmp_path, "reach_target", cameras=("front", "overhead"))
+    # the wrist's PNGs are there, but the frames' misc lacks its calibration
+    with pytest.raises(ValueError, match=rf"Frame 0 of {re.escape(repr(str(ep / 'low_dim_obs.pkl')))} lacks "
+                                         r"misc\['wrist_camera_intrinsics'\] \(the wrist camera's calibration"):
+        load_rlbench_demos(tmp_path, "reach_target", cameras=("front", "wrist"))
+    (traj,) = load_rlbench_demos(tmp_path, "reach_target")  # the front camera alone is whole
+    assert traj.images.shape[1:] == (8, 8, 3)
 
 
 def test_action_conversion():
@@ -282,26 +369,42 @@ def test_light_imports_load_no_simulator_orbax_or_rliable():
     assert out.stdout.strip() == "[]"
 
 
-def _fake_rlbench(monkeypatch, misc):
-    """Just enough of RLBench's API for RLBenchEnv, in sys.modules; counts task resets."""
+def _fake_observation(misc, size, x=0.2):
+    """An RLBench observation of every camera (`{camera}_rgb` filled with 40 v) with the gripper
+    at (x, 0, 1); `misc` a dict, or a function of the gripper position giving it."""
+    rgb = {f"{c}_rgb": np.full((size, size, 3), 40 * v, np.uint8) for v, c in enumerate(RLBENCH_CAMERAS)}
+    xyz = np.array([x, 0.0, 1.0])
+    return types.SimpleNamespace(misc=misc(xyz) if callable(misc) else misc, gripper_open=1.0,
+                                 gripper_pose=np.array([*xyz, *DOWN]), **rgb)
+
+
+def _fake_rlbench(monkeypatch, misc, size=32):
+    """Just enough of RLBench's API for RLBenchEnv, in sys.modules; counts task resets. Each step
+    moves the gripper 5 cm along x. Returns the resets and the environments' keyword arguments."""
     mods = {}
     for name in ("rlbench", "rlbench.action_modes", "rlbench.action_modes.action_mode",
                  "rlbench.action_modes.arm_action_modes", "rlbench.action_modes.gripper_action_modes",
-                 "rlbench.environment", "rlbench.observation_config", "rlbench.utils"):
+                 "rlbench.environment", "rlbench.observation_config", "rlbench.utils",
+                 "rlbench.backend", "rlbench.backend.exceptions", "pyrep", "pyrep.errors"):
         mods[name] = types.ModuleType(name)
         monkeypatch.setitem(sys.modules, name, mods[name])
-    resets = []
+    resets, made = [], []
 
     class Task:
+        x = 0.2
+
         def reset(self):
             resets.append(1)
-            obs = types.SimpleNamespace(misc=misc, gripper_pose=np.array([0.2, 0.0, 1.0, *DOWN]),
-                                        gripper_open=1.0, front_rgb=np.zeros((32, 32, 3), np.uint8))
-            return ["reach"], obs
+            self.x = 0.2
+            return ["reach"], _fake_observation(misc, size, self.x)
+
+        def step(self, action):
+            self.x += 0.05
+            return _fake_observation(misc, size, self.x), 0.0, False
 
     class Environment:
         def __init__(self, **kw):
-            pass
+            made.append(kw)
 
         def launch(self):
             pass
@@ -312,12 +415,17 @@ def _fake_rlbench(monkeypatch, misc):
         def shutdown(self):
             pass
 
-    class ObservationConfig:
+    class ObservationConfig:  # rlbench/observation_config.py: a CameraConfig per camera
         def __init__(self):
-            self.front_camera = types.SimpleNamespace()
+            for c in RLBENCH_CAMERAS:
+                setattr(self, f"{c}_camera", types.SimpleNamespace(rgb=True, image_size=(128, 128)))
 
         def set_all(self, value):
-            pass
+            for c in RLBENCH_CAMERAS:
+                getattr(self, f"{c}_camera").rgb = value
+
+    class Refused(Exception):
+        pass
 
     mods["rlbench.action_modes.action_mode"].MoveArmThenGripper = lambda *a: None
     mods["rlbench.action_modes.arm_action_modes"].EndEffectorPoseViaPlanning = lambda: None
@@ -325,7 +433,9 @@ def _fake_rlbench(monkeypatch, misc):
     mods["rlbench.environment"].Environment = Environment
     mods["rlbench.observation_config"].ObservationConfig = ObservationConfig
     mods["rlbench.utils"].name_to_task_class = lambda name: name
-    return resets
+    mods["rlbench.backend.exceptions"].InvalidActionError = Refused
+    mods["pyrep.errors"].ConfigurationPathError = mods["pyrep.errors"].IKError = Refused
+    return resets, made
 
 
 def test_env_camera_is_known_before_the_first_reset(monkeypatch):
@@ -333,7 +443,7 @@ def test_env_camera_is_known_before_the_first_reset(monkeypatch):
     from twostage_jax.evaluation import EnvPool
 
     k = K_RLBENCH * np.array([[0.25, 1, 0.25], [1, 0.25, 0.25], [1, 1, 1]])
-    resets = _fake_rlbench(monkeypatch, {"front_camera_intrinsics": k, "front_camera_extrinsics": EXTR})
+    resets, _ = _fake_rlbench(monkeypatch, {"front_camera_intrinsics": k, "front_camera_extrinsics": EXTR})
     with EnvPool(lambda: rb.RLBenchEnv("reach_target", image_size=32), 1) as pool:
         cam = pool.camera
     np.testing.assert_allclose(np.asarray(cam.intrinsics)[0, 0], 27.5)
@@ -341,6 +451,56 @@ def test_env_camera_is_known_before_the_first_reset(monkeypatch):
     env = rb.RLBenchEnv("reach_target", image_size=32)
     obs = env.reset(5)
     assert env.camera is obs.camera and len(resets) == 2  # no extra reset once known
+
+
+def test_env_observes_each_camera_and_the_wrist_camera_where_it_is_at_each_step(monkeypatch):
+    def misc(xyz):
+        out = {}
+        for c in RLBENCH_CAMERAS:
+            out.update(_camera_misc(c, 32, xyz))
+        return out
+
+    _, made = _fake_rlbench(monkeypatch, misc)
+    env = rb.RLBenchEnv("reach_target", image_size=32, cameras=("front", "wrist"))
+    assert env.cameras == ("front", "wrist")
+    config = made[-1]["obs_config"]  # the cameras asked for, and only those, render rgb at 32 px
+    assert [c for c in RLBENCH_CAMERAS if getattr(config, f"{c}_camera").rgb] == ["front", "wrist"]
+    assert config.wrist_camera.image_size == (32, 32)
+    first = env.reset(0)
+    assert first.image.shape == (2, 32, 32, 3) and first.image.dtype == np.uint8
+    np.testing.assert_array_equal(first.image[:, 0, 0, 0], [0, 160])  # front, then wrist
+    assert np.shape(first.camera.intrinsics) == (2, 3, 3) and np.shape(first.camera.cam_to_world) == (2, 4, 4)
+    np.testing.assert_allclose(np.asarray(first.camera.intrinsics)[:, 0, 0], [27.5, 37.5])  # (110, 150) / 4
+    second, *_ = env.step(np.zeros(7, np.float32))
+    before, after = np.asarray(first.camera.cam_to_world), np.asarray(second.camera.cam_to_world)
+    np.testing.assert_array_equal(after[0], before[0])  # the front camera is fixed
+    np.testing.assert_allclose(before[1, :3, 3], [0.2, 0.0, 1.1], atol=1e-6)  # gripper + WRIST_OFFSET
+    np.testing.assert_allclose(after[1, :3, 3], [0.25, 0.0, 1.1], atol=1e-6)  # where the step left it
+    assert env.camera is second.camera
+    # one camera: today's observation, no view axis
+    one = rb.RLBenchEnv("reach_target", image_size=32).reset(0)
+    assert one.image.shape == (32, 32, 3) and np.shape(one.camera.intrinsics) == (3, 3)
+    np.testing.assert_array_equal(one.camera.cam_to_world, first.camera.cam_to_world[0])
+
+
+def test_env_and_observation_name_a_bad_camera():
+    # checked before RLBench is imported: the names are RLBench's, listed
+    with pytest.raises(ValueError, match=r"`RLBenchEnv.cameras` has unknown \['gripper'\]; choose distinct "
+                                         r"names from \['front', 'left_shoulder', 'right_shoulder', 'overhead', "
+                                         r"'wrist'\]"):
+        rb.RLBenchEnv("reach_target", cameras=("front", "gripper"))
+    obs = _fake_observation(_camera_misc("front", 16, [0.2, 0, 1]), 16)
+    obs.wrist_rgb = None  # a camera RLBench was not asked to render
+    with pytest.raises(ValueError, match=r"no `wrist_rgb` image: enable the wrist camera's rgb"):
+        rb.observation_from_rlbench(obs, ("front", "wrist"), 16, WS)
+    with pytest.raises(ValueError, match=r"`front_rgb` has shape \(16, 16, 3\); expected \(32, 32, 3\)"):
+        rb.observation_from_rlbench(obs, ("front",), 32, WS)
+    obs.wrist_rgb = np.zeros((16, 16, 3), np.uint8)  # rendered, but misc lacks its calibration
+    with pytest.raises(ValueError, match=r"must hold \['wrist_camera_intrinsics', 'wrist_camera_extrinsics'\]"):
+        rb.observation_from_rlbench(obs, ("front", "wrist"), 16, WS)
+    out = rb.observation_from_rlbench(obs, ("front",), 16, WS)
+    np.testing.assert_allclose(np.asarray(out.camera.intrinsics)[0, 0], 13.75)
+    np.testing.assert_allclose(out.pose, rb.rlbench_pose_to_ours(obs.gripper_pose, 1.0, WS))
 
 
 # ---------------------------------------------------------------------------------------------

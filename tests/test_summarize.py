@@ -283,7 +283,7 @@ def test_the_critics_choices_are_counted_per_algorithm_and_arm(fake_raw):
 
 
 def test_no_correction_is_chosen_on_one_half_of_the_layouts_and_scored_on_the_other():
-    from experiments.studies.validation_study import choose_by_halves
+    from twostage_jax.evaluation.halving import choose_by_halves
 
     # first half: a tie, so no correction, and the second half is scored on stage 1 (1 of 4);
     # second half: the two-stage policy wins, so the first half is scored on it (2 of 4)

@@ -126,36 +126,13 @@ def paired(out: Path, tasks: list[str], arms: list[str], base: str) -> list[str]
     return lines
 
 
-def choose_by_halves(stage1: list[int], two_stage: list[int]) -> tuple[float, int]:
-    """One seed's success when it may act without correction, cross-validated on its layouts.
-
-    The seed chooses between stage 1 and the two-stage policy on one half of its validation
-    layouts (ties choose no correction, as `config.select.no_correction`'s selection does) and
-    is scored on the other half, both ways round.
-
-    Args:
-      stage1, two_stage: [E] per-layout successes (0/1) on the same layouts.
-
-    Returns:
-      (the success rate over both scored halves, how many of the 2 choices were no correction).
-    """
-    s1, s2 = np.asarray(stage1, float), np.asarray(two_stage, float)
-    half = len(s1) // 2
-    parts = [np.arange(half), np.arange(half, len(s1))]
-    scored, plain = [], 0
-    for choose, score in (parts, parts[::-1]):
-        keep = s2[choose].mean() <= s1[choose].mean()
-        plain += int(keep)
-        scored.append((s1 if keep else s2)[score])
-    return float(np.concatenate(scored).mean()), plain
-
-
 def with_no_correction(out: Path, tasks: list[str], arms: list[str]) -> list[str]:
     """Each arm with no correction as a candidate (`choose_by_halves` per seed), paired by seed
     against the arm itself and against stage 1 (95% bootstrap intervals, 2000 resamples)."""
     import json
 
     from twostage_jax import evaluation
+    from twostage_jax.evaluation.halving import choose_by_halves
 
     lines = ["With no correction as a candidate: each seed chooses stage 1 or the two-stage policy on half "
              "of its validation layouts and is scored on the other half, both ways round.", "",

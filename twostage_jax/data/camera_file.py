@@ -23,7 +23,10 @@ lengths and the principal point in continuous pixel coordinates (pixel (row i, c
 right, y down, z forward along the optical axis (OpenCV's); `width` and `height` are the image
 size in pixels the intrinsics belong to. The workspace bounds (metres, world frame) map positions
 to the normalised action, -1 at `low` and +1 at `high`. Cameras are keyed by the image feature
-they calibrate (for LeRobot, the video key). The file is plain JSON: reading it runs no code.
+they calibrate (for LeRobot, the video key); a dataset of several cameras has one entry per key.
+A camera that moves (e.g. on the wrist) still needs its entry, for its intrinsics and image size:
+its pose of each frame comes from the dataset (`LeRobotSpec.extrinsics_keys`), and the
+`cam_to_world` here is not used for it. The file is plain JSON: reading it runs no code.
 """
 
 from __future__ import annotations

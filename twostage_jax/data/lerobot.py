@@ -16,10 +16,15 @@ LeRobot's v3 layout (codebase version "v3.0", written by `lerobot.datasets.LeRob
                                                  from_timestamp + timestamp[i]
 
 What we take from it, and how (`LeRobotSpec` names the features):
-  * the image: the video feature `image_key` (e.g. "observation.images.front"), decoded with
-    PyAV as RGB uint8; only the frames the dataset needs (frame 0, every `augment_every`-th frame,
-    the keyframes) unless `all_images=True`. The camera's calibration comes from a calibration
-    file (`twostage_jax.data.camera_file`), keyed by the same image key;
+  * the images: the video features `image_keys` (e.g. ("observation.images.front",)), one per
+    camera, decoded with PyAV as RGB uint8; only the frames the dataset needs (frame 0, every
+    `augment_every`-th frame, the keyframes) unless `all_images=True`. One key gives [M, H, W, 3]
+    images, V keys [M, V, H, W, 3] (view v is `image_keys[v]`; the videos share one size). Each
+    camera's calibration comes from a calibration file (`twostage_jax.data.camera_file`), keyed
+    by its image key. A camera that moves (e.g. on the wrist) names in `extrinsics_keys` a feature
+    holding its pose at every frame: [4, 4] or [16] (row-major) camera-to-world matrices in the
+    calibration file's conventions (metres, its world frame, camera axes x right, y down, z
+    forward); the calibration file still gives its intrinsics and image size;
   * the end-effector pose: the feature `pose_key` (e.g. "observation.state"), whose components
     `pose_indices` hold the pose in the stated `pose_convention` (see `POSE_CONVENTIONS`, or a
     converter of your own): positions in metres in the calibration's world frame, orientations
@@ -37,9 +42,10 @@ central difference of the positions times the fps (m/s per axis), against
 instead (then choose a threshold in its units).
 
 Every input is checked before any frame is decoded: the keys, the pose and gripper components,
-the camera's image size, each episode's row count, frame indices and global indices against the
-episode table, and each video's length against the last timestamp it must hold. Each error names
-the file, the episode and the field. Parquet is read with pyarrow and video with PyAV (the
+each camera's image size, the per-frame extrinsics (16 finite components forming a rigid
+transform), each episode's row count, frame indices and global indices against the episode table,
+and each video's length against the last timestamp it must hold. Each error names the file, the
+episode and the field. Parquet is read with pyarrow and video with PyAV (the
 `lerobot` extra: `pip install twostage_jax[lerobot]`), imported when a reader is called.
 """
 
@@ -49,7 +55,7 @@ import dataclasses
 import math
 import os
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -90,10 +96,12 @@ _TEMPLATE_FIELDS = {"data_path": {"chunk_index", "file_index"},
 
 @dataclasses.dataclass(frozen=True)
 class LeRobotSpec:
-    """Which features of a LeRobot dataset hold the image, the pose and the gripper.
+    """Which features of a LeRobot dataset hold the images, the pose and the gripper.
 
     Attributes:
-      image_key: the video feature of the camera, e.g. "observation.images.front".
+      image_keys: the video features of the cameras, in view order, e.g.
+        ("observation.images.front",) or ("observation.images.front", "observation.images.wrist");
+        one key gives single-camera trajectories (images [M, H, W, 3]).
       pose_key: the feature holding the end-effector pose, e.g. "observation.state".
       pose_convention: a name in `POSE_CONVENTIONS` (e.g. "xyz_euler_xyz"), or a `PoseConverter`
         of your own. There is no default: a wrong guess would silently train on wrong poses.
@@ -108,9 +116,14 @@ class LeRobotSpec:
         pointing down); orientations are stored relative to it.
       velocity_key: optional feature of velocities for the stop rule (default: the end-effector's
         speed from the poses, m/s).
+      extrinsics_keys: for each camera that moves, (image key, feature): the feature holds the
+        camera's camera-to-world pose at every frame, [4, 4] or [16] (row-major), in the
+        calibration file's conventions; the calibration file still gives its intrinsics. Given
+        as pairs or a dict {image key: feature}; stored as a tuple of pairs. Cameras not named
+        are fixed at their calibration file's `cam_to_world`.
     """
 
-    image_key: str
+    image_keys: tuple[str, ...]
     pose_key: str
     pose_convention: str | PoseConverter
     action_key: str = "action"
@@ -120,12 +133,36 @@ class LeRobotSpec:
     gripper_open_above: float = 0.0
     neutral_quat: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
     velocity_key: str | None = None
+    extrinsics_keys: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         def bad(name: str, message: str) -> ConfigError:
             return ConfigError("LeRobotSpec", name, message)
 
-        for name in ("image_key", "pose_key", "action_key"):
+        keys = self.image_keys
+        if (isinstance(keys, str) or not isinstance(keys, (tuple, list)) or not keys
+                or not all(isinstance(k, str) and k for k in keys)):
+            raise bad("image_keys", "must be a non-empty tuple of video feature names, e.g. "
+                      f"('observation.images.front',); got {keys!r}.")
+        if len(set(keys)) != len(keys):
+            raise bad("image_keys", f"names a feature twice; got {list(keys)}.")
+        object.__setattr__(self, "image_keys", tuple(keys))
+        pairs = self.extrinsics_keys
+        if isinstance(pairs, Mapping):
+            pairs = tuple(pairs.items())
+        if (isinstance(pairs, str) or not isinstance(pairs, (tuple, list)) or not all(
+                isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) and x for x in p)
+                for p in pairs)):
+            raise bad("extrinsics_keys", "must be (image key, feature) pairs or a dict {image key: "
+                      "feature} of names, e.g. {'observation.images.wrist': 'observation.wrist_pose'}; "
+                      f"got {self.extrinsics_keys!r}.")
+        pairs = tuple((str(k), str(f)) for k, f in pairs)
+        named = [k for k, _ in pairs]
+        if len(set(named)) != len(named) or any(k not in keys for k in named):
+            raise bad("extrinsics_keys", f"must name each moving camera once, by one of image_keys "
+                      f"{list(keys)}; got {[list(p) for p in pairs]}.")
+        object.__setattr__(self, "extrinsics_keys", pairs)
+        for name in ("pose_key", "action_key"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise bad(name, f"must be a feature name; got {getattr(self, name)!r}.")
         for name in ("gripper_key", "velocity_key"):
@@ -289,28 +326,44 @@ def _video_size(features: dict[str, Any], key: str) -> tuple[int, int]:
     raise ValueError(f"video feature {key!r} has no readable image size (shape {shape}, names {names}).")
 
 
-def _check_keys(info: _Info, spec: LeRobotSpec, camera: Camera | None) -> tuple[int, ...]:
-    """Checks every key of `spec` against info.json; returns the pose components."""
+EXTRINSICS_SIZE = 16
+"""Components of a per-frame extrinsics feature: a 4x4 camera-to-world matrix, [4, 4] or [16]."""
+
+
+def _check_keys(info: _Info, spec: LeRobotSpec, cameras: Mapping[str, Camera] | None) -> tuple[int, ...]:
+    """Checks every key of `spec` against info.json (and, given, each image key's camera: there,
+    single, calibrated for its video's size); returns the pose components."""
     feats = info.features
     path = os.path.join(info.root, "meta", "info.json")
     have = sorted(k for k in feats if k not in _INDEX_COLUMNS and k != "task_index")
-    for field, key in (("image_key", spec.image_key), ("pose_key", spec.pose_key),
-                       ("action_key", spec.action_key), ("gripper_key", spec.gripper_key),
-                       ("velocity_key", spec.velocity_key)):
+    named = [("image_keys", k) for k in spec.image_keys] + [
+        ("pose_key", spec.pose_key), ("action_key", spec.action_key), ("gripper_key", spec.gripper_key),
+        ("velocity_key", spec.velocity_key)] + [("extrinsics_keys", f) for _, f in spec.extrinsics_keys]
+    for field, key in named:
         if key is not None and key not in feats:
             raise ValueError(f"LeRobotSpec.{field} {key!r} is not a feature of {path!r}; its features "
                              f"are {have}.")
-    if feats[spec.image_key].get("dtype") != "video":
-        raise ValueError(f"LeRobotSpec.image_key {spec.image_key!r} has dtype "
-                         f"{feats[spec.image_key].get('dtype')!r} in {path!r}; this reader decodes "
-                         "video features (dtype \"video\").")
+    for key in spec.image_keys:
+        if feats[key].get("dtype") != "video":
+            raise ValueError(f"LeRobotSpec.image_keys {key!r} has dtype {feats[key].get('dtype')!r} in "
+                             f"{path!r}; this reader decodes video features (dtype \"video\").")
     if info.video_path is None:
-        raise ValueError(f"{path!r} has no `video_path` template, so {spec.image_key!r} cannot be found.")
+        raise ValueError(f"{path!r} has no `video_path` template, so {spec.image_keys[0]!r} cannot be found.")
+    sizes = {key: _video_size(feats, key) for key in spec.image_keys}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"LeRobotSpec.image_keys: the cameras' videos must share one size, but "
+                         f"{', '.join(f'{k!r} is {w}x{h}' for k, (h, w) in sizes.items())} ({path!r}).")
     for field, key in (("pose_key", spec.pose_key), ("gripper_key", spec.gripper_feature),
-                       ("velocity_key", spec.velocity_key)):
+                       ("velocity_key", spec.velocity_key),
+                       *(("extrinsics_keys", f) for _, f in spec.extrinsics_keys)):
         if key is not None and feats[key].get("dtype") in ("video", "image", "string"):
             raise ValueError(f"LeRobotSpec.{field} {key!r} must be a numeric feature; it has dtype "
                              f"{feats[key].get('dtype')!r}.")
+    for image_key, key in spec.extrinsics_keys:
+        if _feature_size(feats, key) != EXTRINSICS_SIZE:
+            raise ValueError(f"LeRobotSpec.extrinsics_keys {key!r} (the pose of camera {image_key!r}) must hold "
+                             f"a 4x4 camera-to-world matrix per frame, shape [4, 4] or [16]; {path!r} gives "
+                             f"shape {feats[key].get('shape')}.")
     size = _feature_size(feats, spec.pose_key)
     conv = spec.pose_convention
     if spec.pose_indices is not None:
@@ -326,11 +379,19 @@ def _check_keys(info: _Info, spec: LeRobotSpec, camera: Camera | None) -> tuple[
     if not -g_size <= spec.gripper_index < g_size:
         raise ValueError(f"LeRobotSpec.gripper_index {spec.gripper_index} falls outside "
                          f"{spec.gripper_feature!r}, which has {g_size} components.")
-    if camera is not None:
-        h, w = _video_size(feats, spec.image_key)
-        if (camera.height, camera.width) != (h, w):
-            raise ValueError(f"the camera of {spec.image_key!r} is calibrated for {camera.width}x"
-                             f"{camera.height} pixels, but its video is {w}x{h} ({path!r}).")
+    if cameras is not None:
+        for key in spec.image_keys:
+            if key not in cameras:
+                raise ValueError(f"`cameras` has no camera for image key {key!r} (LeRobotSpec.image_keys); it "
+                                 f"has {sorted(cameras)}.")
+            camera = cameras[key]
+            if not isinstance(camera, Camera) or np.shape(camera.intrinsics) != (3, 3):
+                raise ValueError(f"`cameras[{key!r}]` must be the single calibrated Camera of {key!r} "
+                                 f"(intrinsics [3, 3]); got {type(camera).__name__}.")
+            h, w = sizes[key]
+            if (camera.height, camera.width) != (h, w):
+                raise ValueError(f"the camera of {key!r} is calibrated for {camera.width}x"
+                                 f"{camera.height} pixels, but its video is {w}x{h} ({path!r}).")
     return idx
 
 
@@ -342,21 +403,23 @@ def _column(pa: Any, table: Any, key: str, where: str) -> np.ndarray:
     n = len(col)
     if col.null_count:
         raise ValueError(f"{where}: column {key!r} has {col.null_count} missing value(s).")
-    t = col.type
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        lengths = np.asarray(pc.list_value_length(col))
-        if n and np.any(lengths != lengths[0]):
+
+    def is_list(t: Any) -> bool:
+        return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+    flat = col.storage if isinstance(col.type, pa.BaseExtensionType) else col  # (Hugging Face's Array2D)
+    while is_list(flat.type):  # a [D] feature is a list per row; a [4, 4] one a list of lists
+        lengths = np.asarray(pc.list_value_length(flat))
+        if lengths.size and np.any(lengths != lengths[0]):
             raise ValueError(f"{where}: column {key!r} has rows of different lengths "
                              f"{sorted(set(lengths.tolist()))}.")
-        flat = col.flatten().to_numpy(zero_copy_only=False)
-        return flat.reshape(n, -1)
-    return col.to_numpy(zero_copy_only=False).reshape(n, 1)
+        flat = flat.flatten()
+    return flat.to_numpy(zero_copy_only=False).reshape(n, -1)
 
 
 class _Plan(NamedTuple):
     episode: LeRobotEpisode
-    video: str
-    from_ts: float
+    videos: dict[str, tuple[str, float]]  # image key -> (its video file, the episode's start in it, s)
 
 
 _TABLE_COLUMNS = ("episode_index", "length", "data/chunk_index", "data/file_index",
@@ -399,7 +462,7 @@ def _video_end(av: Any, video: str) -> float | None:
 
 
 def _plan_episodes(info: _Info, table: dict[str, Any], episodes: Sequence[int], keys: Sequence[str],
-                   video_key: str | None) -> list[_Plan]:
+                   video_keys: Sequence[str]) -> list[_Plan]:
     """Reads and checks the columns of every episode, and the video lengths, before decoding."""
     pa, pq, av = _imports()
     root = info.root
@@ -454,8 +517,8 @@ def _plan_episodes(info: _Info, table: dict[str, Any], episodes: Sequence[int], 
         task = str(tasks[0]) if isinstance(tasks, (list, tuple)) and tasks else ""
         ep = LeRobotEpisode(index=int(episode), columns={k: _column(pa, rows, k, where) for k in keys},
                             timestamps=ts, task=task)
-        video, from_ts = "", 0.0
-        if video_key is not None:
+        videos = {}
+        for video_key in video_keys:
             c_chunk, c_file, c_from, c_to = _video_columns(video_key)
             rel = info.video_path.format(video_key=video_key, chunk_index=int(table[c_chunk][row]),
                                          file_index=int(table[c_file][row]))
@@ -476,23 +539,25 @@ def _plan_episodes(info: _Info, table: dict[str, Any], episodes: Sequence[int], 
                                  f"{last:.4g} s (its frame {length - 1}), but {video!r} ends at {end:.4g} s "
                                  f"(about {int(round(end * info.fps))} frames at {info.fps:g} fps): the "
                                  "video is shorter than its index.")
-        plans.append(_Plan(ep, video, from_ts))
+            videos[video_key] = (video, from_ts)
+        plans.append(_Plan(ep, videos))
     return plans
 
 
 def _decode(av: Any, plan: _Plan, frames: np.ndarray, fps: float, size: tuple[int, int],
             key: str) -> np.ndarray:
-    """[M, H, W, 3] uint8: the episode's `frames`, each the decoded frame within half a frame
-    period of from_timestamp + timestamp[frame]."""
-    want = plan.from_ts + plan.episode.timestamps[frames]
+    """[M, H, W, 3] uint8: the episode's `frames` of video feature `key`, each the decoded frame
+    within half a frame period of from_timestamp + timestamp[frame]."""
+    video, from_ts = plan.videos[key]
+    want = from_ts + plan.episode.timestamps[frames]
     out: list[np.ndarray | None] = [None] * len(frames)
     tol = 0.5 / fps
     last = None
-    with _open_video(av, plan.video) as container:
+    with _open_video(av, video) as container:
         stream = container.streams.video[0]
         try:
-            if plan.from_ts > 0:  # to the key frame at or before the episode's first frame
-                container.seek(int(plan.from_ts / stream.time_base), stream=stream, backward=True,
+            if from_ts > 0:  # to the key frame at or before the episode's first frame
+                container.seek(int(from_ts / stream.time_base), stream=stream, backward=True,
                                any_frame=False)
             for frame in container.decode(stream):
                 if frame.pts is None:
@@ -505,14 +570,14 @@ def _decode(av: Any, plan: _Plan, frames: np.ndarray, fps: float, size: tuple[in
                 if abs(want[j] - t) < tol and out[j] is None:
                     img = frame.to_ndarray(format="rgb24")
                     if img.shape[:2] != size:
-                        raise ValueError(f"{plan.video!r}: frames of {key!r} are {img.shape[1]}x"
+                        raise ValueError(f"{video!r}: frames of {key!r} are {img.shape[1]}x"
                                          f"{img.shape[0]}, but info.json says {size[1]}x{size[0]}.")
                     out[j] = img
         except av.error.FFmpegError as err:
-            raise ValueError(f"episode {plan.episode.index}: decoding {plan.video!r} failed: {err}") from err
+            raise ValueError(f"episode {plan.episode.index}: decoding {video!r} failed: {err}") from err
     missing = [j for j, img in enumerate(out) if img is None]
     if missing:
-        raise ValueError(f"episode {plan.episode.index}: {plan.video!r} has no frame of {key!r} for "
+        raise ValueError(f"episode {plan.episode.index}: {video!r} has no frame of {key!r} for "
                          f"frame(s) {[int(frames[j]) for j in missing][:10]} (the first at "
                          f"{want[missing[0]]:.4g} s); its last decoded frame is at {last} s: the video "
                          "is shorter than its index.")
@@ -613,7 +678,7 @@ def read_lerobot_episode(root: str | os.PathLike[str], episode: int,
             raise ValueError(f"{key!r} is not a feature of {os.path.join(info.root, 'meta', 'info.json')!r}; "
                              f"its features are {sorted(info.features)}.")
     table = _read_episode_table(info.root, _TABLE_COLUMNS, ("tasks",))
-    return _plan_episodes(info, table, [int(episode)], list(keys), None)[0].episode
+    return _plan_episodes(info, table, [int(episode)], list(keys), ())[0].episode
 
 
 class _Prepared(NamedTuple):
@@ -624,29 +689,57 @@ class _Prepared(NamedTuple):
     gripper_open: np.ndarray
     velocities: np.ndarray
     keyframes: list[int]
+    extrinsics: dict[str, np.ndarray]  # moving camera's image key -> [T, 4, 4] float32 cam_to_world
 
 
-def _prepare(root: str | os.PathLike[str], spec: LeRobotSpec, camera: Camera,
+RIGID_TOLERANCE = 1e-4
+"""How far a per-frame camera pose's rotation may be from orthonormal (R^T R = I, per entry); its
+last row must be [0, 0, 0, 1] within 1e-6. float32 storage stays far below both."""
+
+
+def _check_extrinsics(values: np.ndarray, key: str, image_key: str, where: str) -> np.ndarray:
+    """[T, 16] stored poses -> [T, 4, 4] float32 camera-to-world matrices (row-major), or a
+    ValueError naming the feature, the camera, the episode and the first bad frame."""
+    what = f"{where}: LeRobotSpec.extrinsics_keys {key!r} (the pose of camera {image_key!r})"
+    bad = np.flatnonzero(~np.all(np.isfinite(values), axis=1))
+    if bad.size:
+        raise ValueError(f"{what} holds NaN or inf at {bad.size} frame(s) (the first: frame {int(bad[0])}).")
+    poses = values.astype(np.float64).reshape(-1, 4, 4)
+    rot = poses[:, :3, :3]
+    err = np.abs(np.einsum("tji,tjk->tik", rot, rot) - np.eye(3)).max(axis=(1, 2))
+    last = np.abs(poses[:, 3] - [0.0, 0.0, 0.0, 1.0]).max(axis=1)
+    bad = np.flatnonzero((err > RIGID_TOLERANCE) | (last > 1e-6) | (np.linalg.det(rot) < 0))
+    if bad.size:
+        raise ValueError(f"{what} must hold rigid camera-to-world transforms (a rotation with determinant "
+                         f"+1 and a translation, last row [0, 0, 0, 1], row-major); {bad.size} frame(s) are "
+                         f"not (the first: frame {int(bad[0])}, {poses[bad[0]].round(4).tolist()}).")
+    return poses.astype(np.float32)
+
+
+def _prepare(root: str | os.PathLike[str], spec: LeRobotSpec, cameras: Mapping[str, Camera],
              episodes: Sequence[int] | None, keyframe_config: KeyframeConfig | None,
              workspace: Workspace | None) -> list[_Prepared]:
     """Every check of `load_lerobot_demos`, and the poses and keyframes, without decoding."""
     if not isinstance(spec, LeRobotSpec):
         raise TypeError(f"`spec` must be a LeRobotSpec; got {type(spec).__name__}.")
-    if not isinstance(camera, Camera) or np.shape(camera.intrinsics) != (3, 3):
-        raise ValueError(f"`camera` must be the single calibrated Camera of {spec.image_key!r} "
-                         f"(intrinsics [3, 3]); got {type(camera).__name__}.")
+    if not isinstance(cameras, Mapping):
+        raise TypeError(f"`cameras` must map each of LeRobotSpec.image_keys {list(spec.image_keys)} to its "
+                        f"calibrated Camera (e.g. load_calibration(path).cameras); got {type(cameras).__name__}.")
     info = _read_info(os.fspath(root))
-    pose_idx = _check_keys(info, spec, camera)
+    pose_idx = _check_keys(info, spec, cameras)
+    columns = tuple(c for key in spec.image_keys for c in _video_columns(key))
     try:
-        table = _read_episode_table(info.root, _TABLE_COLUMNS + _video_columns(spec.image_key), ("tasks",))
+        table = _read_episode_table(info.root, _TABLE_COLUMNS + columns, ("tasks",))
     except ValueError as err:
         if "lacks the column" not in str(err):  # e.g. a truncated file: its own message says it
             raise
-        raise ValueError(f"{err} (needed for image key {spec.image_key!r})") from err
+        missing = [k for k in spec.image_keys if f"videos/{k}/" in str(err)]
+        raise ValueError(f"{err} (needed for image key {(missing or list(spec.image_keys))[0]!r})") from err
     wanted = table["episode_index"].tolist() if episodes is None else [int(e) for e in episodes]
     keys = list(dict.fromkeys(k for k in (spec.pose_key, spec.action_key, spec.gripper_feature,
-                                          spec.velocity_key) if k is not None))
-    plans = _plan_episodes(info, table, wanted, keys, spec.image_key)
+                                          spec.velocity_key, *(f for _, f in spec.extrinsics_keys))
+                              if k is not None))
+    plans = _plan_episodes(info, table, wanted, keys, spec.image_keys)
     cfg = keyframe_config if keyframe_config is not None else LEROBOT_KEYFRAMES
     prepared = []
     for plan in plans:  # every check of every episode before any frame is decoded
@@ -668,15 +761,17 @@ def _prepare(root: str | os.PathLike[str], spec: LeRobotSpec, camera: Camera,
         else:
             velocities = (np.gradient(positions, axis=0) * info.fps if len(positions) > 1
                           else np.zeros_like(positions))
+        extrinsics = {image_key: _check_extrinsics(ep.columns[key], key, image_key, where)
+                      for image_key, key in spec.extrinsics_keys}
         kf = discover_keyframes(positions, gripper_open, velocities, cfg)
         if not kf:
             raise ValueError(f"{where} has {len(positions)} frame(s): no keyframes (an episode needs "
                              "2 or more).")
-        prepared.append(_Prepared(info, plan, positions, eulers, gripper_open, velocities, kf))
+        prepared.append(_Prepared(info, plan, positions, eulers, gripper_open, velocities, kf, extrinsics))
     return prepared
 
 
-def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, camera: Camera,
+def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, cameras: Mapping[str, Camera],
                        episodes: Sequence[int] | None = None, augment_every: int = 10,
                        keyframe_config: KeyframeConfig | None = None, all_images: bool = False,
                        workspace: Workspace | None = None) -> list[Trajectory]:
@@ -684,9 +779,11 @@ def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, camera: 
 
     Args:
       root: the dataset folder (holding meta/info.json).
-      spec: which features hold the image, the pose and the gripper, and their conventions.
-      camera: the single `Camera` of `spec.image_key` (e.g. `load_calibration(path).camera(key)`),
-        at the video's resolution.
+      spec: which features hold the images, the pose and the gripper, and their conventions.
+      cameras: image key -> its single calibrated `Camera` (intrinsics [3, 3], cam_to_world
+        [4, 4]) at the video's resolution, for every key of `spec.image_keys`, e.g.
+        `load_calibration(path).cameras`. A camera with a `spec.extrinsics_keys` feature takes
+        its pose of each frame from that feature instead of its `cam_to_world`.
       episodes: episode indices to read (default: all, in order).
       augment_every: which frames get images (`demos.frames_to_render`).
       keyframe_config: thresholds (default `LEROBOT_KEYFRAMES`).
@@ -695,40 +792,53 @@ def load_lerobot_demos(root: str | os.PathLike[str], spec: LeRobotSpec, camera: 
         position outside would saturate the normalised pose).
 
     Returns:
-      One `Trajectory` per episode (seed = the episode index, task = its first task string),
-      images [M, H, W, 3] uint8 with the camera repeated per image.
+      One `Trajectory` per episode (seed = the episode index, task = its first task string).
+      With one image key: images [M, H, W, 3] uint8 and a camera with intrinsics [M, 3, 3],
+      cam_to_world [M, 4, 4] (float32, one per image); with V keys: images [M, V, H, W, 3],
+      intrinsics [M, V, 3, 3] and cam_to_world [M, V, 4, 4], view v being `spec.image_keys[v]`.
 
     Raises:
       FileNotFoundError: a missing folder or file.
-      ValueError: a missing key, a camera of another size, mismatched lengths, or a video
-        shorter than its index (each named).
+      TypeError: `spec` is no `LeRobotSpec` or `cameras` no mapping.
+      ValueError: a missing key or camera, a camera of another size, videos of different sizes,
+        an extrinsics feature of another shape or holding non-finite or non-rigid poses,
+        mismatched lengths, or a video shorter than its index (each named).
     """
     _, _, av = _imports()
-    prepared = _prepare(root, spec, camera, episodes, keyframe_config, workspace)
+    prepared = _prepare(root, spec, cameras, episodes, keyframe_config, workspace)
     out = []
-    for info, plan, positions, eulers, gripper_open, velocities, kf in prepared:
-        size = _video_size(info.features, spec.image_key)
+    for info, plan, positions, eulers, gripper_open, velocities, kf, extrinsics in prepared:
+        size = _video_size(info.features, spec.image_keys[0])
         n = len(positions)
         frames = np.arange(n, dtype=np.int32) if all_images else frames_to_render(n, kf, augment_every)
-        images = _decode(av, plan, frames, info.fps, size, spec.image_key)
         m = len(frames)
-        cam = Camera(intrinsics=np.repeat(np.asarray(camera.intrinsics, np.float32)[None], m, 0),
-                     cam_to_world=np.repeat(np.asarray(camera.cam_to_world, np.float32)[None], m, 0),
-                     width=camera.width, height=camera.height)
+        images, intrinsics, poses = [], [], []
+        for key in spec.image_keys:
+            camera = cameras[key]
+            images.append(_decode(av, plan, frames, info.fps, size, key))
+            intrinsics.append(np.repeat(np.asarray(camera.intrinsics, np.float32)[None], m, 0))
+            poses.append(extrinsics[key][frames] if key in extrinsics else
+                         np.repeat(np.asarray(camera.cam_to_world, np.float32)[None], m, 0))
+        one = len(spec.image_keys) == 1  # one camera: no view axis
+        first = cameras[spec.image_keys[0]]
+        cam = Camera(intrinsics=intrinsics[0] if one else np.stack(intrinsics, axis=1),
+                     cam_to_world=poses[0] if one else np.stack(poses, axis=1),
+                     width=first.width, height=first.height)
         out.append(Trajectory(positions=positions, eulers=eulers, gripper_open=gripper_open,
                               velocities=velocities, keyframes=np.asarray(kf, np.int32),
-                              image_frames=np.asarray(frames, np.int32), images=images, camera=cam,
+                              image_frames=np.asarray(frames, np.int32),
+                              images=images[0] if one else np.stack(images, axis=1), camera=cam,
                               task=plan.episode.task, seed=plan.episode.index))
     return out
 
 
-def _calibrated_camera(root: str | os.PathLike[str], spec: LeRobotSpec, calib: Calibration) -> Camera:
-    """The calibration's camera of `spec.image_key`, once the dataset is known to have every key
-    of `spec` (a mistyped key is named as such, not as a camera the calibration lacks)."""
+def _calibrated_cameras(root: str | os.PathLike[str], spec: LeRobotSpec, calib: Calibration) -> dict[str, Camera]:
+    """The calibration's camera of each of `spec.image_keys`, once the dataset is known to have
+    every key of `spec` (a mistyped key is named as such, not as a camera the calibration lacks)."""
     if not isinstance(spec, LeRobotSpec):
         raise TypeError(f"`spec` must be a LeRobotSpec; got {type(spec).__name__}.")
     _check_keys(_read_info(os.fspath(root)), spec, None)
-    return calib.camera(spec.image_key)
+    return {key: calib.camera(key) for key in spec.image_keys}
 
 
 def check_lerobot_dataset(root: str | os.PathLike[str], spec: LeRobotSpec,
@@ -749,7 +859,7 @@ def check_lerobot_dataset(root: str | os.PathLike[str], spec: LeRobotSpec,
       FileNotFoundError, CalibrationFileError, ValueError: as `load_lerobot_dataset` would.
     """
     calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
-    prepared = _prepare(root, spec, _calibrated_camera(root, spec, calib), episodes, keyframe_config,
+    prepared = _prepare(root, spec, _calibrated_cameras(root, spec, calib), episodes, keyframe_config,
                         calib.workspace)
     return [p.plan.episode.index for p in prepared]
 
@@ -774,19 +884,20 @@ def load_lerobot_dataset(root: str | os.PathLike[str], spec: LeRobotSpec,
 
     Args:
       root: the dataset folder (holding meta/info.json).
-      spec: which features hold the image, the pose and the gripper, and their conventions.
+      spec: which features hold the images, the pose and the gripper, and their conventions.
       calibration: a calibration file (`twostage_jax.data.camera_file`) or its `Calibration`:
-        the camera of `spec.image_key` and the workspace bounds.
+        the camera of each of `spec.image_keys` and the workspace bounds.
       episodes: episode indices to read (default: all).
       augment_every: spacing of the chain start frames (`build_dataset`).
       keyframe_config: thresholds (default `LEROBOT_KEYFRAMES`).
       gamma: discount of the Monte Carlo returns.
 
     Returns:
-      A `Dataset` (numpy-backed), every demo counted as a success.
+      A `Dataset` (numpy-backed), every demo counted as a success; with V image keys,
+      `num_views` = V (view v of frame f at row f * V + v, each with its camera of that frame).
     """
     calib = calibration if isinstance(calibration, Calibration) else load_calibration(calibration)
-    camera = _calibrated_camera(root, spec, calib)
-    trajectories = load_lerobot_demos(root, spec, camera, episodes, augment_every, keyframe_config,
+    cameras = _calibrated_cameras(root, spec, calib)
+    trajectories = load_lerobot_demos(root, spec, cameras, episodes, augment_every, keyframe_config,
                                       workspace=calib.workspace)
     return build_dataset(trajectories, calib.workspace, gamma=gamma, augment_every=augment_every)

@@ -7,8 +7,11 @@ cameras the same way. Each convention names the source it was checked against.
 On-disk layout (rlbench/backend/const.py and tools/dataset_generator.py, stepjam/RLBench):
 `ROOT/TASK/variation{V}/episodes/episode{K}/low_dim_obs.pkl` (`LOW_DIM_PICKLE`, a pickled
 `rlbench.demo.Demo` whose `_observations` are `rlbench.backend.observation.Observation`s with
-every image field set to None) and `.../episode{K}/front_rgb/{i}.png` (`FRONT_RGB_FOLDER`,
-`IMAGE_FORMAT = '%d.png'`); `variation{V}/variation_descriptions.pkl` beside `episodes/`.
+every image field set to None) and `.../episode{K}/{camera}_rgb/{i}.png` for each camera
+(`FRONT_RGB_FOLDER = 'front_rgb'`, `WRIST_RGB_FOLDER = 'wrist_rgb'`, ...; `IMAGE_FORMAT =
+'%d.png'`); `variation{V}/variation_descriptions.pkl` beside `episodes/`. The cameras are
+`RLBENCH_CAMERAS`; each frame's `misc` holds every camera's calibration at that instant
+(`CAMERA_MISC_KEYS`), so the wrist camera, which moves with the gripper, has its pose per frame.
 
 Poses. `Observation.gripper_pose` is `np.array(tip.get_pose())` (rlbench/backend/scene.py,
 `get_observation`), PyRep's [x, y, z, qx, qy, qz, qw] of the arm's tip, whose z axis is the
@@ -65,7 +68,11 @@ WORKSPACE_LOW = SCENE_BOUNDS[:3]
 WORKSPACE_HIGH = SCENE_BOUNDS[3:]
 
 RLBENCH_CAMERAS = ("front", "left_shoulder", "right_shoulder", "overhead", "wrist")
-"""RLBench's cameras (`ObservationConfig`'s `*_camera`); 'wrist' moves with the gripper."""
+"""RLBench's cameras, by the name that prefixes `ObservationConfig`'s `{name}_camera`,
+`Observation`'s `{name}_rgb`, the dataset generator's `{name}_rgb/` folders and the
+`{name}_camera_*` entries of `Observation.misc` (rlbench/observation_config.py,
+rlbench/backend/scene.py `_get_misc`, rlbench/backend/const.py). 'wrist' is mounted on the
+gripper and moves with it; the others are fixed in the scene."""
 
 CAMERA_MISC_KEYS = ("{camera}_camera_intrinsics", "{camera}_camera_extrinsics",
                     "{camera}_camera_near", "{camera}_camera_far")
@@ -176,19 +183,65 @@ def action_to_rlbench(action: Any, workspace: Workspace,
     return np.concatenate([np.asarray(pos, np.float64), q, [1.0 if float(g) >= 0 else 0.0]])
 
 
+def check_cameras(cameras: Any, field: str = "cameras") -> tuple[str, ...]:
+    """RLBench camera names as a tuple, or a ValueError naming `field` and the valid names.
+
+    Args:
+      cameras: a non-empty sequence of distinct names from `RLBENCH_CAMERAS`, in view order.
+      field: what the message calls the argument (e.g. "RLBenchEnv.cameras").
+
+    Returns:
+      The names as a tuple.
+    """
+    if isinstance(cameras, str) or not isinstance(cameras, (tuple, list)) or not cameras:
+        raise ValueError(f"`{field}` must be a non-empty tuple of RLBench camera names from "
+                         f"{list(RLBENCH_CAMERAS)}; got {cameras!r}.")
+    bad = [c for c in cameras if c not in RLBENCH_CAMERAS]
+    if bad or len(set(cameras)) != len(cameras):
+        what = f"unknown {bad}" if bad else "a name repeated"
+        raise ValueError(f"`{field}` has {what}; choose distinct names from {list(RLBENCH_CAMERAS)} "
+                         f"(got {list(cameras)}).")
+    return tuple(cameras)
+
+
 def camera_from_misc(misc: Any, width: int, height: int, camera: str = "front") -> Camera:
     """The `Camera` of an RLBench observation's `misc` dict (see `CAMERA_MISC_KEYS`).
 
     Args:
       misc: `Observation.misc`.
       width, height: the image size in pixels.
-      camera: RLBench camera name ("front", "left_shoulder", ...).
+      camera: RLBench camera name, one of `RLBENCH_CAMERAS`.
 
     Returns:
-      The camera (RLBench's negative focal lengths converted by `Camera.from_rlbench`).
+      The camera (RLBench's negative focal lengths converted by `Camera.from_rlbench`):
+      intrinsics [3, 3], cam_to_world [4, 4].
+
+    Raises:
+      ValueError: an unknown camera name, or `misc` lacks the camera's entries (both named).
     """
+    check_cameras((camera,), "camera")
     keys = tuple(k.format(camera=camera) for k in CAMERA_MISC_KEYS[:2])
     if not isinstance(misc, dict) or any(k not in misc for k in keys):
         have = sorted(misc) if isinstance(misc, dict) else type(misc).__name__
         raise ValueError(f"RLBench observation `misc` must hold {list(keys)}; got {have}.")
     return Camera.from_rlbench(misc[keys[0]], misc[keys[1]], width, height)
+
+
+def cameras_from_misc(misc: Any, width: int, height: int, cameras: Any = ("front",)) -> Camera:
+    """The cameras of one RLBench observation, at that instant, from its `misc` dict.
+
+    Args:
+      misc: `Observation.misc`.
+      width, height: the image size in pixels (the same for every camera).
+      cameras: RLBench camera names from `RLBENCH_CAMERAS`, in view order.
+
+    Returns:
+      One camera: intrinsics [3, 3] and cam_to_world [4, 4]; V > 1 cameras: intrinsics
+      [V, 3, 3] and cam_to_world [V, 4, 4], in the order of `cameras`.
+    """
+    cams = [camera_from_misc(misc, width, height, c) for c in check_cameras(cameras)]
+    if len(cams) == 1:
+        return cams[0]
+    return Camera(intrinsics=np.stack([np.asarray(c.intrinsics) for c in cams]),
+                  cam_to_world=np.stack([np.asarray(c.cam_to_world) for c in cams]),
+                  width=int(width), height=int(height))

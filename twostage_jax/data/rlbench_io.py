@@ -2,7 +2,7 @@
 
 Layout written by RLBench's dataset generator:
 
-    ROOT/TASK/variation{V}/episodes/episode{K}/front_rgb/{i}.png
+    ROOT/TASK/variation{V}/episodes/episode{K}/{camera}_rgb/{i}.png   (front_rgb, wrist_rgb, ...)
     ROOT/TASK/variation{V}/episodes/episode{K}/low_dim_obs.pkl
 
 `low_dim_obs.pkl` is a pickled `rlbench.demo.Demo` (its frames in `_observations`) of
@@ -15,8 +15,12 @@ globals (`ALLOWED_GLOBALS`): those stand-ins, numpy's array, dtype and scalar re
 (as numpy 1.x and 2.x name them) and the few builtins protocol-2/3 pickles use for bytes and sets.
 A file that names anything else is refused with a ValueError naming the global and the file,
 before that global is called. Per frame we use `gripper_pose` (xyz + quaternion xyzw), `gripper_open`,
-`joint_velocities` and `misc['front_camera_intrinsics' / 'front_camera_extrinsics']`. The pose,
-camera and Euler conventions come from the simulator-free `twostage_jax.data.rlbench_conventions`.
+`joint_velocities` and, for each camera read, `misc['{camera}_camera_intrinsics' /
+'{camera}_camera_extrinsics']`: the camera at that frame, so the wrist camera, which moves with the
+gripper, has its own pose in every frame. The cameras are RLBench's (`RLBENCH_CAMERAS`: front,
+left_shoulder, right_shoulder, overhead, wrist); one camera gives [M, H, W, 3] images, V cameras
+[M, V, H, W, 3] in the order asked for. The pose, camera and Euler conventions come from the
+simulator-free `twostage_jax.data.rlbench_conventions`.
 
 Keyframes: ARM's rules with ARM's joint-velocity threshold 0.1 rad/s, plus the paper's 1 cm rule
 (`RLBENCH_KEYFRAMES`). Only the PNGs the dataset needs are decoded (frame 0, keyframes, every
@@ -36,7 +40,8 @@ import numpy as np
 from twostage_jax.data.trajectory import Trajectory, frames_to_render
 from twostage_jax.data.keyframes import KeyframeConfig, discover_keyframes
 from twostage_jax.data.rlbench_conventions import NEUTRAL_QUAT as DEFAULT_NEUTRAL_QUAT
-from twostage_jax.data.rlbench_conventions import camera_from_misc, gripper_pose_to_euler
+from twostage_jax.data.rlbench_conventions import (CAMERA_MISC_KEYS, camera_from_misc, check_cameras,
+                                                   gripper_pose_to_euler)
 from twostage_jax.types import Camera
 
 RLBENCH_KEYFRAMES = KeyframeConfig(stop_threshold=0.1, refractory=4, min_distance=0.01)
@@ -160,17 +165,53 @@ def _field(obs: Any, name: str, path: str, i: int) -> Any:
     return value
 
 
+def _misc_keys(frames: list[Any], image_frames: np.ndarray, cameras: tuple[str, ...], pkl: str) -> None:
+    """Every image frame's `misc` holds each camera's intrinsics and extrinsics (else a ValueError
+    naming the frame, the key and the file), checked before any PNG is decoded."""
+    for f in image_frames:
+        misc = _field(frames[f], "misc", pkl, int(f))
+        for camera in cameras:
+            for key in (k.format(camera=camera) for k in CAMERA_MISC_KEYS[:2]):
+                if not isinstance(misc, dict) or key not in misc:
+                    have = (sorted(k for k in misc if str(k).endswith(("_intrinsics", "_extrinsics")))
+                            if isinstance(misc, dict) else type(misc).__name__)
+                    raise ValueError(f"Frame {int(f)} of {pkl!r} lacks misc[{key!r}] (the {camera} camera's "
+                                     f"calibration at that frame); its misc holds {have}.")
+
+
+def _read_png(png: str, episode_dir: str) -> np.ndarray:
+    from PIL import Image
+
+    if not os.path.isfile(png):
+        raise FileNotFoundError(f"RLBench episode {episode_dir!r} lacks image {png!r}.")
+    with Image.open(png) as im:
+        return np.asarray(im.convert("RGB"), np.uint8)
+
+
 def load_rlbench_episode(episode_dir: str | os.PathLike[str], task: str, episode: int,
                          augment_every: int = 10, keyframe_config: KeyframeConfig | None = None,
                          neutral_quat: Any = DEFAULT_NEUTRAL_QUAT, all_images: bool = False,
-                         camera: str = "front") -> Trajectory:
-    """Loads one RLBench episode directory as a `Trajectory` (see `load_rlbench_demos`)."""
-    from PIL import Image
+                         cameras: Sequence[str] = ("front",)) -> Trajectory:
+    """Loads one RLBench episode directory as a `Trajectory` (see `load_rlbench_demos`).
 
+    Raises:
+      ValueError: an unknown camera name (the valid ones listed), a pickle that cannot be read
+        or lacks a field, a frame whose `misc` lacks a camera's calibration, or views of
+        different sizes.
+      FileNotFoundError: no low_dim_obs.pkl, a camera's `{camera}_rgb/` folder or a PNG missing.
+    """
+    cameras = check_cameras(cameras)
     episode_dir = os.fspath(episode_dir)
     pkl = os.path.join(episode_dir, "low_dim_obs.pkl")
     if not os.path.isfile(pkl):
         raise FileNotFoundError(f"RLBench episode {episode_dir!r} has no low_dim_obs.pkl.")
+    for camera in cameras:
+        folder = os.path.join(episode_dir, f"{camera}_rgb")
+        if not os.path.isdir(folder):
+            have = sorted(d for d in os.listdir(episode_dir) if d.endswith("_rgb"))
+            raise FileNotFoundError(f"RLBench episode {episode_dir!r} has no folder {camera}_rgb/ for the "
+                                    f"{camera} camera (it has {have}); record it with that camera, "
+                                    "or read other cameras.")
     frames = read_low_dim_obs(pkl)
     gp = np.stack([np.asarray(_field(o, "gripper_pose", pkl, i), np.float64).reshape(7)
                    for i, o in enumerate(frames)])
@@ -185,19 +226,29 @@ def load_rlbench_episode(episode_dir: str | os.PathLike[str], task: str, episode
         raise ValueError(f"RLBench episode {episode_dir!r} has {len(frames)} frame(s): no keyframes.")
     image_frames = (np.arange(len(frames), dtype=np.int32) if all_images
                     else frames_to_render(len(frames), kf, augment_every))
+    _misc_keys(frames, image_frames, cameras, pkl)
     images, intr, extr = [], [], []
+    size = None
     for f in image_frames:
-        png = os.path.join(episode_dir, f"{camera}_rgb", f"{f}.png")
-        if not os.path.isfile(png):
-            raise FileNotFoundError(f"RLBench episode {episode_dir!r} lacks image {png!r}.")
-        with Image.open(png) as im:
-            img = np.asarray(im.convert("RGB"), np.uint8)
-        images.append(img)
-        cam = camera_from_misc(_field(frames[f], "misc", pkl, int(f)), img.shape[1], img.shape[0],
-                               camera)
-        intr.append(np.asarray(cam.intrinsics))
-        extr.append(np.asarray(cam.cam_to_world))
-    h, w = images[0].shape[:2]
+        views, k, pose = [], [], []
+        for camera in cameras:
+            png = os.path.join(episode_dir, f"{camera}_rgb", f"{f}.png")
+            img = _read_png(png, episode_dir)
+            if size is None:
+                size = img.shape[:2]
+            elif img.shape[:2] != size:
+                raise ValueError(f"RLBench episode {episode_dir!r}: {png!r} is {img.shape[1]}x{img.shape[0]} "
+                                 f"px, but {cameras[0]}_rgb/{int(image_frames[0])}.png is {size[1]}x{size[0]}; "
+                                 "the cameras read together must share one image size.")
+            cam = camera_from_misc(frames[f].misc, img.shape[1], img.shape[0], camera)
+            views.append(img)
+            k.append(np.asarray(cam.intrinsics))
+            pose.append(np.asarray(cam.cam_to_world))  # this frame's pose: the wrist camera moves
+        one = len(cameras) == 1
+        images.append(views[0] if one else np.stack(views))
+        intr.append(k[0] if one else np.stack(k))
+        extr.append(pose[0] if one else np.stack(pose))
+    h, w = size
     return Trajectory(positions=positions, eulers=eulers, gripper_open=gripper_open,
                       velocities=joint_vel, keyframes=np.asarray(kf, np.int32),
                       image_frames=np.asarray(image_frames, np.int32), images=np.stack(images),
@@ -230,8 +281,8 @@ def list_rlbench_episodes(root: str | os.PathLike[str], task: str, variation: in
 def load_rlbench_demos(root: str | os.PathLike[str], task: str, variation: int = 0,
                        episodes: Sequence[int] | None = None, augment_every: int = 10,
                        keyframe_config: KeyframeConfig | None = None,
-                       neutral_quat: Any = DEFAULT_NEUTRAL_QUAT,
-                       all_images: bool = False) -> list[Trajectory]:
+                       neutral_quat: Any = DEFAULT_NEUTRAL_QUAT, all_images: bool = False,
+                       cameras: Sequence[str] = ("front",)) -> list[Trajectory]:
     """Loads RLBench demos from disk as `Trajectory`s, with keyframes discovered.
 
     Args:
@@ -243,12 +294,23 @@ def load_rlbench_demos(root: str | os.PathLike[str], task: str, variation: int =
       keyframe_config: thresholds (default `RLBENCH_KEYFRAMES`).
       neutral_quat: (x, y, z, w) neutral gripper orientation for the relative Euler angles.
       all_images: decode every frame's PNG instead of only the needed ones.
+      cameras: RLBench cameras to read, in view order, from `RLBENCH_CAMERAS` ("front",
+        "left_shoulder", "right_shoulder", "overhead", "wrist"); each from its `{camera}_rgb/`
+        folder, with its calibration at each frame from that frame's `misc`.
 
     Returns:
-      One `Trajectory` per episode (seed = episode number).
+      One `Trajectory` per episode (seed = episode number): with one camera, images
+      [M, H, W, 3] uint8 and a camera with intrinsics [M, 3, 3], cam_to_world [M, 4, 4]; with V
+      cameras, images [M, V, H, W, 3] and intrinsics [M, V, 3, 3], cam_to_world [M, V, 4, 4]
+      (the wrist camera's pose of each frame).
+
+    Raises:
+      ValueError: an unknown camera name (the valid ones listed), or a malformed episode.
+      FileNotFoundError: a missing folder, pickle or image (named).
     """
+    cameras = check_cameras(cameras)
     base = _episodes_dir(root, task, variation)
     if episodes is None:
         episodes = list_rlbench_episodes(root, task, variation)
     return [load_rlbench_episode(os.path.join(base, f"episode{k}"), task, k, augment_every,
-                                 keyframe_config, neutral_quat, all_images) for k in episodes]
+                                 keyframe_config, neutral_quat, all_images, cameras) for k in episodes]

@@ -177,3 +177,27 @@ def plateau_reached(scores: np.ndarray, patience: int, min_delta: float = 0.0) -
         if since < patience:
             return False
     return True
+
+
+def choose_by_halves(stage1: list[int], two_stage: list[int]) -> tuple[float, int]:
+    """One seed's success when it may act without correction, cross-validated on its layouts.
+
+    The seed chooses between stage 1 and the two-stage policy on one half of its validation
+    layouts (ties choose no correction, as `config.select.no_correction`'s selection does) and
+    is scored on the other half, both ways round.
+
+    Args:
+      stage1, two_stage: [E] per-layout successes (0/1) on the same layouts.
+
+    Returns:
+      (the success rate over both scored halves, how many of the 2 choices were no correction).
+    """
+    s1, s2 = np.asarray(stage1, float), np.asarray(two_stage, float)
+    half = len(s1) // 2
+    parts = [np.arange(half), np.arange(half, len(s1))]
+    scored, plain = [], 0
+    for choose, score in (parts, parts[::-1]):
+        keep = s2[choose].mean() <= s1[choose].mean()
+        plain += int(keep)
+        scored.append((s1 if keep else s2)[score])
+    return float(np.concatenate(scored).mean()), plain

@@ -63,7 +63,9 @@ def _check_camera_sees(config: LaunchConfig, ds: Any, name: str) -> None:
     """Refuses demos whose camera sees under `config.data.min_visible` of the end-effector positions."""
     if (share := tj.visible_share(ds)) >= float(config.data.min_visible):
         return
-    where = (f"the camera of config.data.camera_file ({config.data.camera_file})"
+    first = (f"{config.data.image_keys[0]!r} (the first of config.data.image_keys) in "
+             if len(config.data.image_keys) > 1 else "")
+    where = (f"the camera of {first}config.data.camera_file ({config.data.camera_file})"
              if config.data.source == "lerobot" else
              f"the cameras recorded in config.rlbench_root ({config.rlbench_root})"
              if config.env == "rlbench" else f"the {config.env} camera")
@@ -165,7 +167,7 @@ def _read_rlbench(config: LaunchConfig) -> tuple[list, list[int]]:
             "--config.calibrate.sigma=False and --config.calibrate.crop_size=False).")
     train_episodes = episodes[: len(episodes) - num_val][: int(d.num_demos)]
     trajs = _load_rlbench(config, train_episodes, augment_every=int(d.augment_every))
-    height, width = trajs[0].images.shape[1:3]
+    height, width = trajs[0].images.shape[-3:-1]  # [M, H, W, 3], or [M, V, H, W, 3]
     if (height, width) != (int(d.image_size),) * 2:
         raise PipelineError(f"config.demos.image_size ({d.image_size}) must match the RLBench images "
                             f"({width}x{height} px); pass --config.demos.image_size={height}.")
@@ -206,14 +208,15 @@ def check_data_source(config: LaunchConfig) -> tuple[list[int], list[int]]:
     except (ValueError, OSError) as e:  # the reader names LeRobotSpec's fields: ours have their names
         message = str(e).replace("LeRobotSpec.", "config.data.")
         if not message.startswith("config.data."):
-            field = ("calibration" if isinstance(e, CalibrationFileError) or "is calibrated for" in message
+            field = ("camera_file" if isinstance(e, CalibrationFileError) or "is calibrated for" in message
                      else "episodes" if data.episodes is not None and "is not in the episode table" in message
                      else "root")
             message = f"config.data.{field}: {message}"
         raise ValueError(message) from e
-    camera = calibration.camera(data.image_key)
-    if int(config.demos.image_size) != int(camera.height):
-        raise ValueError(f"config.demos.image_size ({config.demos.image_size}) must be the height of the "
-                         f"frames of {data.image_key!r} ({camera.width}x{camera.height} px); pass "
-                         f"--config.demos.image_size={camera.height}.")
+    for key in data.image_keys:  # (their videos share one size, checked above)
+        camera = calibration.camera(key)
+        if int(config.demos.image_size) != int(camera.height):
+            raise ValueError(f"config.demos.image_size ({config.demos.image_size}) must be the height of the "
+                             f"frames of {key!r} ({camera.width}x{camera.height} px); pass "
+                             f"--config.demos.image_size={camera.height}.")
     return split_episodes(config, episodes)

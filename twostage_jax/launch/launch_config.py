@@ -35,7 +35,7 @@ from twostage_jax.policy import MAX_CORRECTION_PASSES
 from twostage_jax.evaluation.rollouts import default_workers
 
 ConfigError = tj.ConfigError
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 """The stored config's schema version (`to_dict`); `from_dict` reads this version only."""
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
 VARIANTS = ("bc", "cql", "correction", "direct", "mc", "td", "paper")
@@ -45,8 +45,8 @@ ENVS = ("metaworld", "rlbench")
 SOURCES = ("sim", "lerobot")
 LEROBOT_REQUIRED = {
     "root": "the dataset's folder, holding meta/info.json",
-    "camera_file": "the camera file: the camera's intrinsics and pose, and the workspace",
-    "image_key": "the camera's video feature, e.g. 'observation.images.front'",
+    "camera_file": "the camera file: each camera's intrinsics and pose, and the workspace",
+    "image_keys": "the cameras' video features, e.g. ('observation.images.front',)",
     "pose_key": "the end-effector pose's feature, e.g. 'observation.state'",
     "pose_convention": f"one of {sorted(POSE_CONVENTIONS)}"}
 """The `DataConfig` fields a LeRobot source must set (the others have defaults), and what each is."""
@@ -101,7 +101,7 @@ class DemosConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the demonstrations come from: the simulator, or a LeRobot v3 dataset
-    (`twostage_jax.data.lerobot`). The fields from `image_key` on are `LeRobotSpec`'s, which
+    (`twostage_jax.data.lerobot`). The fields from `image_keys` on are `LeRobotSpec`'s, which
     checks them (`spec()`); here `pose_convention` is a name in `lerobot.POSE_CONVENTIONS`.
 
     Attributes:
@@ -110,13 +110,13 @@ class DataConfig:
         with `tj.make_policy`, as evaluation in the simulator is refused).
       root: the LeRobot dataset's folder (holding meta/info.json); relative to the current
         directory at launch, and recorded as given.
-      camera_file: the camera file (`twostage_jax.data.camera_file`): the camera of `image_key`
-        and the workspace; relative as `root`.
+      camera_file: the camera file (`twostage_jax.data.camera_file`): the camera of each of
+        `image_keys` and the workspace; relative as `root`.
       episodes: the episode indices to use, in order (None: all); the last
         `demos.num_held_out` of them are the held-out demos.
-      min_visible: the demos are refused unless their camera sees at least this share of the
-        end-effector positions (`tj.visible_share`): a wrong camera file would train stage 2 on
-        empty crops.
+      min_visible: the demos are refused unless their (first) camera sees at least this share of
+        the end-effector positions (`tj.visible_share`): a wrong camera file would train stage 2
+        on empty crops.
     """
 
     source: str = "sim"
@@ -124,7 +124,7 @@ class DataConfig:
     camera_file: str = ""
     episodes: tuple[int, ...] | None = None
     min_visible: float = tj.MIN_VISIBLE
-    image_key: str = ""
+    image_keys: tuple[str, ...] = ()
     pose_key: str = ""
     pose_convention: str = ""
     action_key: str = "action"
@@ -134,6 +134,7 @@ class DataConfig:
     gripper_open_above: float = 0.0
     neutral_quat: tuple[float, ...] = (0.0, 0.0, 0.0, 1.0)
     velocity_key: str | None = None
+    extrinsics_keys: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

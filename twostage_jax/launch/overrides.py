@@ -4,7 +4,8 @@ NAME is a built-in config (`twostage_jax/configs/NAME.py`: quickstart, paper, re
 a Python file of yours; either has `get_config(variants) -> LaunchConfig`. `--config.a.b=VALUE`
 replaces the field at that dotted path, its text parsed by the type the field declares: ints,
 floats (`nan`, `1e-3`), `True`/`False`, strings (quotes optional), tuples as literals (`(2,)`),
-and `None` where the field allows it.
+a tuple of names also as the names between commas (`front,wrist`), a tuple of pairs also as a
+dict literal (`{'a': 'b'}`), and `None` where the field allows it.
 
 Written here (under 150 lines) rather than taken from a library: ml_collections' config flags
 set attributes, which frozen dataclasses refuse, and tyro or draccus would replace absl's flags
@@ -99,10 +100,17 @@ def parse_value(text: str, kind: Any, path: str) -> Any:
                 literal = tuple(float(x) for x in text.strip().strip("()[]").split(",") if x.strip())
             except ValueError:
                 pass
-        if isinstance(literal, str) and inner is str:  # names without quotes: corner,topview
+        if isinstance(literal, str) and inner is str:  # names: a,b (no quotes needed)
             literal = tuple(x.strip() for x in text.strip().strip("()[]").split(",") if x.strip())
+        pairs = typing.get_origin(inner) is tuple and len(typing.get_args(inner)) == 2
+        if isinstance(literal, dict) and pairs:  # {'a': 'b'}: the pairs (a, b)
+            literal = tuple(literal.items())
         if not isinstance(literal, (tuple, list)):
             raise bad("a tuple, e.g. (2,) or (1, 2)")
+        if pairs:
+            if not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in literal):
+                raise bad("pairs, e.g. {'a': 'b'} or (('a', 'b'),)")
+            return tuple(tuple(v) for v in literal)
         if inner in (int, float) and not all(isinstance(v, inner if inner is int else (int, float))
                                              and not isinstance(v, bool) for v in literal):
             raise bad(f"a tuple of {'ints' if inner is int else 'numbers'}")
