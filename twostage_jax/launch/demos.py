@@ -181,7 +181,7 @@ def _load_rlbench(config: LaunchConfig, episodes: list[int], augment_every: int)
     """`load_rlbench_demos` of config.task's `episodes`, a malformed one a PipelineError naming it."""
     try:
         return load_rlbench_demos(str(config.rlbench_root), config.task, episodes=episodes,
-                                  augment_every=augment_every)
+                                  augment_every=augment_every, cameras=config.camera_names())
     except (ValueError, OSError) as e:  # the reader's ValueError; FileNotFoundError; PIL's OSError
         raise PipelineError(f"config.rlbench_root: a malformed RLBench episode: {e} Record it again "
                             "with RLBench's dataset generator, or remove its episode folder.") from e
