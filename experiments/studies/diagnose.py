@@ -57,10 +57,12 @@ def define_flags() -> None:
 
 
 def held_out_dataset(config: Any, task_root: Path, num: int, seed: int):
-    """Records (once, then caches) `num` held-out demos of the task as a `Dataset`."""
+    """Records (once, then caches) `num` held-out demos of the task as a `Dataset`, from the
+    cameras the run was trained with."""
     from twostage_jax.data.dataset import build_dataset, load_dataset, save_dataset
 
-    path = task_root / "heldout" / f"dataset_{seed}_{num}.npz"
+    views = "" if config.cameras is None else "_" + "-".join(config.cameras)
+    path = task_root / "heldout" / f"dataset_{seed}_{num}{views}.npz"
     if path.exists():
         return load_dataset(path)
     from twostage_jax.envs.metaworld_demos import record_demos
@@ -68,7 +70,7 @@ def held_out_dataset(config: Any, task_root: Path, num: int, seed: int):
 
     d = config.demos
     env_cfg = MetaWorldConfig(width=int(d.image_size), height=int(d.image_size),
-                              max_keyframes=int(d.max_keyframes))
+                              max_keyframes=int(d.max_keyframes), cameras=config.camera_names())
     trajs, _ = record_demos(config.task, num, seed=seed, augment_every=10**6, env_config=env_cfg)
     ds = build_dataset(trajs, default_workspace(), gamma=float(d.gamma), augment_every=10**6)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
     s2 = c2.stage2
     act = tj.make_policy(c1, c2, ds.workspace, correction_passes=correction_passes,
                          corrected_dims=corrected_dims)
-    cam = ds.camera(0)
+    cam = ds.camera(0)  # the first camera (fixed), which the pixel measures use
     cam = tj.Camera(jnp.asarray(cam.intrinsics), jnp.asarray(cam.cam_to_world), cam.width, cam.height)
     ws = ds.workspace
 
@@ -142,10 +144,12 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
                                              "pert_fixed_across_cm", "s1_deg", "two_deg")}
     for lo in range(0, len(index), 64):
         idx = index[lo:lo + 64]
-        img = jnp.asarray(ds.images[ds.obs_index[idx]])
+        img, cams = ds.observed(np.asarray(ds.obs_index)[idx])  # every view (the first's camera: `cam`)
+        img = jnp.asarray(img)
+        cams = cam if ds.num_views == 1 else cams
         pose = jnp.asarray(ds.pose[idx])
         a = np.asarray(ds.action[idx])
-        o = act(params1, params2, img, pose, cam)
+        o = act(params1, params2, img, pose, cams)
         a1, af = np.asarray(o.tentative), np.asarray(o.action)
         true_w, true_px = to_world(a), to_px(a)
         out["s1_cm"].append(100 * np.linalg.norm(to_world(a1) - true_w, axis=-1))
@@ -166,7 +170,7 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
             key, sub = jax.random.split(key)
             p1, _ = tj.sample_tentative(sub, jnp.asarray(a), s2.sigma)
             p1 = np.asarray(p1)
-            op = act(params1, params2, img, pose, cam, tentative=p1)
+            op = act(params1, params2, img, pose, cams, tentative=p1)
             cm.append(100 * np.linalg.norm(to_world(p1) - true_w, axis=-1))
             fixed.append(100 * np.linalg.norm(to_world(np.asarray(op.action)) - true_w, axis=-1))
             along, across = split(np.asarray(op.action), true_w)

@@ -51,6 +51,10 @@ flags.DEFINE_string("config", CONFIG, "The launcher config NAME[:variants] every
                     "(an arm's variants are added to these).")
 flags.DEFINE_list("launch_flags", [], "Launcher flags added to every step, e.g. "
                   "--config.stage2.select=last,--config.stage2.num_steps=8000.")
+flags.DEFINE_string("cameras", "", "config.cameras of every step, e.g. corner,topview (a list, so not "
+                    "in --launch_flags); empty: the simulator's one camera.")
+flags.DEFINE_string("view_encoders", "", "Both stages' network.view_encoders with several cameras "
+                    "(shared, separate or stacked); empty: the default.")
 
 
 def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[str]]]:
@@ -60,8 +64,11 @@ def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[st
         name, _, base = FLAGS.config.partition(":")
         both = ",".join(v for v in (base, variants) if v)
         config = f"--config={name}:{both}" if both else f"--config={name}"
+        views = [f"--config.cameras={FLAGS.cameras}"] if FLAGS.cameras else []
+        views += [f"--config.stage{k}.network.view_encoders={FLAGS.view_encoders}"
+                  for k in (1, 2) if FLAGS.view_encoders]
         return [sys.executable, "-m", "twostage_jax.launch", f"--mode={mode}", f"--workdir={wd}",
-                f"--task={task}", config, *DEMOS, *FLAGS.launch_flags, *extra]
+                f"--task={task}", config, *DEMOS, *FLAGS.launch_flags, *views, *extra]
 
     steps = [(wd / "demos" / "held_out.npz", launch("demos")),
              (wd / "stage1" / "summary.json", launch("stage1", "", "--resume"))]
