@@ -139,3 +139,15 @@ def test_a_version_1_dataset_file_loads_as_one_camera(tmp_path):
     np.testing.assert_array_equal(back.images, ds.images)
     with pytest.raises(ValueError, match="not a multiple of dataset.num_views"):
         tj.validate_dataset(ds.replace(num_views=4))  # 6 images
+
+
+def test_the_view_crops_figure_draws_every_view(tmp_path):
+    from twostage_jax.evaluation import plots
+
+    above = _camera((0.0, 0.0, 2.0), (0.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+    side = _camera((2.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 1.0))
+    point = np.array([0.1, 0.2, 0.0, 0.0, 0.0, 0.0, 1.0], np.float32)
+    obs = transform_views(_uv_images(2), point, point, _stack([above, side]), WS, 9, 5)
+    plots.view_crops(np.asarray(_uv_images(2)), _stack([above, side]), WS, point, point, obs.crop,
+                     tmp_path / "views.png", names=["above", "side"])
+    assert (tmp_path / "views.png").stat().st_size > 1000

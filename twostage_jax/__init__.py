@@ -83,7 +83,7 @@ from twostage_jax.training import (
     sample_batch,
     train_seeds,
 )
-from twostage_jax.transform import crop_at_action, transform_state
+from twostage_jax.transform import crop_at_action, in_view, transform_batch, transform_state, transform_views
 from twostage_jax.types import (
     ACTION_DIM,
     Batch,
@@ -192,6 +192,9 @@ __all__ = [
     "tanh_gaussian_sample",
     "train_seeds",
     "transform_state",
+    "transform_batch",
+    "transform_views",
+    "in_view",
     "validate_dataset",
     "visible_share",
     "check_camera_values",

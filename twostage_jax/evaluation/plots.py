@@ -1,4 +1,5 @@
-"""Plots for the launcher: success bars (paper Fig. 3 style), learning curves, rollout frames."""
+"""Plots for the launcher: success bars (paper Fig. 3 style), learning curves, rollout frames,
+and one keyframe's crops in every camera."""
 
 from __future__ import annotations
 
@@ -106,3 +107,43 @@ def rollout_frames(episode: Any, camera: Any, workspace: Any, path: Path, scale:
         strip.save(f, format="PNG")
     with atomic_open(path.with_suffix(".gif"), "wb") as f:
         frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=700, loop=0)
+
+
+def view_crops(images: Any, cameras: Any, workspace: Any, tentative: Any, executed: Any, crops: Any,
+               path: Path, names: Any = None, scale: int = 2) -> None:
+    """One keyframe in every camera: each view with the tentative (red) and executed (green)
+    positions drawn, above the stage-2 crop of that view (zeros where the view does not see
+    the tentative position).
+
+    Args:
+      images: [V, H, W, 3] uint8 frames of one instant.
+      cameras: the V cameras (intrinsics [V, 3, 3], cam_to_world [V, 4, 4]).
+      workspace: the action space's bounds.
+      tentative, executed: [7] actions a^1 and the composed action.
+      crops: [V, S, S, 3] float crops in [0, 1] (`Stage2Obs.crop`).
+      path: the PNG to write (atomically).
+      names: V titles (default: view 0, 1, ...).
+      scale: pixels per image pixel in the figure.
+    """
+    images, crops = np.asarray(images), np.asarray(crops)
+    views = images.shape[0]
+    names = list(names) if names is not None else [f"view {v}" for v in range(views)]
+    fig, axes = plt.subplots(2, views, figsize=(2.4 * views, 4.6), squeeze=False)
+    for v in range(views):
+        cam = jax.tree_util.tree_map(lambda x, v=v: np.asarray(x)[v], cameras)
+        im = Image.fromarray(images[v]).resize((images.shape[2] * scale, images.shape[1] * scale), Image.NEAREST)
+        draw = ImageDraw.Draw(im)
+        for action, color in ((tentative, (230, 40, 40)), (executed, (40, 220, 60))):
+            pos, _, _ = action_to_pose(np.asarray(action, np.float32), workspace)
+            uv, depth = project_points(cam, pos)
+            if float(depth) > 0:
+                u, w = float(uv[0]) * scale, float(uv[1]) * scale
+                draw.ellipse([u - 5, w - 5, u + 5, w + 5], outline=color, width=2)
+        axes[0, v].imshow(im)
+        axes[0, v].set_title(names[v], fontsize=9)
+        axes[1, v].imshow(np.clip(crops[v], 0.0, 1.0), interpolation="nearest")
+        axes[1, v].set_title("stage-2 crop", fontsize=8)
+        for ax in axes[:, v]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    save_figure(fig, path)
