@@ -248,3 +248,22 @@ def check_fits(name: str, nbytes: float, what: str) -> None:
     if found is not None and nbytes > found[0]:
         raise ValueError(f"`{name}` asks for at least {human_bytes(nbytes)} ({what}), but "
                          f"{human_bytes(found[0])} of {found[1]} memory is available.")
+
+
+def check_names(field: str, names: Any, valid: Sequence[str], what: str = "camera names") -> tuple[str, ...]:
+    """`names` as a tuple of distinct entries of `valid`, or a ValueError naming `field`, what is
+    wrong and the valid names (e.g. a simulator's cameras).
+
+    Args:
+      field: how the message names the argument or config field.
+      names: a non-empty tuple or list of names.
+      valid: the names allowed.
+      what: what the names are, for the message.
+    """
+    if isinstance(names, str) or not isinstance(names, (tuple, list)) or not names:
+        raise ValueError(f"{field} must be a non-empty tuple of {what} from {list(valid)}; got {names!r}.")
+    bad = [c for c in names if c not in valid]
+    if bad or len(set(names)) != len(names):
+        problem = f"unknown {bad}" if bad else "a name repeated"
+        raise ValueError(f"{field} has {problem}; choose distinct names from {list(valid)} (got {list(names)}).")
+    return tuple(names)

@@ -45,8 +45,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from twostage_jax import _checks
-from twostage_jax.actions import action_to_pose, pose_to_action
-from twostage_jax.envs.base import check_action
+from twostage_jax.actions import action_to_pose, check_action, pose_to_action
 from twostage_jax.types import Camera, Workspace
 
 NEUTRAL_QUAT = (0.0, 1.0, 0.0, 0.0)
@@ -193,15 +192,7 @@ def check_cameras(cameras: Any, field: str = "cameras") -> tuple[str, ...]:
     Returns:
       The names as a tuple.
     """
-    if isinstance(cameras, str) or not isinstance(cameras, (tuple, list)) or not cameras:
-        raise ValueError(f"`{field}` must be a non-empty tuple of RLBench camera names from "
-                         f"{list(RLBENCH_CAMERAS)}; got {cameras!r}.")
-    bad = [c for c in cameras if c not in RLBENCH_CAMERAS]
-    if bad or len(set(cameras)) != len(cameras):
-        what = f"unknown {bad}" if bad else "a name repeated"
-        raise ValueError(f"`{field}` has {what}; choose distinct names from {list(RLBENCH_CAMERAS)} "
-                         f"(got {list(cameras)}).")
-    return tuple(cameras)
+    return _checks.check_names(f"`{field}`", cameras, RLBENCH_CAMERAS, "RLBench camera names")
 
 
 def camera_from_misc(misc: Any, width: int, height: int, camera: str = "front") -> Camera:

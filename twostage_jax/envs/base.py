@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from twostage_jax.actions import check_action
 from twostage_jax.types import Camera, Workspace
 
 
@@ -94,28 +95,4 @@ class Env(Protocol):
         ...
 
 
-def check_action(action: Any) -> np.ndarray:
-    """Validates one action and returns it as a [7] float64 array.
-
-    Args:
-      action: [7] array-like in [-1, 1].
-
-    Returns:
-      [7] float64 numpy array.
-
-    Raises:
-      ValueError: wrong shape, non-finite values, or values outside [-1, 1] (beyond 1e-5).
-    """
-    arr = np.asarray(action, dtype=np.float64)
-    if arr.shape != (7,):
-        raise ValueError(
-            f"`action` must have shape [7] (xyz, Euler xyz / pi, gripper); got shape {arr.shape}."
-        )
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`action` must be finite; got {arr.tolist()}.")
-    if np.any(np.abs(arr) > 1.0 + 1e-5):
-        raise ValueError(
-            f"`action` must lie in [-1, 1] (normalised pose); got values in "
-            f"[{arr.min():.4g}, {arr.max():.4g}]."
-        )
-    return np.clip(arr, -1.0, 1.0)
+__all__ = ["Env", "Observation", "check_action"]

@@ -6,6 +6,8 @@ The launcher checks `config.cameras` against these before any work; the adapters
 
 from __future__ import annotations
 
+from twostage_jax._checks import check_names
+
 METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 """The cameras of MetaWorld v3's scene. 'corner' is the front camera `MetaWorldConfig` places
 (`camera_position`, `camera_lookat`, `fovy`); the others keep MetaWorld's placement."""
@@ -18,21 +20,6 @@ DEFAULT_CAMERAS = {"metaworld": ("corner",), "rlbench": ("front",)}
 
 
 def check_camera_names(field: str, cameras: object, valid: tuple[str, ...]) -> tuple[str, ...]:
-    """`cameras` as a tuple of distinct names from `valid`.
-
-    Args:
-      field: the config field, named in the error (e.g. 'MetaWorldConfig.cameras').
-      cameras: a tuple (or list) of camera names.
-      valid: the names the simulator offers.
-
-    Raises:
-      ValueError: naming `field`, what is wrong and the valid names.
-    """
-    if isinstance(cameras, str) or not isinstance(cameras, (tuple, list)) or not cameras:
-        raise ValueError(f"{field} must be a non-empty tuple of camera names from {list(valid)}; "
-                         f"got {cameras!r}.")
-    bad = [c for c in cameras if c not in valid]
-    if bad or len(set(cameras)) != len(cameras):
-        what = f"unknown {bad}" if bad else "a name repeated"
-        raise ValueError(f"{field} has {what}; choose distinct names from {list(valid)} (got {list(cameras)}).")
-    return tuple(cameras)
+    """`cameras` as a tuple of distinct names from `valid`, or a ValueError naming `field`
+    (e.g. 'MetaWorldConfig.cameras'), what is wrong and the valid names (`_checks.check_names`)."""
+    return check_names(field, cameras, valid)
