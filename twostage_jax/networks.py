@@ -65,10 +65,12 @@ class NetworkConfig:
         signal a regressor that sees z and a^1 shrinks its estimate of the target towards
         where targets usually are given z, i.e. near z itself; in closed loop that pull can
         make the current pose a fixed point (the arm stalls).
-      view_encoders: with several cameras, 'shared' (one CNN encodes every view, as one batch),
-        'separate' (a CNN per view) or 'stacked' (the views' images stacked along the colour
-        channels into one CNN: early fusion, whose cost grows only in the first layer; stage
-        2's crops of a view that does not see the target are zeros). 'shared' and 'separate'
+      view_encoders: with several cameras, 'stacked' (the default: the views' images stacked
+        along the colour channels into one CNN, early fusion, whose cost grows only in the
+        first layer; stage 2's crops of a view that does not see the target are zeros),
+        'shared' (one CNN encodes every view, as one batch) or 'separate' (a CNN per view).
+        The default is the one whose 3-camera step stays within 2.5x a 1-camera step
+        (`experiments/tools/benchmark.py --sections=views`: 1.5-1.7x, against 2-4.6x). 'shared' and 'separate'
         concatenate each view's features in the cameras' order (stage 2 first multiplies each
         by its view's mask). One camera uses one CNN in every case.
     """
@@ -84,7 +86,7 @@ class NetworkConfig:
     keypoints: int = 32
     crop_conv_strides: tuple[int, ...] | None = None
     stage2_pose_input: bool = True
-    view_encoders: str = "shared"
+    view_encoders: str = "stacked"
 
     def __post_init__(self) -> None:
         if self.view_encoders not in VIEW_ENCODERS:
