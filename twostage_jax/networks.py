@@ -70,7 +70,7 @@ class NetworkConfig:
         first layer; stage 2's crops of a view that does not see the target are zeros),
         'shared' (one CNN encodes every view, as one batch) or 'separate' (a CNN per view).
         The default is the one whose 3-camera step stays within 2.5x a 1-camera step
-        (`experiments/tools/benchmark.py --sections=views`: 1.5-1.7x, against 2-4.6x). 'shared' and 'separate'
+        (`experiments/tools/benchmark.py --sections=views`: 1.4-1.7x, against 2.2-3.1x). 'shared' and 'separate'
         concatenate each view's features in the cameras' order (stage 2 first multiplies each
         by its view's mask). One camera uses one CNN in every case.
     """
