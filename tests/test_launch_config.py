@@ -160,3 +160,19 @@ def jax_leaves(tree):
     import jax
 
     return jax.tree_util.tree_leaves(tree)
+
+
+def test_cameras_are_checked_and_naming_the_default_camera_changes_nothing():
+    from twostage_jax.launch.main import dry_parse
+
+    plain, named = dry_parse(["x"]), dry_parse(["x", "--config.cameras=corner"])
+    two = dry_parse(["x", "--config.cameras=corner,topview"])
+    assert named.cameras == ("corner",) and two.camera_names() == ("corner", "topview")
+    assert config_differences(to_dict(plain), named, 1) == []
+    assert config_differences(to_dict(plain), two, 2) == ["config.cameras: trained '(absent)', now ['corner', 'topview']"]
+    for flag, match in [("corner,top", r"config\.cameras has unknown \['top'\]; choose distinct names from "
+                                        r"\['corner', 'corner2'"),
+                        ("gripperPOV,corner", r"the first camera \('gripperPOV'\) moves with the hand"),
+                        ("corner,corner", r"config\.cameras must be None .* or a non-empty tuple of distinct")]:
+        with pytest.raises(Exception, match=match):
+            dry_parse(["x", f"--config.cameras={flag}"])

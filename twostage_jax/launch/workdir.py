@@ -25,6 +25,7 @@ from tqdm import tqdm
 import twostage_jax as tj
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 from twostage_jax.data.dataset import load_dataset
+from twostage_jax.envs.camera_names import DEFAULT_CAMERAS
 from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, from_dict, to_dict
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.provenance import environment_record
@@ -318,8 +319,8 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
         "env": config.env, "task": config.task, f"{name}.algo": s.algo, "seed": config.seed,
         "num_seeds": config.num_seeds, f"{name}.batch_size": s.batch_size,
         f"{name}.min_move": float(s.min_move), "data.source": config.data.source}
-    if config.cameras is not None:  # (unset: the one camera every earlier run used)
-        fields["cameras"] = list(config.cameras)
+    if config.camera_names() != DEFAULT_CAMERAS[config.env]:  # (the default: what every earlier run used)
+        fields["cameras"] = list(config.camera_names())
     if config.data.source == "lerobot":  # which dataset, and how it is read
         for f in dataclasses.fields(config.data):
             if f.name != "min_visible":  # a check on the demos, not what trains
