@@ -92,15 +92,22 @@ def settings(config: LaunchConfig, workdir: Path, stage1: list[int] | str) -> di
             "dataset_sha256": dataset_checksum(dataset_path(workdir))}
 
 
-def ensure_predictions(config: LaunchConfig, workdir: Path, dataset: tj.Dataset) -> np.ndarray:
+def ensure_predictions(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
+                       stage1: list[int] | str | None = None) -> np.ndarray:
     """STAGE2/predicted.npy as recorded in crossfit.json, or made now (`make_predictions`).
+
+    Args:
+      stage1: the stage-1 steps each seed acts with, or the base policy's source (the
+        `steps` / `source` of `selection.stage1_pairing`, which a caller has at hand); None
+        looks them up.
 
     Returns:
       [S, N, 2, 7] float32 tentative actions at each transition's state and next state: the
       `predicted` of `tj.prepare_data`.
     """
     out_dir = stage_dir(workdir, 2, config)
-    stage1 = config.stage1.source or selection.policy_params(config, workdir, 1, dataset)[1]
+    if stage1 is None:
+        stage1 = config.stage1.source or selection.policy_params(config, workdir, 1, dataset)[1]
     want = settings(config, workdir, stage1)
     try:
         record = json.loads((out_dir / "crossfit.json").read_text())

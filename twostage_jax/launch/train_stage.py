@@ -210,8 +210,10 @@ def _train_stage(config: LaunchConfig, workdir: Path, stage: int, resume: bool,
     repaired = stage == 2 and any(c.startswith("stage 2 was started") for c in changes)
     if stage == 2 and config.calibrate.any:
         ensure_calibration(config, workdir, dataset, fresh=latest is None, repaired=repaired)
-    made = (predictions.ensure_predictions(config, workdir, dataset)
-            if predictions.uses_predictions(config, stage) else None)
+    made = None
+    if predictions.uses_predictions(config, stage):  # on the stage 1 stage 2 pairs with
+        pairing = extra["stage1_checkpoint"]
+        made = predictions.ensure_predictions(config, workdir, dataset, pairing.get("source") or pairing["steps"])
     tcfg = train_config(config, stage, workdir)
     inputs = train_inputs(config, workdir, stage, predicted=made)
     bank = inputs["residuals"]
