@@ -120,9 +120,14 @@ def test_validate_summary_table_averages_each_arm_over_its_tasks(tmp_path):
     (tmp_path / "reach-v3" / "stage2_d1110001.json").write_text(json.dumps(dims))
     assert validate.report_name("stage2", 1, (1, 1, 1, 0, 0, 0, 1)) == "stage2_d1110001.json"
     assert validate.report_name("stage2", 2, None) == "stage2_p2.json"
+    assert validate.report_name("stage2", 1, None, critic_samples=4) == "stage2_c4.json"
+    critic = {**report("push-v3", "stage2", 0.1, 0.2), "critic_samples": 4}
+    (tmp_path / "push-v3" / "stage2_c4.json").write_text(json.dumps(critic))
     text = validate.summary_table(tmp_path)
+    assert "| cql | stage2 critic 4 | 1 | push-v3 | 0.10 | 0.20 | +0.10 |" in text
+    assert "| push-v3 | cql | cql/stage2 critic 4 |" in text
     assert "| cql | stage2 dims 1110001 | 1 | reach-v3 | 0.30 | 0.60 | +0.30 |" in text
     assert "| reach-v3 | cql | cql/stage2 dims 1110001 |" in text
     assert "| cql | stage2 | 1 | push-v3, reach-v3 | 0.20 | 0.45 | +0.25 |" in text
     assert "| cql | stage2 | 2 | push-v3 | 0.10 | 0.70 | +0.60 |" in text
-    assert "| cql/stage2 x2 passes |" in text and text.count("| push-v3 | cql |") == 2
+    assert "| cql/stage2 x2 passes |" in text and text.count("| push-v3 | cql |") == 3

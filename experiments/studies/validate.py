@@ -57,6 +57,10 @@ def define_flags() -> None:
     flags.DEFINE_list("corrected_dims", None, "7 flags of 0 / 1: the action dimensions the "
                       "correction changes (make_policy's corrected_dims), e.g. 1,1,1,0,0,0,1 keeps "
                       "stage 1's orientation; writes NAME_dFLAGS.json. Default: all.")
+    flags.DEFINE_integer("critic_samples", 0, "K > 0, for a CQL stage 2: its critic chooses among no "
+                         "correction, the actor's mode and K samples (make_policy's critic_samples); "
+                         "writes NAME_cK.json, closed loop only (the open-loop diagnostics measure "
+                         "the actor, as NAME.json's do).")
 
 
 def run_config(workdir: Path, name: str):
@@ -77,8 +81,10 @@ def run_config(workdir: Path, name: str):
 
 
 def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
-             two_stage: bool, correction_passes: int = 1, corrected_dims: Any = None) -> dict:
-    """Validation rollouts of every trained seed; success and stall measures."""
+             two_stage: bool, correction_passes: int = 1, corrected_dims: Any = None,
+             critic_samples: int = 0) -> dict:
+    """Validation rollouts of every trained seed; success and stall measures (and, with
+    `critic_samples`, how often the critic chose no correction, the actor's mode or a sample)."""
     import jax
 
     import twostage_jax as tj
@@ -91,11 +97,13 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     env = rollouts.env_factory(config)()
     ws = env.workspace
     policy = tj.make_policy(c1, c2, ws, correction_passes=correction_passes,
-                            corrected_dims=corrected_dims if two_stage else None)
+                            corrected_dims=corrected_dims if two_stage else None,
+                            critic_samples=critic_samples if two_stage else 0)
     num = int(config.num_seeds)
     success = np.zeros((num, len(seeds)), bool)
     budget = np.zeros((num, len(seeds)), bool)
     small, pull = [], []
+    choices = np.zeros(3, np.int64)  # no correction, the actor's mode, a sample
     try:
         for s in range(num):
             p1 = jax.tree_util.tree_map(lambda x: x[s], params1)
@@ -104,6 +112,8 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
 
             def act(img, pose, cam, p1=p1, p2=p2, steps=steps):
                 out = policy(p1, p2, img, pose, cam)
+                if critic_samples and two_stage:
+                    choices[min(int(np.asarray(out.choice)[0]), 2)] += 1
                 steps.append((np.asarray(pose)[0], np.asarray(out.tentative)[0], np.asarray(out.action)[0]))
                 return out
 
@@ -123,12 +133,14 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     return {"success_per_seed": success.mean(axis=1).tolist(), "success": float(success.mean()),
             "episodes": success.astype(int).tolist(), "at_budget": float(budget.mean()),
             "small_moves": float(small_all.mean()), "pull_cm": float(pull_all.mean()),
-            "steps": int(small_all.size)}
+            "steps": int(small_all.size),
+            **({"critic_choices": dict(zip(("no_correction", "mode", "sample"), choices.tolist()))}
+               if critic_samples and two_stage else {})}
 
 
 def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, held_out_seed: int,
              perturbations: int, out: Path, correction_passes: int = 1,
-             corrected_dims: tuple[int, ...] | None = None) -> dict:
+             corrected_dims: tuple[int, ...] | None = None, critic_samples: int = 0) -> dict:
     """Open-loop diagnostics and closed-loop validation of one stage-2 run; writes its report."""
     import jax
 
@@ -156,7 +168,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
                               "stage1_steps": step1, "stage2_steps": step2,
                               "num_seeds": int(config.num_seeds), "held_out_seeds": [seeds[0], seeds[-1]],
                               "config": to_dict(config)}
-    if held_out > 0:
+    if held_out > 0 and not critic_samples:
         check_unused_layouts(config, workdir, held_out_seed, held_out, f"--held_out_seed={held_out_seed}")
         test = diagnose.held_out_dataset(config, workdir, held_out, held_out_seed)
         pooled: dict[str, list] = {}
@@ -178,11 +190,13 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
         report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False)
         write_json_atomic(cache, {**report["stage1"], "workdir": recorded_path(workdir)})
     report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True,
-                                      correction_passes=correction_passes, corrected_dims=corrected_dims)
+                                      correction_passes=correction_passes, corrected_dims=corrected_dims,
+                                      critic_samples=critic_samples)
     report["correction_passes"] = correction_passes
+    report["critic_samples"] = critic_samples
     report["corrected_dims"] = None if corrected_dims is None else list(corrected_dims)
     report["seconds"] = time.perf_counter() - start
-    write_json_atomic(out / report_name(name, correction_passes, corrected_dims), report)
+    write_json_atomic(out / report_name(name, correction_passes, corrected_dims, critic_samples), report)
     return report
 
 
@@ -220,9 +234,9 @@ def _dims_label(r: dict) -> str:
 
 
 def _acting_label(r: dict) -> str:
-    """' x2 passes', ' dims 1110001', both or '' for a report's acting options."""
-    passes = int(r.get("correction_passes", 1))
-    return (f" x{passes} passes" if passes > 1 else "") + _dims_label(r)
+    """' x2 passes', ' dims 1110001', ' critic 4', several or '' for a report's acting options."""
+    passes, critic = int(r.get("correction_passes", 1)), int(r.get("critic_samples", 0))
+    return (f" x{passes} passes" if passes > 1 else "") + _dims_label(r) + (f" critic {critic}" if critic else "")
 
 
 def summary_table(folder: Path) -> str:
@@ -234,7 +248,8 @@ def summary_table(folder: Path) -> str:
         if "two_stage" not in r or "task" not in r:  # stage-1 caches
             continue
         rows.append(row({**r, "stage2_name": f"{Path(r['workdir']).name}/{r['stage2_name']}"}))
-        arm = (Path(r["workdir"]).name, r["stage2_name"] + _dims_label(r),
+        arm = (Path(r["workdir"]).name, r["stage2_name"] + _dims_label(r)
+               + (f" critic {r['critic_samples']}" if r.get("critic_samples") else ""),
                int(r.get("correction_passes", 1)))
         arms.setdefault(arm, []).append((r["task"], r["stage1"]["success"], r["two_stage"]["success"]))
     rows += ["", "| workdir | stage 2 | passes | tasks | stage 1 | two-stage | gain |", "|---|---|---|---|---|---|---|"]
@@ -245,11 +260,14 @@ def summary_table(folder: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
-def report_name(name: str, correction_passes: int, corrected_dims: Any = None) -> str:
-    """`NAME.json`; `_pN` is added for N > 1 correction passes, `_dFLAGS` for corrected_dims."""
+def report_name(name: str, correction_passes: int, corrected_dims: Any = None,
+                critic_samples: int = 0) -> str:
+    """`NAME.json`; `_pN` is added for N > 1 correction passes, `_dFLAGS` for corrected_dims,
+    `_cK` for a critic choosing among K samples."""
     passes = "" if correction_passes == 1 else f"_p{correction_passes}"
     dims = "" if corrected_dims is None else f"_d{_dims_code(corrected_dims)}"
-    return f"{name}{passes}{dims}.json"
+    critic = f"_c{critic_samples}" if critic_samples else ""
+    return f"{name}{passes}{dims}{critic}.json"
 
 
 def recorded_path(path: Path) -> str:
@@ -301,6 +319,8 @@ def main(argv: list[str]) -> int:
             raise app.UsageError(f"--{e.field} {e.message}") from None
     if FLAGS.episodes <= 0:
         raise app.UsageError(f"--episodes must be > 0; got {FLAGS.episodes}.")
+    if FLAGS.critic_samples < 0:
+        raise app.UsageError(f"--critic_samples must be >= 0; got {FLAGS.critic_samples}.")
     workdir = Path(FLAGS.workdir).absolute()
     out = Path(FLAGS.out) / workdir.name
     out.mkdir(parents=True, exist_ok=True)
@@ -311,13 +331,13 @@ def main(argv: list[str]) -> int:
             raise app.UsageError(str(e)) from None
     print(HEADER)
     for name in FLAGS.names:
-        path = out / report_name(name, FLAGS.correction_passes, dims)
+        path = out / report_name(name, FLAGS.correction_passes, dims, FLAGS.critic_samples)
         r = read_own(path, workdir)
         if r is None or FLAGS.force:
             try:
                 r = validate(workdir, name, FLAGS.episodes, FLAGS.seed, FLAGS.held_out,
                              FLAGS.held_out_seed, FLAGS.perturbations, out, FLAGS.correction_passes,
-                             dims)
+                             dims, FLAGS.critic_samples)
             except FileNotFoundError as e:
                 print(f"skip {name}: {e}", file=sys.stderr)
                 continue
