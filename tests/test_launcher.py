@@ -1084,3 +1084,53 @@ def test_a_base_policys_own_actions_are_its_predictions(tmp_path):
     np.testing.assert_allclose(predicted[0, :, 0], np.clip(np.asarray(dataset.pose) + STEP, -1, 1))
     np.testing.assert_allclose(predicted[0, :, 1], np.clip(np.asarray(dataset.next_pose) + STEP, -1, 1))
     assert json.loads((wd / "based" / "crossfit.json").read_text())["source"] == "tests._bases:nudged_pose"
+
+
+def test_a_stage2_that_refines_another_runs_action(trained, tmp_path):
+    import jax
+
+    import twostage_jax as tj
+    from twostage_jax.launch import refine, selection
+    from twostage_jax.launch.errors import PipelineError
+    from twostage_jax.launch.launch_config import check_config
+    from twostage_jax.launch.train_stage import run_stage
+    from twostage_jax.launch.workdir import load_demos, load_params, train_config
+
+    wd = _copy(trained, tmp_path / "wd")
+    dataset = load_demos(wd)
+    zoom = {"stage2.refines": "stage2", "stage2.stage2.predicted_share": 1.0, "stage2.stage2.crop_size": 8}
+    config = _smoke(stage2_name="zoom", **zoom)
+    check_config(config)
+    with pytest.raises(PipelineError, match=r"refines='nothing'.*cannot be read.*--config.stage2_name=nothing"):
+        run_stage(_smoke(stage2_name="zoom", **{**zoom, "stage2.refines": "nothing"}), wd, 2)
+    assert run_stage(config, wd, 2)["final_step"] == 8
+    # it trains on the first run's corrected actions: 2 seeds x DRAWS draws of Algo. 1 around each demo
+    predicted = np.load(wd / "zoom" / "predicted.npy")
+    record = json.loads((wd / "zoom" / "crossfit.json").read_text())
+    assert predicted.shape == (2 * refine.DRAWS, dataset.num_transitions, 2, 7)
+    assert record["settings"]["refines"] == "stage2" and record["settings"]["stage1"] == {"stage1": [8, 8], "stage2": [8, 8]}
+    assert record["position_error_cm_median"] > 0
+    # it acts after the first run: the first's parameters, with its own under 'refine'
+    params, steps = selection.policy_params(config, wd, 2, dataset)
+    first, _ = load_params(_smoke(), wd, 2)
+    own, _ = load_params(config, wd, 2)
+    assert steps == [8, 8]
+    for a, b in zip(jax.tree_util.tree_leaves({**first, "refine": own}), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    c2, refining = refine.acting_configs(config, wd)
+    assert c2.stage2.crop_size == 16 and refining.stage2.crop_size == 8
+    p1 = jax.tree_util.tree_map(lambda x: x[0], load_params(config, wd, 1)[0])
+    p2 = jax.tree_util.tree_map(lambda x: x[0], params)
+    image, cam = dataset.observed(np.asarray(dataset.obs_index)[:4])
+    pose = np.asarray(dataset.pose[:4])
+    out = tj.make_policy(train_config(config, 1), c2, dataset.workspace, refine=refining)(p1, p2, image, pose, cam)
+    once = tj.make_policy(train_config(config, 1), c2, dataset.workspace)(p1, p2, image, pose, cam)
+    again = tj.make_policy(None, refining, dataset.workspace)(None, p2["refine"], image, pose, cam,
+                                                          tentative=once.action)
+    np.testing.assert_allclose(out.action, again.action, atol=1e-6)
+    # refused before any work: itself, no share of the first run's actions, a critic's choice
+    for changes, match in [({"stage2.refines": "zoom"}, "another run than config.stage2_name"),
+                           ({"stage2.stage2.predicted_share": 0.0}, "set it above 0"),
+                           ({"select.no_correction": True}, "config.select.no_correction=False")]:
+        with pytest.raises(ValueError, match=match):
+            check_config(_smoke(stage2_name="zoom", **{**zoom, **changes}))

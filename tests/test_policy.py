@@ -53,6 +53,60 @@ def test_correction_passes_correct_the_previous_pass(tiny_trained):
             tj.make_policy(c1, c2, ds.workspace, correction_passes=bad)
 
 
+def _zero_actor(params):
+    """`params` whose actor outputs 0 everywhere: a correction of 0, which composes to a^1."""
+    return {**params, "actor": jax.tree_util.tree_map(jnp.zeros_like, params["actor"])}
+
+
+def test_a_second_zoom_corrects_the_first_pass_with_its_own_networks(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
+    image, pose, cam = _inputs(ds, 3)
+    once = tj.make_policy(c1, c2, ds.workspace)(p1, p2, image, pose, cam)
+    zoom = tj.make_policy(c1, c2, ds.workspace, refine=c2)
+    # the first stage 2's own networks as the second: the paper's stage 2 applied twice
+    same = zoom(p1, {**p2, "refine": p2}, image, pose, cam)
+    twice = tj.make_policy(c1, c2, ds.workspace, correction_passes=2)(p1, p2, image, pose, cam)
+    np.testing.assert_allclose(same.action, twice.action, atol=1e-6)
+    # a second stage 2 that corrects by 0 leaves the first pass's action (the clip aside)
+    idle = zoom(p1, {**p2, "refine": _zero_actor(p2)}, image, pose, cam)
+    np.testing.assert_allclose(idle.action, np.clip(once.action, -0.99, 0.99), atol=1e-6)
+    np.testing.assert_allclose(idle.tentative, once.tentative, atol=1e-6)
+    with pytest.raises(ValueError, match="params2` must hold the second stage 2's parameters under the key 'refine'"):
+        zoom(p1, p2, image, pose, cam)
+    with pytest.raises(ValueError, match="`refine` corrects stage 2's action again"):
+        tj.make_policy(c1, None, ds.workspace, refine=c2)
+    with pytest.raises(ValueError, match="`refine` corrects stage 2's action again"):
+        tj.make_policy(c1, c2, ds.workspace, refine=c2, critic_samples=2)
+
+
+def test_first_pass_actions_correct_algorithm_1_draws_around_each_transition(tiny_trained):
+    ds, c1, c2, p1, p2 = tiny_trained
+    data = tj.prepare_data(ds, c2)
+    n, sigma = ds.num_transitions, c2.stage2.sigma
+    # a first pass that corrects by 0 returns Algorithm 1's draws: around the demo action at
+    # the state and the next demo action at the next state, with the first pass's sigma
+    drawn = tj.first_pass_actions(data, c2, _zero_actor(p2), jax.random.PRNGKey(0), draws=40, batch_size=16)
+    assert drawn.shape == (40, n, 2, 7) and drawn.dtype == np.float32
+    for row, demo in ((0, ds.action), (1, ds.next_action)):
+        eps = np.arctanh(np.clip(np.asarray(demo)[:, :6], -0.99, 0.99)) - np.arctanh(drawn[:, :, row, :6])
+        np.testing.assert_allclose(eps.std(axis=(0, 1)), np.asarray(sigma)[:6], rtol=0.15)
+        assert abs(eps.mean()) < 0.01
+    # the trained first pass: each row is g(a^1, pi2(f(s, a^1))), as the policy's stage 2
+    # computes it from the full frame given a^1 as the tentative action
+    out = tj.first_pass_actions(data, c2, p2, jax.random.PRNGKey(0), draws=1, batch_size=16)
+    k = jax.random.fold_in(jax.random.split(jax.random.PRNGKey(0), 1)[0], 0)  # its first chunk's key
+    a1 = tj.batch_at(data, jnp.arange(16) % n, k, 2, c2.stage2).obs.tentative[:3]  # the draws it corrected
+    frames = np.asarray(ds.obs_index[:3])  # (one camera: a frame's image row is the frame)
+    cam = tj.Camera(jnp.asarray(ds.intrinsics[frames]), jnp.asarray(ds.cam_to_world[frames]),
+                    int(ds.images.shape[2]), int(ds.images.shape[1]))  # each frame's own camera
+    policy = tj.make_policy(None, c2, ds.workspace)(None, p2, jnp.asarray(ds.images[frames]),
+                                                  jnp.asarray(ds.pose[:3]), cam, tentative=jnp.asarray(a1))
+    np.testing.assert_allclose(out[0, :3, 0], policy.action, atol=1e-5)
+    assert not np.allclose(out[0, :, 0], drawn[0, :, 0], atol=1e-3)
+    with pytest.raises(ValueError, match="draws"):
+        tj.first_pass_actions(data, c2, p2, jax.random.PRNGKey(0), draws=0)
+
+
 def test_corrected_dims_keep_the_tentative_value_on_the_other_dims(tiny_trained):
     ds, c1, c2, p1, p2 = tiny_trained
     image, pose, cam = _inputs(ds, 3)

@@ -7,6 +7,7 @@ host-side base policy instead (`correct_base_policy`; see `twostage_jax.base_pol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -202,6 +203,7 @@ def make_policy(
     correction_passes: int = 1,
     corrected_dims: Sequence[int] | None = None,
     critic_samples: int = 0,
+    refine: TrainConfig | None = None,
 ) -> Callable[..., PolicyOutput]:
     """Builds the jitted, batched two-stage policy.
 
@@ -238,6 +240,11 @@ def make_policy(
         is executed (ties go to no correction, then the mode). The samples' noise comes from
         `key` folded with the observation, so a deterministic policy stays a function of
         what it sees. One correction pass only.
+      refine: None (the paper), or a second stage 2's training config (a zoom, usually with a
+        smaller crop): after stage 2's passes it re-crops around their composed action and
+        corrects it once more with its own networks, a = g(a', pi2'(f'(s, a'))). `params2` then
+        holds its parameters under the key 'refine', beside the first stage 2's; it is trained
+        on the first pass's corrected actions (`first_pass_actions`). `correction` is its a^2.
 
     Returns:
       `act(params1, params2, image, pose, camera, key, tentative) -> PolicyOutput`, where image
@@ -265,6 +272,10 @@ def make_policy(
         raise ValueError("`critic_samples` > 0 lets stage 2's critic choose the correction: it needs a "
                          "CQL stage 2 (stage2.algo='cql') and correction_passes=1; got "
                          f"{None if stage2 is None else stage2.algo!r} and {correction_passes}.")
+    if refine is not None and (stage2 is None or critic_samples):
+        raise ValueError("`refine` corrects stage 2's action again: it needs a `stage2` config, and "
+                         "the critic's choice (`critic_samples` > 0) is of one correction only; got "
+                         f"stage2={None if stage2 is None else 'a config'}, critic_samples={critic_samples}.")
     if not isinstance(workspace, Workspace):
         raise TypeError(f"`workspace` must be the dataset's Workspace (the action's position bounds); got "
                         f"{type(workspace).__name__}.")
@@ -275,6 +286,10 @@ def make_policy(
     stochastic = not deterministic and any(n is not None and n.stochastic for n in (nets1, nets2))
     s2: Stage2Config | None = stage2.stage2 if stage2 is not None else None
     check_params = _ParamsCheck(nets1, nets2, s2)
+    nets_r = make_networks(refine.network, 2, refine.algo) if refine is not None else None
+    s_r: Stage2Config | None = refine.stage2 if refine is not None else None
+    check_refine = _ParamsCheck(None, nets_r, s_r) if refine is not None else None
+    stochastic = stochastic or (not deterministic and nets_r is not None and nets_r.stochastic)
 
     def _batch(params1: dict, params2: Any, image: jnp.ndarray, pose: jnp.ndarray, camera: Camera,
                key: jax.Array, tentative: jnp.ndarray | None) -> PolicyOutput:
@@ -294,6 +309,11 @@ def make_policy(
             obs2 = transform_batch(image, pose, action, camera, workspace, s2)
             a2 = _act_one_stage(nets2, params2, obs2, k, deterministic)
             composed = s2.compose(action, a2)
+            action = composed if mask is None else jnp.where(mask, composed, action)
+        if nets_r is not None:  # the second zoom, with its own crop and networks
+            obs2 = transform_batch(image, pose, action, camera, workspace, s_r)
+            a2 = _act_one_stage(nets_r, params2["refine"], obs2, jax.random.fold_in(k2, 1), deterministic)
+            composed = s_r.compose(action, a2)
             action = composed if mask is None else jnp.where(mask, composed, action)
         return PolicyOutput(action=action, tentative=a1, correction=a2)
 
@@ -343,7 +363,13 @@ def make_policy(
         if nets2 is not None and params2 is None:
             raise ValueError("`params2` is None but the policy was built with a stage-2 config; "
                              "pass stage 2's params or build with stage2=None.")
-        check_params(params1, params2, int(np.shape(image)[1]) if np.ndim(image) == 5 else 0)
+        views = int(np.shape(image)[1]) if np.ndim(image) == 5 else 0
+        check_params(params1, params2, views)
+        if check_refine is not None:
+            if not isinstance(params2, Mapping) or "refine" not in params2:
+                raise ValueError("this policy was built with `refine`: `params2` must hold the second "
+                                 "stage 2's parameters under the key 'refine', beside the first's.")
+            check_refine(None, params2["refine"], views)
         if critic_samples and "critic" not in params2:
             raise ValueError("`params2` holds no 'critic', which `critic_samples` > 0 scores the "
                              "candidate corrections with: pass stage 2's whole CQL params.")

@@ -113,12 +113,13 @@ def measure(config: Any, params1: Any, params2: Any, ds: Any, index: np.ndarray,
     import jax.numpy as jnp
 
     import twostage_jax as tj
+    from twostage_jax.launch.refine import acting_configs
     from twostage_jax.launch.workdir import train_config
 
-    c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
-    s2 = c2.stage2
+    c1, (c2, refining) = train_config(config, 1), acting_configs(config, workdir)
+    s2 = c2.stage2  # (a refining run's: the first pass's, whose sigma Algo. 1 draws with)
     act = tj.make_policy(c1, c2, ds.workspace, correction_passes=correction_passes,
-                         corrected_dims=corrected_dims)
+                         corrected_dims=corrected_dims, refine=refining)
     cam = ds.camera(0)  # the first camera (fixed), which the pixel measures use
     cam = tj.Camera(jnp.asarray(cam.intrinsics), jnp.asarray(cam.cam_to_world), cam.width, cam.height)
     ws = ds.workspace

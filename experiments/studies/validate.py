@@ -89,16 +89,17 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
 
     import twostage_jax as tj
     from twostage_jax.launch import eval_jobs as rollouts
+    from twostage_jax.launch.refine import acting_configs
     from twostage_jax.launch.workdir import train_config
     from twostage_jax import evaluation
 
     c1 = train_config(config, 1)
-    c2 = train_config(config, 2, workdir) if two_stage else None
+    c2, refining = acting_configs(config, workdir) if two_stage else (None, None)
     env = rollouts.env_factory(config)()
     ws = env.workspace
     policy = tj.make_policy(c1, c2, ws, correction_passes=correction_passes,
                             corrected_dims=corrected_dims if two_stage else None,
-                            critic_samples=critic_samples if two_stage else 0)
+                            critic_samples=critic_samples if two_stage else 0, refine=refining)
     num = int(config.num_seeds)
     success = np.zeros((num, len(seeds)), bool)
     budget = np.zeros((num, len(seeds)), bool)
@@ -146,10 +147,10 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
 
     from experiments.studies import diagnose
     from twostage_jax.launch.evaluate import eval_seeds
-    from twostage_jax.launch.workdir import train_config
     from twostage_jax.launch.selection import policy_params
     from twostage_jax._io import write_json_atomic
     from twostage_jax.launch.launch_config import to_dict
+    from twostage_jax.launch.refine import acting_configs
     from twostage_jax.launch.workdir import check_unused_layouts, load_demos
 
     config = run_config(workdir, name)
@@ -179,7 +180,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
                                  perturbations, workdir, correction_passes, corrected_dims)
             for k, v in m.items():
                 pooled.setdefault(k, []).append(v)
-        c2 = train_config(config, 2, workdir).stage2
+        c2 = acting_configs(config, workdir)[0].stage2  # (the first pass's, as `measure` draws with)
         report["held_out"] = diagnose.summarise({k: np.concatenate(v) for k, v in pooled.items()},
                                                 c2.crop_size, c2.sigma)
     cache = out / f"stage1_{'-'.join(str(k) for k in dict.fromkeys(step1))}_{seeds[0]}_{episodes}.json"

@@ -108,12 +108,15 @@ class Evaluation:
       modes: the policies to roll out, a subset of `MODES`.
       base: a base policy in place of stage 1: a callable base(image, pose), or `ENV_BASE` when
         the env's observations carry its actions.
+      refine: a second stage 2 that corrects stage 2's action again (`make_policy`'s); the
+        stage-2 parameters then hold its own under 'refine'.
     """
 
     def __init__(self, stage1: tj.TrainConfig | None, stage2: tj.TrainConfig | None,
                  workspace: tj.Workspace, seeds: list[int], num_seeds: int, cache: Stage1Cache | None,
                  correction_passes: int = 1, corrected_dims: Any = None,
-                 modes: tuple[str, ...] = MODES, base: Any = None, critic_samples: int = 0) -> None:
+                 modes: tuple[str, ...] = MODES, base: Any = None, critic_samples: int = 0,
+                 refine: tj.TrainConfig | None = None) -> None:
         self.policies = {}
         tentative = functools.partial(_tentative, base)
         self._alone = (functools.partial(_base_alone, tentative) if base is not None else
@@ -123,7 +126,8 @@ class Evaluation:
         if "two_stage" in modes:
             act = tj.make_policy(None if base is not None else stage1, stage2, workspace,
                                  row_by_row=True, correction_passes=correction_passes,
-                                 corrected_dims=corrected_dims, critic_samples=critic_samples)
+                                 corrected_dims=corrected_dims, critic_samples=critic_samples,
+                                 refine=refine)
             self.policies["two_stage"] = (act if base is None else
                                           functools.partial(_base_corrected, act, tentative))
         self.seeds, self.num_seeds, self.cache = seeds, num_seeds, cache

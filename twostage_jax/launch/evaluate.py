@@ -16,7 +16,7 @@ from twostage_jax._io import atomic_folder, recover_atomic_folder, reporting_dis
 from twostage_jax.checkpoint import Checkpointer
 from twostage_jax.evaluation import plots
 from twostage_jax.evaluation.report import Curve, EvalResults, MeanInterval, ModeResult
-from twostage_jax.launch import base_source, eval_jobs, selection
+from twostage_jax.launch import base_source, eval_jobs, refine, selection
 from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, selects, to_dict
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.train_stage import describe_stage1, recorded_stage1
@@ -100,7 +100,7 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
         where = (f" ({workdir / pairing['path']})" if pairing.get("path") else "")
         logging.warning("stage 2 was trained against %s%s but stage 1 now is %s", describe_stage1(paired),
                         where, describe_stage1(now))  # correcting a base policy of the user's
-    c1, c2 = train_config(config, 1), train_config(config, 2, workdir)
+    c1, (c2, refining) = train_config(config, 1), refine.acting_configs(config, workdir)
     seeds = eval_seeds(config, workdir)
     cache = None if foreign else eval_jobs.Stage1Cache(stage_dir(workdir, 1, config) / "eval_cache.json",
                                                       eval_jobs.cache_setting(config, seeds))
@@ -113,13 +113,13 @@ def run_eval(config: LaunchConfig, workdir: Path) -> EvalResults:
                      list(uncorrected))
     ev = eval_jobs.Evaluation(c1, c2, dataset.workspace, seeds, num_seeds, cache, correction_passes=passes,
                              corrected_dims=dims, base=eval_jobs.ENV_BASE if in_env else base,
-                             critic_samples=config.eval.critic_samples)
+                             critic_samples=config.eval.critic_samples, refine=refining)
     ev.add("final", params1, params2, record=int(config.eval.record_episodes), uncorrected=uncorrected)
     final = (steps1, steps2) == ([step1] * num_seeds, [step2] * num_seeds)
     curve = [k for k in config.eval.curve_steps if not (final and (k, k) == (step1, step2))]
     for k in curve:
-        ev.add(k, load_params(config, workdir, 1, dataset, k)[0],
-               load_params(config, workdir, 2, dataset, k)[0])
+        ev.add(k, load_params(config, workdir, 1, dataset, k)[0], selection.acting_params(
+            config, workdir, 2, dataset, False, load_params(config, workdir, 2, dataset, k)[0]))
     bar = progress(0, 0, "eval", unit="episode")
     start, cpu = time.perf_counter(), cpu_seconds()
     try:

@@ -35,6 +35,9 @@ from twostage_jax.policy import MAX_CORRECTION_PASSES
 from twostage_jax.evaluation.rollouts import default_workers
 
 ConfigError = tj.ConfigError
+RUN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""A stage-2 run's folder name (`LaunchConfig.stage2_name`, `StageConfig.refines`)."""
+
 CONFIG_VERSION = 3
 """The stored config's schema version (`to_dict`); `from_dict` reads this version only."""
 STAGE_NAMES = {1: "stage1", 2: "stage2"}
@@ -185,12 +188,18 @@ class StageConfig(tj.TrainConfig):
         other K-1 folds, to the step it acts at, and predicts the tentative actions of the fold
         it did not see (`launch/predictions.py`); K stage-1 trainings, once per stage 2. Unused
         with a base policy (`stage1.source`), whose own actions are taken.
+      refines: stage 2 only: '' (the paper: one stage 2), or the `stage2_name` of another stage-2
+        run in the workdir that this one corrects again, a second zoom (`launch/refine.py`): it
+        trains on that run's corrected actions on Algorithm 1's draws around the demos
+        (`tj.first_pass_actions`), which `stage2.predicted_share` of its samples start from,
+        usually with a smaller crop, and acts after it (`tj.make_policy(..., refine=...)`).
     """
 
     select: str = "last"
     select_steps: tuple[int, ...] = ()
     source: str = ""
     crossfit_folds: int = 3
+    refines: str = ""
 
     def __post_init__(self) -> None:
         crop = self.stage2.crop_size if isinstance(self.stage2, tj.Stage2Config) else None
@@ -200,6 +209,9 @@ class StageConfig(tj.TrainConfig):
             raise ConfigError("StageConfig", "select", f"must be one of {SELECT_MODES}; got {self.select!r}.")
         _steps("StageConfig", "select_steps", self.select_steps)
         _int_at_least("StageConfig", "crossfit_folds", self.crossfit_folds, 2)
+        if not isinstance(self.refines, str) or (self.refines and not RUN_NAME.fullmatch(self.refines)):
+            raise ConfigError("StageConfig", "refines", "must be '' or the stage2_name of a stage-2 run "
+                              f"(letters, digits, '_' or '-'); got {self.refines!r}.")
         if not isinstance(self.source, str) or (self.source and not SOURCE_PATTERN.fullmatch(self.source)):
             raise ConfigError("StageConfig", "source", "must be '' (our stage 1) or 'module.path:function' "
                               f"(a factory of a base policy); got {self.source!r}.")
@@ -425,7 +437,7 @@ class LaunchConfig:
             raise ConfigError("LaunchConfig", "cameras", "must be None (the simulator's one camera) or a "
                               f"non-empty tuple of distinct camera names; got {self.cameras!r}.")
         name = self.stage2_name
-        if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name)
+        if (not isinstance(name, str) or not RUN_NAME.fullmatch(name)
                 or name in ("stage1", "demos") or name.startswith("eval")):
             raise ConfigError("LaunchConfig", "stage2_name", "must be a folder name of letters, digits, "
                               f"'_' or '-', other than stage1, demos and eval*; got {name!r}.")
@@ -501,6 +513,19 @@ def check_config(config: LaunchConfig) -> None:
     if ev.critic_samples and (s2.algo != "cql" or ev.correction_passes != 1):
         raise ValueError(f"config.eval.critic_samples ({ev.critic_samples}) lets stage 2's critic choose the "
                          "correction: it needs CQL (the :cql variant) and config.eval.correction_passes=1.")
+    if s2.refines:
+        if s2.refines == config.stage2_name or s1.refines:
+            raise ValueError(f"config.stage2.refines ({s2.refines!r}) names the stage-2 run this one corrects "
+                             f"again: another run than config.stage2_name ({config.stage2_name!r}), and only "
+                             "for stage 2.")
+        if s2.stage2.predicted_share <= 0:
+            raise ValueError("config.stage2.refines trains on the corrected actions of the run it refines, "
+                             "which config.stage2.stage2.predicted_share of its samples start from: set it "
+                             "above 0 (e.g. 1.0).")
+        if ev.critic_samples or ev.correction_passes != 1 or sel.no_correction:
+            raise ValueError("config.stage2.refines adds one correction after the first run's: it needs "
+                             "config.eval.critic_samples=0, config.eval.correction_passes=1 and "
+                             "config.select.no_correction=False.")
     if config.cameras is not None:
         if lerobot:
             raise ValueError("config.cameras names a simulator's cameras; a LeRobot source's views are its "

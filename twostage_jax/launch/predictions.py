@@ -9,6 +9,8 @@ states it never trained on, not only on Algo. 1's Gaussian draws. A base policy 
 (`config.stage1.source`) is not trained: its own actions on the demo states are used.
 The result is STAGE2/predicted.npy ([S, N, 2, 7]; S = seeds, or 1 for a base policy) and its
 record STAGE2/crossfit.json, reused while stage 1, the dataset and the folds are unchanged.
+A run that refines another (`config.stage2.refines`, `launch/refine.py`) takes that run's
+corrected actions instead, reused while its steps and the dataset are unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import twostage_jax as tj
 from twostage_jax._io import atomic_open, write_json_atomic
 from twostage_jax.base_policy import SimBasePolicy, base_policy_actions
 from twostage_jax.data.dataset import dataset_checksum
-from twostage_jax.launch import base_source, selection
+from twostage_jax.launch import base_source, refine, selection
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.launch_config import LaunchConfig
 from twostage_jax.launch.workdir import (dataset_path, is_writer, predictions_path, progress,
@@ -87,9 +89,11 @@ def folds(dataset: tj.Dataset, num_folds: int, seed: int) -> np.ndarray:
 
 def settings(config: LaunchConfig, workdir: Path, stage1: list[int] | str) -> dict:
     """What the predictions are made from: stage 1 (its steps, or the base policy), the folds
-    and the dataset. Predictions made from other settings are made again."""
-    return {"stage1": stage1, "folds": None if config.stage1.source else int(config.stage2.crossfit_folds),
-            "dataset_sha256": dataset_checksum(dataset_path(workdir))}
+    (or the run refined and its steps) and the dataset. Predictions made from other settings
+    are made again."""
+    made = ({"refines": config.stage2.refines, "draws": refine.DRAWS} if refine.refines(config) else
+            {"folds": None if config.stage1.source else int(config.stage2.crossfit_folds)})
+    return {"stage1": stage1, **made, "dataset_sha256": dataset_checksum(dataset_path(workdir))}
 
 
 def ensure_predictions(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
@@ -108,6 +112,10 @@ def ensure_predictions(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
     out_dir = stage_dir(workdir, 2, config)
     if stage1 is None:
         stage1 = config.stage1.source or selection.policy_params(config, workdir, 1, dataset)[1]
+    if refine.refines(config):  # the first pass's steps decide its corrected actions
+        first = refine.first_config(config, workdir)
+        first_params, first_steps = selection.policy_params(first, workdir, 2, dataset)
+        stage1 = {"stage1": stage1, config.stage2.refines: first_steps}
     want = settings(config, workdir, stage1)
     try:
         record = json.loads((out_dir / "crossfit.json").read_text())
@@ -115,7 +123,10 @@ def ensure_predictions(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
             return np.load(predictions_path(workdir, config), allow_pickle=False)
     except (OSError, ValueError):
         pass
-    predicted, record = make_predictions(config, workdir, dataset, stage1)
+    if refine.refines(config):
+        predicted, record = make_refined(config, workdir, dataset, first, first_params)
+    else:
+        predicted, record = make_predictions(config, workdir, dataset, stage1)
     if is_writer():
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_open(predictions_path(workdir, config), "wb") as f:  # before the record of it
@@ -140,15 +151,36 @@ def make_predictions(config: LaunchConfig, workdir: Path, dataset: tj.Dataset,
         record: dict = {"source": config.stage1.source}
     else:
         predicted, record = crossfit(config, dataset, int(max(stage1)))
-    ws = dataset.workspace
-    err = np.linalg.norm(tj.action_to_pose(predicted[:, :, 0], ws)[0] -
-                         tj.action_to_pose(np.asarray(dataset.action)[None], ws)[0], axis=-1)
     record.update(seconds=time.perf_counter() - wall, cpu_seconds=cpu_seconds() - cpu,
-                  position_error_cm_median=float(100 * np.median(err)),
-                  position_error_cm_p90=float(100 * np.quantile(err, 0.9)))
+                  **position_errors(predicted, dataset))
     logging.info("stage 2 trains a share of %.2f on predicted tentative actions (median position "
                  "error %.2f cm; made in %.0f s)", config.stage2.stage2.predicted_share,
                  record["position_error_cm_median"], record["seconds"])
+    return predicted.astype(np.float32), record
+
+
+def position_errors(predicted: np.ndarray, dataset: tj.Dataset) -> dict:
+    """The median and 90th percentile, in cm, of the predicted positions' distance from the
+    demo actions' ([P, N, 2, 7] predictions, at each transition's state)."""
+    ws = dataset.workspace
+    err = np.linalg.norm(tj.action_to_pose(predicted[:, :, 0], ws)[0] -
+                         tj.action_to_pose(np.asarray(dataset.action)[None], ws)[0], axis=-1)
+    return {"position_error_cm_median": float(100 * np.median(err)),
+            "position_error_cm_p90": float(100 * np.quantile(err, 0.9))}
+
+
+def make_refined(config: LaunchConfig, workdir: Path, dataset: tj.Dataset, first: LaunchConfig,
+                 first_params: Any) -> tuple[np.ndarray, dict]:
+    """The first pass's corrected actions on Algorithm 1's draws (`refine.first_pass_predictions`)
+    and their record: cost, and the position error they leave against the demo actions."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    predicted = refine.first_pass_predictions(first, workdir, first_params, dataset, int(config.seed))
+    record = {"refines": config.stage2.refines, "draws": refine.DRAWS,
+              "seconds": time.perf_counter() - wall, "cpu_seconds": cpu_seconds() - cpu,
+              **position_errors(predicted, dataset)}
+    logging.info("stage 2 refines %s: it trains a share of %.2f on that run's corrected actions (median "
+                 "position error left %.2f cm; made in %.0f s)", config.stage2.refines,
+                 config.stage2.stage2.predicted_share, record["position_error_cm_median"], record["seconds"])
     return predicted.astype(np.float32), record
 
 

@@ -23,7 +23,7 @@ from twostage_jax import evaluation, sharding
 from twostage_jax._io import write_json_atomic
 from twostage_jax.checkpoint import CheckpointError, Checkpointer
 from twostage_jax.evaluation.halving import halving_rungs, plateau_reached, successive_halving
-from twostage_jax.launch import eval_jobs
+from twostage_jax.launch import eval_jobs, refine
 from twostage_jax.launch.launch_config import STAGE_NAMES, LaunchConfig, selects
 from twostage_jax.launch.errors import PipelineError
 from twostage_jax.launch.workdir import (check_trained_with, ensure_writable, load_demos, load_params,
@@ -95,7 +95,7 @@ def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any 
     num = int(config.num_seeds)
     if not selects(config, stage):
         params, step = load_params(config, workdir, stage, dataset)
-        return params, [step] * num
+        return acting_params(config, workdir, stage, dataset, progress, params), [step] * num
     chosen = ensure_selection(config, workdir, stage, dataset, progress=progress)["chosen_steps"]
     plain = [s for s, k in enumerate(chosen) if k == NO_CORRECTION]
     if plain and not uncorrected:
@@ -105,8 +105,19 @@ def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any 
     filler = max(chosen) if max(chosen) != NO_CORRECTION else candidate_steps(config, stage)[-1]
     loaded = {k: load_params(config, workdir, stage, dataset, k)[0]
               for k in {filler, *chosen} - {NO_CORRECTION}}
-    return _stack_seeds([eval_jobs.seed_params(loaded[filler if k == NO_CORRECTION else k], s)
-                         for s, k in enumerate(chosen)]), chosen
+    return acting_params(config, workdir, stage, dataset, progress, _stack_seeds(
+        [eval_jobs.seed_params(loaded[filler if k == NO_CORRECTION else k], s)
+         for s, k in enumerate(chosen)])), chosen
+
+
+def acting_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any, progress: bool,
+            params: Any) -> Any:
+    """A stage's parameters as its policy acts with them: a refining stage 2's with the first
+    pass's (each seed's selected checkpoint of `config.stage2.refines`) beside them."""
+    if stage != 2 or not refine.refines(config):
+        return params
+    first = policy_params(refine.first_config(config, workdir), workdir, 2, dataset, progress)[0]
+    return refine.with_first_pass(first, params)
 
 
 def _setting(config: LaunchConfig, stage: int, fingerprints: dict[int, list[str]],
@@ -182,6 +193,8 @@ class ValidationRollouts:
         except (OSError, ValueError, AttributeError):
             entries = {}
         self._entries: dict[str, dict] = entries if isinstance(entries, dict) else {}
+        self.first = (policy_params(refine.first_config(config, workdir), workdir, 2, dataset, progress)[0]
+                      if stage == 2 and refine.refines(config) else None)  # the pass it refines
         self.params: dict[int, Any] = {}
         self.fingerprints: dict[int, list[str]] = {}
         self.seconds = self.cpu_seconds = 0.0
@@ -197,6 +210,8 @@ class ValidationRollouts:
             self.fingerprints[step] = [f"no correction on {fp}" for fp in self.setting["stage1_params_sha256"]]
             return
         params = sharding.to_host(params)
+        if self.first is not None:
+            params = refine.with_first_pass(self.first, params)
         self.params[step] = params
         self.fingerprints[step] = [eval_jobs.params_fingerprint(eval_jobs.seed_params(params, s))
                                    for s in range(self.num_seeds)]
@@ -231,12 +246,12 @@ class ValidationRollouts:
         candidate), built once so their policies compile once; emptied for each `roll`."""
         if self._ev is None:
             config = self.config
+            c2, refining = refine.acting_configs(config, self.workdir) if self.stage == 2 else (None, None)
             self._ev = eval_jobs.Evaluation(
-                train_config(config, 1), train_config(config, 2, self.workdir) if self.stage == 2 else None,
-                self.dataset.workspace, self.layouts, self.num_seeds, None,
+                train_config(config, 1), c2, self.dataset.workspace, self.layouts, self.num_seeds, None,
                 modes=("stage1" if self.stage == 1 else "two_stage",),
                 correction_passes=config.eval.correction_passes, corrected_dims=config.eval.corrected_dims,
-                critic_samples=config.eval.critic_samples if self.stage == 2 else 0)
+                critic_samples=config.eval.critic_samples if self.stage == 2 else 0, refine=refining)
             if self.stage == 2:
                 self._alone = eval_jobs.Evaluation(train_config(config, 1), None, self.dataset.workspace,
                                                   self.layouts, self.num_seeds, None, modes=("stage1",))

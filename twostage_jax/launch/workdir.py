@@ -346,7 +346,9 @@ def program_fields(config: LaunchConfig, stage: int) -> dict[str, Any]:
         for f in dataclasses.fields(method):  # (a calibrated crop's sizes are calibration.json's)
             if not (f.name in ("crop_size", "view_crop_scales") and cal.crop_size):
                 fields[f"stage2.stage2.{f.name}"] = _plain(getattr(method, f.name))
-        if method.predicted_share > 0 and not config.stage1.source:
+        if s.refines:  # (trained on that run's corrected actions, not on a cross-fit)
+            fields["stage2.refines"] = s.refines
+        elif method.predicted_share > 0 and not config.stage1.source:
             fields["stage2.crossfit_folds"] = int(s.crossfit_folds)
     if s.algo == "cql":
         for f in dataclasses.fields(s.cql):
