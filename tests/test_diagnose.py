@@ -131,3 +131,18 @@ def test_validate_summary_table_averages_each_arm_over_its_tasks(tmp_path):
     assert "| cql | stage2 | 1 | push-v3, reach-v3 | 0.20 | 0.45 | +0.25 |" in text
     assert "| cql | stage2 | 2 | push-v3 | 0.10 | 0.70 | +0.60 |" in text
     assert "| cql/stage2 x2 passes |" in text and text.count("| push-v3 | cql |") == 3
+
+
+def test_closed_loop_errors_against_the_experts_labels_are_in_cm_and_atanh_units():
+    import twostage_jax as tj
+    from experiments.studies import validate
+
+    ws = tj.Workspace(low=np.array([-0.5, 0.0, 0.0]), high=np.array([0.5, 1.0, 0.5]))
+    label = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], np.float32)
+    tentative = label + np.array([0.02, 0, 0, 0, 0, 0, 0], np.float32)  # 1 cm in x (a 1 m range)
+    executed = label + np.array([0, 0, 0.04, 0, 0, 0, 0], np.float32)  # 1 cm in z (a 0.5 m range)
+    r = validate.label_errors([(tentative, executed, label), (tentative, executed, None)], ws)
+    assert r["labelled"] == 1 and r["unlabelled"] == 1
+    assert abs(r["tentative_cm_median"] - 1.0) < 1e-4 and abs(r["executed_cm_p90"] - 1.0) < 1e-4
+    assert abs(r["tentative_eps_mean"][0] + np.arctanh(0.02)) < 1e-4 and r["tentative_eps_std"][0] == 0
+    assert validate.label_errors([(tentative, executed, None)], ws) == {"labelled": 0, "unlabelled": 1}

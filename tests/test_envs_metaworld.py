@@ -148,6 +148,36 @@ def test_the_imprecise_expert_is_the_scripted_plan_moved_by_its_offset():
         ImpreciseExpert("reach-v3", offset_m=(0.1, float("nan"), 0))
 
 
+@pytest.mark.render
+def test_the_expert_labels_a_reached_state_with_its_next_keyframe_and_leaves_the_env_alone():
+    from twostage_jax.envs.metaworld_expert import ImpreciseExpert
+    from twostage_jax.envs.metaworld_labels import ExpertLabeler
+
+    cfg = mw.MetaWorldConfig(width=32, height=32)
+    env, labeler = mw.MetaWorldEnv("push-v3", cfg), ExpertLabeler("push-v3", cfg)
+    plan = ImpreciseExpert("push-v3", offset_m=(0, 0, 0), noise_m=0)
+    try:
+        plan.reset(env, 200_000)  # the demos' keyframes of this layout, from its start
+        obs = env.reset(200_000)
+        labeler.begin(200_000)
+        before = env.get_state()
+        first = labeler.label(env)
+        np.testing.assert_array_equal(first, plan.act(env, obs))  # at the start: the demo's first keyframe
+        for k, v in env.get_state().items():  # the episode's simulator is untouched
+            np.testing.assert_array_equal(v, before[k])
+        # a state the demo never visits: 5 cm above the first keyframe; the label is where the
+        # expert goes next from there, not the first keyframe again
+        ws = mw.default_workspace()
+        above = first.copy()
+        above[2] += 0.05 * 2 / (ws.high[2] - ws.low[2])
+        env.step(above)
+        moved = labeler.label(env)
+        assert moved is not None and np.abs(moved - first).max() > 1e-3
+    finally:
+        env.close()
+        labeler.close()
+
+
 @pytest.mark.sim
 def test_a_wrist_camera_is_recorded_at_its_pose_of_every_frame_and_tracks_the_gripper():
     """Demos recorded from the front and the wrist camera: the wrist camera's extrinsics change

@@ -57,6 +57,11 @@ def define_flags() -> None:
     flags.DEFINE_list("corrected_dims", None, "7 flags of 0 / 1: the action dimensions the "
                       "correction changes (make_policy's corrected_dims), e.g. 1,1,1,0,0,0,1 keeps "
                       "stage 1's orientation; writes NAME_dFLAGS.json. Default: all.")
+    flags.DEFINE_bool("expert_labels", False, "MetaWorld: also measure the closed-loop error of the "
+                      "tentative and executed actions against the scripted expert's label of every "
+                      "state reached (twostage_jax.envs.metaworld_labels; measuring only), beside "
+                      "the open-loop held-out error. Recomputes stage 1's cached rollouts without them; "
+                      "add --force to redo a report that has none.")
     flags.DEFINE_integer("critic_samples", 0, "K > 0, for a CQL stage 2: its critic chooses among no "
                          "correction, the actor's mode and K samples (make_policy's critic_samples); "
                          "writes NAME_cK.json, closed loop only (the open-loop diagnostics measure "
@@ -82,9 +87,11 @@ def run_config(workdir: Path, name: str):
 
 def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: list[int],
              two_stage: bool, correction_passes: int = 1, corrected_dims: Any = None,
-             critic_samples: int = 0) -> dict:
+             critic_samples: int = 0, expert_labels: bool = False) -> dict:
     """Validation rollouts of every trained seed; success and stall measures (and, with
-    `critic_samples`, how often the critic chose no correction, the actor's mode or a sample)."""
+    `critic_samples`, how often the critic chose no correction, the actor's mode or a sample;
+    with `expert_labels`, the error of the tentative and executed actions against the scripted
+    expert's label of every state reached, `label_errors`)."""
     import jax
 
     import twostage_jax as tj
@@ -105,6 +112,14 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
     budget = np.zeros((num, len(seeds)), bool)
     small, pull = [], []
     choices = np.zeros(3, np.int64)  # no correction, the actor's mode, a sample
+    labeler, labels = None, []
+    if expert_labels:
+        if config.env != "metaworld":
+            raise ValueError(f"--expert_labels labels states with MetaWorld's scripted experts; the "
+                             f"workdir's env is {config.env!r}.")
+        from twostage_jax.envs.metaworld_labels import ExpertLabeler
+
+        labeler = ExpertLabeler(config.task, env.config)
     try:
         for s in range(num):
             p1 = jax.tree_util.tree_map(lambda x: x[s], params1)
@@ -116,9 +131,13 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
                 if critic_samples and two_stage:
                     choices[min(int(np.asarray(out.choice)[0]), 2)] += 1
                 steps.append((np.asarray(pose)[0], np.asarray(out.tentative)[0], np.asarray(out.action)[0]))
+                if labeler is not None:  # where the demos would have gone from this state
+                    labels.append((steps[-1][1], steps[-1][2], labeler.label(env)))
                 return out
 
             for e, layout in enumerate(seeds):
+                if labeler is not None:
+                    labeler.begin(layout)
                 ep = evaluation.rollout(env, act, layout)
                 success[s, e] = ep.success
                 budget[s, e] = (not ep.success) and ep.num_steps >= env.max_keyframes
@@ -130,18 +149,54 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
             pull.append(100 * (d1 - da))
     finally:
         env.close()
+        if labeler is not None:
+            labeler.close()
     small_all, pull_all = np.concatenate(small), np.concatenate(pull)
     return {"success_per_seed": success.mean(axis=1).tolist(), "success": float(success.mean()),
             "episodes": success.astype(int).tolist(), "at_budget": float(budget.mean()),
             "small_moves": float(small_all.mean()), "pull_cm": float(pull_all.mean()),
             "steps": int(small_all.size),
             **({"critic_choices": dict(zip(("no_correction", "mode", "sample"), choices.tolist()))}
-               if critic_samples and two_stage else {})}
+               if critic_samples and two_stage else {}),
+            **({"expert_labels": label_errors(labels, ws)} if expert_labels else {})}
+
+
+def label_errors(labels: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], ws: Any) -> dict:
+    """The closed-loop errors against the scripted expert's labels of the states reached.
+
+    Args:
+      labels: per step, (tentative [7], executed [7], the expert's label [7] or None).
+      ws: the workspace.
+
+    Returns:
+      `labelled` / `unlabelled` steps; the median and 90th percentile position error (cm) of the
+      tentative and of the executed action; the per-axis std and mean of the tentative
+      action's error in atanh space (the open-loop `stage1_eps_std` and calibration's sigma
+      are in the same units).
+    """
+    import jax.numpy as jnp
+
+    import twostage_jax as tj
+
+    kept = [(t, a, y) for t, a, y in labels if y is not None]
+    out: dict[str, Any] = {"labelled": len(kept), "unlabelled": len(labels) - len(kept)}
+    if not kept:
+        return out
+    t, a, y = (np.stack(v) for v in zip(*kept))
+    pos = lambda v: np.asarray(tj.action_to_pose(jnp.asarray(v), ws)[0])
+    for name, v in (("tentative", t), ("executed", a)):
+        cm = 100 * np.linalg.norm(pos(v) - pos(y), axis=-1)
+        out[f"{name}_cm_median"], out[f"{name}_cm_p90"] = float(np.median(cm)), float(np.quantile(cm, 0.9))
+    eps = np.asarray(tj.atanh_clipped(jnp.asarray(y)) - tj.atanh_clipped(jnp.asarray(t)))
+    out["tentative_eps_std"] = eps.std(axis=0).round(4).tolist()
+    out["tentative_eps_mean"] = eps.mean(axis=0).round(4).tolist()
+    return out
 
 
 def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, held_out_seed: int,
              perturbations: int, out: Path, correction_passes: int = 1,
-             corrected_dims: tuple[int, ...] | None = None, critic_samples: int = 0) -> dict:
+             corrected_dims: tuple[int, ...] | None = None, critic_samples: int = 0,
+             expert_labels: bool = False) -> dict:
     """Open-loop diagnostics and closed-loop validation of one stage-2 run; writes its report."""
     import jax
 
@@ -185,14 +240,15 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
                                                 c2.crop_size, c2.sigma)
     cache = out / f"stage1_{'-'.join(str(k) for k in dict.fromkeys(step1))}_{seeds[0]}_{episodes}.json"
     cached = read_own(cache, workdir)
-    if cached is not None:
+    if cached is not None and (not expert_labels or "expert_labels" in cached):
         report["stage1"] = cached
     else:
-        report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False)
+        report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False,
+                                       expert_labels=expert_labels)
         write_json_atomic(cache, {**report["stage1"], "workdir": recorded_path(workdir)})
     report["two_stage"] = closed_loop(config, workdir, p1, p2, seeds, two_stage=True,
                                       correction_passes=correction_passes, corrected_dims=corrected_dims,
-                                      critic_samples=critic_samples)
+                                      critic_samples=critic_samples, expert_labels=expert_labels)
     report["correction_passes"] = correction_passes
     report["critic_samples"] = critic_samples
     report["corrected_dims"] = None if corrected_dims is None else list(corrected_dims)
@@ -338,7 +394,7 @@ def main(argv: list[str]) -> int:
             try:
                 r = validate(workdir, name, FLAGS.episodes, FLAGS.seed, FLAGS.held_out,
                              FLAGS.held_out_seed, FLAGS.perturbations, out, FLAGS.correction_passes,
-                             dims, FLAGS.critic_samples)
+                             dims, FLAGS.critic_samples, FLAGS.expert_labels)
             except FileNotFoundError as e:
                 print(f"skip {name}: {e}", file=sys.stderr)
                 continue

@@ -87,9 +87,10 @@ def keyframe_actions(record: dict[str, Any], config: KeyframeConfig, workspace: 
     return kf, acts
 
 
-def _record_expert(env: Any, policy: Any, seed: int, max_steps: int,
+def _record_expert(env: Any, policy: Any, seed: int | None, max_steps: int,
                    extra_frames: int, require_success: bool = True) -> dict[str, Any] | None:
-    """Runs the scripted expert from `seed`; the dense record, or None if it fails (with
+    """Runs the scripted expert from `seed` (None: from the env's current state, its fingers'
+    state as the first recorded gripper state); the dense record, or None if it fails (with
     `require_success=False`, the record of its `max_steps` steps all the same).
 
     The recorded gripper state is the fingers' state, not the expert's command (as RLBench's
@@ -98,13 +99,15 @@ def _record_expert(env: Any, policy: Any, seed: int, max_steps: int,
     `_GRIPPER_SETTLE_MAX` steps. MetaWorld's experts keep moving the arm while the fingers close,
     so that frame is where the grasp actually takes hold.
     """
-    env.reset(seed)
+    if seed is not None:
+        env.reset(seed)
+    state = 1.0 if seed is not None or env._finger_gap() > _GAP_THRESHOLD else 0.0
     sim = env.sim
     obs = sim._get_obs()
     dt = float(sim.model.opt.timestep * sim.frame_skip)
-    positions, eulers, gripper, states = [env.tcp_position()], [env.relative_euler()], [1.0], [
+    positions, eulers, gripper, states = [env.tcp_position()], [env.relative_euler()], [state], [
         env.get_state()]
-    state, pending = 1.0, 0
+    pending = 0
     remaining = None
     for _ in range(max_steps + extra_frames):
         action = np.asarray(policy.get_action(obs), np.float64)
