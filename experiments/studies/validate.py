@@ -68,6 +68,10 @@ def define_flags() -> None:
                          "the actor, as NAME.json's do).")
 
 
+class Skipped(Exception):
+    """A run that this validation does not apply to (named, and skipped)."""
+
+
 def run_config(workdir: Path, name: str):
     """The launcher config a stage-2 run was trained with (from its checkpoint's metadata)."""
     from twostage_jax.checkpoint import Checkpointer
@@ -209,6 +213,9 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
     from twostage_jax.launch.workdir import check_unused_layouts, load_demos
 
     config = run_config(workdir, name)
+    if critic_samples and config.stage2.refines:
+        raise Skipped(f"{name} refines {config.stage2.refines!r}, and the critic chooses among one "
+                      "correction's candidates only.")
     seeds = list(range(seed, seed + episodes))
     forbidden = set(eval_seeds(config, workdir))  # also checks the demo seeds
     stats = json.loads((workdir / "demos" / "stats.json").read_text())
@@ -395,7 +402,7 @@ def main(argv: list[str]) -> int:
                 r = validate(workdir, name, FLAGS.episodes, FLAGS.seed, FLAGS.held_out,
                              FLAGS.held_out_seed, FLAGS.perturbations, out, FLAGS.correction_passes,
                              dims, FLAGS.critic_samples, FLAGS.expert_labels)
-            except FileNotFoundError as e:
+            except (FileNotFoundError, Skipped) as e:
                 print(f"skip {name}: {e}", file=sys.stderr)
                 continue
             except PipelineError as e:  # --held_out_seed's layouts are the workdir's

@@ -37,6 +37,12 @@ ARMS = {
     "residuals": ("", ["--config.stage2.stage2.perturbation=residuals"]),
     # Algorithm 1 mixed with cross-fit stage 1's real tentative actions
     "crossfit": ("", ["--config.stage2.stage2.predicted_share=0.5"]),
+    # a second zoom on the `stage2` arm's action (list `stage2` first), trained on what it leaves:
+    # half of CQL's 32-pixel crop, half of BC's 64
+    "zoom16": ("", ["--config.stage2.refines=stage2", "--config.stage2.stage2.predicted_share=1.0",
+                    "--config.stage2.stage2.crop_size=16"]),
+    "zoom32": ("", ["--config.stage2.refines=stage2", "--config.stage2.stage2.predicted_share=1.0",
+                    "--config.stage2.stage2.crop_size=32"]),
 }
 
 FLAGS = flags.FLAGS
@@ -53,6 +59,8 @@ flags.DEFINE_list("launch_flags", [], "Launcher flags added to every step, e.g. 
                   "--config.stage2.select=last,--config.stage2.num_steps=8000.")
 flags.DEFINE_string("cameras", "", "config.cameras of every step, e.g. corner,topview (a list, so not "
                     "in --launch_flags); empty: the simulator's one camera.")
+flags.DEFINE_integer("critic_samples", 0, "K > 0 (CQL): also validate each arm with its critic "
+                     "choosing among no correction, the actor's mode and K samples (ARM_cK.json).")
 flags.DEFINE_string("view_encoders", "", "Both stages' network.view_encoders with several cameras "
                     "(shared, separate or stacked); empty: the default.")
 
@@ -76,9 +84,11 @@ def commands(root: Path, task: str, arms: list[str]) -> list[tuple[Path, list[st
         variants, extra = ARMS[arm]
         steps.append((wd / arm / "summary.json",
                       launch("stage2", variants, "--resume", f"--config.stage2_name={arm}", *extra)))
-    steps.append((Path("/nonexistent"),  # validate keeps finished reports itself
-                  [sys.executable, "-m", "experiments.studies.validate", f"--workdir={wd}",
-                   f"--names={','.join(arms)}", f"--episodes={FLAGS.episodes}", f"--out={FLAGS.out}"]))
+    validate = [sys.executable, "-m", "experiments.studies.validate", f"--workdir={wd}",
+                f"--names={','.join(arms)}", f"--episodes={FLAGS.episodes}", f"--out={FLAGS.out}"]
+    steps.append((Path("/nonexistent"), validate))  # validate keeps finished reports itself
+    if FLAGS.critic_samples:
+        steps.append((Path("/nonexistent"), [*validate, f"--critic_samples={FLAGS.critic_samples}"]))
     return steps
 
 
