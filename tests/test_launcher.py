@@ -1134,3 +1134,6 @@ def test_a_stage2_that_refines_another_runs_action(trained, tmp_path):
                            ({"select.no_correction": True}, "config.select.no_correction=False")]:
         with pytest.raises(ValueError, match=match):
             check_config(_smoke(stage2_name="zoom", **{**zoom, **changes}))
+    for bad in ("stage1", "eval_zoom", "a/b"):
+        with pytest.raises(ValueError, match="config.stage2.refines must be '' or the stage2_name"):
+            _smoke(**{**zoom, "stage2.refines": bad})

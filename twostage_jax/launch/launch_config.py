@@ -35,8 +35,14 @@ from twostage_jax.policy import MAX_CORRECTION_PASSES
 from twostage_jax.evaluation.rollouts import default_workers
 
 ConfigError = tj.ConfigError
-RUN_NAME = re.compile(r"[A-Za-z0-9_-]+")
-"""A stage-2 run's folder name (`LaunchConfig.stage2_name`, `StageConfig.refines`)."""
+
+
+def is_run_name(name: str) -> bool:
+    """Whether `name` can be a stage-2 run's folder (`LaunchConfig.stage2_name`,
+    `StageConfig.refines`): letters, digits, '_' or '-', and not another part of the workdir."""
+    return (re.fullmatch(r"[A-Za-z0-9_-]+", name) is not None and name not in ("stage1", "demos")
+            and not name.startswith("eval"))
+
 
 CONFIG_VERSION = 3
 """The stored config's schema version (`to_dict`); `from_dict` reads this version only."""
@@ -209,9 +215,10 @@ class StageConfig(tj.TrainConfig):
             raise ConfigError("StageConfig", "select", f"must be one of {SELECT_MODES}; got {self.select!r}.")
         _steps("StageConfig", "select_steps", self.select_steps)
         _int_at_least("StageConfig", "crossfit_folds", self.crossfit_folds, 2)
-        if not isinstance(self.refines, str) or (self.refines and not RUN_NAME.fullmatch(self.refines)):
+        if not isinstance(self.refines, str) or (self.refines and not is_run_name(self.refines)):
             raise ConfigError("StageConfig", "refines", "must be '' or the stage2_name of a stage-2 run "
-                              f"(letters, digits, '_' or '-'); got {self.refines!r}.")
+                              f"(letters, digits, '_' or '-', other than stage1, demos and eval*); got "
+                              f"{self.refines!r}.")
         if not isinstance(self.source, str) or (self.source and not SOURCE_PATTERN.fullmatch(self.source)):
             raise ConfigError("StageConfig", "source", "must be '' (our stage 1) or 'module.path:function' "
                               f"(a factory of a base policy); got {self.source!r}.")
@@ -437,8 +444,7 @@ class LaunchConfig:
             raise ConfigError("LaunchConfig", "cameras", "must be None (the simulator's one camera) or a "
                               f"non-empty tuple of distinct camera names; got {self.cameras!r}.")
         name = self.stage2_name
-        if (not isinstance(name, str) or not RUN_NAME.fullmatch(name)
-                or name in ("stage1", "demos") or name.startswith("eval")):
+        if not isinstance(name, str) or not is_run_name(name):
             raise ConfigError("LaunchConfig", "stage2_name", "must be a folder name of letters, digits, "
                               f"'_' or '-', other than stage1, demos and eval*; got {name!r}.")
 
