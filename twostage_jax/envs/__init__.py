@@ -3,7 +3,9 @@
 `Observation`, `Env` and `check_action` load without any simulator. The MetaWorld adapter
 (`MetaWorldEnv`, `MetaWorldConfig`, `DEFAULT_TASKS`, `make_env`) imports MuJoCo on first use, and
 so does its scripted-expert recorder when called (`record_demos`, `replay_keyframes`, `DemoStats`, in
-`twostage_jax.envs.metaworld_demos`). The RLBench adapter lives in `twostage_jax.envs.rlbench` and
+`twostage_jax.envs.metaworld_demos`), and so does `metaworld_labels.ExpertLabeler`, which labels
+a state a policy reaches with the scripted expert's next keyframe, to measure closed-loop error.
+The RLBench adapter lives in `twostage_jax.envs.rlbench` and
 imports RLBench only when an env is made; RLBench's conventions
 (`twostage_jax.data.rlbench_conventions`) need no simulator at all.
 """

@@ -15,6 +15,9 @@ Run it as `python -m twostage_jax.launch --mode=all --workdir=DIR` (or the conso
   eval_jobs    evaluation jobs on a process pool, with the stage-1 rollout cache
   evaluate     --mode=eval: success rates with intervals, plots, frames
   base_source  a base policy of yours standing in for stage 1
+  predictions  the tentative actions stage 2 trains on beside Algorithm 1's: cross-fit stage 1's,
+               a base policy's, or those of the run a second zoom refines
+  refine       a stage-2 run that corrects another's action again (`stage2.refines`)
 
 Nothing in the core imports this package.
 """
