@@ -90,7 +90,8 @@ for name in sys.argv[1:]:
     driver = importlib.import_module(name)
     runs = ([(f"{driver.CONFIG}:{v}", extra) for _, v, extra in driver.ABLATIONS.values()]
             + [(f"{driver.CONFIG}:cql", driver.PAPER_SIZE)] if hasattr(driver, "ABLATIONS") else
-            [(f"{driver.CONFIG}:{v}" if v else driver.CONFIG, extra) for v, extra in driver.ARMS.values()])
+            [(f"{driver.CONFIG}:{v}" if v else driver.CONFIG, [*extra, f"--config.stage2_name={arm}"])
+             for arm, (v, extra) in driver.ARMS.items()])  # (each arm trains into its own run, as the study names it)
     for spec, extra in runs:
         config = overrides.config_from_flags(spec, overrides.split_overrides(extra)[1], {})
         check_config(config)
