@@ -141,8 +141,12 @@ def test_closed_loop_errors_against_the_experts_labels_are_in_cm_and_atanh_units
     label = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], np.float32)
     tentative = label + np.array([0.02, 0, 0, 0, 0, 0, 0], np.float32)  # 1 cm in x (a 1 m range)
     executed = label + np.array([0, 0, 0.04, 0, 0, 0, 0], np.float32)  # 1 cm in z (a 0.5 m range)
-    r = validate.label_errors([(tentative, executed, label), (tentative, executed, None)], ws)
-    assert r["labelled"] == 1 and r["unlabelled"] == 1
-    assert abs(r["tentative_cm_median"] - 1.0) < 1e-4 and abs(r["executed_cm_p90"] - 1.0) < 1e-4
-    assert abs(r["tentative_eps_mean"][0] + np.arctanh(0.02)) < 1e-4 and r["tentative_eps_std"][0] == 0
-    assert validate.label_errors([(tentative, executed, None)], ws) == {"labelled": 0, "unlabelled": 1}
+    r = validate.label_errors([(tentative, executed, label, 0, True), (tentative, executed, None, 1, True),
+                               (label, label, label, 1, False)], ws)
+    assert r["labelled"] == 2 and r["unlabelled"] == 1
+    assert abs(r["tentative_cm_median"] - 0.5) < 1e-4 and abs(r["executed_cm_p90"] - 0.9) < 1e-4
+    assert abs(r["tentative_eps_mean"][0] + np.arctanh(0.02) / 2) < 1e-4
+    assert r["first_step"]["steps"] == 1 and abs(r["first_step"]["tentative_cm_median"] - 1.0) < 1e-4
+    assert r["succeeded"]["steps"] == 1 and abs(r["succeeded"]["executed_cm_median"] - 1.0) < 1e-4
+    assert r["failed"] == {"steps": 1, "tentative_cm_median": 0.0, "executed_cm_median": 0.0}
+    assert validate.label_errors([(tentative, executed, None, 0, False)], ws) == {"labelled": 0, "unlabelled": 1}

@@ -136,13 +136,15 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
                     choices[min(int(np.asarray(out.choice)[0]), 2)] += 1
                 steps.append((np.asarray(pose)[0], np.asarray(out.tentative)[0], np.asarray(out.action)[0]))
                 if labeler is not None:  # where the demos would have gone from this state
-                    labels.append((steps[-1][1], steps[-1][2], labeler.label(env)))
+                    episode.append((steps[-1][1], steps[-1][2], labeler.label(env)))
                 return out
 
             for e, layout in enumerate(seeds):
+                episode: list = []
                 if labeler is not None:
                     labeler.begin(layout)
                 ep = evaluation.rollout(env, act, layout)
+                labels.extend((*step, k, bool(ep.success)) for k, step in enumerate(episode))
                 success[s, e] = ep.success
                 budget[s, e] = (not ep.success) and ep.num_steps >= env.max_keyframes
         # per-step stall measures, pooled over seeds and episodes
@@ -165,35 +167,44 @@ def closed_loop(config: Any, workdir: Path, params1: Any, params2: Any, seeds: l
             **({"expert_labels": label_errors(labels, ws)} if expert_labels else {})}
 
 
-def label_errors(labels: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], ws: Any) -> dict:
+def label_errors(labels: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, int, bool]], ws: Any) -> dict:
     """The closed-loop errors against the scripted expert's labels of the states reached.
 
     Args:
-      labels: per step, (tentative [7], executed [7], the expert's label [7] or None).
+      labels: per step, (tentative [7], executed [7], the expert's label [7] or None, the step's
+        index in its episode, whether that episode succeeded).
       ws: the workspace.
 
     Returns:
       `labelled` / `unlabelled` steps; the median and 90th percentile position error (cm) of the
       tentative and of the executed action; the per-axis std and mean of the tentative
       action's error in atanh space (the open-loop `stage1_eps_std` and calibration's sigma
-      are in the same units).
+      are in the same units); and under `first_step`, `succeeded` and `failed`, the steps and
+      median errors of episodes' first steps (states the demos start from), and of the steps
+      of succeeded and of failed episodes (a failed one can reach states where the expert
+      would start its task over).
     """
     import jax.numpy as jnp
 
     import twostage_jax as tj
 
-    kept = [(t, a, y) for t, a, y in labels if y is not None]
+    kept = [(t, a, y, k, ok) for t, a, y, k, ok in labels if y is not None]
     out: dict[str, Any] = {"labelled": len(kept), "unlabelled": len(labels) - len(kept)}
     if not kept:
         return out
-    t, a, y = (np.stack(v) for v in zip(*kept))
+    t, a, y = (np.stack(v) for v in list(zip(*kept))[:3])
+    index, succeeded = np.asarray([x[3] for x in kept]), np.asarray([x[4] for x in kept])
     pos = lambda v: np.asarray(tj.action_to_pose(jnp.asarray(v), ws)[0])
-    for name, v in (("tentative", t), ("executed", a)):
-        cm = 100 * np.linalg.norm(pos(v) - pos(y), axis=-1)
-        out[f"{name}_cm_median"], out[f"{name}_cm_p90"] = float(np.median(cm)), float(np.quantile(cm, 0.9))
+    cm = {name: 100 * np.linalg.norm(pos(v) - pos(y), axis=-1) for name, v in (("tentative", t), ("executed", a))}
+    for name, v in cm.items():
+        out[f"{name}_cm_median"], out[f"{name}_cm_p90"] = float(np.median(v)), float(np.quantile(v, 0.9))
     eps = np.asarray(tj.atanh_clipped(jnp.asarray(y)) - tj.atanh_clipped(jnp.asarray(t)))
     out["tentative_eps_std"] = eps.std(axis=0).round(4).tolist()
     out["tentative_eps_mean"] = eps.mean(axis=0).round(4).tolist()
+    for part, rows in (("first_step", index == 0), ("succeeded", succeeded), ("failed", ~succeeded)):
+        out[part] = {"steps": int(rows.sum()),
+                     **{f"{name}_cm_median": float(np.median(v[rows])) if rows.any() else None
+                        for name, v in cm.items()}}
     return out
 
 
@@ -247,7 +258,7 @@ def validate(workdir: Path, name: str, episodes: int, seed: int, held_out: int, 
                                                 c2.crop_size, c2.sigma)
     cache = out / f"stage1_{'-'.join(str(k) for k in dict.fromkeys(step1))}_{seeds[0]}_{episodes}.json"
     cached = read_own(cache, workdir)
-    if cached is not None and (not expert_labels or "expert_labels" in cached):
+    if cached is not None and (not expert_labels or "failed" in cached.get("expert_labels", {})):
         report["stage1"] = cached
     else:
         report["stage1"] = closed_loop(config, workdir, p1, None, seeds, two_stage=False,
