@@ -111,7 +111,7 @@ def policy_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any 
 
 
 def acting_params(config: LaunchConfig, workdir: Path, stage: int, dataset: Any, progress: bool,
-            params: Any) -> Any:
+                  params: Any) -> Any:
     """A stage's parameters as its policy acts with them: a refining stage 2's with the first
     pass's (each seed's selected checkpoint of `config.stage2.refines`) beside them."""
     if stage != 2 or not refine.refines(config):

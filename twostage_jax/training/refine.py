@@ -12,6 +12,7 @@ trained on these demos, so what it leaves here is smaller than what it leaves in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -49,24 +50,29 @@ def first_pass_actions(data: TrainData, first: TrainConfig, params: Any, key: ja
     if s2.crop_size is None:
         raise ValueError("`first.stage2.crop_size` is None: pass the first pass's TrainConfig with its "
                          "crop size resolved (TrainConfig(...).stage2.with_crop_size_for(algo)).")
-    nets = make_networks(first.network, 2, first.algo)
+    algo1 = dataclasses.replace(first, stage2=s2)  # (static: one compile per config)
+    n = int(data.dataset.action.shape[0])
+    out = np.zeros((draws, n, 2, 7), np.float32)
+    for p, kp in enumerate(jax.random.split(key, draws)):
+        for c, start in enumerate(range(0, n, batch_size)):
+            idx = np.arange(start, start + batch_size) % n  # a full last chunk: one compiled shape
+            rows = np.asarray(_corrected(data, params, jnp.asarray(idx, jnp.int32), jax.random.fold_in(kp, c),
+                                         algo1))
+            stop = min(batch_size, n - start)
+            out[p, start:start + stop] = rows[:stop]
+    return out
+
+
+@functools.partial(jax.jit, static_argnames="first")
+def _corrected(data: TrainData, params: Any, idx: jnp.ndarray, key: jax.Array, first: TrainConfig) -> jnp.ndarray:
+    """[B, 2, 7] g(a^1, pi2(f(s, a^1))) at the states and next states of transitions `idx`, a^1
+    drawn by Algorithm 1 from `key`; one compile for every seed's parameters and every call."""
+    nets, s2 = make_networks(first.network, 2, first.algo), first.stage2
+    batch = batch_at(data, idx, key, 2, s2, with_next=True)
 
     def corrected(obs: Any) -> jnp.ndarray:
         out = nets.actor(params, nets.encode(params, obs))
         a2 = jnp.tanh(out[0]) if nets.stochastic else out
         return s2.compose(obs.tentative, a2)
 
-    @jax.jit
-    def chunk(idx: jnp.ndarray, k: jax.Array) -> jnp.ndarray:
-        batch = batch_at(data, idx, k, 2, s2, with_next=True)
-        return jnp.stack([corrected(batch.obs), corrected(batch.next_obs)], axis=1)  # [B, 2, 7]
-
-    n = int(data.dataset.action.shape[0])
-    out = np.zeros((draws, n, 2, 7), np.float32)
-    for p, kp in enumerate(jax.random.split(key, draws)):
-        for c, start in enumerate(range(0, n, batch_size)):
-            idx = np.arange(start, start + batch_size) % n  # a full last chunk: one compiled shape
-            rows = np.asarray(chunk(jnp.asarray(idx, jnp.int32), jax.random.fold_in(kp, c)))
-            stop = min(batch_size, n - start)
-            out[p, start:start + stop] = rows[:stop]
-    return out
+    return jnp.stack([corrected(batch.obs), corrected(batch.next_obs)], axis=1)
